@@ -1,0 +1,28 @@
+"""minunet: a U-Net for cell instance segmentation, from scratch in NumPy and Numba.
+
+Dimension letters, used in every shape comment of the package:
+
+    N   batch size                  C    channels (Cin / Cout: in / out)
+    H   height                      W    width
+    Ho  output height               Wo   output width
+    K   kernel size (square)        S    stride          P   padding
+    Kc  number of classes (logits per pixel)
+
+Arrays are NCHW: (N, C, H, W). Training runs in float32; every layer also runs in float64,
+which is what the gradient checker uses.
+"""
+
+from .gradcheck import GradcheckError, GradcheckReport, gradcheck
+from .module import Module, Parameter, Sequential
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GradcheckError",
+    "GradcheckReport",
+    "Module",
+    "Parameter",
+    "Sequential",
+    "__version__",
+    "gradcheck",
+]

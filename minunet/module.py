@@ -1,0 +1,238 @@
+"""Parameter, Module and Sequential: the few rules every layer follows.
+
+A layer is a `Module` with two methods a learner reads side by side:
+
+    y = layer.forward(x)      # saves what backward needs in ONE place: self._saved
+    dx = layer.backward(dy)   # takes it back, returns dx as a NEW array,
+                              # and ADDS parameter gradients into p.grad (p.grad += ...)
+
+Gradients accumulate: call `zero_grad()` (or the optimizer's) before each step. Nothing in
+a layer ever updates a parameter: that is the optimizer's job, so every backward can be
+gradient-checked on its own.
+
+Parameters are declared in `__init__` (never created lazily on the first forward).
+Running statistics (batch norm's `running_mean` / `running_var`) are *buffers*: plain
+arrays registered with `register_buffer`, saved in `state_dict()` but never trained.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+
+class Parameter:
+    """A trainable array and the gradient accumulated into it.
+
+    `data` and `grad` always have the same shape and dtype; `grad` starts at zero.
+    """
+
+    def __init__(self, data: np.ndarray) -> None:
+        data = np.asarray(data)
+        if not np.issubdtype(data.dtype, np.floating):
+            raise TypeError(f"Parameter needs a floating-point array, got dtype {data.dtype}")
+        self.data = np.ascontiguousarray(data)
+        self.grad = np.zeros_like(self.data)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.data.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.data.dtype
+
+    @property
+    def size(self) -> int:
+        return self.data.size
+
+    def zero_grad(self) -> None:
+        self.grad[...] = 0
+
+    def __repr__(self) -> str:
+        return f"Parameter(shape={self.shape}, dtype={self.dtype})"
+
+
+class Module:
+    """Base class of every layer and network.
+
+    Subclasses call `super().__init__()` first, then create their `Parameter`s, buffers and
+    child modules as attributes. Children may also sit in lists (`self.down = [Block(...), ...]`);
+    their names then read `down.0.conv1.weight`.
+    """
+
+    def __init__(self) -> None:
+        self.training = True
+        self._buffer_names: list[str] = []
+        self._saved: Any = None
+
+    # ---------------------------------------------------------------- the pair
+    def forward(self, *inputs: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} does not define forward")
+
+    def backward(self, dout: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} does not define backward")
+
+    def __call__(self, *inputs: Any) -> Any:
+        return self.forward(*inputs)
+
+    def _take_saved(self) -> Any:
+        """Hand what forward saved over to backward (and free it: one backward per forward)."""
+        saved = self._saved
+        if saved is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.backward was called before forward (or twice after one "
+                "forward): call forward first, it saves what backward needs"
+            )
+        self._saved = None
+        return saved
+
+    # ------------------------------------------------------------ bookkeeping
+    def register_buffer(self, name: str, value: np.ndarray) -> None:
+        """Declare a non-trainable array that belongs in the state dict (e.g. running stats)."""
+        setattr(self, name, np.ascontiguousarray(value))
+        if name not in self._buffer_names:
+            self._buffer_names.append(name)
+
+    def named_children(self) -> Iterator[tuple[str, Module]]:
+        for name, value in vars(self).items():
+            if isinstance(value, Module):
+                yield name, value
+            elif isinstance(value, (list, tuple)):
+                for i, item in enumerate(value):
+                    if isinstance(item, Module):
+                        yield f"{name}.{i}", item
+
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        yield prefix, self
+        for name, child in self.named_children():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
+        for name, value in vars(self).items():
+            if isinstance(value, Parameter):
+                yield (f"{prefix}.{name}" if prefix else name), value
+        for name, child in self.named_children():
+            yield from child.named_parameters(f"{prefix}.{name}" if prefix else name)
+
+    def parameters(self) -> list[Parameter]:
+        return [p for _, p in self.named_parameters()]
+
+    def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, np.ndarray]]:
+        for name in self._buffer_names:
+            yield (f"{prefix}.{name}" if prefix else name), getattr(self, name)
+        for name, child in self.named_children():
+            yield from child.named_buffers(f"{prefix}.{name}" if prefix else name)
+
+    def num_parameters(self) -> int:
+        return sum(p.size for p in self.parameters())
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.zero_grad()
+
+    def train(self, mode: bool = True) -> Module:
+        """Set training mode on this module and every module below it."""
+        for _, module in self.named_modules():
+            module.training = mode
+        return self
+
+    def eval(self) -> Module:
+        return self.train(False)
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The dtype of the first parameter (float32 for training, float64 for checks)."""
+        for p in self.parameters():
+            return p.dtype
+        for _, b in self.named_buffers():
+            return b.dtype
+        return np.dtype(np.float32)
+
+    def astype(self, dtype: Any) -> Module:
+        """Convert every parameter (and its gradient) and every buffer to `dtype`, in place."""
+        dtype = np.dtype(dtype)
+        if not np.issubdtype(dtype, np.floating):
+            raise TypeError(f"astype needs a floating-point dtype, got {dtype}")
+        for p in self.parameters():
+            p.data = p.data.astype(dtype)
+            p.grad = p.grad.astype(dtype)
+        for _, module in self.named_modules():
+            for name in module._buffer_names:
+                setattr(module, name, getattr(module, name).astype(dtype))
+            module._saved = None
+        return self
+
+    # ------------------------------------------------------------ state dict
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of every parameter and buffer, under dotted names (`down.0.conv1.weight`)."""
+        state = {name: p.data.copy() for name, p in self.named_parameters()}
+        state.update({name: b.copy() for name, b in self.named_buffers()})
+        return state
+
+    def load_state_dict(self, state: dict[str, np.ndarray], strict: bool = True) -> None:
+        """Copy arrays into this module's parameters and buffers (keeping this module's dtype).
+
+        With `strict`, missing and unexpected names are errors; shapes must always match.
+        """
+        params = dict(self.named_parameters())
+        buffers = {name for name, _ in self.named_buffers()}
+        expected = set(params) | buffers
+        missing = sorted(expected - set(state))
+        unexpected = sorted(set(state) - expected)
+        if strict and (missing or unexpected):
+            raise KeyError(
+                f"{type(self).__name__}.load_state_dict: missing {missing[:5]}"
+                f"{' ...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+                f"{' ...' if len(unexpected) > 5 else ''}"
+            )
+        for name, value in state.items():
+            if name not in expected:
+                continue
+            value = np.asarray(value)
+            if name in params:
+                target = params[name].data
+            else:
+                owner_name, _, attr = name.rpartition(".")
+                owner = dict(self.named_modules())[owner_name]
+                target = getattr(owner, attr)
+            if target.shape != value.shape:
+                raise ValueError(
+                    f"{type(self).__name__}.load_state_dict: '{name}' has shape {value.shape} "
+                    f"in the state dict but {target.shape} in the model"
+                )
+            target[...] = value
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class Sequential(Module):
+    """Modules applied one after another; backward runs them in reverse."""
+
+    def __init__(self, *modules: Module) -> None:
+        super().__init__()
+        self.layers = list(modules)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        # forward was x -> layer_0 -> layer_1 -> ... so the chain rule walks it backwards
+        for layer in reversed(self.layers):
+            dout = layer.backward(dout)
+        return dout
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, i: int) -> Module:
+        return self.layers[i]
+
+    def __repr__(self) -> str:
+        inner = ",\n  ".join(repr(layer) for layer in self.layers)
+        return f"Sequential(\n  {inner}\n)"
