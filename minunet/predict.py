@@ -1,0 +1,205 @@
+"""Prediction on images of any size: normalisation, then overlap-tile inference.
+
+The U-Net sees a tile of size T + 2M (T = the tile's core, M = the margin around it) and only
+the core's prediction is kept. When M covers the network's receptive field, every kept pixel
+saw exactly the context it would have seen in one whole-image pass, so the tiled result equals
+the untiled one up to float round-off. Beyond the image's edges the image is mirrored
+(`np.pad(mode="reflect")`), as in the U-Net paper's overlap-tile strategy.
+
+Tiles start at multiples of 2**depth, the network's pooling grid, so max-pooling sees the same
+windows in every tile. Memory stays bounded: only `batch_size` tiles go through the network at a
+time, and the output is written tile by tile into one (Kc, H, W) array.
+
+Normalisation (`normalize`) turns whatever a user's file holds (8-/16-bit integers, floats, RGB)
+into one float32 gray image. Its settings are a small dict stored in the checkpoint, so training
+and prediction apply exactly the same steps.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .module import Module
+
+# ITU-R BT.709 luma weights (also skimage.color.rgb2gray's): how bright each channel looks.
+RGB_TO_GRAY = np.array([0.2125, 0.7154, 0.0721], dtype=np.float64)
+
+# Default normalisation: per-image percentiles, the usual choice for microscopy (robust to a
+# 12-bit camera in a 16-bit file, exposure changes and a few hot pixels).
+DEFAULT_NORMALIZATION: dict[str, Any] = {"method": "percentile", "low": 1.0, "high": 99.8}
+
+
+def to_gray(image: np.ndarray, *, who: str = "image") -> np.ndarray:
+    """(H, W), (H, W, 1), (1, H, W), (H, W, 3) RGB or (H, W, 4) RGBA -> (H, W) float64.
+
+    RGB(A) becomes luminance with the BT.709 weights; the alpha channel is dropped.
+    """
+    image = np.asarray(image)
+    if image.dtype == bool:
+        image = image.astype(np.uint8)
+    if not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
+        raise TypeError(f"{who}: expected a numeric image, got dtype {image.dtype}")
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    elif image.ndim == 3 and image.shape[0] == 1:
+        image = image[0]
+    elif image.ndim == 3 and image.shape[-1] in (3, 4):
+        image = image[..., :3].astype(np.float64) @ RGB_TO_GRAY
+    if image.ndim != 2:
+        raise ValueError(
+            f"{who}: expected a 2-D gray image (H, W) or RGB(A) (H, W, 3|4), got shape "
+            f"{image.shape}"
+        )
+    if image.size == 0:
+        raise ValueError(f"{who}: the image is empty (shape {image.shape})")
+    return image.astype(np.float64, copy=False)
+
+
+def normalize(image: np.ndarray, normalization: dict[str, Any] | None = None, *,
+              who: str = "image") -> np.ndarray:
+    """Turn a raw image into the float32 (H, W) gray image the network was trained on.
+
+    normalization["method"]:
+      "percentile" (default): (x - p_low) / (p_high - p_low) with the image's own percentiles
+                   `low` and `high` (1 and 99.8 by default); not clipped.
+      "range":     integers divided by their dtype's maximum (uint8 / 255, uint16 / 65535);
+                   floats taken as they are.
+      "none":      the values as they are (float32).
+    """
+    norm = dict(DEFAULT_NORMALIZATION if normalization is None else normalization)
+    raw = np.asarray(image)
+    gray = to_gray(raw, who=who)
+    if not np.isfinite(gray).all():
+        raise ValueError(f"{who}: contains NaN or inf values ({int((~np.isfinite(gray)).sum())} "
+                         "pixels); fix or mask them before predicting")
+    method = norm.get("method")
+    if method == "percentile":
+        lo, hi = np.percentile(gray, [norm.get("low", 1.0), norm.get("high", 99.8)])
+        scale = hi - lo
+        if scale <= 0:  # a flat image: nothing to stretch, just centre it
+            scale = 1.0
+        out = (gray - lo) / scale
+    elif method == "range":
+        if np.issubdtype(raw.dtype, np.integer):
+            out = gray / float(np.iinfo(raw.dtype).max)
+        else:
+            out = gray
+    elif method == "none":
+        out = gray
+    else:
+        raise ValueError(f"normalize: unknown method {method!r}; use 'percentile', 'range' "
+                         "or 'none'")
+    return out.astype(np.float32)
+
+
+def size_multiple(model: Module) -> int:
+    """The factor image sides must be divisible by: 2**depth for a U-Net."""
+    depth = getattr(model, "depth", None)
+    if depth is None and hasattr(model, "config"):
+        depth = model.config().get("depth")
+    if depth is None:
+        raise TypeError(f"predict: cannot tell the depth of a {type(model).__name__}: it needs a "
+                        "`depth` attribute or config()['depth']")
+    return 2 ** int(depth)
+
+
+def receptive_radius(depth: int) -> int:
+    """How far (in pixels) an output pixel of a U-Net with 3x3 convs can see, per side.
+
+    Per level l (scale 2**l): two 3x3 convs on the way down (2 * 2**l), the 2x2 pool (2**l),
+    two on the way up (2 * 2**l); the bottom adds two convs at scale 2**depth. The 2x2
+    stride-2 transposed conv adds nothing. Sum: 7 * 2**depth - 5.
+    """
+    return 7 * 2**depth - 5
+
+
+def predict(model: Module, image: np.ndarray, *, tile: int = 256, margin: int | None = None,
+            batch_size: int = 4, normalization: dict[str, Any] | None = None,
+            normalized: bool = False) -> np.ndarray:
+    """Class probabilities (Kc, H, W) float32 for one image of any size.
+
+    model:        a U-Net (or any Module with `depth`) mapping (N, Cin, h, w) -> (N, Kc, h, w)
+    image:        the raw image (see `normalize`), or an already normalised (H, W) float32
+                  array with `normalized=True`
+    tile:         side of each tile's kept core, rounded up to a multiple of 2**depth; shrunk
+                  to the image when the image is smaller
+    margin:       context added on each side of a tile (default: the receptive radius, rounded
+                  up to a multiple of 2**depth, which makes tiling seamless)
+    batch_size:   tiles per forward pass (memory grows with it)
+    normalization: the settings stored in the checkpoint (default DEFAULT_NORMALIZATION)
+    """
+    x = (np.asarray(image, dtype=np.float32) if normalized
+         else normalize(image, normalization))
+    if x.ndim != 2:
+        raise ValueError(f"predict: expected one (H, W) image, got shape {x.shape}")
+    if normalized and not np.isfinite(x).all():
+        raise ValueError("predict: the image contains NaN or inf values")
+    if tile < 1 or batch_size < 1:
+        raise ValueError(f"predict: tile ({tile}) and batch_size ({batch_size}) must be >= 1")
+    mult = size_multiple(model)
+    depth = int(math.log2(mult))
+    if margin is None:
+        margin = receptive_radius(depth)
+    margin = _round_up(margin, mult)
+    H, W = x.shape
+    core = min(_round_up(tile, mult), _round_up(max(H, W), mult))
+    n_rows, n_cols = math.ceil(H / core), math.ceil(W / core)
+
+    # Mirror the image beyond its edges: margin on every side, and up to a whole number of
+    # tiles on the bottom/right. "reflect" needs the pad to be shorter than the image, so an
+    # image smaller than the margin is reflected repeatedly.
+    pad_bottom = n_rows * core - H + margin
+    pad_right = n_cols * core - W + margin
+    padded = _mirror_pad(x, margin, pad_bottom, margin, pad_right)  # (Hp, Wp)
+
+    was_training = model.training
+    model.eval()
+    probs: np.ndarray | None = None
+    dtype = model.dtype
+    try:
+        origins = [(r * core, c * core) for r in range(n_rows) for c in range(n_cols)]
+        for start in range(0, len(origins), batch_size):
+            batch_origins = origins[start:start + batch_size]
+            side = core + 2 * margin
+            batch = np.empty((len(batch_origins), 1, side, side), dtype=dtype)  # (N, 1, h, w)
+            for i, (r0, c0) in enumerate(batch_origins):
+                batch[i, 0] = padded[r0:r0 + side, c0:c0 + side]
+            logits = model.forward(batch)                                   # (N, Kc, h, w)
+            p = softmax(logits[:, :, margin:margin + core, margin:margin + core])
+            if probs is None:
+                probs = np.empty((p.shape[1], H, W), dtype=np.float32)     # (Kc, H, W)
+            for i, (r0, c0) in enumerate(batch_origins):
+                h = min(core, H - r0)
+                w = min(core, W - c0)
+                probs[:, r0:r0 + h, c0:c0 + w] = p[i, :, :h, :w]
+    finally:
+        model.train(was_training)
+    assert probs is not None
+    return probs
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the class axis 1 of (N, Kc, H, W), stable (the max is subtracted first)."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-int(value) // multiple) * multiple
+
+
+def _mirror_pad(x: np.ndarray, top: int, bottom: int, left: int, right: int) -> np.ndarray:
+    """np.pad(mode="reflect"), repeated while the pad is longer than the image allows."""
+    while top or bottom or left or right:
+        H, W = x.shape
+        t, b = min(top, H - 1), min(bottom, H - 1)
+        lft, rgt = min(left, W - 1), min(right, W - 1)
+        if H == 1 or W == 1:  # nothing to reflect: repeat the edge instead
+            return np.pad(x, ((top, bottom), (left, right)), mode="edge")
+        x = np.pad(x, ((t, b), (lft, rgt)), mode="reflect")
+        top, bottom, left, right = top - t, bottom - b, left - lft, right - rgt
+    return x

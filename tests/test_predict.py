@@ -1,0 +1,85 @@
+"""Overlap-tile prediction: seamless, any size, bounded, with normalisation stored and reused."""
+
+import numpy as np
+import pytest
+
+import minunet as mu
+from minunet.predict import normalize, receptive_radius, to_gray
+
+
+def small_unet(depth=2, seed=0):
+    model = mu.UNet(in_channels=1, num_classes=3, depth=depth, base_channels=4,
+                    rng=np.random.default_rng(seed))
+    # give batch norm non-trivial running statistics, as after training
+    rng = np.random.default_rng(seed + 1)
+    for _, module in model.named_modules():
+        if isinstance(module, mu.BatchNorm2d):
+            module.running_mean[:] = rng.normal(0, 0.1, module.running_mean.shape)
+            module.running_var[:] = rng.uniform(0.5, 1.5, module.running_var.shape)
+    return model.eval()
+
+
+def test_receptive_radius_covers_what_the_network_sees():
+    """Perturb one input pixel: outputs change only within the stated radius."""
+    depth = 2
+    model = small_unet(depth)
+    size = 64
+    x = np.random.default_rng(2).random((1, 1, size, size), dtype=np.float32)
+    base = model.forward(x)
+    x2 = x.copy()
+    x2[0, 0, 32, 32] += 5.0
+    changed = np.abs(model.forward(x2) - base).max(axis=(0, 1)) > 0
+    rows, cols = np.nonzero(changed)
+    reach = max(np.abs(rows - 32).max(), np.abs(cols - 32).max())
+    assert 0 < reach <= receptive_radius(depth)
+
+
+@pytest.mark.parametrize("shape", [(100, 77), (37, 130), (9, 5)])
+def test_tiled_equals_untiled(shape):
+    model = small_unet(depth=2)
+    image = np.random.default_rng(3).random(shape).astype(np.float32)
+    whole = mu.predict(model, image, tile=512)
+    tiled = mu.predict(model, image, tile=8, batch_size=3)
+    assert whole.shape == tiled.shape == (3, *shape)
+    np.testing.assert_allclose(tiled, whole, rtol=0, atol=2e-5)
+    np.testing.assert_allclose(whole.sum(axis=0), 1.0, atol=1e-5)
+
+
+def test_too_small_margin_shows_seams():
+    """The test above can fail: without enough context, tiles disagree with the whole."""
+    model = small_unet(depth=2)
+    image = np.random.default_rng(3).random((64, 64)).astype(np.float32)
+    whole = mu.predict(model, image, tile=512)
+    tiled = mu.predict(model, image, tile=8, margin=4)
+    assert np.abs(tiled - whole).max() > 1e-3
+
+
+def test_predict_restores_training_mode():
+    model = small_unet().train()
+    mu.predict(model, np.zeros((8, 8), np.float32) + 0.5)
+    assert model.training
+
+
+def test_normalize_inputs():
+    rng = np.random.default_rng(0)
+    u8 = rng.integers(0, 256, (20, 30), dtype=np.uint8)
+    u16 = u8.astype(np.uint16) * 257
+    a, b = normalize(u8), normalize(u16)
+    assert a.dtype == np.float32 and a.shape == (20, 30)
+    np.testing.assert_allclose(a, b, atol=1e-5)  # percentiles make 8- and 16-bit agree
+    rgb = np.stack([u8, u8, u8], axis=-1)
+    np.testing.assert_allclose(normalize(rgb), a, atol=1e-5)  # gray RGB == gray
+    assert to_gray(np.dstack([u8, u8, u8, u8])).shape == (20, 30)
+    r = normalize(u16, {"method": "range"})
+    np.testing.assert_allclose(r, u16 / 65535.0, rtol=1e-6)
+
+
+def test_bad_images_are_named():
+    with pytest.raises(ValueError, match="NaN"):
+        normalize(np.full((4, 4), np.nan))
+    with pytest.raises(ValueError, match="empty"):
+        normalize(np.zeros((0, 4)))
+    with pytest.raises(ValueError, match="2-D"):
+        normalize(np.zeros((2, 3, 4, 5)))
+    with pytest.raises(ValueError, match="unknown method"):
+        normalize(np.zeros((4, 4)), {"method": "zscore!"})
