@@ -14,6 +14,7 @@ which is what the gradient checker uses.
 
 from .gradcheck import GradcheckError, GradcheckReport, gradcheck
 from .module import Module, Parameter, Sequential
+from .predict import normalize, predict
 
 __version__ = "0.1.0"
 
@@ -25,4 +26,6 @@ __all__ = [
     "Sequential",
     "__version__",
     "gradcheck",
+    "normalize",
+    "predict",
 ]
