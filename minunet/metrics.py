@@ -28,6 +28,7 @@ identical and constant (its chance agreement is then 1 and the formula is 0 / 0)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -301,8 +302,9 @@ def match(
         rows, cols, iou = _assign(table, t)
         tp = int(rows.size)
         pairs = np.stack([table.true_ids[rows], table.pred_ids[cols]], axis=1).astype(np.int64)
+        # math.fsum is exactly rounded: the score does not depend on the order of the ids
         results.append(MatchResult.from_counts(
-            t, tp, table.pred_ids.size - tp, table.true_ids.size - tp, float(iou.sum()), pairs
+            t, tp, table.pred_ids.size - tp, table.true_ids.size - tp, math.fsum(iou), pairs
         ))
     return results if several else results[0]
 
@@ -442,7 +444,7 @@ def evaluate(
             sum(img[i].tp for img in objects),
             sum(img[i].fp for img in objects),
             sum(img[i].fn for img in objects),
-            sum(img[i].sum_matched_iou for img in objects),
+            math.fsum(img[i].sum_matched_iou for img in objects),
         )
         for i, t in enumerate(thresholds)
     ]
