@@ -1,0 +1,215 @@
+"""Per-pixel class probabilities -> one integer label per cell (0 = background).
+
+Two kinds of network output are understood:
+
+three-class (Kc = 3: background, interior, boundary), the U-Net's usual target:
+    1. seeds      = interior probability > seed_thresh, split into 4-connected components;
+                    components smaller than min_seed_size pixels are dropped
+    2. foreground = 1 - background probability > fg_thresh
+    3. watershed  (skimage) from the seeds on the elevation 1 - interior probability, grown only
+                  into the foreground: the boundary class is a ridge, so touching cells meet
+                  along it instead of merging
+    4. foreground components that hold no seed become objects of their own (keep_unseeded)
+    5. objects smaller than min_size pixels are removed; ids are made sequential 1..n
+
+binary (Kc = 2: background, foreground; or Kc = 1: foreground only):
+    foreground = foreground probability > fg_thresh, split into 4-connected components;
+    optionally (split=True) touching blobs are split by a watershed on the distance transform,
+    seeded by its h-maxima (maxima at least split_depth pixels above the saddle to a
+    neighbour; blobs too flat for any such maximum stay whole), then small objects are
+    removed and ids made sequential.
+
+Thresholds are strict (`>`). Shapes: (Kc, H, W) -> (H, W); (N, Kc, H, W) -> (N, H, W); a plain
+(H, W) array is read as a single foreground-probability channel. The result is int32.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+from skimage.segmentation import relabel_sequential, watershed
+
+from .checks import check_finite
+
+FG_THRESH = 0.5  # foreground iff more likely than background
+SEED_THRESH = 0.5  # a seed pixel is more likely interior than not
+MIN_SEED_SIZE = 4  # seeds of 1-3 pixels are mostly noise on the interior map, not cells
+MIN_SIZE = 16  # objects under 16 pixels (a disc of radius ~2) are below any cell we segment
+SPLIT_DEPTH = 2.0  # pixels: a neck must be 2 px narrower (in radius) than both blobs to split
+# scipy's 4-neighbourhood: objects touching only at a corner stay apart
+FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
+# h-maxima plateaus come from a 3x3 dilation, so they are 8-connected: one plateau, one seed
+EIGHT_CONNECTED = ndimage.generate_binary_structure(2, 2)
+# softmax in float32 can overshoot 1 (or undershoot 0) by a few ulp; more than this is a bug
+PROB_TOLERANCE = 1e-5
+MODES = ("auto", "three_class", "binary")
+# h-maxima compare distances that went through a subtraction: allow this much rounding
+H_MAXIMA_ROUNDING = 1e-9
+
+
+def _check_probs(probs: object, mode: str) -> np.ndarray:
+    """Validate and return probs as (N, Kc, H, W)."""
+    who = "to_instances"
+    if not isinstance(probs, np.ndarray):
+        raise TypeError(f"{who}: probs must be a numpy array, got {type(probs).__name__}")
+    if not np.issubdtype(probs.dtype, np.floating):
+        raise TypeError(f"{who}: probs must be floating point probabilities, got {probs.dtype}")
+    if mode not in MODES:
+        raise ValueError(f"{who}: mode must be one of {MODES}, got {mode!r}")
+    if probs.ndim == 2:
+        probs = probs[None, None]
+    elif probs.ndim == 3:
+        probs = probs[None]
+    elif probs.ndim != 4:
+        raise ValueError(
+            f"{who}: probs must be (Kc, H, W) or (N, Kc, H, W) (or (H, W) foreground), "
+            f"got shape {probs.shape}"
+        )
+    kc = probs.shape[1]
+    if mode == "three_class" and kc != 3:
+        raise ValueError(f"{who}: mode 'three_class' needs Kc=3 channels, got shape {probs.shape}")
+    if mode == "binary" and kc not in (1, 2):
+        raise ValueError(f"{who}: mode 'binary' needs Kc=1 or 2 channels, got shape {probs.shape}")
+    if kc not in (1, 2, 3):
+        raise ValueError(
+            f"{who}: expected Kc=1, 2 or 3 class channels on axis -3, got {kc} (shape "
+            f"{probs.shape}); a batch of single-channel maps is (N, 1, H, W)"
+        )
+    check_finite(who, probs, name="probs")
+    lo, hi = float(probs.min()), float(probs.max())
+    if lo < -PROB_TOLERANCE or hi > 1 + PROB_TOLERANCE:
+        raise ValueError(
+            f"{who}: probs must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]; "
+            f"apply softmax (or sigmoid) to the logits first"
+        )
+    return probs
+
+
+def _finish(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """Remove objects under min_size pixels; sequential ids 1..n; int32."""
+    sizes = np.bincount(labels.ravel())
+    small = sizes < min_size
+    small[0] = False
+    if small.any():
+        labels = np.where(small[labels], 0, labels)
+    return relabel_sequential(labels)[0].astype(np.int32)
+
+
+def _add_unseeded(labels: np.ndarray, foreground: np.ndarray) -> np.ndarray:
+    """Give each foreground component that the watershed did not reach an id of its own."""
+    rest, n_rest = ndimage.label(foreground & (labels == 0), structure=FOUR_CONNECTED)
+    if n_rest:
+        labels = np.where(rest > 0, rest + labels.max(), labels)
+    return labels
+
+
+def reconstruct_by_dilation(marker: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Grayscale reconstruction: dilate `marker` (3x3) under `mask` until nothing changes.
+
+    marker <= mask, both (H, W). Same result as skimage.morphology.reconstruction, but the loop
+    stops after a few passes on distance maps (each pass only has to climb the domes that are
+    higher than marker), where skimage's general algorithm sorts every pixel.
+    """
+    rec = marker
+    while True:
+        grown = np.minimum(ndimage.grey_dilation(rec, size=(3, 3)), mask)
+        if np.array_equal(grown, rec):
+            return rec
+        rec = grown
+
+
+def h_maxima_mask(image: np.ndarray, h: float) -> np.ndarray:
+    """Pixels on the top of a dome at least h high: image - reconstruction(image - h) >= h.
+
+    For a distance map (>= 0) the marker is clipped at 0, which leaves every dome over the
+    background unchanged and spares the loop from climbing the background.
+    """
+    rec = reconstruct_by_dilation(np.maximum(image - h, 0.0), image)
+    return (image - rec >= h - H_MAXIMA_ROUNDING) & (image > 0)
+
+
+def three_class_instances(
+    p_background: np.ndarray,
+    p_interior: np.ndarray,
+    *,
+    fg_thresh: float = FG_THRESH,
+    seed_thresh: float = SEED_THRESH,
+    min_seed_size: int = MIN_SEED_SIZE,
+    min_size: int = MIN_SIZE,
+    keep_unseeded: bool = True,
+) -> np.ndarray:
+    """Labels (H, W) from background and interior probabilities (H, W); see the module doc."""
+    foreground = (1.0 - p_background) > fg_thresh  # (H, W)
+    seeds, _ = ndimage.label(p_interior > seed_thresh, structure=FOUR_CONNECTED)
+    seeds = _finish(seeds, min_seed_size)
+    seeds[~foreground] = 0  # a seed outside the foreground cannot grow
+    labels = watershed(1.0 - p_interior, markers=seeds, mask=foreground)
+    if keep_unseeded:
+        labels = _add_unseeded(labels, foreground)
+    return _finish(labels, min_size)
+
+
+def binary_instances(
+    p_foreground: np.ndarray,
+    *,
+    fg_thresh: float = FG_THRESH,
+    min_size: int = MIN_SIZE,
+    split: bool = False,
+    split_depth: float = SPLIT_DEPTH,
+) -> np.ndarray:
+    """Labels (H, W) from a foreground probability (H, W); see the module doc."""
+    foreground = p_foreground > fg_thresh  # (H, W)
+    labels, _ = ndimage.label(foreground, structure=FOUR_CONNECTED)
+    if split and foreground.any():
+        distance = ndimage.distance_transform_edt(foreground)  # (H, W) pixels to background
+        markers, _ = ndimage.label(h_maxima_mask(distance, split_depth), EIGHT_CONNECTED)
+        labels = _add_unseeded(watershed(-distance, markers=markers, mask=foreground), foreground)
+    return _finish(labels, min_size)
+
+
+def to_instances(
+    probs: np.ndarray,
+    mode: str = "auto",
+    *,
+    fg_thresh: float = FG_THRESH,
+    seed_thresh: float = SEED_THRESH,
+    min_seed_size: int = MIN_SEED_SIZE,
+    min_size: int = MIN_SIZE,
+    keep_unseeded: bool = True,
+    split: bool = False,
+    split_depth: float = SPLIT_DEPTH,
+) -> np.ndarray:
+    """Instance labels from class probabilities.
+
+    probs: (Kc, H, W) or (N, Kc, H, W) probabilities in [0, 1] (softmax output), or (H, W)
+        foreground probability. Channel order: Kc=3 background, interior, boundary;
+        Kc=2 background, foreground; Kc=1 foreground.
+    mode: "auto" (Kc=3 -> "three_class", Kc in {1, 2} -> "binary"), "three_class" or "binary"
+    fg_thresh: a pixel is foreground iff its foreground probability (three-class: 1 - background)
+        is > fg_thresh (default 0.5)
+    seed_thresh, min_seed_size: three-class seeds are 4-connected regions of interior
+        probability > seed_thresh (default 0.5) with at least min_seed_size pixels (default 4)
+    min_size: objects with fewer pixels are removed (default 16)
+    keep_unseeded: three-class: foreground regions without any seed become objects (default True)
+    split, split_depth: binary: split touching blobs with a distance-transform watershed whose
+        seeds are maxima at least split_depth pixels (default 2) above their saddle
+
+    Returns int32 labels (H, W) or (N, H, W), 0 = background, ids 1..n per image.
+    Raises TypeError / ValueError / FloatingPointError for a wrong type or shape, probabilities
+    outside [0, 1], or NaN / inf.
+    """
+    batch = _check_probs(probs, mode)  # (N, Kc, H, W)
+    kc = batch.shape[1]
+    out = np.zeros((batch.shape[0], *batch.shape[2:]), dtype=np.int32)  # (N, H, W)
+    for i, p in enumerate(batch):
+        if kc == 3:
+            out[i] = three_class_instances(
+                p[0], p[1], fg_thresh=fg_thresh, seed_thresh=seed_thresh,
+                min_seed_size=min_seed_size, min_size=min_size, keep_unseeded=keep_unseeded,
+            )
+        else:
+            out[i] = binary_instances(
+                p[-1], fg_thresh=fg_thresh, min_size=min_size, split=split,
+                split_depth=split_depth,
+            )
+    return out if probs.ndim == 4 else out[0]
