@@ -13,16 +13,27 @@ which is what the gradient checker uses.
 """
 
 from .gradcheck import GradcheckError, GradcheckReport, gradcheck
+from .layers.activation import ReLU
+from .layers.batchnorm import BatchNorm2d
+from .layers.concat import Concat
+from .layers.pool import MaxPool2d
+from .losses import CrossEntropyLoss, DiceLoss
 from .module import Module, Parameter, Sequential
 from .predict import normalize, predict
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchNorm2d",
+    "Concat",
+    "CrossEntropyLoss",
+    "DiceLoss",
     "GradcheckError",
     "GradcheckReport",
+    "MaxPool2d",
     "Module",
     "Parameter",
+    "ReLU",
     "Sequential",
     "__version__",
     "gradcheck",

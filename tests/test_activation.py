@@ -1,0 +1,76 @@
+"""ReLU: kernels vs reference, gradient check away from the kink, the x == 0 convention, errors."""
+
+import numpy as np
+import pytest
+
+import minunet as mu
+from minunet.kernels.activation import relu_backward, relu_forward
+
+
+# ---- plain NumPy references (to move to minunet/kernels/reference.py) ----
+def relu_forward_ref(x):
+    return np.maximum(x, 0)
+
+
+def relu_backward_ref(dout, out):
+    return np.where(out > 0, dout, 0).astype(dout.dtype)
+
+
+def rel(a, b):
+    return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300)
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float32, 1e-5), (np.float64, 1e-12)])
+@pytest.mark.parametrize("shape", [(1, 3, 5, 7), (2, 4, 9, 6), (13,)])
+def test_kernels_match_reference(shape, dtype, tol):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(dtype)
+    x.reshape(-1)[::5] = 0  # exact zeros: gradient 0 there in both
+    out = relu_forward(x)
+    assert out.dtype == dtype and rel(out, relu_forward_ref(x)) <= tol
+    dout = rng.standard_normal(shape).astype(dtype)
+    dx = relu_backward(dout, out)
+    assert dx.dtype == dtype and rel(dx, relu_backward_ref(dout, out)) <= tol
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 3, 5), (3, 1, 4, 2)])
+def test_gradcheck_away_from_kink(shape):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(shape)
+    x += np.sign(x) * 0.1  # |x| >= 0.1 >> finite-difference step
+    mu.gradcheck(mu.ReLU(), x, max_elements=None)
+
+
+def test_gradient_at_exactly_zero_is_zero():
+    relu = mu.ReLU()
+    x = np.array([[[[-1.0, 0.0, 2.0]]]])
+    assert relu.forward(x).tolist() == [[[[0.0, 0.0, 2.0]]]]
+    assert relu.backward(np.array([[[[3.0, 4.0, 5.0]]]])).tolist() == [[[[0.0, 0.0, 5.0]]]]
+
+
+def test_matches_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    dout = rng.standard_normal(x.shape).astype(np.float32)
+    relu = mu.ReLU()
+    out = relu.forward(x)
+    xt = torch.tensor(x, requires_grad=True)
+    torch.relu(xt).backward(torch.tensor(dout))
+    assert np.array_equal(out, torch.relu(xt).detach().numpy())
+    assert np.array_equal(relu.backward(dout), xt.grad.numpy())
+
+
+def test_bad_inputs():
+    with pytest.raises(FloatingPointError, match=r"ReLU.*1 inf"):
+        mu.ReLU().forward(np.array([1.0, np.inf]))
+    with pytest.raises(TypeError, match=r"ReLU.*numpy array"):
+        mu.ReLU().forward([1.0, 2.0])
+    with pytest.raises(TypeError, match=r"ReLU.*float32 or float64"):
+        mu.ReLU().forward(np.array([1, 2]))
+    with pytest.raises(RuntimeError, match="before forward"):
+        mu.ReLU().backward(np.zeros(3))
+    relu = mu.ReLU()
+    relu.forward(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"ReLU.backward.*shape"):
+        relu.backward(np.zeros((3, 2)))

@@ -1,0 +1,46 @@
+"""Concat: values, gradient check, errors."""
+
+import numpy as np
+import pytest
+
+import minunet as mu
+
+
+def test_forward_joins_channels_and_backward_splits():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((2, 3, 5, 4)).astype(np.float32)
+    b = rng.standard_normal((2, 1, 5, 4)).astype(np.float32)
+    cat = mu.Concat()
+    out = cat.forward(a, b)
+    assert out.shape == (2, 4, 5, 4) and out.dtype == np.float32
+    assert np.array_equal(out[:, :3], a) and np.array_equal(out[:, 3:], b)
+    dout = rng.standard_normal(out.shape).astype(np.float32)
+    da, db = cat.backward(dout)
+    assert np.array_equal(da, dout[:, :3]) and np.array_equal(db, dout[:, 3:])
+    assert da.flags.c_contiguous and db.flags.c_contiguous
+    assert not np.shares_memory(da, dout) and not np.shares_memory(db, dout)
+
+
+@pytest.mark.parametrize("shape_a, shape_b", [((1, 2, 3, 5), (1, 3, 3, 5)),
+                                              ((2, 1, 4, 3), (2, 2, 4, 3))])
+def test_gradcheck(shape_a, shape_b):
+    rng = np.random.default_rng(1)
+    report = mu.gradcheck(mu.Concat(), rng.standard_normal(shape_a),
+                          rng.standard_normal(shape_b), max_elements=None)
+    assert [t.name for t in report.tensors] == ["input 0", "input 1"]
+
+
+def test_bad_inputs():
+    cat = mu.Concat()
+    with pytest.raises(ValueError, match=r"Concat.*N, H and W.*\(1, 2, 4, 4\).*\(1, 2, 4, 5\)"):
+        cat.forward(np.zeros((1, 2, 4, 4)), np.zeros((1, 2, 4, 5)))
+    with pytest.raises(ValueError, match=r"Concat.*N, H and W"):
+        cat.forward(np.zeros((2, 2, 4, 4)), np.zeros((1, 2, 4, 4)))
+    with pytest.raises(ValueError, match=r"Concat.*second input.*4 dimensions"):
+        cat.forward(np.zeros((1, 2, 4, 4)), np.zeros((2, 4, 4)))
+    with pytest.raises(TypeError, match=r"Concat.*dtypes"):
+        cat.forward(np.zeros((1, 2, 4, 4)), np.zeros((1, 2, 4, 4), np.float32))
+    with pytest.raises(FloatingPointError, match=r"Concat.*first input.*NaN"):
+        cat.forward(np.full((1, 1, 2, 2), np.nan), np.zeros((1, 1, 2, 2)))
+    with pytest.raises(RuntimeError, match="before forward"):
+        mu.Concat().backward(np.zeros((1, 2, 2, 2)))

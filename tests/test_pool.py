@@ -1,0 +1,124 @@
+"""MaxPool2d: kernels vs their NumPy reference, gradient check, tie rule, floor size, errors."""
+
+import numpy as np
+import pytest
+
+import minunet as mu
+from minunet.kernels.pool import maxpool2d_backward, maxpool2d_forward
+
+
+# ---- plain NumPy references (to move to minunet/kernels/reference.py) ----
+def maxpool2d_forward_ref(x, K, S):
+    """Each window flattened row-major; np.argmax returns the FIRST maximum on ties."""
+    N, C, H, W = x.shape
+    Ho, Wo = (H - K) // S + 1, (W - K) // S + 1
+    out = np.empty((N, C, Ho, Wo), x.dtype)
+    argmax = np.empty((N, C, Ho, Wo), np.uint8)
+    for i in range(Ho):
+        for j in range(Wo):
+            window = x[:, :, i * S:i * S + K, j * S:j * S + K].reshape(N, C, K * K)
+            argmax[:, :, i, j] = window.argmax(axis=2)
+            out[:, :, i, j] = window.max(axis=2)
+    return out, argmax
+
+
+def maxpool2d_backward_ref(dout, argmax, H, W, K, S):
+    """Scatter-add each dout to its window's winner (np.add.at: overlapping windows add up)."""
+    N, C, Ho, Wo = dout.shape
+    dx = np.zeros((N, C, H, W), dout.dtype)
+    n, c, i, j = np.indices((N, C, Ho, Wo))
+    kh, kw = np.divmod(argmax.astype(np.int64), K)
+    np.add.at(dx, (n, c, i * S + kh, j * S + kw), dout)
+    return dx
+
+
+def rel(a, b):
+    return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300)
+
+
+def distinct(shape, rng, gap=0.1):
+    """Values at least `gap` apart: no ties, so finite differences never cross a switch."""
+    return (rng.permutation(int(np.prod(shape))).reshape(shape) * gap).astype(np.float64)
+
+
+CASES = [  # (N, C, H, W, K, S): odd sizes, H != W, batch 1, overlapping and gapped windows
+    (1, 1, 4, 6, 2, 2), (2, 3, 7, 5, 2, 2), (1, 2, 9, 8, 3, 2), (2, 2, 6, 7, 2, 1),
+    (1, 3, 9, 10, 3, 3), (2, 1, 8, 11, 2, 3),
+]
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float32, 1e-5), (np.float64, 1e-12)])
+@pytest.mark.parametrize("N, C, H, W, K, S", CASES)
+def test_kernels_match_reference(N, C, H, W, K, S, dtype, tol):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    out, argmax = maxpool2d_forward(x, K, S)
+    out_ref, argmax_ref = maxpool2d_forward_ref(x, K, S)
+    assert out.dtype == dtype and out.shape == out_ref.shape
+    assert rel(out, out_ref) <= tol and np.array_equal(argmax, argmax_ref)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    dx = maxpool2d_backward(dout, argmax, H, W, K, S)
+    dx_ref = maxpool2d_backward_ref(dout, argmax_ref, H, W, K, S)
+    assert dx.dtype == dtype and rel(dx, dx_ref) <= tol
+
+
+@pytest.mark.parametrize("N, C, H, W, K, S", CASES)
+def test_gradcheck(N, C, H, W, K, S):
+    x = distinct((N, C, H, W), np.random.default_rng(1))
+    report = mu.gradcheck(mu.MaxPool2d(K, S), x, max_elements=None)
+    assert report.tensors[0].rel_error < 1e-7
+
+
+def test_tie_sends_gradient_to_first_maximum_in_row_major_order():
+    x = np.zeros((1, 1, 2, 4))
+    x[0, 0] = [[1.0, 5.0, 3.0, 3.0],
+               [5.0, 5.0, 3.0, 2.0]]  # window 0: three 5s; window 1: three 3s
+    pool = mu.MaxPool2d(2)
+    out = pool.forward(x)
+    assert out.tolist() == [[[[5.0, 3.0]]]]
+    dx = pool.backward(np.array([[[[10.0, 20.0]]]]))
+    expected = np.zeros_like(x)
+    expected[0, 0, 0, 1] = 10.0  # first 5 in (row 0 left to right, then row 1)
+    expected[0, 0, 0, 2] = 20.0  # first 3
+    assert np.array_equal(dx, expected)
+
+
+def test_floor_output_size_and_default_stride():
+    pool = mu.MaxPool2d(2)
+    assert pool.stride == 2
+    x = np.random.default_rng(2).standard_normal((2, 3, 7, 9)).astype(np.float32)
+    assert pool.forward(x).shape == (2, 3, 3, 4)
+    assert pool.backward(np.ones((2, 3, 3, 4), np.float32))[:, :, 6, :].sum() == 0  # dropped row
+
+
+def test_matches_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 9, 8))
+    for K, S in [(2, 2), (3, 2), (3, 1)]:
+        pool = mu.MaxPool2d(K, S)
+        out = pool.forward(x)
+        dout = rng.standard_normal(out.shape)
+        xt = torch.tensor(x, requires_grad=True)
+        yt = torch.nn.functional.max_pool2d(xt, K, S)
+        yt.backward(torch.tensor(dout))
+        assert np.allclose(out, yt.detach().numpy(), rtol=0, atol=0)
+        assert np.allclose(pool.backward(dout), xt.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_bad_inputs():
+    pool = mu.MaxPool2d(2)
+    with pytest.raises(ValueError, match=r"MaxPool2d.*4 dimensions"):
+        pool.forward(np.zeros((3, 4, 4)))
+    x = np.zeros((1, 1, 4, 4))
+    x[0, 0, 1, 2] = np.nan
+    with pytest.raises(FloatingPointError, match=r"MaxPool2d.*1 NaN"):
+        pool.forward(x)
+    with pytest.raises(ValueError, match=r"smaller than the 2x2 window"):
+        pool.forward(np.zeros((1, 1, 1, 4)))
+    with pytest.raises(TypeError, match="float32 or float64"):
+        pool.forward(np.zeros((1, 1, 4, 4), np.int32))
+    with pytest.raises(RuntimeError, match="before forward"):
+        mu.MaxPool2d(2).backward(np.zeros((1, 1, 2, 2)))
+    with pytest.raises(ValueError, match="kernel_size"):
+        mu.MaxPool2d(17)
