@@ -16,6 +16,8 @@ from .gradcheck import GradcheckError, GradcheckReport, gradcheck
 from .layers.activation import ReLU
 from .layers.batchnorm import BatchNorm2d
 from .layers.concat import Concat
+from .layers.conv import Conv2d
+from .layers.conv_transpose import ConvTranspose2d
 from .layers.pool import MaxPool2d
 from .losses import CrossEntropyLoss, DiceLoss
 from .module import Module, Parameter, Sequential
@@ -26,6 +28,8 @@ __version__ = "0.1.0"
 __all__ = [
     "BatchNorm2d",
     "Concat",
+    "Conv2d",
+    "ConvTranspose2d",
     "CrossEntropyLoss",
     "DiceLoss",
     "GradcheckError",

@@ -3,7 +3,8 @@
 from .activation import ReLU
 from .batchnorm import BatchNorm2d
 from .concat import Concat
+from .conv import Conv2d
+from .conv_transpose import ConvTranspose2d
 from .pool import MaxPool2d
 
-
-__all__ = ["BatchNorm2d", "Concat", "MaxPool2d", "ReLU"]
+__all__ = ["BatchNorm2d", "Concat", "Conv2d", "ConvTranspose2d", "MaxPool2d", "ReLU"]

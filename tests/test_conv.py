@@ -1,0 +1,159 @@
+"""Conv2d: kernels vs the NumPy reference, gradient checks, PyTorch agreement, bad inputs."""
+
+import numpy as np
+import pytest
+
+import minunet as mu
+from minunet.kernels import conv as kernels
+from minunet.kernels import reference
+
+TOL = {np.float32: 1e-5, np.float64: 1e-12}  # kernel vs reference, whole-tensor relative error
+
+# (N, Cin, Cout, H, W, K, S, P): odd sizes with H != W, batch 1, K = 1 and 3, strides, paddings
+CASES = [
+    (2, 3, 4, 7, 5, 3, 1, 1),
+    (1, 2, 3, 9, 6, 3, 2, 0),
+    (2, 3, 2, 5, 8, 1, 1, 0),
+    (1, 4, 3, 8, 7, 3, 2, 2),
+    (2, 1, 5, 6, 9, 3, 1, 0),
+    (1, 2, 2, 7, 6, 2, 3, 1),
+]
+
+
+def rel_error(a, b):
+    return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES)
+def test_kernels_match_reference(case, dtype):
+    N, Cin, Cout, H, W, K, S, P = case
+    rng = np.random.default_rng(sum(case))
+    x = rng.standard_normal((N, Cin, H, W)).astype(dtype)
+    w = rng.standard_normal((Cout, Cin, K, K)).astype(dtype)
+    b = rng.standard_normal(Cout).astype(dtype)
+
+    y = kernels.conv2d_forward(x, w, b, S, P)
+    y_ref = reference.conv2d_forward_reference(x, w, b, S, P)
+    assert y.shape == y_ref.shape and y.dtype == dtype
+    assert rel_error(y, y_ref) < TOL[dtype]
+
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx = kernels.conv2d_backward_input(dy, w, S, P, H, W)
+    dx_ref = reference.conv2d_backward_input_reference(dy, w, S, P, H, W)
+    assert dx.shape == x.shape and dx.dtype == dtype
+    assert rel_error(dx, dx_ref) < TOL[dtype]
+
+    dw = kernels.conv2d_backward_weight(x, dy, K, S, P)
+    dw_ref = reference.conv2d_backward_weight_reference(x, dy, K, S, P)
+    assert dw.shape == w.shape and dw.dtype == dtype
+    assert rel_error(dw, dw_ref) < TOL[dtype]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_gradcheck(case):
+    N, Cin, Cout, H, W, K, S, P = case
+    rng = np.random.default_rng(7)
+    layer = mu.Conv2d(Cin, Cout, K, stride=S, padding=P, rng=rng)
+    layer.bias.data[:] = rng.standard_normal(Cout)  # a zero bias would hide nothing, but vary it
+    x = rng.standard_normal((N, Cin, H, W))
+    report = mu.gradcheck(layer, x)
+    assert {t.name for t in report.tensors} == {"input 0", "weight", "bias"}
+    assert all(t.rel_error < 1e-7 for t in report.tensors)
+
+
+def test_gradcheck_without_bias():
+    rng = np.random.default_rng(3)
+    layer = mu.Conv2d(2, 3, 3, padding=1, bias=False, rng=rng)
+    assert layer.bias is None
+    report = mu.gradcheck(layer, rng.standard_normal((1, 2, 5, 4)))
+    assert {t.name for t in report.tensors} == {"input 0", "weight"}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_matches_torch(case):
+    torch = pytest.importorskip("torch")
+    N, Cin, Cout, H, W, K, S, P = case
+    rng = np.random.default_rng(11)
+    layer = mu.Conv2d(Cin, Cout, K, stride=S, padding=P, rng=rng).astype(np.float64)
+    layer.bias.data[:] = rng.standard_normal(Cout)
+    x = rng.standard_normal((N, Cin, H, W))
+    y = layer(x)
+    dy = rng.standard_normal(y.shape)
+    dx = layer.backward(dy)
+
+    xt = torch.tensor(x, requires_grad=True)
+    wt = torch.tensor(layer.weight.data, requires_grad=True)
+    bt = torch.tensor(layer.bias.data, requires_grad=True)
+    yt = torch.nn.functional.conv2d(xt, wt, bt, stride=S, padding=P)
+    yt.backward(torch.tensor(dy))
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(layer.weight.grad, wt.grad.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(layer.bias.grad, bt.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_init_is_he_normal_float32_and_reproducible():
+    layer = mu.Conv2d(16, 32, 3, padding=1, rng=np.random.default_rng(0))
+    assert layer.weight.shape == (32, 16, 3, 3) and layer.bias.shape == (32,)
+    assert layer.weight.dtype == np.float32 and layer.bias.dtype == np.float32
+    assert np.all(layer.bias.data == 0)
+    expected_std = np.sqrt(2 / (16 * 3 * 3))
+    assert abs(layer.weight.data.std() / expected_std - 1) < 0.05  # 4608 draws: ~1% spread
+    again = mu.Conv2d(16, 32, 3, padding=1, rng=np.random.default_rng(0))
+    assert np.array_equal(layer.weight.data, again.weight.data)
+    assert [n for n, _ in layer.named_parameters()] == ["weight", "bias"]
+
+
+def test_float32_forward_stays_float32():
+    layer = mu.Conv2d(3, 4, 3, padding=1, rng=np.random.default_rng(0))
+    x = np.random.default_rng(1).standard_normal((2, 3, 6, 5)).astype(np.float32)
+    y = layer(x)
+    assert y.dtype == np.float32 and y.shape == (2, 4, 6, 5)
+    assert layer.backward(np.ones_like(y)).dtype == np.float32
+    assert layer.weight.grad.dtype == np.float32
+
+
+# ------------------------------------------------------------------ bad input
+@pytest.fixture
+def layer():
+    return mu.Conv2d(16, 8, 3, padding=1, rng=np.random.default_rng(0))
+
+
+def test_wrong_ndim(layer):
+    with pytest.raises(ValueError, match=r"Conv2d.*4 dimensions"):
+        layer(np.zeros((16, 5, 5), np.float32))
+
+
+def test_wrong_channels(layer):
+    with pytest.raises(ValueError, match="Conv2d expected 16 input channels, got 8"):
+        layer(np.zeros((1, 8, 5, 5), np.float32))
+
+
+def test_dtype_mismatch(layer):
+    with pytest.raises(TypeError, match=r"Conv2d.*float64.*float32"):
+        layer(np.zeros((1, 16, 5, 5), np.float64))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_input(layer, bad):
+    x = np.zeros((1, 16, 5, 5), np.float32)
+    x[0, 3, 2, 1] = bad
+    with pytest.raises(FloatingPointError, match="Conv2d"):
+        layer(x)
+
+
+def test_backward_before_forward(layer):
+    with pytest.raises(RuntimeError, match="Conv2d.backward was called before forward"):
+        layer.backward(np.zeros((1, 8, 5, 5), np.float32))
+
+
+def test_input_smaller_than_kernel():
+    with pytest.raises(ValueError, match="smaller than the kernel"):
+        mu.Conv2d(1, 1, 5)(np.zeros((1, 1, 3, 3), np.float32))
+
+
+def test_wrong_dout_shape(layer):
+    layer(np.zeros((1, 16, 5, 5), np.float32))
+    with pytest.raises(ValueError, match=r"Conv2d.*dout"):
+        layer.backward(np.zeros((1, 5, 5, 5), np.float32))
