@@ -1,0 +1,271 @@
+"""The synthetic cell model: star-convex cells on an uneven background, imaged through a blurry,
+noisy microscope. One call draws one image and its exact instance labels.
+
+The model, in the order it is drawn (every knob lives in `presets.STANDARD`):
+
+1. Outlines. Each cell is an ellipse of mean radius `radius` (px, std `radius_std`) with aspect
+   ratio 1 + |N(0, elongation)| and a random orientation, whose radius is multiplied by
+   1 + sum_j a_j cos(j psi + phase_j), j = 2..5, a_j ~ U(0, irregularity) * 2 / j: a star-convex
+   outline that bends at low orders and wrinkles at high ones.
+2. Placement. The cell count is Poisson(density) per 256x256 px of image. With probability
+   `touching` a cell is placed against a random earlier cell along a random direction, at a
+   centre distance of (sum of the two outline radii along it) * U(1 - overlap, 1); otherwise it
+   goes anywhere at least the sum of the mean radii away from every other centre.
+3. Labels. Cells are painted in order, so a later cell occludes an earlier one; then
+   `instances.make_connected` makes every id one 4-connected piece of >= min_size pixels.
+4. Intensity. Each cell gets a brightness above background ~ N(contrast, contrast_std) (clipped
+   to [0.5, 1.5] * contrast), dimmed towards its rim by (1 - edge_falloff * rho^2) (rho = 0 at the
+   centre, 1 on the outline), times (1 + texture * T), T a smooth unit-variance random field of
+   correlation length `texture_scale` px.
+5. Unlabelled distractors: `debris` small bright irregular specks per 256x256 px (radius 2-4.5 px,
+   brightness debris_intensity * U(0.6, 1.4), painted off the cells) and `blobs` out-of-focus
+   cell-sized blobs (brightness blob_intensity * U(0.6, 1.4), edges softened as by a Gaussian
+   blur of `blob_blur` px).
+6. Illumination. (background + cells + distractors) * (1 + linear gradient of total span
+   `gradient` in a random direction - vignetting * r^2 / 2), r the distance from a slightly
+   off-centre point in units of half the image side.
+7. Optics and camera. Gaussian PSF of `blur` px, Poisson shot noise with `photons` expected
+   photons at intensity 1 (drawn as a normal of equal mean and variance where the mean count
+   is >= 30), Gaussian read noise of std `read_noise`, clipped to [0, 1].
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.ndimage import gaussian_filter
+from scipy.special import ndtr
+
+from .instances import make_connected
+
+REFERENCE_AREA = 256 * 256          # densities are counts per 256 x 256 px of image
+HARMONIC_ORDERS = np.arange(2, 6)   # outline wiggles: 2 = bean, 3 = triangle, 4-5 = wrinkles
+MAX_ASPECT_EXCESS = 1.5             # aspect ratio capped at 2.5 so ellipses stay cell-like
+RADIUS_CLIP = (0.6, 1.5)            # a cell's radius stays within these multiples of `radius`
+PLACEMENT_TRIES = 30                # attempts to place one cell before giving up on it
+TOUCH_MIN_SEPARATION = 0.75         # a touching cell keeps its centre this far (x sum of radii)
+                                    # from every other centre, so it never swallows a third cell
+CONTRAST_CLIP = (0.5, 1.5)          # per-cell brightness stays within these multiples of contrast
+DEBRIS_RADIUS = (2.0, 4.5)          # debris specks: well under the smallest cells
+DEBRIS_IRREGULARITY = 0.25          # debris is jagged
+INTENSITY_SPREAD = (0.6, 1.4)       # distractor brightness multipliers
+BLOB_RADIUS = (0.8, 1.3)            # out-of-focus blobs are cell-sized (x radius)
+VIGNETTE_CENTRE_SHIFT = 0.3         # optical centre within +-0.3 half-sides of the image centre
+BLOB_EDGE_SIGMAS = 3.0              # a blob's soft edge is drawn out to 3 blur stds
+NORMAL_SHOT_FROM = 30.0             # mean photon count from which shot noise is drawn as normal
+
+
+def synth_image(rng: np.random.Generator, p: dict, size: tuple[int, int]
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Draw one image (H, W) float32 in [0, 1] and its instance labels (H, W) int32."""
+    H, W = size
+    area_ratio = H * W / REFERENCE_AREA
+    shapes = _place_cells(rng, p, H, W, area_ratio)
+    labels, rho = _paint(shapes, H, W)
+    labels = make_connected(labels, min_size=int(p["min_size"]))
+    n = int(labels.max())
+
+    contrast = np.clip(rng.normal(p["contrast"], p["contrast_std"], n),
+                       CONTRAST_CLIP[0] * p["contrast"], CONTRAST_CLIP[1] * p["contrast"])
+    brightness = np.concatenate([[0.0], contrast]).astype(np.float32)[labels]   # (H, W)
+    texture = _smooth_field(rng, H, W, p["texture_scale"])
+    cells = brightness * (1 - np.float32(p["edge_falloff"]) * rho**2)
+    cells *= 1 + np.float32(p["texture"]) * texture      # background pixels stay 0
+
+    scene = _debris(rng, p, labels, area_ratio)
+    scene += _blobs(rng, p, H, W, area_ratio)
+    scene += cells
+    scene += np.float32(p["background"])
+    scene *= _illumination(rng, p, H, W)
+    if p["blur"] > 0:
+        scene = gaussian_filter(scene, p["blur"], mode="reflect")
+    image = _camera(rng, scene, float(p["photons"]), float(p["read_noise"]))
+    return np.clip(image, 0.0, 1.0, out=image), labels
+
+
+# ---- outlines --------------------------------------------------------------------------------
+
+def _draw_shape(rng: np.random.Generator, radius: float, radius_std: float, elongation: float,
+                irregularity: float) -> dict:
+    """One outline: mean radius r, semi-axes (a, b), orientation theta, harmonic wiggles."""
+    r = float(np.clip(rng.normal(radius, radius_std), RADIUS_CLIP[0] * radius,
+                      RADIUS_CLIP[1] * radius))
+    aspect = 1.0 + min(abs(rng.normal(0.0, elongation)), MAX_ASPECT_EXCESS)
+    amps = irregularity * rng.random(HARMONIC_ORDERS.size) * 2.0 / HARMONIC_ORDERS
+    theta = rng.uniform(0.0, np.pi)
+    phases = rng.uniform(0.0, 2 * np.pi, HARMONIC_ORDERS.size)
+    return {"r": r, "a": r * np.sqrt(aspect), "b": r / np.sqrt(aspect),
+            "rotation": np.exp(-1j * theta), "coeffs": amps * np.exp(1j * phases),
+            "reach": r * np.sqrt(aspect) * (1.0 + amps.sum())}
+
+
+def _outline_radius(shape: dict, z: np.ndarray) -> np.ndarray:
+    """Distance from the centre to the outline along the unit directions z = e^(i psi).
+
+    Trig-free: with w = z e^(-i theta), the ellipse radius is a b / sqrt((b Re w)^2 + (a Im w)^2)
+    and the wiggle sum_j a_j cos(j psi + phase_j) = Re(sum_j a_j e^(i phase_j) z^j), a polynomial
+    in z evaluated by Horner's rule."""
+    w = z * shape["rotation"]
+    a, b = shape["a"], shape["b"]
+    ellipse = a * b / np.sqrt((b * w.real) ** 2 + (a * w.imag) ** 2)
+    poly = np.zeros_like(z)
+    for c in shape["coeffs"][::-1]:                    # highest order first
+        poly = (poly + c) * z
+    poly = poly * z ** (HARMONIC_ORDERS[0] - 1)        # orders start at 2, not 1
+    return ellipse * (1.0 + poly.real)
+
+
+def _place_cells(rng: np.random.Generator, p: dict, H: int, W: int, area_ratio: float
+                 ) -> list[dict]:
+    """Cell outlines with centres, some placed against an earlier cell (touching/overlapping)."""
+    n_target = rng.poisson(p["density"] * area_ratio)
+    shapes: list[dict] = []
+    centres = np.zeros((n_target, 2))
+    radii = np.zeros(n_target)
+    for _ in range(n_target):
+        shape = _draw_shape(rng, p["radius"], p["radius_std"], p["elongation"],
+                            p["irregularity"])
+        k = len(shapes)
+        touch = k > 0 and rng.random() < p["touching"]
+        for _try in range(PLACEMENT_TRIES):
+            if touch:
+                j = int(rng.integers(k))
+                psi = rng.uniform(0.0, 2 * np.pi)
+                z = np.array([np.exp(1j * psi)])
+                reach = _outline_radius(shapes[j], z)[0] + _outline_radius(shape, -z)[0]
+                dist = reach * rng.uniform(1.0 - p["overlap"], 1.0)
+                centre = centres[j] + dist * np.array([np.sin(psi), np.cos(psi)])
+                min_sep = TOUCH_MIN_SEPARATION
+            else:
+                centre = rng.uniform((0.0, 0.0), (H, W))
+                min_sep = 1.0
+            if not (0 <= centre[0] < H and 0 <= centre[1] < W):
+                continue
+            gaps = np.hypot(*(centres[:k] - centre).T) - min_sep * (radii[:k] + shape["r"])
+            if k == 0 or gaps.min() >= 0 or (touch and _only_partner(gaps, j)):
+                break
+        else:
+            continue
+        shape["centre"] = centre
+        centres[k], radii[k] = centre, shape["r"]
+        shapes.append(shape)
+    return shapes
+
+
+def _only_partner(gaps: np.ndarray, j: int) -> bool:
+    """A touching cell may come closer than TOUCH_MIN_SEPARATION only to its partner j."""
+    others = np.delete(gaps, j)
+    return others.size == 0 or others.min() >= 0
+
+
+def _paint(shapes: list[dict], H: int, W: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rasterise outlines in order (later occludes earlier): labels (H, W) and rho (H, W)."""
+    labels = np.zeros((H, W), np.int32)
+    rho = np.zeros((H, W), np.float32)
+    for k, shape in enumerate(shapes, start=1):
+        window = _rasterise(shape, H, W)
+        if window is None:
+            continue
+        (y0, y1, x0, x1), inside, (dist, edge) = window
+        labels[y0:y1, x0:x1][inside] = k
+        rho[y0:y1, x0:x1][inside] = dist[inside] / edge[inside]
+    return labels, rho
+
+
+def _rasterise(shape: dict, H: int, W: int) -> tuple | None:
+    """Pixels inside one outline, on its bounding box clipped to the image."""
+    cy, cx = shape["centre"]
+    reach = shape["reach"] + 1.0
+    y0, y1 = max(int(cy - reach), 0), min(int(cy + reach) + 2, H)
+    x0, x1 = max(int(cx - reach), 0), min(int(cx + reach) + 2, W)
+    if y0 >= y1 or x0 >= x1:
+        return None
+    dy = np.arange(y0, y1)[:, None] + 0.5 - cy      # pixel centres relative to the cell centre
+    dx = np.arange(x0, x1)[None, :] + 0.5 - cx
+    offset = dx + 1j * dy                            # psi measured from +x towards +y (rows)
+    dist = np.abs(offset)
+    direction = np.where(dist > 0, offset / np.maximum(dist, 1e-12), 1.0)
+    edge = _outline_radius(shape, direction)
+    return (y0, y1, x0, x1), dist <= edge, (dist, edge)
+
+
+# ---- distractors, illumination, texture ----------------------------------------------------------
+
+def _debris(rng: np.random.Generator, p: dict, labels: np.ndarray, area_ratio: float
+            ) -> np.ndarray:
+    """Small jagged bright specks, never on a cell pixel (they are unlabelled)."""
+    H, W = labels.shape
+    layer = np.zeros((H, W), np.float32)
+    for _ in range(rng.poisson(p["debris"] * area_ratio)):
+        shape = _draw_shape(rng, rng.uniform(*DEBRIS_RADIUS), 0.0, 0.3, DEBRIS_IRREGULARITY)
+        shape["centre"] = rng.uniform((0.0, 0.0), (H, W))
+        level = p["debris_intensity"] * rng.uniform(*INTENSITY_SPREAD)
+        window = _rasterise(shape, H, W)
+        if window is not None:
+            (y0, y1, x0, x1), inside, _ = window
+            np.maximum(layer[y0:y1, x0:x1], np.where(inside, level, 0.0),
+                       out=layer[y0:y1, x0:x1])
+    layer[labels > 0] = 0.0
+    return layer
+
+
+def _blobs(rng: np.random.Generator, p: dict, H: int, W: int, area_ratio: float) -> np.ndarray:
+    """Out-of-focus cells from another plane: cell-sized, dimmer, with soft edges.
+
+    A blob blurred by a Gaussian of std s has (for s well under its radius) the edge profile
+    Phi((R - dist) / s) of a blurred half-plane; drawing that directly on each blob's box costs
+    far less than filtering the whole image."""
+    layer = np.zeros((H, W), np.float32)
+    soft = max(float(p["blob_blur"]), 1e-3)
+    for _ in range(rng.poisson(p["blobs"] * area_ratio)):
+        shape = _draw_shape(rng, p["radius"] * rng.uniform(*BLOB_RADIUS), 0.0,
+                            p["elongation"], p["irregularity"])
+        shape["centre"] = rng.uniform((0.0, 0.0), (H, W))
+        shape["reach"] += BLOB_EDGE_SIGMAS * soft      # room for the soft edge
+        level = p["blob_intensity"] * rng.uniform(*INTENSITY_SPREAD)
+        window = _rasterise(shape, H, W)
+        if window is not None:
+            (y0, y1, x0, x1), _, (dist, edge) = window
+            layer[y0:y1, x0:x1] += level * ndtr((edge - dist) / soft)
+    return layer
+
+
+def _illumination(rng: np.random.Generator, p: dict, H: int, W: int) -> np.ndarray:
+    """Multiplicative illumination (H, W): a linear gradient and a vignette.
+
+    Both are sums of a function of the row and a function of the column, so the field is one
+    broadcast add of two profiles."""
+    y = (np.arange(H) + 0.5) / H * 2 - 1                 # -1..1 across the image
+    x = (np.arange(W) + 0.5) / W * 2 - 1
+    angle = rng.uniform(0.0, 2 * np.pi)
+    oy, ox = rng.uniform(-VIGNETTE_CENTRE_SHIFT, VIGNETTE_CENTRE_SHIFT, 2)
+    g, v = p["gradient"] / 2, p["vignetting"] / 2
+    rows = 1.0 + g * np.sin(angle) * y - v * (y - oy) ** 2
+    cols = g * np.cos(angle) * x - v * (x - ox) ** 2
+    return (rows[:, None] + cols[None, :]).astype(np.float32)
+
+
+def _camera(rng: np.random.Generator, scene: np.ndarray, photons: float, read_noise: float
+            ) -> np.ndarray:
+    """Shot noise and read noise on a scene (H, W) in intensity units.
+
+    Photon counts are Poisson(photons * scene). Where the mean count is at least
+    NORMAL_SHOT_FROM the count is drawn as N(mean, mean) instead (skewness 1/sqrt(mean) < 0.18
+    there, and five times faster); dimmer pixels are drawn exactly."""
+    mean = np.clip(scene, 0.0, None) * np.float32(photons)
+    noise = rng.standard_normal(scene.shape, dtype=np.float32)
+    counts = mean + np.sqrt(mean) * noise
+    dim = mean < NORMAL_SHOT_FROM
+    if dim.any():
+        counts[dim] = rng.poisson(mean[dim])
+    image = counts / np.float32(photons)
+    image += np.float32(read_noise) * rng.standard_normal(scene.shape, dtype=np.float32)
+    return image
+
+
+def _smooth_field(rng: np.random.Generator, H: int, W: int, scale: float) -> np.ndarray:
+    """Smooth random field (H, W) with unit variance and correlation length `scale` px."""
+    white = rng.standard_normal((H, W), dtype=np.float32)
+    if scale <= 0:
+        return white
+    # white noise filtered by a 2-D Gaussian of std s has variance 1 / (4 pi s^2)
+    return gaussian_filter(white, scale, mode="wrap") * np.float32(2.0 * np.sqrt(np.pi) * scale)
