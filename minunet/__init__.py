@@ -12,6 +12,7 @@ Arrays are NCHW: (N, C, H, W). Training runs in float32; every layer also runs i
 which is what the gradient checker uses.
 """
 
+from . import metrics, viz
 from .gradcheck import GradcheckError, GradcheckReport, gradcheck
 from .layers.activation import ReLU
 from .layers.batchnorm import BatchNorm2d
@@ -21,6 +22,7 @@ from .layers.conv_transpose import ConvTranspose2d
 from .layers.pool import MaxPool2d
 from .losses import CrossEntropyLoss, DiceLoss
 from .module import Module, Parameter, Sequential
+from .postprocess import to_instances
 from .predict import normalize, predict
 
 __version__ = "0.1.0"
@@ -41,6 +43,9 @@ __all__ = [
     "Sequential",
     "__version__",
     "gradcheck",
+    "metrics",
     "normalize",
     "predict",
+    "to_instances",
+    "viz",
 ]
