@@ -1,0 +1,97 @@
+"""The steps every front end shares (the example scripts, the `minunet` command, the benchmarks).
+
+    x, targets, weights = training_arrays(images, labels, normalization)   # data -> targets
+    history = mu.train(model, (x, targets, weights), ..., augment=make_augment())
+    labels, probs = segment(model, image, normalization)                   # image -> instances
+    result = mu.metrics.evaluate(true_labels, [segment(model, im)[0] for im in images])
+
+Each step takes plain arrays and returns plain arrays; nothing here is needed to understand
+the network or its training, only to wire them to data and metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from . import data as mudata
+from . import metrics
+from .module import Module
+from .postprocess import to_instances
+from .predict import DEFAULT_NORMALIZATION, normalize, predict
+from .train import evaluate as evaluate_loss
+
+
+def training_arrays(images: np.ndarray | Sequence[np.ndarray], labels: np.ndarray,
+                    normalization: dict[str, Any] | None = None,
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Raw images (n, H, W) and instance labels (n, H, W) -> what `mu.train` eats.
+
+    Returns x (n, 1, H, W) float32 (normalised exactly as `predict` will normalise), the
+    3-class targets (n, H, W) int64 (0 background, 1 interior, 2 boundary) and the U-Net
+    paper's weight maps (n, H, W) float32.
+    """
+    norm = DEFAULT_NORMALIZATION if normalization is None else normalization
+    x = np.stack([normalize(im, norm) for im in images])[:, None]   # (n, 1, H, W)
+    targets = mudata.three_class(labels)                             # (n, H, W)
+    weights = mudata.weight_map(labels)                              # (n, H, W)
+    return x, targets, weights
+
+
+def make_augment(**knobs: Any) -> Callable:
+    """The per-sample augmentation hook for `mu.train` (flips, rot90, elastic, intensity, noise).
+
+    knobs are passed to `mu.data.augment` (e.g. elastic=False).
+    """
+
+    def augment(image: np.ndarray, target: np.ndarray, weight: np.ndarray | None,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        return mudata.augment(image, target, rng, weight=weight, **knobs)
+
+    return augment
+
+
+def segment(model: Module, image: np.ndarray, normalization: dict[str, Any] | None = None, *,
+            tile: int = 256, normalized: bool = False, **postprocess: Any,
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """One raw image (any size) -> (instance labels (H, W) int32, probabilities (Kc, H, W))."""
+    probs = predict(model, image, tile=tile, normalization=normalization, normalized=normalized)
+    return to_instances(probs, **postprocess), probs
+
+
+def object_score_fn(val_labels: np.ndarray, thresh: float = 0.5, *,
+                    loss: bool = True) -> Callable[[Module, tuple], dict[str, float]]:
+    """A `score_fn` for `mu.train`: validation loss plus object F1 / DSB AP of the instances.
+
+    val_labels: the instance labels (n, H, W) of the validation images, whose normalised
+    pixels are the first array of `val_data`.
+    """
+    val_labels = np.asarray(val_labels)
+
+    def score(model: Module, val_data: tuple) -> dict[str, float]:
+        scores = evaluate_loss(model, val_data) if loss else {}
+        x = val_data[0]
+        preds = [segment(model, x[i, 0], normalized=True)[0] for i in range(len(x))]
+        result = metrics.evaluate(list(val_labels), preds)
+        scores["val_f1"] = result.at(thresh).f1
+        scores["val_ap"] = result.dsb_ap
+        scores["val_pixel_f1"] = result.pixel_pooled.f1
+        return scores
+
+    return score
+
+
+def summarize(result: metrics.EvaluationResult, thresh: float = 0.5) -> dict[str, float]:
+    """The headline numbers of an evaluation: pixel F1 and kappa, object F1 / AP / PQ."""
+    at = result.at(thresh)
+    return {
+        "pixel_f1": result.pixel_pooled.f1,
+        "kappa": result.pixel_pooled.kappa,
+        "object_f1": at.f1,
+        "dsb_ap": result.dsb_ap,
+        "panoptic_quality": at.panoptic_quality,
+        "n_true": float(sum(r[0].n_true for r in result.objects_per_image)),
+        "n_pred": float(sum(r[0].n_pred for r in result.objects_per_image)),
+    }
