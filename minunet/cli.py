@@ -61,6 +61,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import minunet as mu
 
     from . import viz, workflow
+    from .predict import DEFAULT_NORMALIZATION
 
     if args.resume:
         run = Path(args.resume)
@@ -75,7 +76,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = {k: getattr(args, k) for k in (
             "data", "preset", "n", "size", "seed", "val_fraction", "epochs", "batch_size",
             "lr", "depth", "base", "crop", "patience")}
-        config["normalization"] = mu.predict.__globals__["DEFAULT_NORMALIZATION"]
+        config["normalization"] = DEFAULT_NORMALIZATION
         _write_json(run / "config.json", config)
 
     images, labels = _training_images(config)
