@@ -12,7 +12,7 @@ Arrays are NCHW: (N, C, H, W). Training runs in float32; every layer also runs i
 which is what the gradient checker uses.
 """
 
-from . import metrics, viz
+from . import data, metrics, viz
 from .gradcheck import GradcheckError, GradcheckReport, gradcheck
 from .layers.activation import ReLU
 from .layers.batchnorm import BatchNorm2d
@@ -42,6 +42,7 @@ __all__ = [
     "ReLU",
     "Sequential",
     "__version__",
+    "data",
     "gradcheck",
     "metrics",
     "normalize",
