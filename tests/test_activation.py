@@ -5,15 +5,10 @@ import pytest
 
 import minunet as mu
 from minunet.kernels.activation import relu_backward, relu_forward
-
-
-# ---- plain NumPy references (to move to minunet/kernels/reference.py) ----
-def relu_forward_ref(x):
-    return np.maximum(x, 0)
-
-
-def relu_backward_ref(dout, out):
-    return np.where(out > 0, dout, 0).astype(dout.dtype)
+from minunet.kernels.reference import (
+    relu_backward_reference,
+    relu_forward_reference,
+)
 
 
 def rel(a, b):
@@ -26,11 +21,12 @@ def test_kernels_match_reference(shape, dtype, tol):
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape).astype(dtype)
     x.reshape(-1)[::5] = 0  # exact zeros: gradient 0 there in both
-    out = relu_forward(x)
-    assert out.dtype == dtype and rel(out, relu_forward_ref(x)) <= tol
+    out, probe = relu_forward(x)
+    assert probe == 0
+    assert out.dtype == dtype and rel(out, relu_forward_reference(x)) <= tol
     dout = rng.standard_normal(shape).astype(dtype)
     dx = relu_backward(dout, out)
-    assert dx.dtype == dtype and rel(dx, relu_backward_ref(dout, out)) <= tol
+    assert dx.dtype == dtype and rel(dx, relu_backward_reference(dout, out)) <= tol
 
 
 @pytest.mark.parametrize("shape", [(1, 2, 3, 5), (3, 1, 4, 2)])
@@ -62,8 +58,14 @@ def test_matches_torch():
 
 
 def test_bad_inputs():
-    with pytest.raises(FloatingPointError, match=r"ReLU.*1 inf"):
-        mu.ReLU().forward(np.array([1.0, np.inf]))
+    for dtype in (np.float32, np.float64):
+        for bad, name in [(np.inf, "1 inf"), (-np.inf, "1 inf"), (np.nan, "1 NaN")]:
+            x = np.ones(37, dtype)  # not a multiple of the vector width: the tail counts too
+            for where in (0, 17, 36):
+                x[:] = 1
+                x[where] = bad
+                with pytest.raises(FloatingPointError, match=rf"ReLU.*{name}"):
+                    mu.ReLU().forward(x)
     with pytest.raises(TypeError, match=r"ReLU.*numpy array"):
         mu.ReLU().forward([1.0, 2.0])
     with pytest.raises(TypeError, match=r"ReLU.*float32 or float64"):

@@ -11,28 +11,12 @@ from minunet.kernels.batchnorm import (
     batchnorm_forward,
     batchnorm_stats,
 )
-
-
-# ---- plain NumPy references (to move to minunet/kernels/reference.py) ----
-def batchnorm_stats_ref(x):
-    x64 = x.astype(np.float64)
-    mean = x64.mean(axis=(0, 2, 3))
-    var = ((x64 - mean[None, :, None, None]) ** 2).mean(axis=(0, 2, 3))
-    return mean, var
-
-
-def batchnorm_forward_ref(x, scale, shift):
-    return x * scale[None, :, None, None] + shift[None, :, None, None]
-
-
-def batchnorm_backward_reduce_ref(dout, x, mean):
-    g, x64 = dout.astype(np.float64), x.astype(np.float64)
-    return g.sum(axis=(0, 2, 3)), (g * (x64 - mean[None, :, None, None])).sum(axis=(0, 2, 3))
-
-
-def batchnorm_backward_input_ref(dout, x, mean, a, mean_g, k):
-    c = (slice(None), None, None)  # (C,) -> (C, 1, 1), broadcast against (N, C, H, W)
-    return a[c] * (dout - mean_g[c] - (x - mean[c]) * k[c])
+from minunet.kernels.reference import (
+    batchnorm_backward_input_reference,
+    batchnorm_backward_reduce_reference,
+    batchnorm_forward_reference,
+    batchnorm_stats_reference,
+)
 
 
 def rel(a, b):
@@ -50,18 +34,18 @@ def test_kernels_match_reference(shape, dtype, tol):
     x = (rng.standard_normal(shape) * 2 + 3).astype(dtype)
     dout = rng.standard_normal(shape).astype(dtype)
     mean, var = batchnorm_stats(x)
-    mean_ref, var_ref = batchnorm_stats_ref(x)
+    mean_ref, var_ref = batchnorm_stats_reference(x)
     assert rel(mean, mean_ref) <= tol and rel(var, var_ref) <= tol
     scale, shift, a, mg, k = (rng.standard_normal(C).astype(dtype) for _ in range(5))
     y = batchnorm_forward(x, scale, shift)
-    assert y.dtype == dtype and rel(y, batchnorm_forward_ref(x, scale, shift)) <= tol
+    assert y.dtype == dtype and rel(y, batchnorm_forward_reference(x, scale, shift)) <= tol
     s1, s2 = batchnorm_backward_reduce(dout, x, mean)
-    r1, r2 = batchnorm_backward_reduce_ref(dout, x, mean)
+    r1, r2 = batchnorm_backward_reduce_reference(dout, x, mean)
     assert rel(s1, r1) <= tol and rel(s2, r2) <= tol
     m = mean.astype(dtype)
     dx = batchnorm_backward_input(dout, x, m, a, mg, k)
     assert dx.dtype == dtype
-    assert rel(dx, batchnorm_backward_input_ref(dout, x, m, a, mg, k)) <= tol
+    assert rel(dx, batchnorm_backward_input_reference(dout, x, m, a, mg, k)) <= tol
 
 
 def test_float32_statistics_at_unet_size_are_float64_exact():
@@ -69,7 +53,7 @@ def test_float32_statistics_at_unet_size_are_float64_exact():
     rng = np.random.default_rng(1)
     x = (rng.standard_normal((8, 2, 128, 128)) * 0.5 + 20).astype(np.float32)
     mean, var = batchnorm_stats(x)
-    mean_ref, var_ref = batchnorm_stats_ref(x)
+    mean_ref, var_ref = batchnorm_stats_reference(x)
     assert rel(mean, mean_ref) < 1e-9 and rel(var, var_ref) < 1e-7
 
 

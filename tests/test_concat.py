@@ -4,6 +4,22 @@ import numpy as np
 import pytest
 
 import minunet as mu
+from minunet.kernels.concat import concat_channels
+from minunet.kernels.reference import (
+    concat_channels_reference,
+)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape_a, shape_b", [((1, 1, 3, 5), (1, 2, 3, 5)),
+                                              ((3, 4, 5, 2), (3, 1, 5, 2))])
+def test_kernel_matches_reference(shape_a, shape_b, dtype):
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal(shape_a).astype(dtype)
+    b = rng.standard_normal(shape_b).astype(dtype)
+    out, probe = concat_channels(a, b)
+    assert probe == 0 and out.dtype == dtype
+    assert np.array_equal(out, concat_channels_reference(a, b))  # a copy: exact in any dtype
 
 
 def test_forward_joins_channels_and_backward_splits():
@@ -42,5 +58,9 @@ def test_bad_inputs():
         cat.forward(np.zeros((1, 2, 4, 4)), np.zeros((1, 2, 4, 4), np.float32))
     with pytest.raises(FloatingPointError, match=r"Concat.*first input.*NaN"):
         cat.forward(np.full((1, 1, 2, 2), np.nan), np.zeros((1, 1, 2, 2)))
+    b = np.zeros((2, 3, 2, 3), np.float32)
+    b[1, 2, 1, 2] = -np.inf  # the very last value
+    with pytest.raises(FloatingPointError, match=r"Concat.*second input.*1 inf"):
+        cat.forward(np.zeros((2, 1, 2, 3), np.float32), b)
     with pytest.raises(RuntimeError, match="before forward"):
         mu.Concat().backward(np.zeros((1, 2, 2, 2)))

@@ -5,31 +5,10 @@ import pytest
 
 import minunet as mu
 from minunet.kernels.pool import maxpool2d_backward, maxpool2d_forward
-
-
-# ---- plain NumPy references (to move to minunet/kernels/reference.py) ----
-def maxpool2d_forward_ref(x, K, S):
-    """Each window flattened row-major; np.argmax returns the FIRST maximum on ties."""
-    N, C, H, W = x.shape
-    Ho, Wo = (H - K) // S + 1, (W - K) // S + 1
-    out = np.empty((N, C, Ho, Wo), x.dtype)
-    argmax = np.empty((N, C, Ho, Wo), np.uint8)
-    for i in range(Ho):
-        for j in range(Wo):
-            window = x[:, :, i * S:i * S + K, j * S:j * S + K].reshape(N, C, K * K)
-            argmax[:, :, i, j] = window.argmax(axis=2)
-            out[:, :, i, j] = window.max(axis=2)
-    return out, argmax
-
-
-def maxpool2d_backward_ref(dout, argmax, H, W, K, S):
-    """Scatter-add each dout to its window's winner (np.add.at: overlapping windows add up)."""
-    N, C, Ho, Wo = dout.shape
-    dx = np.zeros((N, C, H, W), dout.dtype)
-    n, c, i, j = np.indices((N, C, Ho, Wo))
-    kh, kw = np.divmod(argmax.astype(np.int64), K)
-    np.add.at(dx, (n, c, i * S + kh, j * S + kw), dout)
-    return dx
+from minunet.kernels.reference import (
+    maxpool2d_backward_reference,
+    maxpool2d_forward_reference,
+)
 
 
 def rel(a, b):
@@ -52,13 +31,14 @@ CASES = [  # (N, C, H, W, K, S): odd sizes, H != W, batch 1, overlapping and gap
 def test_kernels_match_reference(N, C, H, W, K, S, dtype, tol):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((N, C, H, W)).astype(dtype)
-    out, argmax = maxpool2d_forward(x, K, S)
-    out_ref, argmax_ref = maxpool2d_forward_ref(x, K, S)
+    out, argmax, probe = maxpool2d_forward(x, K, S)
+    out_ref, argmax_ref = maxpool2d_forward_reference(x, K, S)
+    assert probe == 0
     assert out.dtype == dtype and out.shape == out_ref.shape
     assert rel(out, out_ref) <= tol and np.array_equal(argmax, argmax_ref)
     dout = rng.standard_normal(out.shape).astype(dtype)
     dx = maxpool2d_backward(dout, argmax, H, W, K, S)
-    dx_ref = maxpool2d_backward_ref(dout, argmax_ref, H, W, K, S)
+    dx_ref = maxpool2d_backward_reference(dout, argmax_ref, H, W, K, S)
     assert dx.dtype == dtype and rel(dx, dx_ref) <= tol
 
 
@@ -110,10 +90,13 @@ def test_bad_inputs():
     pool = mu.MaxPool2d(2)
     with pytest.raises(ValueError, match=r"MaxPool2d.*4 dimensions"):
         pool.forward(np.zeros((3, 4, 4)))
-    x = np.zeros((1, 1, 4, 4))
-    x[0, 0, 1, 2] = np.nan
-    with pytest.raises(FloatingPointError, match=r"MaxPool2d.*1 NaN"):
-        pool.forward(x)
+    for K, S in [(2, 2), (3, 2), (2, 3)]:  # the 2x2 loop and the general one
+        for where in [(1, 2), (4, 0), (0, 4)]:  # inside a window, trailing row, trailing column
+            for bad, name in [(np.nan, "1 NaN"), (-np.inf, "1 inf")]:
+                x = np.zeros((1, 1, 5, 5))
+                x[(0, 0, *where)] = bad
+                with pytest.raises(FloatingPointError, match=rf"MaxPool2d.*{name}"):
+                    mu.MaxPool2d(K, S).forward(x)
     with pytest.raises(ValueError, match=r"smaller than the 2x2 window"):
         pool.forward(np.zeros((1, 1, 1, 4)))
     with pytest.raises(TypeError, match="float32 or float64"):

@@ -9,18 +9,26 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+REASSOCIATE = {"reassoc"}  # lets the probe sum vectorise; NaN still propagates
 
-@njit(cache=True)
-def relu_forward(x: np.ndarray) -> np.ndarray:
-    """out = max(x, 0), any shape (contiguous)."""
+
+@njit(cache=True, fastmath=REASSOCIATE)
+def relu_forward(x: np.ndarray) -> tuple[np.ndarray, float]:
+    """out = max(x, 0), any shape (contiguous).
+
+    Also returns `probe` = sum(x - x): 0 when every x is finite, NaN otherwise. That is the
+    layer's NaN/inf check, done in this same pass instead of a second one over x.
+    """
     out = np.empty_like(x)
     xf = x.reshape(-1)
     of = out.reshape(-1)
     zero = x.dtype.type(0)
+    probe = x.dtype.type(0)
     for i in range(xf.size):
         v = xf[i]
+        probe += v - v
         of[i] = v if v > zero else zero
-    return out
+    return out, probe
 
 
 @njit(cache=True)

@@ -7,8 +7,8 @@ Backward then routes each upstream gradient to that one input pixel and never lo
 Ties go to the FIRST maximum in row-major window order (the comparison is a strict `>`), which
 is also what `np.argmax` over a flattened window returns (see `reference.py`).
 
-Both kernels are single-threaded: they read and write each byte once and one core already
-saturates memory bandwidth on the machines we measured (see bench/bench_activations.py).
+The kernels are single-threaded: they read and write each byte once and one core already
+saturates memory bandwidth on this machine class (bench/bench_bn_relu_pool.py times them).
 """
 
 from __future__ import annotations
@@ -17,15 +17,38 @@ import numpy as np
 from numba import njit
 
 MAX_KERNEL_SIZE = 16  # the window offset kh*K + kw is stored in one byte: K*K <= 256
+REASSOCIATE = {"reassoc"}  # lets the finiteness probe sum vectorise; NaN still propagates
 
 
-@njit(cache=True)
-def maxpool2d_forward(x: np.ndarray, K: int, S: int) -> tuple[np.ndarray, np.ndarray]:
+def maxpool2d_forward(x: np.ndarray, K: int, S: int) -> tuple[np.ndarray, np.ndarray, float]:
     """out[n,c,i,j] = max over the window x[n, c, i*S : i*S+K, j*S : j*S+K].
 
-    x: (N, C, H, W) contiguous. Returns out (N, C, Ho, Wo) and argmax (N, C, Ho, Wo) uint8,
-    with Ho = (H - K) // S + 1 (floor, like PyTorch: trailing rows that fit no window are dropped).
+    x: (N, C, H, W) contiguous. Returns out (N, C, Ho, Wo), argmax (N, C, Ho, Wo) uint8 and
+    `probe` = sum(x - x) over every input value: 0 when all are finite, NaN otherwise (a
+    finiteness check for free in the same pass; NaN would otherwise vanish, `v > best` is False).
+    Ho = (H - K) // S + 1 (floor, like PyTorch: trailing rows that fit no window are dropped).
+    The U-Net's 2x2 / stride 2 pooling has its own loop; other sizes take the general one.
     """
+    if K == 2 and S == 2:
+        return _maxpool2x2_forward(x)
+    return _maxpool2d_forward_general(x, K, S)
+
+
+def maxpool2d_backward(dout: np.ndarray, argmax: np.ndarray, H: int, W: int, K: int,
+                       S: int) -> np.ndarray:
+    """dx[n, c, i*S + kh, j*S + kw] += dout[n, c, i, j] where (kh, kw) won window (i, j).
+
+    forward was `out[i, j] = x[i*S + kh*, j*S + kw*]`, so d out / d x is 1 at the winner and 0
+    elsewhere. dout, argmax: (N, C, Ho, Wo). Returns dx (N, C, H, W), zero where no window won.
+    """
+    if K == 2 and S == 2:
+        return _maxpool2x2_backward(dout, argmax, H, W)
+    return _maxpool2d_backward_general(dout, argmax, H, W, K, S)
+
+
+@njit(cache=True, fastmath=REASSOCIATE)
+def _maxpool2d_forward_general(x: np.ndarray, K: int,
+                               S: int) -> tuple[np.ndarray, np.ndarray, float]:
     N, C, H, W = x.shape
     Ho = (H - K) // S + 1
     Wo = (W - K) // S + 1
@@ -45,18 +68,16 @@ def maxpool2d_forward(x: np.ndarray, K: int, S: int) -> tuple[np.ndarray, np.nda
                                 where = kh * K + kw
                     out[n, c, i, j] = best
                     argmax[n, c, i, j] = where
-    return out, argmax
+    probe = x.dtype.type(0)  # windows may skip pixels (S > K): a separate pass over all of x
+    xf = x.reshape(-1)
+    for p in range(xf.size):
+        probe += xf[p] - xf[p]
+    return out, argmax, probe
 
 
 @njit(cache=True)
-def maxpool2d_backward(dout: np.ndarray, argmax: np.ndarray, H: int, W: int, K: int,
-                       S: int) -> np.ndarray:
-    """dx[n, c, i*S + kh, j*S + kw] += dout[n, c, i, j] where (kh, kw) won window (i, j).
-
-    forward was `out[i, j] = x[i*S + kh*, j*S + kw*]`, so d out / d x is 1 at the winner and 0
-    elsewhere. `+=` because overlapping windows (S < K) can pick the same input pixel twice.
-    dout, argmax: (N, C, Ho, Wo). Returns dx (N, C, H, W), zero where no window won.
-    """
+def _maxpool2d_backward_general(dout: np.ndarray, argmax: np.ndarray, H: int, W: int, K: int,
+                                S: int) -> np.ndarray:
     N, C, Ho, Wo = dout.shape
     dx = np.zeros((N, C, H, W), dtype=dout.dtype)  # (N, C, H, W)
     for n in range(N):
@@ -66,5 +87,71 @@ def maxpool2d_backward(dout: np.ndarray, argmax: np.ndarray, H: int, W: int, K: 
                     where = np.int64(argmax[n, c, i, j])
                     kh = where // K
                     kw = where - kh * K
+                    # `+=`: overlapping windows (S < K) can pick the same input pixel twice
                     dx[n, c, i * S + kh, j * S + kw] += dout[n, c, i, j]
+    return dx
+
+
+@njit(cache=True, fastmath=REASSOCIATE)
+def _maxpool2x2_forward(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """K = S = 2: the four values a b / c d of each window compared in row-major order."""
+    N, C, H, W = x.shape
+    Ho = H // 2
+    Wo = W // 2
+    out = np.empty((N, C, Ho, Wo), dtype=x.dtype)  # (N, C, Ho, Wo)
+    argmax = np.empty((N, C, Ho, Wo), dtype=np.uint8)  # (N, C, Ho, Wo) offset 2*kh + kw
+    probe = x.dtype.type(0)
+    for n in range(N):
+        for c in range(C):
+            for i in range(Ho):
+                top = x[n, c, 2 * i]         # (W,)
+                bottom = x[n, c, 2 * i + 1]  # (W,)
+                for j in range(Wo):
+                    a = top[2 * j]
+                    b = top[2 * j + 1]
+                    c_ = bottom[2 * j]
+                    d = bottom[2 * j + 1]
+                    probe += (a - a) + (b - b) + (c_ - c_) + (d - d)
+                    # selects, not branches: random data would mispredict half of them
+                    best = a
+                    where = 0
+                    where = 1 if b > best else where  # strict `>`: ties keep the first
+                    best = b if b > best else best
+                    where = 2 if c_ > best else where
+                    best = c_ if c_ > best else best
+                    where = 3 if d > best else where
+                    best = d if d > best else best
+                    out[n, c, i, j] = best
+                    argmax[n, c, i, j] = where
+            for h in range(2 * Ho, H):  # a trailing row no window covers (odd H)
+                for w in range(W):
+                    probe += x[n, c, h, w] - x[n, c, h, w]
+            for h in range(2 * Ho):     # a trailing column (odd W)
+                for w in range(2 * Wo, W):
+                    probe += x[n, c, h, w] - x[n, c, h, w]
+    return out, argmax, probe
+
+
+@njit(cache=True)
+def _maxpool2x2_backward(dout: np.ndarray, argmax: np.ndarray, H: int, W: int) -> np.ndarray:
+    """K = S = 2: windows do not overlap, so each dx value is written once (no zero-fill pass)."""
+    N, C, Ho, Wo = dout.shape
+    dx = np.empty((N, C, H, W), dtype=dout.dtype)  # (N, C, H, W)
+    zero = dout.dtype.type(0)
+    for n in range(N):
+        for c in range(C):
+            for i in range(Ho):
+                for j in range(Wo):
+                    g = dout[n, c, i, j]
+                    where = np.int32(argmax[n, c, i, j])
+                    dx[n, c, 2 * i, 2 * j] = g if where == 0 else zero
+                    dx[n, c, 2 * i, 2 * j + 1] = g if where == 1 else zero
+                    dx[n, c, 2 * i + 1, 2 * j] = g if where == 2 else zero
+                    dx[n, c, 2 * i + 1, 2 * j + 1] = g if where == 3 else zero
+            for h in range(2 * Ho, H):  # trailing row / column: in no window, gradient 0
+                for w in range(W):
+                    dx[n, c, h, w] = zero
+            for h in range(2 * Ho):
+                for w in range(2 * Wo, W):
+                    dx[n, c, h, w] = zero
     return dx

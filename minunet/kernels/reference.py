@@ -113,3 +113,87 @@ def conv_transpose2d_backward_weight_reference(x: np.ndarray, dy: np.ndarray, ke
         for kw in range(K):
             dw[:, :, kh, kw] = np.einsum("nchw,nohw->co", x, _tap(dyp, kh, kw, stride, H, W))
     return dw
+
+
+# ------------------------------------------------------------------ max pooling
+def maxpool2d_forward_reference(x: np.ndarray, kernel_size: int,
+                                stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """out = max of each K x K window; argmax = the winner's offset kh*K + kw (uint8).
+
+    Each window is flattened row-major and np.argmax returns its FIRST maximum: the tie rule.
+    """
+    N, C, H, W = x.shape
+    K, S = kernel_size, stride
+    Ho, Wo = (H - K) // S + 1, (W - K) // S + 1
+    out = np.empty((N, C, Ho, Wo), dtype=x.dtype)      # (N, C, Ho, Wo)
+    argmax = np.empty((N, C, Ho, Wo), dtype=np.uint8)  # (N, C, Ho, Wo)
+    for i in range(Ho):
+        for j in range(Wo):
+            window = x[:, :, i * S : i * S + K, j * S : j * S + K].reshape(N, C, K * K)
+            argmax[:, :, i, j] = window.argmax(axis=2)
+            out[:, :, i, j] = window.max(axis=2)
+    return out, argmax
+
+
+def maxpool2d_backward_reference(dout: np.ndarray, argmax: np.ndarray, height: int, width: int,
+                                 kernel_size: int, stride: int) -> np.ndarray:
+    """dx[n, c, i*S + kh, j*S + kw] += dout[n, c, i, j] at each window's winner (np.add.at adds
+    up when overlapping windows pick the same pixel)."""
+    N, C, Ho, Wo = dout.shape
+    dx = np.zeros((N, C, height, width), dtype=dout.dtype)  # (N, C, H, W)
+    n, c, i, j = np.indices((N, C, Ho, Wo))
+    kh, kw = np.divmod(argmax.astype(np.int64), kernel_size)
+    np.add.at(dx, (n, c, i * stride + kh, j * stride + kw), dout)
+    return dx
+
+
+# ------------------------------------------------------------------ ReLU
+def relu_forward_reference(x: np.ndarray) -> np.ndarray:
+    """out = max(x, 0)."""
+    return np.maximum(x, 0)
+
+
+def relu_backward_reference(dout: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """dx = dout where out > 0, else 0 (also at exactly 0)."""
+    return np.where(out > 0, dout, 0).astype(dout.dtype)
+
+
+# ------------------------------------------------------------------ concat
+def concat_channels_reference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[a | b] along the channel axis."""
+    return np.concatenate([a, b], axis=1)
+
+
+# ------------------------------------------------------------------ batch norm
+def _per_channel(v: np.ndarray) -> np.ndarray:
+    """(C,) -> (1, C, 1, 1), to broadcast against (N, C, H, W)."""
+    return v[None, :, None, None]
+
+
+def batchnorm_stats_reference(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and biased variance over (N, H, W), two passes in float64."""
+    x64 = x.astype(np.float64)
+    mean = x64.mean(axis=(0, 2, 3))
+    var = ((x64 - _per_channel(mean)) ** 2).mean(axis=(0, 2, 3))
+    return mean, var
+
+
+def batchnorm_forward_reference(x: np.ndarray, scale: np.ndarray,
+                                shift: np.ndarray) -> np.ndarray:
+    """y = x * scale[c] + shift[c]."""
+    return x * _per_channel(scale) + _per_channel(shift)
+
+
+def batchnorm_backward_reduce_reference(dout: np.ndarray, x: np.ndarray,
+                                        mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per channel, in float64: sum(dout) and sum(dout * (x - mean))."""
+    g, x64 = dout.astype(np.float64), x.astype(np.float64)
+    return g.sum(axis=(0, 2, 3)), (g * (x64 - _per_channel(mean))).sum(axis=(0, 2, 3))
+
+
+def batchnorm_backward_input_reference(dout: np.ndarray, x: np.ndarray, mean: np.ndarray,
+                                       a: np.ndarray, mean_g: np.ndarray,
+                                       k: np.ndarray) -> np.ndarray:
+    """dx = a[c] * (dout - mean_g[c] - (x - mean[c]) * k[c])."""
+    return _per_channel(a) * (dout - _per_channel(mean_g) - (x - _per_channel(mean))
+                              * _per_channel(k))

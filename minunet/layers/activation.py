@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..checks import check_array
+from ..checks import check_array, check_finite
 from ..kernels.activation import relu_backward, relu_forward
 from ..module import Module
 
@@ -27,10 +27,12 @@ class ReLU(Module):
     """out = max(x, 0); gradient 0 at x == 0. See the module docstring."""
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        check_array("ReLU", x)
+        check_array("ReLU", x, finite=False)  # finiteness: checked by the kernel's pass
         if x.dtype not in (np.float32, np.float64):
             raise TypeError(f"ReLU: input must be float32 or float64, got {x.dtype}")
-        out = relu_forward(np.ascontiguousarray(x))  # same shape as x
+        out, probe = relu_forward(np.ascontiguousarray(x))  # same shape as x
+        if probe != 0:  # sum(x - x) is NaN exactly when some x is NaN or inf
+            check_finite("ReLU", x)  # raises, naming how many
         self._saved = out
         return out
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..checks import check_array
+from ..checks import check_array, check_finite
 from ..kernels.pool import MAX_KERNEL_SIZE, maxpool2d_backward, maxpool2d_forward
 from ..module import Module
 
@@ -47,14 +47,16 @@ class MaxPool2d(Module):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         who = repr(self)
-        check_array(who, x, ndim=4)
+        check_array(who, x, ndim=4, finite=False)  # finiteness: checked by the kernel's pass
         if x.dtype not in (np.float32, np.float64):
             raise TypeError(f"{who}: input must be float32 or float64, got {x.dtype}")
         H, W = x.shape[2:]
         K, S = self.kernel_size, self.stride
         if H < K or W < K:
             raise ValueError(f"{who}: input {H}x{W} is smaller than the {K}x{K} window")
-        out, argmax = maxpool2d_forward(np.ascontiguousarray(x), K, S)  # (N, C, Ho, Wo) both
+        out, argmax, probe = maxpool2d_forward(np.ascontiguousarray(x), K, S)  # (N,C,Ho,Wo)
+        if probe != 0:  # sum(x - x) is NaN exactly when some x is NaN or inf
+            check_finite(who, x)  # raises, naming how many
         self._saved = (argmax, H, W)
         return out
 
