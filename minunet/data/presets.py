@@ -16,7 +16,7 @@ STANDARD: dict[str, float] = {
     "irregularity": 0.05,      # amplitude of the outline's harmonic wiggles
     # crowding
     "density": 34.0,           # mean number of cells per 256 x 256 px
-    "touching": 0.3,           # probability that a cell is placed against an earlier one
+    "touching": 0.2,           # probability that a cell is placed against an earlier one
     "overlap": 0.12,           # placed-against cells overlap by up to this fraction (occlusion)
     "min_size": 30,            # smallest instance kept, px (smaller remnants become background)
     # cell appearance
@@ -45,7 +45,7 @@ STANDARD: dict[str, float] = {
 SHIFTS: dict[str, tuple[str, dict[str, float]]] = {
     "shift-small": ("smaller cells", {"radius": 7.5, "radius_std": 1.0, "min_size": 20}),
     "shift-large": ("larger cells", {"radius": 16.0, "radius_std": 2.0}),
-    "shift-dense": ("denser, more touching cells", {"density": 60.0, "touching": 0.55}),
+    "shift-dense": ("denser, more touching cells", {"density": 60.0, "touching": 0.45}),
     "shift-noise": ("more shot and read noise", {"photons": 100.0, "read_noise": 0.04}),
     "shift-blur": ("a blurrier PSF", {"blur": 2.2}),
     "shift-contrast": ("dimmer cells", {"contrast": 0.22, "contrast_std": 0.05}),

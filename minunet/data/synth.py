@@ -10,7 +10,8 @@ The model, in the order it is drawn (every knob lives in `presets.STANDARD`):
 2. Placement. The cell count is Poisson(density) per 256x256 px of image. With probability
    `touching` a cell is placed against a random earlier cell along a random direction, at a
    centre distance of (sum of the two outline radii along it) * U(1 - overlap, 1); otherwise it
-   goes anywhere at least the sum of the mean radii away from every other centre.
+   goes anywhere at least 0.9 x the sum of the mean radii away from every other centre (so
+   near-misses touch, more often in denser fields).
 3. Labels. Cells are painted in order, so a later cell occludes an earlier one; then
    `instances.make_connected` makes every id one 4-connected piece of >= min_size pixels.
 4. Intensity. Each cell gets a brightness above background ~ N(contrast, contrast_std) (clipped
@@ -44,6 +45,8 @@ RADIUS_CLIP = (0.6, 1.5)            # a cell's radius stays within these multipl
 PLACEMENT_TRIES = 30                # attempts to place one cell before giving up on it
 TOUCH_MIN_SEPARATION = 0.75         # a touching cell keeps its centre this far (x sum of radii)
                                     # from every other centre, so it never swallows a third cell
+FREE_MIN_SEPARATION = 0.9          # freely placed centres keep 0.9 x the sum of mean radii apart:
+                                    # near-misses touch, more often the denser the field
 CONTRAST_CLIP = (0.5, 1.5)          # per-cell brightness stays within these multiples of contrast
 DEBRIS_RADIUS = (2.0, 4.5)          # debris specks: well under the smallest cells
 DEBRIS_IRREGULARITY = 0.25          # debris is jagged
@@ -137,7 +140,7 @@ def _place_cells(rng: np.random.Generator, p: dict, H: int, W: int, area_ratio: 
                 min_sep = TOUCH_MIN_SEPARATION
             else:
                 centre = rng.uniform((0.0, 0.0), (H, W))
-                min_sep = 1.0
+                min_sep = FREE_MIN_SEPARATION
             if not (0 <= centre[0] < H and 0 <= centre[1] < W):
                 continue
             gaps = np.hypot(*(centres[:k] - centre).T) - min_sep * (radii[:k] + shape["r"])

@@ -1,0 +1,198 @@
+"""The synthetic cell model: exact labels, determinism, presets, and every knob doing its job."""
+
+import numpy as np
+import pytest
+from scipy.ndimage import binary_dilation, laplace
+from skimage.measure import label as connected
+from skimage.measure import regionprops
+
+import minunet as mu
+from minunet.data.instances import make_connected
+from minunet.data.presets import SHIFTS, STANDARD, preset_params
+
+# A camera and microscope that add nothing: isolates one knob's effect on the scene.
+CLEAN = {"photons": 1e9, "read_noise": 0.0, "blur": 0.0}
+BRIGHTNESS_MARGIN = 0.1   # standard: cell median minus its surrounding background median
+SIZE = (128, 160)         # odd-shaped, small: fast, and catches H/W mix-ups
+
+
+def check_exact_labels(labels, min_size):
+    for lab in labels:
+        n = lab.max()
+        ids = np.unique(lab)
+        assert ids.tolist() == list(range(n + 1)) or (n == 0 and ids.tolist() == [0])
+        sizes = np.bincount(lab.ravel())[1:]
+        assert sizes.min(initial=min_size) >= min_size
+        # one 4-connected piece per id: connected regions of equal value == number of ids
+        assert connected(lab, background=0, connectivity=1).max() == n
+
+
+@pytest.mark.parametrize("preset", ["standard", "shift-dense", "shift-small", "shift-shape",
+                                    "shift-combined"])
+def test_labels_are_exact(preset):
+    images, labels, info = mu.data.generate(4, preset, size=SIZE, seed=3)
+    assert images.shape == labels.shape == (4, *SIZE)
+    assert images.dtype == np.float32 and labels.dtype == np.int32
+    assert images.min() >= 0 and images.max() <= 1
+    assert (labels.max(axis=(1, 2)) > 3).all()
+    check_exact_labels(labels, info["params"]["min_size"])
+
+
+def test_cells_brighter_than_local_background():
+    images, labels, _ = mu.data.generate(4, "standard", seed=11)
+    worst = np.inf
+    for image, lab in zip(images, labels, strict=True):
+        for region in regionprops(lab):
+            cell = lab == region.label
+            ring = binary_dilation(cell, iterations=8) & ~binary_dilation(cell, iterations=3)
+            ring &= lab == 0
+            if ring.sum() < 20:          # a cell boxed in by neighbours has no background ring
+                continue
+            worst = min(worst, np.median(image[cell]) - np.median(image[ring]))
+    assert worst >= BRIGHTNESS_MARGIN
+
+
+def test_distractors_are_unlabelled_and_off_cells():
+    kw = {**CLEAN, "gradient": 0.0, "vignetting": 0.0, "blobs": 0.0}
+    im0, lab0, _ = mu.data.generate(3, size=SIZE, seed=5, debris=0.0, **kw)
+    im1, lab1, _ = mu.data.generate(3, size=SIZE, seed=5, debris=30.0, **kw)
+    np.testing.assert_array_equal(lab0, lab1)          # debris never changes the labels
+    changed = ~np.isclose(im0, im1, atol=1e-3)        # the camera adds ~2e-5 here
+    assert changed.sum() > 100                         # ... but it is there
+    assert not (changed & (lab0 > 0)).any()            # ... and only off the cells
+    _, blob_lab, _ = mu.data.generate(3, size=SIZE, seed=5, debris=0.0, **{**kw, "blobs": 20.0})
+    np.testing.assert_array_equal(blob_lab, lab0)
+
+
+def test_determinism_and_independence_of_n():
+    a_im, a_lab, _ = mu.data.generate(2, size=SIZE, seed=7)
+    b_im, b_lab, _ = mu.data.generate(5, size=SIZE, seed=7)
+    np.testing.assert_array_equal(a_im, b_im[:2])
+    np.testing.assert_array_equal(a_lab, b_lab[:2])
+    c_im, _, _ = mu.data.generate(2, size=SIZE, seed=8)
+    assert not np.array_equal(a_im, c_im)
+
+
+def test_regenerate_from_params():
+    images, labels, info = mu.data.generate(2, "shift-noise", size=SIZE, seed=2, density=20)
+    again, again_labels, _ = mu.data.regenerate(info)
+    np.testing.assert_array_equal(images, again)
+    np.testing.assert_array_equal(labels, again_labels)
+    assert info["overrides"] == {"density": 20.0}
+
+
+def test_unknown_override_names_valid_knobs():
+    with pytest.raises(ValueError, match="unknown knob.*noise_level.*valid knobs:.*photons"):
+        mu.data.generate(1, noise_level=3)
+    with pytest.raises(ValueError, match="unknown preset"):
+        mu.data.generate(1, "shift-everything")
+    with pytest.raises(ValueError, match="density"):
+        mu.data.generate(1, density=-1)
+
+
+def test_presets_document_exactly_what_they_change():
+    required = {"standard", "shift-combined", "reference", "reference-shifted"}
+    assert required <= set(mu.data.PRESETS)
+    shifts = [p for p in mu.data.PRESETS if p.startswith("shift-") and p != "shift-combined"]
+    assert len(shifts) >= 8
+    for name in [*shifts, "shift-combined"]:
+        params = preset_params(name)
+        changed = {k for k in STANDARD if params[k] != STANDARD[k]}
+        assert changed == set(SHIFTS[name][1])
+        for knob in changed:
+            assert knob in mu.data.PRESETS[name]
+
+
+# ---- every knob measurably does what it says -----------------------------------------------
+
+def noise_std(images, labels):
+    """Robust noise estimate on background pixels: MAD of the Laplacian residual."""
+    residual = np.stack([laplace(im.astype(np.float64)) for im in images])
+    far = np.stack([~binary_dilation(lab > 0, iterations=3) for lab in labels])
+    r = residual[far]
+    return 1.4826 * np.median(np.abs(r - np.median(r))) / np.sqrt(20.0)
+
+
+def touching_fraction(labels):
+    touching, total = 0, 0
+    for lab in labels:
+        n = lab.max()
+        pairs = [(lab[:, 1:], lab[:, :-1]), (lab[1:, :], lab[:-1, :])]
+        hit = np.zeros(n + 1, bool)
+        for a, b in pairs:
+            m = (a != b) & (a > 0) & (b > 0)
+            hit[a[m]] = True
+            hit[b[m]] = True
+        touching += hit[1:].sum()
+        total += n
+    return touching / total
+
+
+def test_noise_knob_and_preset_raise_noise():
+    im0, lab0, _ = mu.data.generate(3, size=SIZE, seed=1)
+    im1, lab1, _ = mu.data.generate(3, "shift-noise", size=SIZE, seed=1)
+    assert noise_std(im1, lab1) > 1.5 * noise_std(im0, lab0)
+
+
+def test_density_raises_count_and_touching():
+    _, sparse, _ = mu.data.generate(6, size=(192, 192), seed=4, density=20.0)
+    _, dense, _ = mu.data.generate(6, size=(192, 192), seed=4, density=60.0)
+    assert dense.max(axis=(1, 2)).mean() > 2 * sparse.max(axis=(1, 2)).mean()
+    assert touching_fraction(dense) > touching_fraction(sparse) + 0.1
+    _, crowded, _ = mu.data.generate(6, "shift-dense", size=(192, 192), seed=4)
+    _, standard, _ = mu.data.generate(6, size=(192, 192), seed=4)
+    assert touching_fraction(crowded) > touching_fraction(standard) + 0.15
+
+
+def test_blur_widens_edges():
+    edges = []
+    for blur in (1.0, 2.2):
+        images, labels, _ = mu.data.generate(3, size=SIZE, seed=6, **{**CLEAN, "blur": blur})
+        grad = [np.hypot(*np.gradient(im.astype(np.float64))) for im in images]
+        edge = [mu.data.three_class(lab) == 2 for lab in labels]
+        # the same contrast step spread over a wider edge has a smaller slope
+        edges.append(np.mean([g[e].mean() for g, e in zip(grad, edge, strict=True)]))
+    assert edges[1] < 0.75 * edges[0]
+
+
+def test_radius_shape_contrast_illumination_texture_distractors():
+    def stats(**kw):
+        images, labels, _ = mu.data.generate(4, size=(192, 192), seed=9, **kw)
+        regions = [r for lab in labels for r in regionprops(lab)]
+        cell_px = np.concatenate([im[lab > 0] for im, lab in zip(images, labels, strict=True)])
+        far = [~binary_dilation(lab > 0, iterations=6) for lab in labels]
+        bg_px = [im[f] for im, f in zip(images, far, strict=True)]
+        return {"area": np.median([r.area for r in regions]),
+                "solidity": np.mean([r.solidity for r in regions]),
+                "contrast": np.median(cell_px) - np.median(np.concatenate(bg_px)),
+                "cell_std": np.mean([im[lab == r.label].std() for im, lab in
+                                     zip(images, labels, strict=True) for r in regionprops(lab)]),
+                "bright_bg": np.mean([(b > np.median(b) + 0.15).mean() for b in bg_px])}
+
+    base = stats()
+    assert stats(radius=16.0)["area"] > 1.6 * base["area"]
+    assert stats(irregularity=0.2, elongation=0.5)["solidity"] < base["solidity"] - 0.02
+    assert stats(contrast=0.2)["contrast"] < 0.65 * base["contrast"]
+    # illumination alone: invisible cells, no distractors, a perfect camera
+    empty = {"contrast": 0.0, "contrast_std": 0.0, "blobs": 0.0, "debris": 0.0, **CLEAN}
+    uneven = [im.std() / im.mean() for im in mu.data.generate(
+        4, size=(192, 192), seed=9, gradient=0.5, vignetting=0.45, **empty)[0]]
+    even = [im.std() / im.mean() for im in mu.data.generate(4, size=(192, 192), seed=9,
+                                                             **empty)[0]]
+    assert np.mean(uneven) > 2.5 * np.mean(even)
+    assert stats(texture=0.35, **CLEAN)["cell_std"] > 1.5 * stats(**CLEAN)["cell_std"]
+    assert stats(debris=30.0, debris_intensity=0.5)["bright_bg"] > 2 * base["bright_bg"]
+
+
+def test_make_connected_splits_and_hands_fragments_over():
+    lab = np.zeros((9, 12), np.int32)
+    lab[1:4, 1:8] = 1
+    lab[1:4, 4] = 2          # cell 2 cuts cell 1 in two (occlusion)
+    lab[6:8, 1:3] = 3        # a lone cell
+    lab[6, 9] = 4            # a too-small speck
+    out = make_connected(lab, min_size=2)
+    assert out.max() == 3
+    check_exact_labels(out[None], 2)
+    np.testing.assert_array_equal(out[1:4, 1:4], out[1, 1])   # largest piece of 1 is kept
+    assert out[1, 5] == out[1, 4]                              # cut-off piece joins its occluder
+    assert out[6, 9] == 0
