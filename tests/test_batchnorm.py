@@ -37,7 +37,8 @@ def test_kernels_match_reference(shape, dtype, tol):
     mean_ref, var_ref = batchnorm_stats_reference(x)
     assert rel(mean, mean_ref) <= tol and rel(var, var_ref) <= tol
     scale, shift, a, mg, k = (rng.standard_normal(C).astype(dtype) for _ in range(5))
-    y = batchnorm_forward(x, scale, shift)
+    y, probe = batchnorm_forward(x, scale, shift)
+    assert probe == 0
     assert y.dtype == dtype and rel(y, batchnorm_forward_reference(x, scale, shift)) <= tol
     s1, s2 = batchnorm_backward_reduce(dout, x, mean)
     r1, r2 = batchnorm_backward_reduce_reference(dout, x, mean)
@@ -168,9 +169,13 @@ def test_bad_inputs():
     x[0, 1, 2, 3] = np.nan
     with pytest.raises(FloatingPointError, match=r"BatchNorm2d\(3\).*1 NaN"):
         bn.forward(x)  # train mode: found through the statistics
-    x[0, 1, 2, 3] = np.inf
-    with pytest.raises(FloatingPointError, match=r"BatchNorm2d\(3\).*1 inf"):
-        bn.eval().forward(x)
+    for training in (True, False):
+        for bad, name in [(np.inf, "1 inf"), (-np.inf, "1 inf"), (np.nan, "1 NaN")]:
+            for where in [(0, 0, 0, 0), (0, 1, 2, 3), (0, 2, 3, 3)]:
+                x = np.ones((1, 3, 4, 4), np.float32)
+                x[where] = bad
+                with pytest.raises(FloatingPointError, match=rf"BatchNorm2d\(3\).*{name}"):
+                    bn.train(training).forward(x)
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         mu.BatchNorm2d(3).forward(np.zeros((1, 3, 1, 1), np.float32))
     with pytest.raises(RuntimeError, match=r"BatchNorm2d.backward was called before forward"):

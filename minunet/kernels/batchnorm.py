@@ -1,7 +1,7 @@
 """Batch-norm kernels: per-channel statistics and the two element-wise passes.
 
     batchnorm_stats(x)                                   -> mean, var         (C,) float64
-    batchnorm_forward(x, scale, shift)                   -> y = x*scale + shift
+    batchnorm_forward(x, scale, shift)                   -> y = x*scale + shift, probe
     batchnorm_backward_reduce(dout, x, mean)             -> sum dout, sum dout*(x - mean)
     batchnorm_backward_input(dout, x, mean, a, mean_g, k)-> dx = a*(dout - mean_g - (x-mean)*k)
 
@@ -52,21 +52,29 @@ def batchnorm_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, var
 
 
-@njit(cache=True)
-def batchnorm_forward(x: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
-    """y[n, c] = x[n, c] * scale[c] + shift[c]; x (N, C, H, W), scale, shift (C,) in x's dtype."""
+@njit(cache=True, fastmath=REASSOCIATE)
+def batchnorm_forward(x: np.ndarray, scale: np.ndarray,
+                      shift: np.ndarray) -> tuple[np.ndarray, float]:
+    """y[n, c] = x[n, c] * scale[c] + shift[c]; x (N, C, H, W), scale, shift (C,) in x's dtype.
+
+    Also returns `probe` = sum(x - x): 0 when every x is finite, NaN otherwise (the eval-mode
+    NaN/inf check, in this same pass; in train mode the statistics already reveal them).
+    """
     N, C, H, W = x.shape
     HW = H * W
     xf = x.reshape(N, C, HW)
     y = np.empty_like(x)  # (N, C, H, W)
     yf = y.reshape(N, C, HW)
+    probe = x.dtype.type(0)
     for n in range(N):
         for c in range(C):
             a = scale[c]
             b = shift[c]
             for p in range(HW):
-                yf[n, c, p] = xf[n, c, p] * a + b
-    return y
+                v = xf[n, c, p]
+                probe += v - v
+                yf[n, c, p] = v * a + b
+    return y, probe
 
 
 @njit(cache=True, fastmath=REASSOCIATE)

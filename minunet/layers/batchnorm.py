@@ -64,9 +64,9 @@ class BatchNorm2d(Module):
     def forward(self, x: np.ndarray) -> np.ndarray:
         who = repr(self)
         dtype = self.weight.dtype
-        # NaN/inf are caught below from the statistics in train mode (no extra pass over x)
-        check_array(who, x, ndim=4, channels=self.num_features, dtype=dtype,
-                    finite=not self.training)
+        # NaN/inf are caught below from the statistics (train) or the kernel's probe (eval),
+        # without an extra pass over x
+        check_array(who, x, ndim=4, channels=self.num_features, dtype=dtype, finite=False)
         x = np.ascontiguousarray(x)
         N, _, H, W = x.shape
         M = N * H * W
@@ -86,7 +86,9 @@ class BatchNorm2d(Module):
         istd = 1.0 / np.sqrt(var + self.eps)  # (C,) float64
         scale = self.weight.data * istd       # (C,)  gamma / sqrt(var + eps)
         shift = self.bias.data - mean * scale  # (C,)  beta - mu * scale
-        y = batchnorm_forward(x, scale.astype(dtype), shift.astype(dtype))  # (N, C, H, W)
+        y, probe = batchnorm_forward(x, scale.astype(dtype), shift.astype(dtype))  # (N,C,H,W)
+        if probe != 0:  # sum(x - x) is NaN exactly when some x is NaN or inf
+            check_finite(who, x)
         self._saved = (x, mean, istd, self.training)  # the mode of THIS forward
         return y
 
