@@ -47,7 +47,8 @@ def augment(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator, *,
         maps = [np.rot90(m, turns, axes=(-2, -1)) for m in maps]
     if elastic:
         rows, cols = elastic_coordinates(rng, H, W, k["elastic_sigma"], int(k["elastic_grid"]))
-        maps[0] = _resample(maps[0], rows, cols, order=3)
+        # cubic splines overshoot at steps: keep the image within its own range
+        maps[0] = np.clip(_resample(maps[0], rows, cols, order=3), image.min(), image.max())
         maps[1] = _resample(maps[1], rows, cols, order=0)
         if weight is not None:
             maps[2] = _resample(maps[2], rows, cols, order=1)
