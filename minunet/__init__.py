@@ -13,6 +13,7 @@ which is what the gradient checker uses.
 """
 
 from . import data, metrics, viz
+from .checkpoint import Checkpoint, CheckpointError, load, save
 from .gradcheck import GradcheckError, GradcheckReport, gradcheck
 from .layers.activation import ReLU
 from .layers.batchnorm import BatchNorm2d
@@ -22,31 +23,47 @@ from .layers.conv_transpose import ConvTranspose2d
 from .layers.pool import MaxPool2d
 from .losses import CrossEntropyLoss, DiceLoss
 from .module import Module, Parameter, Sequential
+from .optim import SGD, Adam, CosineSchedule, StepSchedule
 from .postprocess import to_instances
 from .predict import normalize, predict
+from .train import History, TrainingDiverged, evaluate, train
+from .unet import UNet
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "SGD",
+    "Adam",
     "BatchNorm2d",
+    "Checkpoint",
+    "CheckpointError",
     "Concat",
     "Conv2d",
     "ConvTranspose2d",
+    "CosineSchedule",
     "CrossEntropyLoss",
     "DiceLoss",
     "GradcheckError",
     "GradcheckReport",
+    "History",
     "MaxPool2d",
     "Module",
     "Parameter",
     "ReLU",
     "Sequential",
+    "StepSchedule",
+    "TrainingDiverged",
+    "UNet",
     "__version__",
     "data",
+    "evaluate",
     "gradcheck",
+    "load",
     "metrics",
     "normalize",
     "predict",
+    "save",
     "to_instances",
+    "train",
     "viz",
 ]

@@ -1,0 +1,237 @@
+"""Checkpoints: exact round trips, clear errors for bad files, atomic writes, a kill in training."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import minunet as mu
+from minunet.checkpoint import FORMAT_VERSION, CheckpointError, load, save
+from minunet.optim import Adam
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_net import PixelNet
+
+TESTS_DIR = Path(__file__).parent
+
+
+def trained_pixelnet(rng):
+    model = PixelNet(2, 3, rng=rng)
+    opt = Adam(model.parameters(), lr=0.1)
+    x = rng.standard_normal((2, 2, 4, 5)).astype(np.float32)
+    for _ in range(3):
+        out = model.forward(x)
+        opt.zero_grad()
+        model.backward(rng.standard_normal(out.shape).astype(np.float32))
+        opt.step()
+    return model, opt, x
+
+
+def test_round_trip_is_bit_identical(tmp_path):
+    rng = np.random.default_rng(0)
+    model, opt, x = trained_pixelnet(rng)
+    path = save(model, tmp_path / "m.npz", opt, position={"epoch": 3},
+                normalization={"method": "percentile", "low": 1.0})
+    ckpt = load(path, PixelNet)
+    np.testing.assert_array_equal(ckpt.model.forward(x), model.eval().forward(x))
+    for (name, a), (name_b, b) in zip(model.state_dict().items(),
+                                      ckpt.model.state_dict().items(), strict=True):
+        assert name == name_b and a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+    assert ckpt.metadata == {"normalization": {"method": "percentile", "low": 1.0}}
+    assert ckpt.position == {"epoch": 3}
+    assert ckpt.format_version == FORMAT_VERSION and ckpt.minunet_version == mu.__version__
+    assert ckpt.optimizer_class == "Adam" and ckpt.config == model.config()
+    assert not ckpt.model.training
+    opt2 = Adam(ckpt.model.parameters())
+    opt2.load_state_dict(ckpt.optimizer_state)
+    assert opt2.steps == 3 and opt2.lr == 0.1
+    np.testing.assert_array_equal(opt2.state["exp_avg_sq"][0], opt.state["exp_avg_sq"][0])
+
+
+def test_float64_model_comes_back_float64(tmp_path):
+    model = PixelNet(1, 2, rng=1).astype(np.float64)
+    ckpt = load(save(model, tmp_path / "m.npz"), PixelNet)
+    assert ckpt.model.dtype == np.float64 and ckpt.optimizer_state is None
+    np.testing.assert_array_equal(ckpt.model.weight.data, model.weight.data)
+
+
+def test_load_into_an_instance(tmp_path):
+    model, _, x = trained_pixelnet(np.random.default_rng(2))
+    save(model, tmp_path / "m.npz")
+    other = PixelNet(2, 3, rng=99)
+    assert load(tmp_path / "m.npz", other).model is other
+    np.testing.assert_array_equal(other.forward(x), model.eval().forward(x))
+
+
+def test_files_are_written_without_pickle(tmp_path):
+    model, opt, _ = trained_pixelnet(np.random.default_rng(3))
+    save(model, tmp_path / "m.npz", opt, note="hello")
+    with np.load(tmp_path / "m.npz", allow_pickle=False) as npz:
+        assert all(npz[k].dtype != object for k in npz.files)
+        header = json.loads(str(npz["minunet_header"]))
+    assert header["model_class"] == "PixelNet" and header["metadata"] == {"note": "hello"}
+
+
+def test_metadata_must_be_json(tmp_path):
+    with pytest.raises(TypeError, match="JSON"):
+        save(PixelNet(rng=0), tmp_path / "m.npz", mean=np.zeros(3))
+    assert list(tmp_path.iterdir()) == []  # nothing half-written left behind
+
+
+# ------------------------------------------------------------------ bad files
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load(tmp_path / "nope.npz")
+
+
+def test_missing_folder_on_save(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        save(PixelNet(rng=0), tmp_path / "no" / "m.npz")
+
+
+@pytest.mark.parametrize("keep", [0.0, 0.3, 0.9, 0.999])
+def test_truncated_file(tmp_path, keep):
+    model, opt, _ = trained_pixelnet(np.random.default_rng(4))
+    data = save(model, tmp_path / "m.npz", opt).read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+        load(tmp_path / "cut.npz", PixelNet)
+
+
+def test_corrupted_bytes(tmp_path):
+    model, opt, _ = trained_pixelnet(np.random.default_rng(5))
+    path = save(model, tmp_path / "m.npz", opt)
+    data = bytearray(path.read_bytes())
+    # flip bytes inside the stored weights: the zip's CRC check must catch it
+    with np.load(path) as npz:
+        weight = npz["model/weight"].tobytes()
+    at = bytes(data).index(weight)
+    data[at:at + 4] = bytes(b ^ 0xFF for b in data[at:at + 4])
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+        load(path, PixelNet)
+
+
+def test_not_a_minunet_file(tmp_path):
+    np.savez(tmp_path / "other.npz", weights=np.zeros(3))
+    with pytest.raises(CheckpointError, match="not written by minunet"):
+        load(tmp_path / "other.npz")
+    np.save(tmp_path / "array.npy", np.zeros(3))
+    with pytest.raises(CheckpointError, match="not an .npz"):
+        load(tmp_path / "array.npy")
+    (tmp_path / "text.npz").write_text("hello")
+    with pytest.raises(CheckpointError, match="corrupted, or not an .npz"):
+        load(tmp_path / "text.npz")
+    np.savez(tmp_path / "pickled.npz", minunet_header=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(CheckpointError):
+        load(tmp_path / "pickled.npz")
+
+
+def test_other_format_version(tmp_path):
+    path = save(PixelNet(rng=0), tmp_path / "m.npz")
+    with np.load(path) as npz:
+        contents = dict(npz)
+    header = json.loads(str(contents["minunet_header"]))
+    header["format_version"] = FORMAT_VERSION + 1
+    contents["minunet_header"] = np.array(json.dumps(header))
+    np.savez(path, **contents)
+    with pytest.raises(CheckpointError, match=f"format version {FORMAT_VERSION + 1}"):
+        load(path, PixelNet)
+
+
+def test_other_architecture(tmp_path):
+    path = save(PixelNet(1, 3, rng=0), tmp_path / "m.npz")
+    with pytest.raises(CheckpointError, match="in_channels=2"):
+        load(path, PixelNet(2, 3, rng=0))
+    # a file whose weights do not match its own config
+    with np.load(path) as npz:
+        contents = dict(npz)
+    contents["model/weight"] = np.zeros((3, 5), np.float32)
+    np.savez(path, **contents)
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load(path, PixelNet)
+
+
+def test_unknown_class_needs_to_be_passed(tmp_path):
+    path = save(PixelNet(rng=0), tmp_path / "m.npz")
+    with pytest.raises(CheckpointError, match="model=PixelNet"):
+        load(path)
+
+
+# ------------------------------------------------------------------ atomic writes
+def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
+    model, opt, _ = trained_pixelnet(np.random.default_rng(6))
+    path = save(model, tmp_path / "m.npz", opt)
+    good = path.read_bytes()
+
+    def crash(f, **arrays):
+        f.write(b"PK\x03\x04 half a file")
+        raise KeyboardInterrupt  # a crash mid-write
+
+    monkeypatch.setattr(np, "savez", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save(PixelNet(2, 3, rng=7), path, opt)
+    assert path.read_bytes() == good
+    assert [p.name for p in tmp_path.iterdir()] == ["m.npz"]  # the temp file is gone
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    import numpy as np
+    import minunet as mu
+    from tiny_net import PixelNet
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((6, 1, 8, 8)).astype(np.float32)
+    targets = (images[:, 0] > 0).astype(np.int64)
+    mu.train(PixelNet(1, 2, rng=1), (images, targets, None), (images, targets, None),
+             epochs=10**6, batch_size=4, lr=1e-2, out_dir={out!r}, resume=True, progress=False)
+""")
+
+
+def test_kill_during_training_leaves_a_loadable_checkpoint_and_resume_continues(tmp_path):
+    out = tmp_path / "run"
+    script = tmp_path / "run_train.py"
+    script.write_text(KILL_SCRIPT.format(tests=str(TESTS_DIR), out=str(out)))
+    delay = np.random.default_rng().uniform(0.0, 0.5)  # the random moment
+    proc = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "last.npz").exists():
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "the training subprocess wrote no checkpoint"
+            time.sleep(0.01)
+        time.sleep(delay)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stderr.close()
+
+    ckpt = load(out / "last.npz", PixelNet)  # must load, whatever the moment of the kill
+    done = ckpt.position["epoch"]
+    assert done >= 1, f"killed after {delay:.3f} s"
+
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((6, 1, 8, 8)).astype(np.float32)
+    targets = (images[:, 0] > 0).astype(np.int64)
+    data = (images, targets, None)
+    resumed = PixelNet(1, 2, rng=1)
+    history = mu.train(resumed, data, data, epochs=done + 2, batch_size=4, lr=1e-2,
+                       out_dir=out, resume=True, progress=False)
+    straight = PixelNet(1, 2, rng=1)
+    reference = mu.train(straight, data, data, epochs=done + 2, batch_size=4, lr=1e-2,
+                         progress=False)
+    assert history["epoch"] == list(range(1, done + 3))
+    np.testing.assert_array_equal(resumed.weight.data, straight.weight.data)
+    assert history["val_loss"] == reference["val_loss"]
+    logged = [json.loads(line)["epoch"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert logged == list(range(1, done + 3))
+    assert sorted(p.name for p in out.iterdir()) == ["best.npz", "last.npz", "log.jsonl"]
