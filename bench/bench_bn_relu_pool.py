@@ -1,7 +1,8 @@
 """Forward + backward time of BatchNorm2d, ReLU, MaxPool2d, Concat and the losses at the U-Net's
 shapes (batch 8; 16 ch 128², 32 ch 64², 64 ch 32²), float32, against
 
-  - numpy: the same layer written with plain NumPy array expressions (what the kernels replace),
+  - base: the same layer written with plain NumPy array expressions (what the kernels replace);
+    for "BN+ReLU fused" (BatchNormReLU2d) the base is our BatchNorm2d then our ReLU,
   - torch: PyTorch CPU with 2 threads, autograd forward + backward (when torch is installed).
 
     python bench/bench_bn_relu_pool.py [--repeats 15]
@@ -61,17 +62,20 @@ def cases(shape, rng, torch):
     gc = rng.standard_normal((N, 2 * C, H, W)).astype(np.float32)
     ones, zeros = np.ones(C, np.float32), np.zeros(C, np.float32)
     bn, relu, pool, cat = mu.BatchNorm2d(C), mu.ReLU(), mu.MaxPool2d(2), mu.Concat()
+    bn_relu, bn2, relu2 = mu.BatchNormReLU2d(C), mu.BatchNorm2d(C), mu.ReLU()
     ours = {
         "BatchNorm2d": lambda: (bn.forward(x), bn.backward(g)),
         "ReLU": lambda: (relu.forward(x), relu.backward(g)),
         "MaxPool2d": lambda: (pool.forward(x), pool.backward(gp)),
         "Concat": lambda: (cat.forward(x, x), cat.backward(gc)),
+        "BN+ReLU fused": lambda: (bn_relu.forward(x), bn_relu.backward(g)),
     }
     plain = {
         "BatchNorm2d": lambda: numpy_bn(x, ones, zeros, g),
         "ReLU": lambda: numpy_relu(x, g),
         "MaxPool2d": lambda: numpy_pool(x, gp),
         "Concat": lambda: (np.concatenate([x, x], 1), gc[:, :C].copy(), gc[:, C:].copy()),
+        "BN+ReLU fused": lambda: (relu2.forward(bn2.forward(x)), bn2.backward(relu2.backward(g))),
     }
     theirs = {}
     if torch is not None:
@@ -84,6 +88,7 @@ def cases(shape, rng, torch):
             "ReLU": lambda: torch.relu(tx).backward(tg),
             "MaxPool2d": lambda: F.max_pool2d(tx, 2).backward(tgp),
             "Concat": lambda: torch.cat([tx, tx], 1).backward(tgc),
+            "BN+ReLU fused": lambda: torch.relu(tbn(tx)).backward(tg),
         }
     return ours, plain, theirs
 
@@ -126,8 +131,8 @@ def main() -> None:
     groups.append(("8x3x128x128", loss_cases(rng, torch)))
     print(f"float32, batch 8, median of {args.repeats} interleaved runs (ms); torch "
           f"{'absent' if torch is None else torch.__version__ + ', 2 threads'}")
-    print(f"{'layer':<14} {'shape':<12} {'minunet':>8} {'numpy':>8} {'torch':>8} "
-          f"{'mu/numpy':>9} {'mu/torch':>9}")
+    print(f"{'layer':<14} {'shape':<12} {'minunet':>8} {'base':>8} {'torch':>8} "
+          f"{'mu/base':>9} {'mu/torch':>9}")
     for label, (ours, plain, theirs) in groups:
         for name, fn in ours.items():
             sides = [fn, plain.get(name), theirs.get(name)]

@@ -4,6 +4,8 @@
     batchnorm_forward(x, scale, shift)                   -> y = x*scale + shift, probe
     batchnorm_backward_reduce(dout, x, mean)             -> sum dout, sum dout*(x - mean)
     batchnorm_backward_input(dout, x, mean, a, mean_g, k)-> dx = a*(dout - mean_g - (x-mean)*k)
+    batchnorm_relu_*: the same three with a ReLU after the normalisation (BatchNormReLU2d):
+    forward clamps y at 0, backward uses dout * (y > 0) in place of dout
 
 Each reads its arrays once (`stats`: one pass with a shifted sum of squares, instead of a
 mean pass and then a variance pass). Sums over (N, H, W) run over ~131k values per channel at
@@ -123,4 +125,78 @@ def batchnorm_backward_input(dout: np.ndarray, x: np.ndarray, mean: np.ndarray, 
             kc = k[c]
             for p in range(HW):
                 df[n, c, p] = ac * (gf[n, c, p] - mg - (xf[n, c, p] - mc) * kc)
+    return dx
+
+
+# ---------------------------------------------------------------- fused with a ReLU after it
+@njit(cache=True, fastmath=REASSOCIATE)
+def batchnorm_relu_forward(x: np.ndarray, scale: np.ndarray,
+                           shift: np.ndarray) -> tuple[np.ndarray, float]:
+    """y = max(x * scale[c] + shift[c], 0) and the finiteness probe, as batchnorm_forward."""
+    N, C, H, W = x.shape
+    HW = H * W
+    xf = x.reshape(N, C, HW)
+    y = np.empty_like(x)  # (N, C, H, W)
+    yf = y.reshape(N, C, HW)
+    zero = x.dtype.type(0)
+    probe = x.dtype.type(0)
+    for n in range(N):
+        for c in range(C):
+            a = scale[c]
+            b = shift[c]
+            for p in range(HW):
+                v = xf[n, c, p]
+                probe += v - v
+                t = v * a + b
+                yf[n, c, p] = t if t > zero else zero
+    return y, probe
+
+
+@njit(cache=True, fastmath=REASSOCIATE)
+def batchnorm_relu_backward_reduce(dout: np.ndarray, y: np.ndarray, x: np.ndarray,
+                                   mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """batchnorm_backward_reduce of the masked gradient g = dout * (y > 0). Shapes (N, C, H, W)."""
+    N, C, H, W = x.shape
+    HW = H * W
+    xf = x.reshape(N, C, HW)
+    yf = y.reshape(N, C, HW)
+    gf = dout.reshape(N, C, HW)
+    sum_g = np.zeros(C)    # (C,) float64
+    sum_gxc = np.zeros(C)  # (C,) float64
+    for c in range(C):
+        m = mean[c]
+        s1 = 0.0  # float64 on purpose: see the module docstring
+        s2 = 0.0
+        for n in range(N):
+            for p in range(HW):
+                g = np.float64(gf[n, c, p]) if yf[n, c, p] > 0 else 0.0
+                s1 += g
+                s2 += g * (np.float64(xf[n, c, p]) - m)
+        sum_g[c] = s1
+        sum_gxc[c] = s2
+    return sum_g, sum_gxc
+
+
+@njit(cache=True)
+def batchnorm_relu_backward_input(dout: np.ndarray, y: np.ndarray, x: np.ndarray,
+                                  mean: np.ndarray, a: np.ndarray, mean_g: np.ndarray,
+                                  k: np.ndarray) -> np.ndarray:
+    """batchnorm_backward_input of the masked gradient g = dout * (y > 0)."""
+    N, C, H, W = x.shape
+    HW = H * W
+    xf = x.reshape(N, C, HW)
+    yf = y.reshape(N, C, HW)
+    gf = dout.reshape(N, C, HW)
+    dx = np.empty_like(x)  # (N, C, H, W)
+    df = dx.reshape(N, C, HW)
+    zero = x.dtype.type(0)
+    for n in range(N):
+        for c in range(C):
+            ac = a[c]
+            mg = mean_g[c]
+            mc = mean[c]
+            kc = k[c]
+            for p in range(HW):
+                g = gf[n, c, p] if yf[n, c, p] > zero else zero
+                df[n, c, p] = ac * (g - mg - (xf[n, c, p] - mc) * kc)
     return dx

@@ -197,3 +197,23 @@ def batchnorm_backward_input_reference(dout: np.ndarray, x: np.ndarray, mean: np
     """dx = a[c] * (dout - mean_g[c] - (x - mean[c]) * k[c])."""
     return _per_channel(a) * (dout - _per_channel(mean_g) - (x - _per_channel(mean))
                               * _per_channel(k))
+
+
+def batchnorm_relu_forward_reference(x: np.ndarray, scale: np.ndarray,
+                                     shift: np.ndarray) -> np.ndarray:
+    """y = max(x * scale[c] + shift[c], 0): batch norm's normalise step, then a ReLU."""
+    return relu_forward_reference(batchnorm_forward_reference(x, scale, shift))
+
+
+def batchnorm_relu_backward_reduce_reference(dout: np.ndarray, y: np.ndarray, x: np.ndarray,
+                                             mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """batchnorm_backward_reduce_reference of the ReLU-masked gradient dout * (y > 0)."""
+    return batchnorm_backward_reduce_reference(relu_backward_reference(dout, y), x, mean)
+
+
+def batchnorm_relu_backward_input_reference(dout: np.ndarray, y: np.ndarray, x: np.ndarray,
+                                            mean: np.ndarray, a: np.ndarray,
+                                            mean_g: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """batchnorm_backward_input_reference of the ReLU-masked gradient dout * (y > 0)."""
+    return batchnorm_backward_input_reference(relu_backward_reference(dout, y), x, mean, a,
+                                              mean_g, k)

@@ -1,0 +1,110 @@
+"""BatchNormReLU2d (batch norm + ReLU fused): kernels vs references, equal to the two layers in
+sequence (train and eval, values, gradients, running stats), gradient check away from the kink."""
+
+import numpy as np
+import pytest
+
+import minunet as mu
+from minunet.kernels.batchnorm import (
+    batchnorm_relu_backward_input,
+    batchnorm_relu_backward_reduce,
+    batchnorm_relu_forward,
+    batchnorm_stats,
+)
+from minunet.kernels.reference import (
+    batchnorm_relu_backward_input_reference,
+    batchnorm_relu_backward_reduce_reference,
+    batchnorm_relu_forward_reference,
+)
+
+
+def rel(a, b):
+    return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300)
+
+
+SHAPES = [(1, 3, 5, 7), (2, 4, 3, 6), (3, 2, 1, 5)]
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float32, 1e-5), (np.float64, 1e-12)])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_kernels_match_reference(shape, dtype, tol):
+    rng = np.random.default_rng(0)
+    C = shape[1]
+    x = (rng.standard_normal(shape) * 2 + 1).astype(dtype)
+    dout = rng.standard_normal(shape).astype(dtype)
+    scale, shift, a, mg, k = (rng.standard_normal(C).astype(dtype) for _ in range(5))
+    y, probe = batchnorm_relu_forward(x, scale, shift)
+    assert probe == 0 and y.dtype == dtype
+    assert rel(y, batchnorm_relu_forward_reference(x, scale, shift)) <= tol
+    assert 0 < (y > 0).mean() < 1  # the mask matters in this test
+    mean = batchnorm_stats(x)[0]
+    s1, s2 = batchnorm_relu_backward_reduce(dout, y, x, mean)
+    r1, r2 = batchnorm_relu_backward_reduce_reference(dout, y, x, mean)
+    assert rel(s1, r1) <= tol and rel(s2, r2) <= tol
+    m = mean.astype(dtype)
+    dx = batchnorm_relu_backward_input(dout, y, x, m, a, mg, k)
+    assert dx.dtype == dtype
+    assert rel(dx, batchnorm_relu_backward_input_reference(dout, y, x, m, a, mg, k)) <= tol
+
+
+def randomise(bn, rng):
+    C = bn.num_features
+    bn.weight.data[:] = rng.uniform(0.5, 1.5, C)
+    bn.bias.data[:] = rng.uniform(-0.3, 0.3, C)
+    bn.running_mean[:] = rng.standard_normal(C)
+    bn.running_var[:] = rng.uniform(0.5, 2.0, C)
+    return bn
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_equals_batchnorm_then_relu(training):
+    rng = np.random.default_rng(1)
+    fused = randomise(mu.BatchNormReLU2d(3), rng).astype(np.float64).train(training)
+    bn = mu.BatchNorm2d(3).astype(np.float64).train(training)
+    bn.load_state_dict(fused.state_dict())
+    relu = mu.ReLU()
+    for _ in range(2):
+        x = rng.standard_normal((2, 3, 4, 5)) * 2 + 1
+        dout = rng.standard_normal(x.shape)
+        y = fused.forward(x)
+        assert rel(y, relu.forward(bn.forward(x))) < 1e-12
+        assert rel(fused.backward(dout), bn.backward(relu.backward(dout))) < 1e-12
+    for name, p in fused.named_parameters():
+        assert rel(p.grad, dict(bn.named_parameters())[name].grad) < 1e-12
+    for (name, b), (_, b2) in zip(fused.named_buffers(), bn.named_buffers(), strict=True):
+        assert rel(b, b2) < 1e-14, name
+
+
+def away_from_kink(shape, rng):
+    """Each channel holds values and their negatives (mean exactly 0), all with |v| >= 1, so
+    after normalisation |xhat| >= 1/std, far from where the ReLU switches (beta is small)."""
+    N, C, H, W = shape
+    half = rng.uniform(1.0, 2.0, (C, N * H * W // 2)) * rng.choice([-1, 1], (C, N * H * W // 2))
+    values = np.concatenate([half, -half], axis=1)  # (C, N*H*W)
+    values = rng.permuted(values, axis=1)
+    return values.reshape(C, N, H, W).transpose(1, 0, 2, 3).copy()
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("shape", [(1, 3, 2, 5), (2, 2, 3, 2)])
+def test_gradcheck(shape, training):
+    rng = np.random.default_rng(2)
+    bn = randomise(mu.BatchNormReLU2d(shape[1]), rng).train(training)
+    bn.bias.data[:] = rng.uniform(-0.05, 0.05, shape[1])
+    if not training:  # running stats that keep xhat away from 0 too
+        bn.running_mean[:] = 0
+        bn.running_var[:] = 1
+    x = away_from_kink(shape, rng)
+    mu.gradcheck(bn, x, max_elements=None)
+
+
+def test_bad_inputs_name_the_fused_layer():
+    bn = mu.BatchNormReLU2d(2)
+    with pytest.raises(ValueError, match=r"BatchNormReLU2d\(2\) expected 2 input channels"):
+        bn.forward(np.zeros((1, 3, 2, 2), np.float32))
+    x = np.zeros((1, 2, 2, 2), np.float32)
+    x[0, 1, 1, 1] = np.nan
+    with pytest.raises(FloatingPointError, match=r"BatchNormReLU2d\(2\).*1 NaN"):
+        bn.eval().forward(x)
+    with pytest.raises(RuntimeError, match="before forward"):
+        mu.BatchNormReLU2d(2).backward(np.zeros((1, 2, 2, 2), np.float32))
