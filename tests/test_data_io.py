@@ -1,0 +1,99 @@
+"""Disk format: save/load round trip, regeneration from the manifest, the image reader, preview."""
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+import minunet as mu
+
+
+def test_save_load_round_trip_and_regenerate(tmp_path):
+    images, labels, info = mu.data.generate(3, "shift-blur", size=(40, 56), seed=5, density=50)
+    mu.data.save_dataset(tmp_path / "set", images, labels, info)
+    assert sorted(p.name for p in (tmp_path / "set" / "images").iterdir()) == \
+        ["0000.tif", "0001.tif", "0002.tif"]
+    assert tifffile.imread(tmp_path / "set" / "labels" / "0001.tif").dtype == np.uint16
+    got_images, got_labels, manifest = mu.data.load_dataset(tmp_path / "set")
+    np.testing.assert_array_equal(got_images, images)
+    np.testing.assert_array_equal(got_labels, labels)
+    assert got_labels.dtype == np.int32
+    for key in ("preset", "seed", "size", "n", "params", "minunet_version", "format"):
+        assert key in manifest
+    assert manifest["params"]["density"] == 50
+    json.dumps(manifest)                                   # plain JSON all the way down
+    again_images, again_labels, _ = mu.data.regenerate(manifest)
+    np.testing.assert_array_equal(again_images, images)
+    np.testing.assert_array_equal(again_labels, labels)
+
+
+def test_save_refuses_bad_labels(tmp_path):
+    images = np.zeros((1, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="0..65535"):
+        mu.data.save_dataset(tmp_path, images, np.full((1, 4, 4), 70000), {})
+    with pytest.raises(TypeError, match="integer"):
+        mu.data.save_dataset(tmp_path, images, images, {})
+    with pytest.raises(ValueError, match="one shape"):
+        mu.data.save_dataset(tmp_path, images, np.zeros((1, 4, 5), int), {})
+
+
+def test_load_refuses_incomplete_folders(tmp_path):
+    with pytest.raises(FileNotFoundError, match="manifest.json"):
+        mu.data.load_dataset(tmp_path)
+    images, labels, info = mu.data.generate(2, size=(16, 16))
+    mu.data.save_dataset(tmp_path, images, labels, info)
+    (tmp_path / "labels" / "0001.tif").unlink()
+    with pytest.raises(ValueError, match="different files"):
+        mu.data.load_dataset(tmp_path)
+
+
+@pytest.mark.parametrize("dtype, mode", [(np.uint8, "L"), (np.uint16, "I;16"),
+                                         (np.uint8, "RGB"), (np.uint8, "RGBA")])
+def test_read_png(tmp_path, dtype, mode):
+    rng = np.random.default_rng(0)
+    channels = {"L": (), "I;16": (), "RGB": (3,), "RGBA": (4,)}[mode]
+    array = rng.integers(0, np.iinfo(dtype).max, (9, 13, *channels)).astype(dtype)
+    Image.fromarray(array).save(tmp_path / "x.png")
+    got = mu.data.read_image(tmp_path / "x.png")
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got, array)
+
+
+def test_read_tiff_and_npy_keep_dtype_and_nan(tmp_path):
+    floats = np.random.default_rng(1).random((7, 11)).astype(np.float32)
+    floats[0, 0] = np.nan                                 # not refused here: nothing normalises
+    tifffile.imwrite(tmp_path / "f.tif", floats)
+    np.testing.assert_array_equal(mu.data.read_image(tmp_path / "f.tif"), floats)
+    np.save(tmp_path / "u.npy", np.arange(12, dtype=np.uint16).reshape(3, 4))
+    assert mu.data.read_image(tmp_path / "u.npy").dtype == np.uint16
+
+
+def test_read_image_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such file.*missing.tif"):
+        mu.data.read_image(tmp_path / "missing.tif")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ValueError, match="notes.txt is not an image file"):
+        mu.data.read_image(tmp_path / "notes.txt")
+    (tmp_path / "broken.tif").write_bytes(b"not a tiff at all")
+    with pytest.raises(ValueError, match="cannot read .*broken.tif as TIF"):
+        mu.data.read_image(tmp_path / "broken.tif")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG garbage")
+    with pytest.raises(ValueError, match="broken.png"):
+        mu.data.read_image(tmp_path / "broken.png")
+    np.save(tmp_path / "line.npy", np.arange(5))
+    with pytest.raises(ValueError, match=r"shape \(5,\); expected a 2-D gray image"):
+        mu.data.read_image(tmp_path / "line.npy")
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="objects.npy"):
+        mu.data.read_image(tmp_path / "objects.npy")
+    with pytest.raises(IsADirectoryError):
+        mu.data.read_image(tmp_path)
+
+
+def test_preview_grid_writes_a_png(tmp_path):
+    out = mu.data.preview_grid(tmp_path / "p.png", ["standard", "reference"], n_per_preset=2,
+                               size=(48, 48))
+    png = mu.data.read_image(out)
+    assert png.ndim == 3 and png.shape[2] in (3, 4) and png.shape[0] > 100
