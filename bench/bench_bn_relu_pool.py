@@ -5,7 +5,7 @@ shapes (batch 8; 16 ch 128², 32 ch 64², 64 ch 32²), float32, against
     for "BN+ReLU fused" (BatchNormReLU2d) the base is our BatchNorm2d then our ReLU,
   - torch: PyTorch CPU with 2 threads, autograd forward + backward (when torch is installed).
 
-    python bench/bench_bn_relu_pool.py [--repeats 15]
+    python bench/bench_bn_relu_pool.py [--repeats 15] [--torch-threads 2]
 
 Sides are interleaved (A B C A B C ...) and medians reported, because the machine is shared.
 Our kernels are single-threaded (memory-bound); torch gets 2 threads. Each minunet time includes
@@ -120,17 +120,18 @@ def timed(fn):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--torch-threads", type=int, default=2)
     args = parser.parse_args()
     try:
         import torch
-        torch.set_num_threads(2)
+        torch.set_num_threads(args.torch_threads)
     except ImportError:
         torch = None
     rng = np.random.default_rng(0)
     groups = [(f"{s[1]}ch {s[2]}x{s[3]}", cases(s, rng, torch)) for s in SHAPES]
     groups.append(("8x3x128x128", loss_cases(rng, torch)))
     print(f"float32, batch 8, median of {args.repeats} interleaved runs (ms); torch "
-          f"{'absent' if torch is None else torch.__version__ + ', 2 threads'}")
+          f"{'absent' if torch is None else f'{torch.__version__}, {args.torch_threads} threads'}")
     print(f"{'layer':<14} {'shape':<12} {'minunet':>8} {'base':>8} {'torch':>8} "
           f"{'mu/base':>9} {'mu/torch':>9}")
     for label, (ours, plain, theirs) in groups:
