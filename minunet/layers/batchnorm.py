@@ -24,8 +24,8 @@ Backward, with g = dout and istd = 1 / sqrt(var + eps):
             dx = gamma * istd * (g - mean(g) - xhat * mean(g * xhat))
 
 (Derivation: dxhat = gamma * g; then dx = istd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)).
-With the all-ones upstream gradient and gamma = 1, the train-mode dx is exactly zero, which is
-why tests use a random one.)
+With an all-ones upstream gradient the train-mode dx is exactly zero (g - mean(g) = 0 and
+sum(xhat) = 0), so a test with ones proves nothing: the tests use a random one.)
 
 Saved for backward: x itself, the mean used, istd (C,) and the mode (train or eval) of that
 forward; xhat is recomputed from them instead of being stored, which saves one (N, C, H, W)
