@@ -196,3 +196,40 @@ def test_make_connected_splits_and_hands_fragments_over():
     np.testing.assert_array_equal(out[1:4, 1:4], out[1, 1])   # largest piece of 1 is kept
     assert out[1, 5] == out[1, 4]                              # cut-off piece joins its occluder
     assert out[6, 9] == 0
+
+
+# ---- painting kernels against their plain reference ------------------------------------------
+
+def random_table(rng, n, H, W, **shape_kw):
+    from minunet.data import kernels as K
+    from minunet.data.synth import _draw_shape
+    table = np.zeros((n, K.SHAPE_COLUMNS))
+    for k in range(n):
+        table[k], _ = _draw_shape(rng, **shape_kw)
+        table[k, K.CY] = rng.uniform(-5, H + 5)          # some cross or miss the border
+        table[k, K.CX] = rng.uniform(-5, W + 5)
+    return table
+
+
+@pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-5), (np.float64, 1e-12)])
+def test_paint_kernels_match_reference(dtype, rtol):
+    from minunet.data import kernels as K
+    from minunet.data.synth import paint_reference
+    rng = np.random.default_rng(0)
+    H, W = 37, 51
+    table = random_table(rng, 12, H, W, radius=6.0, radius_std=2.0, elongation=0.5,
+                         irregularity=0.2)
+    labels = np.zeros((H, W), np.int32)
+    rho = np.zeros((H, W), dtype)
+    K.paint_cells(table, labels, rho)
+    want_labels, want_rho = paint_reference(table, H, W, "cells", dtype=dtype)
+    np.testing.assert_array_equal(labels, want_labels)
+    np.testing.assert_allclose(rho, want_rho, rtol=rtol, atol=0)
+    levels = rng.uniform(0.1, 1.0, 12).astype(dtype)
+    for mode, kernel, extra in [("debris", K.paint_debris, ()),
+                                ("blobs", K.paint_blobs, (2.5,))]:
+        layer = np.zeros((H, W), dtype)
+        kernel(table, levels, *extra, layer)
+        _, want = paint_reference(table, H, W, mode, levels=levels, soft=2.5, dtype=dtype)
+        np.testing.assert_allclose(layer, want, rtol=rtol, atol=np.finfo(dtype).tiny)
+        assert layer.max() > 0

@@ -1,5 +1,13 @@
-"""Numba kernel for the weight map: distances to the nearest and second-nearest cell.
+"""Numba kernels for data generation and targets, each with a plain reference the tests use.
 
+Painting star-convex outlines (`paint_cells`, `paint_debris`, `paint_blobs`; reference:
+`synth.paint_reference`). A shape is one row of a (K, SHAPE_COLUMNS) float64 table (see the
+column names below); the outline radius along the unit direction (ux, uy) is
+    ellipse(w) * (1 + Re(sum_j c_j z^j)),  z = ux + i uy,  w = z * rotation,
+    ellipse(w) = a b / sqrt((b Re w)^2 + (a Im w)^2),  j = 2..5,
+and a pixel belongs to the shape when its centre lies within that radius.
+
+Distances to the nearest and second-nearest cell for the weight map:
 `nearest_two_sq(labels, boxes, reach)` computes, for every pixel, the squared Euclidean distance
 to the nearest and the second-nearest instance, each instance's distance transform done on its
 bounding box grown by `reach` (outside it the distance exceeds `reach` and is left at +inf).
@@ -12,10 +20,96 @@ of the whole image per instance, then a sort), which the tests compare against.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit
 
 FAR = 1e30      # "no cell pixel in this column": larger than any squared distance in an image
+
+# columns of a shape table row
+CY, CX, A, B, ROT_RE, ROT_IM, REACH = range(7)
+COEFF_RE = 7                     # 4 harmonic coefficients (orders 2..5), real parts ...
+COEFF_IM = 11                    # ... and imaginary parts
+N_HARMONICS = 4
+SHAPE_COLUMNS = 15
+
+
+@njit(cache=True)
+def outline_radius(shape: np.ndarray, ux: float, uy: float) -> float:
+    """Distance from the centre to the outline of `shape` along the unit vector (ux, uy)."""
+    wr = ux * shape[ROT_RE] - uy * shape[ROT_IM]          # w = z * rotation
+    wi = ux * shape[ROT_IM] + uy * shape[ROT_RE]
+    a, b = shape[A], shape[B]
+    ellipse = a * b / np.sqrt((b * wr) ** 2 + (a * wi) ** 2)
+    pr, pi = 0.0, 0.0                                     # Horner: poly = sum_j c_j z^j
+    for j in range(N_HARMONICS - 1, -1, -1):
+        pr, pi = pr + shape[COEFF_RE + j], pi + shape[COEFF_IM + j]
+        pr, pi = pr * ux - pi * uy, pr * uy + pi * ux
+    pr, pi = pr * ux - pi * uy, pr * uy + pi * ux         # orders start at 2: one more z
+    return ellipse * (1.0 + pr)
+
+
+@njit(cache=True)
+def _box(shape: np.ndarray, H: int, W: int) -> tuple[int, int, int, int]:
+    """Bounding box [y0, y1) x [x0, x1) of a shape's reach, clipped to the image."""
+    reach = shape[REACH] + 1.0
+    cy, cx = shape[CY], shape[CX]
+    return (max(int(np.floor(cy - reach)), 0), min(int(np.floor(cy + reach)) + 2, H),
+            max(int(np.floor(cx - reach)), 0), min(int(np.floor(cx + reach)) + 2, W))
+
+
+@njit(cache=True)
+def _polar(shape: np.ndarray, y: int, x: int) -> tuple[float, float]:
+    """Distance of pixel centre (y, x) from the shape's centre, and the outline radius there."""
+    dy = y + 0.5 - shape[CY]
+    dx = x + 0.5 - shape[CX]
+    dist = np.sqrt(dx * dx + dy * dy)
+    if dist > 0:
+        return dist, outline_radius(shape, dx / dist, dy / dist)
+    return dist, outline_radius(shape, 1.0, 0.0)
+
+
+@njit(cache=True)
+def paint_cells(shapes: np.ndarray, labels: np.ndarray, rho: np.ndarray) -> None:
+    """Paint shapes k = 0.. in order as ids k + 1 (later occludes earlier) into labels (H, W);
+    rho (H, W) gets dist / outline radius (0 at the centre, 1 on the outline)."""
+    H, W = labels.shape
+    for k in range(shapes.shape[0]):
+        y0, y1, x0, x1 = _box(shapes[k], H, W)
+        for y in range(y0, y1):
+            for x in range(x0, x1):
+                dist, edge = _polar(shapes[k], y, x)
+                if dist <= edge:
+                    labels[y, x] = k + 1
+                    rho[y, x] = dist / edge
+
+
+@njit(cache=True)
+def paint_debris(shapes: np.ndarray, levels: np.ndarray, layer: np.ndarray) -> None:
+    """layer (H, W) = max(layer, level_k) inside each shape k."""
+    H, W = layer.shape
+    for k in range(shapes.shape[0]):
+        y0, y1, x0, x1 = _box(shapes[k], H, W)
+        for y in range(y0, y1):
+            for x in range(x0, x1):
+                dist, edge = _polar(shapes[k], y, x)
+                if dist <= edge and levels[k] > layer[y, x]:
+                    layer[y, x] = levels[k]
+
+
+@njit(cache=True)
+def paint_blobs(shapes: np.ndarray, levels: np.ndarray, soft: float, layer: np.ndarray) -> None:
+    """layer (H, W) += level_k * Phi((outline radius - dist) / soft) on each shape's box:
+    a shape with edges softened as by a Gaussian blur of std `soft` px."""
+    H, W = layer.shape
+    for k in range(shapes.shape[0]):
+        y0, y1, x0, x1 = _box(shapes[k], H, W)
+        for y in range(y0, y1):
+            for x in range(x0, x1):
+                dist, edge = _polar(shapes[k], y, x)
+                # Phi(t) = erfc(-t / sqrt 2) / 2
+                layer[y, x] += levels[k] * 0.5 * math.erfc((dist - edge) / (soft * np.sqrt(2.0)))
 
 
 @njit(cache=True)

@@ -36,6 +36,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 from scipy.special import ndtr
 
+from . import kernels as K
 from .instances import make_connected
 
 REFERENCE_AREA = 256 * 256          # densities are counts per 256 x 256 px of image
@@ -62,8 +63,8 @@ def synth_image(rng: np.random.Generator, p: dict, size: tuple[int, int]
     """Draw one image (H, W) float32 in [0, 1] and its instance labels (H, W) int32."""
     H, W = size
     area_ratio = H * W / REFERENCE_AREA
-    shapes = _place_cells(rng, p, H, W, area_ratio)
-    labels, rho = _paint(shapes, H, W)
+    table = _place_cells(rng, p, H, W, area_ratio)
+    labels, rho = _paint(table, H, W)
     labels = make_connected(labels, min_size=int(p["min_size"]))
     n = int(labels.max())
 
@@ -88,70 +89,59 @@ def synth_image(rng: np.random.Generator, p: dict, size: tuple[int, int]
 # ---- outlines --------------------------------------------------------------------------------
 
 def _draw_shape(rng: np.random.Generator, radius: float, radius_std: float, elongation: float,
-                irregularity: float) -> dict:
-    """One outline: mean radius r, semi-axes (a, b), orientation theta, harmonic wiggles."""
+                irregularity: float) -> tuple[np.ndarray, float]:
+    """One outline as a shape-table row (see `kernels`), centre unset, and its mean radius."""
     r = float(np.clip(rng.normal(radius, radius_std), RADIUS_CLIP[0] * radius,
                       RADIUS_CLIP[1] * radius))
     aspect = 1.0 + min(abs(rng.normal(0.0, elongation)), MAX_ASPECT_EXCESS)
     amps = irregularity * rng.random(HARMONIC_ORDERS.size) * 2.0 / HARMONIC_ORDERS
     theta = rng.uniform(0.0, np.pi)
     phases = rng.uniform(0.0, 2 * np.pi, HARMONIC_ORDERS.size)
-    return {"r": r, "a": r * np.sqrt(aspect), "b": r / np.sqrt(aspect),
-            "rotation": np.exp(-1j * theta), "coeffs": amps * np.exp(1j * phases),
-            "reach": r * np.sqrt(aspect) * (1.0 + amps.sum())}
-
-
-def _outline_radius(shape: dict, z: np.ndarray) -> np.ndarray:
-    """Distance from the centre to the outline along the unit directions z = e^(i psi).
-
-    Trig-free: with w = z e^(-i theta), the ellipse radius is a b / sqrt((b Re w)^2 + (a Im w)^2)
-    and the wiggle sum_j a_j cos(j psi + phase_j) = Re(sum_j a_j e^(i phase_j) z^j), a polynomial
-    in z evaluated by Horner's rule."""
-    w = z * shape["rotation"]
-    a, b = shape["a"], shape["b"]
-    ellipse = a * b / np.sqrt((b * w.real) ** 2 + (a * w.imag) ** 2)
-    poly = np.zeros_like(z)
-    for c in shape["coeffs"][::-1]:                    # highest order first
-        poly = (poly + c) * z
-    poly = poly * z ** (HARMONIC_ORDERS[0] - 1)        # orders start at 2, not 1
-    return ellipse * (1.0 + poly.real)
+    row = np.zeros(K.SHAPE_COLUMNS)
+    row[K.A], row[K.B] = r * np.sqrt(aspect), r / np.sqrt(aspect)
+    row[K.ROT_RE], row[K.ROT_IM] = np.cos(theta), -np.sin(theta)      # e^(-i theta)
+    row[K.COEFF_RE:K.COEFF_RE + K.N_HARMONICS] = amps * np.cos(phases)
+    row[K.COEFF_IM:K.COEFF_IM + K.N_HARMONICS] = amps * np.sin(phases)
+    row[K.REACH] = row[K.A] * (1.0 + amps.sum())
+    return row, r
 
 
 def _place_cells(rng: np.random.Generator, p: dict, H: int, W: int, area_ratio: float
-                 ) -> list[dict]:
-    """Cell outlines with centres, some placed against an earlier cell (touching/overlapping)."""
+                 ) -> np.ndarray:
+    """Shape table (K, SHAPE_COLUMNS) of cells, some placed against an earlier cell."""
     n_target = rng.poisson(p["density"] * area_ratio)
-    shapes: list[dict] = []
-    centres = np.zeros((n_target, 2))
+    table = np.zeros((n_target, K.SHAPE_COLUMNS))
     radii = np.zeros(n_target)
+    k = 0
     for _ in range(n_target):
-        shape = _draw_shape(rng, p["radius"], p["radius_std"], p["elongation"],
-                            p["irregularity"])
-        k = len(shapes)
+        row, r = _draw_shape(rng, p["radius"], p["radius_std"], p["elongation"],
+                             p["irregularity"])
         touch = k > 0 and rng.random() < p["touching"]
         for _try in range(PLACEMENT_TRIES):
             if touch:
                 j = int(rng.integers(k))
                 psi = rng.uniform(0.0, 2 * np.pi)
-                z = np.array([np.exp(1j * psi)])
-                reach = _outline_radius(shapes[j], z)[0] + _outline_radius(shape, -z)[0]
+                ux, uy = np.cos(psi), np.sin(psi)
+                reach = (K.outline_radius(table[j], ux, uy)
+                         + K.outline_radius(row, -ux, -uy))
                 dist = reach * rng.uniform(1.0 - p["overlap"], 1.0)
-                centre = centres[j] + dist * np.array([np.sin(psi), np.cos(psi)])
+                cy, cx = table[j, K.CY] + dist * uy, table[j, K.CX] + dist * ux
                 min_sep = TOUCH_MIN_SEPARATION
             else:
-                centre = rng.uniform((0.0, 0.0), (H, W))
+                cy, cx = rng.uniform((0.0, 0.0), (H, W))
                 min_sep = FREE_MIN_SEPARATION
-            if not (0 <= centre[0] < H and 0 <= centre[1] < W):
+            if not (0 <= cy < H and 0 <= cx < W):
                 continue
-            gaps = np.hypot(*(centres[:k] - centre).T) - min_sep * (radii[:k] + shape["r"])
+            gaps = (np.hypot(table[:k, K.CY] - cy, table[:k, K.CX] - cx)
+                    - min_sep * (radii[:k] + r))
             if k == 0 or gaps.min() >= 0 or (touch and _only_partner(gaps, j)):
                 break
         else:
             continue
-        shape["centre"] = centre
-        centres[k], radii[k] = centre, shape["r"]
-        shapes.append(shape)
-    return shapes
+        row[K.CY], row[K.CX] = cy, cx
+        table[k], radii[k] = row, r
+        k += 1
+    return table[:k]
 
 
 def _only_partner(gaps: np.ndarray, j: int) -> bool:
@@ -160,35 +150,49 @@ def _only_partner(gaps: np.ndarray, j: int) -> bool:
     return others.size == 0 or others.min() >= 0
 
 
-def _paint(shapes: list[dict], H: int, W: int) -> tuple[np.ndarray, np.ndarray]:
+def _paint(table: np.ndarray, H: int, W: int) -> tuple[np.ndarray, np.ndarray]:
     """Rasterise outlines in order (later occludes earlier): labels (H, W) and rho (H, W)."""
     labels = np.zeros((H, W), np.int32)
     rho = np.zeros((H, W), np.float32)
-    for k, shape in enumerate(shapes, start=1):
-        window = _rasterise(shape, H, W)
-        if window is None:
-            continue
-        (y0, y1, x0, x1), inside, (dist, edge) = window
-        labels[y0:y1, x0:x1][inside] = k
-        rho[y0:y1, x0:x1][inside] = dist[inside] / edge[inside]
+    K.paint_cells(table, labels, rho)
     return labels, rho
 
 
-def _rasterise(shape: dict, H: int, W: int) -> tuple | None:
-    """Pixels inside one outline, on its bounding box clipped to the image."""
-    cy, cx = shape["centre"]
-    reach = shape["reach"] + 1.0
-    y0, y1 = max(int(cy - reach), 0), min(int(cy + reach) + 2, H)
-    x0, x1 = max(int(cx - reach), 0), min(int(cx + reach) + 2, W)
-    if y0 >= y1 or x0 >= x1:
-        return None
-    dy = np.arange(y0, y1)[:, None] + 0.5 - cy      # pixel centres relative to the cell centre
-    dx = np.arange(x0, x1)[None, :] + 0.5 - cx
-    offset = dx + 1j * dy                            # psi measured from +x towards +y (rows)
-    dist = np.abs(offset)
-    direction = np.where(dist > 0, offset / np.maximum(dist, 1e-12), 1.0)
-    edge = _outline_radius(shape, direction)
-    return (y0, y1, x0, x1), dist <= edge, (dist, edge)
+def paint_reference(table: np.ndarray, H: int, W: int, mode: str,
+                    levels: np.ndarray | None = None, soft: float = 1.0,
+                    dtype: type = np.float64) -> tuple[np.ndarray | None, np.ndarray]:
+    """Plain NumPy version of the painting kernels (the tests' oracle).
+
+    mode "cells": (labels, rho) as `paint_cells`; "debris" / "blobs": (None, layer) as
+    `paint_debris` / `paint_blobs`."""
+    labels = np.zeros((H, W), np.int32)
+    layer = np.zeros((H, W), dtype)
+    for k, row in enumerate(table):
+        reach = row[K.REACH] + 1.0
+        cy, cx = row[K.CY], row[K.CX]
+        y0, y1 = max(int(np.floor(cy - reach)), 0), min(int(np.floor(cy + reach)) + 2, H)
+        x0, x1 = max(int(np.floor(cx - reach)), 0), min(int(np.floor(cx + reach)) + 2, W)
+        if y0 >= y1 or x0 >= x1:
+            continue
+        offset = (np.arange(x0, x1)[None, :] + 0.5 - row[K.CX]) \
+            + 1j * (np.arange(y0, y1)[:, None] + 0.5 - row[K.CY])
+        dist = np.abs(offset)
+        z = np.where(dist > 0, offset / np.maximum(dist, 1e-300), 1.0)
+        w = z * (row[K.ROT_RE] + 1j * row[K.ROT_IM])
+        a, b = row[K.A], row[K.B]
+        coeffs = row[K.COEFF_RE:K.COEFF_RE + 4] + 1j * row[K.COEFF_IM:K.COEFF_IM + 4]
+        wiggle = sum(c * z ** order for c, order in zip(coeffs, HARMONIC_ORDERS, strict=True))
+        edge = a * b / np.sqrt((b * w.real) ** 2 + (a * w.imag) ** 2) * (1.0 + wiggle.real)
+        inside = dist <= edge
+        box = (slice(y0, y1), slice(x0, x1))
+        if mode == "cells":
+            labels[box][inside] = k + 1
+            layer[box][inside] = (dist / edge)[inside]
+        elif mode == "debris":
+            layer[box] = np.maximum(layer[box], np.where(inside, levels[k], 0))
+        else:
+            layer[box] += levels[k] * ndtr((edge - dist) / soft)
+    return (labels if mode == "cells" else None), layer
 
 
 # ---- distractors, illumination, texture ----------------------------------------------------------
@@ -197,16 +201,16 @@ def _debris(rng: np.random.Generator, p: dict, labels: np.ndarray, area_ratio: f
             ) -> np.ndarray:
     """Small jagged bright specks, never on a cell pixel (they are unlabelled)."""
     H, W = labels.shape
+    n = rng.poisson(p["debris"] * area_ratio)
+    table = np.zeros((n, K.SHAPE_COLUMNS))
+    levels = np.zeros(n, np.float32)
+    for k in range(n):
+        table[k], _ = _draw_shape(rng, rng.uniform(*DEBRIS_RADIUS), 0.0, 0.3,
+                                  DEBRIS_IRREGULARITY)
+        table[k, K.CY], table[k, K.CX] = rng.uniform((0.0, 0.0), (H, W))
+        levels[k] = p["debris_intensity"] * rng.uniform(*INTENSITY_SPREAD)
     layer = np.zeros((H, W), np.float32)
-    for _ in range(rng.poisson(p["debris"] * area_ratio)):
-        shape = _draw_shape(rng, rng.uniform(*DEBRIS_RADIUS), 0.0, 0.3, DEBRIS_IRREGULARITY)
-        shape["centre"] = rng.uniform((0.0, 0.0), (H, W))
-        level = p["debris_intensity"] * rng.uniform(*INTENSITY_SPREAD)
-        window = _rasterise(shape, H, W)
-        if window is not None:
-            (y0, y1, x0, x1), inside, _ = window
-            np.maximum(layer[y0:y1, x0:x1], np.where(inside, level, 0.0),
-                       out=layer[y0:y1, x0:x1])
+    K.paint_debris(table, levels, layer)
     layer[labels > 0] = 0.0
     return layer
 
@@ -217,18 +221,18 @@ def _blobs(rng: np.random.Generator, p: dict, H: int, W: int, area_ratio: float)
     A blob blurred by a Gaussian of std s has (for s well under its radius) the edge profile
     Phi((R - dist) / s) of a blurred half-plane; drawing that directly on each blob's box costs
     far less than filtering the whole image."""
-    layer = np.zeros((H, W), np.float32)
+    n = rng.poisson(p["blobs"] * area_ratio)
     soft = max(float(p["blob_blur"]), 1e-3)
-    for _ in range(rng.poisson(p["blobs"] * area_ratio)):
-        shape = _draw_shape(rng, p["radius"] * rng.uniform(*BLOB_RADIUS), 0.0,
-                            p["elongation"], p["irregularity"])
-        shape["centre"] = rng.uniform((0.0, 0.0), (H, W))
-        shape["reach"] += BLOB_EDGE_SIGMAS * soft      # room for the soft edge
-        level = p["blob_intensity"] * rng.uniform(*INTENSITY_SPREAD)
-        window = _rasterise(shape, H, W)
-        if window is not None:
-            (y0, y1, x0, x1), _, (dist, edge) = window
-            layer[y0:y1, x0:x1] += level * ndtr((edge - dist) / soft)
+    table = np.zeros((n, K.SHAPE_COLUMNS))
+    levels = np.zeros(n, np.float32)
+    for k in range(n):
+        table[k], _ = _draw_shape(rng, p["radius"] * rng.uniform(*BLOB_RADIUS), 0.0,
+                                  p["elongation"], p["irregularity"])
+        table[k, K.CY], table[k, K.CX] = rng.uniform((0.0, 0.0), (H, W))
+        table[k, K.REACH] += BLOB_EDGE_SIGMAS * soft      # room for the soft edge
+        levels[k] = p["blob_intensity"] * rng.uniform(*INTENSITY_SPREAD)
+    layer = np.zeros((H, W), np.float32)
+    K.paint_blobs(table, levels, soft, layer)
     return layer
 
 
@@ -251,17 +255,19 @@ def _camera(rng: np.random.Generator, scene: np.ndarray, photons: float, read_no
             ) -> np.ndarray:
     """Shot noise and read noise on a scene (H, W) in intensity units.
 
-    Photon counts are Poisson(photons * scene). Where the mean count is at least
-    NORMAL_SHOT_FROM the count is drawn as N(mean, mean) instead (skewness 1/sqrt(mean) < 0.18
-    there, and five times faster); dimmer pixels are drawn exactly."""
-    mean = np.clip(scene, 0.0, None) * np.float32(photons)
+    Photon counts are Poisson(photons * scene), plus Gaussian read noise. Where the mean count
+    is at least NORMAL_SHOT_FROM the count is drawn as N(mean, mean) (skewness 1/sqrt(mean) <
+    0.18 there), and the two noises then sum to one normal draw of variance
+    scene / photons + read_noise^2; dimmer pixels get an exact Poisson count."""
+    clean = np.clip(scene, 0.0, None)
+    mean = clean * np.float32(photons)
     noise = rng.standard_normal(scene.shape, dtype=np.float32)
-    counts = mean + np.sqrt(mean) * noise
+    std = np.sqrt(clean / np.float32(photons) + np.float32(read_noise) ** 2)
+    image = clean + std * noise
     dim = mean < NORMAL_SHOT_FROM
     if dim.any():
-        counts[dim] = rng.poisson(mean[dim])
-    image = counts / np.float32(photons)
-    image += np.float32(read_noise) * rng.standard_normal(scene.shape, dtype=np.float32)
+        image[dim] = (rng.poisson(mean[dim]) / np.float32(photons)
+                      + np.float32(read_noise) * noise[dim])
     return image
 
 
