@@ -41,11 +41,13 @@ def _valid_columns(width: int, out_width: int, kw: int, stride: int, padding: in
 
 @njit(parallel=True, cache=True)
 def im2col(x: np.ndarray, kernel_size: int, stride: int, padding: int, out_height: int,
-           out_width: int) -> np.ndarray:
-    """col[n, (c*K + kh)*K + kw, i*Wo + j] = x[n, c, i*S - P + kh, j*S - P + kw] (0 outside)."""
+           out_width: int, col: np.ndarray) -> None:
+    """col[n, (c*K + kh)*K + kw, i*Wo + j] = x[n, c, i*S - P + kh, j*S - P + kw] (0 outside).
+
+    Writes every element of col (N, C*K*K, Ho*Wo), so col may come uninitialised.
+    """
     N, C, H, W = x.shape
     K, S, P, Ho, Wo = kernel_size, stride, padding, out_height, out_width
-    col = np.empty((N, C * K * K, Ho * Wo), dtype=x.dtype)  # (N, C*K*K, Ho*Wo)
     zero = x.dtype.type(0)
     for nc in prange(N * C):  # thread owns col[n, c*K*K:(c+1)*K*K, :] (one input plane's rows)
         n, c = nc // C, nc % C
@@ -66,7 +68,6 @@ def im2col(x: np.ndarray, kernel_size: int, stride: int, padding: int, out_heigh
                         col[n, row, base + j] = x[n, c, h, j * S - P + kw]
                     for j in range(hi, Wo):
                         col[n, row, base + j] = zero
-    return col
 
 
 @njit(parallel=True, cache=True)
@@ -93,13 +94,38 @@ def col2im(col: np.ndarray, channels: int, height: int, width: int, kernel_size:
     return x
 
 
+# ------------------------------------------------------------------ the column workspace
+# The column matrices are K*K times the size of the image (150 MB for the U-Net's widest layer
+# at batch 8) and live only inside one kernel call. Allocating them afresh on every call costs
+# a page fault per 4 KiB page, which on the project's machines took as long as filling them, so
+# one buffer per dtype is kept and grown to the largest size seen. Not for concurrent use from
+# several Python threads (neither are the layers, which save state for backward).
+_workspaces: dict[np.dtype, np.ndarray] = {}
+
+
+def _workspace(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised array of `shape`, a view of the shared buffer for `dtype`."""
+    size = int(np.prod(shape))
+    buffer = _workspaces.get(np.dtype(dtype))
+    if buffer is None or buffer.size < size:
+        buffer = np.empty(size, dtype=dtype)
+        _workspaces[np.dtype(dtype)] = buffer
+    return buffer[:size].reshape(shape)
+
+
+def release_workspace() -> None:
+    """Free the column buffers (they are re-created on the next convolution)."""
+    _workspaces.clear()
+
+
 # ------------------------------------------------------------------ the three computations
 def _forward(x: np.ndarray, weight: np.ndarray, stride: int, padding: int) -> np.ndarray:
     """y = w @ im2col(x): x (N, Cin, H, W), weight (Cout, Cin, K, K) -> y (N, Cout, Ho, Wo)."""
     N, _, H, W = x.shape
     Cout, _, K, _ = weight.shape
     Ho, Wo = conv_output_size(H, K, stride, padding), conv_output_size(W, K, stride, padding)
-    col = im2col(x, K, stride, padding, Ho, Wo)       # (N, Cin*K*K, Ho*Wo)
+    col = _workspace((N, x.shape[1] * K * K, Ho * Wo), x.dtype)  # (N, Cin*K*K, Ho*Wo)
+    im2col(x, K, stride, padding, Ho, Wo, col)
     y = np.matmul(weight.reshape(Cout, -1), col)     # (N, Cout, Ho*Wo)
     return y.reshape(N, Cout, Ho, Wo)
 
@@ -110,7 +136,8 @@ def _adjoint(dy: np.ndarray, weight: np.ndarray, stride: int, padding: int, heig
     N, Cout, Ho, Wo = dy.shape
     _, Cin, K, _ = weight.shape
     w_rows = weight.reshape(Cout, -1)                                   # (Cout, Cin*K*K)
-    dcol = np.matmul(w_rows.T, dy.reshape(N, Cout, Ho * Wo))            # (N, Cin*K*K, Ho*Wo)
+    dcol = _workspace((N, w_rows.shape[1], Ho * Wo), dy.dtype)        # (N, Cin*K*K, Ho*Wo)
+    np.matmul(w_rows.T, dy.reshape(N, Cout, Ho * Wo), out=dcol)
     return col2im(dcol, Cin, height, width, K, stride, padding, Ho, Wo)
 
 
@@ -123,7 +150,8 @@ def _weight_gradient(x: np.ndarray, dy: np.ndarray, kernel_size: int, stride: in
     N, Cin = x.shape[:2]
     _, Cout, Ho, Wo = dy.shape
     K = kernel_size
-    col = im2col(x, K, stride, padding, Ho, Wo)                          # (N, Cin*K*K, Ho*Wo)
+    col = _workspace((N, Cin * K * K, Ho * Wo), x.dtype)                 # (N, Cin*K*K, Ho*Wo)
+    im2col(x, K, stride, padding, Ho, Wo, col)
     dw = np.zeros((Cout, Cin * K * K), dtype=x.dtype)                   # (Cout, Cin*K*K)
     dy_rows = dy.reshape(N, Cout, Ho * Wo)
     for n in range(N):
