@@ -43,6 +43,16 @@ def test_kernels_match_reference(N, C, H, W, K, S, dtype, tol):
 
 
 @pytest.mark.parametrize("N, C, H, W, K, S", CASES)
+def test_kernels_break_ties_like_argmax(N, C, H, W, K, S):
+    """Values from {0, 1, 2}: most windows hold ties; the winner must be np.argmax's (first)."""
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 3, (N, C, H, W)).astype(np.float32)
+    out, argmax, _ = maxpool2d_forward(x, K, S)
+    out_ref, argmax_ref = maxpool2d_forward_reference(x, K, S)
+    assert np.array_equal(out, out_ref) and np.array_equal(argmax, argmax_ref)
+
+
+@pytest.mark.parametrize("N, C, H, W, K, S", CASES)
 def test_gradcheck(N, C, H, W, K, S):
     x = distinct((N, C, H, W), np.random.default_rng(1))
     report = mu.gradcheck(mu.MaxPool2d(K, S), x, max_elements=None)
