@@ -17,6 +17,11 @@ import time
 
 import numpy as np
 
+try:  # before minunet: minunet sets OMP_WAIT_POLICY=PASSIVE, torch keeps its own default
+    import torch
+except ImportError:
+    torch = None
+
 import minunet as mu
 
 SHAPES = [(8, 16, 128, 128), (8, 32, 64, 64), (8, 64, 32, 32)]
@@ -122,11 +127,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--torch-threads", type=int, default=2)
     args = parser.parse_args()
-    try:
-        import torch
+    if torch is not None:
         torch.set_num_threads(args.torch_threads)
-    except ImportError:
-        torch = None
     rng = np.random.default_rng(0)
     groups = [(f"{s[1]}ch {s[2]}x{s[3]}", cases(s, rng, torch)) for s in SHAPES]
     groups.append(("8x3x128x128", loss_cases(rng, torch)))
