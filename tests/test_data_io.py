@@ -97,3 +97,11 @@ def test_preview_grid_writes_a_png(tmp_path):
                                size=(48, 48))
     png = mu.data.read_image(out)
     assert png.ndim == 3 and png.shape[2] in (3, 4) and png.shape[0] > 100
+
+
+def test_generate_dataset_writes_everything(tmp_path):
+    out = mu.data.generate_dataset(tmp_path / "d", 3, "shift-small", size=(32, 40), seed=1)
+    images, _, manifest = mu.data.load_dataset(out)
+    assert images.shape == (3, 32, 40) and manifest["preset"] == "shift-small"
+    assert (out / "preview.png").is_file()
+    np.testing.assert_array_equal(images, mu.data.generate(3, "shift-small", (32, 40), 1)[0])

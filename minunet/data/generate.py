@@ -7,6 +7,8 @@ for 5 images or 500, and the returned parameters are enough to regenerate the se
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from .presets import PRESETS, preset_params
@@ -57,6 +59,22 @@ def regenerate(info: dict) -> tuple[np.ndarray, np.ndarray, dict]:
                     **info["params"])
 
 
+def generate_dataset(out_dir: str | Path, n: int, preset: str = "standard",
+                     size: tuple[int, int] = (256, 256), seed: int = 0, preview: bool = True,
+                     **overrides: object) -> Path:
+    """Generate and write a data set folder (images/, labels/, manifest.json and, if asked,
+    preview.png with label contours): what `minunet generate` does. Returns the folder."""
+    from .io import save_dataset
+    from .preview import preview_images
+
+    images, labels, info = generate(n, preset, size, seed, **overrides)
+    out = Path(out_dir)
+    save_dataset(out, images, labels, info)
+    if preview and n > 0:
+        preview_images(out / "preview.png", images, labels, title=f"{preset}, seed {seed}")
+    return out
+
+
 def knobs(preset: str = "standard") -> dict:
     """The knobs of a preset and their values."""
     return preset_params(preset)
@@ -87,4 +105,4 @@ def _check_size(size: tuple[int, int]) -> tuple[int, int]:
     return H, W
 
 
-__all__ = ["PRESETS", "generate", "knobs", "regenerate"]
+__all__ = ["PRESETS", "generate", "generate_dataset", "knobs", "regenerate"]

@@ -41,6 +41,31 @@ def preview_grid(out_path: str | Path, presets: list[str] | None = None, n_per_p
     return out_path
 
 
+def preview_images(out_path: str | Path, images: np.ndarray, labels: np.ndarray,
+                   n: int = 8, columns: int = 4, title: str = "") -> Path:
+    """Write a PNG of the first `n` images (N, H, W) with their label contours."""
+    n = min(n, len(images))
+    if n == 0:
+        raise ValueError("preview_images: no images to show")
+    rows = -(-n // columns)
+    cols = min(columns, n)
+    fig = Figure(figsize=(TILE_INCHES * cols, TILE_INCHES * rows + 0.3), dpi=DPI)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for i, ax in enumerate(axes.ravel()):
+        ax.set_axis_off()
+        if i < n:
+            ax.imshow(overlay_contours(images[i], labels[i]), interpolation="nearest")
+            ax.set_title(f"{i}: {int(labels[i].max())} cells", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path)
+    return out_path
+
+
 def overlay_contours(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """RGB (H, W, 3) float image: gray `image` (scaled to its range) with instance contours."""
     lo, hi = float(image.min()), float(image.max())
