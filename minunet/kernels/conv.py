@@ -94,38 +94,147 @@ def col2im(col: np.ndarray, channels: int, height: int, width: int, kernel_size:
     return x
 
 
-# ------------------------------------------------------------------ the column workspace
-# The column matrices are K*K times the size of the image (150 MB for the U-Net's widest layer
-# at batch 8) and live only inside one kernel call. Allocating them afresh on every call costs
-# a page fault per 4 KiB page, which on the project's machines took as long as filling them, so
-# one buffer per dtype is kept and grown to the largest size seen. Not for concurrent use from
-# several Python threads (neither are the layers, which save state for backward).
-_workspaces: dict[np.dtype, np.ndarray] = {}
+# ------------------------------------------------------------------ workspaces
+# The column matrices are K*K times the size of the image and live only inside one kernel
+# call. Allocating them afresh on every call costs a page fault per 4 KiB page, which on the
+# project's machines took as long as filling them, so one buffer per (purpose, dtype) is kept
+# and grown to the largest size seen. Not for concurrent use from several Python threads
+# (neither are the layers, which save state for backward).
+_workspaces: dict[tuple[str, np.dtype], np.ndarray] = {}
 
 
-def _workspace(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """An uninitialised array of `shape`, a view of the shared buffer for `dtype`."""
+def _workspace(shape: tuple[int, ...], dtype: np.dtype, purpose: str = "col") -> np.ndarray:
+    """An uninitialised array of `shape`, a view of the shared buffer for (purpose, dtype)."""
     size = int(np.prod(shape))
-    buffer = _workspaces.get(np.dtype(dtype))
+    key = (purpose, np.dtype(dtype))
+    buffer = _workspaces.get(key)
     if buffer is None or buffer.size < size:
         buffer = np.empty(size, dtype=dtype)
-        _workspaces[np.dtype(dtype)] = buffer
+        _workspaces[key] = buffer
     return buffer[:size].reshape(shape)
 
 
 def release_workspace() -> None:
-    """Free the column buffers (they are re-created on the next convolution)."""
+    """Free the work buffers (they are re-created on the next convolution)."""
     _workspaces.clear()
+
+
+# ------------------------------------------------------------------ stride 1: shifted rows
+# For stride 1 no Numba loop is needed. Pad each image by P and flatten it row by row: with
+# Wp = W + 2P, tap (kh, kw) of output pixel (i, j) reads flat[(i + kh) * Wp + j + kw], so for
+# all pixels at once the tap reads the contiguous slice flat[kh*Wp + kw : kh*Wp + kw + Ho*Wp].
+# Each im2col row is then one slice copy, and the product yields the output on an (Ho, Wp)
+# grid whose last Wp - Wo columns are discarded (they wrapped around to the next row).
+# Working one image at a time keeps the columns in cache (Cin*K*K x Ho*Wp floats).
+
+def _padded_flat(x: np.ndarray, padding: int) -> np.ndarray:
+    """x (N, C, H, W) -> (N, C, (H + 2P + 1) * Wp) zero-padded, one spare row at the bottom
+    so the last tap's slice stays inside."""
+    N, C, H, W = x.shape
+    P = padding
+    xp = _workspace((N, C, H + 2 * P + 1, W + 2 * P), x.dtype, "pad")
+    xp[:, :, :P] = 0
+    xp[:, :, P + H:] = 0
+    xp[:, :, P:P + H, :P] = 0
+    xp[:, :, P:P + H, P + W:] = 0
+    xp[:, :, P:P + H, P:P + W] = x
+    return xp.reshape(N, C, -1)
+
+
+def _shifted_columns(flat: np.ndarray, K: int, Wp: int, L: int, col: np.ndarray) -> None:
+    """col (C, K*K, L)[c, kh*K + kw] = flat (C, *)[c, kh*Wp + kw : ... + L] (one image)."""
+    for kh in range(K):
+        for kw in range(K):
+            offset = kh * Wp + kw
+            col[:, kh * K + kw, :] = flat[:, offset:offset + L]
+
+
+def _forward_stride1(x: np.ndarray, weight: np.ndarray, padding: int) -> np.ndarray:
+    """Stride-1 convolution: x (N, Cin, H, W), weight (Cout, Cin, K, K) -> (N, Cout, Ho, Wo)."""
+    N, Cin, H, W = x.shape
+    Cout, _, K, _ = weight.shape
+    Wp = W + 2 * padding
+    Ho, Wo = H + 2 * padding - K + 1, Wp - K + 1
+    L = Ho * Wp
+    flat = _padded_flat(x, padding)                               # (N, Cin, (Hp+1)*Wp)
+    col = _workspace((Cin, K * K, L), x.dtype)                    # (Cin, K*K, Ho*Wp)
+    wide = _workspace((Cout, Ho, Wp), x.dtype, "wide")            # (Cout, Ho, Wp)
+    w_rows = weight.reshape(Cout, Cin * K * K)
+    y = np.empty((N, Cout, Ho, Wo), dtype=x.dtype)                # (N, Cout, Ho, Wo)
+    for n in range(N):
+        _shifted_columns(flat[n], K, Wp, L, col)
+        np.matmul(w_rows, col.reshape(Cin * K * K, L), out=wide.reshape(Cout, L))
+        y[n] = wide[:, :, :Wo]
+    return y
+
+
+def _weight_gradient_stride1(x: np.ndarray, dy: np.ndarray, K: int,
+                             padding: int) -> np.ndarray:
+    """dw = sum_n dy[n] @ col[n]^T with the shifted-row columns; -> (Cout, Cin, K, K)."""
+    N, Cin, _, W = x.shape
+    _, Cout, Ho, Wo = dy.shape
+    Wp = W + 2 * padding
+    L = Ho * Wp
+    flat = _padded_flat(x, padding)                               # (N, Cin, (Hp+1)*Wp)
+    col = _workspace((Cin, K * K, L), x.dtype)                    # (Cin, K*K, Ho*Wp)
+    wide = _workspace((Cout, Ho, Wp), x.dtype, "wide")            # dy on the (Ho, Wp) grid
+    wide[:, :, Wo:] = 0  # the wrapped-around columns must not contribute
+    dw = np.zeros((Cout, Cin * K * K), dtype=x.dtype)             # (Cout, Cin*K*K)
+    for n in range(N):
+        _shifted_columns(flat[n], K, Wp, L, col)
+        wide[:, :, :Wo] = dy[n]
+        dw += wide.reshape(Cout, L) @ col.reshape(Cin * K * K, L).T
+    return dw.reshape(Cout, Cin, K, K)
+
+
+def _flipped(weight: np.ndarray) -> np.ndarray:
+    """(Cout, Cin, K, K) -> (Cin, Cout, K, K) rotated by 180 degrees: the weight of the
+    convolution that maps dy back to dx when the stride is 1."""
+    return np.ascontiguousarray(weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+
+
+# ------------------------------------------------------------------ K == S, P == 0: patches
+# When the kernel tiles the image without overlap (the U-Net's 2x2 stride-2 up-convolution),
+# im2col is a reshape and a transpose, and col2im its inverse: no loop, no scatter-add.
+
+def _patches(x: np.ndarray, K: int, Ho: int, Wo: int) -> np.ndarray:
+    """Non-overlapping im2col: x (N, C, H, W) -> col (N, C*K*K, Ho*Wo)."""
+    N, C = x.shape[:2]
+    blocks = x[:, :, :Ho * K, :Wo * K].reshape(N, C, Ho, K, Wo, K)
+    col = _workspace((N, C, K, K, Ho, Wo), x.dtype)
+    np.copyto(col, blocks.transpose(0, 1, 3, 5, 2, 4))
+    return col.reshape(N, C * K * K, Ho * Wo)
+
+
+def _unpatch(col: np.ndarray, C: int, H: int, W: int, K: int, Ho: int, Wo: int) -> np.ndarray:
+    """The inverse of `_patches`: col (N, C*K*K, Ho*Wo) -> x (N, C, H, W), 0 where unused."""
+    N = col.shape[0]
+    x = np.empty((N, C, H, W), dtype=col.dtype)
+    if H > Ho * K or W > Wo * K:
+        x[...] = 0
+    blocks = col.reshape(N, C, K, K, Ho, Wo).transpose(0, 1, 4, 2, 5, 3)
+    x[:, :, :Ho * K, :Wo * K] = blocks.reshape(N, C, Ho * K, Wo * K)
+    return x
+
+
+def _columns(x: np.ndarray, K: int, stride: int, padding: int, Ho: int, Wo: int) -> np.ndarray:
+    """im2col (N, C*K*K, Ho*Wo) by the cheapest route for this geometry."""
+    if K == stride and padding == 0:
+        return _patches(x, K, Ho, Wo)
+    col = _workspace((x.shape[0], x.shape[1] * K * K, Ho * Wo), x.dtype)
+    im2col(x, K, stride, padding, Ho, Wo, col)
+    return col
 
 
 # ------------------------------------------------------------------ the three computations
 def _forward(x: np.ndarray, weight: np.ndarray, stride: int, padding: int) -> np.ndarray:
     """y = w @ im2col(x): x (N, Cin, H, W), weight (Cout, Cin, K, K) -> y (N, Cout, Ho, Wo)."""
+    if stride == 1:
+        return _forward_stride1(x, weight, padding)
     N, _, H, W = x.shape
     Cout, _, K, _ = weight.shape
     Ho, Wo = conv_output_size(H, K, stride, padding), conv_output_size(W, K, stride, padding)
-    col = _workspace((N, x.shape[1] * K * K, Ho * Wo), x.dtype)  # (N, Cin*K*K, Ho*Wo)
-    im2col(x, K, stride, padding, Ho, Wo, col)
+    col = _columns(x, K, stride, padding, Ho, Wo)                 # (N, Cin*K*K, Ho*Wo)
     y = np.matmul(weight.reshape(Cout, -1), col)     # (N, Cout, Ho*Wo)
     return y.reshape(N, Cout, Ho, Wo)
 
@@ -135,9 +244,14 @@ def _adjoint(dy: np.ndarray, weight: np.ndarray, stride: int, padding: int, heig
     """dx = col2im(w^T @ dy): dy (N, Cout, Ho, Wo), weight (Cout, Cin, K, K) -> (N, Cin, H, W)."""
     N, Cout, Ho, Wo = dy.shape
     _, Cin, K, _ = weight.shape
+    if stride == 1 and padding <= K - 1:
+        # dx is the stride-1 convolution of dy with the flipped weight and padding K-1-P
+        return _forward_stride1(dy, _flipped(weight), K - 1 - padding)
     w_rows = weight.reshape(Cout, -1)                                   # (Cout, Cin*K*K)
     dcol = _workspace((N, w_rows.shape[1], Ho * Wo), dy.dtype)        # (N, Cin*K*K, Ho*Wo)
     np.matmul(w_rows.T, dy.reshape(N, Cout, Ho * Wo), out=dcol)
+    if K == stride and padding == 0:
+        return _unpatch(dcol, Cin, height, width, K, Ho, Wo)
     return col2im(dcol, Cin, height, width, K, stride, padding, Ho, Wo)
 
 
@@ -147,11 +261,12 @@ def _weight_gradient(x: np.ndarray, dy: np.ndarray, kernel_size: int, stride: in
 
     x (N, Cin, H, W), dy (N, Cout, Ho, Wo) -> dw (Cout, Cin, K, K).
     """
+    if stride == 1:
+        return _weight_gradient_stride1(x, dy, kernel_size, padding)
     N, Cin = x.shape[:2]
     _, Cout, Ho, Wo = dy.shape
     K = kernel_size
-    col = _workspace((N, Cin * K * K, Ho * Wo), x.dtype)                 # (N, Cin*K*K, Ho*Wo)
-    im2col(x, K, stride, padding, Ho, Wo, col)
+    col = _columns(x, K, stride, padding, Ho, Wo)                 # (N, Cin*K*K, Ho*Wo)
     dw = np.zeros((Cout, Cin * K * K), dtype=x.dtype)                   # (Cout, Cin*K*K)
     dy_rows = dy.reshape(N, Cout, Ho * Wo)
     for n in range(N):
