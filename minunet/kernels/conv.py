@@ -1,4 +1,4 @@
-"""Convolution kernels: im2col / col2im in Numba, the multiply-adds in BLAS (np.matmul).
+"""Convolution kernels: the multiply-adds in BLAS (np.matmul), the data movement around them.
 
 A convolution is a matrix product once every receptive field is laid out as a column:
 
@@ -6,10 +6,19 @@ A convolution is a matrix product once every receptive field is laid out as a co
                                     #  of every input channel that output pixel p sees
     y   = w.reshape(Cout, -1) @ col # (N, Cout, Ho*Wo)
 
-im2col and its adjoint col2im (which scatter-adds columns back into an image) are the only
-loops here; the products go to the BLAS library NumPy ships (OpenBLAS), which reaches several
-times the speed of a hand-written loop nest. The six public functions are built from three,
-because a transposed convolution is the adjoint of a convolution:
+The products go to the BLAS library NumPy ships (OpenBLAS), which reaches several times the
+speed of a hand-written loop nest. How the columns are built depends on the geometry:
+
+- stride 1 (every 3x3 and 1x1 conv of the U-Net): each im2col row is one contiguous slice of
+  the padded image, flattened row by row ("shifted rows", below), built one image at a time so
+  it stays in cache; the input gradient is the stride-1 convolution of dy with the flipped
+  weight, so no scatter-add is needed either;
+- kernel == stride, no padding (the U-Net's 2x2 stride-2 up-convolution): the windows tile the
+  image, so im2col and col2im are a reshape and a transpose;
+- anything else: the general Numba loops `im2col` and its adjoint `col2im` (scatter-add).
+
+The six public functions are built from three computations, because a transposed convolution
+is the adjoint of a convolution:
 
     conv_transpose2d_forward         == conv2d_backward_input   (col2im(w^T @ x))
     conv_transpose2d_backward_input  == conv2d_forward           (w @ im2col(dy))
