@@ -48,10 +48,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from . import data
 
     out = _writable_dir(args.out)
-    images, labels, params = data.generate(args.n, args.preset, size=args.size, seed=args.seed)
-    data.save_dataset(out, images, labels, params)
-    if args.preview:
-        data.preview_grid(out / "preview.png", presets=[args.preset])
+    data.generate_dataset(out, args.n, args.preset, size=args.size, seed=args.seed,
+                          preview=args.preview)
     print(f"wrote {args.n} images and labels of preset '{args.preset}' to {out}")
     return EXIT_OK
 
