@@ -137,3 +137,39 @@ def test_bad_inputs_are_refused():
         mu.data.augment(image[:10], labels, rng)
     with pytest.raises(ValueError, match="weight must be"):
         mu.data.augment(image, labels, rng, weight=np.ones((3, 3)))
+
+
+def test_elastic_uses_one_warp_for_all_three():
+    """Replaying the generator: labels, image and weight are sampled at the same coordinates."""
+    from scipy.ndimage import map_coordinates
+    _, labels = sample(size=(56, 72), seed=12)
+    image = np.random.default_rng(13).random(labels.shape).astype(np.float32)
+    weight = np.random.default_rng(14).random(labels.shape)
+    im, lab, w = mu.data.augment(image, labels, np.random.default_rng(15), weight=weight,
+                                 flip=False, rot90=False, **GEOMETRY_ONLY)
+    rows, cols = elastic_coordinates(np.random.default_rng(15), 56, 72, 10.0, 3)
+    np.testing.assert_array_equal(
+        lab, map_coordinates(labels, [rows, cols], order=0, mode="reflect"))
+    np.testing.assert_allclose(
+        w, map_coordinates(weight, [rows, cols], order=1, mode="reflect"), rtol=1e-12)
+    want = np.clip(map_coordinates(image.astype(np.float64), [rows, cols], order=3,
+                                   mode="reflect"), image.min(), image.max())
+    np.testing.assert_allclose(im, want, rtol=1e-5, atol=1e-6)
+
+
+def test_warped_ramp_and_bands_agree():
+    """Semantic check: an image that encodes the column and labels that encode column bands
+    still agree after warping (a shift of the labels by a pixel would break this)."""
+    H, W, band = 64, 80, 8
+    cols = np.broadcast_to(np.arange(W, dtype=np.float32), (H, W))
+    image = cols / W
+    labels = (cols // band).astype(np.int32) + 1
+    rng = np.random.default_rng(16)
+    for _ in range(4):
+        im, lab, _ = mu.data.augment(image, labels, rng, flip=False, rot90=False,
+                                     **GEOMETRY_ONLY)
+        source_col = im * W                  # where each output pixel sampled from
+        clear = (np.abs(source_col / band - np.round(source_col / band)) * band > 0.6) \
+            & (source_col > 1) & (source_col < W - 2)          # off band edges and borders
+        assert clear.mean() > 0.5
+        np.testing.assert_array_equal(lab[clear], (source_col[clear] // band).astype(int) + 1)

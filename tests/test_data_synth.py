@@ -139,6 +139,9 @@ def test_density_raises_count_and_touching():
     _, dense, _ = mu.data.generate(6, size=(192, 192), seed=4, density=60.0)
     assert dense.max(axis=(1, 2)).mean() > 2 * sparse.max(axis=(1, 2)).mean()
     assert touching_fraction(dense) > touching_fraction(sparse) + 0.1
+    _, apart, _ = mu.data.generate(6, size=(192, 192), seed=4, touching=0.0)
+    _, together, _ = mu.data.generate(6, size=(192, 192), seed=4, touching=0.6)
+    assert touching_fraction(together) > touching_fraction(apart) + 0.25
     _, crowded, _ = mu.data.generate(6, "shift-dense", size=(192, 192), seed=4)
     _, standard, _ = mu.data.generate(6, size=(192, 192), seed=4)
     assert touching_fraction(crowded) > touching_fraction(standard) + 0.15
