@@ -7,7 +7,8 @@ shapes (batch 8; 16 ch 128², 32 ch 64², 64 ch 32²), float32, against
 
     python bench/bench_bn_relu_pool.py [--repeats 15] [--torch-threads 2]
 
-Sides are interleaved (A B C A B C ...) and medians reported, because the machine is shared.
+Sides are interleaved in a rotating order (A B C, B C A, C A B, ...) and medians reported,
+because the machine is shared.
 Our kernels are single-threaded (memory-bound); torch gets 2 threads. Each minunet time includes
 the NaN/inf input check every layer does (free in the kernels, one pass in the losses).
 """
@@ -143,10 +144,11 @@ def main() -> None:
                 if side is not None:
                     side()
             times = [[], [], []]
-            for _ in range(args.repeats):
-                for k, side in enumerate(sides):
-                    if side is not None:
-                        times[k].append(timed(side))
+            for r in range(args.repeats):
+                for step in range(3):  # rotate the order: no side always runs on a cold cache
+                    k = (r + step) % 3
+                    if sides[k] is not None:
+                        times[k].append(timed(sides[k]))
             med = [np.median(t) * 1e3 if t else np.nan for t in times]
             ratio = [np.median(np.array(times[0]) / np.array(t)) if t else np.nan
                      for t in times[1:]]
