@@ -137,11 +137,8 @@ class NaNAfter(CrossEntropyLoss):
 
     def forward(self, logits, target, weight=None):
         value = super().forward(logits, target, weight)
-        if self.training:
-            self.left -= 1
-            if self.left < 0:
-                return math.nan
-        return value
+        self.left -= 1
+        return math.nan if self.left < 0 else value
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
