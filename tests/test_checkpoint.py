@@ -56,6 +56,24 @@ def test_round_trip_is_bit_identical(tmp_path):
     np.testing.assert_array_equal(opt2.state["exp_avg_sq"][0], opt.state["exp_avg_sq"][0])
 
 
+def test_unet_round_trip_rebuilds_from_the_file_alone(tmp_path):
+    rng = np.random.default_rng(10)
+    model = mu.UNet(2, 3, depth=2, base_channels=4, rng=rng)
+    x = rng.standard_normal((2, 2, 8, 12)).astype(np.float32)
+    opt = Adam(model.parameters())
+    model.forward(x)                      # train mode: moves the running statistics
+    model.backward(rng.standard_normal((2, 3, 8, 12)).astype(np.float32))
+    opt.step()
+    save(model, tmp_path / "unet.npz", opt)
+    ckpt = load(tmp_path / "unet.npz")    # the class is found by name, the shape from config
+    assert isinstance(ckpt.model, mu.UNet) and ckpt.config == model.config()
+    np.testing.assert_array_equal(ckpt.model.forward(x), model.eval().forward(x))
+    np.testing.assert_array_equal(ckpt.model.down[1].bn2.running_var,
+                                  model.down[1].bn2.running_var)
+    with pytest.raises(CheckpointError, match="depth=2.*depth=3"):
+        load(tmp_path / "unet.npz", mu.UNet(2, 3, depth=3, base_channels=4, rng=0))
+
+
 def test_float64_model_comes_back_float64(tmp_path):
     model = PixelNet(1, 2, rng=1).astype(np.float64)
     ckpt = load(save(model, tmp_path / "m.npz"), PixelNet)
