@@ -154,46 +154,22 @@ def train(
     elif out is not None:
         _write_log(out, [])  # a new run starts a new log
 
-    N = images.shape[0]
-    n_batches = math.ceil(N / batch_size)
     history.stop_reason = f"finished {epochs} epochs"
     for epoch in range(state["epoch"], epochs):
-        if patience is not None and state["bad_epochs"] >= patience:
+        if _patience_ran_out(state, patience):  # a resumed run that had stopped early
+            history.stop_reason = _early_stop_reason(state, patience, monitor)
             break
         started = time.perf_counter()
         rng = np.random.default_rng([seed, epoch])  # the whole epoch's randomness
-        order = rng.permutation(N)
         model.train()
-        loss_sum, seen = 0.0, 0
-        bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
-                   file=sys.stderr, leave=False, disable=not (progress and sys.stderr.isatty()))
-        for b in range(n_batches):
-            idx = order[b * batch_size:(b + 1) * batch_size]
-            x, t, w = _make_batch(images, targets, weights, idx, crop, augment, rng, model.dtype)
-            if schedule is not None:
-                optimizer.lr = schedule(state["step"])
-            logits = model.forward(x)                   # (B, Kc, H, W)
-            value = loss_fn.forward(logits, t, w)
-            if not math.isfinite(value):
-                bar.close()
-                raise TrainingDiverged(_diverged_message(
-                    f"the loss became {value} at epoch {epoch + 1}, batch {b + 1}", out, state,
-                    optimizer))
-            optimizer.zero_grad()
-            model.backward(loss_fn.backward())
-            optimizer.step()
-            state["step"] += 1
-            loss_sum += value * len(idx)
-            seen += len(idx)
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}",
-                            img_s=f"{seen / (time.perf_counter() - started):.1f}")
-            bar.update()
-        bar.close()
+        train_loss = _train_one_epoch(model, optimizer, loss_fn, schedule, images, targets,
+                                      weights, batch_size, crop, augment, rng, state,
+                                      f"epoch {epoch + 1}/{epochs}", progress, out)
         if not all(np.isfinite(np.sum(p.data)) for p in model.parameters()):
             raise TrainingDiverged(_diverged_message(
                 f"a weight became NaN or inf during epoch {epoch + 1}", out, state, optimizer))
 
-        record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": loss_sum / seen}
+        record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss}
         if val_data is not None:
             model.eval()
             record.update({k: float(v) for k, v in score_fn(model, val_data).items()})
@@ -223,13 +199,59 @@ def train(
                 save(model, out / BEST_NAME, position=dict(state), **metadata)
             save(model, out / LAST_NAME, optimizer, position=dict(state), **metadata)
         _say(progress, _epoch_line(record, epochs, improved))
-        if patience is not None and state["bad_epochs"] >= patience:
-            history.stop_reason = (f"early stop after epoch {epoch + 1}: no better {monitor} "
-                                   f"for {patience} epochs")
+        if _patience_ran_out(state, patience):
+            history.stop_reason = _early_stop_reason(state, patience, monitor)
             break
     history.best_epoch, history.best_score = state["best_epoch"], state["best"]
     model.train()
     return history
+
+
+def _train_one_epoch(model: Module, optimizer: Any, loss_fn: Any,
+                     schedule: Callable[[int], float] | None, images: np.ndarray,
+                     targets: np.ndarray, weights: np.ndarray | None, batch_size: int,
+                     crop: int | tuple[int, int] | None, augment: Augment | None,
+                     rng: np.random.Generator, state: dict[str, Any], title: str,
+                     progress: bool, out: Path | None) -> float:
+    """One pass over the shuffled training set; returns the mean training loss."""
+    N = images.shape[0]
+    order = rng.permutation(N)
+    n_batches = math.ceil(N / batch_size)
+    started = time.perf_counter()
+    loss_sum, seen = 0.0, 0
+    bar = tqdm(total=n_batches, desc=title, unit="batch", file=sys.stderr, leave=False,
+               disable=not (progress and sys.stderr.isatty()))
+    with bar:
+        for b in range(n_batches):
+            idx = order[b * batch_size:(b + 1) * batch_size]
+            x, t, w = _make_batch(images, targets, weights, idx, crop, augment, rng, model.dtype)
+            if schedule is not None:
+                optimizer.lr = schedule(state["step"])
+            logits = model.forward(x)                   # (B, Kc, H, W)
+            value = loss_fn.forward(logits, t, w)
+            if not math.isfinite(value):
+                raise TrainingDiverged(_diverged_message(
+                    f"the loss became {value} at {title.split('/')[0]}, batch {b + 1}", out,
+                    state, optimizer))
+            optimizer.zero_grad()
+            model.backward(loss_fn.backward())
+            optimizer.step()
+            state["step"] += 1
+            loss_sum += value * len(idx)
+            seen += len(idx)
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}",
+                            img_s=f"{seen / (time.perf_counter() - started):.1f}")
+            bar.update()
+    return loss_sum / seen
+
+
+def _patience_ran_out(state: dict[str, Any], patience: int | None) -> bool:
+    return patience is not None and state["bad_epochs"] >= patience
+
+
+def _early_stop_reason(state: dict[str, Any], patience: int | None, monitor: str) -> str:
+    return (f"early stop after epoch {state['epoch']}: no better {monitor} for {patience} "
+            f"epochs (best: epoch {state['best_epoch']})")
 
 
 # ------------------------------------------------------------------------------ validation

@@ -125,7 +125,7 @@ def test_early_stopping(tmp_path):
     # resuming a run that stopped early does no more epochs
     again = mu.train(PixelNet(1, 2, rng=0), data, data, epochs=20, batch_size=2, lr=0.0,
                      patience=2, out_dir=tmp_path, resume=True, progress=False)
-    assert again["epoch"] == [1, 2, 3]
+    assert again["epoch"] == [1, 2, 3] and "early stop" in again.stop_reason
 
 
 class NaNAfter(CrossEntropyLoss):
