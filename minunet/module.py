@@ -65,6 +65,7 @@ class Module:
 
     def __init__(self) -> None:
         self.training = True
+        self.grad_enabled = True  # False: forward keeps nothing for backward (inference)
         self._buffer_names: list[str] = []
         self._saved: Any = None
 
@@ -76,7 +77,10 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} does not define backward")
 
     def __call__(self, *inputs: Any) -> Any:
-        return self.forward(*inputs)
+        out = self.forward(*inputs)
+        if not self.grad_enabled:
+            self._saved = None  # inference: free what backward would have needed, at once
+        return out
 
     def _take_saved(self) -> Any:
         """Hand what forward saved over to backward (and free it: one backward per forward)."""
@@ -84,7 +88,8 @@ class Module:
         if saved is None:
             raise RuntimeError(
                 f"{type(self).__name__}.backward was called before forward (or twice after one "
-                "forward): call forward first, it saves what backward needs"
+                "forward, or after a forward with gradients disabled): call forward first, it "
+                "saves what backward needs"
             )
         self._saved = None
         return saved
@@ -141,6 +146,14 @@ class Module:
 
     def eval(self) -> Module:
         return self.train(False)
+
+    def set_grad_enabled(self, mode: bool = True) -> Module:
+        """With mode False, calling a module (`module(x)`) keeps nothing for backward, on this
+        module and every module below it: inference then holds only the live activations.
+        `forward` called directly still saves (that is what the gradient checker relies on)."""
+        for _, module in self.named_modules():
+            module.grad_enabled = mode
+        return self
 
     @property
     def dtype(self) -> np.dtype:
@@ -218,7 +231,7 @@ class Sequential(Module):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         for layer in self.layers:
-            x = layer.forward(x)
+            x = layer(x)
         return x
 
     def backward(self, dout: np.ndarray) -> np.ndarray:

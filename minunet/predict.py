@@ -155,8 +155,9 @@ def predict(model: Module, image: np.ndarray, *, tile: int = 256, margin: int | 
     pad_right = n_cols * core - W + margin
     padded = _mirror_pad(x, margin, pad_bottom, margin, pad_right)  # (Hp, Wp)
 
-    was_training = model.training
-    model.eval()
+    was_training, had_grad = model.training, model.grad_enabled
+    model.eval()                   # batch norm uses its running statistics
+    model.set_grad_enabled(False)  # keep no activations for a backward that never comes
     probs: np.ndarray | None = None
     dtype = model.dtype
     try:
@@ -167,7 +168,7 @@ def predict(model: Module, image: np.ndarray, *, tile: int = 256, margin: int | 
             batch = np.empty((len(batch_origins), 1, side, side), dtype=dtype)  # (N, 1, h, w)
             for i, (r0, c0) in enumerate(batch_origins):
                 batch[i, 0] = padded[r0:r0 + side, c0:c0 + side]
-            logits = model.forward(batch)                                   # (N, Kc, h, w)
+            logits = model(batch)                                           # (N, Kc, h, w)
             p = softmax(logits[:, :, margin:margin + core, margin:margin + core])
             if probs is None:
                 probs = np.empty((p.shape[1], H, W), dtype=np.float32)     # (Kc, H, W)
@@ -177,6 +178,7 @@ def predict(model: Module, image: np.ndarray, *, tile: int = 256, margin: int | 
                 probs[:, r0:r0 + h, c0:c0 + w] = p[i, :, :h, :w]
     finally:
         model.train(was_training)
+        model.set_grad_enabled(had_grad)
     assert probs is not None
     return probs
 

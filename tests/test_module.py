@@ -124,3 +124,16 @@ def test_gradcheck_leaves_the_original_module_alone():
     before = layer.weight.data.copy()
     mu.gradcheck(layer, np.ones((1, 3, 2, 2)))
     assert layer.weight.data.dtype == np.float32 and np.array_equal(layer.weight.data, before)
+
+
+def test_grad_disabled_keeps_nothing_for_backward():
+    seq = mu.Sequential(Scale(3), Scale(3))
+    x = np.ones((1, 3, 2, 2))
+    seq.set_grad_enabled(False)
+    y = seq(x)
+    assert all(layer._saved is None for layer in seq.layers)
+    with pytest.raises(RuntimeError, match="gradients disabled"):
+        seq.backward(np.ones_like(y))
+    seq.set_grad_enabled(True)
+    seq(x)
+    assert all(layer._saved is not None for layer in seq.layers)
