@@ -54,10 +54,11 @@ def make_augment(**knobs: Any) -> Callable:
 
 
 def segment(model: Module, image: np.ndarray, normalization: dict[str, Any] | None = None, *,
-            tile: int = 256, normalized: bool = False, **postprocess: Any,
+            tile: int = 256, batch_size: int = 4, normalized: bool = False, **postprocess: Any,
             ) -> tuple[np.ndarray, np.ndarray]:
     """One raw image (any size) -> (instance labels (H, W) int32, probabilities (Kc, H, W))."""
-    probs = predict(model, image, tile=tile, normalization=normalization, normalized=normalized)
+    probs = predict(model, image, tile=tile, batch_size=batch_size,
+                    normalization=normalization, normalized=normalized)
     return to_instances(probs, **postprocess), probs
 
 
