@@ -86,14 +86,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     x, t, w = workflow.training_arrays(images, labels, norm)
     train_data = (x[n_val:], t[n_val:], w[n_val:])
     val_data = (x[:n_val], t[:n_val], w[:n_val])
+    post = workflow.postprocess_settings(labels[n_val:])
     model = mu.UNet(1, 3, depth=config["depth"], base_channels=config["base"],
                     rng=np.random.default_rng(config["seed"]))
     history = mu.train(
         model, train_data, val_data, epochs=config["epochs"], batch_size=config["batch_size"],
         lr=config["lr"], augment=workflow.make_augment(), crop=config["crop"],
-        score_fn=workflow.object_score_fn(labels[:n_val]), monitor="val_f1",
+        score_fn=workflow.object_score_fn(labels[:n_val], postprocess=post), monitor="val_f1",
         patience=config["patience"], seed=config["seed"], out_dir=run, resume=bool(args.resume),
-        metadata={"normalization": norm}, progress=True,
+        metadata={"normalization": norm, "postprocess": post}, progress=True,
     )
     viz.training_curves(run / "log.jsonl", run / "curves.png")
     print(f"{history.stop_reason or 'done'}; best epoch {history.best_epoch} "
@@ -123,10 +124,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     files = _collect_images(args.inputs)
     ckpt = _load_model(args.model)
     norm = ckpt.metadata.get("normalization")
+    post = ckpt.metadata.get("postprocess", {})
     out = _writable_dir(args.out)
     for path in files:
         image = _read(path)
-        labels, probs = workflow.segment(ckpt.model, image, norm, tile=args.tile)
+        labels, probs = workflow.segment(ckpt.model, image, norm, tile=args.tile, **post)
         if labels.max() > np.iinfo(np.uint16).max:
             raise InputError(f"{path}: {labels.max()} objects do not fit a uint16 label image")
         _atomic(out / f"{path.stem}.tif",
