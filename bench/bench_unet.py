@@ -10,7 +10,7 @@ Configurations (the issue's): C1 depth 3 / base 8 / batch 8 / 64^2, C2 depth 3 /
 batch 8 / 128^2, C3 depth 4 / base 32 / batch 4 / 256^2; 1 input channel, 3 classes, float32.
 
     train step  forward, cross-entropy loss, zero_grad, backward, Adam step
-    inference   forward in eval mode (PyTorch: under torch.no_grad())
+    inference   forward in eval mode with gradients disabled (PyTorch: torch.no_grad())
 
 How it measures:
 - Every (config, side, mode) runs in its own fresh subprocess, so its peak RSS
@@ -97,10 +97,10 @@ def minunet_worker(depth: int, base: int, batch: int, size: int, mode: str,
         optimizer.step()
 
     def inference() -> None:
-        model.forward(x)
+        model(x)  # with gradients disabled, as mu.predict runs it
 
     if mode == "infer":
-        model.eval()
+        model.eval().set_grad_enabled(False)  # like torch.no_grad(): keep no activations
     fn = train_step if mode == "train" else inference
     times = _time(fn, steps)
     blas = [f"{i.get('internal_api')} {i.get('architecture')} {i.get('num_threads')} threads"
