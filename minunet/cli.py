@@ -119,7 +119,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     import minunet as mu
 
-    from . import data, viz, workflow
+    from . import viz, workflow
 
     files = _collect_images(args.inputs)
     ckpt = _load_model(args.model)
@@ -140,7 +140,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
             viz.overlay(gray, labels, labels, out / f"{path.stem}_overlay.png",
                         title=f"{path.name}: {labels.max()} objects")
         print(f"{path} -> {out / (path.stem + '.tif')} ({labels.max()} objects)")
-    del data
     return EXIT_OK
 
 

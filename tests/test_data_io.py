@@ -85,7 +85,7 @@ def test_read_image_errors_name_the_file(tmp_path):
     np.save(tmp_path / "line.npy", np.arange(5))
     with pytest.raises(ValueError, match=r"shape \(5,\); expected a 2-D gray image"):
         mu.data.read_image(tmp_path / "line.npy")
-    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object))  # pickled inside
     with pytest.raises(ValueError, match="objects.npy"):
         mu.data.read_image(tmp_path / "objects.npy")
     with pytest.raises(IsADirectoryError):
