@@ -17,6 +17,7 @@ CASES = [
     (1, 4, 3, 8, 7, 3, 2, 2),
     (2, 1, 5, 6, 9, 3, 1, 0),
     (1, 2, 2, 7, 6, 2, 3, 1),
+    (1, 3, 2, 5, 4, 1, 1, 1),  # stride 1 with P > K-1: the input gradient's general route
 ]
 
 
