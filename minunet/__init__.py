@@ -16,7 +16,7 @@ from . import data, metrics, viz
 from .checkpoint import Checkpoint, CheckpointError, load, save
 from .gradcheck import GradcheckError, GradcheckReport, gradcheck
 from .layers.activation import ReLU
-from .layers.batchnorm import BatchNorm2d, BatchNormReLU2d
+from .layers.batchnorm import BatchNorm2d
 from .layers.concat import Concat
 from .layers.conv import Conv2d
 from .layers.conv_transpose import ConvTranspose2d
@@ -35,7 +35,6 @@ __all__ = [
     "SGD",
     "Adam",
     "BatchNorm2d",
-    "BatchNormReLU2d",
     "Checkpoint",
     "CheckpointError",
     "Concat",

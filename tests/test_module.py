@@ -137,3 +137,53 @@ def test_grad_disabled_keeps_nothing_for_backward():
     seq.set_grad_enabled(True)
     seq(x)
     assert all(layer._saved is not None for layer in seq.layers)
+
+
+class Doubler(mu.Module):
+    """y = 2x, written with the public hand-off; `forgets` leaves out save_for_backward."""
+
+    def __init__(self, forgets: bool = False) -> None:
+        super().__init__()
+        self.forgets = forgets
+
+    def forward(self, x):
+        if not self.forgets:
+            self.save_for_backward(x.shape)
+        return 2 * x
+
+    def backward(self, dout):
+        (shape,) = self.take_saved()
+        assert dout.shape == shape
+        return 2 * dout
+
+
+def test_save_for_backward_hands_values_over_once():
+    layer = Doubler()
+    x = np.ones((2, 3))
+    layer.forward(x)
+    assert np.array_equal(layer.backward(np.ones((2, 3))), 2 * np.ones((2, 3)))
+    with pytest.raises(RuntimeError, match="Doubler.backward was called before forward"):
+        layer.backward(np.ones((2, 3)))  # one backward per forward
+    layer.forward(x)
+    layer.forward(x)  # a second forward replaces what the first saved
+    layer.backward(np.ones((2, 3)))
+
+
+def test_forward_that_saved_nothing_says_so():
+    layer = Doubler(forgets=True)
+    with pytest.raises(RuntimeError, match="Doubler.backward was called before forward"):
+        layer.backward(np.ones(3))
+    layer.forward(np.ones(3))
+    with pytest.raises(RuntimeError, match="forward stored nothing for backward") as err:
+        layer.backward(np.ones(3))
+    assert "before forward" not in str(err.value)
+    assert "save_for_backward" in str(err.value)
+
+
+def test_forward_clears_what_the_previous_forward_saved():
+    layer = Doubler()
+    layer.forward(np.ones(3))
+    layer.forgets = True
+    layer.forward(np.ones(3))  # saves nothing: backward must not get the stale shape
+    with pytest.raises(RuntimeError, match="forward stored nothing"):
+        layer.backward(np.ones(3))
