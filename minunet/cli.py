@@ -190,37 +190,89 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------- gradcheck
 def cmd_gradcheck(args: argparse.Namespace) -> int:
-    import minunet as mu
+    """Check MODULE:CLASS's backward on a random input. Exit 0 if it passes, 1 if it fails or
+    the layer itself raises (its traceback is printed), 2 for bad arguments or a file that
+    cannot be imported."""
+    import inspect
+    import traceback
 
-    cls = _import_class(args.target)
+    import minunet as mu
+    from minunet.gradcheck import random_input
+
     try:
         shape = tuple(int(s) for s in args.input_shape.split(","))
     except ValueError:
-        raise InputError(f"--input-shape must be integers separated by commas, like 2,3,8,8; "
-                         f"got {args.input_shape!r}") from None
-    extra = json.loads(args.args) if args.args else []
-    module = cls(**extra) if isinstance(extra, dict) else cls(*extra)
-    x = np.random.default_rng(args.seed).standard_normal(shape)
-    report = mu.gradcheck(module, x, mode=args.mode, raise_on_fail=False)
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise InputError(f"--input-shape must be positive integers separated by commas, like "
+                         f"2,3,8,8; got {args.input_shape!r}")
+    try:
+        extra = json.loads(args.args) if args.args else []
+    except json.JSONDecodeError as err:
+        raise InputError(f"--args is not valid JSON ({err}): give a list like '[3]' or an "
+                         f"object like '{{\"num_features\": 3}}'") from None
+    if not isinstance(extra, (list, dict)):
+        raise InputError(f"--args must be a JSON list or object, got {args.args!r}")
+    positional, keywords = (extra, {}) if isinstance(extra, list) else ([], extra)
+    cls = _import_class(args.target)
+    if not (isinstance(cls, type) and issubclass(cls, mu.Module)):
+        raise InputError(f"gradcheck: {args.target} is not a minunet Module subclass")
+    try:
+        signature = inspect.signature(cls)
+    except (TypeError, ValueError):  # no signature to check against: let the call tell
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind(*positional, **keywords)
+        except TypeError as err:
+            raise InputError(f"gradcheck: {cls.__name__}{signature} does not take --args "
+                             f"{args.args}: {err}") from None
+    if args.max_elements < 0:
+        raise InputError(f"--max-elements must be >= 0 (0: every element), got "
+                         f"{args.max_elements}")
+    x = random_input(shape, args.seed)  # its own random stream, independent of G's
+    try:  # from here on, exceptions come from the layer's own code: show where
+        module = cls(*positional, **keywords)
+        report = mu.gradcheck(module, x, mode=args.mode, max_elements=args.max_elements or None,
+                              seed=args.seed, raise_on_fail=False)
+    except Exception:
+        traceback.print_exc()
+        print(f"minunet gradcheck: {cls.__name__} raised the exception above (in its own code, "
+              f"on an input of shape {shape}); nothing was checked", file=sys.stderr)
+        return EXIT_FAILED
     print(report)
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
-def _import_class(target: str) -> type:
+def _import_class(target: str) -> Any:
+    """MODULE:CLASS -> the class. A missing or unimportable file is bad input (exit 2); an
+    exception while importing it is printed with its traceback first."""
+    import traceback
+
     module_name, sep, class_name = target.rpartition(":")
     if not sep or not module_name or not class_name:
         raise InputError(f"gradcheck: expected MODULE:CLASS (e.g. my_layers.py:Swish or "
                          f"mypkg.layers:Swish), got {target!r}")
-    if module_name.endswith(".py"):
-        path = Path(module_name)
-        if not path.is_file():
-            raise InputError(f"gradcheck: no file {path}")
-        spec = importlib.util.spec_from_file_location(path.stem, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    else:
-        module = importlib.import_module(module_name)
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name)
+            if not path.is_file():
+                raise InputError(f"gradcheck: no file {path}")
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module  # dataclasses and pickling look it up there
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except InputError:
+        raise
+    except ModuleNotFoundError as err:
+        raise InputError(f"gradcheck: cannot import {module_name}: {err}") from None
+    except Exception as err:
+        traceback.print_exc()
+        raise InputError(f"gradcheck: cannot import {module_name}: {type(err).__name__}: "
+                         f"{err} (traceback above)") from None
     if not hasattr(module, class_name):
         raise InputError(f"gradcheck: {module_name} has no {class_name}")
     return getattr(module, class_name)
@@ -358,8 +410,14 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("target", metavar="MODULE:CLASS", help="e.g. my_layers.py:Swish")
     c.add_argument("--input-shape", required=True, help="N,C,H,W of the random input")
     c.add_argument("--args", help="constructor arguments as a JSON list or object")
-    c.add_argument("--mode", choices=("full", "random"), default="full")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--mode", choices=("full", "random"), default="full",
+                   help="full: element by element; random: random directional derivatives")
+    c.add_argument("--max-elements", type=int, default=200,
+                   help="elements checked per tensor in full mode, drawn at random beyond that "
+                        "(0: every element)")
+    c.add_argument("--seed", type=int, default=0,
+                   help="seeds the input, the upstream gradient and the sampling (independent "
+                        "streams of one SeedSequence)")
     c.set_defaults(run=cmd_gradcheck)
     return parser
 

@@ -71,7 +71,7 @@ class Conv2d(Module):
         for kh in range(K):
             for kw in range(K):
                 x_tap = x_pad[:, :, kh : kh + S * Ho : S, kw : kw + S * Wo : S]  # (N,Cin,Ho,Wo)
-                y += np.einsum("oc,nchw->nohw", w[:, :, kh, kw], x_tap, optimize=True)
+                y += np.einsum("oc,nchw->nohw", w[:, :, kh, kw], x_tap)
         if self.bias is not None:
             y += self.bias.data[None, :, None, None]                    # b[o] on every pixel
         self.save_for_backward(x_pad)
@@ -90,9 +90,9 @@ class Conv2d(Module):
             for kw in range(K):
                 # forward was y += w[:, :, kh, kw] @ x_tap (over c), for this tap's slice
                 x_tap = x_pad[:, :, kh : kh + S * Ho : S, kw : kw + S * Wo : S]  # (N,Cin,Ho,Wo)
-                dw[:, :, kh, kw] = np.einsum("nohw,nchw->oc", dy, x_tap, optimize=True)
+                dw[:, :, kh, kw] = np.einsum("nohw,nchw->oc", dy, x_tap)
                 dx_pad[:, :, kh : kh + S * Ho : S, kw : kw + S * Wo : S] += np.einsum(
-                    "oc,nohw->nchw", w[:, :, kh, kw], dy, optimize=True)   # (N, Cin, Ho, Wo)
+                    "oc,nohw->nchw", w[:, :, kh, kw], dy)   # (N, Cin, Ho, Wo)
         self.weight.grad += dw
         if self.bias is not None:
             self.bias.grad += dy.sum(axis=(0, 2, 3))                    # (Cout,)

@@ -68,7 +68,7 @@ class ConvTranspose2d(Module):
         for kh in range(K):
             for kw in range(K):
                 y_full[:, :, kh : kh + S * H : S, kw : kw + S * W : S] += np.einsum(
-                    "co,nchw->nohw", w[:, :, kh, kw], x, optimize=True)  # (N, Cout, H, W)
+                    "co,nchw->nohw", w[:, :, kh, kw], x)  # (N, Cout, H, W)
         y = y_full[:, :, P : P + Ho, P : P + Wo]                        # (N, Cout, Ho, Wo)
         if self.bias is not None:
             y = y + self.bias.data[None, :, None, None]                 # b[o] on every pixel
@@ -90,8 +90,8 @@ class ConvTranspose2d(Module):
             for kw in range(K):
                 # forward was y_full[tap slice] += w[:, :, kh, kw]^T @ x (over c)
                 dy_tap = dy_full[:, :, kh : kh + S * H : S, kw : kw + S * W : S]  # (N,Cout,H,W)
-                dx += np.einsum("co,nohw->nchw", w[:, :, kh, kw], dy_tap, optimize=True)
-                dw[:, :, kh, kw] = np.einsum("nchw,nohw->co", x, dy_tap, optimize=True)
+                dx += np.einsum("co,nohw->nchw", w[:, :, kh, kw], dy_tap)
+                dw[:, :, kh, kw] = np.einsum("nchw,nohw->co", x, dy_tap)
         self.weight.grad += dw
         if self.bias is not None:
             self.bias.grad += dy.sum(axis=(0, 2, 3))                    # (Cout,)
