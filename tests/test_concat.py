@@ -72,3 +72,16 @@ def test_bad_inputs(L):
         cat.forward(np.zeros((2, 1, 2, 3), np.float32), b)
     with pytest.raises(RuntimeError, match="before forward"):
         L.Concat().backward(np.zeros((1, 2, 2, 2)))
+
+
+@pytest.mark.parametrize("L", IMPLS)
+def test_backward_returns_new_arrays_even_for_batch_1(L):
+    """With N = 1, dout[:, :Ca] is already contiguous: a careless split returns a view."""
+    rng = np.random.default_rng(3)
+    cat = L.Concat()
+    out = cat.forward(rng.standard_normal((1, 2, 3, 4)), rng.standard_normal((1, 3, 3, 4)))
+    dout = rng.standard_normal(out.shape)
+    da, db = cat.backward(dout)
+    assert not np.shares_memory(da, dout) and not np.shares_memory(db, dout)
+    da[...] = 7  # the caller may change them freely
+    assert not np.any(dout == 7)
