@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import layers
-from ..checks import check_array, check_finite
+from ..checks import check_finite
 from .activation import relu_backward, relu_forward
 from .batchnorm import (
     batchnorm_backward_input,
@@ -56,9 +56,7 @@ class ReLU(layers.ReLU):
     """layers.ReLU in one Numba pass each way (no boolean temporary), NaN probe included."""
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        check_array("ReLU", x, finite=False)  # finiteness: the kernel's probe, same pass
-        if x.dtype not in (np.float32, np.float64):
-            raise TypeError(f"ReLU: input must be float32 or float64, got {x.dtype}")
+        self._check_input(x, finite=False)  # finiteness: the kernel's probe, same pass
         out, probe = relu_forward(np.ascontiguousarray(x))  # same shape as x
         if probe != 0:  # sum(x - x) is NaN exactly when some x is NaN or inf
             check_finite("ReLU", x)  # raises, naming how many
@@ -134,17 +132,12 @@ class MaxPool2d(layers.MaxPool2d):
     """layers.MaxPool2d in one pass each way; the winner's offset kept in one byte."""
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        who = repr(self)
-        check_array(who, x, ndim=4, finite=False)  # finiteness: the kernel's probe, same pass
-        if x.dtype not in (np.float32, np.float64):
-            raise TypeError(f"{who}: input must be float32 or float64, got {x.dtype}")
+        self._check_input(x, finite=False)  # finiteness: the kernel's probe, same pass
         H, W = x.shape[2:]
-        K, S = self.kernel_size, self.stride
-        if H < K or W < K:
-            raise ValueError(f"{who}: input {H}x{W} is smaller than the {K}x{K} window")
-        out, argmax, probe = maxpool2d_forward(np.ascontiguousarray(x), K, S)  # (N,C,Ho,Wo)
+        out, argmax, probe = maxpool2d_forward(np.ascontiguousarray(x), self.kernel_size,
+                                               self.stride)  # (N, C, Ho, Wo)
         if probe != 0:  # sum(x - x) is NaN exactly when some x is NaN or inf
-            check_finite(who, x)  # raises, naming how many
+            check_finite(repr(self), x)  # raises, naming how many
         self.save_for_backward(argmax, H, W)  # argmax: uint8 offset kh*K + kw
         return out
 

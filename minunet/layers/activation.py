@@ -39,8 +39,8 @@ class ReLU(Module):
         return dout * (x > 0)                    # a new array, dtype of dout
 
     # ------------------------------------------------------------ argument checks
-    def _check_input(self, x: np.ndarray) -> None:
-        check_array("ReLU", x)  # also refuses NaN and inf, naming how many
+    def _check_input(self, x: np.ndarray, finite: bool = True) -> None:
+        check_array("ReLU", x, finite=finite)  # finite: refuse NaN and inf, naming how many
         if x.dtype not in (np.float32, np.float64):
             raise TypeError(f"ReLU: input must be float32 or float64, got {x.dtype}")
 

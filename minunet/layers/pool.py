@@ -76,10 +76,10 @@ class MaxPool2d(Module):
         return dx
 
     # ------------------------------------------------------------ argument checks
-    def _check_input(self, x: np.ndarray) -> tuple[int, int]:
-        """Check x; return the output size (Ho, Wo)."""
+    def _check_input(self, x: np.ndarray, finite: bool = True) -> tuple[int, int]:
+        """Check x (with `finite`, also refuse NaN and inf); return the output size (Ho, Wo)."""
         who = repr(self)
-        check_array(who, x, ndim=4)  # also refuses NaN and inf, naming how many
+        check_array(who, x, ndim=4, finite=finite)
         if x.dtype not in (np.float32, np.float64):
             raise TypeError(f"{who}: input must be float32 or float64, got {x.dtype}")
         H, W = x.shape[2:]
