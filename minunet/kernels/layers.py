@@ -10,8 +10,10 @@ What the kernels do differently, each for a reason:
 
 - NaN/inf "probes": forward kernels also return sum(x - x), which is 0 when every value is
   finite and NaN otherwise; that replaces a separate pass over x to check finiteness.
-- Batch norm keeps x (not x̂) and folds the three gradient terms into per-channel
-  coefficients: one reduction pass and one element-wise pass each way, statistics in float64.
+- Batch norm never writes x̂: forward goes straight from x to y = x * scale + shift, backward
+  recomputes x̂ from the saved x, mean and istd and folds the three gradient terms into
+  per-channel coefficients; that is one reduction pass and one element-wise pass each way
+  instead of several temporaries (statistics and sums in float64).
 - ReLU keeps its output (the next layer holds it anyway) instead of its input.
 - Max-pool keeps the winner's offset in one byte (uint8) per output pixel; 2x2 / stride 2
   has its own branch-free loop.
