@@ -114,6 +114,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.resume:
         run, config = _resume_config(args)
+        before = json.loads((run / "config.json").read_text()).get("epochs")
     else:
         run, config = _new_run_config(args)
     _check_train_settings(config)
@@ -147,6 +148,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         config["image_names"] = names
         config["val_images"] = [names[i] for i in val_idx]
     _write_json(run / "config.json", config)
+    if args.resume and before != config["epochs"]:
+        _say(f"minunet train: {run} now trains up to {config['epochs']} epochs (was {before})")
     try:
         history = mu.train(
             model, train_data, val_data, epochs=config["epochs"],
@@ -184,10 +187,10 @@ def _new_run_config(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
     config["size"] = list(config["size"])
     config["data"] = None
     if args.data is not None:
-        data = Path(args.data).resolve()
-        config["data"] = str(data)
+        data = os.path.abspath(args.data)
+        config["data"] = data
         # also relative to the run, so that moving the run and its data together still works
-        config["data_relative_to_run"] = os.path.relpath(data, run.resolve())
+        config["data_relative_to_run"] = os.path.relpath(data, os.path.abspath(run))
     config["normalization"] = DEFAULT_NORMALIZATION
     return run, config
 
@@ -224,9 +227,6 @@ def _resume_config(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
         if args.epochs <= done:
             raise InputError(f"--resume {run}: the run has already trained {done} epochs and "
                              f"--epochs is the total; give --epochs more than {done}")
-        if args.epochs != config["epochs"]:
-            _say(f"minunet train: {run} will now train up to {args.epochs} epochs (was "
-                 f"{config['epochs']})")
         config["epochs"] = args.epochs
     elif done >= config["epochs"]:
         raise InputError(f"--resume {run}: the run has finished its {done} epochs; to train "
@@ -237,8 +237,8 @@ def _resume_config(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
                          f"improvement, --patience {config['patience']}); to go on, give a "
                          f"larger --patience")
     if args.data is not None:
-        config["data"] = str(Path(args.data).resolve())
-        config["data_relative_to_run"] = os.path.relpath(config["data"], run.resolve())
+        config["data"] = os.path.abspath(args.data)
+        config["data_relative_to_run"] = os.path.relpath(config["data"], os.path.abspath(run))
     return run, config
 
 
