@@ -356,11 +356,12 @@ def unet_parameter_count(in_channels: int = 1, num_classes: int = 3, depth: int 
                          base_channels: int = 16) -> int:
     """Trainable numbers of `UNet(in_channels, num_classes, depth, base_channels)`, by formula.
 
-    A DoubleConv(a -> b) holds two 3x3 convs with biases and two batch norms: 9ab + b + 9bb + b
-    + 4b; a 2x2 transposed conv b -> a holds 4ba + a; the 1x1 head c0 * Kc + Kc.
+    A DoubleConv(a -> b) holds two 3x3 convs without bias (batch norm follows) and two batch
+    norms (a scale and a shift per channel): 9ab + 9bb + 4b; a 2x2 transposed conv b -> a holds
+    4ba + a; the 1x1 head c0 * Kc + Kc.
     """
     def double(a: int, b: int) -> int:
-        return 9 * a * b + 9 * b * b + 6 * b
+        return 9 * a * b + 9 * b * b + 4 * b
 
     c = [base_channels * 2**i for i in range(depth + 1)]
     total = sum(double(in_channels if i == 0 else c[i - 1], c[i]) for i in range(depth))
