@@ -123,8 +123,8 @@ def test_12_predict_then_evaluate_on_lab_folders(tiny_run, tmp_path, capsys):
     assert code == 0, err
     assert sorted(p.name for p in pred.glob("*.tif")) == [f"a{i:02d}_img.tif" for i in range(6)]
     report = tmp_path / "report"
-    code, out, err = run_cli(capsys, ["evaluate", "--pred", pred, "--truth", lab, "--out",
-                                      report])
+    code, _, err = run_cli(capsys, ["evaluate", "--pred", pred, "--truth", lab, "--out",
+                                    report])
     assert code == 0, err
     assert json.loads((report / "report.json").read_text())["n_images"] == 6
 
@@ -171,8 +171,7 @@ def test_13_segment_equals_the_command(tiny_run, tmp_path, capsys, monkeypatch):
 
 
 # ------------------------------------------------------------------ 14. seeded validation
-def test_14_validation_is_a_seeded_random_draw(tiny_run, tmp_path, capsys):
-    data_dir, _ = tiny_run
+def test_14_validation_is_a_seeded_random_draw(tmp_path, capsys):
     picks = []
     for seed in (0, 1, 0):
         run = tmp_path / f"run{len(picks)}"
