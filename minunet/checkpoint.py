@@ -415,7 +415,9 @@ def _find_class(name: str, who: str) -> type[Module]:
     import minunet
 
     cls = getattr(minunet, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, Module)):
+    # Only models that describe themselves (config(), whose sizes are checked above) are
+    # rebuilt by name; a crafted header cannot make load() build, say, a huge Conv2d.
+    if not (isinstance(cls, type) and issubclass(cls, Module) and hasattr(cls, "config")):
         raise CheckpointError(f"{who}: the checkpoint holds a {name}, which is not a minunet "
                               f"model; pass its class: load(path, model={name})")
     return cls

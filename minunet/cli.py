@@ -110,7 +110,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import minunet as mu
 
     from . import viz, workflow
-    from .data.io import write_atomic
+    from .data.io import remove_stale_temps, write_atomic
 
     if args.resume:
         run, config = _resume_config(args)
@@ -147,6 +147,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         _prepare_run_folder(run, args.overwrite)
         config["image_names"] = names
         config["val_images"] = [names[i] for i in val_idx]
+    remove_stale_temps(run, RUN_FILES)
     _write_json(run / "config.json", config)
     if args.resume and before != config["epochs"]:
         _say(f"minunet train: {run} now trains up to {config['epochs']} epochs (was {before})")
@@ -394,6 +395,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     _check_outputs(inputs, files, outputs, out, args.overwrite)
     ckpt = _load_model(model_spec)
     norm, _ = stored_settings(ckpt)
+    _dry_run(ckpt, segment)
 
     out = _writable_dir(out)
     for sub, wanted in ((OVERLAY_DIR, args.overlays), (PROBS_DIR, args.probs)):
@@ -486,6 +488,19 @@ def _batch_summary(command: str, n: int, failures: list[str]) -> int:
     for message in failures:
         _say(f"  {message}")
     return EXIT_BAD_INPUT
+
+
+def _dry_run(ckpt: Any, segment: Any) -> None:
+    """Segment a small blank image once, so that a model or stored settings that cannot work
+    are reported once, with the checkpoint's name, instead of once per image."""
+    from .predict import size_multiple
+
+    try:
+        side = size_multiple(ckpt.model)
+        segment(ckpt, np.zeros((side, side), np.float32))
+    except (ValueError, TypeError, KeyError, AttributeError) as err:
+        raise InputError(f"{ckpt.path}: this model or its stored settings cannot segment gray "
+                         f"images: {type(err).__name__}: {err}") from err
 
 
 def _load_model(spec: str) -> Any:
@@ -596,6 +611,8 @@ def _write_report(out: Path, truth: list, preds: list, images: list | None, resu
     """Write the report into a hidden folder inside `out`, then move each file in place."""
     from .data.io import current_umask, fsync_folder
 
+    for stale in out.glob(".report-*"):  # left by a killed evaluate
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
     try:
         viz.write_report(tmp, truth, preds, images, result=result, names=names, title=title)
@@ -660,7 +677,11 @@ def _collect_images(inputs: Sequence[str], *, skip_masks: bool = False) -> list[
         if p.is_dir():
             found = folders.image_files(p)
             if skip_masks:
+                skipped = [f for f in found if folders.is_output_or_mask(f)]
                 found = [f for f in found if not folders.is_output_or_mask(f)]
+                if skipped:
+                    _say(f"minunet: skipping {len(skipped)} files in {p} that look like masks "
+                         f"or outputs, not images (e.g. {skipped[0].name})")
             if not found:
                 hint = ""
                 if (p / "images").is_dir():
@@ -672,7 +693,10 @@ def _collect_images(inputs: Sequence[str], *, skip_masks: bool = False) -> list[
             files.append(p)
         else:
             raise InputError(f"{p} does not exist")
-    return files
+    unique: dict[Path, Path] = {}
+    for f in files:  # a file given twice (or by two routes) is processed once
+        unique.setdefault(f.resolve(), f)
+    return list(unique.values())
 
 
 def _read(path: Path) -> np.ndarray:

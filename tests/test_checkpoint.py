@@ -374,3 +374,13 @@ def test_load_takes_a_run_folder_and_a_pretrained_name(tmp_path, monkeypatch):
     assert load("pix", PixelNet).path == run / "pix.npz"
     with pytest.raises(FileNotFoundError, match="pretrained models: pix"):
         load("nothing", PixelNet)
+
+
+def test_only_self_describing_models_are_rebuilt_by_name(tmp_path, monkeypatch):
+    path, contents, header = unet_file(tmp_path)
+    header["model_class"] = "Conv2d"
+    header["model_config"] = {"in_channels": 10**6, "out_channels": 10**6, "kernel_size": 3}
+    rewrite(path, contents, header)
+    monkeypatch.setattr(mu.Conv2d, "__init__", lambda *a, **k: pytest.fail("built a Conv2d"))
+    with pytest.raises(CheckpointError, match="Conv2d, which is not a minunet model"):
+        load(path)

@@ -282,3 +282,37 @@ def test_10_resume_with_epochs_extends_or_refuses(tiny_run, tmp_path, capsys):
     assert code == 0, err
     assert len((run / "log.jsonl").read_text().splitlines()) == 2
     assert json.loads((run / "config.json").read_text())["epochs"] == 2
+
+
+def test_1_generate_and_evaluate_do_not_replace_earlier_outputs(tiny_run, tmp_path, capsys):
+    data_dir, _ = tiny_run
+    before = snapshot(data_dir)
+    code, _, err = run_cli(capsys, ["generate", "--n", "2", "--size", "32", "--out", data_dir])
+    assert code == 2 and "--overwrite" in err, err
+    assert snapshot(data_dir) == before
+    labels = data_dir / "labels"
+    code, _, err = run_cli(capsys, ["evaluate", "--pred", labels, "--truth", labels, "--out",
+                                    labels])
+    assert code == 2 and "input folders" in err, err
+    report = tmp_path / "report"
+    argv = ["evaluate", "--pred", labels, "--truth", labels, "--out", report]
+    assert run_cli(capsys, argv)[0] == 0
+    report_before = snapshot(report)
+    code, _, err = run_cli(capsys, argv)
+    assert code == 2 and "--overwrite" in err, err
+    assert snapshot(report) == report_before and snapshot(data_dir) == before
+    assert run_cli(capsys, [*argv, "--overwrite"])[0] == 0
+
+
+def test_7_unusable_stored_settings_are_reported_once(tiny_run, images, tmp_path, capsys):
+    _, run = tiny_run
+    with np.load(run / "best.npz") as npz:
+        contents = dict(npz)
+    header = json.loads(str(contents["minunet_header"]))
+    header["metadata"]["normalization"] = {"method": "zscore!"}
+    contents["minunet_header"] = np.array(json.dumps(header))
+    np.savez(tmp_path / "odd.npz", **contents)
+    code, _, err = run_cli(capsys, ["predict", tmp_path / "odd.npz", images, "--out",
+                                    tmp_path / "o"])
+    assert code == 2 and "odd.npz" in err and "zscore!" in err, err
+    assert err.count("zscore!") == 1 and not (tmp_path / "o").exists()
