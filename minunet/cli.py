@@ -311,7 +311,12 @@ def _training_data(config: dict[str, Any], run: Path) -> dict[str, Any]:
 def _data_folder(config: dict[str, Any], run: Path) -> Path:
     """The training data of a run: its absolute path, else the same place relative to the run
     (a run moved with its data); never relative to the current folder."""
+    from .data.folders import LAYOUTS
+
     data = Path(config["data"])
+    if data.exists() and not data.is_dir():
+        raise InputError(f"--data {data} is a file; give the folder that holds the images and "
+                         f"masks ({LAYOUTS})")
     if data.is_absolute():
         if data.is_dir():
             return data
