@@ -597,8 +597,10 @@ def _truth_files(truth: Path, args: argparse.Namespace
     `minunet train --data` takes; then its images serve the report's overlay)."""
     from .data import folders
 
-    if truth.is_dir() and ((truth / "images").is_dir() or any(
-            f.stem.endswith(args.mask_suffix) for f in folders.image_files(truth))):
+    files = folders.image_files(truth) if truth.is_dir() else []
+    has_masks = any(f.stem.endswith(args.mask_suffix) for f in files)
+    has_images = any(not folders.is_output_or_mask(f, args.mask_suffix) for f in files)
+    if truth.is_dir() and ((truth / "images").is_dir() or (has_masks and has_images)):
         try:
             pairs = folders.find_pairs(truth, image_suffix=args.image_suffix,
                                        mask_suffix=args.mask_suffix)

@@ -233,3 +233,17 @@ def test_16_label_tiffs_keep_the_pixel_size(tiny_run, tmp_path, capsys):
         assert page.dtype == np.uint16 and page.shape == (48, 40)
     with tifffile.TiffFile(out / "plain.tif") as tif:
         assert tif.is_imagej and tif.pages[0].dtype == np.uint16
+
+
+def test_12_truth_folder_of_masks_only(tiny_run, tmp_path, capsys):
+    _, run = tiny_run
+    lab = cellpose_folder(tmp_path / "lab")
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for f in lab.glob("*_masks.tif"):
+        f.rename(masks / f.name)
+    pred = tmp_path / "pred"
+    assert run_cli(capsys, ["predict", run, lab, "--out", pred])[0] == 0
+    code, _, err = run_cli(capsys, ["evaluate", "--pred", pred, "--truth", masks, "--out",
+                                    tmp_path / "report"])
+    assert code == 0, err

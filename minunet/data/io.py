@@ -224,7 +224,8 @@ def load_dataset(directory: str | Path) -> tuple[np.ndarray, np.ndarray, dict]:
     manifest_path = root / MANIFEST
     if not manifest_path.is_file():
         raise FileNotFoundError(f"load_dataset: {root} has no {MANIFEST}; is it a data set "
-                                "written by save_dataset / `minunet generate`?")
+                                "written by save_dataset / `minunet generate`? (A lab's own "
+                                "folder: minunet.data.folders.find_pairs and read_pairs.)")
     manifest = json.loads(manifest_path.read_text())
     image_files = sorted((root / "images").glob("*.tif"))
     label_files = sorted((root / "labels").glob("*.tif"))
