@@ -15,6 +15,7 @@ which is what the gradient checker uses.
 from . import data, metrics, viz
 from .checkpoint import Checkpoint, CheckpointError, load, save
 from .gradcheck import GradcheckError, GradcheckReport, gradcheck
+from .inference import segment
 from .layers.activation import ReLU
 from .layers.batchnorm import BatchNorm2d
 from .layers.concat import Concat
@@ -63,6 +64,7 @@ __all__ = [
     "normalize",
     "predict",
     "save",
+    "segment",
     "to_instances",
     "train",
     "viz",
