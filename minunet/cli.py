@@ -440,8 +440,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             tqdm.write(f"{path} -> {labels_path} ({labels.max()} objects)", file=sys.stdout)
     except KeyboardInterrupt:
         bar.close()
+        again = "with --overwrite " if done else ""
         _say(f"minunet predict: interrupted after {done} of {len(files)} images (those are "
-             f"complete in {out}); run the same command with --overwrite to redo them all")
+             f"complete in {out}); run the same command {again}to start again")
         return EXIT_INTERRUPTED
     return _batch_summary("predict", len(files), failures)
 
@@ -552,6 +553,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             _say(f"minunet evaluate: error: {err}")
             continue
         image = None
+        if image_files is not None and key not in image_files:
+            _say(f"minunet evaluate: warning: no image named '{key}' among the images; the "
+                 "report shows labels instead")
         if image_files and key in image_files:
             try:
                 image = to_gray(_read(image_files[key]), who=str(image_files[key]))
