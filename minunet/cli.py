@@ -304,6 +304,9 @@ def _training_data(config: dict[str, Any], run: Path) -> dict[str, Any]:
         images, labels = folders.read_pairs(pairs)
     except folders.DataError as err:
         raise InputError(f"--data {root}: {err}") from err
+    if run.resolve() in {f.parent.resolve() for pair in pairs for f in pair}:
+        raise InputError(f"--out {run} is a folder of the training data; the run's files would "
+                         "mix with the images: give the run a folder of its own")
     names = [str(image.relative_to(root)) for image, _ in pairs]
     return {"images": images, "labels": labels, "names": names}
 
