@@ -125,7 +125,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                          f"the run started ({len(config['image_names'])} images then, "
                          f"{len(names)} now); start a new run with --out")
     val_idx = _validation_draw(len(images), config["val_fraction"], config["seed"])
-    train_idx = [i for i in range(len(images)) if i not in set(val_idx)]
+    if args.resume and "val_images" not in config:  # a run of a minunet that held out the
+        val_idx = list(range(len(val_idx)))         # first files: resume it the same way
+    held_out = set(val_idx)
+    train_idx = [i for i in range(len(images)) if i not in held_out]
     _check_sizes(config, [images[i] for i in train_idx], [names[i] for i in train_idx],
                  [images[i] for i in val_idx], [names[i] for i in val_idx])
 
