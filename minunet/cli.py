@@ -125,7 +125,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                          f"the run started ({len(config['image_names'])} images then, "
                          f"{len(names)} now); start a new run with --out")
     val_idx = _validation_draw(len(images), config["val_fraction"], config["seed"])
-    train_idx = [i for i in range(len(images)) if i not in set(val_idx)]
+    if args.resume and "val_images" not in config:  # a run of a minunet that held out the
+        val_idx = list(range(len(val_idx)))         # first files: resume it the same way
+    held_out = set(val_idx)
+    train_idx = [i for i in range(len(images)) if i not in held_out]
     _check_sizes(config, [images[i] for i in train_idx], [names[i] for i in train_idx],
                  [images[i] for i in val_idx], [names[i] for i in val_idx])
 
@@ -304,6 +307,9 @@ def _training_data(config: dict[str, Any], run: Path) -> dict[str, Any]:
         images, labels = folders.read_pairs(pairs)
     except folders.DataError as err:
         raise InputError(f"--data {root}: {err}") from err
+    if run.resolve() in {f.parent.resolve() for pair in pairs for f in pair}:
+        raise InputError(f"--out {run} is a folder of the training data; the run's files would "
+                         "mix with the images: give the run a folder of its own")
     names = [str(image.relative_to(root)) for image, _ in pairs]
     return {"images": images, "labels": labels, "names": names}
 
@@ -440,8 +446,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             tqdm.write(f"{path} -> {labels_path} ({labels.max()} objects)", file=sys.stdout)
     except KeyboardInterrupt:
         bar.close()
+        again = "with --overwrite " if done else ""
         _say(f"minunet predict: interrupted after {done} of {len(files)} images (those are "
-             f"complete in {out}); run the same command with --overwrite to redo them all")
+             f"complete in {out}); run the same command {again}to start again")
         return EXIT_INTERRUPTED
     return _batch_summary("predict", len(files), failures)
 
@@ -552,6 +559,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             _say(f"minunet evaluate: error: {err}")
             continue
         image = None
+        if image_files is not None and key not in image_files:
+            _say(f"minunet evaluate: warning: no image named '{key}' among the images; the "
+                 "report shows labels instead")
         if image_files and key in image_files:
             try:
                 image = to_gray(_read(image_files[key]), who=str(image_files[key]))

@@ -37,7 +37,8 @@ def stored_settings(model: Checkpoint | Module) -> tuple[dict[str, Any] | None, 
     return None, {}
 
 
-def segment(model: Checkpoint | Module | str | os.PathLike, image: np.ndarray, *,
+def segment(model: Checkpoint | Module | str | os.PathLike,
+            image: np.ndarray | str | os.PathLike, *,
             tile: int = 256, batch_size: int = 4, progress: bool = False,
             return_probs: bool = False, **postprocess: Any,
             ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
@@ -45,12 +46,17 @@ def segment(model: Checkpoint | Module | str | os.PathLike, image: np.ndarray, *
 
     model:        a checkpoint file, a run folder (best.npz, else last.npz), a pretrained
                   model's name, a loaded `Checkpoint` or a bare Module (default settings)
-    image:        (H, W) gray or (H, W, 3|4) RGB(A), any integer or float dtype
+    image:        (H, W) gray or (H, W, 3|4) RGB(A), any integer or float dtype, or the path
+                  of a TIFF / PNG / NPY file holding one
     tile, batch_size: as in `mu.predict` (they change speed and memory, not the result)
     progress:     a progress bar over tile batches for large images (on a terminal)
     return_probs: also return the class probabilities (Kc, H, W)
     postprocess:  override a stored `to_instances` setting (e.g. min_size=10)
     """
+    if isinstance(image, (str, os.PathLike)):
+        from .data.io import read_image
+
+        image = read_image(image)
     ckpt = as_checkpoint(model)
     normalization, settings = stored_settings(ckpt)
     settings.update(postprocess)

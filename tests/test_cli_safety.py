@@ -316,3 +316,15 @@ def test_7_unusable_stored_settings_are_reported_once(tiny_run, images, tmp_path
                                     tmp_path / "o"])
     assert code == 2 and "odd.npz" in err and "zscore!" in err, err
     assert err.count("zscore!") == 1 and not (tmp_path / "o").exists()
+
+
+def test_2_a_run_may_not_live_among_the_training_images(tmp_path, capsys):
+    folder = tmp_path / "cells"
+    for i in range(4):
+        write_tif(folder / f"a{i}.tif", np.zeros((64, 64), np.uint8))
+        write_tif(folder / f"a{i}_masks.tif", np.eye(64, dtype=np.uint16))
+    before = snapshot(folder)
+    code, _, err = run_cli(capsys, ["train", "--data", folder, "--out", folder, *TINY,
+                                    "--overwrite"])
+    assert code == 2 and "of its own" in err, err
+    assert snapshot(folder) == before

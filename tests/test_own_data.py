@@ -153,6 +153,7 @@ def test_13_segment_equals_the_command(tiny_run, tmp_path, capsys, monkeypatch):
         expected = tifffile.imread(pred / image_path.name)
         np.testing.assert_array_equal(mu.segment(run, image), expected)
         np.testing.assert_array_equal(mu.segment(ckpt, image, tile=32), expected)
+        np.testing.assert_array_equal(mu.segment(ckpt, image_path), expected)
 
     # a pretrained model's name, in the API and the command
     monkeypatch.setattr(models, "PRETRAINED", {"tiny": "a test model"})
