@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from .data.io import write_atomic
 from .module import Module
 
 FORMAT_NAME = "minunet-checkpoint"
@@ -102,38 +102,14 @@ def save(model: Module, path: str | os.PathLike, optimizer: Any = None, *,
 
 
 def _write_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    folder = path.parent
-    if not folder.is_dir():
-        raise FileNotFoundError(f"save: folder {folder} does not exist (create it first)")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"save: folder {path.parent} does not exist (create it first)")
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
             np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp_name, 0o666 & ~_current_umask())  # mkstemp makes it private (0600)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    _fsync_folder(folder)
 
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename itself durable (POSIX); folders cannot be opened this way on Windows."""
-    if os.name != "posix":
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_atomic(path, write)  # temp file beside it, fsync, the user's umask, rename
 
 
 # ---------------------------------------------------------------------------------- load
