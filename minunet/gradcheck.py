@@ -73,9 +73,10 @@ def random_streams(seed: int) -> tuple[np.random.Generator, ...]:
     return tuple(np.random.default_rng(child) for child in np.random.SeedSequence(seed).spawn(3))
 
 
-def random_input(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
-    """A standard-normal float64 input for a check, from its own stream (child 2 of seed)."""
-    return random_streams(seed)[INPUT].standard_normal(shape)
+def random_inputs(shape: tuple[int, ...], count: int = 1, seed: int = 0) -> list[np.ndarray]:
+    """`count` standard-normal float64 inputs for a check, from their own stream (child 2)."""
+    rng = random_streams(seed)[INPUT]
+    return [rng.standard_normal(shape) for _ in range(count)]
 
 
 class GradcheckError(AssertionError):
