@@ -650,7 +650,7 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
     import traceback
 
     import minunet as mu
-    from minunet.gradcheck import random_input
+    from minunet.gradcheck import random_inputs
 
     try:
         shape = tuple(int(s) for s in args.input_shape.split(","))
@@ -683,11 +683,14 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
     if args.max_elements < 0:
         raise InputError(f"--max-elements must be >= 0 (0: every element), got "
                          f"{args.max_elements}")
-    x = random_input(shape, args.seed)  # its own random stream, independent of G's
+    # one input per positional argument of forward (Concat takes two), all of the same shape,
+    # from their own random stream, independent of the upstream gradient's
+    xs = random_inputs(shape, _count_inputs(cls.forward), args.seed)
     try:  # from here on, exceptions come from the layer's own code: show where
         module = cls(*positional, **keywords)
-        report = mu.gradcheck(module, x, mode=args.mode, max_elements=args.max_elements or None,
-                              seed=args.seed, raise_on_fail=False)
+        report = mu.gradcheck(module, *xs, mode=args.mode,
+                              max_elements=args.max_elements or None, seed=args.seed,
+                              raise_on_fail=False)
     except Exception:
         traceback.print_exc()
         print(f"minunet gradcheck: {cls.__name__} raised the exception above (in its own code, "
@@ -695,6 +698,20 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     print(report)
     return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _count_inputs(forward: Any) -> int:
+    """How many arrays forward(self, ...) takes: its positional parameters without a default
+    (1 when they cannot be counted, e.g. forward(self, *inputs))."""
+    import inspect
+
+    try:
+        parameters = list(inspect.signature(forward).parameters.values())[1:]  # skip self
+    except (TypeError, ValueError):
+        return 1
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                  and p.default is p.empty]
+    return max(len(positional), 1)
 
 
 def _import_class(target: str) -> Any:

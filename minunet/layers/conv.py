@@ -10,7 +10,8 @@ where x_pad is x with P zero rows/columns on every side, and Ho = floor((H + 2P 
 The code below runs the sum over (kh, kw) as a Python loop over the K*K taps. For one tap,
 the input pixels x_pad[n, c, i*S + kh, j*S + kw] for all (i, j) are one strided slice of
 x_pad, `x_tap` (N, Cin, Ho, Wo), and the sum over c is a matrix product with w[:, :, kh, kw]
-(Cout, Cin): whole arrays per tap, no loop over pixels.
+(Cout, Cin), spelled `np.einsum("oc,nchw->nohw", ...)` with the letters of the formula (o: Cout,
+c: Cin, h, w: output rows and columns): whole arrays per tap, no loop over pixels.
 
 Backward: each weight w[o, c, kh, kw] met the input pixel x_pad[n, c, i*S + kh, j*S + kw] in
 output pixel (n, o, i, j), so with dy = dL/dy:
