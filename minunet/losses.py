@@ -95,11 +95,11 @@ class CrossEntropyLoss(Module):
         else:
             coeff = (weight / weight.sum())[:, None]              # (N, 1, H, W), sums to 1
         loss = float((pixel_loss * coeff[:, 0]).sum())
-        self._saved = (p, onehot, coeff)
+        self.save_for_backward(p, onehot, coeff)
         return loss
 
     def backward(self, dout: float = 1.0) -> np.ndarray:
-        p, onehot, coeff = self._take_saved()
+        p, onehot, coeff = self.take_saved()
         # forward was loss = sum_pixels c * (logsumexp(logits) - logits[target])
         return (p - onehot) * (coeff * np.asarray(dout, dtype=p.dtype))  # (N, Kc, H, W)
 
@@ -137,11 +137,11 @@ class DiceLoss(Module):
         inter = (w * p * t).sum(axis=axes)                                   # (Kc,)
         denom = (w * p).sum(axis=axes) + (w * t).sum(axis=axes) + DICE_SMOOTH  # (Kc,)
         dice = (2 * inter + DICE_SMOOTH) / denom                             # (Kc,)
-        self._saved = (p, t, weight, inter, denom)
+        self.save_for_backward(p, t, weight, inter, denom)
         return float(1.0 - dice.mean())
 
     def backward(self, dout: float = 1.0) -> np.ndarray:
-        p, t, weight, inter, denom = self._take_saved()
+        p, t, weight, inter, denom = self.take_saved()
         Kc = p.shape[1]
         shape = (1, Kc, 1, 1)
         inter, denom = inter.reshape(shape), denom.reshape(shape)
