@@ -1,0 +1,151 @@
+"""What the chunked and the cluster paths share: the model (once per worker), one image's
+segmentation, atomic outputs, and running tasks in-process or on a Dask cluster.
+
+`segment_image` is the one place where a whole image becomes labels with a checkpoint's stored
+normalisation and post-processing; every path of this package goes through it or through
+`predict` + `to_instances` with the same settings.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..module import Module
+
+# (path, size, mtime) -> (model, metadata): each worker process loads a checkpoint once
+_MODELS: dict[tuple[str, int, int], tuple[Module, dict[str, Any]]] = {}
+_MODELS_LOCK = threading.Lock()
+
+ModelRef = Any  # a checkpoint path (str / Path), a Checkpoint, or (Module, metadata)
+
+
+def load_model(ref: ModelRef) -> tuple[Module, dict[str, Any]]:
+    """(model in eval mode, checkpoint metadata) from a path, a Checkpoint or (model, metadata).
+
+    A path is loaded once per process and kept: the tasks of a worker share it.
+    """
+    if isinstance(ref, tuple):
+        return ref[0], dict(ref[1])
+    if hasattr(ref, "model") and hasattr(ref, "metadata"):
+        return ref.model, dict(ref.metadata)
+    from ..checkpoint import load
+
+    path = Path(ref)
+    if path.is_dir():
+        path = path / "best.npz"
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            ckpt = load(path)
+            _MODELS[key] = (ckpt.model.eval(), dict(ckpt.metadata))
+        return _MODELS[key]
+
+
+def settings(metadata: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """(normalisation, post-processing settings) stored in a checkpoint's metadata."""
+    return metadata.get("normalization"), dict(metadata.get("postprocess") or {})
+
+
+def segment_image(model: Module, image: np.ndarray, metadata: dict[str, Any], *,
+                  tile: int = 256, batch_size: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """One image that fits in memory -> (labels (H, W) int32, probabilities (Kc, H, W)),
+    with the checkpoint's normalisation and post-processing: what `minunet predict` does."""
+    from ..workflow import segment
+
+    norm, post = settings(metadata)
+    return segment(model, image, norm, tile=tile, batch_size=batch_size, **post)
+
+
+# ---------------------------------------------------------------------- atomic outputs
+def temporary_sibling(path: Path, suffix: str = "") -> Path:
+    """A fresh hidden name in path's folder, for writing there and renaming at the end."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{suffix}")
+
+
+def check_new_output(path: Path, who: str) -> None:
+    """Refuse to touch an existing path, and check that its folder is writable."""
+    if path.exists():
+        raise FileExistsError(f"{who}: {path} already exists; minunet never overwrites a file: "
+                              "remove it or give another name")
+    parent = path.parent
+    if not parent.is_dir():
+        raise FileNotFoundError(f"{who}: the folder {parent} of {path} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise PermissionError(f"{who}: the folder {parent} is not writable")
+
+
+def publish(tmp: Path, path: Path) -> None:
+    """Rename a finished temporary file or folder to its final name (never over a file)."""
+    if path.exists():
+        remove(tmp)
+        raise FileExistsError(f"{path} appeared while it was being written; the result was "
+                              "not kept: remove it and run again")
+    os.replace(tmp, path)
+
+
+def remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------- task runners
+def run_tasks(fn: Callable[[Any], Any], items: Iterable[Any], client: Any = None
+              ) -> Iterator[tuple[Any, Any, BaseException | None]]:
+    """Yield (item, result, error) for every item as it finishes.
+
+    client None: one after another in this process (nothing of Dask is imported); otherwise a
+    dask.distributed Client, whose workers run the tasks (results in completion order).
+    A failing task yields its exception and the others go on.
+    """
+    items = list(items)
+    if client is None:
+        for item in items:
+            try:
+                yield item, fn(item), None
+            except Exception as err:  # reported by the caller, the rest go on
+                yield item, None, err
+        return
+    from distributed import as_completed
+
+    futures = client.map(fn, items, pure=False)
+    which = {f.key: item for f, item in zip(futures, items, strict=True)}
+    for future in as_completed(futures):
+        item = which[future.key]
+        try:
+            yield item, future.result(), None
+        except Exception as err:
+            yield item, None, err
+        future.release()
+
+
+def make_client(workers: int | None = None, scheduler: str | None = None) -> tuple[Any, Any]:
+    """(client, cluster): a LocalCluster of `workers` processes (one thread each), or a Client
+    of the scheduler at `scheduler` (cluster None). Close both when done."""
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        return Client(scheduler), None
+    if workers is None or workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                           dashboard_address=None, host="127.0.0.1")
+    return Client(cluster), cluster
+
+
+def limit_threads(threads: int | None) -> None:
+    """Give this worker's Numba kernels `threads` threads, so N workers share the cores."""
+    if threads:
+        import numba
+
+        numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
