@@ -122,6 +122,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from . import viz, workflow
 
     files = _collect_images(args.inputs)
+    if args.workers is not None or args.scheduler:  # a Dask cluster: imported on this path only
+        from .scaleout.collection import predict_command
+
+        return predict_command(args, files)
     ckpt = _load_model(args.model)
     norm = ckpt.metadata.get("normalization")
     post = ckpt.metadata.get("postprocess", {})
@@ -344,6 +348,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int, default=256)
     p.add_argument("--overlays", action="store_true", help="also write outline overlays (PNG)")
     p.add_argument("--probs", action="store_true", help="also write probabilities (.npy)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="predict on a local Dask cluster of N processes (needs the scale extra)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="predict on an existing dask.distributed scheduler (tcp://host:8786)")
     p.set_defaults(run=cmd_predict)
 
     e = sub.add_parser("evaluate", help="score predicted label images against ground truth")

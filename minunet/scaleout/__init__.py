@@ -9,7 +9,8 @@ package imports none of them: each is imported where it is used, so `minunet` it
 pulls Dask in.
 """
 
+from .collection import CollectionReport, predict_files
 from .large import segment_large
 from .sources import open_large
 
-__all__ = ["open_large", "segment_large"]
+__all__ = ["CollectionReport", "open_large", "predict_files", "segment_large"]

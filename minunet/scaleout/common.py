@@ -20,9 +20,9 @@ import numpy as np
 
 from ..module import Module
 
-# (path, size, mtime) -> (model, metadata): each worker process loads a checkpoint once
-_MODELS: dict[tuple[str, int, int], tuple[Module, dict[str, Any]]] = {}
-_MODELS_LOCK = threading.Lock()
+# per thread, (path, size, mtime) -> (model, metadata): each worker (a process, or a thread of
+# one) loads a checkpoint once and never shares it: a forward pass keeps state in the modules
+_MODELS = threading.local()
 
 ModelRef = Any  # a checkpoint path (str / Path), a Checkpoint, or (Module, metadata)
 
@@ -30,7 +30,7 @@ ModelRef = Any  # a checkpoint path (str / Path), a Checkpoint, or (Module, meta
 def load_model(ref: ModelRef) -> tuple[Module, dict[str, Any]]:
     """(model in eval mode, checkpoint metadata) from a path, a Checkpoint or (model, metadata).
 
-    A path is loaded once per process and kept: the tasks of a worker share it.
+    A path is loaded once per worker thread and kept: the tasks of a worker share it.
     """
     if isinstance(ref, tuple):
         return ref[0], dict(ref[1])
@@ -43,11 +43,11 @@ def load_model(ref: ModelRef) -> tuple[Module, dict[str, Any]]:
         path = path / "best.npz"
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    with _MODELS_LOCK:
-        if key not in _MODELS:
-            ckpt = load(path)
-            _MODELS[key] = (ckpt.model.eval(), dict(ckpt.metadata))
-        return _MODELS[key]
+    cache = _MODELS.__dict__.setdefault("cache", {})
+    if key not in cache:
+        ckpt = load(path)
+        cache[key] = (ckpt.model.eval(), dict(ckpt.metadata))
+    return cache[key]
 
 
 def settings(metadata: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any]]:
@@ -118,15 +118,33 @@ def run_tasks(fn: Callable[[Any], Any], items: Iterable[Any], client: Any = None
         return
     from distributed import as_completed
 
-    futures = client.map(fn, items, pure=False)
+    futures = client.map(_guarded, items, fn=fn, pure=False)
     which = {f.key: item for f, item in zip(futures, items, strict=True)}
     for future in as_completed(futures):
         item = which[future.key]
         try:
-            yield item, future.result(), None
-        except Exception as err:
-            yield item, None, err
+            ok, value = future.result()
+        except Exception as err:  # the worker died, the task could not be sent, ...
+            ok, value = False, f"{type(err).__name__}: {err}"
+        yield (item, value, None) if ok else (item, None, TaskFailed(value))
         future.release()
+
+
+class TaskFailed(Exception):
+    """A task raised on a worker; the message is "ErrorType: what it said"."""
+
+
+def _guarded(item: Any, fn: Callable[[Any], Any]) -> tuple[bool, Any]:
+    """Run fn(item) on a worker; an error comes back as a value, not as a worker's traceback."""
+    try:
+        return True, fn(item)
+    except Exception as err:
+        return False, f"{type(err).__name__}: {err}"
+
+
+def describe(error: BaseException) -> str:
+    """One line for a failed task: "ErrorType: message"."""
+    return str(error) if isinstance(error, TaskFailed) else f"{type(error).__name__}: {error}"
 
 
 def make_client(workers: int | None = None, scheduler: str | None = None) -> tuple[Any, Any]:

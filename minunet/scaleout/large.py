@@ -56,6 +56,7 @@ from ..predict import (
 from .common import (
     ModelRef,
     check_new_output,
+    describe,
     limit_threads,
     load_model,
     publish,
@@ -385,7 +386,7 @@ def segment_large(model: ModelRef, source: str | Path, labels_out: str | Path, *
                                                      start=1):
             if error is not None:
                 raise RuntimeError(f"{who}: block {task.index} of {image.path} failed: "
-                                   f"{type(error).__name__}: {error}") from error
+                                   f"{describe(error)}") from error
             results[task.index] = result
             _say(progress, f"  block {done}/{len(tasks)} done "
                  f"({time.perf_counter() - started:.0f} s)")
