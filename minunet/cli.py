@@ -73,26 +73,34 @@ def cmd_train(args: argparse.Namespace) -> int:
         run = _writable_dir(args.out)
         config = {k: getattr(args, k) for k in (
             "data", "preset", "n", "size", "seed", "val_fraction", "epochs", "batch_size",
-            "lr", "depth", "base", "crop", "patience")}
+            "lr", "depth", "base", "crop", "patience", "lazy")}
         config["normalization"] = DEFAULT_NORMALIZATION
         _write_json(run / "config.json", config)
 
-    images, labels = _training_images(config)
-    n_val = max(1, round(len(images) * config["val_fraction"]))
-    if n_val >= len(images):
-        raise InputError(f"train: {len(images)} images are too few to hold out {n_val} for "
-                         "validation; generate more or lower --val-fraction")
     norm = config["normalization"]
-    x, t, w = workflow.training_arrays(images, labels, norm)
-    train_data = (x[n_val:], t[n_val:], w[n_val:])
-    val_data = (x[:n_val], t[:n_val], w[:n_val])
-    post = workflow.postprocess_settings(labels[n_val:])
+    if config.get("lazy") or str(config.get("data") or "").endswith(".zarr"):
+        from .data.lazy import training_split  # read from disk, one sample at a time
+
+        if not config.get("data"):
+            raise InputError("train: --lazy reads a folder or a .zarr store given with --data")
+        train_data, val_data, val_labels, post = training_split(
+            config["data"], config["val_fraction"], norm)
+    else:
+        images, labels = _training_images(config)
+        n_val = max(1, round(len(images) * config["val_fraction"]))
+        if n_val >= len(images):
+            raise InputError(f"train: {len(images)} images are too few to hold out {n_val} for "
+                             "validation; generate more or lower --val-fraction")
+        x, t, w = workflow.training_arrays(images, labels, norm)
+        train_data = (x[n_val:], t[n_val:], w[n_val:])
+        val_data, val_labels = (x[:n_val], t[:n_val], w[:n_val]), labels[:n_val]
+        post = workflow.postprocess_settings(labels[n_val:])
     model = mu.UNet(1, 3, depth=config["depth"], base_channels=config["base"],
                     rng=np.random.default_rng(config["seed"]))
     history = mu.train(
         model, train_data, val_data, epochs=config["epochs"], batch_size=config["batch_size"],
         lr=config["lr"], augment=workflow.make_augment(), crop=config["crop"],
-        score_fn=workflow.object_score_fn(labels[:n_val], postprocess=post), monitor="val_f1",
+        score_fn=workflow.object_score_fn(val_labels, postprocess=post), monitor="val_f1",
         patience=config["patience"], seed=config["seed"], out_dir=run, resume=bool(args.resume),
         metadata={"normalization": norm, "postprocess": post}, progress=True,
     )
@@ -337,6 +345,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--base", type=int, default=16, help="channels of the first level")
     t.add_argument("--crop", type=int, default=128, help="train on random crops of this side")
     t.add_argument("--patience", type=int, default=None)
+    t.add_argument("--lazy", action="store_true",
+                   help="read --data image by image as it trains (sets larger than memory; "
+                        "a .zarr training store is always read so)")
     t.add_argument("--out", help="run folder (config, checkpoints, log, curves)")
     t.add_argument("--resume", metavar="RUN", help="continue an interrupted run")
     t.set_defaults(run=cmd_train)

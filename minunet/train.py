@@ -282,6 +282,8 @@ def evaluate(model: Module, data: Data, loss_fn: Any = None, batch_size: int = 8
 # ------------------------------------------------------------------------------ batches
 def _check_data(who: str, name: str, data: Data) -> tuple[np.ndarray, np.ndarray,
                                                           np.ndarray | None]:
+    if hasattr(data, "training_arrays"):  # a data set read from disk (minunet.data.lazy)
+        return data.training_arrays()
     if not isinstance(data, (tuple, list)) or len(data) not in (2, 3):
         raise TypeError(f"{who}: {name} must be (images, targets) or (images, targets, "
                         f"weights), got {type(data).__name__}")
