@@ -125,6 +125,9 @@ def predict_files(model: str | os.PathLike, files: list[str | os.PathLike],
         raise FileNotFoundError(f"predict_files: model checkpoint {ckpt} does not exist")
     load_model(ckpt)  # a broken checkpoint fails here, once, not on every worker
     out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if not os.access(out, os.W_OK):
+        raise PermissionError(f"predict_files: the output folder {out} is not writable")
     stems: dict[str, Path] = {}
     for f in map(Path, files):
         if f.stem in stems:
@@ -165,7 +168,6 @@ def predict_command(args: Any, files: list[Path]) -> int:
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     report = predict_files(args.model, files, out, workers=args.workers,
                            scheduler=args.scheduler, tile=args.tile, probs=args.probs,
                            overlays=args.overlays)

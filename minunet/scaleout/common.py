@@ -157,7 +157,7 @@ def make_client(workers: int | None = None, scheduler: str | None = None) -> tup
     if workers is None or workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                           dashboard_address=None, host="127.0.0.1")
+                           dashboard_address=":0", host="127.0.0.1")
     return Client(cluster), cluster
 
 

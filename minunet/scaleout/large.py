@@ -136,7 +136,7 @@ def make_plan(height: int, width: int, depth: int, *, block: int = BLOCK, halo: 
     chunk = min(CHUNK, block)
     block = _round_up(block, chunk)
     margin = _round_up(receptive_radius(depth), mult)
-    halo = _round_up(max(halo, strip), mult)
+    halo = _round_up(max(halo, 2 * strip), mult)  # the strip's far side keeps S px of context
     if strip < 1 or strip > block:
         raise ValueError(f"segment_large: strip must be in 1..{block}, got {strip}")
     return Plan(height, width, block, halo, margin, strip, chunk)
