@@ -129,6 +129,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from . import viz, workflow
 
+    if args.chunked:  # images larger than memory, block by block (the scale extra)
+        from .scaleout.large import predict_command
+
+        return predict_command(args)
     files = _collect_images(args.inputs)
     if args.workers is not None or args.scheduler:  # a Dask cluster: imported on this path only
         from .scaleout.collection import predict_command
@@ -363,6 +367,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="predict on a local Dask cluster of N processes (needs the scale extra)")
     p.add_argument("--scheduler", metavar="ADDRESS",
                    help="predict on an existing dask.distributed scheduler (tcp://host:8786)")
+    p.add_argument("--chunked", action="store_true",
+                   help="images larger than memory (TIFF, Zarr, OME-Zarr): block by block, "
+                        "writing NAME.zarr uint32 labels (needs the scale extra)")
+    p.add_argument("--block", type=int, default=2048, help="block side with --chunked")
     p.set_defaults(run=cmd_predict)
 
     e = sub.add_parser("evaluate", help="score predicted label images against ground truth")

@@ -281,3 +281,24 @@ def test_train_command_reads_data_lazily_with_the_same_result(cells, tmp_path):
         assert got.metadata == want.metadata
         assert all(np.array_equal(a, b) for a, b in zip(
             want.model.state_dict().values(), got.model.state_dict().values(), strict=True))
+
+
+def test_predict_command_chunked(checkpoint, tmp_path, capsys):
+    """`minunet predict --chunked`: a TIFF and an OME-Zarr in, NAME.zarr labels out, the same
+    objects as the in-memory command; an existing output is refused before anything runs."""
+    image = np.random.default_rng(4).integers(0, 4000, (140, 120), dtype=np.uint16)
+    tiff = write_source("tiled_tiff", image, tmp_path).rename(tmp_path / "slide.tif")
+    ome = write_source("ome_zarr", image, tmp_path)
+    out = tmp_path / "out"
+    assert main(["predict", str(checkpoint), str(tiff), str(ome), "--out", str(out),
+                 "--chunked", "--block", "64", "--probs"]) == 0
+    ckpt = mu.load(checkpoint)
+    labels, probs = workflow.segment(ckpt.model, image, PERCENTILE, min_size=8)
+    for name in ("slide", "image"):
+        chunked = zarr.open_array(str(out / f"{name}.zarr"))[:]
+        assert f1(labels, chunked) >= 0.99
+        np.testing.assert_allclose(zarr.open_array(str(out / f"{name}_probs.zarr"))[:], probs,
+                                   rtol=0, atol=1e-6)
+    capsys.readouterr()
+    assert main(["predict", str(checkpoint), str(tiff), "--out", str(out), "--chunked"]) == 2
+    assert "already exists" in capsys.readouterr().err

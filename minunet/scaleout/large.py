@@ -467,3 +467,51 @@ def _threads_per_worker(client: Any) -> int | None:
 def _say(progress: bool, line: str) -> None:
     if progress:
         print(line, file=sys.stderr, flush=True)
+
+
+def predict_command(args: Any) -> int:
+    """`minunet predict MODEL INPUTS --out DIR --chunked`: each input (a TIFF, a Zarr folder,
+    an .npy file) becomes DIR/NAME.zarr (uint32 labels; NAME_probs.zarr with --probs).
+    A failing input is named and the others go on; returns the exit code."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = []
+    for item in args.inputs:
+        source = Path(item)
+        if not source.exists():
+            raise FileNotFoundError(f"{source} does not exist")
+        name = source.name.split(".")[0] or source.stem
+        jobs.append((source, out / f"{name}.zarr",
+                     out / f"{name}_probs.zarr" if args.probs else None))
+    names = [labels.name for _, labels, _ in jobs]
+    if len(set(names)) != len(names):
+        raise ValueError("predict --chunked: two inputs would write the same output name; "
+                         "predict them into different --out folders")
+    for _, labels, probs in jobs:  # every check before anything is computed
+        check_new_output(labels, "predict --chunked")
+        if probs is not None:
+            check_new_output(probs, "predict --chunked")
+    model = Path(args.model)
+    model = model / "best.npz" if model.is_dir() else model
+    client, cluster = None, None
+    if args.workers is not None or args.scheduler:
+        from .common import make_client
+
+        client, cluster = make_client(args.workers, args.scheduler)
+    failed = []
+    try:
+        for source, labels, probs in jobs:
+            try:
+                result = segment_large(str(model), source, labels, probs_out=probs,
+                                       block=args.block, tile=args.tile, client=client)
+                print(f"{source} -> {labels} ({result['objects']} objects, "
+                      f"{result['seconds']:.1f} s)")
+            except (OSError, ValueError, TypeError, RuntimeError) as err:
+                failed.append(source)
+                print(f"minunet predict: error: {source}: {err}", file=sys.stderr)
+    finally:
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+    return 2 if failed else 0
