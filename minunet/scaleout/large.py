@@ -291,17 +291,26 @@ def stitch(plan: Plan, results: dict[tuple[int, int], dict[str, Any]]
                 ra, rb = find(offset[b] + p), find(offset[other] + q)
                 if ra != rb:
                     parent[max(ra, rb)] = min(ra, rb)
-    final: dict[int, int] = {}
+    roots = parent
+    while True:                                        # every id straight to its root
+        hop = roots[roots]
+        if np.array_equal(hop, roots):
+            break
+        roots = hop
+    # final ids 1..N in the order objects first appear (blocks row-major, ids ascending)
+    present = np.concatenate([offset[b] + results[b]["present"] for b in blocks] +
+                             [np.zeros(0, np.int64)])
+    owners = roots[present]
+    _, first = np.unique(owners, return_index=True)
+    final = np.zeros(total + 1, dtype=np.uint32)
+    final[owners[np.sort(first)]] = np.arange(1, first.size + 1, dtype=np.uint32)
     luts = {}
     for b in blocks:
         lut = np.zeros(results[b]["n"] + 1, dtype=np.uint32)
-        for local in results[b]["present"]:
-            root = find(offset[b] + int(local))
-            if root not in final:
-                final[root] = len(final) + 1
-            lut[local] = final[root]
+        local = results[b]["present"]
+        lut[local] = final[roots[offset[b] + local]]
         luts[b] = lut
-    return luts, len(final)
+    return luts, int(first.size)
 
 
 def relabel_block(args: tuple[str, tuple[int, int, int, int], np.ndarray]) -> None:
