@@ -19,7 +19,7 @@ import minunet as mu  # noqa: E402
 from minunet import workflow  # noqa: E402
 from minunet.cli import main  # noqa: E402
 from minunet.data.lazy import FolderSet, ZarrSet, write_zarr_set  # noqa: E402
-from minunet.scaleout import large, predict_files, segment_large  # noqa: E402
+from minunet.scaleout import common, large, predict_files, segment_large  # noqa: E402
 
 PERCENTILE = {"method": "percentile", "low": 1.0, "high": 99.8}
 
@@ -201,6 +201,9 @@ def test_collection_on_a_cluster_equals_the_plain_command(client, checkpoint, fo
     assert not report.ok and list(report.failed) == [str(folder / "broken.tif")]
     assert "TiffFileError" in report.failed[str(folder / "broken.tif")]
     assert sorted(Path(f).name for f in report.done) == [f.name for f in files]
+    loads = client.run(lambda: dict(common.LOADS))  # worker address -> {path: loads}
+    assert sum(n for per in loads.values() for n in per.values()) >= 1
+    assert all(n == 1 for per in loads.values() for n in per.values())  # once per worker
     progress = capsys.readouterr().err
     assert "[5/5]" in progress and "FAILED" in progress
     for f in files:

@@ -33,6 +33,7 @@ from .common import (
     run_tasks,
     segment_image,
     temporary_sibling,
+    threads_per_worker,
 )
 
 LABEL_MAX = int(np.iinfo(np.uint16).max)  # label images are uint16 TIFFs, as the plain command
@@ -139,8 +140,7 @@ def predict_files(model: str | os.PathLike, files: list[str | os.PathLike],
         client, own = make_client(workers, scheduler)
     report = CollectionReport()
     try:
-        n_workers = max(1, len(client.scheduler_info().get("workers", {})))
-        threads = max(1, (os.cpu_count() or 1) // n_workers) if scheduler is None else None
+        threads = threads_per_worker(client)
         tasks = [FileTask(str(ckpt.resolve()), str(Path(f).resolve()), str(out.resolve()), tile,
                           probs, overlays, threads) for f in files]
         for k, (task, n, error) in enumerate(run_tasks(predict_file, tasks, client), start=1):

@@ -12,6 +12,7 @@ import os
 import shutil
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from ..module import Module
 # per thread, (path, size, mtime) -> (model, metadata): each worker (a process, or a thread of
 # one) loads a checkpoint once and never shares it: a forward pass keeps state in the modules
 _MODELS = threading.local()
+LOADS: Counter[str] = Counter()  # checkpoint path -> times this process loaded it
 
 ModelRef = Any  # a checkpoint path (str / Path), a Checkpoint, or (Module, metadata)
 
@@ -45,6 +47,7 @@ def load_model(ref: ModelRef) -> tuple[Module, dict[str, Any]]:
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     cache = _MODELS.__dict__.setdefault("cache", {})
     if key not in cache:
+        LOADS[key[0]] += 1
         ckpt = load(path)
         cache[key] = (ckpt.model.eval(), dict(ckpt.metadata))
     return cache[key]
@@ -159,6 +162,25 @@ def make_client(workers: int | None = None, scheduler: str | None = None) -> tup
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                            dashboard_address=":0", host="127.0.0.1")
     return Client(cluster), cluster
+
+
+def threads_per_worker(client: Any) -> int | None:
+    """Numba threads per worker when every worker runs on this machine: its cores shared among
+    them. None for workers elsewhere (they keep their own setting, e.g. NUMBA_NUM_THREADS)."""
+    if client is None:
+        return None
+    import socket
+
+    workers = client.scheduler_info().get("workers", {})
+    hosts = {address.split("://")[-1].rsplit(":", 1)[0] for address in workers}
+    here = {"127.0.0.1", "localhost", socket.gethostname()}
+    try:
+        here.add(socket.gethostbyname(socket.gethostname()))
+    except OSError:
+        pass
+    if not workers or not hosts <= here:
+        return None
+    return max(1, (os.cpu_count() or 1) // len(workers))
 
 
 def limit_threads(threads: int | None) -> None:

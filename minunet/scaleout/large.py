@@ -64,6 +64,7 @@ from .common import (
     run_tasks,
     settings,
     temporary_sibling,
+    threads_per_worker,
 )
 from .sources import LargeImage, open_large
 from .stats import integer_percentiles, streaming_percentiles
@@ -385,7 +386,7 @@ def segment_large(model: ModelRef, source: str | Path, labels_out: str | Path, *
             from .common import make_client
 
             client, own_cluster = make_client(workers, scheduler)
-        threads = _threads_per_worker(client)
+        threads = threads_per_worker(client)
         ref = str(model) if isinstance(model, (str, Path)) else (net, metadata)
         tasks = [BlockTask(str(image.path), key, plan, b, norm, ref, tile, batch_size,
                            str(scratch), None if probs_tmp is None else str(probs_tmp), threads)
@@ -463,16 +464,6 @@ def _num_classes(model: Any, mult: int) -> int:
     return probe.shape[0]
 
 
-def _threads_per_worker(client: Any) -> int | None:
-    """Numba threads per worker: the machine's cores shared among the workers on it."""
-    if client is None:
-        return None
-    import os
-
-    workers = max(1, len(client.scheduler_info().get("workers", {})))
-    return max(1, (os.cpu_count() or 1) // workers)
-
-
 def _say(progress: bool, line: str) -> None:
     if progress:
         print(line, file=sys.stderr, flush=True)
@@ -489,7 +480,9 @@ def predict_command(args: Any) -> int:
         source = Path(item)
         if not source.exists():
             raise FileNotFoundError(f"{source} does not exist")
-        name = source.name.split(".")[0] or source.stem
+        name = source.name
+        while Path(name).suffix.lower() in (".zarr", ".ome", ".tif", ".tiff", ".npy"):
+            name = Path(name).stem
         jobs.append((source, out / f"{name}.zarr",
                      out / f"{name}_probs.zarr" if args.probs else None))
     names = [labels.name for _, labels, _ in jobs]
