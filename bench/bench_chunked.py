@@ -60,8 +60,10 @@ def make_image(out: Path, size: int) -> None:
     pool, _, _ = mu.data.generate(16, "standard", size=(T, T), seed=1)
     rng = np.random.default_rng(2)
 
+    per_side = -(-size // T)
+
     def tiles():
-        for _ in range(-(-size // T) ** 2):
+        for _ in range(per_side * per_side):
             tile = np.rot90(pool[rng.integers(len(pool))], rng.integers(4))
             noisy = tile * 3000 + 200 + rng.normal(0, 30, tile.shape)
             yield np.clip(noisy, 0, 65535).astype(np.uint16)
