@@ -305,3 +305,14 @@ def test_predict_command_chunked(checkpoint, tmp_path, capsys):
     capsys.readouterr()
     assert main(["predict", str(checkpoint), str(tiff), "--out", str(out), "--chunked"]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_predict_command_with_a_scheduler_address(client, checkpoint, folder, tmp_path):
+    """`--scheduler ADDRESS` uses a running cluster (here the module's local one) and leaves it
+    running."""
+    (folder / "broken.tif").unlink()
+    address = client.scheduler.address
+    assert main(["predict", str(checkpoint), str(folder), "--out", str(tmp_path / "out"),
+                 "--scheduler", address]) == 0
+    assert len(list((tmp_path / "out").glob("im*.tif"))) == 4
+    assert client.status == "running" and len(client.scheduler_info()["workers"]) == 2

@@ -135,9 +135,10 @@ def predict_files(model: str | os.PathLike, files: list[str | os.PathLike],
             raise ValueError(f"predict_files: {stems[f.stem]} and {f} would both be written to "
                              f"{out / (f.stem + '.tif')}; rename one or predict them apart")
         stems[f.stem] = f
-    own = None
+    own_client = own_cluster = None
     if client is None:
-        client, own = make_client(workers, scheduler)
+        client, own_cluster = make_client(workers, scheduler)
+        own_client = client
     report = CollectionReport()
     try:
         threads = threads_per_worker(client)
@@ -155,10 +156,10 @@ def predict_files(model: str | os.PathLike, files: list[str | os.PathLike],
             if progress:
                 print(line, file=sys.stderr, flush=True)
     finally:
-        if own is not None or scheduler is not None:
-            client.close()
-        if own is not None:
-            own.close()
+        if own_client is not None:
+            own_client.close()
+        if own_cluster is not None:
+            own_cluster.close()
     report.seconds = time.perf_counter() - started
     return report
 

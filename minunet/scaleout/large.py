@@ -372,7 +372,7 @@ def segment_large(model: ModelRef, source: str | Path, labels_out: str | Path, *
     is_tiff = labels_out.suffix.lower() in TIFF_SUFFIXES
     scratch = temporary_sibling(labels_out, ".zarr")
     probs_tmp = None if probs_path is None else temporary_sibling(probs_path, ".zarr")
-    own_cluster = None
+    own_client = own_cluster = None
     try:
         import zarr
 
@@ -386,10 +386,13 @@ def segment_large(model: ModelRef, source: str | Path, labels_out: str | Path, *
             from .common import make_client
 
             client, own_cluster = make_client(workers, scheduler)
+            own_client = client
         threads = threads_per_worker(client)
-        ref = str(model) if isinstance(model, (str, Path)) else (net, metadata)
-        tasks = [BlockTask(str(image.path), key, plan, b, norm, ref, tile, batch_size,
-                           str(scratch), None if probs_tmp is None else str(probs_tmp), threads)
+        # absolute paths: a worker may run in another folder, or on another machine
+        ref = str(Path(model).resolve()) if isinstance(model, (str, Path)) else (net, metadata)
+        tasks = [BlockTask(str(image.path.resolve()), key, plan, b, norm, ref, tile,
+                           batch_size, str(scratch.resolve()),
+                           None if probs_tmp is None else str(probs_tmp.resolve()), threads)
                  for b in plan.blocks()]
         results = {}
         for done, (task, result, error) in enumerate(run_tasks(segment_block, tasks, client),
@@ -409,7 +412,7 @@ def segment_large(model: ModelRef, source: str | Path, labels_out: str | Path, *
             finally:
                 remove(tiff_tmp)
         else:
-            jobs = [(str(scratch), plan.core(*b), luts[b]) for b in plan.blocks()]
+            jobs = [(str(scratch.resolve()), plan.core(*b), luts[b]) for b in plan.blocks()]
             for _, _, error in run_tasks(relabel_block, jobs, client):
                 if error is not None:
                     raise error
@@ -420,8 +423,9 @@ def segment_large(model: ModelRef, source: str | Path, labels_out: str | Path, *
         remove(scratch)
         if probs_tmp is not None:
             remove(probs_tmp)
+        if own_client is not None:
+            own_client.close()
         if own_cluster is not None:
-            client.close()
             own_cluster.close()
     seconds = time.perf_counter() - started
     _say(progress, f"{n_objects} objects -> {labels_out} ({seconds:.1f} s)")
