@@ -8,7 +8,8 @@ What it does, each measured step in a fresh subprocess (peak resident memory = r
   1. a model: `--model CKPT`, or a U-Net (depth 3, base 16) trained for about a minute on
      `standard` cells, so the probabilities look like a real model's
   2. a synthetic uint16 image of size x size written as a tiled, zlib-compressed TIFF, tile by
-     tile (cell images of 512 x 512 in random orientations), never whole in memory
+     tile (cell images of 512 x 512 in random orientations), never whole in memory; with
+     `--source zarr` also copied to a Zarr array, which is then the one segmented
   3. `segment_large` on it: labels to a Zarr array (and probabilities with --probs)
   4. with --compare: the same image in memory (`mu.segment`'s path: predict + to_instances),
      then max |probability difference| and object F1 at IoU 0.5 / 0.9 between the two label
@@ -73,6 +74,20 @@ def make_image(out: Path, size: int) -> None:
                      photometric="minisblack")
 
 
+def to_zarr(tiff: Path, out: Path) -> None:
+    """A copy of the TIFF as a Zarr array (chunks of 512 x 512), block by block."""
+    import zarr
+
+    from minunet.scaleout import open_large
+
+    image = open_large(tiff)
+    H, W = image.shape
+    array = zarr.create_array(str(out), shape=(H, W), dtype=image.dtype, chunks=(512, 512))
+    for r in range(0, H, 2048):
+        for c in range(0, W, 2048):
+            array[r:r + 2048, c:c + 2048] = image.read(r, min(r + 2048, H), c, min(c + 2048, W))
+
+
 def chunked(model: Path, image: Path, out: Path, block: int, tile: int, batch_size: int,
             probs: bool) -> dict:
     from minunet.scaleout import segment_large
@@ -126,6 +141,8 @@ def worker(args: argparse.Namespace) -> None:
         result: dict = {}
     elif args.step == "image":
         make_image(out / "image.tif", args.size)
+        if args.source == "zarr":
+            to_zarr(out / "image.tif", out / "image.zarr")
         result = {}
     elif args.step == "baseline":
         import minunet as mu
@@ -134,7 +151,8 @@ def worker(args: argparse.Namespace) -> None:
         mu.load(args.model)
         result = {}
     elif args.step == "chunked":
-        result = chunked(Path(args.model), out / "image.tif", out, args.block, args.tile,
+        source = out / ("image.zarr" if args.source == "zarr" else "image.tif")
+        result = chunked(Path(args.model), source, out, args.block, args.tile,
                          args.batch_size, args.probs)
     elif args.step == "memory":
         result = in_memory(Path(args.model), out / "image.tif", out, args.tile, args.batch_size)
@@ -147,7 +165,7 @@ def worker(args: argparse.Namespace) -> None:
 def run(step: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--step", step, "--size", str(args.size), "--out",
            args.out, "--model", str(args.model), "--block", str(args.block), "--tile",
-           str(args.tile), "--batch-size", str(args.batch_size)] + (
+           str(args.tile), "--batch-size", str(args.batch_size), "--source", args.source] + (
                ["--probs"] if args.probs else [])
     done = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -164,6 +182,8 @@ def main() -> None:
     parser.add_argument("--compare", action="store_true",
                         help="also segment in memory and compare (sizes that fit)")
     parser.add_argument("--probs", action="store_true", help="also write the probabilities")
+    parser.add_argument("--source", choices=("tiff", "zarr"), default="tiff",
+                        help="segment the tiled TIFF or a Zarr copy of it")
     parser.add_argument("--step", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.step:
