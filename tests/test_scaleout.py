@@ -228,7 +228,7 @@ def test_predict_command_with_workers(checkpoint, folder, tmp_path, capsys):
 def test_plain_predict_imports_nothing_of_dask(checkpoint, folder, tmp_path):
     (folder / "broken.tif").unlink()
     script = (
-        "import sys; from minunet.cli import main; "
+        "import sys; from minunet.cli import main; import minunet.scaleout, minunet.data.lazy; "
         f"assert main(['predict', {str(checkpoint)!r}, {str(folder)!r}, '--out', "
         f"{str(tmp_path / 'out')!r}]) == 0; "
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'dask', 'distributed', "
