@@ -36,7 +36,6 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".npy")
 RUN_FILES = ("config.json", "log.jsonl", "last.npz", "best.npz", "curves.png")
 REPORT_FILES = ("report.png", "report.json", "report.md")
-OVERLAY_DIR, PROBS_DIR = "overlays", "probs"  # predict's extras, beside the label TIFFs
 MAX_DEPTH, MAX_BASE = 8, 1024  # what a checkpoint may hold (minunet.checkpoint's bounds)
 
 # `minunet train`'s defaults; the parser's defaults are None so that a value given with
@@ -44,7 +43,7 @@ MAX_DEPTH, MAX_BASE = 8, 1024  # what a checkpoint may hold (minunet.checkpoint'
 TRAIN_DEFAULTS: dict[str, Any] = {
     "preset": "standard", "n": 200, "size": (256, 256), "seed": 0, "val_fraction": 0.1,
     "epochs": 20, "batch_size": 8, "lr": 3e-3, "depth": 3, "base": 16, "crop": 128,
-    "patience": None, "image_suffix": "_img", "mask_suffix": "_masks",
+    "patience": None, "image_suffix": "_img", "mask_suffix": "_masks", "lazy": False,
 }
 RESUME_MAY_CHANGE = ("epochs", "patience", "data")
 
@@ -109,15 +108,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     import minunet as mu
 
-    from . import viz, workflow
-    from .data.io import remove_stale_temps, write_atomic
+    from . import workflow
 
     if args.resume:
         run, config = _resume_config(args)
         before = json.loads((run / "config.json").read_text()).get("epochs")
     else:
         run, config = _new_run_config(args)
+        before = None
     _check_train_settings(config)
+    if _is_lazy(config):
+        return _train_lazy(args, run, config, before)
     data = _training_data(config, run)
     images, labels, names = data["images"], data["labels"], data["names"]
     if args.resume and config.get("image_names") not in (None, names):
@@ -145,15 +146,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     model = mu.UNet(1, 3, depth=config["depth"], base_channels=config["base"],
                     rng=np.random.default_rng(config["seed"]))
 
-    # Everything is checked: only now is anything written.
     if not args.resume:
-        _prepare_run_folder(run, args.overwrite)
         config["image_names"] = names
         config["val_images"] = [names[i] for i in val_idx]
+    return _fit(args, run, config, before, model, train_data, val_data, val_labels, post)
+
+
+def _fit(args: argparse.Namespace, run: Path, config: dict[str, Any], before: Any,
+         model: Any, train_data: Any, val_data: Any, val_labels: Any,
+         post: dict[str, Any]) -> int:
+    """Everything is checked: only now is anything written. Train, then draw the curves."""
+    import minunet as mu
+
+    from . import viz, workflow
+    from .data.io import remove_stale_temps, write_atomic
+
+    if not args.resume:
+        _prepare_run_folder(run, args.overwrite)
     remove_stale_temps(run, RUN_FILES)
     _write_json(run / "config.json", config)
     if args.resume and before != config["epochs"]:
         _say(f"minunet train: {run} now trains up to {config['epochs']} epochs (was {before})")
+    norm = config["normalization"]
     try:
         history = mu.train(
             model, train_data, val_data, epochs=config["epochs"],
@@ -170,6 +184,36 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"{history.stop_reason or 'done'}; best epoch {history.best_epoch} "
           f"(val_f1 {history.best_score:.3f}); model: {run / 'best.npz'}")
     return EXIT_OK
+
+
+def _is_lazy(config: dict[str, Any]) -> bool:
+    return bool(config.get("lazy")) or str(config.get("data") or "").endswith(".zarr")
+
+
+def _train_lazy(args: argparse.Namespace, run: Path, config: dict[str, Any],
+                before: Any) -> int:
+    """--lazy (or a .zarr store): training samples are read from disk as they are used."""
+    import minunet as mu
+
+    if not config.get("data"):
+        raise InputError("--lazy reads a folder (images/ + labels/) or a .zarr training store "
+                         "given with --data")
+    source = _data_folder(config, run)
+    try:
+        from .data.lazy import sample_count, training_split
+
+        n = sample_count(source)
+        val_idx = _validation_draw(n, config["val_fraction"], config["seed"])
+        train_data, val_data, val_labels, post = training_split(source, val_idx,
+                                                                config["normalization"])
+    except ImportError as err:
+        raise InputError(f"--lazy needs the scale extra: pip install 'minunet[scale]' "
+                         f"({err})") from err
+    except (ValueError, OSError) as err:
+        raise InputError(f"--data {source}: {err}") from err
+    model = mu.UNet(1, 3, depth=config["depth"], base_channels=config["base"],
+                    rng=np.random.default_rng(config["seed"]))
+    return _fit(args, run, config, before, model, train_data, val_data, val_labels, post)
 
 
 def _new_run_config(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
@@ -389,10 +433,14 @@ def _prepare_run_folder(run: Path, overwrite: bool) -> None:
 def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from . import viz
-    from .data.io import read_pixel_size, remove_stale_temps, write_atomic, write_labels
-    from .inference import segment, stored_settings
-    from .predict import normalize
+    from .data.io import remove_stale_temps
+    from .inference import (
+        OVERLAY_DIR,
+        PROBS_DIR,
+        prediction_outputs,
+        segment,
+        write_prediction,
+    )
 
     if args.tile < 1:
         raise InputError(f"--tile must be >= 1, got {args.tile}")
@@ -400,13 +448,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                                                      args.items[1:])
     if not inputs:
         raise InputError("give the images (files or folders) after the model")
+    if args.chunked:  # images larger than memory, block by block (the scale extra)
+        from .scaleout.large import predict_command
+
+        return predict_command(args, _resolve_model(model_spec), inputs)
     files = _collect_images(inputs, skip_masks=True)
     out = Path(args.out)
-    outputs = {path: _outputs_of(path, out, args) for path in files}
+    outputs = {path: prediction_outputs(path, out, args.probs, args.overlays)
+               for path in files}
     _check_outputs(inputs, files, outputs, out, args.overwrite)
     ckpt = _load_model(model_spec)
-    norm, _ = stored_settings(ckpt)
     _dry_run(ckpt, segment)
+    if args.workers is not None or args.scheduler:  # a Dask cluster: imported on this path only
+        from .scaleout.collection import predict_command
+
+        return predict_command(args, ckpt.path, files)
 
     out = _writable_dir(out)
     for sub, wanted in ((OVERLAY_DIR, args.overlays), (PROBS_DIR, args.probs)):
@@ -421,29 +477,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
                disable=not sys.stderr.isatty() or len(files) < 2)
     try:
         for path in bar:
-            labels_path = outputs[path][0]
             try:
-                image = _read(path)
-                labels, probs = segment(ckpt, image, tile=args.tile, progress=True,
-                                        return_probs=True)
-                if labels.max() > np.iinfo(np.uint16).max:
-                    raise InputError(f"{labels.max()} objects do not fit a uint16 label image")
-                write_labels(labels_path, labels, read_pixel_size(path))
-                if args.probs:
-                    write_atomic(out / PROBS_DIR / f"{path.stem}.npy",
-                                 lambda tmp, p=probs: np.save(tmp, p))
-                if args.overlays:
-                    gray = normalize(image, norm, who=str(path))
-                    write_atomic(out / OVERLAY_DIR / f"{path.stem}.png",
-                                 lambda tmp, g=gray, lab=labels, p=path: viz.overlay(
-                                     g, None, lab, tmp, title=f"{p.name}: {lab.max()} objects"))
+                labels_path, n = write_prediction(ckpt, path, out, image=_read(path),
+                                                  tile=args.tile, probs=args.probs,
+                                                  overlays=args.overlays, progress=True)
             except (InputError, ValueError, TypeError, OSError, MemoryError) as err:
                 message = str(err) if str(path) in str(err) else f"{path}: {err}"
                 failures.append(message)
                 tqdm.write(f"minunet predict: error: {message}", file=sys.stderr)
                 continue
             done += 1
-            tqdm.write(f"{path} -> {labels_path} ({labels.max()} objects)", file=sys.stdout)
+            tqdm.write(f"{path} -> {labels_path} ({n} objects)", file=sys.stdout)
     except KeyboardInterrupt:
         bar.close()
         again = "with --overwrite " if done else ""
@@ -451,15 +495,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
              f"complete in {out}); run the same command {again}to start again")
         return EXIT_INTERRUPTED
     return _batch_summary("predict", len(files), failures)
-
-
-def _outputs_of(path: Path, out: Path, args: argparse.Namespace) -> list[Path]:
-    outputs = [out / f"{path.stem}.tif"]
-    if args.probs:
-        outputs.append(out / PROBS_DIR / f"{path.stem}.npy")
-    if args.overlays:
-        outputs.append(out / OVERLAY_DIR / f"{path.stem}.png")
-    return outputs
 
 
 def _check_outputs(inputs: Sequence[str], files: list[Path], outputs: dict[Path, list[Path]],
@@ -519,6 +554,13 @@ def _load_model(spec: str) -> Any:
     import minunet as mu
 
     return mu.load(spec)
+
+
+def _resolve_model(spec: str) -> Path:
+    """The checkpoint file a model argument names (a file, a run folder or a pretrained name)."""
+    from .checkpoint import resolve
+
+    return resolve(spec)
 
 
 # ------------------------------------------------------------------ evaluate
@@ -866,6 +908,9 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"train on random crops of this side ({d['crop']})")
     t.add_argument("--patience", type=int, help="stop after this many epochs without a better "
                    "val_f1 (never)")
+    t.add_argument("--lazy", action="store_true", default=None,
+                   help="read --data image by image as it trains (sets larger than memory; "
+                        "a .zarr training store is always read so; needs the scale extra)")
     t.add_argument("--out", help="a new run folder (config, checkpoints, log, curves)")
     t.add_argument("--resume", metavar="RUN", help="continue a run (from its last.npz)")
     t.add_argument("--overwrite", action="store_true", help="replace the run in --out")
@@ -879,10 +924,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (uint16 label TIFFs)")
     p.add_argument("--tile", type=int, default=256)
     p.add_argument("--overlays", action="store_true",
-                   help=f"also write outline overlays ({OVERLAY_DIR}/NAME.png)")
+                   help="also write outline overlays (overlays/NAME.png)")
     p.add_argument("--probs", action="store_true",
-                   help=f"also write probabilities ({PROBS_DIR}/NAME.npy)")
+                   help="also write probabilities (probs/NAME.npy)")
     p.add_argument("--overwrite", action="store_true", help="replace earlier outputs in --out")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="predict on a local Dask cluster of N processes (needs the scale extra)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="predict on an existing dask.distributed scheduler (tcp://host:8786)")
+    p.add_argument("--chunked", action="store_true",
+                   help="images larger than memory (TIFF, Zarr, OME-Zarr): block by block, "
+                        "writing NAME.zarr uint32 labels (needs the scale extra)")
+    p.add_argument("--block", type=int, default=2048, help="block side with --chunked")
     p.set_defaults(run=cmd_predict)
 
     e = sub.add_parser("evaluate", help="score predicted label images against ground truth")

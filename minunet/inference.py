@@ -14,6 +14,7 @@ defaults instead.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -64,3 +65,49 @@ def segment(model: Checkpoint | Module | str | os.PathLike,
     labels, probs = segment_with(network, image, normalization, tile=tile,
                                  batch_size=batch_size, progress=progress, **settings)
     return (labels, probs) if return_probs else labels
+
+
+OVERLAY_DIR, PROBS_DIR = "overlays", "probs"  # predict's extras, beside the label TIFFs
+
+
+def prediction_outputs(path: Path, out: Path, probs: bool = False,
+                       overlays: bool = False) -> list[Path]:
+    """The files `minunet predict` writes for the input `path`: labels first."""
+    outputs = [out / f"{path.stem}.tif"]
+    if probs:
+        outputs.append(out / PROBS_DIR / f"{path.stem}.npy")
+    if overlays:
+        outputs.append(out / OVERLAY_DIR / f"{path.stem}.png")
+    return outputs
+
+
+def write_prediction(model: Checkpoint | Module, path: Path, out: Path, *,
+                     image: np.ndarray | None = None, tile: int = 256, probs: bool = False,
+                     overlays: bool = False, progress: bool = False) -> tuple[Path, int]:
+    """Segment the image file `path` and write what `minunet predict` writes for it: a uint16
+    ImageJ label TIFF with the input's pixel size, and on request the probabilities and an
+    outline overlay, each atomically. Returns (label file, number of objects). The command and
+    the cluster path (`minunet.scaleout`) both call this, so their outputs are the same.
+    `image`: the file's pixels if the caller has read them already."""
+    from . import viz
+    from .data.io import read_image, read_pixel_size, write_atomic, write_labels
+    from .predict import normalize
+
+    image = read_image(path) if image is None else image
+    labels, p = segment(model, image, tile=tile, progress=progress, return_probs=True)
+    n = int(labels.max(initial=0))
+    if n > np.iinfo(np.uint16).max:
+        raise ValueError(f"{path}: {n} objects do not fit a uint16 label image; segment it "
+                         "with minunet.scaleout.segment_large, which writes uint32")
+    targets = prediction_outputs(path, out, probs, overlays)
+    write_labels(targets[0], labels, read_pixel_size(path))
+    if probs:
+        targets[1].parent.mkdir(exist_ok=True)
+        write_atomic(targets[1], lambda tmp: np.save(tmp, p))
+    if overlays:
+        norm, _ = stored_settings(model)
+        gray = normalize(image, norm, who=str(path))
+        targets[-1].parent.mkdir(exist_ok=True)
+        write_atomic(targets[-1], lambda tmp: viz.overlay(
+            gray, None, labels, tmp, title=f"{path.name}: {n} objects"))
+    return targets[0], n

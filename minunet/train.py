@@ -275,7 +275,7 @@ def evaluate(model: Module, data: Data, loss_fn: Any = None, batch_size: int = 8
     loss_fn = loss_fn or CrossEntropyLoss()
     loss_total = weight_total = 0.0
     correct = n_pixels = 0
-    if isinstance(images, np.ndarray):
+    if len(getattr(images, "shape", ())) == 4:  # one size (an array, or a set on disk)
         batches = [slice(s, s + batch_size) for s in range(0, images.shape[0], batch_size)]
     else:  # per-sample arrays of different sizes: one sample per forward
         batches = [slice(i, i + 1) for i in range(len(images))]
@@ -296,6 +296,8 @@ def evaluate(model: Module, data: Data, loss_fn: Any = None, batch_size: int = 8
 # ------------------------------------------------------------------------------ batches
 def _check_data(who: str, name: str, data: Data) -> tuple[np.ndarray, np.ndarray,
                                                           np.ndarray | None]:
+    if hasattr(data, "training_arrays"):  # a data set read from disk (minunet.data.lazy)
+        return data.training_arrays()
     if not isinstance(data, (tuple, list)) or len(data) not in (2, 3):
         raise TypeError(f"{who}: {name} must be (images, targets) or (images, targets, "
                         f"weights), got {type(data).__name__}")

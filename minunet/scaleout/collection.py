@@ -1,0 +1,146 @@
+"""Many images on a Dask cluster: each worker loads the model once and labels whole files.
+
+    from minunet.scaleout import predict_files
+    report = predict_files("run/best.npz", files, "labels/", workers=4)   # a local cluster
+    report = predict_files("run/best.npz", files, "labels/", scheduler="tcp://head:8786")
+    report.failed          # {file: "what went wrong"}; every other file was written
+
+The command line does the same: `minunet predict run images/ --out labels --workers 4` (or
+`--scheduler ADDRESS`). Each file is one task: `minunet.inference.write_prediction`, the
+function the plain command calls, writes `out/NAME.tif` (uint16 labels) and on request
+`out/probs/NAME.npy` and `out/overlays/NAME.png`: the files the plain command writes. A file
+that fails is reported with its error and the others go on. On a cluster of several machines the
+checkpoint, the images and the output folder must be on a file system every worker sees.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .common import (
+    describe,
+    limit_threads,
+    load_checkpoint,
+    load_model,
+    make_client,
+    run_tasks,
+    threads_per_worker,
+)
+
+
+@dataclass
+class CollectionReport:
+    """What `predict_files` did: objects per written file, the error of each failed one."""
+
+    done: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+@dataclass(frozen=True)
+class FileTask:
+    """One file's work, as plain values (a worker loads the checkpoint itself, once)."""
+
+    model: Any
+    path: str
+    out_dir: str
+    tile: int
+    probs: bool
+    overlays: bool
+    threads: int | None
+
+
+def predict_file(task: FileTask) -> int:
+    """Label one file; returns its number of objects. Runs on a worker."""
+    from ..inference import write_prediction
+
+    limit_threads(task.threads)
+    ckpt = load_checkpoint(task.model)
+    _, n = write_prediction(ckpt, Path(task.path), Path(task.out_dir), tile=task.tile,
+                            probs=task.probs, overlays=task.overlays)
+    return n
+
+
+def predict_files(model: str | os.PathLike, files: list[str | os.PathLike],
+                  out_dir: str | os.PathLike, *, workers: int | None = None,
+                  scheduler: str | None = None, client: Any = None, tile: int = 256,
+                  probs: bool = False, overlays: bool = False, progress: bool = True,
+                  ) -> CollectionReport:
+    """Label every file with the checkpoint `model` (a .npz or a run folder) on a Dask cluster.
+
+    workers:   start a local cluster of this many worker processes (one thread each; the
+               machine's cores are shared among them)
+    scheduler: or use the dask.distributed scheduler at this address ("tcp://host:8786")
+    client:    or an existing `distributed.Client`
+    Progress ("[k/n] file -> output") goes to stderr; failures are collected, not raised.
+    """
+    started = time.perf_counter()
+    ckpt = Path(model)
+    if ckpt.is_dir():
+        ckpt = ckpt / "best.npz"
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"predict_files: model checkpoint {ckpt} does not exist")
+    load_model(ckpt)  # a broken checkpoint fails here, once, not on every worker
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if not os.access(out, os.W_OK):
+        raise PermissionError(f"predict_files: the output folder {out} is not writable")
+    stems: dict[str, Path] = {}
+    for f in map(Path, files):
+        if f.stem in stems:
+            raise ValueError(f"predict_files: {stems[f.stem]} and {f} would both be written to "
+                             f"{out / (f.stem + '.tif')}; rename one or predict them apart")
+        stems[f.stem] = f
+    own_client = own_cluster = None
+    if client is None:
+        client, own_cluster = make_client(workers, scheduler)
+        own_client = client
+    report = CollectionReport()
+    try:
+        threads = threads_per_worker(client)
+        tasks = [FileTask(str(ckpt.resolve()), str(Path(f).resolve()), str(out.resolve()), tile,
+                          probs, overlays, threads) for f in files]
+        for k, (task, n, error) in enumerate(run_tasks(predict_file, tasks, client), start=1):
+            name = str(Path(task.path))
+            if error is None:
+                report.done[name] = n
+                line = f"[{k}/{len(tasks)}] {name} -> {out / (Path(name).stem + '.tif')} " \
+                       f"({n} objects)"
+            else:
+                report.failed[name] = describe(error)
+                line = f"[{k}/{len(tasks)}] FAILED {name}: {report.failed[name]}"
+            if progress:
+                print(line, file=sys.stderr, flush=True)
+    finally:
+        if own_client is not None:
+            own_client.close()
+        if own_cluster is not None:
+            own_cluster.close()
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def predict_command(args: Any, model: Path, files: list[Path]) -> int:
+    """`minunet predict ... --workers N | --scheduler ADDRESS`: returns the exit code."""
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    out = Path(args.out)
+    report = predict_files(model, files, out, workers=args.workers,
+                           scheduler=args.scheduler, tile=args.tile, probs=args.probs,
+                           overlays=args.overlays)
+    print(f"{len(report.done)} of {len(files)} files labelled in {report.seconds:.1f} s -> {out}")
+    if report.failed:
+        print(f"{len(report.failed)} files failed:", file=sys.stderr)
+        for name, why in report.failed.items():
+            print(f"  {name}: {why}", file=sys.stderr)
+        return 2  # bad input, as the plain command's exit code for an unreadable file
+    return 0
