@@ -61,8 +61,8 @@ STANDARD: dict[str, float] = {
 
 # "train wide, test narrow": what `broad` changes relative to `standard`
 BROAD_CHANGES: dict[str, float] = {
-    "radius": 11.5, "radius_std": 3.0, "fragments": 0.08,          # fragments to large cells
-    "elongation": 0.6, "max_aspect": 3.0, "irregularity": 0.08,     # elongated, up to 3 : 1
+    "radius": 12.0, "radius_std": 3.0, "fragments": 0.08,          # fragments to large cells
+    "elongation": 0.7, "max_aspect": 3.0, "irregularity": 0.08,     # elongated, up to 3 : 1
     "touching": 0.3, "edge_falloff": 0.1,                           # touching, no dark gap
     "brightness_sigma": 0.5, "bright_fraction": 0.04,               # a few very bright cells
     "texture": 0.15, "gradient": 0.2, "vignetting": 0.2,
