@@ -150,7 +150,7 @@ def receptive_radius(depth: int) -> int:
 
 def predict(model: Module, image: np.ndarray, *, tile: int = 256, margin: int | None = None,
             batch_size: int = 4, normalization: dict[str, Any] | None = None,
-            normalized: bool = False) -> np.ndarray:
+            normalized: bool = False, scale: float = 1.0) -> np.ndarray:
     """Class probabilities (Kc, H, W) float32 for one image of any size.
 
     model:        a U-Net (or any Module with `depth`) mapping (N, Cin, h, w) -> (N, Kc, h, w)
@@ -162,9 +162,22 @@ def predict(model: Module, image: np.ndarray, *, tile: int = 256, margin: int | 
                   up to a multiple of 2**depth, which makes tiling seamless)
     batch_size:   tiles per forward pass (memory grows with it)
     normalization: the settings stored in the checkpoint (default DEFAULT_NORMALIZATION)
+    scale:        resize the normalised image by this factor before the network and the
+                  probabilities back to (H, W) after it: objects of diameter d px are seen at
+                  d * scale px (`rescale.scale_for(d, checkpoint diameter)`; 1 = as they are)
     """
     x = (np.asarray(image, dtype=np.float32) if normalized
          else normalize(image, normalization))
+    if scale != 1.0:
+        from . import rescale
+
+        if not (np.isfinite(scale) and scale > 0):
+            raise ValueError(f"predict: scale must be a positive number, got {scale!r}")
+        small = rescale.resize(x, rescale.scaled_shape(x.shape, scale), order=1)
+        probs = predict(model, small, tile=tile, margin=margin, batch_size=batch_size,
+                        normalized=True)
+        probs = np.clip(rescale.resize(probs, x.shape, order=1), 0.0, 1.0)   # (Kc, H, W)
+        return probs / probs.sum(axis=0, keepdims=True)
     if x.ndim != 2:
         raise ValueError(f"predict: expected one (H, W) image, got shape {x.shape}")
     if normalized and not np.isfinite(x).all():
