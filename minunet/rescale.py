@@ -110,3 +110,34 @@ def postprocess_at(postprocess: dict, scale: float) -> dict:
     for key, default in (("min_size", MIN_SIZE), ("min_seed_size", MIN_SEED_SIZE)):
         out[key] = max(1, round(out.get(key, default) / scale**2))
     return out
+
+
+def plan(image: np.ndarray, metadata: dict, diameter: float | str | None
+         ) -> tuple[float, dict]:
+    """What `predict` and `to_instances` need for one image, given the user's diameter.
+
+    diameter: None (the image as it is), a number of pixels, or "auto" (`estimate_diameter`).
+    metadata: the checkpoint's metadata; its "diameter" is the training object diameter and
+    its "postprocess" the `to_instances` settings at that scale.
+    Returns (scale for `predict(..., scale=)`, settings for `to_instances`)."""
+    post = dict(metadata.get("postprocess") or {})
+    if diameter is None:
+        return 1.0, post
+    trained = metadata.get("diameter")
+    if trained is None:
+        raise ValueError("this model does not record the object diameter it was trained on "
+                         "(checkpoint metadata 'diameter'); predict without a diameter, or "
+                         "retrain it with this version of minunet")
+    if isinstance(diameter, str):
+        if diameter != "auto":
+            raise ValueError(f"diameter must be a number of pixels or 'auto', got {diameter!r}")
+        diameter = estimate_diameter(np.asarray(image, dtype=np.float32)
+                                     if np.asarray(image).ndim == 2 else _gray(image))
+    scale = scale_for(float(diameter), float(trained))
+    return scale, (postprocess_at(post, scale) if scale != 1.0 else post)
+
+
+def _gray(image: np.ndarray) -> np.ndarray:
+    from .predict import to_gray
+
+    return to_gray(image).astype(np.float32)

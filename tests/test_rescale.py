@@ -65,3 +65,16 @@ def test_predict_at_another_scale():
                                   predict(model, image, normalized=True))
     with pytest.raises(ValueError, match="scale"):
         predict(model, image, normalized=True, scale=-1.0)
+
+
+def test_plan_reads_the_checkpoint_diameter():
+    meta = {"postprocess": {"min_size": 40}, "diameter": 20.0}
+    image = mu.data.generate(1, "shift-large", size=(128, 128), seed=1)[0][0]
+    assert rescale.plan(image, meta, None) == (1.0, {"min_size": 40})
+    assert rescale.plan(image, meta, 40.0) == (0.5, {"min_size": 160, "min_seed_size": 16})
+    scale, post = rescale.plan(image, meta, "auto")
+    assert 0.5 < scale < 0.9 and post["min_size"] > 40           # large cells: shrink
+    with pytest.raises(ValueError, match="does not record"):
+        rescale.plan(image, {"postprocess": {}}, 30.0)
+    with pytest.raises(ValueError, match="'auto'"):
+        rescale.plan(image, meta, "big")
