@@ -27,7 +27,7 @@ def test_object_diameter_of_discs():
 @pytest.mark.parametrize("preset", ["shift-small", "standard", "shift-large", "reference",
                                     "reference-shifted", "shift-brightness"])
 def test_estimated_diameter_is_close(preset):
-    images, labels, _ = mu.data.generate(2, preset, size=(192, 192), seed=21)
+    images, labels, _ = mu.data.generate(1, preset, size=(192, 192), seed=21)
     for image, lab in zip(images, labels, strict=True):
         ratio = rescale.estimate_diameter(image) / rescale.object_diameter(lab)
         assert 0.75 < ratio < 1.3, (preset, ratio)
