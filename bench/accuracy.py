@@ -17,7 +17,8 @@ the U-Net paper's weight map, augmentation, Adam and a cosine learning rate:
 2. minunet's default: the recipe of the bundled pretrained model (bench/train_pretrained.py:
    `broad`, 240 images, 30 epochs, the epoch kept by validation object F1), scored on new
    `standard` images and on every `shift-*` preset (object F1 at IoU 0.5, the DSB mean AP over
-   IoU 0.50:0.05:0.95, panoptic quality, pixel F1, kappa). With --pretrained the bundled
+   IoU 0.50:0.05:0.95, panoptic quality, pixel F1, kappa), and, for the record, on its own
+   `broad` and on the notebook's two recipes. With --pretrained the bundled
    checkpoint is scored instead of training the same recipe again.
 
 Pixel scores come from the predicted foreground (background probability < 0.5), pooled over the
@@ -187,7 +188,8 @@ def main() -> None:
                 plan = ({**RECIPE, **QUICK} if args.quick else RECIPE) | {"seed": args.seed}
                 ckpt = train_broad(out / "model-broad", **plan)
                 what = f"`broad` ({plan['n_train']} images, {plan['epochs']} epochs)"
-            tests = [("standard", None)] + [(p, None) for p in shifts]
+            tests = ([("standard", None)] + [(p, None) for p in shifts]
+                     + [("broad", None), ("reference", None), ("reference-shifted", None)])
         trained = time.perf_counter() - t0
         rows = {}
         for k, (preset, diameter) in enumerate(tests):

@@ -32,7 +32,7 @@ from minunet.predict import DEFAULT_NORMALIZATION
 from minunet.rescale import object_diameter
 
 SIZE = (256, 256)   # generated image size
-CROP = 96           # training crop side (the U-Net sees 96x96 windows)
+CROP = 128          # training crop side (the U-Net sees 128x128 windows)
 N_TRAIN = 96        # training images
 N_VAL = 4           # validation images (pick the best epoch)
 N_TEST = 8          # test images of `standard`
@@ -40,7 +40,7 @@ N_TEST_SHIFT = 4    # test images of each shift preset
 PRESET = "standard"
 # ... with the brightness of real nuclei: per-cell lognormal gain, 3 % of cells 3x brighter
 KNOBS = {"brightness_sigma": 0.5, "bright_fraction": 0.03}
-EPOCHS = 16
+EPOCHS = 14
 BATCH = 8
 LR = 3e-3           # Adam's peak learning rate (cosine decay, short warm-up)
 SHIFT_PRESETS = [p for p in mu.data.PRESETS if p.startswith("shift-")]
