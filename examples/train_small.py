@@ -1,4 +1,4 @@
-"""Train a small U-Net on synthetic cells in under two minutes, then look at what it learned.
+"""Train a small U-Net on synthetic cells in about two minutes, then look at what it learned.
 
     python examples/train_small.py                 # writes runs/train_small/
     python examples/train_small.py --quick         # a 20-second smoke run
@@ -12,7 +12,9 @@ Six steps, each one call into minunet that you can open and read:
                                      paper's weight map (heavy in the gaps between cells)
 3. model     mu.UNet                 3 levels down, 3 up, skip connections between them
 4. train     mu.train                Adam, cosine learning rate, flips/rotations/elastic
-                                     augmentation, the best epoch (by object F1) kept
+                                     augmentation, the best epoch (by object F1) kept; then
+                                     the seed threshold of the watershed picked on the
+                                     validation images and stored with the model
 5. evaluate  workflow.segment        tiled prediction -> watershed into instances, scored
              mu.metrics.evaluate     on held-out `standard` images and every shift preset
 6. pictures  mu.viz                  training curves, error map, instance overlay, report
