@@ -149,12 +149,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.resume:
         config["image_names"] = names
         config["val_images"] = [names[i] for i in val_idx]
-    return _fit(args, run, config, before, model, train_data, val_data, val_labels, post)
+    diameter = _training_diameter([labels[i] for i in train_idx])
+    return _fit(args, run, config, before, model, train_data, val_data, val_labels, post,
+                diameter)
+
+
+def _training_diameter(labels: list[np.ndarray]) -> float | None:
+    """The median object diameter of the training labels (stored for predict --diameter)."""
+    from .rescale import object_diameter
+
+    try:
+        return object_diameter(labels)
+    except ValueError:  # no objects at all: nothing to rescale to
+        return None
 
 
 def _fit(args: argparse.Namespace, run: Path, config: dict[str, Any], before: Any,
          model: Any, train_data: Any, val_data: Any, val_labels: Any,
-         post: dict[str, Any]) -> int:
+         post: dict[str, Any], diameter: float | None) -> int:
     """Everything is checked: only now is anything written. Train, then draw the curves."""
     import minunet as mu
 
@@ -174,7 +186,8 @@ def _fit(args: argparse.Namespace, run: Path, config: dict[str, Any], before: An
             batch_size=config["batch_size"], lr=config["lr"], augment=workflow.make_augment(),
             crop=config["crop"], score_fn=workflow.object_score_fn(val_labels, postprocess=post),
             monitor="val_f1", patience=config["patience"], seed=config["seed"], out_dir=run,
-            resume=bool(args.resume), metadata={"normalization": norm, "postprocess": post},
+            resume=bool(args.resume),
+            metadata={"normalization": norm, "postprocess": post, "diameter": diameter},
             progress=True)
     except KeyboardInterrupt:
         _say(f"minunet train: interrupted; {_epochs_done(run)} epochs are saved in {run}; "
@@ -213,7 +226,9 @@ def _train_lazy(args: argparse.Namespace, run: Path, config: dict[str, Any],
         raise InputError(f"--data {source}: {err}") from err
     model = mu.UNet(1, 3, depth=config["depth"], base_channels=config["base"],
                     rng=np.random.default_rng(config["seed"]))
-    return _fit(args, run, config, before, model, train_data, val_data, val_labels, post)
+    diameter = _training_diameter([train_data.read_labels(i) for i in range(len(train_data))])
+    return _fit(args, run, config, before, model, train_data, val_data, val_labels, post,
+                diameter)
 
 
 def _new_run_config(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
@@ -459,6 +474,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     _check_outputs(inputs, files, outputs, out, args.overwrite)
     ckpt = _load_model(model_spec)
     _dry_run(ckpt, segment)
+    if args.diameter is not None and "diameter" not in ckpt.metadata:
+        raise InputError(f"--diameter: {ckpt.path} does not record the object diameter it was "
+                         "trained on; predict without --diameter, or retrain the model")
     if args.workers is not None or args.scheduler:  # a Dask cluster: imported on this path only
         from .scaleout.collection import predict_command
 
@@ -480,7 +498,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             try:
                 labels_path, n = write_prediction(ckpt, path, out, image=_read(path),
                                                   tile=args.tile, probs=args.probs,
-                                                  overlays=args.overlays, progress=True)
+                                                  overlays=args.overlays, progress=True,
+                                                  diameter=args.diameter)
             except (InputError, ValueError, TypeError, OSError, MemoryError) as err:
                 message = str(err) if str(path) in str(err) else f"{path}: {err}"
                 failures.append(message)
@@ -548,6 +567,19 @@ def _dry_run(ckpt: Any, segment: Any) -> None:
     except (ValueError, TypeError, KeyError, AttributeError) as err:
         raise InputError(f"{ckpt.path}: this model or its stored settings cannot segment gray "
                          f"images: {type(err).__name__}: {err}") from err
+
+
+def _diameter(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"give a number of pixels or 'auto', not {text!r}") from None
+    if not (np.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"the diameter must be a positive number, got {text}")
+    return value
 
 
 def _load_model(spec: str) -> Any:
@@ -928,6 +960,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--probs", action="store_true",
                    help="also write probabilities (probs/NAME.npy)")
     p.add_argument("--overwrite", action="store_true", help="replace earlier outputs in --out")
+    p.add_argument("--diameter", type=_diameter, metavar="D|auto",
+                   help="the objects' typical diameter in pixels, or 'auto' to estimate it: "
+                        "images are rescaled to the object size the model was trained on")
     p.add_argument("--workers", type=int, metavar="N",
                    help="predict on a local Dask cluster of N processes (needs the scale extra)")
     p.add_argument("--scheduler", metavar="ADDRESS",

@@ -41,7 +41,8 @@ def stored_settings(model: Checkpoint | Module) -> tuple[dict[str, Any] | None, 
 def segment(model: Checkpoint | Module | str | os.PathLike,
             image: np.ndarray | str | os.PathLike, *,
             tile: int = 256, batch_size: int = 4, progress: bool = False,
-            return_probs: bool = False, **postprocess: Any,
+            diameter: float | str | None = None, return_probs: bool = False,
+            **postprocess: Any,
             ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Instance labels (H, W) int32 (0 background) of one raw image of any size.
 
@@ -51,6 +52,9 @@ def segment(model: Checkpoint | Module | str | os.PathLike,
                   of a TIFF / PNG / NPY file holding one
     tile, batch_size: as in `mu.predict` (they change speed and memory, not the result)
     progress:     a progress bar over tile batches for large images (on a terminal)
+    diameter:     the objects' typical diameter in pixels, or "auto" to estimate it from the
+                  image: the image is rescaled so that objects have the size the model was
+                  trained on (checkpoint metadata "diameter"); None: the image as it is
     return_probs: also return the class probabilities (Kc, H, W)
     postprocess:  override a stored `to_instances` setting (e.g. min_size=10)
     """
@@ -60,10 +64,17 @@ def segment(model: Checkpoint | Module | str | os.PathLike,
         image = read_image(image)
     ckpt = as_checkpoint(model)
     normalization, settings = stored_settings(ckpt)
+    scale = 1.0
+    if diameter is not None:
+        from .rescale import plan
+
+        trained = ckpt.metadata.get("diameter") if isinstance(ckpt, Checkpoint) else None
+        scale, settings = plan(image, {"postprocess": settings, "diameter": trained}, diameter)
     settings.update(postprocess)
     network = ckpt.model if isinstance(ckpt, Checkpoint) else ckpt
     labels, probs = segment_with(network, image, normalization, tile=tile,
-                                 batch_size=batch_size, progress=progress, **settings)
+                                 batch_size=batch_size, progress=progress, scale=scale,
+                                 **settings)
     return (labels, probs) if return_probs else labels
 
 
@@ -83,7 +94,8 @@ def prediction_outputs(path: Path, out: Path, probs: bool = False,
 
 def write_prediction(model: Checkpoint | Module, path: Path, out: Path, *,
                      image: np.ndarray | None = None, tile: int = 256, probs: bool = False,
-                     overlays: bool = False, progress: bool = False) -> tuple[Path, int]:
+                     overlays: bool = False, progress: bool = False,
+                     diameter: float | str | None = None) -> tuple[Path, int]:
     """Segment the image file `path` and write what `minunet predict` writes for it: a uint16
     ImageJ label TIFF with the input's pixel size, and on request the probabilities and an
     outline overlay, each atomically. Returns (label file, number of objects). The command and
@@ -94,7 +106,8 @@ def write_prediction(model: Checkpoint | Module, path: Path, out: Path, *,
     from .predict import normalize
 
     image = read_image(path) if image is None else image
-    labels, p = segment(model, image, tile=tile, progress=progress, return_probs=True)
+    labels, p = segment(model, image, tile=tile, progress=progress, diameter=diameter,
+                        return_probs=True)
     n = int(labels.max(initial=0))
     if n > np.iinfo(np.uint16).max:
         raise ValueError(f"{path}: {n} objects do not fit a uint16 label image; segment it "

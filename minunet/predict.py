@@ -29,9 +29,19 @@ from .module import Module
 # ITU-R BT.709 luma weights (also skimage.color.rgb2gray's): how bright each channel looks.
 RGB_TO_GRAY = np.array([0.2125, 0.7154, 0.0721], dtype=np.float64)
 
-# Default normalisation: per-image percentiles, the usual choice for microscopy (robust to a
-# 12-bit camera in a 16-bit file, exposure changes and a few hot pixels).
-DEFAULT_NORMALIZATION: dict[str, Any] = {"method": "percentile", "low": 1.0, "high": 99.8}
+# Default normalisation: the 1st percentile goes to 0 and the median foreground pixel (Otsu's
+# threshold on the lightly smoothed image) to 0.6. Unlike an upper percentile, that level is set
+# by the typical cell, not by the few brightest ones, nor by how much of the image cells cover.
+# Measured on 8 generated 256x256 images per case (median normalised cell brightness above the
+# background; share of cells below 0.2):
+#                      standard   shift-brightness   standard, 4 cells per 256x256
+#   percentile 1/99.8    0.49         0.32; 20 %          0.61
+#   percentile 1/98      0.64         0.41; 11 %          0.97  (sparse images stretched)
+#   foreground           0.52         0.38; 13 %          0.55
+# (`predict.FOREGROUND_LEVEL`; "percentile" remains available for older checkpoints.)
+DEFAULT_NORMALIZATION: dict[str, Any] = {"method": "foreground", "low": 1.0, "level": 0.6}
+FOREGROUND_SMOOTH = 1.0   # px: Gaussian smoothing before Otsu's threshold, so noise does not
+                          # decide which pixels count as foreground
 
 
 def to_gray(image: np.ndarray, *, who: str = "image") -> np.ndarray:
@@ -65,7 +75,11 @@ def normalize(image: np.ndarray, normalization: dict[str, Any] | None = None, *,
     """Turn a raw image into the float32 (H, W) gray image the network was trained on.
 
     normalization["method"]:
-      "percentile" (default): (x - p_low) / (p_high - p_low) with the image's own percentiles
+      "foreground" (default): (x - p_low) / (m - p_low) * level, p_low the image's `low`
+                   percentile (1), m the median of the pixels above Otsu's threshold of the
+                   image smoothed by FOREGROUND_SMOOTH px: the typical cell lands at `level`
+                   (0.6) however bright its few brightest neighbours are; not clipped.
+      "percentile": (x - p_low) / (p_high - p_low) with the image's own percentiles
                    `low` and `high` (1 and 99.8 by default); not clipped.
       "range":     integers divided by their dtype's maximum (uint8 / 255, uint16 / 65535);
                    floats taken as they are.
@@ -78,7 +92,13 @@ def normalize(image: np.ndarray, normalization: dict[str, Any] | None = None, *,
         raise ValueError(f"{who}: contains NaN or inf values ({int((~np.isfinite(gray)).sum())} "
                          "pixels); fix or mask them before predicting")
     method = norm.get("method")
-    if method == "percentile":
+    if method == "foreground":
+        lo = np.percentile(gray, norm.get("low", 1.0))
+        scale = (foreground_median(gray) - lo) / norm.get("level", 0.6)
+        if not scale > 0:  # a flat image: nothing to stretch, just centre it
+            scale = 1.0
+        out = (gray - lo) / scale
+    elif method == "percentile":
         lo, hi = np.percentile(gray, [norm.get("low", 1.0), norm.get("high", 99.8)])
         scale = hi - lo
         if scale <= 0:  # a flat image: nothing to stretch, just centre it
@@ -92,9 +112,21 @@ def normalize(image: np.ndarray, normalization: dict[str, Any] | None = None, *,
     elif method == "none":
         out = gray
     else:
-        raise ValueError(f"normalize: unknown method {method!r}; use 'percentile', 'range' "
-                         "or 'none'")
+        raise ValueError(f"normalize: unknown method {method!r}; use 'foreground', "
+                         "'percentile', 'range' or 'none'")
     return out.astype(np.float32)
+
+
+def foreground_median(gray: np.ndarray) -> float:
+    """Median of the pixels of gray (H, W) above Otsu's threshold of its smoothed copy."""
+    from scipy.ndimage import gaussian_filter
+    from skimage.filters import threshold_otsu
+
+    smooth = gaussian_filter(gray, FOREGROUND_SMOOTH)
+    if smooth.max() <= smooth.min():
+        return float(smooth.max())
+    above = gray[smooth > threshold_otsu(smooth)]
+    return float(np.median(above)) if above.size else float(gray.max())
 
 
 def size_multiple(model: Module) -> int:
@@ -120,7 +152,8 @@ def receptive_radius(depth: int) -> int:
 
 def predict(model: Module, image: np.ndarray, *, tile: int = 256, margin: int | None = None,
             batch_size: int = 4, normalization: dict[str, Any] | None = None,
-            normalized: bool = False, progress: bool = False) -> np.ndarray:
+            normalized: bool = False, scale: float = 1.0,
+            progress: bool = False) -> np.ndarray:
     """Class probabilities (Kc, H, W) float32 for one image of any size.
 
     model:        a U-Net (or any Module with `depth`) mapping (N, Cin, h, w) -> (N, Kc, h, w)
@@ -132,11 +165,24 @@ def predict(model: Module, image: np.ndarray, *, tile: int = 256, margin: int | 
                   up to a multiple of 2**depth, which makes tiling seamless)
     batch_size:   tiles per forward pass (memory grows with it)
     normalization: the settings stored in the checkpoint (default DEFAULT_NORMALIZATION)
+    scale:        resize the normalised image by this factor before the network and the
+                  probabilities back to (H, W) after it: objects of diameter d px are seen at
+                  d * scale px (`rescale.scale_for(d, checkpoint diameter)`; 1 = as they are)
     progress:     a progress bar over the tile batches on a terminal (for large images; quiet
                   when stderr is not a terminal or the image is one batch)
     """
     x = (np.asarray(image, dtype=np.float32) if normalized
          else normalize(image, normalization))
+    if scale != 1.0:
+        from . import rescale
+
+        if not (np.isfinite(scale) and scale > 0):
+            raise ValueError(f"predict: scale must be a positive number, got {scale!r}")
+        small = rescale.resize(x, rescale.scaled_shape(x.shape, scale), order=1)
+        probs = predict(model, small, tile=tile, margin=margin, batch_size=batch_size,
+                        normalized=True, progress=progress)
+        probs = np.clip(rescale.resize(probs, x.shape, order=1), 0.0, 1.0)   # (Kc, H, W)
+        return probs / probs.sum(axis=0, keepdims=True)
     if x.ndim != 2:
         raise ValueError(f"predict: expected one (H, W) image, got shape {x.shape}")
     if normalized and not np.isfinite(x).all():

@@ -56,23 +56,28 @@ def training_samples(images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
     return xs, ts, ws
 
 
-MIN_SIZE_FRACTION = 0.25  # smallest kept object: a quarter of the 1st-percentile training cell
+MIN_SIZE_FRACTION = 0.15  # smallest kept object: 15 % of the median training cell's area
 MIN_SIZE_FLOOR = 4        # never keep objects of fewer pixels than this
 
 
 def postprocess_settings(labels: np.ndarray) -> dict[str, int]:
     """`to_instances` settings learned from the training labels (n, H, W), stored with the model.
 
-    min_size: objects smaller than a quarter of the 1st-percentile cell area of the training
-    set are removed (debris the network half-detects is smaller than any real cell, while a
-    cell cut by the image border is rarely that small). Cells of 150 px give 38 px; the
-    notebook's 13-px blobs give the floor of 4 px.
+    min_size: objects smaller than 15 % of the median training cell's area are removed. Debris
+    the network half-detects is far smaller than a typical cell, while a cell cut by the image
+    border is rarely that small. Measured with the bundled `nuclei` model (8 images per preset,
+    object F1@0.5 for min_size 11 / 30 / 45 / 60 / 80 px; its training cells' median area is
+    about 400 px): standard 0.909 / 0.941 / 0.952 / 0.969 / 0.981, shift-sizes (12 % small
+    fragments) 0.890 / 0.925 / 0.915 / 0.928 / 0.924, shift-distractors 0.850 / 0.893 / 0.926 /
+    0.968 / 0.984. (The rule before, a quarter of the 1st-percentile area, gave 11 px on
+    training sets with small fragments.) Cells of 150 px give 22 px; the notebook's 13-px
+    blobs give the floor of 4 px.
     """
     areas = np.concatenate([np.bincount(np.asarray(lab).ravel())[1:] for lab in labels])
     areas = areas[areas > 0]
     if areas.size == 0:
         return {"min_size": MIN_SIZE_FLOOR}
-    return {"min_size": max(MIN_SIZE_FLOOR, int(MIN_SIZE_FRACTION * np.percentile(areas, 1)))}
+    return {"min_size": max(MIN_SIZE_FLOOR, int(MIN_SIZE_FRACTION * np.median(areas)))}
 
 
 def make_augment(**knobs: Any) -> Callable:
@@ -90,10 +95,13 @@ def make_augment(**knobs: Any) -> Callable:
 
 def segment(model: Module, image: np.ndarray, normalization: dict[str, Any] | None = None, *,
             tile: int = 256, batch_size: int = 4, normalized: bool = False,
-            progress: bool = False, **postprocess: Any) -> tuple[np.ndarray, np.ndarray]:
-    """One raw image (any size) -> (instance labels (H, W) int32, probabilities (Kc, H, W))."""
+            progress: bool = False, scale: float = 1.0,
+            **postprocess: Any) -> tuple[np.ndarray, np.ndarray]:
+    """One raw image (any size) -> (instance labels (H, W) int32, probabilities (Kc, H, W)).
+    scale: as in `predict` (objects resized by this factor for the network)."""
     probs = predict(model, image, tile=tile, batch_size=batch_size,
-                    normalization=normalization, normalized=normalized, progress=progress)
+                    normalization=normalization, normalized=normalized, progress=progress,
+                    scale=scale)
     return to_instances(probs, **postprocess), probs
 
 

@@ -31,7 +31,7 @@ def test_generate_train_predict_evaluate(trained_run, tmp_path):
     for name in ("config.json", "log.jsonl", "last.npz", "best.npz", "curves.png"):
         assert (run / name).is_file(), name
     ckpt = mu.load(run / "best.npz")
-    assert ckpt.metadata["normalization"]["method"] == "percentile"
+    assert ckpt.metadata["normalization"]["method"] == "foreground"   # the default
 
     # predict on images that are not tile-sized, in every accepted format
     inputs = tmp_path / "inputs"

@@ -236,3 +236,73 @@ def test_paint_kernels_match_reference(dtype, rtol):
         _, want = paint_reference(table, H, W, mode, levels=levels, soft=2.5, dtype=dtype)
         np.testing.assert_allclose(layer, want, rtol=rtol, atol=np.finfo(dtype).tiny)
         assert layer.max() > 0
+
+
+# ---- the real-image knobs: brightness spread, elongation, sizes, exposure, SNR ---------------
+
+def cell_stats(preset, n=4, size=(256, 256), seed=12, **kw):
+    """Per-cell brightness above the background (clean camera), eccentricity, area; SNR."""
+    images, labels, _ = mu.data.generate(n, preset, size=size, seed=seed, **kw)
+    bright, ecc, area = [], [], []
+    for image, lab in zip(images, labels, strict=True):
+        bg = np.median(image[~binary_dilation(lab > 0, iterations=4)])
+        for region in regionprops(lab):
+            bright.append(np.median(image[lab == region.label]) - bg)
+            ecc.append(region.eccentricity)
+            area.append(region.area)
+    bright = np.array(bright)
+    return {"spread": np.percentile(bright, 95) / np.percentile(bright, 5),
+            "bright_share": np.mean(bright > 2.5 * np.median(bright)),
+            "ecc": np.median(ecc), "ecc_max": np.max(ecc), "area": np.array(area),
+            "snr": np.median(bright) / noise_std(images, labels)}
+
+
+def test_brightness_spread_is_heavy_tailed():
+    base = cell_stats("standard", **CLEAN)
+    spread = cell_stats("shift-brightness", **CLEAN)
+    assert base["spread"] < 3.0 and base["bright_share"] == 0.0
+    assert spread["spread"] > 5.0                      # real nuclei: about 6
+    assert 0.01 < spread["bright_share"] < 0.2         # a few very bright cells, not many
+    # a quarter of the cells 3 x brighter (dim enough not to saturate)
+    quarter = cell_stats("standard", bright_fraction=0.25, bright_gain=3.0, contrast=0.2,
+                         **CLEAN)
+    assert 0.1 < quarter["bright_share"] < 0.35
+
+
+def test_elongation_reaches_three_to_one():
+    base, long = cell_stats("standard"), cell_stats("shift-elongated")
+    assert base["ecc"] < 0.6 < 0.72 < long["ecc"]      # real nuclei: median 0.78
+    assert long["ecc_max"] > 0.92                      # 3 : 1 is eccentricity 0.94
+    # the cap holds: nearly every cell at the cap, 1.5 : 1 (eccentricity 0.75) or 3 : 1 (0.94)
+    capped = cell_stats("standard", elongation=3.0, max_aspect=1.5, irregularity=0.0, **CLEAN)
+    free = cell_stats("standard", elongation=3.0, max_aspect=3.0, irregularity=0.0, **CLEAN)
+    assert 0.65 < capped["ecc"] < 0.8 < 0.9 < free["ecc"]
+
+
+def test_sizes_range_from_fragments_to_large_cells():
+    base, wide = cell_stats("standard")["area"], cell_stats("shift-sizes")["area"]
+    assert np.percentile(wide, 2) < 0.5 * np.percentile(base, 2)
+    assert wide.max() > 1.1 * base.max()
+    assert wide.min() >= preset_params("shift-sizes")["min_size"]
+
+
+def test_broad_is_noisier_and_varies_per_image():
+    assert cell_stats("broad")["snr"] < 0.8 * cell_stats("standard")["snr"]
+    images, labels, _ = mu.data.generate(8, "broad", size=(96, 96), seed=3)
+    backgrounds = [np.median(im[lab == 0]) for im, lab in zip(images, labels, strict=True)]
+    fixed, fixed_labels, _ = mu.data.generate(8, "standard", size=(96, 96), seed=3)
+    fixed_bg = [np.median(im[lab == 0]) for im, lab in zip(fixed, fixed_labels, strict=True)]
+    assert np.std(backgrounds) > 3 * np.std(fixed_bg)  # per-image gain and offset
+    offset, _, _ = mu.data.generate(3, size=SIZE, seed=4, offset=0.3, **CLEAN)
+    plain, _, _ = mu.data.generate(3, size=SIZE, seed=4, **CLEAN)
+    assert np.median(offset) > np.median(plain) + 0.02
+    check_exact_labels(labels, preset_params("broad")["min_size"])
+
+
+def test_broad_is_documented_knob_by_knob():
+    from minunet.data.presets import BROAD_CHANGES
+
+    params = preset_params("broad")
+    assert {k for k in STANDARD if params[k] != STANDARD[k]} == set(BROAD_CHANGES)
+    for knob in BROAD_CHANGES:
+        assert knob in mu.data.PRESETS["broad"]

@@ -19,6 +19,7 @@ import minunet as mu  # noqa: E402
 from minunet import workflow  # noqa: E402
 from minunet.cli import main  # noqa: E402
 from minunet.data.lazy import FolderSet, ZarrSet, write_zarr_set  # noqa: E402
+from minunet.predict import DEFAULT_NORMALIZATION  # noqa: E402
 from minunet.scaleout import common, large, predict_files, segment_large  # noqa: E402
 
 PERCENTILE = {"method": "percentile", "low": 1.0, "high": 99.8}
@@ -270,12 +271,14 @@ def test_lazy_sets_train_exactly_as_arrays(cells):
 
 
 def test_train_command_reads_data_lazily_with_the_same_result(cells, tmp_path):
-    root = cells[0]
+    root, images, labels = cells
+    store = tmp_path / "cells.zarr"  # written with the command's own normalisation
+    write_zarr_set(store, images, labels, normalization=DEFAULT_NORMALIZATION)
     common = ["--epochs", "1", "--batch-size", "4", "--crop", "32", "--depth", "1", "--base",
               "4", "--val-fraction", "0.2"]
     runs = {"memory": ["--data", str(root / "cells")],
             "lazy": ["--data", str(root / "cells"), "--lazy"],
-            "zarr": ["--data", str(root / "cells.zarr")]}
+            "zarr": ["--data", str(store)]}
     for name, source in runs.items():
         assert main(["train", *source, "--out", str(tmp_path / name), *common]) == 0
     want = mu.load(tmp_path / "memory" / "last.npz")

@@ -1,4 +1,11 @@
-"""Named parameter sets: `standard`, the one-factor domain shifts, and the notebook's recipes.
+"""Named parameter sets: `standard`, `broad`, the one-factor domain shifts, the notebook's recipes.
+
+`standard` is narrow and easy: similar cells, similar images; it is what the teaching example
+trains on and the centre every `shift-*` preset moves away from. `broad` is the training preset
+for real images ("train wide, test narrow"): heavy-tailed per-cell brightness with a few very
+bright cells, per-image gain, offset and gamma, sizes from small fragments to large cells,
+elongation up to 3 : 1, touching cells without a dark gap, lower and varying signal-to-noise,
+varying blur. Its one-line description lists every knob it changes from `standard`.
 
 Every `shift-*` preset is `standard` with the knobs listed in `SHIFTS` changed and nothing else;
 its one-line description in `PRESETS` is built from that table, so it always says exactly what
@@ -13,7 +20,9 @@ STANDARD: dict[str, float] = {
     "radius": 11.0,            # mean cell radius, px
     "radius_std": 1.5,         # spread of radii, px
     "elongation": 0.2,         # aspect ratio = 1 + |N(0, elongation)|
+    "max_aspect": 2.5,         # ... capped at this ratio
     "irregularity": 0.05,      # amplitude of the outline's harmonic wiggles
+    "fragments": 0.0,          # probability that a cell is a small fragment (0.3-0.6 x radius)
     # crowding
     "density": 34.0,           # mean number of cells per 256 x 256 px
     "touching": 0.2,           # probability that a cell is placed against an earlier one
@@ -22,6 +31,9 @@ STANDARD: dict[str, float] = {
     # cell appearance
     "contrast": 0.4,           # mean brightness of a cell above the background
     "contrast_std": 0.08,      # spread of cell brightness
+    "brightness_sigma": 0.0,   # per-cell lognormal gain exp(N(0, sigma)): heavy-tailed brightness
+    "bright_fraction": 0.0,    # fraction of cells made bright_gain times brighter still
+    "bright_gain": 3.0,        # how much brighter those few cells are
     "edge_falloff": 0.3,       # rim is dimmer than the centre by this fraction
     "texture": 0.12,           # relative amplitude of smooth internal texture
     "texture_scale": 2.0,      # correlation length of the texture, px
@@ -39,7 +51,26 @@ STANDARD: dict[str, float] = {
     "blur": 1.0,               # Gaussian PSF std, px
     "photons": 400.0,          # expected photons at intensity 1 (shot noise)
     "read_noise": 0.015,       # Gaussian read-noise std
+    # per-image exposure (0 = the same for every image)
+    "gain_spread": 0.0,        # image gain exp(U(-s, s))
+    "gamma_spread": 0.0,       # image gamma exp(U(-s, s))
+    "offset": 0.0,             # image offset U(0, offset)
+    "blur_spread": 0.0,        # image blur = blur * U(1 - s, 1 + s)
+    "photons_spread": 0.0,     # image photons = photons * exp(U(-s, s))
 }
+
+# "train wide, test narrow": what `broad` changes relative to `standard`
+BROAD_CHANGES: dict[str, float] = {
+    "radius": 12.0, "radius_std": 3.0, "fragments": 0.08,          # fragments to large cells
+    "elongation": 0.7, "max_aspect": 3.0, "irregularity": 0.08,     # elongated, up to 3 : 1
+    "touching": 0.3, "edge_falloff": 0.1,                           # touching, no dark gap
+    "brightness_sigma": 0.5, "bright_fraction": 0.04,               # a few very bright cells
+    "texture": 0.15, "gradient": 0.2, "vignetting": 0.2,
+    "blur": 1.4, "blur_spread": 0.5,                                # 0.7-2.1 px PSF
+    "photons": 200.0, "photons_spread": 0.9, "read_noise": 0.02,    # lower, varying SNR
+    "gain_spread": 0.4, "gamma_spread": 0.3, "offset": 0.1,         # per-image exposure
+}
+BROAD: dict[str, float] = {**STANDARD, **BROAD_CHANGES}
 
 # name -> (what it models, the knobs it changes relative to `standard`)
 SHIFTS: dict[str, tuple[str, dict[str, float]]] = {
@@ -56,6 +87,12 @@ SHIFTS: dict[str, tuple[str, dict[str, float]]] = {
     "shift-distractors": ("more and brighter debris and out-of-focus blobs",
                           {"debris": 12.0, "debris_intensity": 0.33, "blobs": 6.0,
                            "blob_intensity": 0.17}),
+    "shift-brightness": ("heavy-tailed cell brightness, a few very bright cells",
+                         {"brightness_sigma": 0.6, "bright_fraction": 0.03}),
+    "shift-elongated": ("elongated cells, up to 3 : 1",
+                        {"elongation": 0.9, "max_aspect": 3.0}),
+    "shift-sizes": ("a wide range of sizes, small fragments included",
+                    {"radius_std": 3.5, "fragments": 0.12}),
     "shift-combined": ("several moderate shifts at once",
                        {"radius": 9.0, "density": 45.0, "touching": 0.4, "photons": 200.0,
                         "read_noise": 0.025, "blur": 1.5, "contrast": 0.3, "gradient": 0.3,
@@ -104,7 +141,9 @@ def _describe_shift(what: str, changes: dict[str, float]) -> str:
 PRESETS: dict[str, str] = {
     "standard": (f"star-convex cells, radius ~{STANDARD['radius']:g} px, "
                  f"~{STANDARD['density']:g} per 256x256, some touching, mild blur and noise, "
-                 "uneven background, a few unlabelled distractors"),
+                 "uneven background, a few unlabelled distractors (narrow: for teaching)"),
+    "broad": _describe_shift("the variety of real images (train wide, test narrow)",
+                             BROAD_CHANGES).replace("standard with", "the training preset:", 1),
     **{name: _describe_shift(what, changes) for name, (what, changes) in SHIFTS.items()},
     "reference": ("the notebook's recipe: 75-199 pixel-cloud cells (sigma 1) on uniform noise, "
                   "4000-7999 salt pixels, 50-149 distractor clouds"),
@@ -121,7 +160,7 @@ def preset_params(preset: str) -> dict:
         return {k: (list(v) if isinstance(v, list) else v) for k, v in REFERENCE.items()}
     if preset == "reference-shifted":
         return {k: (list(v) if isinstance(v, list) else v) for k, v in REFERENCE_SHIFTED.items()}
-    params = dict(STANDARD)
+    params = dict(BROAD if preset == "broad" else STANDARD)
     if preset in SHIFTS:
         params.update(SHIFTS[preset][1])
     return params

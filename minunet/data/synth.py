@@ -4,7 +4,9 @@ noisy microscope. One call draws one image and its exact instance labels.
 The model, in the order it is drawn (every knob lives in `presets.STANDARD`):
 
 1. Outlines. Each cell is an ellipse of mean radius `radius` (px, std `radius_std`) with aspect
-   ratio 1 + |N(0, elongation)| and a random orientation, whose radius is multiplied by
+   ratio 1 + |N(0, elongation)| (at most `max_aspect`) and a random orientation; with
+   probability `fragments` it is a small fragment instead, its radius times U(FRAGMENT_SCALE).
+   The ellipse's radius is multiplied by
    1 + sum_j a_j cos(j psi + phase_j), j = 2..5, a_j ~ U(0, irregularity) * 2 / j: a star-convex
    outline that bends at low orders and wrinkles at high ones.
 2. Placement. The cell count is Poisson(density) per 256x256 px of image. With probability
@@ -15,9 +17,12 @@ The model, in the order it is drawn (every knob lives in `presets.STANDARD`):
 3. Labels. Cells are painted in order, so a later cell occludes an earlier one; then
    `instances.make_connected` makes every id one 4-connected piece of >= min_size pixels.
 4. Intensity. Each cell gets a brightness above background ~ N(contrast, contrast_std) (clipped
-   to [0.5, 1.5] * contrast), dimmed towards its rim by (1 - edge_falloff * rho^2) (rho = 0 at the
-   centre, 1 on the outline), times (1 + texture * T), T a smooth unit-variance random field of
-   correlation length `texture_scale` px.
+   to [0.5, 1.5] * contrast), times a heavy-tailed gain exp(N(0, brightness_sigma)) (median 1;
+   sigma 0.6 gives a p95 : p5 spread of about 7), and with probability `bright_fraction` times
+   `bright_gain` more (the few very bright cells that set an image's top percentiles); dimmed
+   towards its rim by (1 - edge_falloff * rho^2) (rho = 0 at the centre, 1 on the outline),
+   times (1 + texture * T), T a smooth unit-variance random field of correlation
+   length `texture_scale` px.
 5. Unlabelled distractors: `debris` small bright irregular specks per 256x256 px (radius 2-4.5 px,
    brightness debris_intensity * U(0.6, 1.4), painted off the cells) and `blobs` out-of-focus
    cell-sized blobs (brightness blob_intensity * U(0.6, 1.4), edges softened as by a Gaussian
@@ -25,7 +30,11 @@ The model, in the order it is drawn (every knob lives in `presets.STANDARD`):
 6. Illumination. (background + cells + distractors) * (1 + linear gradient of total span
    `gradient` in a random direction - vignetting * r^2 / 2), r the distance from a slightly
    off-centre point in units of half the image side.
-7. Optics and camera. Gaussian PSF of `blur` px, Poisson shot noise with `photons` expected
+7. Per-image exposure (off in `standard`): the scene becomes gain * scene ** gamma + offset,
+   log gain ~ U(-gain_spread, gain_spread), log gamma ~ U(-gamma_spread, gamma_spread),
+   offset ~ U(0, offset); blur and photons vary per image by blur * U(1 - blur_spread,
+   1 + blur_spread) and photons * exp(U(-photons_spread, photons_spread)).
+8. Optics and camera. Gaussian PSF of `blur` px, Poisson shot noise with `photons` expected
    photons at intensity 1 (drawn as a normal of equal mean and variance where the mean count
    is >= 30), Gaussian read noise of std `read_noise`, clipped to [0, 1].
 """
@@ -41,7 +50,7 @@ from .instances import make_connected
 
 REFERENCE_AREA = 256 * 256          # densities are counts per 256 x 256 px of image
 HARMONIC_ORDERS = np.arange(2, 6)   # outline wiggles: 2 = bean, 3 = triangle, 4-5 = wrinkles
-MAX_ASPECT_EXCESS = 1.5             # aspect ratio capped at 2.5 so ellipses stay cell-like
+FRAGMENT_SCALE = (0.3, 0.6)         # a fragment's radius is this fraction of a cell's
 RADIUS_CLIP = (0.6, 1.5)            # a cell's radius stays within these multiples of `radius`
 PLACEMENT_TRIES = 30                # attempts to place one cell before giving up on it
 TOUCH_MIN_SEPARATION = 0.75         # a touching cell keeps its centre this far (x sum of radii)
@@ -70,6 +79,7 @@ def synth_image(rng: np.random.Generator, p: dict, size: tuple[int, int]
 
     contrast = np.clip(rng.normal(p["contrast"], p["contrast_std"], n),
                        CONTRAST_CLIP[0] * p["contrast"], CONTRAST_CLIP[1] * p["contrast"])
+    contrast *= _cell_gains(rng, p, n)
     brightness = np.concatenate([[0.0], contrast]).astype(np.float32)[labels]   # (H, W)
     texture = _smooth_field(rng, H, W, p["texture_scale"])
     cells = brightness * (1 - np.float32(p["edge_falloff"]) * rho**2)
@@ -80,20 +90,24 @@ def synth_image(rng: np.random.Generator, p: dict, size: tuple[int, int]
     scene += cells
     scene += np.float32(p["background"])
     scene *= _illumination(rng, p, H, W)
-    if p["blur"] > 0:
-        scene = gaussian_filter(scene, p["blur"], mode="reflect")
-    image = _camera(rng, scene, float(p["photons"]), float(p["read_noise"]))
+    scene, blur, photons = _exposure(rng, p, scene)
+    if blur > 0:
+        scene = gaussian_filter(scene, blur, mode="reflect")
+    image = _camera(rng, scene, photons, float(p["read_noise"]))
     return np.clip(image, 0.0, 1.0, out=image), labels
 
 
 # ---- outlines --------------------------------------------------------------------------------
 
 def _draw_shape(rng: np.random.Generator, radius: float, radius_std: float, elongation: float,
-                irregularity: float) -> tuple[np.ndarray, float]:
+                irregularity: float, max_aspect: float = 2.5, fragments: float = 0.0
+                ) -> tuple[np.ndarray, float]:
     """One outline as a shape-table row (see `kernels`), centre unset, and its mean radius."""
     r = float(np.clip(rng.normal(radius, radius_std), RADIUS_CLIP[0] * radius,
                       RADIUS_CLIP[1] * radius))
-    aspect = 1.0 + min(abs(rng.normal(0.0, elongation)), MAX_ASPECT_EXCESS)
+    if fragments > 0 and rng.random() < fragments:     # drawn only when on: `standard` unchanged
+        r *= rng.uniform(*FRAGMENT_SCALE)
+    aspect = 1.0 + min(abs(rng.normal(0.0, elongation)), max(max_aspect - 1.0, 0.0))
     amps = irregularity * rng.random(HARMONIC_ORDERS.size) * 2.0 / HARMONIC_ORDERS
     theta = rng.uniform(0.0, np.pi)
     phases = rng.uniform(0.0, 2 * np.pi, HARMONIC_ORDERS.size)
@@ -115,7 +129,7 @@ def _place_cells(rng: np.random.Generator, p: dict, H: int, W: int, area_ratio: 
     k = 0
     for _ in range(n_target):
         row, r = _draw_shape(rng, p["radius"], p["radius_std"], p["elongation"],
-                             p["irregularity"])
+                             p["irregularity"], p["max_aspect"], p["fragments"])
         touch = k > 0 and rng.random() < p["touching"]
         for _try in range(PLACEMENT_TRIES):
             if touch:
@@ -195,6 +209,39 @@ def paint_reference(table: np.ndarray, H: int, W: int, mode: str,
     return (labels if mode == "cells" else None), layer
 
 
+# ---- brightness and exposure ---------------------------------------------------------------------
+
+def _cell_gains(rng: np.random.Generator, p: dict, n: int) -> np.ndarray:
+    """Per-cell brightness gains (n,): lognormal exp(N(0, brightness_sigma)), and bright_gain
+    for a fraction bright_fraction of cells. Nothing is drawn for a knob that is off, so
+    presets without them get the same images as before the knobs existed."""
+    gains = np.ones(n)
+    if p["brightness_sigma"] > 0:
+        gains *= np.exp(rng.normal(0.0, p["brightness_sigma"], n))
+    if p["bright_fraction"] > 0:
+        gains *= np.where(rng.random(n) < p["bright_fraction"], p["bright_gain"], 1.0)
+    return gains
+
+
+def _exposure(rng: np.random.Generator, p: dict, scene: np.ndarray
+              ) -> tuple[np.ndarray, float, float]:
+    """Per-image gain, gamma and offset applied to the scene (H, W), and this image's blur and
+    photon count. Draws only for the knobs that are on (see `_cell_gains`)."""
+    blur, photons = float(p["blur"]), float(p["photons"])
+    if p["gamma_spread"] > 0:
+        gamma = np.exp(rng.uniform(-p["gamma_spread"], p["gamma_spread"]))
+        scene = np.clip(scene, 0.0, None) ** np.float32(gamma)
+    if p["gain_spread"] > 0:
+        scene = scene * np.float32(np.exp(rng.uniform(-p["gain_spread"], p["gain_spread"])))
+    if p["offset"] > 0:
+        scene = scene + np.float32(rng.uniform(0.0, p["offset"]))
+    if p["blur_spread"] > 0:
+        blur *= rng.uniform(1.0 - p["blur_spread"], 1.0 + p["blur_spread"])
+    if p["photons_spread"] > 0:
+        photons *= np.exp(rng.uniform(-p["photons_spread"], p["photons_spread"]))
+    return scene.astype(np.float32, copy=False), blur, photons
+
+
 # ---- distractors, illumination, texture ----------------------------------------------------------
 
 def _debris(rng: np.random.Generator, p: dict, labels: np.ndarray, area_ratio: float
@@ -227,7 +274,7 @@ def _blobs(rng: np.random.Generator, p: dict, H: int, W: int, area_ratio: float)
     levels = np.zeros(n, np.float32)
     for k in range(n):
         table[k], _ = _draw_shape(rng, p["radius"] * rng.uniform(*BLOB_RADIUS), 0.0,
-                                  p["elongation"], p["irregularity"])
+                                  p["elongation"], p["irregularity"], p["max_aspect"])
         table[k, K.CY], table[k, K.CX] = rng.uniform((0.0, 0.0), (H, W))
         table[k, K.REACH] += BLOB_EDGE_SIGMAS * soft      # room for the soft edge
         levels[k] = p["blob_intensity"] * rng.uniform(*INTENSITY_SPREAD)

@@ -12,7 +12,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 #: name -> one line saying what the model is for and how it was trained
-PRETRAINED: dict[str, str] = {}
+PRETRAINED: dict[str, str] = {
+    "nuclei": ("fluorescent nuclei (bright objects on a dark background, ~10-40 px across): "
+               "U-Net depth 3, base 16, trained on the `broad` generator by "
+               "bench/train_pretrained.py"),
+}
 
 
 def pretrained_path(name: str) -> Path | None:

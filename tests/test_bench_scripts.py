@@ -1,0 +1,37 @@
+"""The commands behind the bundled model and the accuracy table run end to end (quick mode).
+
+    python -m pytest -m slow tests/test_bench_scripts.py      # about a minute and a half
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import minunet as mu
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def run(script: str, *args: str) -> str:
+    result = subprocess.run([sys.executable, str(BENCH / script), *args],
+                            capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_train_pretrained_quick_writes_a_self_describing_model(tmp_path):
+    out = tmp_path / "nuclei.npz"
+    run("train_pretrained.py", "--quick", "--out", str(out), "--run-dir", str(tmp_path / "run"))
+    meta = mu.load(out).metadata
+    assert {"normalization", "postprocess", "diameter", "recipe"} <= set(meta)
+
+
+@pytest.mark.slow
+def test_accuracy_quick_writes_the_table(tmp_path):
+    stdout = run("accuracy.py", "--quick", "--only", "reference", "--out", str(tmp_path))
+    table = (tmp_path / "table.md").read_text()
+    assert "reference-shifted, diameter auto" in table and "ceiling" in table
+    assert "reference-shifted" in stdout

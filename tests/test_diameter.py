@@ -1,0 +1,68 @@
+"""Object scale at prediction: `mu.segment(..., diameter=)` and `minunet predict --diameter`
+rescale the image to the object size the model was trained on, and agree with each other."""
+
+import json
+
+import numpy as np
+import tifffile
+
+import minunet as mu
+from minunet.cli import main
+
+
+def _shrunken_cells(factor: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Standard cells drawn at twice the size, then shrunk: objects half the trained size."""
+    from minunet.rescale import resize
+
+    images, labels, _ = mu.data.generate(1, "standard", size=(256, 256), seed=5)
+    small = resize(images[0].astype(np.float32), (128, 128), order=1)
+    small_labels = labels[0][::2, ::2]
+    return small, small_labels
+
+
+def test_segment_with_a_diameter_equals_the_command(tmp_path, capsys):
+    image, _ = _shrunken_cells()
+    ckpt = mu.load("nuclei")
+    d = ckpt.metadata["diameter"] / 2
+    want = mu.segment(ckpt, image, diameter=d)
+    assert want.max() > 0
+    plain = mu.segment(ckpt, image)
+    assert not np.array_equal(want, plain)  # the rescale took effect
+    tifffile.imwrite(tmp_path / "im.tif", image)
+    assert main(["predict", "--model", "nuclei", str(tmp_path / "im.tif"), "--out",
+                 str(tmp_path / "out"), "--diameter", str(d)]) == 0
+    assert np.array_equal(tifffile.imread(tmp_path / "out" / "im.tif"), want)
+
+
+def test_diameter_arguments_are_checked(tmp_path, capsys):
+    image = np.zeros((64, 64), np.float32)
+    tifffile.imwrite(tmp_path / "im.tif", image)
+    for bad in ("-3", "big", "0"):
+        try:
+            main(["predict", "--model", "nuclei", str(tmp_path / "im.tif"), "--out",
+                  str(tmp_path / "out"), "--diameter", bad])
+        except SystemExit as stop:  # argparse: exit 2 with a message
+            assert stop.code == 2
+        else:
+            raise AssertionError(f"--diameter {bad} was accepted")
+        assert "--diameter" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_stores_the_object_diameter_and_an_old_model_is_refused(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "standard", "--n", "6", "--size", "64", "--epochs", "1",
+                 "--depth", "1", "--base", "4", "--crop", "32", "--out", str(run)]) == 0
+    meta = mu.load(run).metadata
+    assert 10 < meta["diameter"] < 40
+    # a checkpoint without the diameter (an older model) cannot rescale: exit 2, nothing written
+    ckpt = mu.load(run / "best.npz")
+    del ckpt.metadata["diameter"]
+    mu.save(ckpt.model, tmp_path / "old.npz", **ckpt.metadata)
+    tifffile.imwrite(tmp_path / "im.tif", np.zeros((64, 64), np.float32))
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "old.npz"), str(tmp_path / "im.tif"), "--out",
+                 str(tmp_path / "out"), "--diameter", "12"]) == 2
+    assert "diameter" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    json.dumps(meta)  # the stored metadata stays JSON

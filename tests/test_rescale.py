@@ -1,0 +1,80 @@
+"""Object scale: measured and estimated diameters, and prediction at another scale."""
+
+import numpy as np
+import pytest
+
+import minunet as mu
+from minunet import rescale
+from minunet.predict import predict
+
+
+def disc_labels(shape, centres, radius):
+    rows, cols = np.indices(shape)
+    lab = np.zeros(shape, np.int32)
+    for k, (cy, cx) in enumerate(centres, start=1):
+        lab[(rows - cy) ** 2 + (cols - cx) ** 2 <= radius**2] = k
+    return lab
+
+
+def test_object_diameter_of_discs():
+    lab = disc_labels((80, 90), [(20, 20), (20, 60), (60, 40)], 9)
+    assert rescale.object_diameter(lab) == pytest.approx(18.0, rel=0.03)
+    assert rescale.object_diameter(lab[None]) == rescale.object_diameter(lab)
+    with pytest.raises(ValueError, match="no objects"):
+        rescale.object_diameter(np.zeros((5, 5), np.int32))
+
+
+@pytest.mark.parametrize("preset", ["shift-small", "standard", "shift-large", "reference",
+                                    "reference-shifted", "shift-brightness"])
+def test_estimated_diameter_is_close(preset):
+    images, labels, _ = mu.data.generate(1, preset, size=(192, 192), seed=21)
+    for image, lab in zip(images, labels, strict=True):
+        ratio = rescale.estimate_diameter(image) / rescale.object_diameter(lab)
+        assert 0.75 < ratio < 1.3, (preset, ratio)
+
+
+def test_estimate_scales_with_the_image():
+    image = mu.data.generate(1, size=(128, 128), seed=2)[0][0]
+    big = rescale.resize(image, (256, 256), order=1)
+    ratio = rescale.estimate_diameter(big) / rescale.estimate_diameter(image)
+    assert 1.6 < ratio < 2.5
+    with pytest.raises(ValueError, match="no blob"):
+        rescale.estimate_diameter(np.zeros((32, 32)))
+
+
+def test_scale_for_and_postprocess_at():
+    assert rescale.scale_for(40.0, 20.0) == 0.5
+    with pytest.raises(ValueError, match="positive"):
+        rescale.scale_for(0.0, 20.0)
+    with pytest.raises(ValueError, match="outside"):
+        rescale.scale_for(400.0, 20.0)
+    post = rescale.postprocess_at({"min_size": 30}, 0.5)
+    assert post["min_size"] == 120 and post["min_seed_size"] == 16
+
+
+def test_predict_at_another_scale():
+    model = mu.UNet(1, 3, depth=2, base_channels=4, rng=np.random.default_rng(0))
+    image = np.random.default_rng(1).random((40, 56)).astype(np.float32)
+    probs = predict(model, image, normalized=True, scale=0.5)
+    assert probs.shape == (3, 40, 56)
+    np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-5)
+    small = rescale.resize(image, (20, 28), order=1)
+    expected = rescale.resize(predict(model, small, normalized=True), (40, 56), order=1)
+    np.testing.assert_allclose(probs, expected / expected.sum(axis=0), atol=1e-5)
+    np.testing.assert_array_equal(predict(model, image, normalized=True, scale=1.0),
+                                  predict(model, image, normalized=True))
+    with pytest.raises(ValueError, match="scale"):
+        predict(model, image, normalized=True, scale=-1.0)
+
+
+def test_plan_reads_the_checkpoint_diameter():
+    meta = {"postprocess": {"min_size": 40}, "diameter": 20.0}
+    image = mu.data.generate(1, "shift-large", size=(128, 128), seed=1)[0][0]
+    assert rescale.plan(image, meta, None) == (1.0, {"min_size": 40})
+    assert rescale.plan(image, meta, 40.0) == (0.5, {"min_size": 160, "min_seed_size": 16})
+    scale, post = rescale.plan(image, meta, "auto")
+    assert 0.5 < scale < 0.9 and post["min_size"] > 40           # large cells: shrink
+    with pytest.raises(ValueError, match="does not record"):
+        rescale.plan(image, {"postprocess": {}}, 30.0)
+    with pytest.raises(ValueError, match="'auto'"):
+        rescale.plan(image, meta, "big")
