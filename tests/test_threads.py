@@ -101,3 +101,26 @@ def test_conv_in_bands_of_one_row_matches_reference(monkeypatch, n_threads, dtyp
                                        else 1e-12)
     finally:
         threads.set_num_threads(before)
+
+
+def test_weight_gradient_does_not_depend_on_which_thread_ran_what(monkeypatch):
+    """Training must be reproducible: dw may not depend on the order items ran in or on
+    which thread (slot) ran each one. A stand-in pool runs the items in a scrambled order on
+    changing slots and must give the same bits as running them in order on one slot."""
+    monkeypatch.setattr(kernels, "COL_BYTES", 64)  # many (image, band) pieces
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 3, 13, 11)).astype(np.float32)
+    dy = rng.standard_normal((5, 4, 13, 11)).astype(np.float32)
+
+    def in_order(fn, count):
+        for i in range(count):
+            fn(i, 0)
+
+    def scrambled(fn, count):
+        for i in reversed(range(count)):
+            fn(i, (7 * i) % 3)
+
+    monkeypatch.setattr(kernels, "parallel_for", in_order)
+    expected = kernels.conv2d_backward_weight(x, dy, 3, 1, 1)
+    monkeypatch.setattr(kernels, "parallel_for", scrambled)
+    np.testing.assert_array_equal(kernels.conv2d_backward_weight(x, dy, 3, 1, 1), expected)

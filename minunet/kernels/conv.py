@@ -260,14 +260,19 @@ def _adjoint(dy: np.ndarray, weight: np.ndarray, stride: int, padding: int, heig
     return dx
 
 
+WEIGHT_GRADIENT_GROUPS = 8  # partial sums of dw, a fixed number: see _weight_gradient
+
+
 def _weight_gradient(x: np.ndarray, dy: np.ndarray, kernel_size: int, stride: int,
                      padding: int) -> np.ndarray:
     """dw = sum_n dy[n] @ im2col(x)[n]^T.
 
-    x (N, Cin, H, W), dy (N, Cout, Ho, Wo) -> dw (Cout, Cin, K, K). Item (n, band) adds
-    dy[n, :, band] @ col(band)^T into its thread's own partial sum, and the partial sums are
-    added at the end: which items each thread took varies from run to run, so the last bits
-    of dw may too (float addition is not associative).
+    x (N, Cin, H, W), dy (N, Cout, Ho, Wo) -> dw (Cout, Cin, K, K). The (image, band) pieces
+    are split into at most WEIGHT_GRADIENT_GROUPS runs of consecutive pieces; each run is one
+    item that sums its pieces' dy @ col^T in order into its own partial dw, and the partial
+    sums are added in run order. The grouping depends only on the shapes, never on which
+    thread ran what or how many threads there are, so dw is the same to the last bit on every
+    run (training is reproducible).
     """
     N, Cin = x.shape[:2]
     _, Cout, Ho, Wo = dy.shape
@@ -275,26 +280,30 @@ def _weight_gradient(x: np.ndarray, dy: np.ndarray, kernel_size: int, stride: in
     x = np.ascontiguousarray(x)
     dy_rows = np.ascontiguousarray(dy).reshape(N, Cout, Ho * Wo)
     R, bands = _bands(Ho, Wo, Cin * K * K, x.itemsize)
-    partial: dict[int, np.ndarray] = {}
+    pieces = N * bands
+    groups = min(pieces, WEIGHT_GRADIENT_GROUPS)
+    partial = [None] * groups
 
-    def item(index: int, slot: int) -> None:
-        n, band = divmod(index, bands)
-        r0 = band * R
-        rows = min(R, Ho - r0)
-        col = _scratch.get(slot, "col", (Cin * K * K, rows * Wo), x.dtype)
-        im2col_rows(x, n, K, S, P, r0, Wo, col)
-        g = dy_rows[n, :, r0 * Wo:(r0 + rows) * Wo]                    # (Cout, R*Wo), a view
-        if slot not in partial:
-            partial[slot] = g @ col.T                                  # (Cout, Cin*K*K)
-        else:
-            product = _scratch.get(slot, "dw", (Cout, Cin * K * K), x.dtype)
-            np.matmul(g, col.T, out=product)
-            partial[slot] += product
+    def item(group: int, slot: int) -> None:
+        first, last = group * pieces // groups, (group + 1) * pieces // groups
+        for index in range(first, last):
+            n, band = divmod(index, bands)
+            r0 = band * R
+            rows = min(R, Ho - r0)
+            col = _scratch.get(slot, "col", (Cin * K * K, rows * Wo), x.dtype)
+            im2col_rows(x, n, K, S, P, r0, Wo, col)
+            g = dy_rows[n, :, r0 * Wo:(r0 + rows) * Wo]                # (Cout, R*Wo), a view
+            if partial[group] is None:
+                partial[group] = g @ col.T                             # (Cout, Cin*K*K)
+            else:
+                product = _scratch.get(slot, "dw", (Cout, Cin * K * K), x.dtype)
+                np.matmul(g, col.T, out=product)
+                partial[group] += product
 
-    parallel_for(item, N * bands)
-    dw = partial.pop(min(partial))
-    for slot in sorted(partial):
-        dw += partial[slot]
+    parallel_for(item, groups)
+    dw = partial[0]
+    for group in range(1, groups):
+        dw += partial[group]
     return dw.reshape(Cout, Cin, K, K)
 
 
