@@ -33,8 +33,7 @@ from typing import Any
 import numpy as np
 
 from .checks import check_array
-from .layers.activation import ReLU
-from .layers.batchnorm import BatchNorm2d
+from .layers.batchnorm import BatchNormReLU2d
 from .layers.concat import Concat
 from .layers.conv import Conv2d
 from .layers.conv_transpose import ConvTranspose2d
@@ -46,26 +45,28 @@ POOL = 2         # 2x2 max-pool, stride 2: halves H and W; the up-step's 2x2 str
 
 
 class DoubleConv(Module):
-    """(3x3 conv -> BatchNorm2d -> ReLU) twice: (N, Cin, H, W) -> (N, Cout, H, W)."""
+    """(3x3 conv -> BatchNorm2d -> ReLU) twice: (N, Cin, H, W) -> (N, Cout, H, W).
+
+    Each batch norm and the ReLU after it are one layer, BatchNormReLU2d: the same function
+    and parameters as BatchNorm2d followed by ReLU, in one pass over memory each way.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, rng: np.random.Generator) -> None:
         super().__init__()
         self.conv1 = Conv2d(in_channels, out_channels, CONV_KERNEL, padding=1, bias=False,
                             rng=rng)
-        self.bn1 = BatchNorm2d(out_channels)
-        self.relu1 = ReLU()
+        self.bn1 = BatchNormReLU2d(out_channels)
         self.conv2 = Conv2d(out_channels, out_channels, CONV_KERNEL, padding=1, bias=False,
                             rng=rng)
-        self.bn2 = BatchNorm2d(out_channels)
-        self.relu2 = ReLU()
+        self.bn2 = BatchNormReLU2d(out_channels)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        x = self.relu1(self.bn1(self.conv1(x)))     # (N, Cout, H, W)
-        return self.relu2(self.bn2(self.conv2(x)))  # (N, Cout, H, W)
+        x = self.bn1(self.conv1(x))     # (N, Cout, H, W), relu(bn(conv(x)))
+        return self.bn2(self.conv2(x))  # (N, Cout, H, W)
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
-        d = self.conv2.backward(self.bn2.backward(self.relu2.backward(dout)))  # (N, Cout, H, W)
-        return self.conv1.backward(self.bn1.backward(self.relu1.backward(d)))  # (N, Cin, H, W)
+        d = self.conv2.backward(self.bn2.backward(dout))  # (N, Cout, H, W)
+        return self.conv1.backward(self.bn1.backward(d))  # (N, Cin, H, W)
 
 
 class UNet(Module):
