@@ -46,6 +46,7 @@ CONFIGS = {  # name: (depth, base_channels, batch, size)
     "C1": (3, 8, 8, 64),
     "C2": (3, 16, 8, 128),
     "C3": (4, 32, 4, 256),
+    "C3@512": (4, 32, 4, 512),  # C3 at 4x the pixels: does the time per pixel stay put?
 }
 IN_CHANNELS, NUM_CLASSES = 1, 3
 THREADS = 2  # the machine's cores; PyTorch gets the same
@@ -237,6 +238,7 @@ def main() -> None:
                         help="also PyTorch with channels_last and a tuned malloc")
     parser.add_argument("--load", action="store_true",
                         help="also measure under a competing 2-thread load, print slowdowns")
+    parser.add_argument("--no-torch", action="store_true", help="time minunet alone")
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -251,11 +253,13 @@ def main() -> None:
         return
 
     try:
+        if args.no_torch:
+            raise ImportError
         import torch  # noqa: F401
         sides = ["minunet", "torch"] + (["torch-best"] if args.best else [])
     except ImportError:
         sides = ["minunet"]
-        print("(torch is not installed: minunet only)")
+        print("(minunet only)")
     conditions = ["idle", "loaded"] if args.load else ["idle"]
     print(f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')!r} "
           f"OPENBLAS_L2_SIZE={os.environ.get('OPENBLAS_L2_SIZE')!r}; {args.rounds} rounds "
@@ -279,7 +283,11 @@ def main() -> None:
                             results[side, cond].append(run_worker(side, config, mode, args.steps))
             blas_seen = blas_seen or results["minunet", "idle"][0]["blas"]
             for cond in conditions:
-                line = f"{config:<6} {mode:<6} {cond:<6} {gflop:>6.2f}"
+                pixels = CONFIGS[config][2] * CONFIGS[config][3] ** 2
+                t_minunet = statistics.median(statistics.median(x["times"])
+                                              for x in results["minunet", cond])
+                line = (f"{config:<6} {mode:<6} {cond:<6} {gflop:>6.2f} GFLOP "
+                        f"{t_minunet / pixels * 1e9:>6.1f} ns/pixel")
                 for side in sides:
                     r = results[side, cond]
                     t = statistics.median(statistics.median(x["times"]) for x in r)

@@ -7,15 +7,12 @@ A convolution is a matrix product once every receptive field is laid out as a co
     y   = w.reshape(Cout, -1) @ col # (N, Cout, Ho*Wo)
 
 The products go to the BLAS library NumPy ships (OpenBLAS), which reaches several times the
-speed of a hand-written loop nest. How the columns are built depends on the geometry:
-
-- stride 1 (every 3x3 and 1x1 conv of the U-Net): each im2col row is one contiguous slice of
-  the padded image, flattened row by row ("shifted rows", below), built one image at a time so
-  it stays in cache; the input gradient is the stride-1 convolution of dy with the flipped
-  weight, so no scatter-add is needed either;
-- kernel == stride, no padding (the U-Net's 2x2 stride-2 up-convolution): the windows tile the
-  image, so im2col and col2im are a reshape and a transpose;
-- anything else: the general Numba loops `im2col` and its adjoint `col2im` (scatter-add).
+speed of a hand-written loop nest. Every geometry takes the same route: the work is cut into
+items, one image and a band of output rows each, whose columns (`im2col_rows`, a GIL-free
+Numba loop) stay in the core's cache; the items run on minunet's thread pool (threads.py)
+with single-threaded BLAS, and each writes its rows of y straight from the product. The input
+gradient of a stride-1 convolution is the stride-1 convolution of dy with the flipped weight
+(no scatter-add); other geometries scatter-add one image per item (`col2im_image`).
 
 The six public functions are built from three computations, because a transposed convolution
 is the adjoint of a convolution:
