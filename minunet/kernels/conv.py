@@ -139,8 +139,11 @@ def im2col_rows(x: np.ndarray, n: int, kernel_size: int, stride: int, padding: i
                         continue
                     for j in range(lo):
                         col[row, base + j] = zero
-                    for j in range(lo, hi):
-                        col[row, base + j] = x[n, c, h, j * S - P + kw]
+                    if S == 1:  # a contiguous copy, as a slice: LLVM vectorises it
+                        col[row, base + lo:base + hi] = x[n, c, h, lo + kw - P:hi + kw - P]
+                    else:
+                        for j in range(lo, hi):
+                            col[row, base + j] = x[n, c, h, j * S - P + kw]
                     for j in range(hi, Wo):
                         col[row, base + j] = zero
 
