@@ -15,8 +15,9 @@ which is what the gradient checker uses.
 from . import data, metrics, viz
 from .checkpoint import Checkpoint, CheckpointError, load, save
 from .gradcheck import GradcheckError, GradcheckReport, gradcheck
+from .inference import segment
 from .layers.activation import ReLU
-from .layers.batchnorm import BatchNorm2d, BatchNormReLU2d
+from .layers.batchnorm import BatchNorm2d
 from .layers.concat import Concat
 from .layers.conv import Conv2d
 from .layers.conv_transpose import ConvTranspose2d
@@ -35,7 +36,6 @@ __all__ = [
     "SGD",
     "Adam",
     "BatchNorm2d",
-    "BatchNormReLU2d",
     "Checkpoint",
     "CheckpointError",
     "Concat",
@@ -64,6 +64,7 @@ __all__ = [
     "normalize",
     "predict",
     "save",
+    "segment",
     "to_instances",
     "train",
     "viz",

@@ -1,8 +1,19 @@
 """The `minunet` command: generate, train, predict, evaluate, gradcheck.
 
-Thin on purpose: each subcommand parses its arguments, checks its inputs up front, and calls the
-library. Exit codes: 0 success, 1 the work ran but failed (a gradient check failed, training
-diverged), 2 bad usage or bad input (a missing or unreadable file, a wrong checkpoint, ...).
+Thin on purpose: each subcommand parses its arguments, checks them all before it writes
+anything, and calls the library. Its rules for a user's files:
+
+- nothing given is overwritten: not an input, not an existing run (`--resume` continues one,
+  `--overwrite` replaces it), not an earlier output (`--overwrite` replaces those);
+- every file is written atomically (a temporary file beside it, renamed when complete) with
+  the user's umask; temporary files of a killed run are removed by the next one;
+- in a batch, a bad file is named with its problem and the others still run; the exit code
+  and a last summary line say how many failed.
+
+Exit codes: 0 success; 1 the work ran but failed (a gradient check failed, training diverged,
+out of memory); 2 bad usage or bad input (a missing or unreadable file, a wrong checkpoint, an
+output that would replace something; in a batch: at least one file failed); 130 interrupted
+(Ctrl-C), with a line saying how to continue.
 """
 
 from __future__ import annotations
@@ -12,6 +23,7 @@ import importlib
 import importlib.util
 import json
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -20,8 +32,21 @@ from typing import Any
 
 import numpy as np
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".npy")
+RUN_FILES = ("config.json", "log.jsonl", "last.npz", "best.npz", "curves.png")
+REPORT_FILES = ("report.png", "report.json", "report.md")
+OVERLAY_DIR, PROBS_DIR = "overlays", "probs"  # predict's extras, beside the label TIFFs
+MAX_DEPTH, MAX_BASE = 8, 1024  # what a checkpoint may hold (minunet.checkpoint's bounds)
+
+# `minunet train`'s defaults; the parser's defaults are None so that a value given with
+# --resume can be told from one left out.
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "preset": "standard", "n": 200, "size": (256, 256), "seed": 0, "val_fraction": 0.1,
+    "epochs": 20, "batch_size": 8, "lr": 3e-3, "depth": 3, "base": 16, "crop": 128,
+    "patience": None, "image_suffix": "_img", "mask_suffix": "_masks",
+}
+RESUME_MAY_CHANGE = ("epochs", "patience", "data")
 
 
 class InputError(Exception):
@@ -29,6 +54,8 @@ class InputError(Exception):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .train import TrainingDiverged
+
     parser = _parser()
     args = parser.parse_args(argv)
     if not getattr(args, "run", None):
@@ -36,6 +63,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     try:
         return args.run(args)
+    except KeyboardInterrupt:
+        print(f"minunet {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except TrainingDiverged as err:
+        print(f"minunet {args.command}: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    except MemoryError as err:
+        print(f"minunet {args.command}: error: out of memory ({err or 'MemoryError'}); use "
+              "smaller images, --tile or --batch-size", file=sys.stderr)
+        return EXIT_FAILED
     except (InputError, FileNotFoundError, NotADirectoryError, PermissionError, ValueError,
             TypeError, KeyError, OSError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
@@ -43,11 +80,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
 
 
+def _say(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
 # ------------------------------------------------------------------ generate
 def cmd_generate(args: argparse.Namespace) -> int:
     from . import data
 
-    out = _writable_dir(args.out)
+    if args.n < 1:
+        raise InputError(f"--n must be >= 1, got {args.n}")
+    out = Path(args.out)
+    if out.exists() and not args.overwrite and (
+            (out / "manifest.json").exists() or (out / "images").exists()
+            or (out / "labels").exists()):
+        raise InputError(f"--out {out} already holds a data set; give a new folder, or "
+                         "--overwrite to replace its files")
+    if args.preset not in data.PRESETS:
+        raise InputError(f"--preset {args.preset!r} is not one of {', '.join(data.PRESETS)}")
+    out = _writable_dir(out)
     data.generate_dataset(out, args.n, args.preset, size=args.size, seed=args.seed,
                           preview=args.preview)
     print(f"wrote {args.n} images and labels of preset '{args.preset}' to {out}")
@@ -59,189 +110,662 @@ def cmd_train(args: argparse.Namespace) -> int:
     import minunet as mu
 
     from . import viz, workflow
-    from .predict import DEFAULT_NORMALIZATION
+    from .data.io import remove_stale_temps, write_atomic
 
     if args.resume:
-        run = Path(args.resume)
-        config_path = run / "config.json"
-        if not config_path.is_file():
-            raise InputError(f"--resume {run}: no config.json there; is it a minunet run folder?")
-        config = json.loads(config_path.read_text())
+        run, config = _resume_config(args)
+        before = json.loads((run / "config.json").read_text()).get("epochs")
     else:
-        if args.out is None:
-            raise InputError("train: give --out RUN (a new run folder) or --resume RUN")
-        run = _writable_dir(args.out)
-        config = {k: getattr(args, k) for k in (
-            "data", "preset", "n", "size", "seed", "val_fraction", "epochs", "batch_size",
-            "lr", "depth", "base", "crop", "patience")}
-        config["normalization"] = DEFAULT_NORMALIZATION
-        _write_json(run / "config.json", config)
+        run, config = _new_run_config(args)
+    _check_train_settings(config)
+    data = _training_data(config, run)
+    images, labels, names = data["images"], data["labels"], data["names"]
+    if args.resume and config.get("image_names") not in (None, names):
+        raise InputError(f"--resume {run}: the training data in {config['data']} changed since "
+                         f"the run started ({len(config['image_names'])} images then, "
+                         f"{len(names)} now); start a new run with --out")
+    val_idx = _validation_draw(len(images), config["val_fraction"], config["seed"])
+    if args.resume and "val_images" not in config:  # a run of a minunet that held out the
+        val_idx = list(range(len(val_idx)))         # first files: resume it the same way
+    held_out = set(val_idx)
+    train_idx = [i for i in range(len(images)) if i not in held_out]
+    _check_sizes(config, [images[i] for i in train_idx], [names[i] for i in train_idx],
+                 [images[i] for i in val_idx], [names[i] for i in val_idx])
 
-    images, labels = _training_images(config)
-    n_val = max(1, round(len(images) * config["val_fraction"]))
-    if n_val >= len(images):
-        raise InputError(f"train: {len(images)} images are too few to hold out {n_val} for "
-                         "validation; generate more or lower --val-fraction")
     norm = config["normalization"]
-    x, t, w = workflow.training_arrays(images, labels, norm)
-    train_data = (x[n_val:], t[n_val:], w[n_val:])
-    val_data = (x[:n_val], t[:n_val], w[:n_val])
-    post = workflow.postprocess_settings(labels[n_val:])
+    x, t, w = workflow.training_samples(images, labels, norm, names=names)
+    mult = 2 ** config["depth"]
+    val_labels = [_crop_to(labels[i], mult) for i in val_idx]
+    val_data = _as_batch([_crop_to(x[i], mult) for i in val_idx],
+                         [_crop_to(t[i], mult) for i in val_idx],
+                         [_crop_to(w[i], mult) for i in val_idx])
+    train_data = _as_batch([x[i] for i in train_idx], [t[i] for i in train_idx],
+                           [w[i] for i in train_idx])
+    post = workflow.postprocess_settings([labels[i] for i in train_idx])
     model = mu.UNet(1, 3, depth=config["depth"], base_channels=config["base"],
                     rng=np.random.default_rng(config["seed"]))
-    history = mu.train(
-        model, train_data, val_data, epochs=config["epochs"], batch_size=config["batch_size"],
-        lr=config["lr"], augment=workflow.make_augment(), crop=config["crop"],
-        score_fn=workflow.object_score_fn(labels[:n_val], postprocess=post), monitor="val_f1",
-        patience=config["patience"], seed=config["seed"], out_dir=run, resume=bool(args.resume),
-        metadata={"normalization": norm, "postprocess": post}, progress=True,
-    )
-    viz.training_curves(run / "log.jsonl", run / "curves.png")
+
+    # Everything is checked: only now is anything written.
+    if not args.resume:
+        _prepare_run_folder(run, args.overwrite)
+        config["image_names"] = names
+        config["val_images"] = [names[i] for i in val_idx]
+    remove_stale_temps(run, RUN_FILES)
+    _write_json(run / "config.json", config)
+    if args.resume and before != config["epochs"]:
+        _say(f"minunet train: {run} now trains up to {config['epochs']} epochs (was {before})")
+    try:
+        history = mu.train(
+            model, train_data, val_data, epochs=config["epochs"],
+            batch_size=config["batch_size"], lr=config["lr"], augment=workflow.make_augment(),
+            crop=config["crop"], score_fn=workflow.object_score_fn(val_labels, postprocess=post),
+            monitor="val_f1", patience=config["patience"], seed=config["seed"], out_dir=run,
+            resume=bool(args.resume), metadata={"normalization": norm, "postprocess": post},
+            progress=True)
+    except KeyboardInterrupt:
+        _say(f"minunet train: interrupted; {_epochs_done(run)} epochs are saved in {run}; "
+             f"continue with: minunet train --resume {run}")
+        return EXIT_INTERRUPTED
+    write_atomic(run / "curves.png", lambda tmp: viz.training_curves(run / "log.jsonl", tmp))
     print(f"{history.stop_reason or 'done'}; best epoch {history.best_epoch} "
           f"(val_f1 {history.best_score:.3f}); model: {run / 'best.npz'}")
     return EXIT_OK
 
 
-def _training_images(config: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    from . import data
+def _new_run_config(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
+    from .predict import DEFAULT_NORMALIZATION
 
-    if config.get("data"):
-        images, labels, _ = data.load_dataset(config["data"])
-        return np.asarray(images), np.asarray(labels)
-    images, labels, _ = data.generate(config["n"], config["preset"], size=tuple(config["size"]),
-                                      seed=config["seed"])
-    return images, labels
+    if args.out is None:
+        raise InputError("give --out RUN (a new run folder) or --resume RUN")
+    run = Path(args.out)
+    if run.exists() and not run.is_dir():
+        raise InputError(f"--out {run} is a file; give a folder for the run")
+    if run.is_dir() and any(run.iterdir()) and not args.overwrite:
+        if any((run / f).exists() for f in RUN_FILES):
+            raise InputError(f"--out {run} is an existing run; continue it with --resume {run}, "
+                             f"or replace it with --overwrite")
+        raise InputError(f"--out {run} is a folder that is not empty; give a new folder, or "
+                         "--overwrite to write the run into it")
+    config = {k: (v if (v := getattr(args, k, None)) is not None else default)
+              for k, default in TRAIN_DEFAULTS.items()}
+    config["size"] = list(config["size"])
+    config["data"] = None
+    if args.data is not None:
+        data = os.path.abspath(args.data)
+        config["data"] = data
+        # also relative to the run, so that moving the run and its data together still works
+        config["data_relative_to_run"] = os.path.relpath(data, os.path.abspath(run))
+    config["normalization"] = DEFAULT_NORMALIZATION
+    return run, config
+
+
+def _resume_config(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
+    run = Path(args.resume)
+    config_path = run / "config.json"
+    if not config_path.is_file():
+        raise InputError(f"--resume {run}: no config.json there; is it a minunet run folder?")
+    if args.out is not None and Path(args.out).resolve() != run.resolve():
+        raise InputError(f"--resume {run} continues that run in place; leave out --out")
+    if args.overwrite:
+        raise InputError("--resume continues a run, --overwrite replaces one: give one of them")
+    given = [k for k in TRAIN_DEFAULTS if k not in RESUME_MAY_CHANGE
+             and getattr(args, k, None) is not None]
+    if given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise InputError(f"--resume {run} keeps the run's own settings (config.json); {flags} "
+                         f"cannot change them (only --epochs, --patience and --data can). Start "
+                         f"a new run with --out to train otherwise")
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"{config_path} is not valid JSON ({err}); the run cannot be "
+                         "resumed") from err
+    if not isinstance(config, dict):
+        raise InputError(f"{config_path} does not hold a run's settings")
+    for key, default in TRAIN_DEFAULTS.items():
+        config.setdefault(key, default)
+    done, stopped = _run_position(run)
+    if args.patience is not None:
+        config["patience"] = args.patience
+    if args.epochs is not None:
+        if args.epochs <= done:
+            raise InputError(f"--resume {run}: the run has already trained {done} epochs and "
+                             f"--epochs is the total; give --epochs more than {done}")
+        config["epochs"] = args.epochs
+    elif done >= config["epochs"]:
+        raise InputError(f"--resume {run}: the run has finished its {done} epochs; to train "
+                         f"further give --epochs N with N > {done}")
+    if stopped is not None and args.patience is None and (
+            config["patience"] is not None and stopped >= config["patience"]):
+        raise InputError(f"--resume {run}: the run stopped early ({stopped} epochs without "
+                         f"improvement, --patience {config['patience']}); to go on, give a "
+                         f"larger --patience")
+    if args.data is not None:
+        config["data"] = os.path.abspath(args.data)
+        config["data_relative_to_run"] = os.path.relpath(config["data"], os.path.abspath(run))
+    return run, config
+
+
+def _run_position(run: Path) -> tuple[int, int | None]:
+    """(epochs finished, epochs without improvement) from last.npz; (0, None) if none yet."""
+    from .checkpoint import load
+
+    if not (run / "last.npz").is_file():
+        return 0, None
+    position = load(run / "last.npz").position or {}
+    return int(position.get("epoch", 0)), position.get("bad_epochs")
+
+
+def _epochs_done(run: Path) -> int:
+    try:
+        return _run_position(run)[0]
+    except Exception:  # a damaged last.npz: resume will say so
+        return 0
+
+
+def _check_train_settings(config: dict[str, Any]) -> None:
+    checks = [
+        ("epochs", config["epochs"] >= 1, "at least 1"),
+        ("batch-size", config["batch_size"] >= 1, "at least 1"),
+        ("lr", 0 < config["lr"] < 10, "between 0 and 10 (e.g. 3e-3)"),
+        ("depth", 1 <= config["depth"] <= MAX_DEPTH, f"from 1 to {MAX_DEPTH}"),
+        ("base", 1 <= config["base"] <= MAX_BASE, f"from 1 to {MAX_BASE}"),
+        ("crop", config["crop"] >= 1, "at least 1"),
+        ("val-fraction", 0 < config["val_fraction"] < 1, "between 0 and 1 (e.g. 0.1)"),
+        ("patience", config["patience"] is None or config["patience"] >= 1, "at least 1"),
+        ("n", config["n"] >= 2, "at least 2"),
+    ]
+    for flag, ok, what in checks:
+        if not ok:
+            key = flag.replace("-", "_")
+            raise InputError(f"--{flag} must be {what}, got {config[key]}")
+    mult = 2 ** config["depth"]
+    if config["crop"] % mult:
+        lower = max(mult, config["crop"] // mult * mult)
+        raise InputError(f"--crop {config['crop']} is not a multiple of 2**depth = {mult} (the "
+                         f"U-Net's pooling grid); use --crop {lower} or {lower + mult}")
+
+
+def _training_data(config: dict[str, Any], run: Path) -> dict[str, Any]:
+    from . import data
+    from .data import folders
+
+    if not config.get("data"):
+        from .data import presets
+
+        if config["preset"] not in presets.PRESETS:
+            raise InputError(f"--preset {config['preset']!r} is not one of "
+                             f"{', '.join(presets.PRESETS)}")
+        images, labels, _ = data.generate(config["n"], config["preset"],
+                                          size=tuple(config["size"]), seed=config["seed"])
+        return {"images": list(images), "labels": [lab.astype(np.int32) for lab in labels],
+                "names": [f"{config['preset']}-{i}" for i in range(len(images))]}
+    root = _data_folder(config, run)
+    try:
+        pairs = folders.find_pairs(root, image_suffix=config["image_suffix"],
+                                   mask_suffix=config["mask_suffix"])
+        images, labels = folders.read_pairs(pairs)
+    except folders.DataError as err:
+        raise InputError(f"--data {root}: {err}") from err
+    if run.resolve() in {f.parent.resolve() for pair in pairs for f in pair}:
+        raise InputError(f"--out {run} is a folder of the training data; the run's files would "
+                         "mix with the images: give the run a folder of its own")
+    names = [str(image.relative_to(root)) for image, _ in pairs]
+    return {"images": images, "labels": labels, "names": names}
+
+
+def _data_folder(config: dict[str, Any], run: Path) -> Path:
+    """The training data of a run: its absolute path, else the same place relative to the run
+    (a run moved with its data); never relative to the current folder."""
+    from .data.folders import LAYOUTS
+
+    data = Path(config["data"])
+    if data.exists() and not data.is_dir():
+        raise InputError(f"--data {data} is a file; give the folder that holds the images and "
+                         f"masks ({LAYOUTS})")
+    if data.is_absolute():
+        if data.is_dir():
+            return data
+        relative = config.get("data_relative_to_run")
+        if relative and (run / relative).is_dir():
+            return (run / relative).resolve()
+        raise InputError(f"the run's training data {data} is gone (nor is it at {run}/"
+                         f"{relative}); give --data FOLDER to say where it is now")
+    if run.exists() and (run / "config.json").exists():  # an old run: a path of unknown origin
+        raise InputError(f"{run / 'config.json'} names its data as '{data}', relative to a "
+                         f"folder it did not record; give --data FOLDER to say which")
+    return data
+
+
+def _validation_draw(n: int, fraction: float, seed: int) -> list[int]:
+    """A seeded random draw of round(n * fraction) images (at least 1), in index order."""
+    n_val = max(1, round(n * fraction))
+    if n_val >= n:
+        raise InputError(f"{n} images are too few to hold out {n_val} for validation; add "
+                         "images or lower --val-fraction")
+    rng = np.random.default_rng([seed, n])
+    return sorted(int(i) for i in rng.permutation(n)[:n_val])
+
+
+def _check_sizes(config: dict[str, Any], train_images: list, train_names: list,
+                 val_images: list, val_names: list) -> None:
+    crop, mult = config["crop"], 2 ** config["depth"]
+    small = [(min(im.shape[:2]), name) for im, name in zip(train_images, train_names,
+                                                           strict=True) if min(im.shape[:2]) < crop]
+    if small:
+        side, name = min(small)
+        fit = side // mult * mult
+        hint = f"lower --crop to {fit} or less" if fit >= mult else "remove it"
+        raise InputError(f"{len(small)} training images are smaller than --crop {crop} (the "
+                         f"smallest, {name}, has a side of {side}); {hint}")
+    tiny = [name for im, name in zip(val_images, val_names, strict=True)
+            if min(im.shape[:2]) < mult]
+    if tiny:
+        raise InputError(f"validation images smaller than 2**depth = {mult} pixels: "
+                         f"{', '.join(tiny[:3])}; remove them or lower --depth")
+
+
+def _crop_to(a: np.ndarray, mult: int) -> np.ndarray:
+    """Cut the last two axes down to multiples of `mult` (the U-Net's pooling grid)."""
+    H, W = a.shape[-2:]
+    return a[..., :H // mult * mult, :W // mult * mult]
+
+
+def _as_batch(x: list, t: list, w: list) -> tuple:
+    """Per-sample lists -> stacked arrays when all samples have one size (faster), else lists."""
+    if len({a.shape for a in x}) == 1:
+        return np.stack(x), np.stack(t), np.stack(w)
+    return x, t, w
+
+
+def _prepare_run_folder(run: Path, overwrite: bool) -> None:
+    _writable_dir(run)
+    if overwrite:  # the old run's files would be mistaken for this one's
+        for name in RUN_FILES:
+            (run / name).unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------- predict
 def cmd_predict(args: argparse.Namespace) -> int:
-    import tifffile
+    from tqdm import tqdm
 
+    from . import viz
+    from .data.io import read_pixel_size, remove_stale_temps, write_atomic, write_labels
+    from .inference import segment, stored_settings
+    from .predict import normalize
+
+    if args.tile < 1:
+        raise InputError(f"--tile must be >= 1, got {args.tile}")
+    model_spec, inputs = (args.model, args.items) if args.model else (args.items[0],
+                                                                     args.items[1:])
+    if not inputs:
+        raise InputError("give the images (files or folders) after the model")
+    files = _collect_images(inputs, skip_masks=True)
+    out = Path(args.out)
+    outputs = {path: _outputs_of(path, out, args) for path in files}
+    _check_outputs(inputs, files, outputs, out, args.overwrite)
+    ckpt = _load_model(model_spec)
+    norm, _ = stored_settings(ckpt)
+    _dry_run(ckpt, segment)
+
+    out = _writable_dir(out)
+    for sub, wanted in ((OVERLAY_DIR, args.overlays), (PROBS_DIR, args.probs)):
+        if wanted:
+            (out / sub).mkdir(exist_ok=True)
+    for targets in outputs.values():
+        for target in targets:
+            remove_stale_temps(target.parent, [target.name])
+    failures: list[str] = []
+    done = 0
+    bar = tqdm(files, desc="predict", unit="image", file=sys.stderr,
+               disable=not sys.stderr.isatty() or len(files) < 2)
+    try:
+        for path in bar:
+            labels_path = outputs[path][0]
+            try:
+                image = _read(path)
+                labels, probs = segment(ckpt, image, tile=args.tile, progress=True,
+                                        return_probs=True)
+                if labels.max() > np.iinfo(np.uint16).max:
+                    raise InputError(f"{labels.max()} objects do not fit a uint16 label image")
+                write_labels(labels_path, labels, read_pixel_size(path))
+                if args.probs:
+                    write_atomic(out / PROBS_DIR / f"{path.stem}.npy",
+                                 lambda tmp, p=probs: np.save(tmp, p))
+                if args.overlays:
+                    gray = normalize(image, norm, who=str(path))
+                    write_atomic(out / OVERLAY_DIR / f"{path.stem}.png",
+                                 lambda tmp, g=gray, lab=labels, p=path: viz.overlay(
+                                     g, None, lab, tmp, title=f"{p.name}: {lab.max()} objects"))
+            except (InputError, ValueError, TypeError, OSError, MemoryError) as err:
+                message = str(err) if str(path) in str(err) else f"{path}: {err}"
+                failures.append(message)
+                tqdm.write(f"minunet predict: error: {message}", file=sys.stderr)
+                continue
+            done += 1
+            tqdm.write(f"{path} -> {labels_path} ({labels.max()} objects)", file=sys.stdout)
+    except KeyboardInterrupt:
+        bar.close()
+        again = "with --overwrite " if done else ""
+        _say(f"minunet predict: interrupted after {done} of {len(files)} images (those are "
+             f"complete in {out}); run the same command {again}to start again")
+        return EXIT_INTERRUPTED
+    return _batch_summary("predict", len(files), failures)
+
+
+def _outputs_of(path: Path, out: Path, args: argparse.Namespace) -> list[Path]:
+    outputs = [out / f"{path.stem}.tif"]
+    if args.probs:
+        outputs.append(out / PROBS_DIR / f"{path.stem}.npy")
+    if args.overlays:
+        outputs.append(out / OVERLAY_DIR / f"{path.stem}.png")
+    return outputs
+
+
+def _check_outputs(inputs: Sequence[str], files: list[Path], outputs: dict[Path, list[Path]],
+                   out: Path, overwrite: bool) -> None:
+    """Refuse, before writing anything, outputs that would replace an input, each other, or
+    (without --overwrite) an earlier output."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; give a folder")
+    out_real = out.resolve()
+    for item in inputs:
+        if Path(item).is_dir() and Path(item).resolve() == out_real:
+            raise InputError(f"--out {out} is an input folder; the labels would mix with the "
+                             "images (and could replace them): give another folder")
+    real_inputs = {p.resolve(): p for p in files}
+    by_target: dict[Path, Path] = {}
+    for path, targets in outputs.items():
+        for target in targets:
+            real = target.resolve()
+            if real in real_inputs:
+                raise InputError(f"{target} would replace the input {real_inputs[real]}; give "
+                                 "another --out")
+            if real in by_target:
+                raise InputError(f"{by_target[real]} and {path} would both be written to "
+                                 f"{target}: rename one of them or predict them separately")
+            by_target[real] = path
+    if not overwrite:
+        existing = [t for t in by_target if t.exists()]
+        if existing:
+            raise InputError(f"{len(existing)} outputs already exist in {out} (e.g. "
+                             f"{existing[0]}); give another --out, or --overwrite to replace "
+                             "them")
+
+
+def _batch_summary(command: str, n: int, failures: list[str]) -> int:
+    if not failures:
+        return EXIT_OK
+    _say(f"minunet {command}: {len(failures)} of {n} files failed:")
+    for message in failures:
+        _say(f"  {message}")
+    return EXIT_BAD_INPUT
+
+
+def _dry_run(ckpt: Any, segment: Any) -> None:
+    """Segment a small blank image once, so that a model or stored settings that cannot work
+    are reported once, with the checkpoint's name, instead of once per image."""
+    from .predict import size_multiple
+
+    try:
+        side = size_multiple(ckpt.model)
+        segment(ckpt, np.zeros((side, side), np.float32))
+    except (ValueError, TypeError, KeyError, AttributeError) as err:
+        raise InputError(f"{ckpt.path}: this model or its stored settings cannot segment gray "
+                         f"images: {type(err).__name__}: {err}") from err
+
+
+def _load_model(spec: str) -> Any:
     import minunet as mu
 
-    from . import viz, workflow
-
-    files = _collect_images(args.inputs)
-    ckpt = _load_model(args.model)
-    norm = ckpt.metadata.get("normalization")
-    post = ckpt.metadata.get("postprocess", {})
-    out = _writable_dir(args.out)
-    for path in files:
-        image = _read(path)
-        labels, probs = workflow.segment(ckpt.model, image, norm, tile=args.tile, **post)
-        if labels.max() > np.iinfo(np.uint16).max:
-            raise InputError(f"{path}: {labels.max()} objects do not fit a uint16 label image")
-        _atomic(out / f"{path.stem}.tif",
-                lambda f, labels=labels: tifffile.imwrite(f, labels.astype(np.uint16)))
-        if args.probs:
-            _atomic(out / f"{path.stem}_probs.npy", lambda f, p=probs: np.save(f, p))
-        if args.overlays:
-            gray = mu.normalize(image, norm)
-            viz.overlay(gray, labels, labels, out / f"{path.stem}_overlay.png",
-                        title=f"{path.name}: {labels.max()} objects")
-        print(f"{path} -> {out / (path.stem + '.tif')} ({labels.max()} objects)")
-    return EXIT_OK
-
-
-def _load_model(path: str) -> Any:
-    import minunet as mu
-
-    p = Path(path)
-    if p.is_dir():
-        p = p / "best.npz"
-    if not p.is_file():
-        raise InputError(f"model checkpoint {p} does not exist")
-    return mu.load(p)
+    return mu.load(spec)
 
 
 # ------------------------------------------------------------------ evaluate
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from . import metrics, viz, workflow
+    from .data import folders
+    from .predict import to_gray
 
-    pred_files = {p.stem: p for p in _collect_images([args.pred])}
-    true_files = {p.stem: p for p in _collect_images([args.truth])}
+    pred_files = _keyed(_collect_images([args.pred], skip_masks=True), args.image_suffix)
+    true_files, layout_images = _truth_files(Path(args.truth), args)
     missing = sorted(set(true_files) - set(pred_files))
     extra = sorted(set(pred_files) - set(true_files))
     if missing or extra:
-        raise InputError(f"evaluate: files do not pair up by name: no prediction for "
-                         f"{missing[:5]}, no ground truth for {extra[:5]}")
-    names = sorted(true_files)
-    truth = [_read_labels(true_files[n]) for n in names]
-    preds = [_read_labels(pred_files[n]) for n in names]
-    for n, t, p in zip(names, truth, preds, strict=True):
-        if t.shape != p.shape:
-            raise InputError(f"evaluate: '{n}' has shape {t.shape} in --truth but {p.shape} "
-                             "in --pred")
-    images = None
+        raise InputError(f"files do not pair up by name: no prediction for {missing[:5]}, no "
+                         f"ground truth for {extra[:5]}")
+    image_files = layout_images
     if args.images:
-        image_files = {p.stem: p for p in _collect_images([args.images])}
-        images = [_read(image_files[n]) if n in image_files else None for n in names]
-        if any(im is None for im in images):
-            images = None
-    out = _writable_dir(args.out)
+        image_files = _keyed(_collect_images([args.images], skip_masks=True), args.image_suffix)
+    out = Path(args.out)
+    used = [Path(p) for p in (args.pred, args.truth, args.images) if p]
+    if any(p.resolve() == out.resolve() for p in used):
+        raise InputError(f"--out {out} is one of the input folders; give a report folder of "
+                         "its own")
+    if out.exists() and not args.overwrite and any((out / f).exists() for f in REPORT_FILES):
+        raise InputError(f"--out {out} already holds a report; give another folder, or "
+                         "--overwrite to replace it")
+
+    names, truth, preds, images, failures = [], [], [], [], []
+    for key in sorted(true_files):
+        try:
+            t = folders.read_labels(true_files[key])
+            p = folders.read_labels(pred_files[key])
+            if t.shape != p.shape:
+                raise InputError(f"'{key}' is {t.shape[0]}x{t.shape[1]} in {true_files[key]} "
+                                 f"but {p.shape[0]}x{p.shape[1]} in {pred_files[key]}")
+        except (InputError, ValueError, OSError) as err:
+            failures.append(str(err))
+            _say(f"minunet evaluate: error: {err}")
+            continue
+        image = None
+        if image_files is not None and key not in image_files:
+            _say(f"minunet evaluate: warning: no image named '{key}' among the images; the "
+                 "report shows labels instead")
+        if image_files and key in image_files:
+            try:
+                image = to_gray(_read(image_files[key]), who=str(image_files[key]))
+                if image.shape != t.shape:
+                    raise InputError(f"{image_files[key]} is {image.shape[0]}x"
+                                     f"{image.shape[1]}, its labels {t.shape[0]}x{t.shape[1]}")
+            except (InputError, ValueError, TypeError, OSError) as err:
+                _say(f"minunet evaluate: warning: {err}; the report shows labels instead")
+                image = None
+        names.append(key)
+        truth.append(t)
+        preds.append(p)
+        images.append(image)
+    if not names:
+        return _batch_summary("evaluate", len(true_files), failures)
+    if any(im is None for im in images):
+        images = None
     result = metrics.evaluate(truth, preds, names=names)
-    paths = viz.write_report(out, truth, preds, images, result=result, names=names,
-                             title=args.title)
+    out = _writable_dir(out)
+    _write_report(out, truth, preds, images, result, names, args.title, viz)
     summary = workflow.summarize(result)
     print(" ".join(f"{k}={v:.4f}" for k, v in summary.items()))
-    print("report: " + ", ".join(str(p) for p in paths.values()))
-    return EXIT_OK
+    print("report: " + ", ".join(str(out / f) for f in REPORT_FILES))
+    if failures:
+        _say(f"minunet evaluate: the report covers {len(names)} of {len(true_files)} images")
+    return _batch_summary("evaluate", len(true_files), failures)
+
+
+def _keyed(files: list[Path], suffix: str) -> dict[str, Path]:
+    """name (the stem, less `suffix`) -> file; two files of one name are refused."""
+    keyed: dict[str, Path] = {}
+    for f in files:
+        key = f.stem[:-len(suffix)] if suffix and f.stem.endswith(suffix) else f.stem
+        if key in keyed:
+            raise InputError(f"{keyed[key]} and {f} have one name; keep one of them")
+        keyed[key] = f
+    return keyed
+
+
+def _truth_files(truth: Path, args: argparse.Namespace
+                 ) -> tuple[dict[str, Path], dict[str, Path] | None]:
+    """--truth: a folder of label images, or a training folder (images + masks, any layout
+    `minunet train --data` takes; then its images serve the report's overlay)."""
+    from .data import folders
+
+    files = folders.image_files(truth) if truth.is_dir() else []
+    has_masks = any(f.stem.endswith(args.mask_suffix) for f in files)
+    has_images = any(not folders.is_output_or_mask(f, args.mask_suffix) for f in files)
+    if truth.is_dir() and ((truth / "images").is_dir() or (has_masks and has_images)):
+        try:
+            pairs = folders.find_pairs(truth, image_suffix=args.image_suffix,
+                                       mask_suffix=args.mask_suffix)
+        except folders.DataError as err:
+            raise InputError(f"--truth {truth}: {err}") from err
+        masks = _keyed([m for _, m in pairs], args.mask_suffix)
+        images = {k: i for k, (i, _) in zip(_keyed([i for i, _ in pairs], args.image_suffix),
+                                            pairs, strict=True)}
+        return masks, images
+    return _keyed(_collect_images([str(truth)]), args.mask_suffix), None
+
+
+def _write_report(out: Path, truth: list, preds: list, images: list | None, result: Any,
+                  names: list[str], title: str, viz: Any) -> None:
+    """Write the report into a hidden folder inside `out`, then move each file in place."""
+    from .data.io import current_umask, fsync_folder
+
+    for stale in out.glob(".report-*"):  # left by a killed evaluate
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
+    try:
+        viz.write_report(tmp, truth, preds, images, result=result, names=names, title=title)
+        for name in REPORT_FILES:
+            os.chmod(tmp / name, 0o666 & ~current_umask())
+            os.replace(tmp / name, out / name)
+        fsync_folder(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ----------------------------------------------------------------- gradcheck
 def cmd_gradcheck(args: argparse.Namespace) -> int:
-    import minunet as mu
+    """Check MODULE:CLASS's backward on a random input. Exit 0 if it passes, 1 if it fails or
+    the layer itself raises (its traceback is printed), 2 for bad arguments or a file that
+    cannot be imported."""
+    import inspect
+    import traceback
 
-    cls = _import_class(args.target)
+    import minunet as mu
+    from minunet.gradcheck import random_input
+
     try:
         shape = tuple(int(s) for s in args.input_shape.split(","))
     except ValueError:
-        raise InputError(f"--input-shape must be integers separated by commas, like 2,3,8,8; "
-                         f"got {args.input_shape!r}") from None
-    extra = json.loads(args.args) if args.args else []
-    module = cls(**extra) if isinstance(extra, dict) else cls(*extra)
-    x = np.random.default_rng(args.seed).standard_normal(shape)
-    report = mu.gradcheck(module, x, mode=args.mode, raise_on_fail=False)
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise InputError(f"--input-shape must be positive integers separated by commas, like "
+                         f"2,3,8,8; got {args.input_shape!r}")
+    try:
+        extra = json.loads(args.args) if args.args else []
+    except json.JSONDecodeError as err:
+        raise InputError(f"--args is not valid JSON ({err}): give a list like '[3]' or an "
+                         f"object like '{{\"num_features\": 3}}'") from None
+    if not isinstance(extra, (list, dict)):
+        raise InputError(f"--args must be a JSON list or object, got {args.args!r}")
+    positional, keywords = (extra, {}) if isinstance(extra, list) else ([], extra)
+    cls = _import_class(args.target)
+    if not (isinstance(cls, type) and issubclass(cls, mu.Module)):
+        raise InputError(f"gradcheck: {args.target} is not a minunet Module subclass")
+    try:
+        signature = inspect.signature(cls)
+    except (TypeError, ValueError):  # no signature to check against: let the call tell
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind(*positional, **keywords)
+        except TypeError as err:
+            raise InputError(f"gradcheck: {cls.__name__}{signature} does not take --args "
+                             f"{args.args}: {err}") from None
+    if args.max_elements < 0:
+        raise InputError(f"--max-elements must be >= 0 (0: every element), got "
+                         f"{args.max_elements}")
+    x = random_input(shape, args.seed)  # its own random stream, independent of G's
+    try:  # from here on, exceptions come from the layer's own code: show where
+        module = cls(*positional, **keywords)
+        report = mu.gradcheck(module, x, mode=args.mode, max_elements=args.max_elements or None,
+                              seed=args.seed, raise_on_fail=False)
+    except Exception:
+        traceback.print_exc()
+        print(f"minunet gradcheck: {cls.__name__} raised the exception above (in its own code, "
+              f"on an input of shape {shape}); nothing was checked", file=sys.stderr)
+        return EXIT_FAILED
     print(report)
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
-def _import_class(target: str) -> type:
+def _import_class(target: str) -> Any:
+    """MODULE:CLASS -> the class. A missing or unimportable file is bad input (exit 2); an
+    exception while importing it is printed with its traceback first."""
+    import traceback
+
     module_name, sep, class_name = target.rpartition(":")
     if not sep or not module_name or not class_name:
         raise InputError(f"gradcheck: expected MODULE:CLASS (e.g. my_layers.py:Swish or "
                          f"mypkg.layers:Swish), got {target!r}")
-    if module_name.endswith(".py"):
-        path = Path(module_name)
-        if not path.is_file():
-            raise InputError(f"gradcheck: no file {path}")
-        spec = importlib.util.spec_from_file_location(path.stem, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    else:
-        module = importlib.import_module(module_name)
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name)
+            if not path.is_file():
+                raise InputError(f"gradcheck: no file {path}")
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module  # dataclasses and pickling look it up there
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except InputError:
+        raise
+    except ModuleNotFoundError as err:
+        raise InputError(f"gradcheck: cannot import {module_name}: {err}") from None
+    except Exception as err:
+        traceback.print_exc()
+        raise InputError(f"gradcheck: cannot import {module_name}: {type(err).__name__}: "
+                         f"{err} (traceback above)") from None
     if not hasattr(module, class_name):
         raise InputError(f"gradcheck: {module_name} has no {class_name}")
     return getattr(module, class_name)
 
 
 # ------------------------------------------------------------------- helpers
-def _collect_images(inputs: Sequence[str]) -> list[Path]:
-    """Files and folders -> image files (sorted), refusing missing paths and empty folders."""
+def _collect_images(inputs: Sequence[str], *, skip_masks: bool = False) -> list[Path]:
+    """Files and folders -> image files (sorted), refusing missing paths and empty folders.
+
+    In folders, hidden files are skipped, and with `skip_masks` also Cellpose masks and
+    outputs (NAME_masks.tif, NAME_seg.npy, ...) and minunet's overlays/probabilities.
+    """
+    from .data import folders
+
     files: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            found = folders.image_files(p)
+            if skip_masks:
+                skipped = [f for f in found if folders.is_output_or_mask(f)]
+                found = [f for f in found if not folders.is_output_or_mask(f)]
+                if skipped:
+                    _say(f"minunet: skipping {len(skipped)} files in {p} that look like masks "
+                         f"or outputs, not images (e.g. {skipped[0].name})")
             if not found:
-                raise InputError(f"folder {p} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+                hint = ""
+                if (p / "images").is_dir():
+                    hint = f"; its images are in {p / 'images'}: give that folder"
+                raise InputError(f"folder {p} holds no images ({', '.join(IMAGE_SUFFIXES)})"
+                                 + hint)
             files += found
         elif p.is_file():
             files.append(p)
         else:
             raise InputError(f"{p} does not exist")
-    return files
+    unique: dict[Path, Path] = {}
+    for f in files:  # a file given twice (or by two routes) is processed once
+        unique.setdefault(f.resolve(), f)
+    return list(unique.values())
 
 
 def _read(path: Path) -> np.ndarray:
@@ -252,15 +776,8 @@ def _read(path: Path) -> np.ndarray:
     except (InputError, FileNotFoundError):
         raise
     except Exception as err:  # any reader failure: name the file
-        raise InputError(f"{path} cannot be read as an image: {err}") from err
-
-
-def _read_labels(path: Path) -> np.ndarray:
-    labels = _read(path)
-    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
-        raise InputError(f"{path}: a label image must be a 2-D integer image, got shape "
-                         f"{labels.shape} and dtype {labels.dtype}")
-    return labels
+        message = str(err) if str(path) in str(err) else f"{path} cannot be read: {err}"
+        raise InputError(message) from err
 
 
 def _writable_dir(path: str | Path) -> Path:
@@ -274,21 +791,11 @@ def _writable_dir(path: str | Path) -> Path:
     return out
 
 
-def _atomic(path: Path, write: Any) -> None:
-    """Write through a temporary file in the same folder, then rename: never half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_json(path: Path, obj: Any) -> None:
-    _atomic(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
+    from .data.io import write_atomic
+
+    text = json.dumps(obj, indent=2)
+    write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -316,50 +823,75 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", required=True, help="output folder")
     g.add_argument("--preview", action="store_true", help="also write preview.png")
+    g.add_argument("--overwrite", action="store_true", help="replace a data set in --out")
     g.set_defaults(run=cmd_generate)
 
+    d = TRAIN_DEFAULTS
     t = sub.add_parser("train", help="train a U-Net; writes a run folder")
     src = t.add_mutually_exclusive_group()
-    src.add_argument("--data", help="a folder written by `minunet generate` (or alike)")
-    src.add_argument("--preset", default="standard", help="generate training data of a preset")
-    t.add_argument("--n", type=int, default=200, help="images to generate (with --preset)")
-    t.add_argument("--size", type=_size, default=(256, 256))
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--val-fraction", type=float, default=0.1)
-    t.add_argument("--epochs", type=int, default=20)
-    t.add_argument("--batch-size", type=int, default=8)
-    t.add_argument("--lr", type=float, default=3e-3)
-    t.add_argument("--depth", type=int, default=3)
-    t.add_argument("--base", type=int, default=16, help="channels of the first level")
-    t.add_argument("--crop", type=int, default=128, help="train on random crops of this side")
-    t.add_argument("--patience", type=int, default=None)
-    t.add_argument("--out", help="run folder (config, checkpoints, log, curves)")
-    t.add_argument("--resume", metavar="RUN", help="continue an interrupted run")
+    src.add_argument("--data", help="training images and masks: images/ + labels/ or masks/, "
+                     "or a Cellpose folder of NAME_img + NAME_masks files")
+    src.add_argument("--preset", help=f"generate training data of a preset ({d['preset']})")
+    t.add_argument("--image-suffix", help=f"Cellpose image names end so ({d['image_suffix']})")
+    t.add_argument("--mask-suffix", help=f"mask names end so ({d['mask_suffix']})")
+    t.add_argument("--n", type=int, help=f"images to generate with --preset ({d['n']})")
+    t.add_argument("--size", type=_size, help="size of generated images (256)")
+    t.add_argument("--seed", type=int, help=f"seeds everything ({d['seed']})")
+    t.add_argument("--val-fraction", type=float,
+                   help=f"share of images drawn (seeded) for validation ({d['val_fraction']})")
+    t.add_argument("--epochs", type=int, help=f"total epochs ({d['epochs']}); with --resume: "
+                   "train up to this many")
+    t.add_argument("--batch-size", type=int, help=f"({d['batch_size']})")
+    t.add_argument("--lr", type=float, help=f"learning rate ({d['lr']})")
+    t.add_argument("--depth", type=int, help=f"poolings ({d['depth']})")
+    t.add_argument("--base", type=int, help=f"channels of the first level ({d['base']})")
+    t.add_argument("--crop", type=int,
+                   help=f"train on random crops of this side ({d['crop']})")
+    t.add_argument("--patience", type=int, help="stop after this many epochs without a better "
+                   "val_f1 (never)")
+    t.add_argument("--out", help="a new run folder (config, checkpoints, log, curves)")
+    t.add_argument("--resume", metavar="RUN", help="continue a run (from its last.npz)")
+    t.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     t.set_defaults(run=cmd_train)
 
     p = sub.add_parser("predict", help="label images of any size with a trained model")
-    p.add_argument("model", help="a checkpoint (.npz) or a run folder (uses best.npz)")
-    p.add_argument("inputs", nargs="+", help="TIFF/PNG/NPY files or folders")
+    p.add_argument("items", nargs="+", metavar="[MODEL] IMAGES",
+                   help="a checkpoint (.npz), a run folder (best.npz) or a pretrained model's "
+                   "name, then TIFF/PNG/NPY files or folders")
+    p.add_argument("--model", help="the model (then every positional argument is an image)")
     p.add_argument("--out", required=True, help="output folder (uint16 label TIFFs)")
     p.add_argument("--tile", type=int, default=256)
-    p.add_argument("--overlays", action="store_true", help="also write outline overlays (PNG)")
-    p.add_argument("--probs", action="store_true", help="also write probabilities (.npy)")
+    p.add_argument("--overlays", action="store_true",
+                   help=f"also write outline overlays ({OVERLAY_DIR}/NAME.png)")
+    p.add_argument("--probs", action="store_true",
+                   help=f"also write probabilities ({PROBS_DIR}/NAME.npy)")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier outputs in --out")
     p.set_defaults(run=cmd_predict)
 
     e = sub.add_parser("evaluate", help="score predicted label images against ground truth")
     e.add_argument("--pred", required=True, help="folder of predicted label images")
-    e.add_argument("--truth", required=True, help="folder of true label images (same names)")
+    e.add_argument("--truth", required=True, help="folder of true label images (same names), "
+                   "or a training folder (images + masks)")
     e.add_argument("--images", help="folder of the raw images (for the report's overlay)")
     e.add_argument("--out", required=True, help="report folder")
     e.add_argument("--title", default="minunet evaluation")
+    e.add_argument("--image-suffix", default=TRAIN_DEFAULTS["image_suffix"])
+    e.add_argument("--mask-suffix", default=TRAIN_DEFAULTS["mask_suffix"])
+    e.add_argument("--overwrite", action="store_true", help="replace a report in --out")
     e.set_defaults(run=cmd_evaluate)
 
     c = sub.add_parser("gradcheck", help="check a layer's backward against finite differences")
     c.add_argument("target", metavar="MODULE:CLASS", help="e.g. my_layers.py:Swish")
     c.add_argument("--input-shape", required=True, help="N,C,H,W of the random input")
     c.add_argument("--args", help="constructor arguments as a JSON list or object")
-    c.add_argument("--mode", choices=("full", "random"), default="full")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--mode", choices=("full", "random"), default="full",
+                   help="full: element by element; random: random directional derivatives")
+    c.add_argument("--max-elements", type=int, default=200,
+                   help="elements checked per tensor in full mode, drawn at random beyond that "
+                        "(0: every element)")
+    c.add_argument("--seed", type=int, default=0,
+                   help="seeds the input, the upstream gradient and the sampling (independent "
+                        "streams of one SeedSequence)")
     c.set_defaults(run=cmd_gradcheck)
     return parser
 

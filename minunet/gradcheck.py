@@ -3,26 +3,50 @@
     report = mu.gradcheck(MyLayer(...), x)          # raises mu.GradcheckError if wrong
     print(report)                                  # one line per checked tensor
 
-How it works, in four steps:
+How it works:
 
 1. Copy the module and the float inputs to float64 (float32 round-off would drown the test).
-2. Draw a random upstream gradient G for the output (never all ones: with ones, a batch-norm
-   input gradient is exactly zero and any backward that returns zeros would pass) and define
-   the scalar s = sum(G * forward(inputs)).
-3. Analytic: forward, then backward(G). The input gradients are backward's return values, the
+2. Draw a random upstream gradient G for each output, from a random stream of its own: child 0
+   of `np.random.SeedSequence(seed)`. It is independent of any x you drew yourself, even with
+   `np.random.default_rng(seed)` (the parent stream): with G == x, for instance, the true input
+   gradient of batch norm is almost zero and the check would compare round-off with round-off.
+   G is never all ones either (then batch norm's input gradient is exactly zero).
+   The checked function is the scalar s(t) = sum(G * forward(inputs)).
+3. Analytic: forward, then backward(copy of G). Input gradients are backward's return values,
    parameter gradients are read from `p.grad`.
-4. Numeric: for each checked element t, ds/dt ~= (s(t + eps) - s(t - eps)) / (2 eps).
+4. Numeric, for each checked element t_i (central differences, on the OUTPUTS first):
 
-A tensor passes when ||analytic - numeric|| / max(||analytic||, ||numeric||) < tol, the
-relative error of the whole tensor. It also checks that backward left `dout` untouched and
-that parameter gradients accumulate (a second backward adds the same amount again).
+       numeric_i = sum(G * (forward(t_i + eps) - forward(t_i - eps))) / (2 eps)
+
+   Differencing the two outputs before multiplying by G and summing keeps the round-off at
+   the size of the change, not of the whole sum (cs231n's `eval_numerical_gradient_array`).
+5. Compare, per tensor, over the checked elements (all of them, or `max_elements` drawn at
+   random from child 1 of the SeedSequence):
+
+       scale   = max(rms(analytic), rms(numeric))         (rms over the checked elements)
+       rel_i   = |analytic_i - numeric_i| / max(|analytic_i|, |numeric_i|, scale)
+       element i is wrong when rel_i > tol;  the tensor passes when no element is wrong
+
+   The floor `scale` measures a gradient element that is near zero against the tensor's
+   typical gradient instead of against itself (finite differences carry an absolute error
+   of about 1e-16 * |output| / eps, which would be huge relative to a tiny element).
+   `tol` = 1e-6 (DEFAULT_TOL): every correct float64 layer of minunet stays below 1e-7 on
+   shapes from 2x3x5x4 to 8x32x64x64 (tests/test_gradcheck.py), and a wrong backward is
+   off by far more (a missing mean term of batch norm: > 1e-3; a factor or a sign: ~1).
+
+Besides the values it checks the contract of a backward (module.py):
+- backward must not write into dout (the checker passes a copy and compares it afterwards);
+- parameter gradients must accumulate: with p.grad pre-filled with random values, a backward
+  must ADD its gradient (p.grad += ...), not overwrite it (p.grad = ...).
 
 `mode="random"` checks directional derivatives instead of single elements: for a random
-direction V per tensor it compares <grad, V> with (s(t + eps V) - s(t - eps V)) / (2 eps).
+unit direction V per tensor it compares <analytic, V> with
+sum(G * (forward(t + eps V) - forward(t - eps V))) / (2 eps); same formula for rel_i.
 Two forward passes per direction instead of two per element, so big modules stay cheap.
 
 Integer inputs (targets of a loss) are passed through unchanged and never checked; float
 inputs are checked when backward returns a gradient for them (a loss returns only dlogits).
+Exceptions raised by the module itself are not caught: they reach you with their traceback.
 """
 
 from __future__ import annotations
@@ -36,8 +60,22 @@ import numpy as np
 
 from .module import Module
 
-DEFAULT_EPS = 1e-6  # float64 step: truncation ~eps**2, round-off ~1e-16/eps, both << 1e-7
-DEFAULT_TOL = 1e-7  # whole-tensor relative error a correct float64 backward stays well below
+DEFAULT_EPS = 1e-6  # float64 step: truncation ~eps**2, round-off ~1e-16/eps, both << tol
+DEFAULT_TOL = 1e-6  # largest rel_i allowed; correct float64 layers stay below 1e-7 (docstring)
+DEFAULT_MAX_ELEMENTS = 200  # elements checked per tensor (at random beyond that): 2 forwards each
+UPSTREAM, SAMPLING, INPUT = 0, 1, 2  # children of SeedSequence(seed): G, sampling, the CLI's x
+
+
+def random_streams(seed: int) -> tuple[np.random.Generator, ...]:
+    """Three independent generators, children of SeedSequence(seed): for the upstream gradient
+    G, for picking elements and directions, and for a random input x (the command's). None of
+    them equals `np.random.default_rng(seed)`, the stream a caller would draw x from."""
+    return tuple(np.random.default_rng(child) for child in np.random.SeedSequence(seed).spawn(3))
+
+
+def random_input(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """A standard-normal float64 input for a check, from its own stream (child 2 of seed)."""
+    return random_streams(seed)[INPUT].standard_normal(shape)
 
 
 class GradcheckError(AssertionError):
@@ -53,10 +91,12 @@ class TensorCheck:
     name: str              # "input 0", "weight", "down.0.conv1.bias", ...
     shape: tuple[int, ...]
     checked: int           # elements (or directions, in random mode) compared
-    rel_error: float       # ||a - n|| / max(||a||, ||n||) over the checked elements
-    worst_index: tuple[int, ...] | None
+    wrong: int             # how many of them have rel_i > tol
+    rel_error: float       # max rel_i over the checked elements
+    worst_index: tuple[int, ...] | None  # the element with the largest rel_i (None: random mode)
     worst_analytic: float
     worst_numeric: float
+    hint: str              # a guess at the kind of bug, "" when none fits or the tensor passed
     ok: bool
 
 
@@ -65,6 +105,7 @@ class GradcheckReport:
     module: str
     tol: float
     mode: str
+    eps: float = DEFAULT_EPS
     tensors: list[TensorCheck] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # dout modified, no accumulation, ...
 
@@ -75,23 +116,22 @@ class GradcheckReport:
     def __str__(self) -> str:
         lines = [f"gradcheck {self.module} ({self.mode} mode, tol {self.tol:.0e}): "
                  f"{'OK' if self.ok else 'FAILED'}"]
+        unit = "directions" if self.mode == "random" else "elements"
         for t in self.tensors:
-            worst = "" if t.worst_index is None else (
-                f"  worst {t.worst_index}: analytic {t.worst_analytic:+.6e} "
-                f"numeric {t.worst_numeric:+.6e}")
-            lines.append(f"  {'ok  ' if t.ok else 'FAIL'} {t.name:<28} {t.shape!s:<18} "
-                         f"checked {t.checked:>6}  rel.err {t.rel_error:.2e}{worst}")
+            head = f"  {'ok  ' if t.ok else 'FAIL'} {t.name:<24} {t.shape!s:<18}"
+            if t.ok:
+                lines.append(f"{head} {t.checked:>6} {unit} checked, max rel.err "
+                             f"{t.rel_error:.1e}")
+                continue
+            lines.append(f"{head} {t.wrong} of {t.checked} {unit} wrong, max rel.err "
+                         f"{t.rel_error:.1e}")
+            where = "in the worst direction" if t.worst_index is None else f"at {t.worst_index}"
+            lines.append(f"       worst {where}: analytic {t.worst_analytic:+.6e}, "
+                         f"numeric {t.worst_numeric:+.6e}")
+            if t.hint:
+                lines.append(f"       hint: {t.hint}")
         lines += [f"  FAIL {p}" for p in self.problems]
         return "\n".join(lines)
-
-
-def _as_tuple(x: Any) -> tuple:
-    return x if isinstance(x, tuple) else (x,)
-
-
-def _relative_error(a: np.ndarray, n: np.ndarray) -> float:
-    scale = max(np.linalg.norm(a), np.linalg.norm(n))
-    return 0.0 if scale == 0 else float(np.linalg.norm(a - n) / scale)
 
 
 def gradcheck(
@@ -100,7 +140,7 @@ def gradcheck(
     eps: float = DEFAULT_EPS,
     tol: float = DEFAULT_TOL,
     mode: str = "full",
-    max_elements: int | None = 2000,
+    max_elements: int | None = DEFAULT_MAX_ELEMENTS,
     n_directions: int = 3,
     seed: int = 0,
     raise_on_fail: bool = True,
@@ -109,43 +149,38 @@ def gradcheck(
 
     module:       any Module; it is copied, the original is left untouched
     inputs:       the forward arguments (arrays; integer arrays are passed through unchecked)
+    eps, tol:     finite-difference step and the largest relative error rel_i allowed
     mode:         "full" (element by element) or "random" (random directional derivatives)
     max_elements: in full mode, at most this many randomly chosen elements per tensor
                   (None = all of them)
+    seed:         seeds G and the sampling (SeedSequence(seed) children 0 and 1), not your x
     raise_on_fail: raise GradcheckError on failure; else return the report with `.ok == False`
     """
     if mode not in ("full", "random"):
         raise ValueError(f"gradcheck: mode must be 'full' or 'random', got {mode!r}")
-    rng = np.random.default_rng(seed)
+    if not eps > 0 or not tol > 0:
+        raise ValueError(f"gradcheck: eps and tol must be positive, got {eps} and {tol}")
+    upstream_rng, sampling_rng, _ = random_streams(seed)
     model = copy.deepcopy(module).astype(np.float64)
     args = [np.array(x, dtype=np.float64) if _is_float(x) else x for x in inputs]
-    report = GradcheckReport(type(module).__name__, tol, mode)
+    report = GradcheckReport(type(module).__name__, tol, mode, eps)
 
-    # The scalar s = sum(G * out) and its analytic gradients.
-    out = _as_tuple(model.forward(*args))
-    upstream = tuple(_random_like(o, rng) for o in out)
-    upstream_copy = tuple(np.copy(g) for g in upstream)
+    # G, and the outputs of forward(inputs) as a function of the current inputs and parameters
+    upstream = tuple(_random_like(o, upstream_rng) for o in _outputs(model, args))
 
-    def objective() -> float:
-        outs = _as_tuple(model.forward(*args))
-        return float(sum(np.sum(g * np.asarray(o)) for g, o in zip(upstream, outs, strict=True)))
+    def outputs() -> tuple[np.ndarray, ...]:
+        return _outputs(model, args)
 
+    # Analytic gradients: one forward, one backward from zeroed gradients, on a copy of G.
     model.zero_grad()
     model.forward(*args)
-    grads_in = _as_tuple(model.backward(_unpack(upstream)))
-    for g, g0 in zip(upstream, upstream_copy, strict=True):
-        if not np.array_equal(g, g0):
-            report.problems.append("backward modified its dout in place (it must not)")
+    dout = tuple(np.copy(g) for g in upstream)
+    grads_in = _as_tuple(model.backward(_unpack(dout)))
+    if any(not np.array_equal(d, g) for d, g in zip(dout, upstream, strict=True)):
+        report.problems.append("backward wrote into its dout (it must compute a new array: "
+                               "dx = dout * ..., not dout *= ...)")
     grads_param = {name: p.grad.copy() for name, p in model.named_parameters()}
-
-    # Parameter gradients must accumulate: a second backward adds the same again.
-    if grads_param:
-        model.forward(*args)
-        model.backward(_unpack(upstream))
-        for name, p in model.named_parameters():
-            if not np.allclose(p.grad, 2 * grads_param[name], rtol=1e-10, atol=1e-12):
-                report.problems.append(f"{name}.grad is not accumulated (use p.grad += ...)")
-                break
+    _check_accumulation(model, args, upstream, grads_param, sampling_rng, report)
 
     targets: list[tuple[str, np.ndarray, np.ndarray]] = []
     float_positions = [i for i, x in enumerate(args) if _is_float(x)]
@@ -154,8 +189,8 @@ def gradcheck(
             continue
         grad = np.asarray(grads_in[k])
         if grad.shape != args[i].shape:
-            report.problems.append(f"gradient for input {i} has shape {grad.shape}, "
-                                   f"input has {args[i].shape}")
+            report.problems.append(f"the gradient for input {i} has shape {grad.shape}, "
+                                   f"the input has {args[i].shape}")
             continue
         targets.append((f"input {i}", args[i], grad))
     params = dict(model.named_parameters())
@@ -163,33 +198,49 @@ def gradcheck(
 
     for name, tensor, analytic in targets:
         if mode == "full":
-            check = _check_elements(name, tensor, analytic, objective, eps, tol, max_elements, rng)
+            a, n, where = _numeric_elements(tensor, analytic, outputs, upstream, eps,
+                                            max_elements, sampling_rng)
         else:
-            check = _check_directions(name, tensor, analytic, objective, eps, tol, n_directions,
-                                      rng)
-        report.tensors.append(check)
+            a, n, where = _numeric_directions(tensor, analytic, outputs, upstream, eps,
+                                              n_directions, sampling_rng)
+        report.tensors.append(_compare(name, tensor.shape, a, n, where, tol))
 
     if raise_on_fail and not report.ok:
         raise GradcheckError(str(report), report)
     return report
 
 
-def _is_float(x: Any) -> bool:
-    return isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.floating)
+# ------------------------------------------------------------------ the steps
+def _outputs(model: Module, args: list[Any]) -> tuple[np.ndarray, ...]:
+    return tuple(np.asarray(o, dtype=np.float64) for o in _as_tuple(model.forward(*args)))
 
 
-def _random_like(o: Any, rng: np.random.Generator) -> Any:
-    o = np.asarray(o)
-    return rng.standard_normal(o.shape) if o.ndim else float(rng.standard_normal())
+def _check_accumulation(model: Module, args: list[Any], upstream: tuple,
+                        grads_param: dict[str, np.ndarray], rng: np.random.Generator,
+                        report: GradcheckReport) -> None:
+    """With p.grad pre-filled with random values R, a backward must leave R + its gradient."""
+    params = dict(model.named_parameters())
+    if not params:
+        return
+    prefill = {name: rng.standard_normal(p.shape) for name, p in params.items()}
+    for name, p in params.items():
+        p.grad[...] = prefill[name]
+    model.forward(*args)
+    model.backward(_unpack(tuple(np.copy(g) for g in upstream)))
+    for name, p in params.items():
+        expected = prefill[name] + grads_param[name]
+        if not np.allclose(p.grad, expected, rtol=1e-9, atol=1e-12):
+            report.problems.append(
+                f"{name}.grad is overwritten, not accumulated: backward must ADD into it "
+                f"(p.grad += ...); zeroing is the optimizer's zero_grad()")
+    model.zero_grad()
 
 
-def _unpack(upstream: tuple) -> Any:
-    return upstream[0] if len(upstream) == 1 else upstream
-
-
-def _check_elements(name: str, tensor: np.ndarray, analytic: np.ndarray,
-                    objective: Callable[[], float], eps: float, tol: float,
-                    max_elements: int | None, rng: np.random.Generator) -> TensorCheck:
+def _numeric_elements(tensor: np.ndarray, analytic: np.ndarray,
+                      outputs: Callable[[], tuple[np.ndarray, ...]], upstream: tuple,
+                      eps: float, max_elements: int | None, rng: np.random.Generator,
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(analytic, numeric) at the checked elements, and their flat indices."""
     flat = tensor.reshape(-1)  # a view: perturbing flat perturbs the tensor the module reads
     if max_elements is None or flat.size <= max_elements:
         picked = np.arange(flat.size)
@@ -199,36 +250,91 @@ def _check_elements(name: str, tensor: np.ndarray, analytic: np.ndarray,
     for j, idx in enumerate(picked):
         original = flat[idx]
         flat[idx] = original + eps
-        plus = objective()
+        plus = outputs()
         flat[idx] = original - eps
-        minus = objective()
+        minus = outputs()
         flat[idx] = original
-        numeric[j] = (plus - minus) / (2 * eps)
-    chosen = analytic.reshape(-1)[picked]
-    err = _relative_error(chosen, numeric)
-    worst = int(np.argmax(np.abs(chosen - numeric))) if picked.size else 0
-    return TensorCheck(name, tensor.shape, int(picked.size), err,
-                       tuple(int(i) for i in np.unravel_index(picked[worst], tensor.shape))
-                       if picked.size else None,
-                       float(chosen[worst]) if picked.size else 0.0,
-                       float(numeric[worst]) if picked.size else 0.0, err < tol)
+        numeric[j] = _directional(upstream, plus, minus, eps)
+    return analytic.reshape(-1)[picked], numeric, picked
 
 
-def _check_directions(name: str, tensor: np.ndarray, analytic: np.ndarray,
-                      objective: Callable[[], float], eps: float, tol: float,
-                      n_directions: int, rng: np.random.Generator) -> TensorCheck:
+def _numeric_directions(tensor: np.ndarray, analytic: np.ndarray,
+                        outputs: Callable[[], tuple[np.ndarray, ...]], upstream: tuple,
+                        eps: float, n_directions: int, rng: np.random.Generator,
+                        ) -> tuple[np.ndarray, np.ndarray, None]:
     original = tensor.copy()
     a_vals, n_vals = np.empty(n_directions), np.empty(n_directions)
     for j in range(n_directions):
         direction = rng.standard_normal(tensor.shape)
         direction /= np.linalg.norm(direction)
         tensor[...] = original + eps * direction
-        plus = objective()
+        plus = outputs()
         tensor[...] = original - eps * direction
-        minus = objective()
+        minus = outputs()
         tensor[...] = original
-        n_vals[j] = (plus - minus) / (2 * eps)
+        n_vals[j] = _directional(upstream, plus, minus, eps)
         a_vals[j] = float(np.sum(analytic * direction))
-    err = _relative_error(a_vals, n_vals)
-    return TensorCheck(name, tensor.shape, n_directions, err, None, 0.0, 0.0, err < tol)
+    return a_vals, n_vals, None
 
+
+def _directional(upstream: tuple, plus: tuple, minus: tuple, eps: float) -> float:
+    """sum(G * (out_plus - out_minus)) / (2 eps): the outputs are differenced first."""
+    return float(sum(np.sum(g * (p - m)) for g, p, m in zip(upstream, plus, minus, strict=True))
+                 / (2 * eps))
+
+
+def _compare(name: str, shape: tuple[int, ...], a: np.ndarray, n: np.ndarray,
+             where: np.ndarray | None, tol: float) -> TensorCheck:
+    """rel_i = |a_i - n_i| / max(|a_i|, |n_i|, scale), scale = max(rms(a), rms(n))."""
+    if a.size == 0:
+        return TensorCheck(name, shape, 0, 0, 0.0, None, 0.0, 0.0, "", True)
+    scale = max(np.sqrt(np.mean(a**2)), np.sqrt(np.mean(n**2)))
+    denominator = np.maximum(np.maximum(np.abs(a), np.abs(n)), scale)
+    with np.errstate(invalid="ignore"):
+        rel = np.where(denominator > 0, np.abs(a - n) / np.where(denominator > 0, denominator, 1),
+                       0.0)
+    wrong = rel > tol
+    worst = int(np.argmax(rel))
+    index = None if where is None else tuple(int(i) for i in np.unravel_index(where[worst], shape))
+    ok = not wrong.any()
+    return TensorCheck(name, shape, int(a.size), int(wrong.sum()), float(rel[worst]), index,
+                       float(a[worst]), float(n[worst]), "" if ok else _hint(a, n, wrong, tol),
+                       ok)
+
+
+def _hint(a: np.ndarray, n: np.ndarray, wrong: np.ndarray, tol: float) -> str:
+    """A guess at the kind of bug, from the pattern of the disagreement."""
+    scale = max(np.sqrt(np.mean(n**2)), 1e-300)
+    zeros = wrong & (a == 0) & (np.abs(n) > tol * scale)
+    if zeros.sum() == wrong.sum():
+        return (f"analytic is exactly 0 at all {int(zeros.sum())} wrong elements, numeric is "
+                f"not: a gradient path is missing (a term left out, or a branch that returns 0)")
+    if np.dot(n, n) > 0:
+        c = float(np.dot(a, n) / np.dot(n, n))  # least-squares fit a ~= c * n
+        residual = np.linalg.norm(a - c * n) / max(np.linalg.norm(a), 1e-300)
+        if residual < 1e-3 and abs(c + 1) < 1e-3:
+            return "analytic = -numeric: the sign is flipped"
+        if residual < 1e-3:
+            return (f"analytic ~= {c:.4g} x numeric on every checked element: a constant factor "
+                    f"is missing or extra (a 2 from a square, a 1/M from a mean, ...)")
+    if zeros.any():
+        return (f"analytic is exactly 0 at {int(zeros.sum())} of the {int(wrong.sum())} wrong "
+                f"elements where numeric is not")
+    return ""
+
+
+# ------------------------------------------------------------------ small helpers
+def _as_tuple(x: Any) -> tuple:
+    return x if isinstance(x, tuple) else (x,)
+
+
+def _is_float(x: Any) -> bool:
+    return isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.floating)
+
+
+def _random_like(o: np.ndarray, rng: np.random.Generator) -> Any:
+    return rng.standard_normal(o.shape) if o.ndim else float(rng.standard_normal())
+
+
+def _unpack(upstream: tuple) -> Any:
+    return upstream[0] if len(upstream) == 1 else upstream

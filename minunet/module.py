@@ -2,9 +2,21 @@
 
 A layer is a `Module` with two methods a learner reads side by side:
 
-    y = layer.forward(x)      # saves what backward needs in ONE place: self._saved
-    dx = layer.backward(dy)   # takes it back, returns dx as a NEW array,
+    y = layer.forward(x)      # ends with self.save_for_backward(...): what backward needs
+    dx = layer.backward(dy)   # starts with `x, = self.take_saved()`, returns dx as a NEW
+                              # array (never a view of dy, never dy modified in place),
                               # and ADDS parameter gradients into p.grad (p.grad += ...)
+
+The hand-off, as in PyTorch's `ctx.save_for_backward(...)` / `ctx.saved_tensors`:
+
+    self.save_for_backward(x, x_hat)   # end of forward: any values (arrays, ints, flags)
+    x, x_hat = self.take_saved()       # start of backward: the same values, as a tuple
+
+`take_saved` hands them over and lets the module forget them (one backward per forward, and
+the memory goes with backward's local variables). It is a method, not a property, so that a
+debugger showing the module's attributes never consumes them. Its errors say what went wrong:
+"forward stored nothing for backward" (forward ran but never called `save_for_backward`),
+"backward was called before forward", or a forward run with gradients disabled.
 
 Gradients accumulate: call `zero_grad()` (or the optimizer's) before each step. Nothing in
 a layer ever updates a parameter: that is the optimizer's job, so every backward can be
@@ -17,7 +29,8 @@ arrays registered with `register_buffer`, saved in `state_dict()` but never trai
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -68,6 +81,15 @@ class Module:
         self.grad_enabled = True  # False: forward keeps nothing for backward (inference)
         self._buffer_names: list[str] = []
         self._saved: Any = None
+        self._forward_state = "never"  # "never", "ran", "taken" or "no_grad": for the errors
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Wrap each subclass's own `forward` so that every call first forgets the previous
+        forward's saved values and records that a forward ran (the errors of `take_saved`
+        use it). The wrapper is one line; a debugger steps through it into your forward."""
+        super().__init_subclass__(**kwargs)
+        if "forward" in cls.__dict__:
+            cls.forward = _marking_forward(cls.__dict__["forward"])
 
     # ---------------------------------------------------------------- the pair
     def forward(self, *inputs: Any) -> Any:
@@ -80,18 +102,45 @@ class Module:
         out = self.forward(*inputs)
         if not self.grad_enabled:
             self._saved = None  # inference: free what backward would have needed, at once
+            self._forward_state = "no_grad"
         return out
 
+    # ---------------------------------------------------------------- the hand-off
+    def save_for_backward(self, *values: Any) -> None:
+        """Keep `values` (arrays, shapes, flags...) for the next backward. Call it once, at
+        the end of forward; backward gets them back, in order, from `take_saved()`."""
+        self._saved = values
+
+    def take_saved(self) -> tuple:
+        """Return what forward passed to `save_for_backward`, as a tuple, and forget it.
+
+        Use it once, at the start of backward: `x, x_hat = self.take_saved()`.
+        """
+        saved = self._take_saved()
+        if not isinstance(saved, tuple):  # a layer that set self._saved = x by hand
+            saved = (saved,)
+        return saved
+
     def _take_saved(self) -> Any:
-        """Hand what forward saved over to backward (and free it: one backward per forward)."""
+        """What forward saved, as stored (older layers set `self._saved` directly)."""
         saved = self._saved
         if saved is None:
+            name = type(self).__name__
+            if self._forward_state == "ran":
+                raise RuntimeError(
+                    f"{name}: forward stored nothing for backward: end {name}.forward with "
+                    f"self.save_for_backward(...) (what backward needs, e.g. the input x)")
+            if self._forward_state == "no_grad":
+                raise RuntimeError(
+                    f"{name}.backward after a forward with gradients disabled "
+                    f"(set_grad_enabled(False)): nothing was kept; enable gradients and run "
+                    f"forward again")
+            again = " (twice after one forward?)" if self._forward_state == "taken" else ""
             raise RuntimeError(
-                f"{type(self).__name__}.backward was called before forward (or twice after one "
-                "forward, or after a forward with gradients disabled): call forward first, it "
-                "saves what backward needs"
-            )
+                f"{name}.backward was called before forward{again}: call forward first, it "
+                f"saves what backward needs (one backward per forward)")
         self._saved = None
+        self._forward_state = "taken"
         return saved
 
     # ------------------------------------------------------------ bookkeeping
@@ -220,6 +269,20 @@ class Module:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+def _marking_forward(forward: Callable[..., Any]) -> Callable[..., Any]:
+    """`forward`, preceded by: forget the last forward's saved values, note that one ran."""
+    if getattr(forward, "_marks_forward", False):
+        return forward
+
+    @functools.wraps(forward)
+    def marked_forward(self: Module, *inputs: Any) -> Any:
+        self._saved, self._forward_state = None, "ran"
+        return forward(self, *inputs)
+
+    marked_forward._marks_forward = True  # type: ignore[attr-defined]
+    return marked_forward
 
 
 class Sequential(Module):

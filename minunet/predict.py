@@ -18,9 +18,11 @@ and prediction apply exactly the same steps.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from .module import Module
 
@@ -118,7 +120,7 @@ def receptive_radius(depth: int) -> int:
 
 def predict(model: Module, image: np.ndarray, *, tile: int = 256, margin: int | None = None,
             batch_size: int = 4, normalization: dict[str, Any] | None = None,
-            normalized: bool = False) -> np.ndarray:
+            normalized: bool = False, progress: bool = False) -> np.ndarray:
     """Class probabilities (Kc, H, W) float32 for one image of any size.
 
     model:        a U-Net (or any Module with `depth`) mapping (N, Cin, h, w) -> (N, Kc, h, w)
@@ -130,6 +132,8 @@ def predict(model: Module, image: np.ndarray, *, tile: int = 256, margin: int | 
                   up to a multiple of 2**depth, which makes tiling seamless)
     batch_size:   tiles per forward pass (memory grows with it)
     normalization: the settings stored in the checkpoint (default DEFAULT_NORMALIZATION)
+    progress:     a progress bar over the tile batches on a terminal (for large images; quiet
+                  when stderr is not a terminal or the image is one batch)
     """
     x = (np.asarray(image, dtype=np.float32) if normalized
          else normalize(image, normalization))
@@ -162,7 +166,10 @@ def predict(model: Module, image: np.ndarray, *, tile: int = 256, margin: int | 
     dtype = model.dtype
     try:
         origins = [(r * core, c * core) for r in range(n_rows) for c in range(n_cols)]
-        for start in range(0, len(origins), batch_size):
+        starts = range(0, len(origins), batch_size)
+        show = progress and len(starts) > 1 and sys.stderr.isatty()
+        for start in tqdm(starts, desc=f"tiles of {H}x{W}", unit="batch", leave=False,
+                          file=sys.stderr, disable=not show):
             batch_origins = origins[start:start + batch_size]
             side = core + 2 * margin
             batch = np.empty((len(batch_origins), 1, side, side), dtype=dtype)  # (N, 1, h, w)

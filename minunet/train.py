@@ -9,7 +9,9 @@ Inside, each step is the loop a learner writes by hand (see examples/train_unet_
     optimizer.zero_grad(); model.backward(loss_fn.backward()); optimizer.step()
 
 Data are plain arrays: `(images (N, C, H, W) float, targets (N, H, W) int, weights (N, H, W)
-float or None)`. Each epoch, the samples are shuffled by a generator made from `(seed, epoch)`,
+float or None)`, or lists of per-sample arrays (`[(C, H, W), ...]`, `[(H, W), ...]`) when the
+images differ in size (a lab's own data); then `crop` cuts every sample to one size.
+Each epoch, the samples are shuffled by a generator made from `(seed, epoch)`,
 and the same generator drives cropping and augmentation; so a run resumed after epoch e does
 exactly what the uninterrupted run did, and the same seed gives the same result.
 
@@ -40,6 +42,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .checkpoint import load, save
+from .data.io import remove_stale_temps, write_atomic
 from .losses import CrossEntropyLoss
 from .module import Module
 from .optim import Adam
@@ -145,6 +148,12 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
     metadata = dict(metadata or {})
 
+    if out is not None:
+        remove_stale_temps(out, (LAST_NAME, BEST_NAME, LOG_NAME))  # writes a kill cut short
+    if crop is None and not isinstance(images, np.ndarray) and len(
+            {x.shape[1:] for x in images}) > 1:
+        raise ValueError(f"{who}: the training images differ in size; give crop=(h, w) to cut "
+                         f"every sample to one size")
     history = History(monitor=monitor)
     state = {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "bad_epochs": 0,
              "seed": seed, "monitor": monitor}
@@ -214,7 +223,7 @@ def _train_one_epoch(model: Module, optimizer: Any, loss_fn: Any,
                      rng: np.random.Generator, state: dict[str, Any], title: str,
                      progress: bool, out: Path | None) -> float:
     """One pass over the shuffled training set; returns the mean training loss."""
-    N = images.shape[0]
+    N = len(images)
     order = rng.permutation(N)
     n_batches = math.ceil(N / batch_size)
     started = time.perf_counter()
@@ -265,18 +274,23 @@ def evaluate(model: Module, data: Data, loss_fn: Any = None, batch_size: int = 8
     images, targets, weights = _check_data("evaluate", "data", data)
     loss_fn = loss_fn or CrossEntropyLoss()
     loss_total = weight_total = 0.0
-    correct = 0
-    for start in range(0, images.shape[0], batch_size):
-        sl = slice(start, start + batch_size)
-        x = images[sl].astype(model.dtype, copy=False)
-        w = None if weights is None else weights[sl].astype(model.dtype, copy=False)
-        logits = model.forward(x)                             # (B, Kc, H, W)
-        mass = float(targets[sl].size if w is None else np.sum(w, dtype=np.float64))
-        loss_total += loss_fn.forward(logits, targets[sl], w) * mass
+    correct = n_pixels = 0
+    if isinstance(images, np.ndarray):
+        batches = [slice(s, s + batch_size) for s in range(0, images.shape[0], batch_size)]
+    else:  # per-sample arrays of different sizes: one sample per forward
+        batches = [slice(i, i + 1) for i in range(len(images))]
+    for sl in batches:
+        x = np.stack(images[sl]).astype(model.dtype, copy=False)         # (B, C, H, W)
+        t = np.stack(targets[sl])                                        # (B, H, W)
+        w = None if weights is None else np.stack(weights[sl]).astype(model.dtype, copy=False)
+        logits = model.forward(x)                                        # (B, Kc, H, W)
+        mass = float(t.size if w is None else np.sum(w, dtype=np.float64))
+        loss_total += loss_fn.forward(logits, t, w) * mass
         weight_total += mass
-        correct += int(np.count_nonzero(logits.argmax(axis=1) == targets[sl]))
+        correct += int(np.count_nonzero(logits.argmax(axis=1) == t))
+        n_pixels += t.size
     return {f"{prefix}loss": loss_total / weight_total,
-            f"{prefix}pixel_accuracy": correct / targets.size}
+            f"{prefix}pixel_accuracy": correct / n_pixels}
 
 
 # ------------------------------------------------------------------------------ batches
@@ -286,6 +300,8 @@ def _check_data(who: str, name: str, data: Data) -> tuple[np.ndarray, np.ndarray
         raise TypeError(f"{who}: {name} must be (images, targets) or (images, targets, "
                         f"weights), got {type(data).__name__}")
     images, targets, weights = (*data, None) if len(data) == 2 else data
+    if isinstance(images, (list, tuple)):
+        return _check_samples(who, name, list(images), targets, weights)
     if not isinstance(images, np.ndarray) or images.ndim != 4:
         raise ValueError(f"{who}: {name} images must be an (N, C, H, W) array, got "
                          f"{getattr(images, 'shape', type(images).__name__)}")
@@ -304,17 +320,49 @@ def _check_data(who: str, name: str, data: Data) -> tuple[np.ndarray, np.ndarray
     return images, targets, weights
 
 
+def _check_samples(who: str, name: str, images: list, targets: Any, weights: Any,
+                   ) -> tuple[list, list, list | None]:
+    """Per-sample arrays (images of different sizes): [(C, H, W)], [(H, W)], [(H, W)] | None."""
+    if len(images) == 0:
+        raise ValueError(f"{who}: {name} holds no samples")
+    targets = list(targets) if isinstance(targets, (list, tuple, np.ndarray)) else targets
+    weights = None if weights is None else list(weights)
+    if not isinstance(targets, list) or len(targets) != len(images) or (
+            weights is not None and len(weights) != len(images)):
+        raise ValueError(f"{who}: {name} needs as many targets (and weights) as images "
+                         f"({len(images)})")
+    channels = None
+    for i, x in enumerate(images):
+        if not isinstance(x, np.ndarray) or x.ndim != 3:
+            raise ValueError(f"{who}: {name} image {i} must be a (C, H, W) array, got "
+                             f"{getattr(x, 'shape', type(x).__name__)}")
+        channels = channels or x.shape[0]
+        if x.shape[0] != channels:
+            raise ValueError(f"{who}: {name} image {i} has {x.shape[0]} channels, image 0 "
+                             f"has {channels}")
+        t = targets[i]
+        if not (isinstance(t, np.ndarray) and np.issubdtype(t.dtype, np.integer)
+                and t.shape == x.shape[1:]):
+            raise ValueError(f"{who}: {name} target {i} must be an integer array of shape "
+                             f"{x.shape[1:]}, got {getattr(t, 'dtype', '?')} "
+                             f"{getattr(t, 'shape', type(t).__name__)}")
+        if weights is not None and getattr(weights[i], "shape", None) != x.shape[1:]:
+            raise ValueError(f"{who}: {name} weight {i} must have shape {x.shape[1:]}")
+    return images, targets, weights
+
+
 def _make_batch(images: np.ndarray, targets: np.ndarray, weights: np.ndarray | None,
                 idx: np.ndarray, crop: int | tuple[int, int] | None,
                 augment: Augment | None, rng: np.random.Generator,
                 dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Gather samples `idx`, crop and augment each with `rng`; return x, t, w for one step."""
-    H, W = images.shape[2:]
-    ch, cw = (H, W) if crop is None else (crop, crop) if isinstance(crop, int) else crop
-    if ch > H or cw > W:
-        raise ValueError(f"train: crop {(ch, cw)} is larger than the images {(H, W)}")
     xs, ts, ws = [], [], []
     for i in idx:
+        H, W = images[i].shape[1:]
+        ch, cw = (H, W) if crop is None else (crop, crop) if isinstance(crop, int) else crop
+        if ch > H or cw > W:
+            raise ValueError(f"train: crop {(ch, cw)} is larger than image {i} {(H, W)}; "
+                             f"lower crop")
         top, left = int(rng.integers(H - ch + 1)), int(rng.integers(W - cw + 1))
         window = (slice(top, top + ch), slice(left, left + cw))
         x, t = images[i][(slice(None), *window)], targets[i][window]   # (C, h, w), (h, w)
@@ -345,9 +393,6 @@ def _resume(out: Path, model: Module, optimizer: Any, seed: int,
         raise ValueError(f"train: the run in {out} used {ckpt.optimizer_class}, this call "
                          f"gives {type(optimizer).__name__}")
     optimizer.load_state_dict(ckpt.optimizer_state)
-    for name in (LAST_NAME, BEST_NAME):  # temp files of writes a kill cut short
-        for stale in out.glob(f".{name}.*.tmp"):
-            stale.unlink()
     # Keep the log lines of the finished epochs only (a killed run may have written one more).
     records = [r for r in _read_log(out) if r["epoch"] <= state["epoch"]]
     _write_log(out, records)
@@ -368,9 +413,8 @@ def _read_log(out: Path) -> list[dict[str, Any]]:
 
 
 def _write_log(out: Path, records: list[dict[str, Any]]) -> None:
-    tmp = out / (LOG_NAME + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    os.replace(tmp, out / LOG_NAME)
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    write_atomic(out / LOG_NAME, lambda tmp: tmp.write_text(text))
 
 
 def _append_log(out: Path, record: dict[str, Any]) -> None:

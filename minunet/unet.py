@@ -24,49 +24,85 @@ what comes back along both ways: the line `d = d + dskip[i]`.
 
 H and W must be divisible by 2**depth (each pool halves them and the decoder must retrace the
 sizes exactly); `minunet.predict` tiles images of any size.
+
+Readable or fast: `UNet(..., readable=True)` builds the network from the layers of
+`minunet.layers` (plain NumPy, the math, made to be stepped through in a debugger);
+`readable=False` from `minunet.kernels.layers` (the same layers computed by Numba and BLAS
+kernels). `readable=None`, the default, reads the environment variable MINUNET_READABLE
+(`MINUNET_READABLE=1 python examples/train_small.py --quick`; unset or 0: fast). Both have the
+same parameters, state dict and results, so a checkpoint of one loads into the other.
 """
 
 from __future__ import annotations
 
+import os
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
+from . import layers as readable_layers
 from .checks import check_array
-from .layers.batchnorm import BatchNormReLU2d
-from .layers.concat import Concat
-from .layers.conv import Conv2d
-from .layers.conv_transpose import ConvTranspose2d
-from .layers.pool import MaxPool2d
+from .kernels import layers as fast_layers
 from .module import Module
 
 CONV_KERNEL = 3  # 3x3 convolutions with padding 1 keep H and W ("same" size)
 POOL = 2         # 2x2 max-pool, stride 2: halves H and W; the up-step's 2x2 stride-2 undoes it
+READABLE_ENV = "MINUNET_READABLE"  # =1: UNet(readable=None) builds the readable layers
+
+
+def use_readable(readable: bool | None = None) -> bool:
+    """`readable` if given, else whether the environment variable MINUNET_READABLE says so."""
+    if readable is not None:
+        return bool(readable)
+    value = os.environ.get(READABLE_ENV, "").strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{READABLE_ENV}={value!r}: use 1 for the readable layers, 0 (or unset) "
+                     f"for the fast ones")
 
 
 class DoubleConv(Module):
     """(3x3 conv -> BatchNorm2d -> ReLU) twice: (N, Cin, H, W) -> (N, Cout, H, W).
 
-    Each batch norm and the ReLU after it are one layer, BatchNormReLU2d: the same function
-    and parameters as BatchNorm2d followed by ReLU, in one pass over memory each way.
+    The fast layer set fuses each batch norm with the ReLU after it (BatchNormReLU2d: the same
+    function and parameters, one pass over memory each way instead of two); there relu1 and
+    relu2 are None. The readable set keeps them apart, as the math reads.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, rng: np.random.Generator) -> None:
+    def __init__(self, in_channels: int, out_channels: int, rng: np.random.Generator,
+                 layers: ModuleType = readable_layers) -> None:
         super().__init__()
-        self.conv1 = Conv2d(in_channels, out_channels, CONV_KERNEL, padding=1, bias=False,
-                            rng=rng)
-        self.bn1 = BatchNormReLU2d(out_channels)
-        self.conv2 = Conv2d(out_channels, out_channels, CONV_KERNEL, padding=1, bias=False,
-                            rng=rng)
-        self.bn2 = BatchNormReLU2d(out_channels)
+        fused = getattr(layers, "BatchNormReLU2d", None)
+        BN = fused or layers.BatchNorm2d
+        self.conv1 = layers.Conv2d(in_channels, out_channels, CONV_KERNEL, padding=1,
+                                   bias=False, rng=rng)
+        self.bn1 = BN(out_channels)
+        self.relu1 = None if fused else layers.ReLU()
+        self.conv2 = layers.Conv2d(out_channels, out_channels, CONV_KERNEL, padding=1,
+                                   bias=False, rng=rng)
+        self.bn2 = BN(out_channels)
+        self.relu2 = None if fused else layers.ReLU()
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        x = self.bn1(self.conv1(x))     # (N, Cout, H, W), relu(bn(conv(x)))
-        return self.bn2(self.conv2(x))  # (N, Cout, H, W)
+        x = _then(self.relu1, self.bn1(self.conv1(x)))     # (N, Cout, H, W)
+        return _then(self.relu2, self.bn2(self.conv2(x)))  # (N, Cout, H, W)
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
-        d = self.conv2.backward(self.bn2.backward(dout))  # (N, Cout, H, W)
-        return self.conv1.backward(self.bn1.backward(d))  # (N, Cin, H, W)
+        d = self.conv2.backward(self.bn2.backward(_back(self.relu2, dout)))  # (N, Cout, H, W)
+        return self.conv1.backward(self.bn1.backward(_back(self.relu1, d)))  # (N, Cin, H, W)
+
+
+def _then(relu: Module | None, x: np.ndarray) -> np.ndarray:
+    """relu(x), or x when the ReLU is fused into the batch norm before it."""
+    return x if relu is None else relu(x)
+
+
+def _back(relu: Module | None, dout: np.ndarray) -> np.ndarray:
+    """relu.backward(dout), or dout when the ReLU is fused into the batch norm before it."""
+    return dout if relu is None else relu.backward(dout)
 
 
 class UNet(Module):
@@ -77,10 +113,14 @@ class UNet(Module):
     depth:         number of 2x2 poolings; H and W must be divisible by 2**depth
     base_channels: channels of the top level; level i has base_channels * 2**i
     rng:           a numpy Generator (or an int seed) for the weight initialisation
+    readable:      True: the plain-NumPy layers of minunet.layers; False: the fast ones of
+                   minunet.kernels.layers; None: MINUNET_READABLE=1 means readable (default
+                   fast). Not part of config(): the weights are the same either way.
     """
 
     def __init__(self, in_channels: int = 1, num_classes: int = 3, depth: int = 3,
-                 base_channels: int = 16, rng: np.random.Generator | int | None = None) -> None:
+                 base_channels: int = 16, rng: np.random.Generator | int | None = None,
+                 readable: bool | None = None) -> None:
         super().__init__()
         for name, value in (("in_channels", in_channels), ("num_classes", num_classes),
                             ("depth", depth), ("base_channels", base_channels)):
@@ -88,18 +128,20 @@ class UNet(Module):
                 raise ValueError(f"UNet: {name} must be a positive integer, got {value!r}")
         self.in_channels, self.num_classes = int(in_channels), int(num_classes)
         self.depth, self.base_channels = int(depth), int(base_channels)
+        self.readable = use_readable(readable)
+        L = readable_layers if self.readable else fast_layers  # the same classes, by name
         rng = np.random.default_rng(rng)  # a Generator passes through unchanged
         c = [base_channels * 2**i for i in range(depth + 1)]  # c[depth]: the bottom
 
-        self.down = [DoubleConv(in_channels if i == 0 else c[i - 1], c[i], rng)
+        self.down = [DoubleConv(in_channels if i == 0 else c[i - 1], c[i], rng, L)
                      for i in range(depth)]
-        self.pool = [MaxPool2d(POOL) for _ in range(depth)]
-        self.bottom = DoubleConv(c[depth - 1], c[depth], rng)
-        self.upconv = [ConvTranspose2d(c[i + 1], c[i], POOL, stride=POOL, rng=rng)
+        self.pool = [L.MaxPool2d(POOL) for _ in range(depth)]
+        self.bottom = DoubleConv(c[depth - 1], c[depth], rng, L)
+        self.upconv = [L.ConvTranspose2d(c[i + 1], c[i], POOL, stride=POOL, rng=rng)
                        for i in range(depth)]
-        self.concat = [Concat() for _ in range(depth)]
-        self.up = [DoubleConv(2 * c[i], c[i], rng) for i in range(depth)]
-        self.head = Conv2d(c[0], num_classes, 1, rng=rng)
+        self.concat = [L.Concat() for _ in range(depth)]
+        self.up = [DoubleConv(2 * c[i], c[i], rng, L) for i in range(depth)]
+        self.head = L.Conv2d(c[0], num_classes, 1, rng=rng)
 
     def config(self) -> dict[str, Any]:
         """The constructor arguments (JSON-able): `UNet(**model.config())` rebuilds the shape."""

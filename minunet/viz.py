@@ -12,6 +12,7 @@ Colors (8-bit RGB), shared by the error map and the overlay:
     TP_COLOR  green    foreground in both / a prediction matched to a true object
     FP_COLOR  magenta  predicted only / a prediction that matches nothing
     FN_COLOR  red      missed / a true object no prediction matches
+    PRED_COLOR yellow  an outline of a predicted object, when there is no truth to compare with
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from .metrics import DSB_THRESHOLDS, EvaluationResult, evaluate, match
 TP_COLOR = (0, 200, 0)
 FP_COLOR = (255, 0, 255)
 FN_COLOR = (230, 0, 0)
+PRED_COLOR = (255, 220, 0)
 BACKGROUND_COLOR = (0, 0, 0)
 DPI = 100  # figure inches * DPI = pixels; 100 keeps the arithmetic obvious
 MIN_PICTURE_WIDTH = 480  # px: small images are scaled up until the legend fits under them
@@ -177,13 +179,34 @@ def overlay_rgb(
     return rgb
 
 
+def outline_rgb(image: np.ndarray, pred_labels: np.ndarray, *, scale: int = 1) -> np.ndarray:
+    """(H*scale, W*scale, 3) uint8: the image in gray, every predicted object outlined yellow."""
+    image = _check_2d("overlay", "image", image)
+    p = _check_2d("overlay", "pred_labels", pred_labels)
+    if image.shape != p.shape:
+        raise ValueError(f"overlay: image {image.shape} and pred_labels {p.shape} must have "
+                         "one shape")
+    rgb = _upscale(_gray(image), scale)
+    p_up = _upscale(p, scale)
+    rgb[find_boundaries(p_up, mode="inner") & (p_up > 0)] = PRED_COLOR
+    return rgb
+
+
 def overlay(
-    image: np.ndarray, true_labels: np.ndarray, pred_labels: np.ndarray, path: str | Path, *,
-    thresh: float = 0.5, scale: int | None = None, title: str | None = None,
+    image: np.ndarray, true_labels: np.ndarray | None, pred_labels: np.ndarray,
+    path: str | Path, *, thresh: float = 0.5, scale: int | None = None,
+    title: str | None = None,
 ) -> Path:
     """Image in gray, predicted outlines green (matched) or magenta (false positive), missed
-    true objects outlined red. Size as in `error_map`."""
+    true objects outlined red. Size as in `error_map`.
+
+    Without truth (`true_labels=None`) nothing can be matched: every predicted object is
+    outlined yellow and the legend says just that."""
     s = _auto_scale(np.shape(image)[-1], scale)
+    if true_labels is None:
+        n = len(np.unique(pred_labels[pred_labels > 0]))
+        rgb = outline_rgb(image, pred_labels, scale=s)
+        return _save_picture(rgb, path, [(f"predicted objects ({n})", PRED_COLOR)], title)
     rgb = overlay_rgb(image, true_labels, pred_labels, thresh=thresh, scale=s)
     legend = [(f"matched (IoU ≥ {thresh:g})", TP_COLOR), ("false positive", FP_COLOR),
               ("missed", FN_COLOR)]

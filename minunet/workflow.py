@@ -40,6 +40,22 @@ def training_arrays(images: np.ndarray | Sequence[np.ndarray], labels: np.ndarra
     return x, targets, weights
 
 
+def training_samples(images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
+                     normalization: dict[str, Any] | None = None, *,
+                     names: Sequence[str] | None = None,
+                     ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """`training_arrays` for images of different sizes (gray or RGB): per-sample lists of
+    x (1, H, W) float32, targets (H, W) int64 and weight maps (H, W) float32."""
+    norm = DEFAULT_NORMALIZATION if normalization is None else normalization
+    names = names or [f"image {i}" for i in range(len(images))]
+    xs, ts, ws = [], [], []
+    for image, lab, name in zip(images, labels, names, strict=True):
+        xs.append(normalize(image, norm, who=name)[None])           # (1, H, W)
+        ts.append(mudata.three_class(lab[None])[0])                  # (H, W)
+        ws.append(mudata.weight_map(lab[None])[0])                   # (H, W)
+    return xs, ts, ws
+
+
 MIN_SIZE_FRACTION = 0.25  # smallest kept object: a quarter of the 1st-percentile training cell
 MIN_SIZE_FLOOR = 4        # never keep objects of fewer pixels than this
 
@@ -73,11 +89,11 @@ def make_augment(**knobs: Any) -> Callable:
 
 
 def segment(model: Module, image: np.ndarray, normalization: dict[str, Any] | None = None, *,
-            tile: int = 256, batch_size: int = 4, normalized: bool = False, **postprocess: Any,
-            ) -> tuple[np.ndarray, np.ndarray]:
+            tile: int = 256, batch_size: int = 4, normalized: bool = False,
+            progress: bool = False, **postprocess: Any) -> tuple[np.ndarray, np.ndarray]:
     """One raw image (any size) -> (instance labels (H, W) int32, probabilities (Kc, H, W))."""
     probs = predict(model, image, tile=tile, batch_size=batch_size,
-                    normalization=normalization, normalized=normalized)
+                    normalization=normalization, normalized=normalized, progress=progress)
     return to_instances(probs, **postprocess), probs
 
 
@@ -94,8 +110,8 @@ def object_score_fn(val_labels: np.ndarray, thresh: float = 0.5, *, loss: bool =
 
     def score(model: Module, val_data: tuple) -> dict[str, float]:
         scores = evaluate_loss(model, val_data) if loss else {}
-        x = val_data[0]
-        preds = [segment(model, x[i, 0], normalized=True, **settings)[0]
+        x = val_data[0]  # (n, 1, H, W), or a list of (1, H, W) of different sizes
+        preds = [segment(model, x[i][0], normalized=True, **settings)[0]
                  for i in range(len(x))]
         result = metrics.evaluate(list(val_labels), preds)
         scores["val_f1"] = result.at(thresh).f1

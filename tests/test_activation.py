@@ -4,11 +4,16 @@ import numpy as np
 import pytest
 
 import minunet as mu
+from minunet import layers as readable_layers
+from minunet.kernels import layers as fast_layers
 from minunet.kernels.activation import relu_backward, relu_forward
 from minunet.kernels.reference import (
     relu_backward_reference,
     relu_forward_reference,
 )
+
+# every layer test runs on the readable layer (the math) and on the fast one (the kernels)
+IMPLS = [pytest.param(readable_layers, id="readable"), pytest.param(fast_layers, id="fast")]
 
 
 def rel(a, b):
@@ -30,26 +35,29 @@ def test_kernels_match_reference(shape, dtype, tol):
 
 
 @pytest.mark.parametrize("shape", [(1, 2, 3, 5), (3, 1, 4, 2)])
-def test_gradcheck_away_from_kink(shape):
+@pytest.mark.parametrize("L", IMPLS)
+def test_gradcheck_away_from_kink(L, shape):
     rng = np.random.default_rng(1)
     x = rng.standard_normal(shape)
     x += np.sign(x) * 0.1  # |x| >= 0.1 >> finite-difference step
-    mu.gradcheck(mu.ReLU(), x, max_elements=None)
+    mu.gradcheck(L.ReLU(), x, max_elements=None)
 
 
-def test_gradient_at_exactly_zero_is_zero():
-    relu = mu.ReLU()
+@pytest.mark.parametrize("L", IMPLS)
+def test_gradient_at_exactly_zero_is_zero(L):
+    relu = L.ReLU()
     x = np.array([[[[-1.0, 0.0, 2.0]]]])
     assert relu.forward(x).tolist() == [[[[0.0, 0.0, 2.0]]]]
     assert relu.backward(np.array([[[[3.0, 4.0, 5.0]]]])).tolist() == [[[[0.0, 0.0, 5.0]]]]
 
 
-def test_matches_torch():
+@pytest.mark.parametrize("L", IMPLS)
+def test_matches_torch(L):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(2)
     x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
     dout = rng.standard_normal(x.shape).astype(np.float32)
-    relu = mu.ReLU()
+    relu = L.ReLU()
     out = relu.forward(x)
     xt = torch.tensor(x, requires_grad=True)
     torch.relu(xt).backward(torch.tensor(dout))
@@ -57,7 +65,8 @@ def test_matches_torch():
     assert np.array_equal(relu.backward(dout), xt.grad.numpy())
 
 
-def test_bad_inputs():
+@pytest.mark.parametrize("L", IMPLS)
+def test_bad_inputs(L):
     for dtype in (np.float32, np.float64):
         for bad, name in [(np.inf, "1 inf"), (-np.inf, "1 inf"), (np.nan, "1 NaN")]:
             x = np.ones(37, dtype)  # not a multiple of the vector width: the tail counts too
@@ -65,14 +74,14 @@ def test_bad_inputs():
                 x[:] = 1
                 x[where] = bad
                 with pytest.raises(FloatingPointError, match=rf"ReLU.*{name}"):
-                    mu.ReLU().forward(x)
+                    L.ReLU().forward(x)
     with pytest.raises(TypeError, match=r"ReLU.*numpy array"):
-        mu.ReLU().forward([1.0, 2.0])
+        L.ReLU().forward([1.0, 2.0])
     with pytest.raises(TypeError, match=r"ReLU.*float32 or float64"):
-        mu.ReLU().forward(np.array([1, 2]))
+        L.ReLU().forward(np.array([1, 2]))
     with pytest.raises(RuntimeError, match="before forward"):
-        mu.ReLU().backward(np.zeros(3))
-    relu = mu.ReLU()
+        L.ReLU().backward(np.zeros(3))
+    relu = L.ReLU()
     relu.forward(np.zeros((2, 3)))
     with pytest.raises(ValueError, match=r"ReLU.backward.*shape"):
         relu.backward(np.zeros((3, 2)))

@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 
 import minunet as mu
+from minunet import layers as readable_layers
+from minunet.kernels import layers as fast_layers
 from minunet.kernels.batchnorm import (
     batchnorm_backward_input,
     batchnorm_backward_reduce,
@@ -17,6 +19,9 @@ from minunet.kernels.reference import (
     batchnorm_forward_reference,
     batchnorm_stats_reference,
 )
+
+# every layer test runs on the readable layer (the math) and on the fast one (the kernels)
+IMPLS = [pytest.param(readable_layers, id="readable"), pytest.param(fast_layers, id="fast")]
 
 
 def rel(a, b):
@@ -58,8 +63,8 @@ def test_float32_statistics_at_unet_size_are_float64_exact():
     assert rel(mean, mean_ref) < 1e-9 and rel(var, var_ref) < 1e-7
 
 
-def make_bn(C, rng, training=True):
-    bn = mu.BatchNorm2d(C)
+def make_bn(C, rng, training=True, L=readable_layers):
+    bn = L.BatchNorm2d(C)
     bn.weight.data[:] = rng.uniform(0.5, 1.5, C)  # not ones / zeros: every term matters
     bn.bias.data[:] = rng.standard_normal(C)
     bn.running_mean[:] = rng.standard_normal(C)
@@ -69,17 +74,19 @@ def make_bn(C, rng, training=True):
 
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_gradcheck(shape, training):
+@pytest.mark.parametrize("L", IMPLS)
+def test_gradcheck(L, shape, training):
     rng = np.random.default_rng(2)
-    bn = make_bn(shape[1], rng, training)
+    bn = make_bn(shape[1], rng, training, L)
     x = rng.standard_normal(shape) * 1.5 + 0.5
     report = mu.gradcheck(bn, x, max_elements=None)
     assert {t.name for t in report.tensors} == {"input 0", "weight", "bias"}
 
 
-def test_running_stats_follow_pytorch_formula():
+@pytest.mark.parametrize("L", IMPLS)
+def test_running_stats_follow_pytorch_formula(L):
     rng = np.random.default_rng(3)
-    bn = mu.BatchNorm2d(3, momentum=0.25)
+    bn = L.BatchNorm2d(3, momentum=0.25)
     x1 = rng.standard_normal((2, 3, 4, 5)).astype(np.float32) * 3 + 1
     x2 = rng.standard_normal((2, 3, 4, 5)).astype(np.float32) - 2
     rm, rv = np.zeros(3), np.ones(3)
@@ -95,9 +102,10 @@ def test_running_stats_follow_pytorch_formula():
     assert [n for n, _ in bn.named_parameters()] == ["weight", "bias"]
 
 
-def test_eval_uses_running_stats_and_train_uses_batch_stats():
+@pytest.mark.parametrize("L", IMPLS)
+def test_eval_uses_running_stats_and_train_uses_batch_stats(L):
     rng = np.random.default_rng(4)
-    bn = make_bn(2, rng, training=False)
+    bn = make_bn(2, rng, training=False, L=L)
     x = rng.standard_normal((2, 2, 3, 3))
     bn.astype(np.float64)
     y = bn.forward(x)
@@ -110,10 +118,11 @@ def test_eval_uses_running_stats_and_train_uses_batch_stats():
     assert np.allclose(y.mean(axis=(0, 2, 3)), bn.bias.data, atol=1e-12)
 
 
-def test_matches_torch_train_then_eval():
+@pytest.mark.parametrize("L", IMPLS)
+def test_matches_torch_train_then_eval(L):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(5)
-    bn = make_bn(4, rng).astype(np.float64)
+    bn = make_bn(4, rng, L=L).astype(np.float64)
     tbn = torch.nn.BatchNorm2d(4).double()
     with torch.no_grad():
         tbn.weight[:] = torch.tensor(bn.weight.data)
@@ -146,9 +155,10 @@ def test_matches_torch_train_then_eval():
     assert rel(bn.backward(dout), xt.grad.numpy()) < 1e-12
 
 
-def test_backward_uses_the_mode_of_its_forward():
+@pytest.mark.parametrize("L", IMPLS)
+def test_backward_uses_the_mode_of_its_forward(L):
     rng = np.random.default_rng(6)
-    bn = make_bn(2, rng).astype(np.float64)
+    bn = make_bn(2, rng, L=L).astype(np.float64)
     x, dout = rng.standard_normal((2, 2, 3, 3)), rng.standard_normal((2, 2, 3, 3))
     bn.forward(x)
     dx_train = bn.backward(dout)
@@ -157,8 +167,9 @@ def test_backward_uses_the_mode_of_its_forward():
     assert np.array_equal(bn.backward(dout), dx_train)
 
 
-def test_bad_inputs():
-    bn = mu.BatchNorm2d(3)
+@pytest.mark.parametrize("L", IMPLS)
+def test_bad_inputs(L):
+    bn = L.BatchNorm2d(3)
     with pytest.raises(ValueError, match=r"BatchNorm2d\(3\).*4 dimensions"):
         bn.forward(np.zeros((3, 4, 4), np.float32))
     with pytest.raises(ValueError, match=r"BatchNorm2d\(3\) expected 3 input channels, got 2"):
@@ -177,6 +188,6 @@ def test_bad_inputs():
                 with pytest.raises(FloatingPointError, match=rf"BatchNorm2d\(3\).*{name}"):
                     bn.train(training).forward(x)
     with pytest.raises(ValueError, match="more than 1 value per channel"):
-        mu.BatchNorm2d(3).forward(np.zeros((1, 3, 1, 1), np.float32))
+        L.BatchNorm2d(3).forward(np.zeros((1, 3, 1, 1), np.float32))
     with pytest.raises(RuntimeError, match=r"BatchNorm2d.backward was called before forward"):
-        mu.BatchNorm2d(3).backward(np.zeros((1, 3, 4, 4), np.float32))
+        L.BatchNorm2d(3).backward(np.zeros((1, 3, 4, 4), np.float32))

@@ -1,5 +1,6 @@
-"""BatchNormReLU2d (batch norm + ReLU fused): kernels vs references, equal to the two layers in
-sequence (train and eval, values, gradients, running stats), gradient check away from the kink."""
+"""BatchNormReLU2d (batch norm + ReLU fused, a fast layer outside the public API): kernels vs
+references, equal to the two readable layers in sequence (train and eval, values, gradients,
+running stats), gradient check away from the kink."""
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from minunet.kernels.batchnorm import (
     batchnorm_relu_forward,
     batchnorm_stats,
 )
+from minunet.kernels.layers import BatchNormReLU2d
 from minunet.kernels.reference import (
     batchnorm_relu_backward_input_reference,
     batchnorm_relu_backward_reduce_reference,
@@ -59,7 +61,7 @@ def randomise(bn, rng):
 @pytest.mark.parametrize("training", [True, False])
 def test_equals_batchnorm_then_relu(training):
     rng = np.random.default_rng(1)
-    fused = randomise(mu.BatchNormReLU2d(3), rng).astype(np.float64).train(training)
+    fused = randomise(BatchNormReLU2d(3), rng).astype(np.float64).train(training)
     bn = mu.BatchNorm2d(3).astype(np.float64).train(training)
     bn.load_state_dict(fused.state_dict())
     relu = mu.ReLU()
@@ -89,7 +91,7 @@ def away_from_kink(shape, rng):
 @pytest.mark.parametrize("shape", [(1, 3, 2, 5), (2, 2, 3, 2)])
 def test_gradcheck(shape, training):
     rng = np.random.default_rng(2)
-    bn = randomise(mu.BatchNormReLU2d(shape[1]), rng).train(training)
+    bn = randomise(BatchNormReLU2d(shape[1]), rng).train(training)
     bn.bias.data[:] = rng.uniform(-0.05, 0.05, shape[1])
     if not training:  # running stats that keep xhat away from 0 too
         bn.running_mean[:] = 0
@@ -99,7 +101,7 @@ def test_gradcheck(shape, training):
 
 
 def test_bad_inputs_name_the_fused_layer():
-    bn = mu.BatchNormReLU2d(2)
+    bn = BatchNormReLU2d(2)
     with pytest.raises(ValueError, match=r"BatchNormReLU2d\(2\) expected 2 input channels"):
         bn.forward(np.zeros((1, 3, 2, 2), np.float32))
     x = np.zeros((1, 2, 2, 2), np.float32)
@@ -107,4 +109,4 @@ def test_bad_inputs_name_the_fused_layer():
     with pytest.raises(FloatingPointError, match=r"BatchNormReLU2d\(2\).*1 NaN"):
         bn.eval().forward(x)
     with pytest.raises(RuntimeError, match="before forward"):
-        mu.BatchNormReLU2d(2).backward(np.zeros((1, 2, 2, 2), np.float32))
+        BatchNormReLU2d(2).backward(np.zeros((1, 2, 2, 2), np.float32))

@@ -253,3 +253,134 @@ def test_kill_during_training_leaves_a_loadable_checkpoint_and_resume_continues(
     logged = [json.loads(line)["epoch"] for line in (out / "log.jsonl").read_text().splitlines()]
     assert logged == list(range(1, done + 3))
     assert sorted(p.name for p in out.iterdir()) == ["best.npz", "last.npz", "log.jsonl"]
+
+
+# ------------------------------------------------------------------ crafted files (refused
+# from the header and the array headers, before the model is built or a weight unpacked)
+def unet_file(tmp_path, name="unet.npz"):
+    model = mu.UNet(1, 3, depth=2, base_channels=4, rng=0)
+    path = save(model, tmp_path / name, Adam(model.parameters()))
+    with np.load(path) as npz:
+        contents = dict(npz)
+    return path, contents, json.loads(str(contents["minunet_header"]))
+
+
+def rewrite(path, contents, header=None, compressed=False):
+    if header is not None:
+        contents = {**contents, "minunet_header": np.array(json.dumps(header))}
+    (np.savez_compressed if compressed else np.savez)(path, **contents)
+
+
+@pytest.fixture
+def no_building(monkeypatch):
+    """Fail loudly if load() builds a U-Net: the checks must come first."""
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("the model was built before the file was checked")
+    return lambda: monkeypatch.setattr(mu.UNet, "__init__", refuse)
+
+
+@pytest.mark.parametrize("key, value", [("depth", 9), ("depth", 1000), ("depth", 0),
+                                        ("depth", "3"), ("base_channels", 10**9),
+                                        ("base_channels", 1024), ("in_channels", -1)])
+def test_absurd_model_sizes_are_refused_before_building(tmp_path, no_building, key, value):
+    path, contents, header = unet_file(tmp_path)
+    header["model_config"][key] = value
+    rewrite(path, contents, header)
+    no_building()
+    started = time.perf_counter()
+    with pytest.raises(CheckpointError, match=f"unet.npz.*'model_config(.{key})?'"):
+        load(path)
+    assert time.perf_counter() - started < 1.0
+
+
+@pytest.mark.parametrize("drop", ["model_config", "model_class", "metadata", "model_dtype"])
+def test_header_entries_missing_or_wrong_are_named(tmp_path, drop):
+    path, contents, header = unet_file(tmp_path)
+    rewrite(path, contents, {k: v for k, v in header.items() if k != drop})
+    with pytest.raises(CheckpointError, match=f"unet.npz.*no '{drop}' entry"):
+        load(path)
+    header[drop] = [1, 2]
+    rewrite(path, contents, header)
+    with pytest.raises(CheckpointError, match=f"unet.npz.*'{drop}'"):
+        load(path)
+
+
+def test_compressed_bomb_is_refused_before_unpacking(tmp_path, monkeypatch):
+    path, contents, _ = unet_file(tmp_path)
+    key = "model/head.weight"
+    contents[key] = np.zeros((64, 1024, 1024), np.float32)  # 256 MiB of zeros: ~250 kB packed
+    rewrite(path, contents, compressed=True)
+    assert path.stat().st_size < 2**20
+
+    def no_unpacking(*args, **kwargs):
+        raise AssertionError("an array was unpacked before the sizes were checked")
+    monkeypatch.setattr(np.lib.format, "read_array", no_unpacking)
+    with pytest.raises(CheckpointError, match=f"unet.npz.*'{key}'"):
+        load(path)
+
+
+def test_wrong_shape_is_refused_from_the_array_header(tmp_path, monkeypatch):
+    path, contents, _ = unet_file(tmp_path)
+    contents["model/head.weight"] = np.zeros((3, 4, 2, 2), np.float32)
+    rewrite(path, contents)
+    real = np.lib.format.read_array
+    monkeypatch.setattr(np.lib.format, "read_array", lambda f, **kw: (
+        real(f, **kw) if f.name == "minunet_header.npy" else pytest.fail("unpacked")))
+    with pytest.raises(CheckpointError, match="'model/head.weight' has shape"):
+        load(path)
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "complex", "int", "object"])
+def test_weights_must_be_finite_real_floats(tmp_path, bad):
+    path, contents, _ = unet_file(tmp_path)
+    key = "model/down.0.conv1.weight"
+    w = contents[key]
+    contents[key] = {
+        "nan": np.where(np.arange(w.size).reshape(w.shape) == 5, np.nan, w).astype(w.dtype),
+        "inf": np.full_like(w, np.inf),
+        "complex": w.astype(np.complex64),
+        "int": w.astype(np.int32),
+        "object": None,
+    }[bad]
+    if bad == "object":
+        contents[key] = np.empty(w.shape, dtype=object)
+    rewrite(path, contents)
+    with pytest.raises(CheckpointError, match=f"unet.npz.*'{key}'"):
+        load(path)
+
+
+def test_unet_parameter_count_matches_the_model():
+    from minunet.checkpoint import unet_parameter_count
+    for config in ({"depth": 1, "base_channels": 4}, {"depth": 3, "base_channels": 16,
+                                                       "in_channels": 2, "num_classes": 4}):
+        model = mu.UNet(rng=0, **config)
+        assert unet_parameter_count(**config) == sum(p.data.size for p in model.parameters())
+
+
+def test_load_takes_a_run_folder_and_a_pretrained_name(tmp_path, monkeypatch):
+    from minunet import models
+    model = PixelNet(rng=0)
+    run = tmp_path / "run"
+    run.mkdir()
+    save(model, run / "last.npz")
+    assert load(run, PixelNet).path == run / "last.npz"
+    save(model, run / "best.npz")
+    assert load(run, PixelNet).path == run / "best.npz"
+    with pytest.raises(FileNotFoundError, match="no best.npz or last.npz"):
+        load(tmp_path / "run" / "..", PixelNet)
+    monkeypatch.setattr(models, "PRETRAINED", {"pix": "test"})
+    monkeypatch.setattr(models, "HERE", run)
+    save(model, run / "pix.npz")
+    assert load("pix", PixelNet).path == run / "pix.npz"
+    with pytest.raises(FileNotFoundError, match="pretrained models: pix"):
+        load("nothing", PixelNet)
+
+
+def test_only_self_describing_models_are_rebuilt_by_name(tmp_path, monkeypatch):
+    path, contents, header = unet_file(tmp_path)
+    header["model_class"] = "Conv2d"
+    header["model_config"] = {"in_channels": 10**6, "out_channels": 10**6, "kernel_size": 3}
+    rewrite(path, contents, header)
+    monkeypatch.setattr(mu.Conv2d, "__init__", lambda *a, **k: pytest.fail("built a Conv2d"))
+    with pytest.raises(CheckpointError, match="Conv2d, which is not a minunet model"):
+        load(path)

@@ -4,8 +4,13 @@ import numpy as np
 import pytest
 
 import minunet as mu
+from minunet import layers as readable_layers
 from minunet.kernels import conv as kernels
+from minunet.kernels import layers as fast_layers
 from minunet.kernels import reference
+
+# every layer test runs on the readable layer (the math) and on the fast one (the kernels)
+IMPLS = [pytest.param(readable_layers, id="readable"), pytest.param(fast_layers, id="fast")]
 
 TOL = {np.float32: 1e-5, np.float64: 1e-12}  # kernel vs reference, whole-tensor relative error
 
@@ -52,10 +57,11 @@ def test_kernels_match_reference(case, dtype):
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_gradcheck(case):
+@pytest.mark.parametrize("L", IMPLS)
+def test_gradcheck(L, case):
     N, Cin, Cout, H, W, K, S, P = case
     rng = np.random.default_rng(7)
-    layer = mu.Conv2d(Cin, Cout, K, stride=S, padding=P, rng=rng)
+    layer = L.Conv2d(Cin, Cout, K, stride=S, padding=P, rng=rng)
     layer.bias.data[:] = rng.standard_normal(Cout)  # a zero bias would hide nothing, but vary it
     x = rng.standard_normal((N, Cin, H, W))
     report = mu.gradcheck(layer, x)
@@ -63,20 +69,22 @@ def test_gradcheck(case):
     assert all(t.rel_error < 1e-7 for t in report.tensors)
 
 
-def test_gradcheck_without_bias():
+@pytest.mark.parametrize("L", IMPLS)
+def test_gradcheck_without_bias(L):
     rng = np.random.default_rng(3)
-    layer = mu.Conv2d(2, 3, 3, padding=1, bias=False, rng=rng)
+    layer = L.Conv2d(2, 3, 3, padding=1, bias=False, rng=rng)
     assert layer.bias is None
     report = mu.gradcheck(layer, rng.standard_normal((1, 2, 5, 4)))
     assert {t.name for t in report.tensors} == {"input 0", "weight"}
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_matches_torch(case):
+@pytest.mark.parametrize("L", IMPLS)
+def test_matches_torch(L, case):
     torch = pytest.importorskip("torch")
     N, Cin, Cout, H, W, K, S, P = case
     rng = np.random.default_rng(11)
-    layer = mu.Conv2d(Cin, Cout, K, stride=S, padding=P, rng=rng).astype(np.float64)
+    layer = L.Conv2d(Cin, Cout, K, stride=S, padding=P, rng=rng).astype(np.float64)
     layer.bias.data[:] = rng.standard_normal(Cout)
     x = rng.standard_normal((N, Cin, H, W))
     y = layer(x)
@@ -94,20 +102,22 @@ def test_matches_torch(case):
     np.testing.assert_allclose(layer.bias.grad, bt.grad.numpy(), rtol=1e-10, atol=1e-12)
 
 
-def test_init_is_he_normal_float32_and_reproducible():
-    layer = mu.Conv2d(16, 32, 3, padding=1, rng=np.random.default_rng(0))
+@pytest.mark.parametrize("L", IMPLS)
+def test_init_is_he_normal_float32_and_reproducible(L):
+    layer = L.Conv2d(16, 32, 3, padding=1, rng=np.random.default_rng(0))
     assert layer.weight.shape == (32, 16, 3, 3) and layer.bias.shape == (32,)
     assert layer.weight.dtype == np.float32 and layer.bias.dtype == np.float32
     assert np.all(layer.bias.data == 0)
     expected_std = np.sqrt(2 / (16 * 3 * 3))
     assert abs(layer.weight.data.std() / expected_std - 1) < 0.05  # 4608 draws: ~1% spread
-    again = mu.Conv2d(16, 32, 3, padding=1, rng=np.random.default_rng(0))
+    again = L.Conv2d(16, 32, 3, padding=1, rng=np.random.default_rng(0))
     assert np.array_equal(layer.weight.data, again.weight.data)
     assert [n for n, _ in layer.named_parameters()] == ["weight", "bias"]
 
 
-def test_float32_forward_stays_float32():
-    layer = mu.Conv2d(3, 4, 3, padding=1, rng=np.random.default_rng(0))
+@pytest.mark.parametrize("L", IMPLS)
+def test_float32_forward_stays_float32(L):
+    layer = L.Conv2d(3, 4, 3, padding=1, rng=np.random.default_rng(0))
     x = np.random.default_rng(1).standard_normal((2, 3, 6, 5)).astype(np.float32)
     y = layer(x)
     assert y.dtype == np.float32 and y.shape == (2, 4, 6, 5)
@@ -116,9 +126,9 @@ def test_float32_forward_stays_float32():
 
 
 # ------------------------------------------------------------------ bad input
-@pytest.fixture
-def layer():
-    return mu.Conv2d(16, 8, 3, padding=1, rng=np.random.default_rng(0))
+@pytest.fixture(params=IMPLS)
+def layer(request):
+    return request.param.Conv2d(16, 8, 3, padding=1, rng=np.random.default_rng(0))
 
 
 def test_wrong_ndim(layer):
@@ -149,9 +159,10 @@ def test_backward_before_forward(layer):
         layer.backward(np.zeros((1, 8, 5, 5), np.float32))
 
 
-def test_input_smaller_than_kernel():
+@pytest.mark.parametrize("L", IMPLS)
+def test_input_smaller_than_kernel(L):
     with pytest.raises(ValueError, match="smaller than the kernel"):
-        mu.Conv2d(1, 1, 5)(np.zeros((1, 1, 3, 3), np.float32))
+        L.Conv2d(1, 1, 5)(np.zeros((1, 1, 3, 3), np.float32))
 
 
 def test_wrong_dout_shape(layer):

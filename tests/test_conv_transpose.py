@@ -4,8 +4,13 @@ import numpy as np
 import pytest
 
 import minunet as mu
+from minunet import layers as readable_layers
 from minunet.kernels import conv as kernels
+from minunet.kernels import layers as fast_layers
 from minunet.kernels import reference
+
+# every layer test runs on the readable layer (the math) and on the fast one (the kernels)
+IMPLS = [pytest.param(readable_layers, id="readable"), pytest.param(fast_layers, id="fast")]
 
 TOL = {np.float32: 1e-5, np.float64: 1e-12}  # kernel vs reference, whole-tensor relative error
 
@@ -52,10 +57,11 @@ def test_kernels_match_reference(case, dtype):
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_gradcheck(case):
+@pytest.mark.parametrize("L", IMPLS)
+def test_gradcheck(L, case):
     N, Cin, Cout, H, W, K, S, P = case
     rng = np.random.default_rng(5)
-    layer = mu.ConvTranspose2d(Cin, Cout, K, S, padding=P, rng=rng)
+    layer = L.ConvTranspose2d(Cin, Cout, K, S, padding=P, rng=rng)
     layer.bias.data[:] = rng.standard_normal(Cout)
     x = rng.standard_normal((N, Cin, H, W))
     report = mu.gradcheck(layer, x)
@@ -63,20 +69,22 @@ def test_gradcheck(case):
     assert all(t.rel_error < 1e-7 for t in report.tensors)
 
 
-def test_gradcheck_without_bias():
+@pytest.mark.parametrize("L", IMPLS)
+def test_gradcheck_without_bias(L):
     rng = np.random.default_rng(3)
-    layer = mu.ConvTranspose2d(2, 3, 2, 2, bias=False, rng=rng)
+    layer = L.ConvTranspose2d(2, 3, 2, 2, bias=False, rng=rng)
     assert layer.bias is None
     report = mu.gradcheck(layer, rng.standard_normal((1, 2, 3, 4)))
     assert {t.name for t in report.tensors} == {"input 0", "weight"}
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_matches_torch(case):
+@pytest.mark.parametrize("L", IMPLS)
+def test_matches_torch(L, case):
     torch = pytest.importorskip("torch")
     N, Cin, Cout, H, W, K, S, P = case
     rng = np.random.default_rng(11)
-    layer = mu.ConvTranspose2d(Cin, Cout, K, S, padding=P, rng=rng).astype(np.float64)
+    layer = L.ConvTranspose2d(Cin, Cout, K, S, padding=P, rng=rng).astype(np.float64)
     layer.bias.data[:] = rng.standard_normal(Cout)
     x = rng.standard_normal((N, Cin, H, W))
     y = layer(x)
@@ -94,8 +102,9 @@ def test_matches_torch(case):
     np.testing.assert_allclose(layer.bias.grad, bt.grad.numpy(), rtol=1e-10, atol=1e-12)
 
 
-def test_init_shapes_dtype_and_up_step_size():
-    layer = mu.ConvTranspose2d(32, 16, 2, 2, rng=np.random.default_rng(0))
+@pytest.mark.parametrize("L", IMPLS)
+def test_init_shapes_dtype_and_up_step_size(L):
+    layer = L.ConvTranspose2d(32, 16, 2, 2, rng=np.random.default_rng(0))
     assert layer.weight.shape == (32, 16, 2, 2) and layer.bias.shape == (16,)
     assert layer.weight.dtype == np.float32
     expected_std = np.sqrt(2 / (32 * 2 * 2))
@@ -105,9 +114,9 @@ def test_init_shapes_dtype_and_up_step_size():
 
 
 # ------------------------------------------------------------------ bad input
-@pytest.fixture
-def layer():
-    return mu.ConvTranspose2d(16, 8, 2, 2, rng=np.random.default_rng(0))
+@pytest.fixture(params=IMPLS)
+def layer(request):
+    return request.param.ConvTranspose2d(16, 8, 2, 2, rng=np.random.default_rng(0))
 
 
 def test_wrong_ndim(layer):
@@ -138,6 +147,7 @@ def test_backward_before_forward(layer):
         layer.backward(np.zeros((1, 8, 10, 10), np.float32))
 
 
-def test_empty_output():
+@pytest.mark.parametrize("L", IMPLS)
+def test_empty_output(L):
     with pytest.raises(ValueError, match="empty output"):
-        mu.ConvTranspose2d(1, 1, 2, 2, padding=2)(np.zeros((1, 1, 1, 1), np.float32))
+        L.ConvTranspose2d(1, 1, 2, 2, padding=2)(np.zeros((1, 1, 1, 1), np.float32))

@@ -1,6 +1,7 @@
 """Disk format: save/load round trip, regeneration from the manifest, the image reader, preview."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -105,3 +106,85 @@ def test_generate_dataset_writes_everything(tmp_path):
     assert images.shape == (3, 32, 40) and manifest["preset"] == "shift-small"
     assert (out / "preview.png").is_file()
     np.testing.assert_array_equal(images, mu.data.generate(3, "shift-small", (32, 40), 1)[0])
+
+
+# ------------------------------------------------------------------ writing a user's files
+def test_write_atomic_uses_the_umask_and_cleans_up(tmp_path):
+    from minunet.data.io import remove_stale_temps, write_atomic
+    old = os.umask(0o027)
+    try:
+        path = write_atomic(tmp_path / "a.txt", lambda tmp: tmp.write_text("new"))
+    finally:
+        os.umask(old)
+    assert path.read_text() == "new" and oct(path.stat().st_mode & 0o777) == oct(0o640)
+
+    def crash(tmp):
+        tmp.write_text("half")
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(tmp_path / "a.txt", crash)
+    assert (tmp_path / "a.txt").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+
+    (tmp_path / ".a.txt.k1ll.tmp.txt").write_text("left by kill -9")
+    (tmp_path / ".other.k1ll.tmp").write_text("not ours")
+    removed = remove_stale_temps(tmp_path, ["a.txt"])
+    assert [p.name for p in removed] == [".a.txt.k1ll.tmp.txt"]
+    assert (tmp_path / ".other.k1ll.tmp").exists()
+
+
+def test_write_labels_keeps_the_pixel_size(tmp_path):
+    from minunet.data.io import read_pixel_size, write_labels
+    tifffile.imwrite(tmp_path / "in.tif", np.zeros((5, 6), np.uint8), imagej=True,
+                     resolution=(2.0, 4.0), metadata={"unit": "um"})
+    size = read_pixel_size(tmp_path / "in.tif")
+    assert size[:2] == pytest.approx((0.25, 0.5)) and size[2] == "um"  # (dy, dx, unit)
+    labels = np.arange(30).reshape(5, 6)
+    write_labels(tmp_path / "out.tif", labels, size)
+    assert read_pixel_size(tmp_path / "out.tif") == size
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out.tif"), labels)
+    assert read_pixel_size(tmp_path / "none.png") is None
+    with pytest.raises(ValueError, match="uint16"):
+        write_labels(tmp_path / "big.tif", np.full((2, 2), 70000))
+
+
+# ------------------------------------------------------------------ a lab's folders
+def test_find_pairs_in_every_layout(tmp_path):
+    from minunet.data.folders import find_pairs
+    img = np.zeros((8, 8), np.uint8)
+    for f in ("sd/images/a.tiff", "sd/images/b.png", "sd/masks/a.png", "sd/masks/b_masks.tif",
+              "cp/x_img.tif", "cp/x_masks.tif", "cp/x_seg.npy", "cp/y_img.npy",
+              "cp/y_masks.png", "plain/p.tif", "plain/p_masks.tif", "plain/p_flows.tif"):
+        path = tmp_path / f
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if f.endswith(".npy"):
+            np.save(path, img)
+        elif f.endswith(".png"):
+            Image.fromarray(img).save(path)
+        else:
+            tifffile.imwrite(path, img)
+    names = lambda pairs: [(i.name, m.name) for i, m in pairs]  # noqa: E731
+    assert names(find_pairs(tmp_path / "sd")) == [("a.tiff", "a.png"), ("b.png", "b_masks.tif")]
+    assert names(find_pairs(tmp_path / "sd" / "images")) == names(find_pairs(tmp_path / "sd"))
+    assert names(find_pairs(tmp_path / "cp")) == [("x_img.tif", "x_masks.tif"),
+                                                  ("y_img.npy", "y_masks.png")]
+    assert names(find_pairs(tmp_path / "plain")) == [("p.tif", "p_masks.tif")]
+
+
+def test_read_pairs_names_every_bad_file(tmp_path):
+    from minunet.data.folders import DataError, read_pairs
+    pairs = []
+    for name, mask in (("ok", np.ones((6, 6), np.uint16)), ("neg", -np.ones((6, 6), np.int32)),
+                       ("frac", np.full((6, 6), 0.5, np.float32)),
+                       ("shape", np.ones((5, 6), np.uint16)),
+                       ("rgb", np.ones((6, 6, 3), np.uint8))):
+        tifffile.imwrite(tmp_path / f"{name}.tif", np.zeros((6, 6), np.uint8))
+        tifffile.imwrite(tmp_path / f"{name}_m.tif", mask)
+        pairs.append((tmp_path / f"{name}.tif", tmp_path / f"{name}_m.tif"))
+    with pytest.raises(DataError) as info:
+        read_pairs(pairs)
+    message = str(info.value)
+    assert "4 of 5" in message
+    for name, what in (("neg", "negative"), ("frac", "whole numbers"), ("shape", "5x6"),
+                       ("rgb", "2-D")):
+        assert f"{name}_m.tif" in message and what in message, (name, message)

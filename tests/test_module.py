@@ -18,11 +18,11 @@ class Scale(mu.Module):
         self.wrong = wrong
 
     def forward(self, x):
-        self._saved = x
+        self.save_for_backward(x)
         return x * self.weight.data[None, :, None, None] + self.bias.data[None, :, None, None]
 
     def backward(self, dout):
-        x = self._take_saved()
+        (x,) = self.take_saved()
         dw = (dout * x).sum(axis=(0, 2, 3))
         if self.wrong == "weight":
             dw = dw * 1.001                      # a subtly wrong gradient
@@ -137,3 +137,74 @@ def test_grad_disabled_keeps_nothing_for_backward():
     seq.set_grad_enabled(True)
     seq(x)
     assert all(layer._saved is not None for layer in seq.layers)
+
+
+class Legacy(mu.Module):
+    """The older private hand-off (self._saved = x; self._take_saved()) still works."""
+
+    def forward(self, x):
+        self._saved = x
+        return 3 * x
+
+    def backward(self, dout):
+        x = self._take_saved()
+        assert x.shape == dout.shape
+        return 3 * dout
+
+
+def test_the_private_hand_off_still_works():
+    layer = Legacy()
+    x = np.ones((1, 2, 2, 2))
+    layer.forward(x)
+    assert np.array_equal(layer.take_saved()[0], x)  # take_saved wraps it in a tuple
+    assert mu.gradcheck(Legacy(), np.random.default_rng(0).standard_normal((1, 2, 3, 2))).ok
+
+
+class Doubler(mu.Module):
+    """y = 2x, written with the public hand-off; `forgets` leaves out save_for_backward."""
+
+    def __init__(self, forgets: bool = False) -> None:
+        super().__init__()
+        self.forgets = forgets
+
+    def forward(self, x):
+        if not self.forgets:
+            self.save_for_backward(x.shape)
+        return 2 * x
+
+    def backward(self, dout):
+        (shape,) = self.take_saved()
+        assert dout.shape == shape
+        return 2 * dout
+
+
+def test_save_for_backward_hands_values_over_once():
+    layer = Doubler()
+    x = np.ones((2, 3))
+    layer.forward(x)
+    assert np.array_equal(layer.backward(np.ones((2, 3))), 2 * np.ones((2, 3)))
+    with pytest.raises(RuntimeError, match="Doubler.backward was called before forward"):
+        layer.backward(np.ones((2, 3)))  # one backward per forward
+    layer.forward(x)
+    layer.forward(x)  # a second forward replaces what the first saved
+    layer.backward(np.ones((2, 3)))
+
+
+def test_forward_that_saved_nothing_says_so():
+    layer = Doubler(forgets=True)
+    with pytest.raises(RuntimeError, match="Doubler.backward was called before forward"):
+        layer.backward(np.ones(3))
+    layer.forward(np.ones(3))
+    with pytest.raises(RuntimeError, match="forward stored nothing for backward") as err:
+        layer.backward(np.ones(3))
+    assert "before forward" not in str(err.value)
+    assert "save_for_backward" in str(err.value)
+
+
+def test_forward_clears_what_the_previous_forward_saved():
+    layer = Doubler()
+    layer.forward(np.ones(3))
+    layer.forgets = True
+    layer.forward(np.ones(3))  # saves nothing: backward must not get the stale shape
+    with pytest.raises(RuntimeError, match="forward stored nothing"):
+        layer.backward(np.ones(3))

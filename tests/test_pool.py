@@ -4,11 +4,16 @@ import numpy as np
 import pytest
 
 import minunet as mu
+from minunet import layers as readable_layers
+from minunet.kernels import layers as fast_layers
 from minunet.kernels.pool import maxpool2d_backward, maxpool2d_forward
 from minunet.kernels.reference import (
     maxpool2d_backward_reference,
     maxpool2d_forward_reference,
 )
+
+# every layer test runs on the readable layer (the math) and on the fast one (the kernels)
+IMPLS = [pytest.param(readable_layers, id="readable"), pytest.param(fast_layers, id="fast")]
 
 
 def rel(a, b):
@@ -53,17 +58,19 @@ def test_kernels_break_ties_like_argmax(N, C, H, W, K, S):
 
 
 @pytest.mark.parametrize("N, C, H, W, K, S", CASES)
-def test_gradcheck(N, C, H, W, K, S):
+@pytest.mark.parametrize("L", IMPLS)
+def test_gradcheck(L, N, C, H, W, K, S):
     x = distinct((N, C, H, W), np.random.default_rng(1))
-    report = mu.gradcheck(mu.MaxPool2d(K, S), x, max_elements=None)
+    report = mu.gradcheck(L.MaxPool2d(K, S), x, max_elements=None)
     assert report.tensors[0].rel_error < 1e-7
 
 
-def test_tie_sends_gradient_to_first_maximum_in_row_major_order():
+@pytest.mark.parametrize("L", IMPLS)
+def test_tie_sends_gradient_to_first_maximum_in_row_major_order(L):
     x = np.zeros((1, 1, 2, 4))
     x[0, 0] = [[1.0, 5.0, 3.0, 3.0],
                [5.0, 5.0, 3.0, 2.0]]  # window 0: three 5s; window 1: three 3s
-    pool = mu.MaxPool2d(2)
+    pool = L.MaxPool2d(2)
     out = pool.forward(x)
     assert out.tolist() == [[[[5.0, 3.0]]]]
     dx = pool.backward(np.array([[[[10.0, 20.0]]]]))
@@ -73,20 +80,22 @@ def test_tie_sends_gradient_to_first_maximum_in_row_major_order():
     assert np.array_equal(dx, expected)
 
 
-def test_floor_output_size_and_default_stride():
-    pool = mu.MaxPool2d(2)
+@pytest.mark.parametrize("L", IMPLS)
+def test_floor_output_size_and_default_stride(L):
+    pool = L.MaxPool2d(2)
     assert pool.stride == 2
     x = np.random.default_rng(2).standard_normal((2, 3, 7, 9)).astype(np.float32)
     assert pool.forward(x).shape == (2, 3, 3, 4)
     assert pool.backward(np.ones((2, 3, 3, 4), np.float32))[:, :, 6, :].sum() == 0  # dropped row
 
 
-def test_matches_torch():
+@pytest.mark.parametrize("L", IMPLS)
+def test_matches_torch(L):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 3, 9, 8))
     for K, S in [(2, 2), (3, 2), (3, 1)]:
-        pool = mu.MaxPool2d(K, S)
+        pool = L.MaxPool2d(K, S)
         out = pool.forward(x)
         dout = rng.standard_normal(out.shape)
         xt = torch.tensor(x, requires_grad=True)
@@ -96,8 +105,9 @@ def test_matches_torch():
         assert np.allclose(pool.backward(dout), xt.grad.numpy(), rtol=1e-12, atol=1e-12)
 
 
-def test_bad_inputs():
-    pool = mu.MaxPool2d(2)
+@pytest.mark.parametrize("L", IMPLS)
+def test_bad_inputs(L):
+    pool = L.MaxPool2d(2)
     with pytest.raises(ValueError, match=r"MaxPool2d.*4 dimensions"):
         pool.forward(np.zeros((3, 4, 4)))
     for K, S in [(2, 2), (3, 2), (2, 3)]:  # the 2x2 loop and the general one
@@ -106,12 +116,12 @@ def test_bad_inputs():
                 x = np.zeros((1, 1, 5, 5))
                 x[(0, 0, *where)] = bad
                 with pytest.raises(FloatingPointError, match=rf"MaxPool2d.*{name}"):
-                    mu.MaxPool2d(K, S).forward(x)
+                    L.MaxPool2d(K, S).forward(x)
     with pytest.raises(ValueError, match=r"smaller than the 2x2 window"):
         pool.forward(np.zeros((1, 1, 1, 4)))
     with pytest.raises(TypeError, match="float32 or float64"):
         pool.forward(np.zeros((1, 1, 4, 4), np.int32))
     with pytest.raises(RuntimeError, match="before forward"):
-        mu.MaxPool2d(2).backward(np.zeros((1, 1, 2, 2)))
+        L.MaxPool2d(2).backward(np.zeros((1, 1, 2, 2)))
     with pytest.raises(ValueError, match="kernel_size"):
-        mu.MaxPool2d(17)
+        L.MaxPool2d(17)

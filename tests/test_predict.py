@@ -83,3 +83,14 @@ def test_bad_images_are_named():
         normalize(np.zeros((2, 3, 4, 5)))
     with pytest.raises(ValueError, match="unknown method"):
         normalize(np.zeros((4, 4)), {"method": "zscore!"})
+
+
+def test_progress_over_tile_batches_only_on_a_terminal(capsys, monkeypatch):
+    model = small_unet()
+    image = np.random.default_rng(4).random((40, 50)).astype(np.float32)
+    quiet = mu.predict(model, image, tile=8, batch_size=2, progress=True)
+    assert "tiles" not in capsys.readouterr().err            # stderr is not a terminal
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True, raising=False)
+    shown = mu.predict(model, image, tile=8, batch_size=2, progress=True)
+    assert "tiles of 40x50" in capsys.readouterr().err
+    np.testing.assert_array_equal(shown, quiet)

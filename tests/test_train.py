@@ -211,3 +211,25 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="seed=0"):
         mu.train(model, (images, targets), epochs=2, out_dir=tmp_path, resume=True, seed=1,
                  progress=False)
+
+
+def test_images_of_different_sizes_train_as_lists():
+    rng = np.random.default_rng(12)
+    images, targets = [], []
+    for size in (8, 12, 10):
+        x, t = make_discs(1, size, rng)
+        images.append(x[0])
+        targets.append(t[0])
+    history = mu.train(PixelNet(1, 2, rng=0), (images, targets, None), (images, targets, None),
+                       epochs=2, batch_size=2, crop=8, progress=False)
+    assert len(history) == 2 and all(math.isfinite(v) for v in history["val_loss"])
+    whole = mu.evaluate(PixelNet(1, 2, rng=0).eval(), (images, targets))
+    by_one = [mu.evaluate(PixelNet(1, 2, rng=0).eval(), (x[None], t[None]))
+              for x, t in zip(images, targets, strict=True)]
+    n = [t.size for t in targets]
+    assert whole["val_pixel_accuracy"] == pytest.approx(
+        sum(r["val_pixel_accuracy"] * k for r, k in zip(by_one, n, strict=True)) / sum(n))
+    with pytest.raises(ValueError, match="differ in size; give crop"):
+        mu.train(PixelNet(1, 2, rng=0), (images, targets), epochs=1, progress=False)
+    with pytest.raises(ValueError, match="larger than image 0"):
+        mu.train(PixelNet(1, 2, rng=0), (images, targets), epochs=1, crop=10, progress=False)

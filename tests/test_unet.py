@@ -10,28 +10,36 @@ from minunet.unet import UNet
 REFERENCE_COUNTS = {(3, 8): 121_051, (3, 16): 482_483, (4, 32): 7_762_531}
 
 
-def test_gradcheck_depth2_train_mode():
-    model = UNet(1, 3, depth=2, base_channels=2, rng=0)
+def rel(a, b):
+    return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300)
+
+
+@pytest.mark.parametrize("readable", [True, False])
+def test_gradcheck_depth2_train_mode(readable):
+    model = UNet(1, 3, depth=2, base_channels=2, rng=0, readable=readable)
     x = np.random.default_rng(1).standard_normal((2, 1, 8, 8))
     report = mu.gradcheck(model, x, mode="random")
     assert report.ok and len(report.tensors) == 1 + len(model.parameters())
 
 
-def test_gradcheck_depth2_full_on_input_and_first_weights():
+@pytest.mark.parametrize("readable", [True, False])
+def test_gradcheck_depth2_full_on_input_and_first_weights(readable):
     # element by element on a few elements of every tensor: a second, independent view
-    model = UNet(1, 3, depth=2, base_channels=2, rng=2)
+    model = UNet(1, 3, depth=2, base_channels=2, rng=2, readable=readable)
     x = np.random.default_rng(3).standard_normal((2, 1, 8, 8))
     assert mu.gradcheck(model, x, mode="full", max_elements=8).ok
 
 
-def test_gradcheck_depth3_train_mode():
-    model = UNet(2, 3, depth=3, base_channels=2, rng=4)
+@pytest.mark.parametrize("readable", [True, False])
+def test_gradcheck_depth3_train_mode(readable):
+    model = UNet(2, 3, depth=3, base_channels=2, rng=4, readable=readable)
     x = np.random.default_rng(5).standard_normal((2, 2, 8, 16))
     assert mu.gradcheck(model, x, mode="random").ok
 
 
-def test_gradcheck_eval_mode():
-    model = UNet(1, 2, depth=2, base_channels=2, rng=6)
+@pytest.mark.parametrize("readable", [True, False])
+def test_gradcheck_eval_mode(readable):
+    model = UNet(1, 2, depth=2, base_channels=2, rng=6, readable=readable)
     x = np.random.default_rng(7).standard_normal((1, 1, 8, 12))
     model.forward(x.astype(np.float32))  # move the running statistics away from (0, 1)
     assert mu.gradcheck(model.eval(), x, mode="random").ok
@@ -52,8 +60,9 @@ class ForgetsTheSkip(UNet):
         return d
 
 
-def test_gradcheck_catches_a_lost_skip_gradient():
-    model = ForgetsTheSkip(1, 3, depth=2, base_channels=2, rng=0)
+@pytest.mark.parametrize("readable", [True, False])
+def test_gradcheck_catches_a_lost_skip_gradient(readable):
+    model = ForgetsTheSkip(1, 3, depth=2, base_channels=2, rng=0, readable=readable)
     x = np.random.default_rng(1).standard_normal((2, 1, 8, 8))
     report = mu.gradcheck(model, x, mode="random", raise_on_fail=False)
     assert not report.ok
@@ -117,6 +126,49 @@ def test_matches_pytorch():
                                down[0][0].weight.grad.numpy(), rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(model.down[1].bn2.running_var, down[1][4].running_var.numpy(),
                                rtol=1e-12)
+
+
+def test_fast_unet_equals_readable_unet():
+    """The default (fast) network and the readable one: same weights, same numbers."""
+    rng = np.random.default_rng(8)
+    for dtype, tol in ((np.float64, 1e-12), (np.float32, 1e-5)):
+        readable = UNet(2, 3, depth=2, base_channels=4, rng=9, readable=True).astype(dtype)
+        fast = UNet(2, 3, depth=2, base_channels=4, rng=9, readable=False).astype(dtype)
+        for (name, a), (_, b) in zip(readable.state_dict().items(), fast.state_dict().items(),
+                                     strict=True):
+            assert np.array_equal(a, b), name  # same initialisation from the same seed
+        for training in (True, False):
+            readable.train(training)
+            fast.train(training)
+            x = rng.standard_normal((2, 2, 8, 12)).astype(dtype)
+            y_readable, y_fast = readable.forward(x), fast.forward(x)
+            assert rel(y_fast, y_readable) < tol
+            g = rng.standard_normal(y_readable.shape).astype(dtype)
+            assert rel(fast.backward(g), readable.backward(g)) < tol
+        for (name, p), (_, q) in zip(fast.named_parameters(), readable.named_parameters(),
+                                     strict=True):
+            assert rel(p.grad, q.grad) < tol, name
+        for (name, a), (_, b) in zip(fast.named_buffers(), readable.named_buffers(), strict=True):
+            assert rel(a, b) < tol, name
+
+
+def test_readable_switch(monkeypatch):
+    from minunet.kernels import layers as fast_layers
+    from minunet.layers import conv as readable_conv
+
+    monkeypatch.delenv("MINUNET_READABLE", raising=False)
+    assert type(UNet(depth=1, base_channels=2, rng=0).head) is fast_layers.Conv2d
+    assert not UNet(depth=1, base_channels=2, rng=0).readable
+    monkeypatch.setenv("MINUNET_READABLE", "1")
+    model = UNet(depth=1, base_channels=2, rng=0)
+    assert model.readable and type(model.head) is readable_conv.Conv2d
+    assert type(model.down[0].bn1).__module__ == "minunet.layers.batchnorm"
+    assert type(UNet(depth=1, base_channels=2, rng=0, readable=False).head) is fast_layers.Conv2d
+    # the same state dict either way: a checkpoint of one loads into the other
+    UNet(depth=1, base_channels=2, readable=False).load_state_dict(model.state_dict())
+    monkeypatch.setenv("MINUNET_READABLE", "maybe")
+    with pytest.raises(ValueError, match="MINUNET_READABLE='maybe'"):
+        UNet(depth=1, base_channels=2, rng=0)
 
 
 # ------------------------------------------------------------------ structure

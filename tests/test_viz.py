@@ -147,3 +147,15 @@ def test_write_report(scene, tmp_path):
 def test_no_global_backend_change():
     src = inspect.getsource(viz)
     assert "pyplot" not in src and "matplotlib.use" not in src
+
+
+def test_overlay_without_truth_outlines_every_object_yellow(scene, tmp_path):
+    image, _, p = scene
+    s = 8
+    rgb = read_rgb(viz.overlay(image, None, p, tmp_path / "o.png", scale=s))
+    assert rgb.shape[:2] == (p.shape[0] * s + LEGEND_HEIGHT, p.shape[1] * s)
+    assert tuple(rgb[2 * s, 2 * s]) == viz.PRED_COLOR
+    assert tuple(rgb[50 * s, 50 * s]) == viz.PRED_COLOR
+    for color in (TP_COLOR, FP_COLOR, FN_COLOR):  # nothing was matched, so no match colors
+        assert not has_color(rgb, color)
+    assert has_color(rgb[-LEGEND_HEIGHT:], viz.PRED_COLOR)

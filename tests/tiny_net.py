@@ -26,11 +26,11 @@ class PixelNet(Module):
     def forward(self, x):
         if self.training:
             self.seen += x.shape[0]
-        self._saved = x
+        self.save_for_backward(x)
         return np.einsum("kc,nchw->nkhw", self.weight.data, x) + self.bias.data[:, None, None]
 
     def backward(self, dout):
-        x = self._take_saved()
+        (x,) = self.take_saved()
         self.weight.grad += np.einsum("nkhw,nchw->kc", dout, x)
         self.bias.grad += dout.sum(axis=(0, 2, 3))
         return np.einsum("kc,nkhw->nchw", self.weight.data, dout)

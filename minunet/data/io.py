@@ -5,12 +5,24 @@ A data set on disk:
     labels/0000.tif   uint16 (H, W) instance ids, 0 = background (opens in napari and Fiji)
     manifest.json     preset, size, seed, n, every parameter, minunet version: enough for
                       `generate.regenerate(manifest)` to draw the same arrays again
+
+(A lab's own folders, without a manifest, are read by `minunet.data.folders`.)
+
+Writing a user's files: `write_atomic(path, write)` writes through a hidden temporary file in the
+same folder (`.NAME.XXXX.tmp.SUFFIX`), fsyncs it, gives it the permissions a plain `open()` would
+(0o666 minus the umask) and renames it over `path`; an exception or Ctrl-C removes the temporary
+file, and `remove_stale_temps` clears those a `kill -9` left behind. `write_labels` writes a
+label TIFF that Fiji and napari open as a 16-bit label image, with the input's pixel size.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tifffile
@@ -61,6 +73,121 @@ def _check_image(path: Path, array: np.ndarray) -> np.ndarray:
     return array
 
 
+# ------------------------------------------------------------------------- writing safely
+def current_umask() -> int:
+    """The process's umask (read by setting and restoring it; there is no other POSIX way)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def temp_prefix(path: Path) -> str:
+    """Temporary files for `path` are named `.NAME.XXXX.tmp...` beside it."""
+    return f".{path.name}."
+
+
+def write_atomic(path: str | Path, write: Callable[[Path], Any]) -> Path:
+    """Call `write(tmp_path)` on a temporary file beside `path`, then rename it over `path`.
+
+    Either the old file (or none) or the complete new one is there, whatever happens; the new
+    file gets 0o666 minus the umask, as `open()` would give it (mkstemp alone makes it 0600).
+    The temporary name keeps the suffix, so writers that choose a format by suffix still work.
+    """
+    path = Path(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp" + path.suffix,
+                                    dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())
+        os.replace(tmp, path)
+    except BaseException:  # KeyboardInterrupt too: never leave the temporary file behind
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_folder(path.parent)
+    return path
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make a rename durable (POSIX); folders cannot be opened this way on Windows."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temps(folder: str | Path, names: Iterable[str]) -> list[Path]:
+    """Delete the temporary files a killed write of any of `names` left in `folder`."""
+    removed = []
+    for name in names:
+        for stale in Path(folder).glob(f".{_glob_escape(name)}.*.tmp*"):
+            if stale.is_file():
+                stale.unlink(missing_ok=True)
+                removed.append(stale)
+    return removed
+
+
+def _glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+# ------------------------------------------------------------------ label TIFFs, pixel size
+PixelSize = tuple[float, float, str]  # (y size, x size, unit), e.g. (0.25, 0.25, "um")
+
+
+def read_pixel_size(path: str | Path) -> PixelSize | None:
+    """The pixel size a TIFF declares (ImageJ's or the TIFF resolution tags), else None."""
+    path = Path(path)
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return None
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            tags = page.tags
+            if "XResolution" not in tags or "YResolution" not in tags:
+                return None
+            xres, yres = (_ratio(tags[k].value) for k in ("XResolution", "YResolution"))
+            unit = ""
+            if tif.is_imagej and tif.imagej_metadata:
+                unit = str(tif.imagej_metadata.get("unit", ""))
+            if not unit:
+                code = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2
+                unit = {2: "inch", 3: "cm"}.get(code, "")
+    except Exception:  # a pixel size is a courtesy: never fail a prediction over it
+        return None
+    if not (xres > 0 and yres > 0) or not unit:
+        return None
+    return 1.0 / yres, 1.0 / xres, unit
+
+
+def _ratio(value: Any) -> float:
+    if isinstance(value, tuple):
+        return value[0] / value[1] if value[1] else 0.0
+    return float(value)
+
+
+def write_labels(path: str | Path, labels: np.ndarray, pixel_size: PixelSize | None = None
+                 ) -> Path:
+    """Write instance labels as an ImageJ uint16 TIFF (atomically), keeping `pixel_size`."""
+    labels = np.asarray(labels)
+    if labels.size and (labels.min() < 0 or labels.max() > MAX_LABEL):
+        raise ValueError(f"write_labels: {path}: label ids {labels.min()}..{labels.max()} do "
+                         f"not fit a uint16 label image (0..{MAX_LABEL})")
+    kwargs: dict[str, Any] = {"imagej": True}
+    if pixel_size is not None:
+        dy, dx, unit = pixel_size
+        kwargs["resolution"] = (1.0 / dx, 1.0 / dy)
+        kwargs["metadata"] = {"unit": unit}
+    data = labels.astype(np.uint16)
+    return write_atomic(Path(path), lambda tmp: tifffile.imwrite(tmp, data, **kwargs))
+
+
 def save_dataset(out_dir: str | Path, images: np.ndarray, labels: np.ndarray, manifest: dict
                  ) -> None:
     """Write images/NNNN.tif (float32), labels/NNNN.tif (uint16) and manifest.json."""
@@ -79,12 +206,15 @@ def save_dataset(out_dir: str | Path, images: np.ndarray, labels: np.ndarray, ma
     digits = max(4, len(str(len(images) - 1)))
     for i, (image, label) in enumerate(zip(images, labels, strict=True)):
         name = f"{i:0{digits}d}.tif"
-        tifffile.imwrite(out / "images" / name, image.astype(np.float32), photometric="minisblack")
-        tifffile.imwrite(out / "labels" / name, label.astype(np.uint16), photometric="minisblack")
+        for folder, array in (("images", image.astype(np.float32)),
+                              ("labels", label.astype(np.uint16))):
+            write_atomic(out / folder / name, lambda tmp, a=array: tifffile.imwrite(
+                tmp, a, photometric="minisblack"))
     from .. import __version__
     record = {"format": FORMAT_VERSION, "minunet_version": __version__, **_jsonable(manifest),
               "n": len(images), "size": list(images.shape[1:])}
-    (out / MANIFEST).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    text = json.dumps(record, indent=2, sort_keys=True) + "\n"
+    write_atomic(out / MANIFEST, lambda tmp: tmp.write_text(text))
 
 
 def load_dataset(directory: str | Path) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -94,7 +224,8 @@ def load_dataset(directory: str | Path) -> tuple[np.ndarray, np.ndarray, dict]:
     manifest_path = root / MANIFEST
     if not manifest_path.is_file():
         raise FileNotFoundError(f"load_dataset: {root} has no {MANIFEST}; is it a data set "
-                                "written by save_dataset / `minunet generate`?")
+                                "written by save_dataset / `minunet generate`? (A lab's own "
+                                "folder: minunet.data.folders.find_pairs and read_pairs.)")
     manifest = json.loads(manifest_path.read_text())
     image_files = sorted((root / "images").glob("*.tif"))
     label_files = sorted((root / "labels").glob("*.tif"))

@@ -1,8 +1,15 @@
-"""Plain NumPy references of the kernels: slow, obvious, and the oracle the tests compare with.
+"""NumPy oracles of the kernel functions: the same signatures and contracts, whole-array NumPy.
 
-Read these first to see *what* a kernel computes; the kernel files show *how* it is made fast.
-Each loop runs over the K*K kernel taps only, and handles a whole (N, C, Ho, Wo) slab per tap
-with one einsum, so the indexing stays visible.
+What this file is: the test oracle for each kernel FUNCTION on its own (tests/test_conv.py,
+test_pool.py, ... compare `kernels.X` with `X_reference` here), including contracts that only
+the kernels have, such as batch norm's split into a reduction pass and an element-wise pass
+(`batchnorm_backward_reduce`, `batchnorm_backward_input`) or max-pool's uint8 winner offsets.
+
+What it is not: plain loops, or the place to learn the math. Each function works on whole
+arrays: the convolutions loop over the K*K kernel taps only and contract one strided
+(N, C, Ho, Wo) slab per tap with `np.einsum`; max-pool loops over the output pixels of a
+window grid. To read the math, with its derivation, read the layers in `minunet/layers/`
+(tests/test_fast_layers.py checks the fast layers against those, layer by layer).
 """
 
 from __future__ import annotations

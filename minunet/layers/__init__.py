@@ -1,7 +1,8 @@
-"""The layers: one family per file, forward and backward side by side."""
+"""The layers, as their math: one family per file, forward and backward side by side, plain
+NumPy. The same layers computed by the Numba/BLAS kernels are in `minunet.kernels.layers`."""
 
 from .activation import ReLU
-from .batchnorm import BatchNorm2d, BatchNormReLU2d
+from .batchnorm import BatchNorm2d
 from .concat import Concat
 from .conv import Conv2d
 from .conv_transpose import ConvTranspose2d
@@ -9,7 +10,6 @@ from .pool import MaxPool2d
 
 __all__ = [
     "BatchNorm2d",
-    "BatchNormReLU2d",
     "Concat",
     "Conv2d",
     "ConvTranspose2d",

@@ -1,14 +1,16 @@
-"""Batch normalisation: BatchNorm2d, and BatchNormReLU2d (the same followed by a ReLU, fused).
+"""Batch normalisation: BatchNorm2d.
 
 Each channel c is normalised with statistics over the batch and the image, axes (N, H, W),
-M = N*H*W values per channel, then scaled and shifted by learned gamma (`weight`) and beta (`bias`):
+M = N*H*W values per channel, then scaled and shifted by learned gamma (`weight`) and beta
+(`bias`). For one channel, with x_m its M values:
 
-    x (N, C, H, W),  gamma, beta (C,)  ->  y (N, C, H, W)
+    train:  mu = (1/M) sum_m x_m,   var = (1/M) sum_m (x_m - mu)**2      (biased: divide by M)
+    eval:   mu = running_mean,      var = running_var
+    istd  = 1 / sqrt(var + eps)
+    x̂_m   = (x_m - mu) * istd                                            "x_hat" in the code
+    y_m   = gamma * x̂_m + beta
 
-    train:  mu = mean(x),  var = mean((x - mu)**2)      (biased: divide by M)
-    eval:   mu = running_mean,  var = running_var
-    xhat = (x - mu) / sqrt(var + eps)
-    y    = gamma * xhat + beta
+    x (N, C, H, W),  gamma, beta, mu, var, istd (C,)  ->  x̂, y (N, C, H, W)
 
 Running statistics (PyTorch's rule; `momentum` weighs the NEW batch, the variance stored is
 the unbiased one, sum / (M - 1), while normalisation uses the biased one):
@@ -16,36 +18,42 @@ the unbiased one, sum / (M - 1), while normalisation uses the biased one):
     running_mean = (1 - momentum) * running_mean + momentum * mu
     running_var  = (1 - momentum) * running_var  + momentum * var * M / (M - 1)
 
-Backward, with g = dout and istd = 1 / sqrt(var + eps):
+Backward. With g_m = dL/dy_m the upstream gradient, the parameters are direct:
 
-    dbeta  = sum(g)                   dgamma = sum(g * xhat)          (sums over N, H, W)
-    eval:   mu and var are constants, y is an affine map of x:   dx = gamma * istd * g
-    train:  mu and var depend on every x of the channel, which adds two correction terms:
-            dx = gamma * istd * (g - mean(g) - xhat * mean(g * xhat))
+    dbeta  = sum_m g_m            dgamma = sum_m g_m * x̂_m            (sums over N, H, W)
+    dx̂_m   = gamma * g_m
 
-(Derivation: dxhat = gamma * g; then dx = istd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)).
-With an all-ones upstream gradient the train-mode dx is exactly zero (g - mean(g) = 0 and
-sum(xhat) = 0), so a test with ones proves nothing: the tests use a random one.)
+For the input, note that in train mode every x_k of the channel moves mu and var, and so
+every x̂_m. Differentiating x̂_m = (x_m - mu) * istd by x_k:
 
-Saved for backward: x itself, the mean used, istd (C,) and the mode (train or eval) of that
-forward; xhat is recomputed from them instead of being stored, which saves one (N, C, H, W)
-array per layer.
+    d mu   / d x_k = 1/M
+    d var  / d x_k = (2/M) (x_k - mu)            (the -1/M terms sum to zero: sum_m (x_m - mu) = 0)
+    d istd / d x_k = -1/2 (var + eps)**(-3/2) * d var / d x_k = -istd**3 (x_k - mu) / M
+    d x̂_m / d x_k  = istd * ([m == k] - 1/M) + (x_m - mu) * d istd / d x_k
+                   = istd * ([m == k] - 1/M - x̂_m x̂_k / M)
+
+and dx_k = sum_m dx̂_m * d x̂_m / d x_k gives the three terms:
+
+    dx_k = istd * ( dx̂_k                  (1) direct: x_k -> x̂_k
+                  - mean_m(dx̂_m)          (2) through mu: moving every x by the same amount
+                                              changes no x̂, so dx sums to zero
+                  - x̂_k * mean_m(dx̂_m x̂_m) ) (3) through var: scaling x about mu changes no
+                                              x̂, so dx is orthogonal to x̂
+
+In eval mode mu and var are constants and y is an affine map of x: only term (1) is left,
+dx = istd * dx̂. (With an all-ones upstream gradient the train-mode dx is exactly zero, terms
+(1) and (2) cancel and sum(x̂) = 0, so a test with ones proves nothing: the tests draw g.)
+
+Saved for backward: x̂ (N, C, H, W), istd (C,) and the mode of that forward (train or eval).
+The fast version (`minunet.kernels.layers.BatchNorm2d`) keeps x instead of x̂ and does each
+direction in two passes over memory.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..checks import check_array, check_finite
-from ..kernels.batchnorm import (
-    batchnorm_backward_input,
-    batchnorm_backward_reduce,
-    batchnorm_forward,
-    batchnorm_relu_backward_input,
-    batchnorm_relu_backward_reduce,
-    batchnorm_relu_forward,
-    batchnorm_stats,
-)
+from ..checks import check_array
 from ..module import Module, Parameter
 
 
@@ -65,117 +73,60 @@ class BatchNorm2d(Module):
         self.register_buffer("running_var", np.ones(num_features, np.float32))    # (C,)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        x, mean, istd = self._statistics(x)  # x (N, C, H, W); mean, istd (C,) float64
-        scale = self.weight.data * istd       # (C,)  gamma / sqrt(var + eps)
-        shift = self.bias.data - mean * scale  # (C,)  beta - mu * scale
-        y, probe = batchnorm_forward(x, scale.astype(x.dtype), shift.astype(x.dtype))
-        if probe != 0:  # sum(x - x) is NaN exactly when some x is NaN or inf
-            check_finite(repr(self), x)
-        self._saved = (x, mean, istd, self.training)  # the mode of THIS forward
-        return y  # (N, C, H, W)
+        self._check_input(x, finite=True)                   # x (N, C, H, W)
+        gamma, beta = self.weight.data, self.bias.data      # (C,) each
+        if self.training:
+            # float64 sums: a channel can hold ~1e5 float32 values
+            mu = x.mean(axis=(0, 2, 3), dtype=np.float64)   # (C,)
+            var = x.var(axis=(0, 2, 3), dtype=np.float64)   # (C,)  biased, divides by M
+            self._update_running_stats(mu, var, x)
+        else:
+            mu, var = self.running_mean, self.running_var   # (C,)
+        istd = (1.0 / np.sqrt(var + self.eps)).astype(x.dtype)          # (C,)
+        # (C,) -> (C, 1, 1) broadcasts over (N, C, H, W): one value per channel
+        x_hat = (x - mu.astype(x.dtype)[:, None, None]) * istd[:, None, None]  # (N, C, H, W)
+        y = gamma[:, None, None] * x_hat + beta[:, None, None]                  # (N, C, H, W)
+        self.save_for_backward(x_hat, istd, self.training)  # the mode of THIS forward
+        return y
 
-    def backward(self, dout: np.ndarray) -> np.ndarray:
-        x, mean, istd, batch_stats = self._take_saved()  # x (N,C,H,W); mean, istd (C,) f64
-        dout = self._check_dout(dout, x)
-        sum_g, sum_gxc = batchnorm_backward_reduce(dout, x, mean)  # (C,) float64 each
-        coefficients = self._accumulate_and_coefficients(x, mean, istd, batch_stats, sum_g,
-                                                         sum_gxc)
-        return batchnorm_backward_input(dout, x, *coefficients)  # (N, C, H, W)
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        x_hat, istd, batch_stats = self.take_saved()        # x_hat (N, C, H, W), istd (C,)
+        self._check_dout(dy, x_hat)                         # dy = g (N, C, H, W)
+        gamma = self.weight.data                            # (C,)
+        # forward was y = gamma * x_hat + beta
+        self.bias.grad += dy.sum(axis=(0, 2, 3))            # dbeta  (C,)
+        self.weight.grad += (dy * x_hat).sum(axis=(0, 2, 3))  # dgamma (C,)
+        dx_hat = gamma[:, None, None] * dy                  # (N, C, H, W)
+        if not batch_stats:  # eval: mu and var were constants, only the direct term
+            return istd[:, None, None] * dx_hat             # (N, C, H, W)
+        mean_dx_hat = dx_hat.mean(axis=(0, 2, 3))                 # (C,)  term (2)
+        mean_dx_hat_x_hat = (dx_hat * x_hat).mean(axis=(0, 2, 3))  # (C,)  term (3)
+        return istd[:, None, None] * (dx_hat                                   # (1)
+                                      - mean_dx_hat[:, None, None]             # (2)
+                                      - x_hat * mean_dx_hat_x_hat[:, None, None])  # (3)
 
     # ------------------------------------------------------------ shared steps
-    def _statistics(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Check x; return it contiguous with the mean and istd to normalise with (float64).
-
-        Train mode: batch statistics, and the running statistics are updated.
-        """
-        who = repr(self)
-        # NaN/inf are caught from the statistics (train) or the kernel's probe (eval),
-        # without an extra pass over x
-        check_array(who, x, ndim=4, channels=self.num_features, dtype=self.weight.dtype,
-                    finite=False)
-        x = np.ascontiguousarray(x)
+    def _update_running_stats(self, mu: np.ndarray, var: np.ndarray, x: np.ndarray) -> None:
+        """The running averages eval() normalises with (PyTorch's rule, module docstring)."""
         N, _, H, W = x.shape
         M = N * H * W
-        if self.training:
-            if M < 2:
-                raise ValueError(f"{who}: training needs more than 1 value per channel, got "
-                                 f"input shape {x.shape} (use eval() for single pixels)")
-            mean, var = batchnorm_stats(x)  # (C,) float64 each, biased variance
-            if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(var))):
-                check_finite(who, x)  # raises, naming how many NaN / inf values
-            m = self.momentum
-            self.running_mean[...] = (1 - m) * self.running_mean + m * mean
-            self.running_var[...] = (1 - m) * self.running_var + m * var * (M / (M - 1))
-        else:
-            mean = self.running_mean.astype(np.float64)  # (C,)
-            var = self.running_var.astype(np.float64)    # (C,)
-        return x, mean, 1.0 / np.sqrt(var + self.eps)
+        m = self.momentum
+        self.running_mean[...] = (1 - m) * self.running_mean + m * mu
+        self.running_var[...] = (1 - m) * self.running_var + m * var * (M / (M - 1))
 
-    def _check_dout(self, dout: np.ndarray, x: np.ndarray) -> np.ndarray:
-        if dout.shape != x.shape or dout.dtype != x.dtype:
-            raise ValueError(f"{self!r}.backward: dout has shape {dout.shape} and dtype "
-                             f"{dout.dtype}, the forward output had {x.shape} {x.dtype}")
-        return np.ascontiguousarray(dout)
+    def _check_input(self, x: np.ndarray, finite: bool) -> None:
+        who = repr(self)
+        check_array(who, x, ndim=4, channels=self.num_features, dtype=self.weight.dtype,
+                    finite=finite)
+        N, _, H, W = x.shape
+        if self.training and N * H * W < 2:
+            raise ValueError(f"{who}: training needs more than 1 value per channel, got "
+                             f"input shape {x.shape} (use eval() for single pixels)")
 
-    def _accumulate_and_coefficients(
-        self, x: np.ndarray, mean: np.ndarray, istd: np.ndarray, batch_stats: bool,
-        sum_g: np.ndarray, sum_gxc: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Add dgamma, dbeta into the gradients; return (mean, a, mean_g, k) in x's dtype for
-        dx = a * (g - mean_g - (x - mean) * k)."""
-        N, C, H, W = x.shape
-        M = N * H * W
-        sum_gxhat = sum_gxc * istd  # sum(g * xhat), since xhat = (x - mean) * istd
-        self.bias.grad += sum_g.astype(x.dtype)  # forward was y = gamma * xhat + beta
-        self.weight.grad += sum_gxhat.astype(x.dtype)
-        a = self.weight.data * istd  # (C,) gamma * istd
-        if batch_stats:
-            # dx = a * (g - mean(g) - xhat * mean(g * xhat)), xhat = (x - mean) * istd
-            mean_g = sum_g / M
-            k = istd * sum_gxhat / M
-        else:
-            # mean and var are constants here: y is an affine map of x, dx = a * g
-            mean_g = np.zeros(C)
-            k = np.zeros(C)
-        dtype = x.dtype
-        return mean.astype(dtype), a.astype(dtype), mean_g.astype(dtype), k.astype(dtype)
+    def _check_dout(self, dy: np.ndarray, like: np.ndarray) -> None:
+        if dy.shape != like.shape or dy.dtype != like.dtype:
+            raise ValueError(f"{self!r}.backward: dout has shape {dy.shape} and dtype "
+                             f"{dy.dtype}, the forward output had {like.shape} {like.dtype}")
 
     def __repr__(self) -> str:
         return f"BatchNorm2d({self.num_features})"
-
-
-class BatchNormReLU2d(BatchNorm2d):
-    """BatchNorm2d followed by ReLU, in one pass over memory each way.
-
-        y = max(gamma * xhat + beta, 0)
-
-    Same parameters, buffers and state-dict names as BatchNorm2d; the same result as
-    `ReLU()(BatchNorm2d(C)(x))`, but without the ReLU's own read and write of the whole
-    activation in forward and in backward. Backward is BatchNorm2d's with the upstream gradient
-    masked where the ReLU was off (g * (y > 0), gradient 0 at y == 0 as in ReLU).
-
-    Saved for backward: x, the output y (for the mask; the next layer holds it anyway), the
-    mean, istd (C,) and the mode.
-    """
-
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        x, mean, istd = self._statistics(x)  # x (N, C, H, W); mean, istd (C,) float64
-        scale = self.weight.data * istd
-        shift = self.bias.data - mean * scale
-        y, probe = batchnorm_relu_forward(x, scale.astype(x.dtype), shift.astype(x.dtype))
-        if probe != 0:
-            check_finite(repr(self), x)
-        self._saved = (x, y, mean, istd, self.training)
-        return y  # (N, C, H, W)
-
-    def backward(self, dout: np.ndarray) -> np.ndarray:
-        x, y, mean, istd, batch_stats = self._take_saved()
-        dout = self._check_dout(dout, x)
-        # forward was y = max(bn(x), 0): BatchNorm2d's backward with g * (y > 0)
-        sum_g, sum_gxc = batchnorm_relu_backward_reduce(dout, y, x, mean)  # (C,) float64
-        coefficients = self._accumulate_and_coefficients(x, mean, istd, batch_stats, sum_g,
-                                                         sum_gxc)
-        return batchnorm_relu_backward_input(dout, y, x, *coefficients)  # (N, C, H, W)
-
-    def __repr__(self) -> str:
-        return f"BatchNormReLU2d({self.num_features})"

@@ -7,16 +7,23 @@ Forward, for every image n, output channel o and output pixel (i, j):
 where x_pad is x with P zero rows/columns on every side, and Ho = floor((H + 2P - K) / S) + 1
 (likewise Wo). Shapes: x (N, Cin, H, W), w (Cout, Cin, K, K), b (Cout,), y (N, Cout, Ho, Wo).
 
+The code below runs the sum over (kh, kw) as a Python loop over the K*K taps. For one tap,
+the input pixels x_pad[n, c, i*S + kh, j*S + kw] for all (i, j) are one strided slice of
+x_pad, `x_tap` (N, Cin, Ho, Wo), and the sum over c is a matrix product with w[:, :, kh, kw]
+(Cout, Cin): whole arrays per tap, no loop over pixels.
+
 Backward: each weight w[o, c, kh, kw] met the input pixel x_pad[n, c, i*S + kh, j*S + kw] in
 output pixel (n, o, i, j), so with dy = dL/dy:
 
     dw[o, c, kh, kw] = sum_{n, i, j} dy[n, o, i, j] * x_pad[n, c, i*S + kh, j*S + kw]
     db[o]            = sum_{n, i, j} dy[n, o, i, j]
-    dx_pad[n, c, i*S + kh, j*S + kw] += w[o, c, kh, kw] * dy[n, o, i, j]   (for all o, i, j, kh, kw)
+    dx_pad[n, c, i*S + kh, j*S + kw] += sum_o w[o, c, kh, kw] * dy[n, o, i, j]
 
-and dx is dx_pad without its padding. Forward saves only x; the kernels (minunet.kernels.conv)
-compute these three sums as matrix products, and minunet.kernels.reference spells them out
-as plain NumPy loops over the K*K taps.
+and dx is dx_pad without its padding. Per tap: dw is x_tap against dy, and dx_pad's tap slice
+receives w[:, :, kh, kw]^T times dy: the forward's slice, read backwards.
+
+Saved for backward: x_pad (the padded input; dw needs it). The fast version
+(`minunet.kernels.layers.Conv2d`) computes the same sums as large matrix products (im2col).
 """
 
 from __future__ import annotations
@@ -24,12 +31,6 @@ from __future__ import annotations
 import numpy as np
 
 from ..checks import check_array
-from ..kernels.conv import (
-    conv2d_backward_input,
-    conv2d_backward_weight,
-    conv2d_forward,
-    conv_output_size,
-)
 from ..module import Module, Parameter
 
 
@@ -61,29 +62,61 @@ class Conv2d(Module):
         self.bias = Parameter(np.zeros(out_channels, np.float32)) if bias else None  # (Cout,)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        check_array("Conv2d", x, ndim=4, channels=self.in_channels,
-                    dtype=self.weight.dtype)
+        Ho, Wo = self._check_input(x)
+        N = x.shape[0]                                                  # x (N, Cin, H, W)
+        K, S, P = self.kernel_size, self.stride, self.padding
+        w = self.weight.data                                            # (Cout, Cin, K, K)
+        x_pad = np.pad(x, ((0, 0), (0, 0), (P, P), (P, P)))             # (N, Cin, H+2P, W+2P)
+        y = np.zeros((N, self.out_channels, Ho, Wo), dtype=x.dtype)     # (N, Cout, Ho, Wo)
+        for kh in range(K):
+            for kw in range(K):
+                x_tap = x_pad[:, :, kh : kh + S * Ho : S, kw : kw + S * Wo : S]  # (N,Cin,Ho,Wo)
+                y += np.einsum("oc,nchw->nohw", w[:, :, kh, kw], x_tap)
+        if self.bias is not None:
+            y += self.bias.data[None, :, None, None]                    # b[o] on every pixel
+        self.save_for_backward(x_pad)
+        return y                                                        # (N, Cout, Ho, Wo)
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        (x_pad,) = self.take_saved()                                    # (N, Cin, H+2P, W+2P)
+        K, S, P = self.kernel_size, self.stride, self.padding
+        N, _, Hp, Wp = x_pad.shape
+        Ho, Wo = (Hp - K) // S + 1, (Wp - K) // S + 1
+        self._check_dout(dy, (N, self.out_channels, Ho, Wo))
+        w = self.weight.data                                            # (Cout, Cin, K, K)
+        dw = np.zeros_like(w)                                           # (Cout, Cin, K, K)
+        dx_pad = np.zeros_like(x_pad)                                   # (N, Cin, H+2P, W+2P)
+        for kh in range(K):
+            for kw in range(K):
+                # forward was y += w[:, :, kh, kw] @ x_tap (over c), for this tap's slice
+                x_tap = x_pad[:, :, kh : kh + S * Ho : S, kw : kw + S * Wo : S]  # (N,Cin,Ho,Wo)
+                dw[:, :, kh, kw] = np.einsum("nohw,nchw->oc", dy, x_tap)
+                dx_pad[:, :, kh : kh + S * Ho : S, kw : kw + S * Wo : S] += np.einsum(
+                    "oc,nohw->nchw", w[:, :, kh, kw], dy)   # (N, Cin, Ho, Wo)
+        self.weight.grad += dw
+        if self.bias is not None:
+            self.bias.grad += dy.sum(axis=(0, 2, 3))                    # (Cout,)
+        H, W = x_pad.shape[2] - 2 * P, x_pad.shape[3] - 2 * P
+        return dx_pad[:, :, P : P + H, P : P + W]                       # (N, Cin, H, W)
+
+    # ------------------------------------------------------------ argument checks
+    def _check_input(self, x: np.ndarray) -> tuple[int, int]:
+        """Check x; return the output size (Ho, Wo)."""
+        check_array("Conv2d", x, ndim=4, channels=self.in_channels, dtype=self.weight.dtype)
         H, W = x.shape[2:]
         K, S, P = self.kernel_size, self.stride, self.padding
-        if conv_output_size(H, K, S, P) < 1 or conv_output_size(W, K, S, P) < 1:
+        Ho, Wo = (H + 2 * P - K) // S + 1, (W + 2 * P - K) // S + 1  # floor, as PyTorch
+        if Ho < 1 or Wo < 1:
             raise ValueError(f"{self!r}: input {H}x{W} is smaller than the kernel "
                              f"{K}x{K} (with padding {P}): no output pixel is left")
-        bias = None if self.bias is None else self.bias.data
-        y = conv2d_forward(x, self.weight.data, bias, S, P)   # (N, Cout, Ho, Wo)
-        self._saved = x                                        # backward needs x for dw
-        return y
+        return Ho, Wo
 
-    def backward(self, dout: np.ndarray) -> np.ndarray:
-        x = self._take_saved()                                 # (N, Cin, H, W)
-        check_array("Conv2d.backward", dout, ndim=4, channels=self.out_channels,
+    def _check_dout(self, dy: np.ndarray, shape: tuple[int, ...]) -> None:
+        check_array("Conv2d.backward", dy, ndim=4, channels=self.out_channels,
                     dtype=self.weight.dtype, name="dout")
-        K, S, P = self.kernel_size, self.stride, self.padding
-        # dw[o,c,kh,kw] = sum_{n,i,j} dy[n,o,i,j] x_pad[n,c,i*S+kh,j*S+kw]
-        self.weight.grad += conv2d_backward_weight(x, dout, K, S, P)   # (Cout, Cin, K, K)
-        if self.bias is not None:
-            self.bias.grad += dout.sum(axis=(0, 2, 3))                  # (Cout,)
-        # dx_pad[n,c,i*S+kh,j*S+kw] += w[o,c,kh,kw] dy[n,o,i,j]
-        return conv2d_backward_input(dout, self.weight.data, S, P, x.shape[2], x.shape[3])
+        if dy.shape != shape:
+            raise ValueError(f"{self!r}.backward: dout has shape {dy.shape}, the forward "
+                             f"output had {shape}")
 
     def __repr__(self) -> str:
         return (f"Conv2d({self.in_channels} -> {self.out_channels}, kernel_size={self.kernel_size}"

@@ -3,21 +3,26 @@
 Forward: every input pixel stamps a K x K patch of its value times the weights onto a
 larger output, at stride S; overlapping stamps add up:
 
-    y_full[n, o, i*S + kh, j*S + kw] += x[n, c, i, j] * w[c, o, kh, kw]   (for all c, i, j, kh, kw)
+    y_full[n, o, i*S + kh, j*S + kw] += sum_c x[n, c, i, j] * w[c, o, kh, kw]   (all i, j, kh, kw)
     y = y_full with P rows/columns cropped on each side, + b[o]
 
-Shapes: x (N, Cin, H, W), w (Cin, Cout, K, K) (PyTorch's layout), b (Cout,), and
-y (N, Cout, Ho, Wo) with Ho = (H - 1) S - 2P + K. The U-Net's up-step is K=2, S=2: every input
-pixel becomes a 2x2 block of its own, and the image doubles in size.
+Shapes: x (N, Cin, H, W), w (Cin, Cout, K, K) (PyTorch's layout), b (Cout,), y_full
+(N, Cout, (H-1)S + K, (W-1)S + K) and y (N, Cout, Ho, Wo) with Ho = (H - 1) S - 2P + K. The
+U-Net's up-step is K=2, S=2: every input pixel becomes a 2x2 block of its own, and the image
+doubles in size. As in Conv2d, the code loops over the K*K taps; for one tap (kh, kw), the
+pixels y_full[:, :, i*S + kh, j*S + kw] form one strided slice, which receives
+w[:, :, kh, kw]^T times x (a matrix product over c).
 
-Backward: x[n, c, i, j] reached y_pad[n, o, i*S + kh, j*S + kw] through w[c, o, kh, kw], so
+Backward: x[n, c, i, j] reached y_full[n, o, i*S + kh, j*S + kw] through w[c, o, kh, kw], so
+with dy_full = dy padded back by P on each side (the cropped border got no gradient):
 
-    dx[n, c, i, j]   = sum_{o, kh, kw} w[c, o, kh, kw] * dy_pad[n, o, i*S + kh, j*S + kw]
-    dw[c, o, kh, kw] = sum_{n, i, j} x[n, c, i, j] * dy_pad[n, o, i*S + kh, j*S + kw]
+    dx[n, c, i, j]   = sum_{o, kh, kw} w[c, o, kh, kw] * dy_full[n, o, i*S + kh, j*S + kw]
+    dw[c, o, kh, kw] = sum_{n, i, j} x[n, c, i, j] * dy_full[n, o, i*S + kh, j*S + kw]
     db[o]            = sum_{n, i, j} dy[n, o, i, j]
 
-The input gradient is an ordinary convolution of dy: a transposed convolution is exactly the
-backward (adjoint) of a Conv2d with the same K, S, P, which is where its name comes from.
+The input gradient is an ordinary (strided) convolution of dy: a transposed convolution is
+exactly the backward (adjoint) of a Conv2d with the same K, S, P, which is where its name
+comes from. Saved for backward: x. The fast version is `minunet.kernels.layers.ConvTranspose2d`.
 """
 
 from __future__ import annotations
@@ -25,12 +30,6 @@ from __future__ import annotations
 import numpy as np
 
 from ..checks import check_array
-from ..kernels.conv import (
-    conv_transpose2d_backward_input,
-    conv_transpose2d_backward_weight,
-    conv_transpose2d_forward,
-    conv_transpose_output_size,
-)
 from ..module import Module, Parameter
 
 
@@ -60,29 +59,63 @@ class ConvTranspose2d(Module):
         self.bias = Parameter(np.zeros(out_channels, np.float32)) if bias else None  # (Cout,)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        Ho, Wo = self._check_input(x)
+        N, _, H, W = x.shape
+        K, S, P = self.kernel_size, self.stride, self.padding
+        w = self.weight.data                                            # (Cin, Cout, K, K)
+        y_full = np.zeros((N, self.out_channels, (H - 1) * S + K, (W - 1) * S + K),
+                          dtype=x.dtype)                                # (N, Cout, Ho+2P, Wo+2P)
+        for kh in range(K):
+            for kw in range(K):
+                y_full[:, :, kh : kh + S * H : S, kw : kw + S * W : S] += np.einsum(
+                    "co,nchw->nohw", w[:, :, kh, kw], x)  # (N, Cout, H, W)
+        y = y_full[:, :, P : P + Ho, P : P + Wo]                        # (N, Cout, Ho, Wo)
+        if self.bias is not None:
+            y = y + self.bias.data[None, :, None, None]                 # b[o] on every pixel
+        self.save_for_backward(x)
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        (x,) = self.take_saved()                                        # (N, Cin, H, W)
+        N, _, H, W = x.shape
+        K, S, P = self.kernel_size, self.stride, self.padding
+        Ho, Wo = (H - 1) * S - 2 * P + K, (W - 1) * S - 2 * P + K
+        self._check_dout(dy, (N, self.out_channels, Ho, Wo))            # (N, Cout, Ho, Wo)
+        w = self.weight.data                                            # (Cin, Cout, K, K)
+        # forward cropped P from each side of y_full: those pixels got no gradient
+        dy_full = np.pad(dy, ((0, 0), (0, 0), (P, P), (P, P)))          # (N, Cout, Ho+2P, Wo+2P)
+        dx = np.zeros_like(x)                                           # (N, Cin, H, W)
+        dw = np.zeros_like(w)                                           # (Cin, Cout, K, K)
+        for kh in range(K):
+            for kw in range(K):
+                # forward was y_full[tap slice] += w[:, :, kh, kw]^T @ x (over c)
+                dy_tap = dy_full[:, :, kh : kh + S * H : S, kw : kw + S * W : S]  # (N,Cout,H,W)
+                dx += np.einsum("co,nohw->nchw", w[:, :, kh, kw], dy_tap)
+                dw[:, :, kh, kw] = np.einsum("nchw,nohw->co", x, dy_tap)
+        self.weight.grad += dw
+        if self.bias is not None:
+            self.bias.grad += dy.sum(axis=(0, 2, 3))                    # (Cout,)
+        return dx                                                       # (N, Cin, H, W)
+
+    # ------------------------------------------------------------ argument checks
+    def _check_input(self, x: np.ndarray) -> tuple[int, int]:
+        """Check x; return the output size (Ho, Wo)."""
         check_array("ConvTranspose2d", x, ndim=4, channels=self.in_channels,
                     dtype=self.weight.dtype)
         H, W = x.shape[2:]
         K, S, P = self.kernel_size, self.stride, self.padding
-        if conv_transpose_output_size(min(H, W), K, S, P) < 1:
+        Ho, Wo = (H - 1) * S - 2 * P + K, (W - 1) * S - 2 * P + K
+        if Ho < 1 or Wo < 1:
             raise ValueError(f"{self!r}: input {H}x{W} gives an empty output: padding {P} "
                              f"crops away the whole (H-1)*{S}+{K} wide result")
-        bias = None if self.bias is None else self.bias.data
-        y = conv_transpose2d_forward(x, self.weight.data, bias, S, P)   # (N, Cout, Ho, Wo)
-        self._saved = x                                                  # backward needs x for dw
-        return y
+        return Ho, Wo
 
-    def backward(self, dout: np.ndarray) -> np.ndarray:
-        x = self._take_saved()                                 # (N, Cin, H, W)
-        check_array("ConvTranspose2d.backward", dout, ndim=4, channels=self.out_channels,
+    def _check_dout(self, dy: np.ndarray, shape: tuple[int, ...]) -> None:
+        check_array("ConvTranspose2d.backward", dy, ndim=4, channels=self.out_channels,
                     dtype=self.weight.dtype, name="dout")
-        K, S, P = self.kernel_size, self.stride, self.padding
-        # dw[c,o,kh,kw] = sum_{n,i,j} x[n,c,i,j] dy_pad[n,o,i*S+kh,j*S+kw]
-        self.weight.grad += conv_transpose2d_backward_weight(x, dout, K, S, P)  # (Cin, Cout, K, K)
-        if self.bias is not None:
-            self.bias.grad += dout.sum(axis=(0, 2, 3))                          # (Cout,)
-        # dx[n,c,i,j] = sum_{o,kh,kw} w[c,o,kh,kw] dy_pad[n,o,i*S+kh,j*S+kw]: a plain convolution
-        return conv_transpose2d_backward_input(dout, self.weight.data, S, P)   # (N, Cin, H, W)
+        if dy.shape != shape:
+            raise ValueError(f"{self!r}.backward: dout has shape {dy.shape}, the forward "
+                             f"output had {shape}")
 
     def __repr__(self) -> str:
         return (f"ConvTranspose2d({self.in_channels} -> {self.out_channels}, "

@@ -7,28 +7,35 @@ Forward, for each channel separately:
     x   (N, C, H, W)  ->  out (N, C, Ho, Wo),   Ho = floor((H - K) / S) + 1  (same for Wo)
 
 Rows and columns that fit no whole window are dropped (floor), as in PyTorch. The U-Net uses
-K = S = 2 on even sizes, where nothing is dropped.
+K = S = 2 on even sizes, where nothing is dropped. The code gathers the K*K taps of every
+window side by side, `taps` (N, C, Ho, Wo, K*K): tap t = kh*K + kw is the strided slice
+x[:, :, kh + i*S, kw + j*S] for all (i, j). The max and its position are then taken over the
+last axis.
 
 Backward: the max passes its input through unchanged, so d out / d x is 1 for the winning
 pixel of each window and 0 for the others. The upstream gradient goes to the winner only:
 
     dx[n, c, i*S + kh*, j*S + kw*] += dout[n, c, i, j]      (kh*, kw*) = argmax of the window
 
-Ties: when several pixels of a window hold the same maximum, the gradient goes to the FIRST
-of them in row-major window order (top row first, left to right). The max is not
-differentiable there; any choice is a valid subgradient, this one is deterministic.
+(`+=`: with S < K, windows overlap and one pixel can win several of them.)
 
-Saved for backward: the winner's offset in its window (one uint8 per output pixel) and the
-input's height and width; x itself is not kept.
+Ties: when several pixels of a window hold the same maximum, the gradient goes to the FIRST
+of them in row-major window order (top row first, left to right; `np.argmax` returns the
+first maximum). The max is not differentiable there; any choice is a valid subgradient, this
+one is deterministic.
+
+Saved for backward: `winner` (N, C, Ho, Wo), the tap t = kh*K + kw that won each window, and
+the input's shape; x itself is not kept. The fast version is `minunet.kernels.layers.MaxPool2d`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..checks import check_array, check_finite
-from ..kernels.pool import MAX_KERNEL_SIZE, maxpool2d_backward, maxpool2d_forward
+from ..checks import check_array
 from ..module import Module
+
+MAX_KERNEL_SIZE = 16  # the fast kernel stores the winning tap in one byte: K*K <= 256
 
 
 class MaxPool2d(Module):
@@ -46,27 +53,45 @@ class MaxPool2d(Module):
         self.stride = int(stride)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        Ho, Wo = self._check_input(x)
+        K, S = self.kernel_size, self.stride
+        taps = np.stack([x[:, :, kh : kh + S * Ho : S, kw : kw + S * Wo : S]
+                         for kh in range(K) for kw in range(K)], axis=-1)  # (N, C, Ho, Wo, K*K)
+        out = taps.max(axis=-1)                    # (N, C, Ho, Wo)
+        winner = taps.argmax(axis=-1)              # (N, C, Ho, Wo), first max on ties
+        self.save_for_backward(winner, x.shape)
+        return out
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        winner, x_shape = self.take_saved()        # winner (N, C, Ho, Wo)
+        self._check_dout(dout, winner.shape)
+        K, S = self.kernel_size, self.stride
+        Ho, Wo = winner.shape[2:]
+        dx = np.zeros(x_shape, dtype=dout.dtype)   # (N, C, H, W)
+        for kh in range(K):
+            for kw in range(K):
+                # forward was out = taps[..., t]: the gradient flows back where tap t won
+                t = kh * K + kw
+                dx[:, :, kh : kh + S * Ho : S, kw : kw + S * Wo : S] += dout * (winner == t)
+        return dx
+
+    # ------------------------------------------------------------ argument checks
+    def _check_input(self, x: np.ndarray, finite: bool = True) -> tuple[int, int]:
+        """Check x (with `finite`, also refuse NaN and inf); return the output size (Ho, Wo)."""
         who = repr(self)
-        check_array(who, x, ndim=4, finite=False)  # finiteness: checked by the kernel's pass
+        check_array(who, x, ndim=4, finite=finite)
         if x.dtype not in (np.float32, np.float64):
             raise TypeError(f"{who}: input must be float32 or float64, got {x.dtype}")
         H, W = x.shape[2:]
         K, S = self.kernel_size, self.stride
         if H < K or W < K:
             raise ValueError(f"{who}: input {H}x{W} is smaller than the {K}x{K} window")
-        out, argmax, probe = maxpool2d_forward(np.ascontiguousarray(x), K, S)  # (N,C,Ho,Wo)
-        if probe != 0:  # sum(x - x) is NaN exactly when some x is NaN or inf
-            check_finite(who, x)  # raises, naming how many
-        self._saved = (argmax, H, W)
-        return out
+        return (H - K) // S + 1, (W - K) // S + 1
 
-    def backward(self, dout: np.ndarray) -> np.ndarray:
-        argmax, H, W = self._take_saved()  # argmax: (N, C, Ho, Wo) offset kh*K + kw
-        if dout.shape != argmax.shape:
+    def _check_dout(self, dout: np.ndarray, shape: tuple[int, ...]) -> None:
+        if dout.shape != shape:
             raise ValueError(f"{self!r}.backward: dout has shape {dout.shape}, the forward "
-                             f"output had {argmax.shape}")
-        return maxpool2d_backward(np.ascontiguousarray(dout), argmax, H, W,
-                                  self.kernel_size, self.stride)  # (N, C, H, W)
+                             f"output had {shape}")
 
     def __repr__(self) -> str:
         return f"MaxPool2d(kernel_size={self.kernel_size}, stride={self.stride})"

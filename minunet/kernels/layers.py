@@ -1,0 +1,261 @@
+"""The fast layers: the readable layers of `minunet.layers`, computed by the kernels.
+
+Each class here subclasses the readable layer of the same name and overrides only `forward`
+and `backward`: same constructor, same parameters and buffers, same state-dict names, same
+errors, same results (tests/test_fast_layers.py compares them in float32 and float64). A
+checkpoint written by one loads into the other. `UNet(readable=False)` (the default) builds
+its network from these; `UNet(readable=True)` or `MINUNET_READABLE=1` from the readable ones.
+
+What the kernels do differently, each for a reason:
+
+- NaN/inf "probes": forward kernels also return sum(x - x), which is 0 when every value is
+  finite and NaN otherwise; that replaces a separate pass over x to check finiteness.
+- Batch norm never writes x̂: forward goes straight from x to y = x * scale + shift, backward
+  recomputes x̂ from the saved x, mean and istd and folds the three gradient terms into
+  per-channel coefficients; that is one reduction pass and one element-wise pass each way
+  instead of several temporaries (statistics and sums in float64).
+- ReLU keeps its output (the next layer holds it anyway) instead of its input.
+- Max-pool keeps the winner's offset in one byte (uint8) per output pixel; 2x2 / stride 2
+  has its own branch-free loop.
+- Convolutions are matrix products over im2col columns (see `conv.py`).
+
+`BatchNormReLU2d` (BatchNorm2d then ReLU in one pass each way) lives here only: the U-Net
+does not use it; it is kept as a fused kernel the fast path may adopt.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import layers
+from ..checks import check_finite
+from .activation import relu_backward, relu_forward
+from .batchnorm import (
+    batchnorm_backward_input,
+    batchnorm_backward_reduce,
+    batchnorm_forward,
+    batchnorm_relu_backward_input,
+    batchnorm_relu_backward_reduce,
+    batchnorm_relu_forward,
+    batchnorm_stats,
+)
+from .concat import concat_channels
+from .conv import (
+    conv2d_backward_input,
+    conv2d_backward_weight,
+    conv2d_forward,
+    conv_transpose2d_backward_input,
+    conv_transpose2d_backward_weight,
+    conv_transpose2d_forward,
+)
+from .pool import maxpool2d_backward, maxpool2d_forward
+
+__all__ = ["BatchNorm2d", "BatchNormReLU2d", "Concat", "Conv2d", "ConvTranspose2d",
+           "MaxPool2d", "ReLU"]
+
+
+class ReLU(layers.ReLU):
+    """layers.ReLU in one Numba pass each way (no boolean temporary), NaN probe included."""
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self._check_input(x, finite=False)  # finiteness: the kernel's probe, same pass
+        out, probe = relu_forward(np.ascontiguousarray(x))  # same shape as x
+        if probe != 0:  # sum(x - x) is NaN exactly when some x is NaN or inf
+            check_finite("ReLU", x)  # raises, naming how many
+        self.save_for_backward(out)  # out > 0 exactly where x > 0; the next layer holds out
+        return out
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        (out,) = self.take_saved()
+        self._check_dout(dout, out.shape)
+        return relu_backward(np.ascontiguousarray(dout), out)  # dout where out > 0, else 0
+
+
+class Concat(layers.Concat):
+    """layers.Concat with the copy and the finiteness check of both inputs in one pass."""
+
+    def forward(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        self._check_inputs(a, b, finite=False)  # finiteness: the kernel's probe, same pass
+        out, probe = concat_channels(np.ascontiguousarray(a), np.ascontiguousarray(b))
+        if probe != 0:  # sum(v - v) is NaN exactly when some value is NaN or inf
+            check_finite("Concat", a, name="first input (a)")
+            check_finite("Concat", b, name="second input (b)")
+        self.save_for_backward(a.shape[1])
+        return out  # (N, Ca + Cb, H, W)
+
+    # backward is the readable one: two slice copies are already memory-bound
+
+
+class Conv2d(layers.Conv2d):
+    """layers.Conv2d as im2col matrix products (BLAS); keeps x unpadded."""
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self._check_input(x)
+        bias = None if self.bias is None else self.bias.data
+        y = conv2d_forward(x, self.weight.data, bias, self.stride, self.padding)  # (N,Cout,Ho,Wo)
+        self.save_for_backward(x)  # backward needs x for dw
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        (x,) = self.take_saved()  # (N, Cin, H, W)
+        N, _, H, W = x.shape
+        K, S, P = self.kernel_size, self.stride, self.padding
+        self._check_dout(dy, (N, self.out_channels, (H + 2 * P - K) // S + 1,
+                              (W + 2 * P - K) // S + 1))
+        self.weight.grad += conv2d_backward_weight(x, dy, K, S, P)  # (Cout, Cin, K, K)
+        if self.bias is not None:
+            self.bias.grad += dy.sum(axis=(0, 2, 3))                 # (Cout,)
+        return conv2d_backward_input(dy, self.weight.data, S, P, H, W)  # (N, Cin, H, W)
+
+
+class ConvTranspose2d(layers.ConvTranspose2d):
+    """layers.ConvTranspose2d as matrix products: it is Conv2d's backward, and vice versa."""
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self._check_input(x)
+        bias = None if self.bias is None else self.bias.data
+        y = conv_transpose2d_forward(x, self.weight.data, bias, self.stride, self.padding)
+        self.save_for_backward(x)  # backward needs x for dw
+        return y  # (N, Cout, Ho, Wo)
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        (x,) = self.take_saved()  # (N, Cin, H, W)
+        N, _, H, W = x.shape
+        K, S, P = self.kernel_size, self.stride, self.padding
+        self._check_dout(dy, (N, self.out_channels, (H - 1) * S - 2 * P + K,
+                              (W - 1) * S - 2 * P + K))
+        self.weight.grad += conv_transpose2d_backward_weight(x, dy, K, S, P)  # (Cin,Cout,K,K)
+        if self.bias is not None:
+            self.bias.grad += dy.sum(axis=(0, 2, 3))                           # (Cout,)
+        return conv_transpose2d_backward_input(dy, self.weight.data, S, P)    # (N, Cin, H, W)
+
+
+class MaxPool2d(layers.MaxPool2d):
+    """layers.MaxPool2d in one pass each way; the winner's offset kept in one byte."""
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self._check_input(x, finite=False)  # finiteness: the kernel's probe, same pass
+        H, W = x.shape[2:]
+        out, argmax, probe = maxpool2d_forward(np.ascontiguousarray(x), self.kernel_size,
+                                               self.stride)  # (N, C, Ho, Wo)
+        if probe != 0:  # sum(x - x) is NaN exactly when some x is NaN or inf
+            check_finite(repr(self), x)  # raises, naming how many
+        self.save_for_backward(argmax, H, W)  # argmax: uint8 offset kh*K + kw
+        return out
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        argmax, H, W = self.take_saved()  # argmax (N, C, Ho, Wo)
+        self._check_dout(dout, argmax.shape)
+        return maxpool2d_backward(np.ascontiguousarray(dout), argmax, H, W,
+                                  self.kernel_size, self.stride)  # (N, C, H, W)
+
+
+class BatchNorm2d(layers.BatchNorm2d):
+    """layers.BatchNorm2d in two passes over memory each way.
+
+    Forward: one statistics pass (float64 sums), one pass y = x * scale + shift with
+    scale = gamma * istd and shift = beta - mu * scale. Backward: one pass for the per-channel
+    sums of g and g * (x - mu), one pass for dx = a * (g - mean_g - (x - mu) * k), where
+    a = gamma * istd, mean_g = mean(g) and k = istd * mean(g * x̂): terms (1), (2), (3) of
+    the readable layer's docstring with dx̂ = gamma * g, regrouped per channel.
+    """
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x, mean, istd = self._statistics(x)  # x (N, C, H, W); mean, istd (C,) float64
+        scale = self.weight.data * istd       # (C,)  gamma / sqrt(var + eps)
+        shift = self.bias.data - mean * scale  # (C,)  beta - mu * scale
+        y, probe = batchnorm_forward(x, scale.astype(x.dtype), shift.astype(x.dtype))
+        if probe != 0:  # sum(x - x) is NaN exactly when some x is NaN or inf
+            check_finite(repr(self), x)
+        self.save_for_backward(x, mean, istd, self.training)  # the mode of THIS forward
+        return y  # (N, C, H, W)
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        x, mean, istd, batch_stats = self.take_saved()  # x (N,C,H,W); mean, istd (C,) f64
+        self._check_dout(dout, x)
+        dout = np.ascontiguousarray(dout)
+        sum_g, sum_gxc = batchnorm_backward_reduce(dout, x, mean)  # (C,) float64 each
+        coefficients = self._accumulate_and_coefficients(x, mean, istd, batch_stats, sum_g,
+                                                         sum_gxc)
+        return batchnorm_backward_input(dout, x, *coefficients)  # (N, C, H, W)
+
+    # ------------------------------------------------------------ shared steps
+    def _statistics(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Check x; return it contiguous with the mean and istd to normalise with (float64).
+
+        Train mode: batch statistics, and the running statistics are updated.
+        """
+        # NaN/inf are caught from the statistics (train) or the kernel's probe (eval),
+        # without an extra pass over x
+        self._check_input(x, finite=False)
+        x = np.ascontiguousarray(x)
+        if self.training:
+            mean, var = batchnorm_stats(x)  # (C,) float64 each, biased variance
+            if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(var))):
+                check_finite(repr(self), x)  # raises, naming how many NaN / inf values
+            self._update_running_stats(mean, var, x)
+        else:
+            mean = self.running_mean.astype(np.float64)  # (C,)
+            var = self.running_var.astype(np.float64)    # (C,)
+        return x, mean, 1.0 / np.sqrt(var + self.eps)
+
+    def _accumulate_and_coefficients(
+        self, x: np.ndarray, mean: np.ndarray, istd: np.ndarray, batch_stats: bool,
+        sum_g: np.ndarray, sum_gxc: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Add dgamma, dbeta into the gradients; return (mean, a, mean_g, k) in x's dtype for
+        dx = a * (g - mean_g - (x - mean) * k)."""
+        N, C, H, W = x.shape
+        M = N * H * W
+        sum_gxhat = sum_gxc * istd  # sum(g * x̂), since x̂ = (x - mean) * istd
+        self.bias.grad += sum_g.astype(x.dtype)  # forward was y = gamma * x̂ + beta
+        self.weight.grad += sum_gxhat.astype(x.dtype)
+        a = self.weight.data * istd  # (C,) gamma * istd
+        if batch_stats:
+            # terms (2) and (3): a * mean(g) and a * x̂ * mean(g * x̂), x̂ = (x - mean) * istd
+            mean_g = sum_g / M
+            k = istd * sum_gxhat / M
+        else:
+            # eval: mean and var are constants, only term (1) is left, dx = a * g
+            mean_g = np.zeros(C)
+            k = np.zeros(C)
+        dtype = x.dtype
+        return mean.astype(dtype), a.astype(dtype), mean_g.astype(dtype), k.astype(dtype)
+
+
+class BatchNormReLU2d(BatchNorm2d):
+    """BatchNorm2d followed by ReLU, in one pass over memory each way.
+
+        y = max(gamma * x̂ + beta, 0)
+
+    Same parameters, buffers and state-dict names as BatchNorm2d; the same result as
+    `ReLU()(BatchNorm2d(C)(x))`, but without the ReLU's own read and write of the whole
+    activation in forward and in backward. Backward is BatchNorm2d's with the upstream gradient
+    masked where the ReLU was off (g * (y > 0), gradient 0 at y == 0 as in ReLU).
+
+    Saved for backward: x, the output y (for the mask; the next layer holds it anyway), the
+    mean, istd (C,) and the mode.
+    """
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x, mean, istd = self._statistics(x)  # x (N, C, H, W); mean, istd (C,) float64
+        scale = self.weight.data * istd
+        shift = self.bias.data - mean * scale
+        y, probe = batchnorm_relu_forward(x, scale.astype(x.dtype), shift.astype(x.dtype))
+        if probe != 0:
+            check_finite(repr(self), x)
+        self.save_for_backward(x, y, mean, istd, self.training)
+        return y  # (N, C, H, W)
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        x, y, mean, istd, batch_stats = self.take_saved()
+        self._check_dout(dout, x)
+        dout = np.ascontiguousarray(dout)
+        # forward was y = max(bn(x), 0): BatchNorm2d's backward with g * (y > 0)
+        sum_g, sum_gxc = batchnorm_relu_backward_reduce(dout, y, x, mean)  # (C,) float64
+        coefficients = self._accumulate_and_coefficients(x, mean, istd, batch_stats, sum_g,
+                                                         sum_gxc)
+        return batchnorm_relu_backward_input(dout, y, x, *coefficients)  # (N, C, H, W)
+
+    def __repr__(self) -> str:
+        return f"BatchNormReLU2d({self.num_features})"

@@ -1,0 +1,128 @@
+"""Every fast layer (minunet.kernels.layers) equals its readable layer (minunet.layers):
+forward, input gradient(s), parameter gradients and running statistics, in float32 and
+float64, on odd sizes (H != W), several strides and paddings, batch 1, train and eval."""
+
+import numpy as np
+import pytest
+
+from minunet import layers as readable_layers
+from minunet.kernels import layers as fast_layers
+
+TOL = {np.float32: 1e-5, np.float64: 1e-12}  # whole-tensor relative error
+DTYPES = [np.float32, np.float64]
+
+
+def rel(a, b):
+    return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300)
+
+
+def as_tuple(v):
+    return v if isinstance(v, tuple) else (v,)
+
+
+def assert_same_layer(make, input_shapes, dtype, training=True, steps=2, seed=0):
+    """Build the layer both ways with the same weights, run forward + backward `steps` times
+    (running statistics move), and compare every output, gradient and buffer."""
+    rng = np.random.default_rng(seed)
+    readable = make(readable_layers).astype(dtype).train(training)
+    fast = make(fast_layers).astype(dtype).train(training)
+    assert type(fast).__mro__[1] is type(readable)  # the fast class subclasses the readable one
+    for p in readable.parameters():  # not ones / zeros: every term of the gradient matters
+        p.data[...] = rng.uniform(0.5, 1.5, p.shape) * rng.choice([-1, 1], p.shape)
+    for name, b in readable.named_buffers():
+        b[...] = rng.uniform(0.5, 1.5, b.shape) if "var" in name else rng.standard_normal(b.shape)
+    fast.load_state_dict(readable.state_dict())
+    tol = TOL[dtype]
+    for _ in range(steps):
+        inputs = [(rng.standard_normal(s) * 1.5 + 0.3).astype(dtype) for s in input_shapes]
+        y_readable = readable.forward(*inputs)
+        y_fast = fast.forward(*inputs)
+        assert y_fast.shape == y_readable.shape and y_fast.dtype == y_readable.dtype == dtype
+        assert rel(y_fast, y_readable) <= tol
+        dy = rng.standard_normal(y_readable.shape).astype(dtype)
+        dy_before = dy.copy()
+        dx_readable = as_tuple(readable.backward(dy))
+        dx_fast = as_tuple(fast.backward(dy))
+        assert np.array_equal(dy, dy_before)  # neither wrote into dout
+        for a, b, x in zip(dx_fast, dx_readable, inputs, strict=True):
+            assert a.shape == b.shape == x.shape and a.dtype == b.dtype == dtype
+            assert rel(a, b) <= tol
+    for (name, p), (_, q) in zip(fast.named_parameters(), readable.named_parameters(),
+                                 strict=True):
+        assert p.grad.dtype == dtype and rel(p.grad, q.grad) <= tol, name
+    for (name, b), (_, c) in zip(fast.named_buffers(), readable.named_buffers(), strict=True):
+        assert rel(b, c) <= tol, name
+
+
+# (N, Cin, Cout, H, W, K, S, P)
+CONV_CASES = [
+    (2, 3, 4, 7, 5, 3, 1, 1),
+    (1, 2, 3, 9, 6, 3, 2, 0),
+    (2, 3, 2, 5, 8, 1, 1, 0),
+    (1, 4, 3, 8, 7, 3, 2, 2),
+    (1, 2, 2, 7, 6, 2, 3, 1),
+    (1, 3, 2, 5, 4, 1, 1, 1),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CONV_CASES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv2d(case, dtype, bias):
+    N, Cin, Cout, H, W, K, S, P = case
+    rng = np.random.default_rng(0)  # the weights are overwritten by assert_same_layer anyway
+    assert_same_layer(lambda L: L.Conv2d(Cin, Cout, K, stride=S, padding=P, bias=bias, rng=rng),
+                      [(N, Cin, H, W)], dtype)
+
+
+# (N, Cin, Cout, H, W, K, S, P)
+CONV_TRANSPOSE_CASES = [
+    (2, 3, 4, 5, 4, 2, 2, 0),
+    (1, 2, 3, 4, 6, 3, 2, 0),
+    (2, 3, 2, 5, 3, 3, 2, 1),
+    (1, 4, 3, 3, 5, 1, 1, 0),
+    (1, 3, 2, 3, 4, 4, 3, 1),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CONV_TRANSPOSE_CASES)
+def test_conv_transpose2d(case, dtype):
+    N, Cin, Cout, H, W, K, S, P = case
+    rng = np.random.default_rng(0)
+    assert_same_layer(lambda L: L.ConvTranspose2d(Cin, Cout, K, S, padding=P, rng=rng),
+                      [(N, Cin, H, W)], dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("shape", [(1, 3, 5, 7), (2, 4, 3, 6), (3, 2, 1, 5)])
+def test_batchnorm2d(shape, training, dtype):
+    assert_same_layer(lambda L: L.BatchNorm2d(shape[1]), [shape], dtype, training)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N, C, H, W, K, S", [
+    (1, 1, 4, 6, 2, 2), (2, 3, 7, 5, 2, 2), (1, 2, 9, 8, 3, 2), (2, 2, 6, 7, 2, 1),
+    (2, 1, 8, 11, 2, 3)])
+def test_maxpool2d(N, C, H, W, K, S, dtype):
+    assert_same_layer(lambda L: L.MaxPool2d(K, S), [(N, C, H, W)], dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 3, 5, 7), (2, 4, 9, 6)])
+def test_relu(shape, dtype):
+    assert_same_layer(lambda L: L.ReLU(), [shape], dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape_a, shape_b", [((1, 1, 3, 5), (1, 2, 3, 5)),
+                                              ((3, 4, 5, 2), (3, 1, 5, 2))])
+def test_concat(shape_a, shape_b, dtype):
+    assert_same_layer(lambda L: L.Concat(), [shape_a, shape_b], dtype)
+
+
+def test_every_readable_layer_has_a_fast_one():
+    for name in readable_layers.__all__:
+        fast = getattr(fast_layers, name)
+        assert issubclass(fast, getattr(readable_layers, name)) and fast.__name__ == name
