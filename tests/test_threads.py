@@ -83,7 +83,8 @@ def test_conv_in_bands_of_one_row_matches_reference(monkeypatch, n_threads, dtyp
     try:
         rng = np.random.default_rng(n_threads)
         for N, Cin, Cout, H, W, K, S, P in [(3, 2, 3, 9, 7, 3, 1, 1), (2, 3, 2, 8, 11, 3, 2, 1),
-                                            (1, 2, 4, 6, 6, 2, 2, 0)]:
+                                            (1, 2, 4, 6, 6, 2, 2, 0), (2, 3, 11, 5, 8, 3, 1, 2),
+                                            (1, 9, 2, 7, 6, 1, 1, 0), (2, 2, 3, 4, 9, 5, 1, 1)]:
             x = rng.standard_normal((N, Cin, H, W)).astype(dtype)
             w = rng.standard_normal((Cout, Cin, K, K)).astype(dtype)
             y = kernels.conv2d_forward(x, w, None, S, P)
