@@ -23,7 +23,7 @@ try:  # before minunet: minunet sets OMP_WAIT_POLICY=PASSIVE, torch keeps its ow
 except ImportError:
     torch = None
 
-import minunet as mu
+import minunet.kernels.layers as mu  # the fast, kernel-backed layers (same constructors)
 
 SHAPES = [(8, 16, 128, 128), (8, 32, 64, 64), (8, 64, 32, 32)]
 

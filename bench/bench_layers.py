@@ -19,7 +19,7 @@ from collections.abc import Callable
 import numpy as np
 from threadpoolctl import threadpool_info
 
-import minunet as mu
+import minunet.kernels.layers as mu  # the fast, kernel-backed layers (same constructors)
 
 BATCH = 8  # the U-Net's training batch
 THREADS = 2  # the machine's cores; PyTorch gets the same

@@ -1,7 +1,7 @@
 """The whole U-Net: one training step and one inference pass, minunet against PyTorch.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/bench_unet.py [--rounds 3]
-        [--configs C1,C2,C3] [--steps 3]
+        [--configs C1,C2,C3] [--modes train,infer] [--steps 3] [--best] [--load]
 
 (`env -u` drops two settings of the project's build machines that halve OpenBLAS's speed; a
 user's machine does not have them.)
@@ -22,6 +22,11 @@ How it measures:
   machine slow both sides; the ratio of neighbours is the fair number).
 - PyTorch: `torch.set_num_threads(2)`, float32, NCHW, nn.Conv2d(bias=False) / BatchNorm2d / ReLU /
   MaxPool2d / ConvTranspose2d / 1x1 Conv2d, torch.cat, F.cross_entropy, torch.optim.Adam.
+- `--best` adds a third side, "torch-best": PyTorch with channels_last tensors and glibc malloc
+  told to keep freed memory (TORCH_BEST_ENV below), its fastest usual CPU settings.
+- `--load` measures every side twice per round: idle, and while a fixed competing load runs (a
+  separate process whose two threads loop on single-threaded float32 matrix products, like
+  another training job on the machine). Each side's slowdown, loaded / idle (medians), is shown.
 - GFLOP/s counts the convolutions' multiply-adds (2 FLOP each): a training step as 3x the
   forward (forward, input gradient, weight gradient).
 """
@@ -41,9 +46,27 @@ CONFIGS = {  # name: (depth, base_channels, batch, size)
     "C1": (3, 8, 8, 64),
     "C2": (3, 16, 8, 128),
     "C3": (4, 32, 4, 256),
+    "C3@512": (4, 32, 4, 512),  # C3 at 4x the pixels: does the time per pixel stay put?
 }
 IN_CHANNELS, NUM_CLASSES = 1, 3
 THREADS = 2  # the machine's cores; PyTorch gets the same
+# glibc malloc: serve large blocks from the heap (not fresh mmap pages) and keep freed memory
+TORCH_BEST_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**32),
+                  "MALLOC_TOP_PAD_": str(256 * 2**20)}
+LOAD_SCRIPT = """
+import threading
+import numpy as np
+a = np.random.default_rng(0).standard_normal((384, 384)).astype(np.float32)
+
+def spin():
+    c = np.empty_like(a)
+    while True:
+        np.matmul(a, a, out=c)
+
+for _ in range(2):
+    threading.Thread(target=spin, daemon=True).start()
+threading.Event().wait()
+"""
 
 
 def forward_gflop(depth: int, base: int, batch: int, size: int) -> float:
@@ -108,7 +131,8 @@ def minunet_worker(depth: int, base: int, batch: int, size: int, mode: str,
     return {"times": times, "base_rss": base_rss, "peak_rss": peak_rss_mib(), "blas": blas}
 
 
-def torch_worker(depth: int, base: int, batch: int, size: int, mode: str, steps: int) -> dict:
+def torch_worker(depth: int, base: int, batch: int, size: int, mode: str, steps: int,
+                 channels_last: bool = False) -> dict:
     import torch
     from torch import nn
 
@@ -146,6 +170,9 @@ def torch_worker(depth: int, base: int, batch: int, size: int, mode: str, steps:
 
     model = TorchUNet()
     x = torch.randn(batch, IN_CHANNELS, size, size)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     target = torch.randint(0, NUM_CLASSES, (batch, size, size))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     base_rss = rss_mib()
@@ -180,10 +207,25 @@ def _time(fn, steps: int) -> list[float]:
 # ------------------------------------------------------------------------------ driver
 def run_worker(side: str, config: str, mode: str, steps: int) -> dict:
     cmd = [sys.executable, __file__, "--worker", side, config, mode, str(steps)]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    env = dict(os.environ, **TORCH_BEST_ENV) if side == "torch-best" else None
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"{side} {config} {mode} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+class CompetingLoad:
+    """A separate process whose two threads keep two cores busy with NumPy products."""
+
+    def __enter__(self) -> CompetingLoad:
+        env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+        self.process = subprocess.Popen([sys.executable, "-c", LOAD_SCRIPT], env=env)
+        time.sleep(0.5)  # let it start spinning
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.kill()
+        self.process.wait()
 
 
 def main() -> None:
@@ -192,55 +234,88 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed calls per subprocess")
     parser.add_argument("--configs", default="C1,C2,C3")
     parser.add_argument("--modes", default="train,infer")
+    parser.add_argument("--best", action="store_true",
+                        help="also PyTorch with channels_last and a tuned malloc")
+    parser.add_argument("--load", action="store_true",
+                        help="also measure under a competing 2-thread load, print slowdowns")
+    parser.add_argument("--no-torch", action="store_true", help="time minunet alone")
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.worker:
         side, config, mode, steps = args.worker
-        worker = minunet_worker if side == "minunet" else torch_worker
-        print(json.dumps(worker(*CONFIGS[config], mode, int(steps))))
+        if side == "minunet":
+            result = minunet_worker(*CONFIGS[config], mode, int(steps))
+        else:
+            result = torch_worker(*CONFIGS[config], mode, int(steps),
+                                  channels_last=side == "torch-best")
+        print(json.dumps(result))
         return
 
     try:
+        if args.no_torch:
+            raise ImportError
         import torch  # noqa: F401
-        sides = ["minunet", "torch"]
+        sides = ["minunet", "torch"] + (["torch-best"] if args.best else [])
     except ImportError:
         sides = ["minunet"]
-        print("(torch is not installed: minunet only)")
+        print("(minunet only)")
+    conditions = ["idle", "loaded"] if args.load else ["idle"]
     print(f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')!r} "
           f"OPENBLAS_L2_SIZE={os.environ.get('OPENBLAS_L2_SIZE')!r}; {args.rounds} rounds "
           f"A B, {args.steps} timed calls per subprocess; times are medians")
-    header = (f"{'config':<6} {'mode':<6} {'GFLOP':>6} | {'minunet':>9} {'GFLOP/s':>7} "
-              f"{'peak MiB':>8} {'(step)':>7} | {'torch':>9} {'GFLOP/s':>7} {'peak MiB':>8} "
-              f"{'(step)':>7} | {'time ratio':>10} {'mem ratio':>9}")
-    rows = [header, "-" * len(header)]
+    rows = []
     blas_seen = None
     for config in args.configs.split(","):
         gflop = forward_gflop(*CONFIGS[config])
         for mode in args.modes.split(","):
             work = 3 * gflop if mode == "train" else gflop
-            results: dict[str, list[dict]] = {side: [] for side in sides}
+            results = {(side, cond): [] for side in sides for cond in conditions}
             for _ in range(args.rounds):
-                for side in sides:  # A B A B ...
-                    results[side].append(run_worker(side, config, mode, args.steps))
-            blas_seen = blas_seen or results["minunet"][0]["blas"]
-            cells = []
-            for side in sides:
-                t = statistics.median(statistics.median(r["times"]) for r in results[side])
-                peak = statistics.median(r["peak_rss"] for r in results[side])
-                step_mem = statistics.median(r["peak_rss"] - r["base_rss"]
-                                             for r in results[side])
-                cells.append(f"{_fmt_time(t):>9} {work / t:>7.1f} {peak:>8.0f} {step_mem:>7.0f}")
-            line = f"{config:<6} {mode:<6} {gflop:>6.2f} | " + " | ".join(cells)
-            if len(sides) == 2:
-                ratios = [statistics.median(a["times"]) / statistics.median(b["times"])
-                          for a, b in zip(results["minunet"], results["torch"], strict=True)]
-                mem = statistics.median(results["minunet"][i]["peak_rss"]
-                                        / results["torch"][i]["peak_rss"]
-                                        for i in range(args.rounds))
-                line += f" | {statistics.median(ratios):>9.2f}x {mem:>8.2f}x"
-            rows.append(line)
-            print(line, flush=True)
+                for cond in conditions:
+                    if cond == "loaded":
+                        with CompetingLoad():
+                            for side in sides:  # A B A B ...
+                                results[side, cond].append(
+                                    run_worker(side, config, mode, args.steps))
+                    else:
+                        for side in sides:
+                            results[side, cond].append(run_worker(side, config, mode, args.steps))
+            blas_seen = blas_seen or results["minunet", "idle"][0]["blas"]
+            for cond in conditions:
+                pixels = CONFIGS[config][2] * CONFIGS[config][3] ** 2
+                t_minunet = statistics.median(statistics.median(x["times"])
+                                              for x in results["minunet", cond])
+                line = (f"{config:<6} {mode:<6} {cond:<6} {gflop:>6.2f} GFLOP "
+                        f"{t_minunet / pixels * 1e9:>6.1f} ns/pixel")
+                for side in sides:
+                    r = results[side, cond]
+                    t = statistics.median(statistics.median(x["times"]) for x in r)
+                    peak = statistics.median(x["peak_rss"] for x in r)
+                    step_mem = statistics.median(x["peak_rss"] - x["base_rss"] for x in r)
+                    line += (f" | {side} {_fmt_time(t):>9} {work / t:>6.1f} GFLOP/s "
+                             f"peak {peak:>5.0f} MiB (step {step_mem:>5.0f})")
+                for side in sides[1:]:
+                    ratios = [statistics.median(a["times"]) / statistics.median(b["times"])
+                              for a, b in zip(results["minunet", cond], results[side, cond],
+                                              strict=True)]
+                    mem = statistics.median(a["peak_rss"] / b["peak_rss"] for a, b in
+                                            zip(results["minunet", cond], results[side, cond],
+                                                strict=True))
+                    line += (f" | minunet/{side} time {statistics.median(ratios):.2f}x "
+                             f"mem {mem:.2f}x")
+                rows.append(line)
+                print(line, flush=True)
+            if args.load:
+                line = f"{config:<6} {mode:<6} slowdown loaded/idle:"
+                for side in sides:
+                    idle = statistics.median(statistics.median(x["times"])
+                                             for x in results[side, "idle"])
+                    loaded = statistics.median(statistics.median(x["times"])
+                                               for x in results[side, "loaded"])
+                    line += f"  {side} {loaded / idle:.2f}x"
+                rows.append(line)
+                print(line, flush=True)
     print("\n".join(["", *rows]))
     print(f"\nBLAS in the minunet workers: {blas_seen}")
     print("peak MiB: ru_maxrss of a subprocess doing only that (import + model + warm-up + "

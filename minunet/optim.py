@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from .kernels.optim import adam_update
 from .module import Parameter
 
 StateDict = dict[str, Any]  # str -> float | int | np.ndarray
@@ -202,25 +203,39 @@ class Adam(Optimizer):
         step_size = self.lr / bias1
         exp_avgs, exp_avg_sqs = self._buffers("exp_avg"), self._buffers("exp_avg_sq")
         for p, m, v in zip(self.params, exp_avgs, exp_avg_sqs, strict=True):
-            g = p.grad
-            if self.weight_decay and self.decoupled:
-                p.data *= 1 - self.lr * self.weight_decay
-            elif self.weight_decay:
-                g = g + self.weight_decay * p.data          # a new array: p.grad stays untouched
-            # m = beta1 * m + (1 - beta1) * g, in place
-            m *= self.beta1
-            m += (1 - self.beta1) * g
-            # v = beta2 * v + (1 - beta2) * g * g, in place
-            v *= self.beta2
-            v += (1 - self.beta2) * g * g
-            # denom = sqrt(v) / sqrt(1 - beta2**t) + eps, in one scratch array
-            denom = np.sqrt(v)
-            denom /= bias2_sqrt
-            denom += self.eps
-            # p = p - step_size * m / denom
-            np.divide(m, denom, out=denom)
-            denom *= step_size
-            p.data -= denom
+            if p.data.flags.c_contiguous and p.grad.flags.c_contiguous:
+                # the formulas below, fused into one pass over memory (kernels/optim.py)
+                dt = p.dtype.type  # scalars in the parameter's dtype: float32 stays float32
+                coupled = self.weight_decay if not self.decoupled else 0.0
+                decay = 1 - self.lr * self.weight_decay if self.decoupled else 1.0
+                adam_update(p.data, p.grad, m, v, dt(self.beta1), dt(1 - self.beta1),
+                            dt(self.beta2), dt(1 - self.beta2), dt(bias2_sqrt), dt(self.eps),
+                            dt(step_size), dt(coupled), dt(decay))
+            else:
+                self._update(p, m, v, bias2_sqrt, step_size)
+
+    def _update(self, p: Parameter, m: np.ndarray, v: np.ndarray, bias2_sqrt: float,
+                step_size: float) -> None:
+        """One parameter's update, as readable NumPy (the fused kernel's reference)."""
+        g = p.grad
+        if self.weight_decay and self.decoupled:
+            p.data *= 1 - self.lr * self.weight_decay
+        elif self.weight_decay:
+            g = g + self.weight_decay * p.data          # a new array: p.grad stays untouched
+        # m = beta1 * m + (1 - beta1) * g, in place
+        m *= self.beta1
+        m += (1 - self.beta1) * g
+        # v = beta2 * v + (1 - beta2) * g * g, in place
+        v *= self.beta2
+        v += (1 - self.beta2) * g * g
+        # denom = sqrt(v) / sqrt(1 - beta2**t) + eps, in one scratch array
+        denom = np.sqrt(v)
+        denom /= bias2_sqrt
+        denom += self.eps
+        # p = p - step_size * m / denom
+        np.divide(m, denom, out=denom)
+        denom *= step_size
+        p.data -= denom
 
 
 # ---------------------------------------------------------------- learning-rate schedules

@@ -65,27 +65,44 @@ def use_readable(readable: bool | None = None) -> bool:
 
 
 class DoubleConv(Module):
-    """(3x3 conv -> BatchNorm2d -> ReLU) twice: (N, Cin, H, W) -> (N, Cout, H, W)."""
+    """(3x3 conv -> BatchNorm2d -> ReLU) twice: (N, Cin, H, W) -> (N, Cout, H, W).
+
+    The fast layer set fuses each batch norm with the ReLU after it (BatchNormReLU2d: the same
+    function and parameters, one pass over memory each way instead of two); there relu1 and
+    relu2 are None. The readable set keeps them apart, as the math reads.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, rng: np.random.Generator,
                  layers: ModuleType = readable_layers) -> None:
         super().__init__()
+        fused = getattr(layers, "BatchNormReLU2d", None)
+        BN = fused or layers.BatchNorm2d
         self.conv1 = layers.Conv2d(in_channels, out_channels, CONV_KERNEL, padding=1,
                                    bias=False, rng=rng)
-        self.bn1 = layers.BatchNorm2d(out_channels)
-        self.relu1 = layers.ReLU()
+        self.bn1 = BN(out_channels)
+        self.relu1 = None if fused else layers.ReLU()
         self.conv2 = layers.Conv2d(out_channels, out_channels, CONV_KERNEL, padding=1,
                                    bias=False, rng=rng)
-        self.bn2 = layers.BatchNorm2d(out_channels)
-        self.relu2 = layers.ReLU()
+        self.bn2 = BN(out_channels)
+        self.relu2 = None if fused else layers.ReLU()
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        x = self.relu1(self.bn1(self.conv1(x)))     # (N, Cout, H, W)
-        return self.relu2(self.bn2(self.conv2(x)))  # (N, Cout, H, W)
+        x = _then(self.relu1, self.bn1(self.conv1(x)))     # (N, Cout, H, W)
+        return _then(self.relu2, self.bn2(self.conv2(x)))  # (N, Cout, H, W)
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
-        d = self.conv2.backward(self.bn2.backward(self.relu2.backward(dout)))  # (N, Cout, H, W)
-        return self.conv1.backward(self.bn1.backward(self.relu1.backward(d)))  # (N, Cin, H, W)
+        d = self.conv2.backward(self.bn2.backward(_back(self.relu2, dout)))  # (N, Cout, H, W)
+        return self.conv1.backward(self.bn1.backward(_back(self.relu1, d)))  # (N, Cin, H, W)
+
+
+def _then(relu: Module | None, x: np.ndarray) -> np.ndarray:
+    """relu(x), or x when the ReLU is fused into the batch norm before it."""
+    return x if relu is None else relu(x)
+
+
+def _back(relu: Module | None, dout: np.ndarray) -> np.ndarray:
+    """relu.backward(dout), or dout when the ReLU is fused into the batch norm before it."""
+    return dout if relu is None else relu.backward(dout)
 
 
 class UNet(Module):

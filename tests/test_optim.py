@@ -255,3 +255,35 @@ def test_trajectory_matches_torch(kind, kwargs):
         theirs.step()
     for p, tp in zip(params, tparams, strict=True):
         np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("decay", [(0.0, False), (0.05, False), (0.05, True)])
+def test_fused_adam_kernel_matches_readable_update(dtype, decay):
+    """Adam.step's fused kernel against Adam._update, the readable NumPy formulas."""
+    weight_decay, decoupled = decay
+    rng = np.random.default_rng(11)
+    fused = make_params(rng, dtype)
+    readable = [Parameter(p.data.copy()) for p in fused]
+    opt_f = Adam(fused, lr=3e-3, betas=(0.8, 0.95), weight_decay=weight_decay,
+                 decoupled=decoupled)
+    opt_r = Adam(readable, lr=3e-3, betas=(0.8, 0.95), weight_decay=weight_decay,
+                 decoupled=decoupled)
+    for step in range(1, 4):
+        for pf, pr in zip(fused, readable, strict=True):
+            pf.grad[...] = rng.standard_normal(pf.shape)
+            pr.grad[...] = pf.grad
+        opt_f.step()
+        # the same step, through the readable per-parameter update
+        opt_r.steps += 1
+        bias2_sqrt = math.sqrt(1 - opt_r.beta2**step)
+        step_size = opt_r.lr / (1 - opt_r.beta1**step)
+        for p, m, v in zip(readable, opt_r._buffers("exp_avg"), opt_r._buffers("exp_avg_sq"),
+                           strict=True):
+            opt_r._update(p, m, v, bias2_sqrt, step_size)
+    for pf, pr in zip(fused, readable, strict=True):
+        assert pf.data.dtype == dtype
+        np.testing.assert_allclose(pf.data, pr.data, rtol=4 * np.finfo(dtype).eps, atol=0)
+    for name in ("exp_avg", "exp_avg_sq"):
+        for a, b in zip(opt_f.state[name], opt_r.state[name], strict=True):
+            np.testing.assert_allclose(a, b, rtol=4 * np.finfo(dtype).eps, atol=0)

@@ -11,21 +11,22 @@ minunet is imported:
 
 Everything still works, only much slower.
 
-Threading: two thread pools share the cores. Numba's parallel kernels (`prange`) run on an
-OpenMP pool (GNU libgomp); the convolutions' matrix products run on OpenBLAS's own pthreads pool.
-By default libgomp's workers keep spinning for a while after each parallel kernel, and on a
-machine with as many cores as threads (2 here) those spinning workers take the cores that the
-next BLAS product needs (and OpenBLAS's idle workers do the same to the next Numba kernel):
-a parallel kernel right after a BLAS call measured 2.5x slower. Our policy:
+Threading (see threads.py): the heavy layers (convolutions, batch norm + ReLU) cut their work
+into many small items (an image and a band of output rows; a group of channels) and hand
+them out one at a time to minunet's own threads, with BLAS single-threaded inside those
+regions. A thread the operating system parks delays one item instead of every product, and
+OpenBLAS's pool is not woken at all there. Knobs:
 
-- Numba kernels use `prange` where each thread owns an output slice; BLAS keeps its own threads.
-- `OMP_WAIT_POLICY=PASSIVE` (set below, only if you have not set it yourself): idle OpenMP
-  workers sleep at once instead of spinning, so they never compete with BLAS. It must be in
-  the environment before the OpenMP runtime loads, i.e. before the first parallel kernel (or
-  before `import torch`, which shares the same runtime); importing minunet first does that.
-- OpenBLAS's own spinning (`OPENBLAS_THREAD_TIMEOUT`) is read when NumPy loads OpenBLAS, before
-  any minunet code runs, so it cannot be set here; exporting `OPENBLAS_THREAD_TIMEOUT=4` in the
-  shell shortens it further.
+- `MINUNET_NUM_THREADS=n` (or `minunet.kernels.threads.set_num_threads(n)`): how many threads
+  minunet uses; default, the cores this process may run on. On a machine you share with
+  other jobs, fewer threads than cores can be faster.
+- Your own NumPy/BLAS calls keep the thread count you gave BLAS (`threadpoolctl`,
+  `OPENBLAS_NUM_THREADS`): minunet restores it after each of its regions.
+- `OMP_WAIT_POLICY=PASSIVE` (set below, only if you have not set it yourself): the few Numba
+  `prange` kernels left (general-geometry im2col/col2im) use an OpenMP pool whose idle
+  workers would otherwise spin and take the cores the next product needs. It must be in
+  the environment before the OpenMP runtime loads (also before `import torch`, which shares
+  it); importing minunet first does that.
 """
 
 import os

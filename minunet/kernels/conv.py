@@ -7,15 +7,12 @@ A convolution is a matrix product once every receptive field is laid out as a co
     y   = w.reshape(Cout, -1) @ col # (N, Cout, Ho*Wo)
 
 The products go to the BLAS library NumPy ships (OpenBLAS), which reaches several times the
-speed of a hand-written loop nest. How the columns are built depends on the geometry:
-
-- stride 1 (every 3x3 and 1x1 conv of the U-Net): each im2col row is one contiguous slice of
-  the padded image, flattened row by row ("shifted rows", below), built one image at a time so
-  it stays in cache; the input gradient is the stride-1 convolution of dy with the flipped
-  weight, so no scatter-add is needed either;
-- kernel == stride, no padding (the U-Net's 2x2 stride-2 up-convolution): the windows tile the
-  image, so im2col and col2im are a reshape and a transpose;
-- anything else: the general Numba loops `im2col` and its adjoint `col2im` (scatter-add).
+speed of a hand-written loop nest. Every geometry takes the same route: the work is cut into
+items, one image and a band of output rows each, whose columns (`im2col_rows`, a GIL-free
+Numba loop) stay in the core's cache; the items run on minunet's thread pool (threads.py)
+with single-threaded BLAS, and each writes its rows of y straight from the product. The input
+gradient of a stride-1 convolution is the stride-1 convolution of dy with the flipped weight
+(no scatter-add); other geometries scatter-add one image per item (`col2im_image`).
 
 The six public functions are built from three computations, because a transposed convolution
 is the adjoint of a convolution:
@@ -31,6 +28,8 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
+
+from .threads import parallel_for
 
 
 def conv_output_size(size: int, kernel_size: int, stride: int, padding: int) -> int:
@@ -103,149 +102,139 @@ def col2im(col: np.ndarray, channels: int, height: int, width: int, kernel_size:
     return x
 
 
-# ------------------------------------------------------------------ workspaces
-# The column matrices are K*K times the size of the image and live only inside one kernel
-# call. Allocating them afresh on every call costs a page fault per 4 KiB page, which on the
-# project's machines took as long as filling them, so one buffer per (purpose, dtype) is kept
-# and grown to the largest size seen. Not for concurrent use from several Python threads
-# (neither are the layers, which save state for backward).
-_workspaces: dict[tuple[str, np.dtype], np.ndarray] = {}
+# ------------------------------------------------------------------ one image, a band of rows
+# The fast path works on ITEMS: one image n and a band of R output rows [r0, r0 + R). An item
+# builds the columns of just that band (Cin*K*K x R*Wo, sized to stay in the core's cache),
+# multiplies them with single-threaded BLAS, and writes its output rows directly into y (no
+# copy). Items run on minunet's thread pool (threads.py), handed out one at a time, so a
+# busy machine slows a step by the work of one item, not by a barrier per product.
+
+COL_BYTES = 1 << 21  # ~2 MiB of columns per item: in the 1 MiB L2 + L3 slice, and products
+#                      large enough (>= ~5 MFLOP) that the per-item overhead stays small
 
 
-def _workspace(shape: tuple[int, ...], dtype: np.dtype, purpose: str = "col") -> np.ndarray:
-    """An uninitialised array of `shape`, a view of the shared buffer for (purpose, dtype)."""
-    size = int(np.prod(shape))
-    key = (purpose, np.dtype(dtype))
-    buffer = _workspaces.get(key)
-    if buffer is None or buffer.size < size:
-        buffer = np.empty(size, dtype=dtype)
-        _workspaces[key] = buffer
-    return buffer[:size].reshape(shape)
+@njit(cache=True, nogil=True)
+def im2col_rows(x: np.ndarray, n: int, kernel_size: int, stride: int, padding: int,
+                row_start: int, out_width: int, col: np.ndarray) -> None:
+    """col[(c*K + kh)*K + kw, r*Wo + j] = x[n, c, (r0 + r)*S - P + kh, j*S - P + kw] (0 outside).
+
+    One image n, output rows r0 .. r0 + R - 1 where R = col.shape[1] // Wo. Writes every
+    element of col (Cin*K*K, R*Wo). Single-threaded and GIL-free: the pool runs one per thread.
+    """
+    _, C, H, W = x.shape
+    K, S, P, Wo = kernel_size, stride, padding, out_width
+    R = col.shape[1] // Wo
+    zero = x.dtype.type(0)
+    for c in range(C):
+        for kh in range(K):
+            for kw in range(K):
+                row = (c * K + kh) * K + kw
+                lo, hi = _valid_columns(W, Wo, kw, S, P)
+                for r in range(R):
+                    h = (row_start + r) * S - P + kh
+                    base = r * Wo
+                    if h < 0 or h >= H:
+                        for j in range(Wo):
+                            col[row, base + j] = zero
+                        continue
+                    for j in range(lo):
+                        col[row, base + j] = zero
+                    if S == 1:  # a contiguous copy, as a slice: LLVM vectorises it
+                        col[row, base + lo:base + hi] = x[n, c, h, lo + kw - P:hi + kw - P]
+                    else:
+                        for j in range(lo, hi):
+                            col[row, base + j] = x[n, c, h, j * S - P + kw]
+                    for j in range(hi, Wo):
+                        col[row, base + j] = zero
+
+
+@njit(cache=True, nogil=True)
+def col2im_image(col: np.ndarray, dx: np.ndarray, n: int, kernel_size: int, stride: int,
+                 padding: int, out_width: int) -> None:
+    """The adjoint of im2col_rows for a whole image: dx[n, c, h, w] += every col entry that
+    im2col copied from (c, h, w). col (Cin*K*K, Ho*Wo); dx[n] must start at zero."""
+    _, C, H, W = dx.shape
+    K, S, P, Wo = kernel_size, stride, padding, out_width
+    Ho = col.shape[1] // Wo
+    for c in range(C):
+        for kh in range(K):
+            for kw in range(K):
+                row = (c * K + kh) * K + kw
+                lo, hi = _valid_columns(W, Wo, kw, S, P)
+                for i in range(Ho):
+                    h = i * S - P + kh
+                    if h < 0 or h >= H:
+                        continue
+                    base = i * Wo
+                    for j in range(lo, hi):
+                        dx[n, c, h, j * S - P + kw] += col[row, base + j]
+
+
+class _Scratch:
+    """One growing scratch buffer per (thread slot, purpose, dtype), reused between calls:
+    allocating fresh column buffers each call costs a page fault per 4 KiB. Not for use from
+    several of YOUR threads at once (neither are the layers, which keep state for backward)."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[tuple[int, str, np.dtype], np.ndarray] = {}
+
+    def get(self, slot: int, purpose: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        size = int(np.prod(shape))
+        key = (slot, purpose, np.dtype(dtype))
+        buffer = self.buffers.get(key)
+        if buffer is None or buffer.size < size:
+            buffer = np.empty(size, dtype=dtype)
+            self.buffers[key] = buffer
+        return buffer[:size].reshape(shape)
+
+
+_scratch = _Scratch()
 
 
 def release_workspace() -> None:
-    """Free the work buffers (they are re-created on the next convolution)."""
-    _workspaces.clear()
+    """Free the scratch buffers (they are re-created by the next convolution)."""
+    _scratch.buffers.clear()
 
 
-# ------------------------------------------------------------------ stride 1: shifted rows
-# For stride 1 no Numba loop is needed. Pad each image by P and flatten it row by row: with
-# Wp = W + 2P, tap (kh, kw) of output pixel (i, j) reads flat[(i + kh) * Wp + j + kw], so for
-# all pixels at once the tap reads the contiguous slice flat[kh*Wp + kw : kh*Wp + kw + Ho*Wp].
-# Each im2col row is then one slice copy, and the product yields the output on an (Ho, Wp)
-# grid whose last Wp - Wo columns are discarded (they wrapped around to the next row).
-# Working one image at a time keeps the columns in cache (Cin*K*K x Ho*Wp floats).
-
-def _padded_flat(x: np.ndarray, padding: int) -> np.ndarray:
-    """x (N, C, H, W) -> (N, C, (H + 2P + 1) * Wp) zero-padded, one spare row at the bottom
-    so the last tap's slice stays inside."""
-    N, C, H, W = x.shape
-    P = padding
-    xp = _workspace((N, C, H + 2 * P + 1, W + 2 * P), x.dtype, "pad")
-    xp[:, :, :P] = 0
-    xp[:, :, P + H:] = 0
-    xp[:, :, P:P + H, :P] = 0
-    xp[:, :, P:P + H, P + W:] = 0
-    xp[:, :, P:P + H, P:P + W] = x
-    return xp.reshape(N, C, -1)
-
-
-def _shifted_columns(flat: np.ndarray, K: int, Wp: int, L: int, col: np.ndarray) -> None:
-    """col (C, K*K, L)[c, kh*K + kw] = flat (C, *)[c, kh*Wp + kw : ... + L] (one image)."""
-    for kh in range(K):
-        for kw in range(K):
-            offset = kh * Wp + kw
-            col[:, kh * K + kw, :] = flat[:, offset:offset + L]
-
-
-def _forward_stride1(x: np.ndarray, weight: np.ndarray, padding: int) -> np.ndarray:
-    """Stride-1 convolution: x (N, Cin, H, W), weight (Cout, Cin, K, K) -> (N, Cout, Ho, Wo)."""
-    N, Cin, H, W = x.shape
-    Cout, _, K, _ = weight.shape
-    Wp = W + 2 * padding
-    Ho, Wo = H + 2 * padding - K + 1, Wp - K + 1
-    L = Ho * Wp
-    flat = _padded_flat(x, padding)                               # (N, Cin, (Hp+1)*Wp)
-    col = _workspace((Cin, K * K, L), x.dtype)                    # (Cin, K*K, Ho*Wp)
-    wide = _workspace((Cout, Ho, Wp), x.dtype, "wide")            # (Cout, Ho, Wp)
-    w_rows = weight.reshape(Cout, Cin * K * K)
-    y = np.empty((N, Cout, Ho, Wo), dtype=x.dtype)                # (N, Cout, Ho, Wo)
-    for n in range(N):
-        _shifted_columns(flat[n], K, Wp, L, col)
-        np.matmul(w_rows, col.reshape(Cin * K * K, L), out=wide.reshape(Cout, L))
-        y[n] = wide[:, :, :Wo]
-    return y
-
-
-def _weight_gradient_stride1(x: np.ndarray, dy: np.ndarray, K: int,
-                             padding: int) -> np.ndarray:
-    """dw = sum_n dy[n] @ col[n]^T with the shifted-row columns; -> (Cout, Cin, K, K)."""
-    N, Cin, _, W = x.shape
-    _, Cout, Ho, Wo = dy.shape
-    Wp = W + 2 * padding
-    L = Ho * Wp
-    flat = _padded_flat(x, padding)                               # (N, Cin, (Hp+1)*Wp)
-    col = _workspace((Cin, K * K, L), x.dtype)                    # (Cin, K*K, Ho*Wp)
-    wide = _workspace((Cout, Ho, Wp), x.dtype, "wide")            # dy on the (Ho, Wp) grid
-    wide[:, :, Wo:] = 0  # the wrapped-around columns must not contribute
-    dw = np.zeros((Cout, Cin * K * K), dtype=x.dtype)             # (Cout, Cin*K*K)
-    for n in range(N):
-        _shifted_columns(flat[n], K, Wp, L, col)
-        wide[:, :, :Wo] = dy[n]
-        dw += wide.reshape(Cout, L) @ col.reshape(Cin * K * K, L).T
-    return dw.reshape(Cout, Cin, K, K)
-
-
-def _flipped(weight: np.ndarray) -> np.ndarray:
-    """(Cout, Cin, K, K) -> (Cin, Cout, K, K) rotated by 180 degrees: the weight of the
-    convolution that maps dy back to dx when the stride is 1."""
-    return np.ascontiguousarray(weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
-
-
-# ------------------------------------------------------------------ K == S, P == 0: patches
-# When the kernel tiles the image without overlap (the U-Net's 2x2 stride-2 up-convolution),
-# im2col is a reshape and a transpose, and col2im its inverse: no loop, no scatter-add.
-
-def _patches(x: np.ndarray, K: int, Ho: int, Wo: int) -> np.ndarray:
-    """Non-overlapping im2col: x (N, C, H, W) -> col (N, C*K*K, Ho*Wo)."""
-    N, C = x.shape[:2]
-    blocks = x[:, :, :Ho * K, :Wo * K].reshape(N, C, Ho, K, Wo, K)
-    col = _workspace((N, C, K, K, Ho, Wo), x.dtype)
-    np.copyto(col, blocks.transpose(0, 1, 3, 5, 2, 4))
-    return col.reshape(N, C * K * K, Ho * Wo)
-
-
-def _unpatch(col: np.ndarray, C: int, H: int, W: int, K: int, Ho: int, Wo: int) -> np.ndarray:
-    """The inverse of `_patches`: col (N, C*K*K, Ho*Wo) -> x (N, C, H, W), 0 where unused."""
-    N = col.shape[0]
-    x = np.empty((N, C, H, W), dtype=col.dtype)
-    if H > Ho * K or W > Wo * K:
-        x[...] = 0
-    blocks = col.reshape(N, C, K, K, Ho, Wo).transpose(0, 1, 4, 2, 5, 3)
-    x[:, :, :Ho * K, :Wo * K] = blocks.reshape(N, C, Ho * K, Wo * K)
-    return x
-
-
-def _columns(x: np.ndarray, K: int, stride: int, padding: int, Ho: int, Wo: int) -> np.ndarray:
-    """im2col (N, C*K*K, Ho*Wo) by the cheapest route for this geometry."""
-    if K == stride and padding == 0:
-        return _patches(x, K, Ho, Wo)
-    col = _workspace((x.shape[0], x.shape[1] * K * K, Ho * Wo), x.dtype)
-    im2col(x, K, stride, padding, Ho, Wo, col)
-    return col
+def _bands(Ho: int, Wo: int, rows_of_col: int, itemsize: int) -> tuple[int, int]:
+    """(R, number of bands): bands of R output rows whose columns take about COL_BYTES."""
+    per_row = max(1, rows_of_col * Wo * itemsize)
+    R = max(1, min(Ho, COL_BYTES // per_row))
+    bands = -(-Ho // R)
+    R = -(-Ho // bands)  # even the bands out
+    return R, -(-Ho // R)
 
 
 # ------------------------------------------------------------------ the three computations
-def _forward(x: np.ndarray, weight: np.ndarray, stride: int, padding: int) -> np.ndarray:
-    """y = w @ im2col(x): x (N, Cin, H, W), weight (Cout, Cin, K, K) -> y (N, Cout, Ho, Wo)."""
-    if stride == 1:
-        return _forward_stride1(x, weight, padding)
-    N, _, H, W = x.shape
+def _forward(x: np.ndarray, weight: np.ndarray, stride: int, padding: int,
+             bias: np.ndarray | None = None) -> np.ndarray:
+    """y = w @ im2col(x) (+ b): x (N, Cin, H, W), weight (Cout, Cin, K, K) -> (N, Cout, Ho, Wo).
+
+    Item (n, band): y[n, :, r0:r0+R] = w_rows @ im2col_rows(x[n], rows r0:r0+R).
+    """
+    N, Cin, H, W = x.shape
     Cout, _, K, _ = weight.shape
-    Ho, Wo = conv_output_size(H, K, stride, padding), conv_output_size(W, K, stride, padding)
-    col = _columns(x, K, stride, padding, Ho, Wo)                 # (N, Cin*K*K, Ho*Wo)
-    y = np.matmul(weight.reshape(Cout, -1), col)     # (N, Cout, Ho*Wo)
-    return y.reshape(N, Cout, Ho, Wo)
+    S, P = stride, padding
+    Ho, Wo = conv_output_size(H, K, S, P), conv_output_size(W, K, S, P)
+    x = np.ascontiguousarray(x)
+    w_rows = np.ascontiguousarray(weight.reshape(Cout, Cin * K * K))  # (Cout, Cin*K*K)
+    y = np.empty((N, Cout, Ho, Wo), dtype=x.dtype)                     # (N, Cout, Ho, Wo)
+    y_rows = y.reshape(N, Cout, Ho * Wo)
+    R, bands = _bands(Ho, Wo, Cin * K * K, x.itemsize)
+
+    def item(index: int, slot: int) -> None:
+        n, band = divmod(index, bands)
+        r0 = band * R
+        rows = min(R, Ho - r0)
+        col = _scratch.get(slot, "col", (Cin * K * K, rows * Wo), x.dtype)
+        im2col_rows(x, n, K, S, P, r0, Wo, col)
+        out = y_rows[n, :, r0 * Wo:(r0 + rows) * Wo]                  # (Cout, R*Wo), a view
+        np.matmul(w_rows, col, out=out)
+        if bias is not None:
+            out += bias[:, None]
+
+    parallel_for(item, N * bands)
+    return y
 
 
 def _adjoint(dy: np.ndarray, weight: np.ndarray, stride: int, padding: int, height: int,
@@ -255,32 +244,73 @@ def _adjoint(dy: np.ndarray, weight: np.ndarray, stride: int, padding: int, heig
     _, Cin, K, _ = weight.shape
     if stride == 1 and padding <= K - 1:
         # dx is the stride-1 convolution of dy with the flipped weight and padding K-1-P
-        return _forward_stride1(dy, _flipped(weight), K - 1 - padding)
-    w_rows = weight.reshape(Cout, -1)                                   # (Cout, Cin*K*K)
-    dcol = _workspace((N, w_rows.shape[1], Ho * Wo), dy.dtype)        # (N, Cin*K*K, Ho*Wo)
-    np.matmul(w_rows.T, dy.reshape(N, Cout, Ho * Wo), out=dcol)
-    if K == stride and padding == 0:
-        return _unpatch(dcol, Cin, height, width, K, Ho, Wo)
-    return col2im(dcol, Cin, height, width, K, stride, padding, Ho, Wo)
+        return _forward(dy, _flipped(weight), 1, K - 1 - padding)
+    dy = np.ascontiguousarray(dy)
+    w_cols = np.ascontiguousarray(weight.reshape(Cout, Cin * K * K).T)  # (Cin*K*K, Cout)
+    dy_rows = dy.reshape(N, Cout, Ho * Wo)
+    dx = np.empty((N, Cin, height, width), dtype=dy.dtype)               # (N, Cin, H, W)
+
+    def item(n: int, slot: int) -> None:  # one image
+        dcol = _scratch.get(slot, "dcol", (Cin * K * K, Ho * Wo), dy.dtype)
+        np.matmul(w_cols, dy_rows[n], out=dcol)
+        dx[n] = 0
+        col2im_image(dcol, dx, n, K, stride, padding, Wo)
+
+    parallel_for(item, N)
+    return dx
+
+
+WEIGHT_GRADIENT_GROUPS = 8  # partial sums of dw, a fixed number: see _weight_gradient
 
 
 def _weight_gradient(x: np.ndarray, dy: np.ndarray, kernel_size: int, stride: int,
                      padding: int) -> np.ndarray:
     """dw = sum_n dy[n] @ im2col(x)[n]^T.
 
-    x (N, Cin, H, W), dy (N, Cout, Ho, Wo) -> dw (Cout, Cin, K, K).
+    x (N, Cin, H, W), dy (N, Cout, Ho, Wo) -> dw (Cout, Cin, K, K). The (image, band) pieces
+    are split into at most WEIGHT_GRADIENT_GROUPS runs of consecutive pieces; each run is one
+    item that sums its pieces' dy @ col^T in order into its own partial dw, and the partial
+    sums are added in run order. The grouping depends only on the shapes, never on which
+    thread ran what or how many threads there are, so dw is the same to the last bit on every
+    run (training is reproducible).
     """
-    if stride == 1:
-        return _weight_gradient_stride1(x, dy, kernel_size, padding)
     N, Cin = x.shape[:2]
     _, Cout, Ho, Wo = dy.shape
-    K = kernel_size
-    col = _columns(x, K, stride, padding, Ho, Wo)                 # (N, Cin*K*K, Ho*Wo)
-    dw = np.zeros((Cout, Cin * K * K), dtype=x.dtype)                   # (Cout, Cin*K*K)
-    dy_rows = dy.reshape(N, Cout, Ho * Wo)
-    for n in range(N):
-        dw += dy_rows[n] @ col[n].T
+    K, S, P = kernel_size, stride, padding
+    x = np.ascontiguousarray(x)
+    dy_rows = np.ascontiguousarray(dy).reshape(N, Cout, Ho * Wo)
+    R, bands = _bands(Ho, Wo, Cin * K * K, x.itemsize)
+    pieces = N * bands
+    groups = min(pieces, WEIGHT_GRADIENT_GROUPS)
+    partial = [None] * groups
+
+    def item(group: int, slot: int) -> None:
+        first, last = group * pieces // groups, (group + 1) * pieces // groups
+        for index in range(first, last):
+            n, band = divmod(index, bands)
+            r0 = band * R
+            rows = min(R, Ho - r0)
+            col = _scratch.get(slot, "col", (Cin * K * K, rows * Wo), x.dtype)
+            im2col_rows(x, n, K, S, P, r0, Wo, col)
+            g = dy_rows[n, :, r0 * Wo:(r0 + rows) * Wo]                # (Cout, R*Wo), a view
+            if partial[group] is None:
+                partial[group] = g @ col.T                             # (Cout, Cin*K*K)
+            else:
+                product = _scratch.get(slot, "dw", (Cout, Cin * K * K), x.dtype)
+                np.matmul(g, col.T, out=product)
+                partial[group] += product
+
+    parallel_for(item, groups)
+    dw = partial[0]
+    for group in range(1, groups):
+        dw += partial[group]
     return dw.reshape(Cout, Cin, K, K)
+
+
+def _flipped(weight: np.ndarray) -> np.ndarray:
+    """(Cout, Cin, K, K) -> (Cin, Cout, K, K) rotated by 180 degrees: the weight of the
+    convolution that maps dy back to dx when the stride is 1."""
+    return np.ascontiguousarray(weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
 
 
 # ------------------------------------------------------------------ the public pairs
@@ -290,10 +320,7 @@ def conv2d_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, s
 
     x (N, Cin, H, W), weight (Cout, Cin, K, K), bias (Cout,) or None -> y (N, Cout, Ho, Wo).
     """
-    y = _forward(x, weight, stride, padding)
-    if bias is not None:
-        y += bias[None, :, None, None]
-    return y
+    return _forward(x, weight, stride, padding, bias)
 
 
 def conv2d_backward_input(dy: np.ndarray, weight: np.ndarray, stride: int, padding: int,

@@ -19,8 +19,8 @@ What the kernels do differently, each for a reason:
   has its own branch-free loop.
 - Convolutions are matrix products over im2col columns (see `conv.py`).
 
-`BatchNormReLU2d` (BatchNorm2d then ReLU in one pass each way) lives here only: the U-Net
-does not use it; it is kept as a fused kernel the fast path may adopt.
+`BatchNormReLU2d` (BatchNorm2d then ReLU in one pass each way) lives here only: the fast
+U-Net's DoubleConv uses it in place of each BatchNorm2d + ReLU pair.
 """
 
 from __future__ import annotations

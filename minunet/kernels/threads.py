@@ -1,0 +1,213 @@
+"""minunet's one thread pool: work items handed out one at a time, BLAS single-threaded inside.
+
+Why a pool of our own. A U-Net step makes hundreds of calls into parallel code. If each call
+is split evenly between two threads (a 2-thread BLAS product, a `prange` loop), each is a
+barrier: when the operating system parks one of the threads (another program wants the core),
+the other waits at the end of every call, and on a shared machine the step slows down many
+times over. Two thread pools (OpenBLAS's and Numba's OpenMP) also spin against each other.
+
+So the heavy layers cut their work into many small items (an image, or a band of output rows
+of one image) and `parallel_for` hands them out dynamically: each thread takes the next item
+when it has finished its last one. A thread that is parked holds up at most the one item it
+was working on; the other threads take the rest. Inside an item, BLAS runs single-threaded
+(the items are the parallelism), so no other pool is ever woken.
+
+Knobs, in the order they are read:
+- `set_num_threads(n)` at run time;
+- the environment variable `MINUNET_NUM_THREADS`;
+- otherwise the number of cores this process may run on (`os.sched_getaffinity`).
+With 1 thread everything runs in the calling thread. BLAS's own thread count (e.g. set with
+`threadpoolctl` or `OPENBLAS_NUM_THREADS`) is restored after each of our parallel regions, so
+your own NumPy code keeps whatever you chose.
+
+The pool's threads are Python threads: the work they run (NumPy copies, BLAS products, Numba
+kernels compiled with `nogil=True`) releases the GIL, and only the short bookkeeping between
+items holds it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+
+ENV_THREADS = "MINUNET_NUM_THREADS"
+
+
+def _default_threads() -> int:
+    value = os.environ.get(ENV_THREADS, "").strip()
+    if value:
+        try:
+            n = int(value)
+        except ValueError:
+            raise ValueError(f"{ENV_THREADS}={value!r} is not an integer: set it to the number "
+                             f"of threads minunet may use (e.g. 2), or unset it") from None
+        if n < 1:
+            raise ValueError(f"{ENV_THREADS}={value!r} must be >= 1")
+        return n
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+_num_threads = _default_threads()
+
+
+def get_num_threads() -> int:
+    """How many threads minunet's layers use (the pool's workers plus the calling thread)."""
+    return _num_threads
+
+
+def set_num_threads(n: int) -> None:
+    """Use `n` threads from now on (1: everything in the calling thread)."""
+    global _num_threads
+    if int(n) != n or n < 1:
+        raise ValueError(f"set_num_threads: n must be a positive integer, got {n!r}")
+    _num_threads = int(n)
+
+
+# ------------------------------------------------------------------ BLAS thread count
+class _Blas:
+    """Set and restore the thread count of the BLAS library NumPy uses (found lazily)."""
+
+    def __init__(self) -> None:
+        self._controllers: list | None = None
+
+    def controllers(self) -> list:
+        if self._controllers is None:
+            try:
+                from threadpoolctl import ThreadpoolController
+                self._controllers = ThreadpoolController().select(user_api="blas").lib_controllers
+            except Exception:  # threadpoolctl missing or unable: leave BLAS alone
+                self._controllers = []
+        return self._controllers
+
+    def single(self) -> list[int]:
+        """Switch every BLAS library to 1 thread; return what to restore."""
+        previous = []
+        for c in self.controllers():
+            n = c.get_num_threads()
+            previous.append(n)
+            if n != 1:
+                c.set_num_threads(1)
+        return previous
+
+    def restore(self, previous: list[int]) -> None:
+        for c, n in zip(self.controllers(), previous, strict=False):
+            if n != 1:
+                c.set_num_threads(n)
+
+
+_blas = _Blas()
+
+
+# ------------------------------------------------------------------ the pool
+class _Pool:
+    """Persistent worker threads that run `parallel_for` regions with the caller."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._done = threading.Condition(self._lock)
+        self._workers: list[threading.Thread] = []
+        self._generation = 0
+        self._job: tuple[Callable[[int, int], None], int] | None = None
+        self._next = 0          # the next item to hand out
+        self._active = 0        # workers still inside the current region
+        self._wanted = 0        # how many workers join the current region
+        self._error: BaseException | None = None
+        self._busy = False      # a region is running (nested calls run inline)
+
+    def _ensure(self, workers: int) -> None:
+        while len(self._workers) < workers:
+            t = threading.Thread(target=self._loop, args=(len(self._workers) + 1,),
+                                 name=f"minunet-worker-{len(self._workers) + 1}", daemon=True)
+            self._workers.append(t)
+            t.start()
+
+    def _take(self) -> int:
+        with self._lock:
+            i = self._next
+            self._next += 1
+            return i
+
+    def _drain(self, slot: int) -> None:
+        fn, count = self._job
+        while True:
+            i = self._take()
+            if i >= count or self._error is not None:
+                return
+            try:
+                fn(i, slot)
+            except BaseException as error:  # re-raised in the caller
+                with self._lock:
+                    if self._error is None:
+                        self._error = error
+                return
+
+    def _loop(self, slot: int) -> None:
+        seen = 0
+        while True:
+            with self._lock:
+                while self._generation == seen:
+                    self._wake.wait()
+                seen = self._generation
+                joins = slot <= self._wanted
+            if joins:
+                self._drain(slot)
+                with self._lock:
+                    self._active -= 1
+                    if self._active == 0:
+                        self._done.notify_all()
+
+    def run(self, fn: Callable[[int, int], None], count: int, threads: int) -> None:
+        workers = min(threads, count) - 1
+        if workers <= 0 or self._busy:
+            for i in range(count):
+                fn(i, 0)
+            return
+        self._ensure(workers)
+        previous = _blas.single()
+        try:
+            with self._lock:
+                self._busy = True
+                self._job = (fn, count)
+                self._next = 0
+                self._error = None
+                self._wanted = workers
+                self._active = workers
+                self._generation += 1
+                self._wake.notify_all()
+            self._drain(0)
+            with self._lock:
+                while self._active:
+                    self._done.wait()
+                self._job = None
+                self._busy = False
+                error = self._error
+                self._error = None
+        finally:
+            _blas.restore(previous)
+        if error is not None:
+            raise error
+
+
+_pool = _Pool()
+
+
+def parallel_for(fn: Callable[[int, int], None], count: int) -> None:
+    """Call fn(item, slot) for item in range(count), spread over `get_num_threads()` threads.
+
+    Items are handed out one at a time, in order, to whichever thread is free; `slot` (0 for
+    the calling thread, 1.. for workers) is the same for every item one thread runs, so fn may
+    keep per-thread scratch buffers indexed by it. Items must write disjoint outputs. BLAS is
+    single-threaded while the region runs. Returns when every item is done; the first
+    exception raised by an item is re-raised here.
+    """
+    _pool.run(fn, count, _num_threads)
+
+
+def single_threaded_blas() -> tuple[Callable[[], list[int]], Callable[[list[int]], None]]:
+    """The pair (switch BLAS to 1 thread, restore) `parallel_for` uses, for other callers."""
+    return _blas.single, _blas.restore

@@ -1,0 +1,127 @@
+"""minunet's thread pool: every item runs once, errors come back, BLAS is restored."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from minunet.kernels import conv as kernels
+from minunet.kernels import reference, threads
+
+
+@pytest.fixture
+def two_threads():
+    before = threads.get_num_threads()
+    threads.set_num_threads(2)
+    yield
+    threads.set_num_threads(before)
+
+
+def test_every_item_runs_exactly_once(two_threads):
+    seen = np.zeros(1000, dtype=np.int64)
+    slots = set()
+
+    def item(i, slot):
+        seen[i] += 1
+        slots.add(slot)
+
+    threads.parallel_for(item, seen.size)
+    assert np.all(seen == 1)
+    assert slots <= {0, 1}
+
+
+def test_an_item_error_is_raised_in_the_caller(two_threads):
+    def item(i, slot):
+        if i == 7:
+            raise ValueError("item 7 is bad")
+
+    with pytest.raises(ValueError, match="item 7 is bad"):
+        threads.parallel_for(item, 50)
+    threads.parallel_for(lambda i, slot: None, 10)  # the pool still works afterwards
+
+
+def test_nested_regions_run_inline(two_threads):
+    out = np.zeros((4, 5))
+
+    def inner_row(i, slot):
+        threads.parallel_for(lambda j, s: out.__setitem__((i, j), i * 10 + j), 5)
+
+    threads.parallel_for(inner_row, 4)
+    assert np.array_equal(out, np.arange(4)[:, None] * 10 + np.arange(5))
+
+
+def test_blas_thread_count_is_restored(two_threads):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    controller = threadpoolctl.ThreadpoolController().select(user_api="blas")
+    if not controller.lib_controllers:
+        pytest.skip("no BLAS library found by threadpoolctl")
+    before = [c.get_num_threads() for c in controller.lib_controllers]
+    inside = []
+    lock = threading.Lock()
+
+    def item(i, slot):
+        with lock:
+            inside.extend(c.get_num_threads() for c in controller.lib_controllers)
+
+    threads.parallel_for(item, 8)
+    assert set(inside) == {1}  # the items are the parallelism: BLAS single-threaded inside
+    assert [c.get_num_threads() for c in controller.lib_controllers] == before
+
+
+def test_bad_thread_counts():
+    with pytest.raises(ValueError, match="positive integer"):
+        threads.set_num_threads(0)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv_in_bands_of_one_row_matches_reference(monkeypatch, n_threads, dtype):
+    """Tiny column budget: every output row is its own item, spread over the threads."""
+    monkeypatch.setattr(kernels, "COL_BYTES", 1)
+    before = threads.get_num_threads()
+    threads.set_num_threads(n_threads)
+    try:
+        rng = np.random.default_rng(n_threads)
+        for N, Cin, Cout, H, W, K, S, P in [(3, 2, 3, 9, 7, 3, 1, 1), (2, 3, 2, 8, 11, 3, 2, 1),
+                                            (1, 2, 4, 6, 6, 2, 2, 0), (2, 3, 11, 5, 8, 3, 1, 2),
+                                            (1, 9, 2, 7, 6, 1, 1, 0), (2, 2, 3, 4, 9, 5, 1, 1)]:
+            x = rng.standard_normal((N, Cin, H, W)).astype(dtype)
+            w = rng.standard_normal((Cout, Cin, K, K)).astype(dtype)
+            y = kernels.conv2d_forward(x, w, None, S, P)
+            y_ref = reference.conv2d_forward_reference(x, w, None, S, P)
+            np.testing.assert_allclose(y, y_ref, rtol=0, atol=1e-5 if dtype == np.float32
+                                       else 1e-12)
+            dy = rng.standard_normal(y.shape).astype(dtype)
+            dw = kernels.conv2d_backward_weight(x, dy, K, S, P)
+            dw_ref = reference.conv2d_backward_weight_reference(x, dy, K, S, P)
+            np.testing.assert_allclose(dw, dw_ref, rtol=0, atol=1e-4 if dtype == np.float32
+                                       else 1e-11)
+            dx = kernels.conv2d_backward_input(dy, w, S, P, H, W)
+            dx_ref = reference.conv2d_backward_input_reference(dy, w, S, P, H, W)
+            np.testing.assert_allclose(dx, dx_ref, rtol=0, atol=1e-5 if dtype == np.float32
+                                       else 1e-12)
+    finally:
+        threads.set_num_threads(before)
+
+
+def test_weight_gradient_does_not_depend_on_which_thread_ran_what(monkeypatch):
+    """Training must be reproducible: dw may not depend on the order items ran in or on
+    which thread (slot) ran each one. A stand-in pool runs the items in a scrambled order on
+    changing slots and must give the same bits as running them in order on one slot."""
+    monkeypatch.setattr(kernels, "COL_BYTES", 64)  # many (image, band) pieces
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 3, 13, 11)).astype(np.float32)
+    dy = rng.standard_normal((5, 4, 13, 11)).astype(np.float32)
+
+    def in_order(fn, count):
+        for i in range(count):
+            fn(i, 0)
+
+    def scrambled(fn, count):
+        for i in reversed(range(count)):
+            fn(i, (7 * i) % 3)
+
+    monkeypatch.setattr(kernels, "parallel_for", in_order)
+    expected = kernels.conv2d_backward_weight(x, dy, 3, 1, 1)
+    monkeypatch.setattr(kernels, "parallel_for", scrambled)
+    np.testing.assert_array_equal(kernels.conv2d_backward_weight(x, dy, 3, 1, 1), expected)
