@@ -464,6 +464,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not inputs:
         raise InputError("give the images (files or folders) after the model")
     if args.chunked:  # images larger than memory, block by block (the scale extra)
+        if args.diameter is not None:
+            raise InputError("--diameter is not available with --chunked yet: rescale the "
+                             "image first, or predict without --diameter")
         from .scaleout.large import predict_command
 
         return predict_command(args, _resolve_model(model_spec), inputs)

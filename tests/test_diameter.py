@@ -66,3 +66,11 @@ def test_train_stores_the_object_diameter_and_an_old_model_is_refused(tmp_path, 
     assert "diameter" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
     json.dumps(meta)  # the stored metadata stays JSON
+
+
+def test_chunked_prediction_refuses_a_diameter(tmp_path, capsys):
+    tifffile.imwrite(tmp_path / "im.tif", np.zeros((64, 64), np.uint16))
+    assert main(["predict", "--model", "nuclei", str(tmp_path / "im.tif"), "--out",
+                 str(tmp_path / "out"), "--chunked", "--diameter", "20"]) == 2
+    assert "--diameter" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -57,6 +57,7 @@ class FileTask:
     probs: bool
     overlays: bool
     threads: int | None
+    diameter: float | str | None = None
 
 
 def predict_file(task: FileTask) -> int:
@@ -66,7 +67,8 @@ def predict_file(task: FileTask) -> int:
     limit_threads(task.threads)
     ckpt = load_checkpoint(task.model)
     _, n = write_prediction(ckpt, Path(task.path), Path(task.out_dir), tile=task.tile,
-                            probs=task.probs, overlays=task.overlays)
+                            probs=task.probs, overlays=task.overlays,
+                            diameter=task.diameter)
     return n
 
 
@@ -74,13 +76,14 @@ def predict_files(model: str | os.PathLike, files: list[str | os.PathLike],
                   out_dir: str | os.PathLike, *, workers: int | None = None,
                   scheduler: str | None = None, client: Any = None, tile: int = 256,
                   probs: bool = False, overlays: bool = False, progress: bool = True,
-                  ) -> CollectionReport:
+                  diameter: float | str | None = None) -> CollectionReport:
     """Label every file with the checkpoint `model` (a .npz or a run folder) on a Dask cluster.
 
     workers:   start a local cluster of this many worker processes (one thread each; the
                machine's cores are shared among them)
     scheduler: or use the dask.distributed scheduler at this address ("tcp://host:8786")
     client:    or an existing `distributed.Client`
+    diameter:  the objects' diameter in pixels or "auto", as `mu.segment(..., diameter=)`
     Progress ("[k/n] file -> output") goes to stderr; failures are collected, not raised.
     """
     started = time.perf_counter()
@@ -108,7 +111,7 @@ def predict_files(model: str | os.PathLike, files: list[str | os.PathLike],
     try:
         threads = threads_per_worker(client)
         tasks = [FileTask(str(ckpt.resolve()), str(Path(f).resolve()), str(out.resolve()), tile,
-                          probs, overlays, threads) for f in files]
+                          probs, overlays, threads, diameter) for f in files]
         for k, (task, n, error) in enumerate(run_tasks(predict_file, tasks, client), start=1):
             name = str(Path(task.path))
             if error is None:
@@ -136,7 +139,7 @@ def predict_command(args: Any, model: Path, files: list[Path]) -> int:
     out = Path(args.out)
     report = predict_files(model, files, out, workers=args.workers,
                            scheduler=args.scheduler, tile=args.tile, probs=args.probs,
-                           overlays=args.overlays)
+                           overlays=args.overlays, diameter=args.diameter)
     print(f"{len(report.done)} of {len(files)} files labelled in {report.seconds:.1f} s -> {out}")
     if report.failed:
         print(f"{len(report.failed)} files failed:", file=sys.stderr)
