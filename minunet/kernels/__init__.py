@@ -1,8 +1,9 @@
 """Numba kernels: the hot loops, as free functions in forward/backward pairs.
 
-Each kernel is a plain loop nest compiled by Numba (`@njit(cache=True)`); `reference.py` holds a
-slow, obvious NumPy version of each one, which the tests compare against and which you can read
-first to see what a kernel computes.
+Each kernel is a plain loop nest compiled by Numba (`@njit(cache=True)`) or a BLAS product
+around one. The readable version of each layer is in `minunet/layers/`; `layers.py` here holds
+the same layers computed with these kernels, and `reference.py` holds NumPy oracles of the
+kernel functions (whole arrays, one einsum per tap), which the tests compare them with.
 
 To step through a kernel as plain Python (breakpoints, prints), turn the compiler off before
 minunet is imported:
@@ -22,11 +23,10 @@ OpenBLAS's pool is not woken at all there. Knobs:
   other jobs, fewer threads than cores can be faster.
 - Your own NumPy/BLAS calls keep the thread count you gave BLAS (`threadpoolctl`,
   `OPENBLAS_NUM_THREADS`): minunet restores it after each of its regions.
-- `OMP_WAIT_POLICY=PASSIVE` (set below, only if you have not set it yourself): the few Numba
-  `prange` kernels left (general-geometry im2col/col2im) use an OpenMP pool whose idle
-  workers would otherwise spin and take the cores the next product needs. It must be in
-  the environment before the OpenMP runtime loads (also before `import torch`, which shares
-  it); importing minunet first does that.
+- `OMP_WAIT_POLICY=PASSIVE` (set below, only if you have not set it yourself): an OpenMP
+  pool loaded by other code in the process (another library's parallel loops, torch) would
+  otherwise keep idle workers spinning on the cores minunet's threads need. It must be in
+  the environment before the OpenMP runtime loads; importing minunet first does that.
 """
 
 import os

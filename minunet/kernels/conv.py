@@ -21,13 +21,15 @@ is the adjoint of a convolution:
     conv_transpose2d_backward_input  == conv2d_forward           (w @ im2col(dy))
     conv_transpose2d_backward_weight == conv2d_backward_weight   (with x and dy swapped)
 
-`reference.py` holds the same six computations as plain NumPy loops over the kernel taps.
+The readable version of the convolution is `minunet/layers/conv.py` (and conv_transpose.py);
+`reference.py` holds NumPy oracles of these six functions (whole arrays, one einsum per tap),
+which the tests compare them with.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .threads import parallel_for
 
@@ -47,61 +49,6 @@ def _valid_columns(width: int, out_width: int, kw: int, stride: int, padding: in
     return lo, max(lo, hi)
 
 
-@njit(parallel=True, cache=True)
-def im2col(x: np.ndarray, kernel_size: int, stride: int, padding: int, out_height: int,
-           out_width: int, col: np.ndarray) -> None:
-    """col[n, (c*K + kh)*K + kw, i*Wo + j] = x[n, c, i*S - P + kh, j*S - P + kw] (0 outside).
-
-    Writes every element of col (N, C*K*K, Ho*Wo), so col may come uninitialised.
-    """
-    N, C, H, W = x.shape
-    K, S, P, Ho, Wo = kernel_size, stride, padding, out_height, out_width
-    zero = x.dtype.type(0)
-    for nc in prange(N * C):  # thread owns col[n, c*K*K:(c+1)*K*K, :] (one input plane's rows)
-        n, c = nc // C, nc % C
-        for kh in range(K):
-            for kw in range(K):
-                row = (c * K + kh) * K + kw
-                lo, hi = _valid_columns(W, Wo, kw, S, P)
-                for i in range(Ho):
-                    h = i * S - P + kh
-                    base = i * Wo
-                    if h < 0 or h >= H:
-                        for j in range(Wo):
-                            col[n, row, base + j] = zero
-                        continue
-                    for j in range(lo):
-                        col[n, row, base + j] = zero
-                    for j in range(lo, hi):
-                        col[n, row, base + j] = x[n, c, h, j * S - P + kw]
-                    for j in range(hi, Wo):
-                        col[n, row, base + j] = zero
-
-
-@njit(parallel=True, cache=True)
-def col2im(col: np.ndarray, channels: int, height: int, width: int, kernel_size: int,
-           stride: int, padding: int, out_height: int, out_width: int) -> np.ndarray:
-    """The adjoint of im2col: x[n, c, h, w] = sum of every col entry that im2col copied from it."""
-    N = col.shape[0]
-    C, H, W, K, S, P, Ho, Wo = channels, height, width, kernel_size, stride, padding, \
-        out_height, out_width
-    x = np.zeros((N, C, H, W), dtype=col.dtype)  # (N, C, H, W)
-    for nc in prange(N * C):  # thread owns x[n, c] (reads only that plane's K*K rows of col)
-        n, c = nc // C, nc % C
-        for kh in range(K):
-            for kw in range(K):
-                row = (c * K + kh) * K + kw
-                lo, hi = _valid_columns(W, Wo, kw, S, P)
-                for i in range(Ho):
-                    h = i * S - P + kh
-                    if h < 0 or h >= H:
-                        continue
-                    base = i * Wo
-                    for j in range(lo, hi):
-                        x[n, c, h, j * S - P + kw] += col[n, row, base + j]
-    return x
-
-
 # ------------------------------------------------------------------ one image, a band of rows
 # The fast path works on ITEMS: one image n and a band of R output rows [r0, r0 + R). An item
 # builds the columns of just that band (Cin*K*K x R*Wo, sized to stay in the core's cache),
@@ -111,6 +58,7 @@ def col2im(col: np.ndarray, channels: int, height: int, width: int, kernel_size:
 
 COL_BYTES = 1 << 21  # ~2 MiB of columns per item: in the 1 MiB L2 + L3 slice, and products
 #                      large enough (>= ~5 MFLOP) that the per-item overhead stays small
+
 
 
 @njit(cache=True, nogil=True)
