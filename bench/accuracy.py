@@ -43,16 +43,10 @@ import minunet as mu
 from minunet import rescale, workflow
 from minunet.data.presets import preset_params
 from minunet.models import pretrained_path
-from minunet.predict import DEFAULT_NORMALIZATION
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_pretrained import RECIPE, train_broad
+from train_pretrained import RECIPE, SIZE, train_broad, train_default
 
-SIZE = (256, 256)
-CROP = 128
-BATCH = 8
-LR = 3e-3
-N_VAL = 8
 N_TEST = 16
 REFERENCE_PLAN = {"n_train": 160, "epochs": 16}
 QUICK = {"n_train": 16, "epochs": 1}
@@ -61,22 +55,7 @@ AUTO = "auto"   # a test row scored with the diameter estimated from each image
 
 def train_reference(n_train: int, epochs: int, out: Path, seed: int) -> mu.Checkpoint:
     """Train the default U-Net on `reference`, keeping the epoch of best validation pixel F1."""
-    images, labels, _ = mu.data.generate(n_train + N_VAL, "reference", size=SIZE, seed=seed)
-    post = workflow.postprocess_settings(labels[N_VAL:])
-    x, classes, weights = workflow.training_arrays(images, labels, DEFAULT_NORMALIZATION)
-    model = mu.UNet(1, 3, depth=3, base_channels=16, rng=np.random.default_rng(seed))
-    steps = epochs * -(-n_train // BATCH)
-    history = mu.train(
-        model, (x[N_VAL:], classes[N_VAL:], weights[N_VAL:]),
-        (x[:N_VAL], classes[:N_VAL], weights[:N_VAL]),
-        epochs=epochs, batch_size=BATCH, lr=LR, crop=CROP,
-        schedule=mu.CosineSchedule(LR, total_steps=steps, warmup_steps=min(50, steps - 1)),
-        augment=workflow.make_augment(),
-        score_fn=workflow.object_score_fn(labels[:N_VAL], postprocess=post),
-        monitor="val_pixel_f1", seed=seed, out_dir=out,
-        metadata={"normalization": DEFAULT_NORMALIZATION, "postprocess": post,
-                  "diameter": rescale.object_diameter(labels[N_VAL:])},
-    )
+    history, _, _, _ = train_default(out, "reference", n_train, epochs, seed, "val_pixel_f1")
     print(f"reference: best epoch {history.best_epoch} of {len(history)}, "
           f"val pixel F1 {history.best_score:.3f}")
     return mu.load(out / "best.npz")

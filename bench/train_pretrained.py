@@ -34,32 +34,44 @@ RECIPE = {"preset": "broad", "n_train": 240, "epochs": 30, "seed": 0}
 QUICK = {"preset": "broad", "n_train": 16, "epochs": 1, "seed": 0}
 
 
-def train_broad(out: Path, preset: str = "broad", n_train: int = 240, epochs: int = 30,
-                seed: int = 0) -> mu.Checkpoint:
-    """Generate `n_train + N_VAL` images of `preset`, train the default U-Net, return the best
-    epoch's checkpoint (written to out/best.npz with the run's log)."""
+def train_default(out: Path, preset: str, n_train: int, epochs: int, seed: int,
+                  monitor: str, **metadata: object
+                  ) -> tuple[mu.History, np.ndarray, np.ndarray, dict]:
+    """Generate `n_train + N_VAL` images of `preset` and train the default U-Net (depth 3,
+    base 16) on the last n_train, validating on the first N_VAL and keeping the epoch best by
+    `monitor` (out/best.npz). Returns (history, validation x, all labels, post-processing
+    settings learned from the training labels)."""
     images, labels, _ = mu.data.generate(n_train + N_VAL, preset, size=SIZE, seed=seed)
     post = workflow.postprocess_settings(labels[N_VAL:])
     x, classes, weights = workflow.training_arrays(images, labels, DEFAULT_NORMALIZATION)
     model = mu.UNet(1, 3, depth=3, base_channels=16, rng=np.random.default_rng(seed))
     steps = epochs * -(-n_train // BATCH)
-    recipe = {"preset": preset, "n_train": n_train, "epochs": epochs, "seed": seed,
-              "size": list(SIZE), "crop": CROP, "batch": BATCH, "lr": LR}
     history = mu.train(
         model, (x[N_VAL:], classes[N_VAL:], weights[N_VAL:]),
         (x[:N_VAL], classes[:N_VAL], weights[:N_VAL]),
         epochs=epochs, batch_size=BATCH, lr=LR, crop=CROP,
         schedule=mu.CosineSchedule(LR, total_steps=steps, warmup_steps=min(50, steps - 1)),
         augment=workflow.make_augment(),
-        score_fn=workflow.object_score_fn(labels[:N_VAL], postprocess=post), monitor="val_f1",
+        score_fn=workflow.object_score_fn(labels[:N_VAL], postprocess=post), monitor=monitor,
         seed=seed, out_dir=out,
         metadata={"normalization": DEFAULT_NORMALIZATION, "postprocess": post,
-                  "diameter": object_diameter(labels[N_VAL:]), "recipe": recipe},
+                  "diameter": object_diameter(labels[N_VAL:]), **metadata},
     )
+    return history, x[:N_VAL], labels, post
+
+
+def train_broad(out: Path, preset: str = "broad", n_train: int = 240, epochs: int = 30,
+                seed: int = 0) -> mu.Checkpoint:
+    """Train the default U-Net on `preset`, keep the best epoch by validation object F1, then
+    pick the seed threshold on the validation images; returns out/best.npz's checkpoint."""
+    recipe = {"preset": preset, "n_train": n_train, "epochs": epochs, "seed": seed,
+              "size": list(SIZE), "crop": CROP, "batch": BATCH, "lr": LR}
+    history, x_val, labels, post = train_default(out, preset, n_train, epochs, seed,
+                                                 "val_f1", recipe=recipe)
     print(f"{preset}: best epoch {history.best_epoch} of {len(history)}, "
           f"val F1 {history.best_score:.3f}")
     ckpt = mu.load(out / "best.npz")
-    post = {**post, "seed_thresh": tune_seed_threshold(ckpt.model, x[:N_VAL], labels[:N_VAL],
+    post = {**post, "seed_thresh": tune_seed_threshold(ckpt.model, x_val, labels[:N_VAL],
                                                        post)}
     print(f"seed threshold {post['seed_thresh']:g} (validation object F1)")
     mu.save(ckpt.model, out / "best.npz", position=ckpt.position,
