@@ -144,6 +144,18 @@ def release_workspace() -> None:
     _scratch.buffers.clear()
 
 
+def _band_columns(x: np.ndarray, index: int, bands: int, R: int, Ho: int, Wo: int, K: int,
+                  S: int, P: int, slot: int) -> tuple[int, slice, np.ndarray]:
+    """Item `index` = (image n, band of R output rows): its columns, built in this thread's
+    scratch buffer. Returns (n, the band's slice of the flattened Ho*Wo pixels, col)."""
+    n, band = divmod(index, bands)
+    r0 = band * R
+    rows = min(R, Ho - r0)
+    col = _scratch.get(slot, "col", (x.shape[1] * K * K, rows * Wo), x.dtype)
+    im2col_rows(x, n, K, S, P, r0, Wo, col)                    # (Cin*K*K, rows*Wo)
+    return n, slice(r0 * Wo, (r0 + rows) * Wo), col
+
+
 def _bands(Ho: int, Wo: int, rows_of_col: int, itemsize: int) -> tuple[int, int]:
     """(R, number of bands): bands of R output rows whose columns take about COL_BYTES."""
     per_row = max(1, rows_of_col * Wo * itemsize)
@@ -171,12 +183,8 @@ def _forward(x: np.ndarray, weight: np.ndarray, stride: int, padding: int,
     R, bands = _bands(Ho, Wo, Cin * K * K, x.itemsize)
 
     def item(index: int, slot: int) -> None:
-        n, band = divmod(index, bands)
-        r0 = band * R
-        rows = min(R, Ho - r0)
-        col = _scratch.get(slot, "col", (Cin * K * K, rows * Wo), x.dtype)
-        im2col_rows(x, n, K, S, P, r0, Wo, col)
-        out = y_rows[n, :, r0 * Wo:(r0 + rows) * Wo]                  # (Cout, R*Wo), a view
+        n, pixels, col = _band_columns(x, index, bands, R, Ho, Wo, K, S, P, slot)
+        out = y_rows[n, :, pixels]                                     # (Cout, R*Wo), a view
         np.matmul(w_rows, col, out=out)
         if bias is not None:
             out += bias[:, None]
@@ -235,12 +243,8 @@ def _weight_gradient(x: np.ndarray, dy: np.ndarray, kernel_size: int, stride: in
     def item(group: int, slot: int) -> None:
         first, last = group * pieces // groups, (group + 1) * pieces // groups
         for index in range(first, last):
-            n, band = divmod(index, bands)
-            r0 = band * R
-            rows = min(R, Ho - r0)
-            col = _scratch.get(slot, "col", (Cin * K * K, rows * Wo), x.dtype)
-            im2col_rows(x, n, K, S, P, r0, Wo, col)
-            g = dy_rows[n, :, r0 * Wo:(r0 + rows) * Wo]                # (Cout, R*Wo), a view
+            n, pixels, col = _band_columns(x, index, bands, R, Ho, Wo, K, S, P, slot)
+            g = dy_rows[n, :, pixels]                                  # (Cout, R*Wo), a view
             if partial[group] is None:
                 partial[group] = g @ col.T                             # (Cout, Cin*K*K)
             else:
