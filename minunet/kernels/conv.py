@@ -61,39 +61,68 @@ COL_BYTES = 1 << 21  # ~2 MiB of columns per item: in the 1 MiB L2 + L3 slice, a
 
 
 
-@njit(cache=True, nogil=True)
-def im2col_rows(x: np.ndarray, n: int, kernel_size: int, stride: int, padding: int,
-                row_start: int, out_width: int, col: np.ndarray) -> None:
-    """col[(c*K + kh)*K + kw, r*Wo + j] = x[n, c, (r0 + r)*S - P + kh, j*S - P + kw] (0 outside).
-
-    One image n, output rows r0 .. r0 + R - 1 where R = col.shape[1] // Wo. Writes every
-    element of col (Cin*K*K, R*Wo). Single-threaded and GIL-free: the pool runs one per thread.
-    """
+@njit(cache=True, nogil=True, inline="always")
+def _im2col_rows(x: np.ndarray, n: int, kernel_size: int, stride: int, padding: int,
+                 row_start: int, out_width: int, col: np.ndarray, band: np.ndarray) -> None:
+    """The body of im2col_rows. It first copies the input rows the band reads into `band`
+    with the zero padding around them, so the column copies need no bounds tests."""
     _, C, H, W = x.shape
     K, S, P, Wo = kernel_size, stride, padding, out_width
     R = col.shape[1] // Wo
+    rows_in, padded_width = band.shape[1], band.shape[2]
     zero = x.dtype.type(0)
-    for c in range(C):
+    h0 = row_start * S - P
+    for c in range(C):      # band[c, i, P + w] = x[n, c, h0 + i, w], zero outside x
+        for i in range(rows_in):
+            h = h0 + i
+            if h < 0 or h >= H:
+                for w in range(padded_width):
+                    band[c, i, w] = zero
+                continue
+            for w in range(P):
+                band[c, i, w] = zero
+            for w in range(W):
+                band[c, i, P + w] = x[n, c, h, w]
+            for w in range(P + W, padded_width):
+                band[c, i, w] = zero
+    for c in range(C):      # col[(c*K + kh)*K + kw, r*Wo + j] = band[c, r*S + kh, j*S + kw]
         for kh in range(K):
             for kw in range(K):
-                row = (c * K + kh) * K + kw
-                lo, hi = _valid_columns(W, Wo, kw, S, P)
+                dst = col[(c * K + kh) * K + kw]                        # (R*Wo,)
                 for r in range(R):
-                    h = (row_start + r) * S - P + kh
+                    src = band[c, r * S + kh]                           # (padded_width,)
                     base = r * Wo
-                    if h < 0 or h >= H:
-                        for j in range(Wo):
-                            col[row, base + j] = zero
-                        continue
-                    for j in range(lo):
-                        col[row, base + j] = zero
-                    if S == 1:  # a contiguous copy, as a slice: LLVM vectorises it
-                        col[row, base + lo:base + hi] = x[n, c, h, lo + kw - P:hi + kw - P]
-                    else:
-                        for j in range(lo, hi):
-                            col[row, base + j] = x[n, c, h, j * S - P + kw]
-                    for j in range(hi, Wo):
-                        col[row, base + j] = zero
+                    for j in range(Wo):
+                        dst[base + j] = src[j * S + kw]
+
+
+@njit(cache=True, nogil=True)
+def im2col_rows(x: np.ndarray, n: int, kernel_size: int, stride: int, padding: int,
+                row_start: int, out_width: int, col: np.ndarray, band: np.ndarray) -> None:
+    """col[(c*K + kh)*K + kw, r*Wo + j] = x[n, c, (r0 + r)*S - P + kh, j*S - P + kw] (0 outside).
+
+    One image n, output rows r0 .. r0 + R - 1 where R = col.shape[1] // Wo. Writes every
+    element of col (Cin*K*K, R*Wo); `band` is scratch of shape band_shape(...). Single-threaded
+    and GIL-free: the pool runs one per thread.
+
+    The U-Net's two geometries get their own compiled copy of the loops, with K, S and P as
+    constants: LLVM then vectorises the copies, which makes them 4-6x faster than the same
+    loops with K, S, P known only at run time.
+    """
+    K, S, P = kernel_size, stride, padding
+    if K == 3 and S == 1 and P == 1:      # every 3x3 convolution, and its input gradient
+        _im2col_rows(x, n, 3, 1, 1, row_start, out_width, col, band)
+    elif K == 2 and S == 2 and P == 0:    # the 2x2 transposed convolution's gradients
+        _im2col_rows(x, n, 2, 2, 0, row_start, out_width, col, band)
+    else:
+        _im2col_rows(x, n, K, S, P, row_start, out_width, col, band)
+
+
+def band_shape(channels: int, width: int, rows: int, out_width: int, kernel_size: int,
+               stride: int, padding: int) -> tuple[int, int, int]:
+    """Shape of im2col_rows's `band`: the input rows that `rows` output rows read, padded."""
+    K, S, P = kernel_size, stride, padding
+    return channels, (rows - 1) * S + K, max(width + 2 * P, (out_width - 1) * S + K)
 
 
 @njit(cache=True, nogil=True)
@@ -151,9 +180,14 @@ def _band_columns(x: np.ndarray, index: int, bands: int, R: int, Ho: int, Wo: in
     n, band = divmod(index, bands)
     r0 = band * R
     rows = min(R, Ho - r0)
-    col = _scratch.get(slot, "col", (x.shape[1] * K * K, rows * Wo), x.dtype)
-    im2col_rows(x, n, K, S, P, r0, Wo, col)                    # (Cin*K*K, rows*Wo)
-    return n, slice(r0 * Wo, (r0 + rows) * Wo), col
+    C, W = x.shape[1], x.shape[3]
+    pixels = slice(r0 * Wo, (r0 + rows) * Wo)
+    if K == 1 and S == 1 and P == 0:  # a 1x1 convolution's columns are x itself: no copy
+        return n, pixels, x[n].reshape(C, -1)[:, pixels]
+    col = _scratch.get(slot, "col", (C * K * K, rows * Wo), x.dtype)
+    padded = _scratch.get(slot, "band", band_shape(C, W, rows, Wo, K, S, P), x.dtype)
+    im2col_rows(x, n, K, S, P, r0, Wo, col, padded)                   # (Cin*K*K, rows*Wo)
+    return n, pixels, col
 
 
 def _bands(Ho: int, Wo: int, rows_of_col: int, itemsize: int) -> tuple[int, int]:
@@ -221,7 +255,7 @@ WEIGHT_GRADIENT_GROUPS = 8  # partial sums of dw, a fixed number: see _weight_gr
 
 def _weight_gradient(x: np.ndarray, dy: np.ndarray, kernel_size: int, stride: int,
                      padding: int) -> np.ndarray:
-    """dw = sum_n dy[n] @ im2col(x)[n]^T.
+    """dw = sum_n dy[n] @ im2col(x)[n]^T, computed as its transpose sum_n im2col(x)[n] @ dy[n]^T.
 
     x (N, Cin, H, W), dy (N, Cout, Ho, Wo) -> dw (Cout, Cin, K, K). The (image, band) pieces
     are split into at most WEIGHT_GRADIENT_GROUPS runs of consecutive pieces; each run is one
@@ -245,18 +279,19 @@ def _weight_gradient(x: np.ndarray, dy: np.ndarray, kernel_size: int, stride: in
         for index in range(first, last):
             n, pixels, col = _band_columns(x, index, bands, R, Ho, Wo, K, S, P, slot)
             g = dy_rows[n, :, pixels]                                  # (Cout, R*Wo), a view
+            # dw^T = col @ g^T: OpenBLAS runs this shape 1.3-1.7x faster than g @ col^T
             if partial[group] is None:
-                partial[group] = g @ col.T                             # (Cout, Cin*K*K)
+                partial[group] = col @ g.T                             # (Cin*K*K, Cout)
             else:
-                product = _scratch.get(slot, "dw", (Cout, Cin * K * K), x.dtype)
-                np.matmul(g, col.T, out=product)
+                product = _scratch.get(slot, "dw", (Cin * K * K, Cout), x.dtype)
+                np.matmul(col, g.T, out=product)
                 partial[group] += product
 
     parallel_for(item, groups)
-    dw = partial[0]
+    dw_t = partial[0]                                                  # (Cin*K*K, Cout)
     for group in range(1, groups):
-        dw += partial[group]
-    return dw.reshape(Cout, Cin, K, K)
+        dw_t += partial[group]
+    return np.ascontiguousarray(dw_t.T).reshape(Cout, Cin, K, K)
 
 
 def _flipped(weight: np.ndarray) -> np.ndarray:
