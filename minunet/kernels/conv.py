@@ -28,6 +28,8 @@ which the tests compare them with.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit
 
@@ -156,7 +158,7 @@ class _Scratch:
         self.buffers: dict[tuple[int, str, np.dtype], np.ndarray] = {}
 
     def get(self, slot: int, purpose: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        size = int(np.prod(shape))
+        size = math.prod(shape)
         key = (slot, purpose, np.dtype(dtype))
         buffer = self.buffers.get(key)
         if buffer is None or buffer.size < size:

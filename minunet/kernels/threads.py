@@ -27,6 +27,7 @@ items holds it.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from collections.abc import Callable
@@ -103,21 +104,49 @@ _blas = _Blas()
 
 
 # ------------------------------------------------------------------ the pool
+class _Region:
+    """One parallel_for call: the function, the item count and the shared item counter."""
+
+    def __init__(self, fn: Callable[[int, int], None], count: int, workers: int) -> None:
+        self.fn = fn
+        self.count = count
+        self.workers = workers           # how many pool workers may join
+        self.items = itertools.count()   # next(items) is atomic: no lock per item
+        self.active = 0                  # threads inside drain(), the caller included
+        self.error: BaseException | None = None
+
+    def drain(self, slot: int) -> None:
+        """Run items until none are left (or one failed); record the first error."""
+        fn, count, items = self.fn, self.count, self.items
+        while self.error is None:
+            i = next(items)
+            if i >= count:
+                return
+            try:
+                fn(i, slot)
+            except BaseException as error:  # re-raised in the caller
+                if self.error is None:
+                    self.error = error
+                return
+
+
 class _Pool:
-    """Persistent worker threads that run `parallel_for` regions with the caller."""
+    """Persistent worker threads that run `parallel_for` regions with the caller.
+
+    Items are handed out by an atomic counter, so an item costs no lock. A region ends when
+    the caller and the workers that joined it have drained it: a worker that wakes up after
+    the region is over (the OS had it parked, or the caller was quicker) does not join it,
+    so a short region costs the caller no wake-up latency.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._done = threading.Condition(self._lock)
         self._workers: list[threading.Thread] = []
-        self._generation = 0
-        self._job: tuple[Callable[[int, int], None], int] | None = None
-        self._next = 0          # the next item to hand out
-        self._active = 0        # workers still inside the current region
-        self._wanted = 0        # how many workers join the current region
-        self._error: BaseException | None = None
-        self._busy = False      # a region is running (nested calls run inline)
+        self._generation = 0                 # one per region
+        self._region: _Region | None = None  # the region running now
+        self._busy = False                   # a region is running (nested calls run inline)
 
     def _ensure(self, workers: int) -> None:
         while len(self._workers) < workers:
@@ -126,26 +155,6 @@ class _Pool:
             self._workers.append(t)
             t.start()
 
-    def _take(self) -> int:
-        with self._lock:
-            i = self._next
-            self._next += 1
-            return i
-
-    def _drain(self, slot: int) -> None:
-        fn, count = self._job
-        while True:
-            i = self._take()
-            if i >= count or self._error is not None:
-                return
-            try:
-                fn(i, slot)
-            except BaseException as error:  # re-raised in the caller
-                with self._lock:
-                    if self._error is None:
-                        self._error = error
-                return
-
     def _loop(self, slot: int) -> None:
         seen = 0
         while True:
@@ -153,13 +162,15 @@ class _Pool:
                 while self._generation == seen:
                     self._wake.wait()
                 seen = self._generation
-                joins = slot <= self._wanted
-            if joins:
-                self._drain(slot)
-                with self._lock:
-                    self._active -= 1
-                    if self._active == 0:
-                        self._done.notify_all()
+                region = self._region
+                if region is None or slot > region.workers:
+                    continue  # over already, or not wanted
+                region.active += 1
+            region.drain(slot)
+            with self._lock:
+                region.active -= 1
+                if region.active == 0:
+                    self._done.notify_all()
 
     def run(self, fn: Callable[[int, int], None], count: int, threads: int) -> None:
         workers = min(threads, count) - 1
@@ -169,28 +180,25 @@ class _Pool:
             return
         self._ensure(workers)
         previous = _blas.single()
+        region = _Region(fn, count, workers)
         try:
             with self._lock:
                 self._busy = True
-                self._job = (fn, count)
-                self._next = 0
-                self._error = None
-                self._wanted = workers
-                self._active = workers
+                self._region = region
+                region.active = 1  # the caller
                 self._generation += 1
                 self._wake.notify_all()
-            self._drain(0)
+            region.drain(0)
             with self._lock:
-                while self._active:
+                region.active -= 1
+                while region.active:  # workers still running an item
                     self._done.wait()
-                self._job = None
+                self._region = None
                 self._busy = False
-                error = self._error
-                self._error = None
         finally:
             _blas.restore(previous)
-        if error is not None:
-            raise error
+        if region.error is not None:
+            raise region.error
 
 
 _pool = _Pool()
