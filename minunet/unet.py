@@ -177,8 +177,8 @@ class UNet(Module):
         for i in reversed(range(self.depth)):      # encoder, bottom to top
             d = self.pool[i].backward(d)           # (N, c_i, H/2**i, W/2**i)
             # down.i's output fanned out to pool.i and, across the skip, to concat.i:
-            # the gradients coming back along both paths add up.
-            d = d + dskip[i]
+            # the gradients coming back along both paths add up (in place: d is ours).
+            d += dskip[i]
             dskip[i] = None                        # free it as soon as it is used
             d = self.down[i].backward(d)           # (N, c_{i-1} or Cin, H/2**i, W/2**i)
         return d

@@ -127,26 +127,40 @@ def band_shape(channels: int, width: int, rows: int, out_width: int, kernel_size
     return channels, (rows - 1) * S + K, max(width + 2 * P, (out_width - 1) * S + K)
 
 
-@njit(cache=True, nogil=True)
-def col2im_image(col: np.ndarray, dx: np.ndarray, n: int, kernel_size: int, stride: int,
-                 padding: int, out_width: int) -> None:
-    """The adjoint of im2col_rows for a whole image: dx[n, c, h, w] += every col entry that
-    im2col copied from (c, h, w). col (Cin*K*K, Ho*Wo); dx[n] must start at zero."""
+@njit(cache=True, nogil=True, inline="always")
+def _col2im_image(col: np.ndarray, dx: np.ndarray, n: int, kernel_size: int, stride: int,
+                  padding: int, out_width: int) -> None:
+    """The body of col2im_image."""
     _, C, H, W = dx.shape
     K, S, P, Wo = kernel_size, stride, padding, out_width
     Ho = col.shape[1] // Wo
     for c in range(C):
         for kh in range(K):
             for kw in range(K):
-                row = (c * K + kh) * K + kw
+                src = col[(c * K + kh) * K + kw]                   # (Ho*Wo,)
                 lo, hi = _valid_columns(W, Wo, kw, S, P)
                 for i in range(Ho):
                     h = i * S - P + kh
                     if h < 0 or h >= H:
                         continue
+                    dst = dx[n, c, h]                               # (W,)
                     base = i * Wo
                     for j in range(lo, hi):
-                        dx[n, c, h, j * S - P + kw] += col[row, base + j]
+                        dst[j * S - P + kw] += src[base + j]
+
+
+@njit(cache=True, nogil=True)
+def col2im_image(col: np.ndarray, dx: np.ndarray, n: int, kernel_size: int, stride: int,
+                 padding: int, out_width: int) -> None:
+    """The adjoint of im2col_rows for a whole image: dx[n, c, h, w] += every col entry that
+    im2col copied from (c, h, w). col (Cin*K*K, Ho*Wo); dx[n] must start at zero.
+
+    The U-Net's 2x2 stride-2 transposed convolution gets its own compiled copy, with K, S and
+    P as constants (see im2col_rows)."""
+    if kernel_size == 2 and stride == 2 and padding == 0:
+        _col2im_image(col, dx, n, 2, 2, 0, out_width)
+    else:
+        _col2im_image(col, dx, n, kernel_size, stride, padding, out_width)
 
 
 class _Scratch:
