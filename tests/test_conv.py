@@ -169,3 +169,33 @@ def test_wrong_dout_shape(layer):
     layer(np.zeros((1, 16, 5, 5), np.float32))
     with pytest.raises(ValueError, match=r"Conv2d.*dout"):
         layer.backward(np.zeros((1, 5, 5, 5), np.float32))
+
+
+# geometries where every input row is read, where the last rows are not (H=10, K=3, S=2,
+# P=0 reads rows 0..8), and a 1x1 convolution (no columns are built)
+PROBE_CASES = [(2, 5, 6, 3, 1, 1), (2, 10, 7, 3, 2, 0), (3, 4, 5, 1, 1, 0), (1, 6, 6, 2, 2, 0)]
+
+
+@pytest.mark.parametrize("C, H, W, K, S, P", PROBE_CASES)
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_fast_conv_finds_a_non_finite_value_anywhere(C, H, W, K, S, P, bad):
+    """The fast layer's NaN/inf check rides on the im2col copy: every position must count."""
+    layer = fast_layers.Conv2d(C, 2, K, stride=S, padding=P, rng=np.random.default_rng(0))
+    for position in np.ndindex(1, C, H, W):
+        x = np.ones((1, C, H, W), np.float32)
+        x[position] = bad
+        with pytest.raises(FloatingPointError, match=r"Conv2d: input .* contains"):
+            layer(x)
+
+
+@pytest.mark.parametrize("C, H, W, K, S, P", PROBE_CASES)
+def test_fast_conv_backward_finds_a_non_finite_dout_anywhere(C, H, W, K, S, P):
+    layer = fast_layers.Conv2d(C, 2, K, stride=S, padding=P, rng=np.random.default_rng(0))
+    y = layer(np.ones((1, C, H, W), np.float32))
+    for position in np.ndindex(y.shape):
+        layer(np.ones((1, C, H, W), np.float32))
+        dy = np.ones_like(y)
+        dy[position] = np.nan
+        with pytest.raises(FloatingPointError, match=r"Conv2d.backward: dout .* contains"):
+            layer.backward(dy)
+        assert not np.isnan(layer.weight.grad).any()  # raised before touching the gradients

@@ -151,3 +151,21 @@ def test_backward_before_forward(layer):
 def test_empty_output(L):
     with pytest.raises(ValueError, match="empty output"):
         L.ConvTranspose2d(1, 1, 2, 2, padding=2)(np.zeros((1, 1, 1, 1), np.float32))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_fast_layer_finds_a_non_finite_value_anywhere(bad):
+    layer = fast_layers.ConvTranspose2d(2, 3, 2, stride=2, rng=np.random.default_rng(0))
+    for position in np.ndindex(1, 2, 3, 4):
+        x = np.ones((1, 2, 3, 4), np.float32)
+        x[position] = bad
+        with pytest.raises(FloatingPointError, match=r"ConvTranspose2d: input .* contains"):
+            layer(x)
+    y = layer(np.ones((1, 2, 3, 4), np.float32))
+    for position in np.ndindex(y.shape):
+        layer(np.ones((1, 2, 3, 4), np.float32))
+        dy = np.ones_like(y)
+        dy[position] = bad
+        with pytest.raises(FloatingPointError, match=r"ConvTranspose2d.backward: dout .* contains"):
+            layer.backward(dy)
+        assert np.isfinite(layer.weight.grad).all()

@@ -33,6 +33,7 @@ import math
 import numpy as np
 from numba import njit
 
+from ..checks import check_finite
 from .threads import parallel_for
 
 
@@ -65,7 +66,7 @@ COL_BYTES = 1 << 21  # ~2 MiB of columns per item: in the 1 MiB L2 + L3 slice, a
 
 @njit(cache=True, nogil=True, inline="always")
 def _im2col_rows(x: np.ndarray, n: int, kernel_size: int, stride: int, padding: int,
-                 row_start: int, out_width: int, col: np.ndarray, band: np.ndarray) -> None:
+                 row_start: int, out_width: int, col: np.ndarray, band: np.ndarray) -> float:
     """The body of im2col_rows. It first copies the input rows the band reads into `band`
     with the zero padding around them, so the column copies need no bounds tests."""
     _, C, H, W = x.shape
@@ -73,6 +74,7 @@ def _im2col_rows(x: np.ndarray, n: int, kernel_size: int, stride: int, padding: 
     R = col.shape[1] // Wo
     rows_in, padded_width = band.shape[1], band.shape[2]
     zero = x.dtype.type(0)
+    probe = zero
     h0 = row_start * S - P
     for c in range(C):      # band[c, i, P + w] = x[n, c, h0 + i, w], zero outside x
         for i in range(rows_in):
@@ -84,7 +86,9 @@ def _im2col_rows(x: np.ndarray, n: int, kernel_size: int, stride: int, padding: 
             for w in range(P):
                 band[c, i, w] = zero
             for w in range(W):
-                band[c, i, P + w] = x[n, c, h, w]
+                v = x[n, c, h, w]
+                probe += v - v  # stays 0 unless some v is NaN or inf
+                band[c, i, P + w] = v
             for w in range(P + W, padded_width):
                 band[c, i, w] = zero
     for c in range(C):      # col[(c*K + kh)*K + kw, r*Wo + j] = band[c, r*S + kh, j*S + kw]
@@ -96,16 +100,20 @@ def _im2col_rows(x: np.ndarray, n: int, kernel_size: int, stride: int, padding: 
                     base = r * Wo
                     for j in range(Wo):
                         dst[base + j] = src[j * S + kw]
+    return probe
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
 def im2col_rows(x: np.ndarray, n: int, kernel_size: int, stride: int, padding: int,
-                row_start: int, out_width: int, col: np.ndarray, band: np.ndarray) -> None:
+                row_start: int, out_width: int, col: np.ndarray, band: np.ndarray) -> float:
     """col[(c*K + kh)*K + kw, r*Wo + j] = x[n, c, (r0 + r)*S - P + kh, j*S - P + kw] (0 outside).
 
     One image n, output rows r0 .. r0 + R - 1 where R = col.shape[1] // Wo. Writes every
     element of col (Cin*K*K, R*Wo); `band` is scratch of shape band_shape(...). Single-threaded
-    and GIL-free: the pool runs one per thread.
+    and GIL-free: the pool runs one per thread. Returns a probe, sum(v - v) over the input
+    values it read: 0 when they are all finite, NaN otherwise (the layers' NaN/inf check,
+    without a pass of its own; `fastmath={"reassoc"}` lets that sum vectorise, and NaN still
+    propagates).
 
     The U-Net's two geometries get their own compiled copy of the loops, with K, S and P as
     constants: LLVM then vectorises the copies, which makes them 4-6x faster than the same
@@ -113,11 +121,10 @@ def im2col_rows(x: np.ndarray, n: int, kernel_size: int, stride: int, padding: i
     """
     K, S, P = kernel_size, stride, padding
     if K == 3 and S == 1 and P == 1:      # every 3x3 convolution, and its input gradient
-        _im2col_rows(x, n, 3, 1, 1, row_start, out_width, col, band)
-    elif K == 2 and S == 2 and P == 0:    # the 2x2 transposed convolution's gradients
-        _im2col_rows(x, n, 2, 2, 0, row_start, out_width, col, band)
-    else:
-        _im2col_rows(x, n, K, S, P, row_start, out_width, col, band)
+        return _im2col_rows(x, n, 3, 1, 1, row_start, out_width, col, band)
+    if K == 2 and S == 2 and P == 0:      # the 2x2 transposed convolution's gradients
+        return _im2col_rows(x, n, 2, 2, 0, row_start, out_width, col, band)
+    return _im2col_rows(x, n, K, S, P, row_start, out_width, col, band)
 
 
 def band_shape(channels: int, width: int, rows: int, out_width: int, kernel_size: int,
@@ -190,20 +197,21 @@ def release_workspace() -> None:
 
 
 def _band_columns(x: np.ndarray, index: int, bands: int, R: int, Ho: int, Wo: int, K: int,
-                  S: int, P: int, slot: int) -> tuple[int, slice, np.ndarray]:
+                  S: int, P: int, slot: int) -> tuple[int, slice, np.ndarray, float]:
     """Item `index` = (image n, band of R output rows): its columns, built in this thread's
-    scratch buffer. Returns (n, the band's slice of the flattened Ho*Wo pixels, col)."""
+    scratch buffer. Returns (n, the band's slice of the flattened Ho*Wo pixels, col, probe);
+    probe is im2col_rows's (0 when every value read is finite), NaN when nothing was read."""
     n, band = divmod(index, bands)
     r0 = band * R
     rows = min(R, Ho - r0)
     C, W = x.shape[1], x.shape[3]
     pixels = slice(r0 * Wo, (r0 + rows) * Wo)
     if K == 1 and S == 1 and P == 0:  # a 1x1 convolution's columns are x itself: no copy
-        return n, pixels, x[n].reshape(C, -1)[:, pixels]
+        return n, pixels, x[n].reshape(C, -1)[:, pixels], np.nan
     col = _scratch.get(slot, "col", (C * K * K, rows * Wo), x.dtype)
     padded = _scratch.get(slot, "band", band_shape(C, W, rows, Wo, K, S, P), x.dtype)
-    im2col_rows(x, n, K, S, P, r0, Wo, col, padded)                   # (Cin*K*K, rows*Wo)
-    return n, pixels, col
+    probe = im2col_rows(x, n, K, S, P, r0, Wo, col, padded)           # (Cin*K*K, rows*Wo)
+    return n, pixels, col, probe
 
 
 def _bands(Ho: int, Wo: int, rows_of_col: int, itemsize: int) -> tuple[int, int]:
@@ -217,10 +225,14 @@ def _bands(Ho: int, Wo: int, rows_of_col: int, itemsize: int) -> tuple[int, int]
 
 # ------------------------------------------------------------------ the three computations
 def _forward(x: np.ndarray, weight: np.ndarray, stride: int, padding: int,
-             bias: np.ndarray | None = None) -> np.ndarray:
+             bias: np.ndarray | None = None, who: str | None = None,
+             name: str = "input") -> np.ndarray:
     """y = w @ im2col(x) (+ b): x (N, Cin, H, W), weight (Cout, Cin, K, K) -> (N, Cout, Ho, Wo).
 
     Item (n, band): y[n, :, r0:r0+R] = w_rows @ im2col_rows(x[n], rows r0:r0+R).
+    With `who` (the layer's name for messages), NaN/inf in x raise FloatingPointError, as
+    check_array(who, x, name=name) would: found from the items' probes, without a pass of
+    its own.
     """
     N, Cin, H, W = x.shape
     Cout, _, K, _ = weight.shape
@@ -231,26 +243,35 @@ def _forward(x: np.ndarray, weight: np.ndarray, stride: int, padding: int,
     y = np.empty((N, Cout, Ho, Wo), dtype=x.dtype)                     # (N, Cout, Ho, Wo)
     y_rows = y.reshape(N, Cout, Ho * Wo)
     R, bands = _bands(Ho, Wo, Cin * K * K, x.itemsize)
+    probes = np.zeros(N * bands)                                       # one per item
 
     def item(index: int, slot: int) -> None:
-        n, pixels, col = _band_columns(x, index, bands, R, Ho, Wo, K, S, P, slot)
+        n, pixels, col, probes[index] = _band_columns(x, index, bands, R, Ho, Wo, K, S, P,
+                                                      slot)
         out = y_rows[n, :, pixels]                                     # (Cout, R*Wo), a view
         np.matmul(w_rows, col, out=out)
         if bias is not None:
             out += bias[:, None]
 
     parallel_for(item, N * bands)
+    if who is not None:
+        last_row_read = (Ho - 1) * S - P + K - 1                       # rows below it: unread
+        if not np.isfinite(probes.sum()) or last_row_read < H - 1:
+            check_finite(who, x, name=name)                            # raises, with counts
     return y
 
 
 def _adjoint(dy: np.ndarray, weight: np.ndarray, stride: int, padding: int, height: int,
-             width: int) -> np.ndarray:
-    """dx = col2im(w^T @ dy): dy (N, Cout, Ho, Wo), weight (Cout, Cin, K, K) -> (N, Cin, H, W)."""
+             width: int, who: str | None = None, name: str = "dout") -> np.ndarray:
+    """dx = col2im(w^T @ dy): dy (N, Cout, Ho, Wo), weight (Cout, Cin, K, K) -> (N, Cin, H, W).
+    With `who`, NaN/inf in dy raise (see _forward)."""
     N, Cout, Ho, Wo = dy.shape
     _, Cin, K, _ = weight.shape
     if stride == 1 and padding <= K - 1:
         # dx is the stride-1 convolution of dy with the flipped weight and padding K-1-P
-        return _forward(dy, _flipped(weight), 1, K - 1 - padding)
+        return _forward(dy, _flipped(weight), 1, K - 1 - padding, who=who, name=name)
+    if who is not None:
+        check_finite(who, dy, name=name)
     dy = np.ascontiguousarray(dy)
     w_cols = np.ascontiguousarray(weight.reshape(Cout, Cin * K * K).T)  # (Cin*K*K, Cout)
     dy_rows = dy.reshape(N, Cout, Ho * Wo)
@@ -293,7 +314,7 @@ def _weight_gradient(x: np.ndarray, dy: np.ndarray, kernel_size: int, stride: in
     def item(group: int, slot: int) -> None:
         first, last = group * pieces // groups, (group + 1) * pieces // groups
         for index in range(first, last):
-            n, pixels, col = _band_columns(x, index, bands, R, Ho, Wo, K, S, P, slot)
+            n, pixels, col, _ = _band_columns(x, index, bands, R, Ho, Wo, K, S, P, slot)
             g = dy_rows[n, :, pixels]                                  # (Cout, R*Wo), a view
             # dw^T = col @ g^T: OpenBLAS runs this shape 1.3-1.7x faster than g @ col^T
             if partial[group] is None:
@@ -318,18 +339,20 @@ def _flipped(weight: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------ the public pairs
 def conv2d_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: int,
-                   padding: int) -> np.ndarray:
+                   padding: int, who: str | None = None) -> np.ndarray:
     """y[n, o, i, j] = b[o] + sum_{c,kh,kw} w[o, c, kh, kw] x[n, c, i*S - P + kh, j*S - P + kw].
 
     x (N, Cin, H, W), weight (Cout, Cin, K, K), bias (Cout,) or None -> y (N, Cout, Ho, Wo).
+    With `who` (a name for messages), NaN or inf in x raise FloatingPointError.
     """
-    return _forward(x, weight, stride, padding, bias)
+    return _forward(x, weight, stride, padding, bias, who=who)
 
 
 def conv2d_backward_input(dy: np.ndarray, weight: np.ndarray, stride: int, padding: int,
-                          height: int, width: int) -> np.ndarray:
-    """dx = col2im(w^T @ dy): dy (N, Cout, Ho, Wo) -> dx (N, Cin, H, W); H, W are x's size."""
-    return _adjoint(dy, weight, stride, padding, height, width)
+                          height: int, width: int, who: str | None = None) -> np.ndarray:
+    """dx = col2im(w^T @ dy): dy (N, Cout, Ho, Wo) -> dx (N, Cin, H, W); H, W are x's size.
+    With `who`, NaN or inf in dy raise FloatingPointError."""
+    return _adjoint(dy, weight, stride, padding, height, width, who=who)
 
 
 def conv2d_backward_weight(x: np.ndarray, dy: np.ndarray, kernel_size: int, stride: int,
@@ -344,7 +367,7 @@ def conv_transpose_output_size(size: int, kernel_size: int, stride: int, padding
 
 
 def conv_transpose2d_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
-                             stride: int, padding: int) -> np.ndarray:
+                             stride: int, padding: int, who: str | None = None) -> np.ndarray:
     """y[n, o, i*S - P + kh, j*S - P + kw] += x[n, c, i, j] w[c, o, kh, kw] (+ b[o]).
 
     x (N, Cin, H, W), weight (Cin, Cout, K, K) -> y (N, Cout, Ho, Wo), Ho = (H-1)S - 2P + K.
@@ -353,16 +376,17 @@ def conv_transpose2d_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray
     K = weight.shape[2]
     Ho = conv_transpose_output_size(x.shape[2], K, stride, padding)
     Wo = conv_transpose_output_size(x.shape[3], K, stride, padding)
-    y = _adjoint(x, weight, stride, padding, Ho, Wo)
+    y = _adjoint(x, weight, stride, padding, Ho, Wo, who=who, name="input")
     if bias is not None:
         y += bias[None, :, None, None]
     return y
 
 
 def conv_transpose2d_backward_input(dy: np.ndarray, weight: np.ndarray, stride: int,
-                                    padding: int) -> np.ndarray:
-    """dx = w @ im2col(dy): dy (N, Cout, Ho, Wo) -> dx (N, Cin, H, W) (a plain convolution)."""
-    return _forward(dy, weight, stride, padding)
+                                    padding: int, who: str | None = None) -> np.ndarray:
+    """dx = w @ im2col(dy): dy (N, Cout, Ho, Wo) -> dx (N, Cin, H, W) (a plain convolution).
+    With `who`, NaN or inf in dy raise FloatingPointError."""
+    return _forward(dy, weight, stride, padding, who=who, name="dout")
 
 
 def conv_transpose2d_backward_weight(x: np.ndarray, dy: np.ndarray, kernel_size: int,

@@ -17,7 +17,8 @@ What the kernels do differently, each for a reason:
 - ReLU keeps its output (the next layer holds it anyway) instead of its input.
 - Max-pool keeps the winner's offset in one byte (uint8) per output pixel; 2x2 / stride 2
   has its own branch-free loop.
-- Convolutions are matrix products over im2col columns (see `conv.py`).
+- Convolutions are matrix products over im2col columns (see `conv.py`); the NaN/inf check of
+  their input (and of dout in backward) is a probe summed while the columns are built.
 
 `BatchNormReLU2d` (BatchNorm2d then ReLU in one pass each way) lives here only: the fast
 U-Net's DoubleConv uses it in place of each BatchNorm2d + ReLU pair.
@@ -90,9 +91,10 @@ class Conv2d(layers.Conv2d):
     """layers.Conv2d as im2col matrix products (BLAS); keeps x unpadded."""
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        self._check_input(x)
+        self._check_input(x, finite=False)  # finiteness: the im2col probe, same pass
         bias = None if self.bias is None else self.bias.data
-        y = conv2d_forward(x, self.weight.data, bias, self.stride, self.padding)  # (N,Cout,Ho,Wo)
+        y = conv2d_forward(x, self.weight.data, bias, self.stride, self.padding,
+                           who="Conv2d")  # (N, Cout, Ho, Wo)
         self.save_for_backward(x)  # backward needs x for dw
         return y
 
@@ -101,20 +103,24 @@ class Conv2d(layers.Conv2d):
         N, _, H, W = x.shape
         K, S, P = self.kernel_size, self.stride, self.padding
         self._check_dout(dy, (N, self.out_channels, (H + 2 * P - K) // S + 1,
-                              (W + 2 * P - K) // S + 1))
+                              (W + 2 * P - K) // S + 1), finite=False)  # the probe below
+        # dx first: its im2col of dy checks dy for NaN/inf before any gradient is touched
+        dx = conv2d_backward_input(dy, self.weight.data, S, P, H, W,
+                                   who="Conv2d.backward")  # (N, Cin, H, W)
         self.weight.grad += conv2d_backward_weight(x, dy, K, S, P)  # (Cout, Cin, K, K)
         if self.bias is not None:
             self.bias.grad += dy.sum(axis=(0, 2, 3))                 # (Cout,)
-        return conv2d_backward_input(dy, self.weight.data, S, P, H, W)  # (N, Cin, H, W)
+        return dx
 
 
 class ConvTranspose2d(layers.ConvTranspose2d):
     """layers.ConvTranspose2d as matrix products: it is Conv2d's backward, and vice versa."""
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        self._check_input(x)
+        self._check_input(x, finite=False)  # finiteness: checked by the kernel
         bias = None if self.bias is None else self.bias.data
-        y = conv_transpose2d_forward(x, self.weight.data, bias, self.stride, self.padding)
+        y = conv_transpose2d_forward(x, self.weight.data, bias, self.stride, self.padding,
+                                     who="ConvTranspose2d")
         self.save_for_backward(x)  # backward needs x for dw
         return y  # (N, Cout, Ho, Wo)
 
@@ -123,11 +129,14 @@ class ConvTranspose2d(layers.ConvTranspose2d):
         N, _, H, W = x.shape
         K, S, P = self.kernel_size, self.stride, self.padding
         self._check_dout(dy, (N, self.out_channels, (H - 1) * S - 2 * P + K,
-                              (W - 1) * S - 2 * P + K))
+                              (W - 1) * S - 2 * P + K), finite=False)  # the probe below
+        # dx first: its im2col of dy checks dy for NaN/inf before any gradient is touched
+        dx = conv_transpose2d_backward_input(dy, self.weight.data, S, P,
+                                             who="ConvTranspose2d.backward")  # (N, Cin, H, W)
         self.weight.grad += conv_transpose2d_backward_weight(x, dy, K, S, P)  # (Cin,Cout,K,K)
         if self.bias is not None:
             self.bias.grad += dy.sum(axis=(0, 2, 3))                           # (Cout,)
-        return conv_transpose2d_backward_input(dy, self.weight.data, S, P)    # (N, Cin, H, W)
+        return dx
 
 
 class MaxPool2d(layers.MaxPool2d):

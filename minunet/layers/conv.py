@@ -101,9 +101,10 @@ class Conv2d(Module):
         return dx_pad[:, :, P : P + H, P : P + W]                       # (N, Cin, H, W)
 
     # ------------------------------------------------------------ argument checks
-    def _check_input(self, x: np.ndarray) -> tuple[int, int]:
-        """Check x; return the output size (Ho, Wo)."""
-        check_array("Conv2d", x, ndim=4, channels=self.in_channels, dtype=self.weight.dtype)
+    def _check_input(self, x: np.ndarray, finite: bool = True) -> tuple[int, int]:
+        """Check x (with `finite`, also refuse NaN and inf); return the output size (Ho, Wo)."""
+        check_array("Conv2d", x, ndim=4, channels=self.in_channels, dtype=self.weight.dtype,
+                    finite=finite)
         H, W = x.shape[2:]
         K, S, P = self.kernel_size, self.stride, self.padding
         Ho, Wo = (H + 2 * P - K) // S + 1, (W + 2 * P - K) // S + 1  # floor, as PyTorch
@@ -112,9 +113,9 @@ class Conv2d(Module):
                              f"{K}x{K} (with padding {P}): no output pixel is left")
         return Ho, Wo
 
-    def _check_dout(self, dy: np.ndarray, shape: tuple[int, ...]) -> None:
+    def _check_dout(self, dy: np.ndarray, shape: tuple[int, ...], finite: bool = True) -> None:
         check_array("Conv2d.backward", dy, ndim=4, channels=self.out_channels,
-                    dtype=self.weight.dtype, name="dout")
+                    dtype=self.weight.dtype, name="dout", finite=finite)
         if dy.shape != shape:
             raise ValueError(f"{self!r}.backward: dout has shape {dy.shape}, the forward "
                              f"output had {shape}")

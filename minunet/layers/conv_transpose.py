@@ -98,10 +98,10 @@ class ConvTranspose2d(Module):
         return dx                                                       # (N, Cin, H, W)
 
     # ------------------------------------------------------------ argument checks
-    def _check_input(self, x: np.ndarray) -> tuple[int, int]:
-        """Check x; return the output size (Ho, Wo)."""
+    def _check_input(self, x: np.ndarray, finite: bool = True) -> tuple[int, int]:
+        """Check x (with `finite`, also refuse NaN and inf); return the output size (Ho, Wo)."""
         check_array("ConvTranspose2d", x, ndim=4, channels=self.in_channels,
-                    dtype=self.weight.dtype)
+                    dtype=self.weight.dtype, finite=finite)
         H, W = x.shape[2:]
         K, S, P = self.kernel_size, self.stride, self.padding
         Ho, Wo = (H - 1) * S - 2 * P + K, (W - 1) * S - 2 * P + K
@@ -110,9 +110,9 @@ class ConvTranspose2d(Module):
                              f"crops away the whole (H-1)*{S}+{K} wide result")
         return Ho, Wo
 
-    def _check_dout(self, dy: np.ndarray, shape: tuple[int, ...]) -> None:
+    def _check_dout(self, dy: np.ndarray, shape: tuple[int, ...], finite: bool = True) -> None:
         check_array("ConvTranspose2d.backward", dy, ndim=4, channels=self.out_channels,
-                    dtype=self.weight.dtype, name="dout")
+                    dtype=self.weight.dtype, name="dout", finite=finite)
         if dy.shape != shape:
             raise ValueError(f"{self!r}.backward: dout has shape {dy.shape}, the forward "
                              f"output had {shape}")
