@@ -10,7 +10,11 @@ The products go to the BLAS library NumPy ships (OpenBLAS), which reaches severa
 speed of a hand-written loop nest. Every geometry takes the same route: the work is cut into
 items, one image and a band of output rows each, whose columns (`im2col_rows`, a GIL-free
 Numba loop) stay in the core's cache; the items run on minunet's thread pool (threads.py)
-with single-threaded BLAS, and each writes its rows of y straight from the product. The input
+with single-threaded BLAS, and each writes its rows of y straight from the product.
+`im2col_rows` first copies the band's input rows into a zero-padded scratch band, then
+builds the columns with no bounds tests, in a copy of the loops compiled for the U-Net's
+(K, S, P) as constants; while copying it sums a NaN/inf probe, so the layers need no pass of
+their own to check their input. A 1x1 convolution's columns are x itself (no copy). The input
 gradient of a stride-1 convolution is the stride-1 convolution of dy with the flipped weight
 (no scatter-add); other geometries scatter-add one image per item (`col2im_image`).
 
