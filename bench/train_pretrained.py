@@ -35,15 +35,17 @@ QUICK = {"preset": "broad", "n_train": 16, "epochs": 1, "seed": 0}
 
 
 def train_default(out: Path, preset: str, n_train: int, epochs: int, seed: int,
-                  monitor: str, **metadata: object
-                  ) -> tuple[mu.History, np.ndarray, np.ndarray, dict]:
+                  monitor: str, normalization: dict | None = None, balance: bool = True,
+                  **metadata: object) -> tuple[mu.History, np.ndarray, np.ndarray, dict]:
     """Generate `n_train + N_VAL` images of `preset` and train the default U-Net (depth 3,
     base 16) on the last n_train, validating on the first N_VAL and keeping the epoch best by
-    `monitor` (out/best.npz). Returns (history, validation x, all labels, post-processing
-    settings learned from the training labels)."""
+    `monitor` (out/best.npz). normalization: DEFAULT_NORMALIZATION unless given; balance: the
+    weight map's class balancing (`mu.data.weight_map`). Returns (history, validation x, all
+    labels, post-processing settings learned from the training labels)."""
+    norm = DEFAULT_NORMALIZATION if normalization is None else normalization
     images, labels, _ = mu.data.generate(n_train + N_VAL, preset, size=SIZE, seed=seed)
     post = workflow.postprocess_settings(labels[N_VAL:])
-    x, classes, weights = workflow.training_arrays(images, labels, DEFAULT_NORMALIZATION)
+    x, classes, weights = workflow.training_arrays(images, labels, norm, balance=balance)
     model = mu.UNet(1, 3, depth=3, base_channels=16, rng=np.random.default_rng(seed))
     steps = epochs * -(-n_train // BATCH)
     history = mu.train(
@@ -54,7 +56,7 @@ def train_default(out: Path, preset: str, n_train: int, epochs: int, seed: int,
         augment=workflow.make_augment(),
         score_fn=workflow.object_score_fn(labels[:N_VAL], postprocess=post), monitor=monitor,
         seed=seed, out_dir=out,
-        metadata={"normalization": DEFAULT_NORMALIZATION, "postprocess": post,
+        metadata={"normalization": norm, "postprocess": post,
                   "diameter": object_diameter(labels[N_VAL:]), **metadata},
     )
     return history, x[:N_VAL], labels, post

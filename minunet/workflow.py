@@ -25,18 +25,19 @@ from .train import evaluate as evaluate_loss
 
 
 def training_arrays(images: np.ndarray | Sequence[np.ndarray], labels: np.ndarray,
-                    normalization: dict[str, Any] | None = None,
+                    normalization: dict[str, Any] | None = None, *, balance: bool = True,
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Raw images (n, H, W) and instance labels (n, H, W) -> what `mu.train` eats.
 
     Returns x (n, 1, H, W) float32 (normalised exactly as `predict` will normalise), the
     3-class targets (n, H, W) int64 (0 background, 1 interior, 2 boundary) and the U-Net
-    paper's weight maps (n, H, W) float32.
+    paper's weight maps (n, H, W) float32 (balance: its class-balancing term, see
+    `mu.data.weight_map`).
     """
     norm = DEFAULT_NORMALIZATION if normalization is None else normalization
     x = np.stack([normalize(im, norm) for im in images])[:, None]   # (n, 1, H, W)
     targets = mudata.three_class(labels)                             # (n, H, W)
-    weights = mudata.weight_map(labels)                              # (n, H, W)
+    weights = mudata.weight_map(labels, balance=balance)             # (n, H, W)
     return x, targets, weights
 
 

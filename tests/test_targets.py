@@ -131,3 +131,19 @@ def test_bad_labels_are_refused():
         mu.data.weight_map(-np.ones((4, 4), np.int32))
     with pytest.raises(ValueError, match="sigma"):
         mu.data.weight_map(np.zeros((4, 4), np.int32), sigma=0)
+
+
+def test_weight_map_without_balance_keeps_only_the_border_term():
+    lab = touching_squares(gap=2)
+    plain = mu.data.weight_map(lab, balance=False)
+    balanced = mu.data.weight_map(lab)
+    classes = mu.data.three_class(lab)
+    border = plain - 1.0                                      # w_c = 1 everywhere
+    assert (border[lab > 0] == 0).all()                       # cells: weight exactly 1
+    # the border term is the same with and without balancing
+    np.testing.assert_allclose(border, balanced - mu.data.weight_map(lab, w0=0.0), atol=1e-5)
+    np.testing.assert_array_equal(mu.data.weight_map(lab, w0=0.0, balance=False),
+                                  np.ones(lab.shape, np.float32))
+    assert classes.max() == 2
+    stacked = mu.data.weight_map(np.stack([lab, lab]), balance=False)
+    np.testing.assert_array_equal(stacked[1], plain)

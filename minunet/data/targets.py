@@ -49,17 +49,29 @@ def inner_boundaries(labels: np.ndarray) -> np.ndarray:
     return differs & (labels > 0)
 
 
-def weight_map(labels: np.ndarray, w0: float = 10.0, sigma: float = 5.0) -> np.ndarray:
-    """The U-Net weight map (H, W) or (N, H, W) float32 (see the module docstring)."""
+def weight_map(labels: np.ndarray, w0: float = 10.0, sigma: float = 5.0,
+               balance: bool = True) -> np.ndarray:
+    """The U-Net weight map (H, W) or (N, H, W) float32 (see the module docstring).
+
+    balance=False drops the class-balancing term (w_c = 1 for every pixel): the loss then
+    counts every pixel alike and only the border term is added. Balancing makes rare cell
+    pixels weigh as much in total as the background, which helps find every object but moves
+    the network's decision towards "cell" (more false-positive pixels): without it the
+    foreground probability is calibrated for pixel scores such as pixel F1.
+    """
     labels = _check_labels("weight_map", labels)
     if sigma <= 0 or w0 < 0:
         raise ValueError(f"weight_map: need sigma > 0 and w0 >= 0, got sigma={sigma}, w0={w0}")
     if labels.ndim == 3:
-        return np.stack([weight_map(one, w0, sigma) for one in labels])
+        return np.stack([weight_map(one, w0, sigma, balance) for one in labels])
     classes = three_class(labels)
-    counts = np.bincount(classes.ravel(), minlength=N_CLASSES)
-    present = counts > 0
-    class_weight = np.where(present, classes.size / (present.sum() * np.maximum(counts, 1)), 0)
+    if balance:
+        counts = np.bincount(classes.ravel(), minlength=N_CLASSES)
+        present = counts > 0
+        class_weight = np.where(present, classes.size / (present.sum() * np.maximum(counts, 1)),
+                                0)
+    else:
+        class_weight = np.ones(N_CLASSES)
     weight = class_weight.astype(np.float32)[classes]
     d1, d2 = nearest_two_distances(labels, BORDER_SIGMAS * sigma)
     near = (labels == 0) & np.isfinite(d2)            # background with two cells in reach
