@@ -46,7 +46,7 @@ from minunet.data.presets import preset_params
 from minunet.models import pretrained_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_pretrained import N_VAL, RECIPE, SIZE, train_broad, train_default, tune_seed_threshold
+from train_pretrained import N_VAL, RECIPE, SIZE, train_broad, train_default
 
 N_TEST = 16
 REFERENCE_PLAN = {"n_train": 320, "epochs": 24}
@@ -60,16 +60,15 @@ def train_reference(n_train: int, epochs: int, out: Path, seed: int) -> mu.Check
     The weight map has no class balancing here (`balance=False`): balancing weighs the rare
     cell pixels ~30x the background ones, which moves the decision towards "cell" and costs
     pixel F1 in false-positive pixels on distractor clouds and salt; the border term stays.
-    The seed threshold of the post-processing is then picked on the validation images, as
-    for the default model."""
+    The post-processing's seed threshold and shape split are then picked on the validation
+    images (`workflow.tune_postprocess`), as for the default model."""
     history, x_val, labels, post = train_default(out, "reference", n_train, epochs, seed,
                                                  "val_pixel_f1", balance=False)
     print(f"reference: best epoch {history.best_epoch} of {len(history)}, "
           f"val pixel F1 {history.best_score:.3f}")
     ckpt = mu.load(out / "best.npz")
-    post = {**post, "seed_thresh": tune_seed_threshold(ckpt.model, x_val, labels[:N_VAL],
-                                                       post)}
-    print(f"seed threshold {post['seed_thresh']:g} (validation object F1)")
+    post = workflow.tune_postprocess(ckpt.model, x_val, labels[:N_VAL], post)
+    print(f"post-processing {post} (validation object F1)")
     mu.save(ckpt.model, out / "best.npz", position=ckpt.position,
             **{**ckpt.metadata, "postprocess": post})
     return mu.load(out / "best.npz")

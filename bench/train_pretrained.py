@@ -29,7 +29,6 @@ CROP = 128
 BATCH = 8
 LR = 3e-3
 N_VAL = 8
-SEED_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)   # interior probabilities tried for the seeds
 RECIPE = {"preset": "broad", "n_train": 240, "epochs": 30, "seed": 0}
 QUICK = {"preset": "broad", "n_train": 16, "epochs": 1, "seed": 0}
 
@@ -65,7 +64,8 @@ def train_default(out: Path, preset: str, n_train: int, epochs: int, seed: int,
 def train_broad(out: Path, preset: str = "broad", n_train: int = 240, epochs: int = 30,
                 seed: int = 0) -> mu.Checkpoint:
     """Train the default U-Net on `preset`, keep the best epoch by validation object F1, then
-    pick the seed threshold on the validation images; returns out/best.npz's checkpoint."""
+    pick the seed threshold and shape split on the validation images
+    (`workflow.tune_postprocess`); returns out/best.npz's checkpoint."""
     recipe = {"preset": preset, "n_train": n_train, "epochs": epochs, "seed": seed,
               "size": list(SIZE), "crop": CROP, "batch": BATCH, "lr": LR}
     history, x_val, labels, post = train_default(out, preset, n_train, epochs, seed,
@@ -73,24 +73,11 @@ def train_broad(out: Path, preset: str = "broad", n_train: int = 240, epochs: in
     print(f"{preset}: best epoch {history.best_epoch} of {len(history)}, "
           f"val F1 {history.best_score:.3f}")
     ckpt = mu.load(out / "best.npz")
-    post = {**post, "seed_thresh": tune_seed_threshold(ckpt.model, x_val, labels[:N_VAL],
-                                                       post)}
-    print(f"seed threshold {post['seed_thresh']:g} (validation object F1)")
+    post = workflow.tune_postprocess(ckpt.model, x_val, labels[:N_VAL], post)
+    print(f"post-processing {post} (validation object F1)")
     mu.save(ckpt.model, out / "best.npz", position=ckpt.position,
             **{**ckpt.metadata, "postprocess": post})
     return mu.load(out / "best.npz")
-
-
-def tune_seed_threshold(model: mu.Module, x_val: np.ndarray, val_labels: np.ndarray,
-                        post: dict) -> float:
-    """The SEED_THRESHOLDS value with the best object F1@0.5 on the validation images
-    x_val (n, 1, H, W) (the lowest on a tie): the interior probability that makes a seed.
-    A stricter seed keeps touching cells apart where the model is unsure about the gap."""
-    probs = [mu.predict(model, x_val[i, 0], normalized=True) for i in range(len(x_val))]
-    scores = [mu.metrics.evaluate(list(val_labels), [mu.to_instances(p, seed_thresh=t, **post)
-                                                     for p in probs]).at(0.5).f1
-              for t in SEED_THRESHOLDS]
-    return SEED_THRESHOLDS[int(np.argmax(scores))]
 
 
 def main() -> None:

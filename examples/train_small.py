@@ -13,8 +13,8 @@ Six steps, each one call into minunet that you can open and read:
 3. model     mu.UNet                 3 levels down, 3 up, skip connections between them
 4. train     mu.train                Adam, cosine learning rate, flips/rotations/elastic
                                      augmentation, the best epoch (by object F1) kept; then
-                                     the seed threshold of the watershed picked on the
-                                     validation images and stored with the model
+                                     the watershed's seed threshold and shape split picked
+                                     on the validation images and stored with the model
 5. evaluate  workflow.segment        tiled prediction -> watershed into instances, scored
              mu.metrics.evaluate     on held-out `standard` images and every shift preset
 6. pictures  mu.viz                  training curves, error map, instance overlay, report
@@ -45,7 +45,6 @@ KNOBS = {"brightness_sigma": 0.5, "bright_fraction": 0.03}
 EPOCHS = 12
 BATCH = 8
 LR = 3e-3           # Adam's peak learning rate (cosine decay, short warm-up)
-SEED_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)   # interior probabilities tried for the seeds
 SHIFT_PRESETS = [p for p in mu.data.PRESETS if p.startswith("shift-")]
 
 
@@ -95,13 +94,15 @@ def main() -> None:
     print(f"trained {len(history)} epochs, best epoch {history.best_epoch} "
           f"(val F1 {history.best_score:.3f}) ({time.perf_counter() - started:.1f} s)")
 
-    # 4b. calibrate: the interior probability that makes a seed, picked on the validation
-    # images (a briefly trained model is unsure in the gap between touching cells, so a
-    # stricter seed keeps them apart); stored with the model, so `minunet predict` uses it
-    post = {**post, "seed_thresh": tune_seed_threshold(best, x[:N_VAL], labels[:N_VAL], post)}
+    # 4b. calibrate: the interior probability that makes a seed, and whether to also cut
+    # objects by shape, picked on the validation images (a briefly trained model is unsure
+    # in the gap between touching cells, so a stricter seed keeps them apart); stored with
+    # the model, so `minunet predict` uses it
+    post = workflow.tune_postprocess(best, x[:N_VAL], labels[:N_VAL], post)
     mu.save(best, out / "best.npz", position=ckpt.position, **{**ckpt.metadata,
                                                               "postprocess": post})
-    print(f"seed threshold {post['seed_thresh']:g} (validation object F1)")
+    split = f", shape split depth {post['split_depth']:g}" if post.get("split") else ""
+    print(f"seed threshold {post['seed_thresh']:g}{split} (validation object F1)")
 
     # 5. evaluate on new images of `standard` and of every one-factor shift
     rows = {}
@@ -131,17 +132,6 @@ def main() -> None:
     print(f"object F1@0.5 on held-out standard images: {f1:.3f}"
           f"  (total {time.perf_counter() - started:.0f} s)")
     print(f"pictures and report in {out}/: curves.png, error_map.png, overlay.png, report/")
-
-
-def tune_seed_threshold(model: mu.Module, x_val: np.ndarray, val_labels: np.ndarray,
-                        post: dict) -> float:
-    """The SEED_THRESHOLDS value with the best object F1@0.5 on the validation images
-    x_val (n, 1, H, W) (the lowest on a tie)."""
-    probs = [mu.predict(model, x_val[i, 0], normalized=True) for i in range(len(x_val))]
-    scores = [mu.metrics.evaluate(list(val_labels), [mu.to_instances(p, seed_thresh=t, **post)
-                                                     for p in probs]).at(0.5).f1
-              for t in SEED_THRESHOLDS]
-    return SEED_THRESHOLDS[int(np.argmax(scores))]
 
 
 def print_table(rows: dict[str, dict[str, float]]) -> None:

@@ -10,7 +10,12 @@ three-class (Kc = 3: background, interior, boundary), the U-Net's usual target:
                   into the foreground: the boundary class is a ridge, so touching cells meet
                   along it instead of merging
     4. foreground components that hold no seed become objects of their own (keep_unseeded)
-    5. objects smaller than min_size pixels are removed; ids are made sequential 1..n
+    5. optionally (split=True) objects are also cut where their SHAPE says two blobs meet:
+       the distance transform of the foreground is split by a watershed from its h-maxima
+       (as in binary mode below), and each object is cut along those lines. It helps where
+       the network draws no boundary between overlapping blobs of uniform brightness (the
+       reference recipe's clouds); validation decides whether a model uses it
+    6. objects smaller than min_size pixels are removed; ids are made sequential 1..n
 
 binary (Kc = 2: background, foreground; or Kc = 1: foreground only):
     foreground = foreground probability > fg_thresh, split into 4-connected components;
@@ -137,6 +142,8 @@ def three_class_instances(
     min_seed_size: int = MIN_SEED_SIZE,
     min_size: int = MIN_SIZE,
     keep_unseeded: bool = True,
+    split: bool = False,
+    split_depth: float = SPLIT_DEPTH,
 ) -> np.ndarray:
     """Labels (H, W) from background and interior probabilities (H, W); see the module doc."""
     foreground = (1.0 - p_background) > fg_thresh  # (H, W)
@@ -146,7 +153,42 @@ def three_class_instances(
     labels = watershed(1.0 - p_interior, markers=seeds, mask=foreground)
     if keep_unseeded:
         labels = _add_unseeded(labels, foreground)
+    if split and foreground.any():
+        labels = _cut(labels, _distance_regions(labels > 0, split_depth))
     return _finish(labels, min_size)
+
+
+def _distance_regions(foreground: np.ndarray, split_depth: float) -> np.ndarray:
+    """Regions (H, W) of the watershed of the foreground's distance transform from its
+    h-maxima: one region per blob, split where a neck is split_depth px narrower than both."""
+    distance = ndimage.distance_transform_edt(foreground)  # (H, W) pixels to background
+    markers, _ = ndimage.label(h_maxima_mask(distance, split_depth), EIGHT_CONNECTED)
+    return _add_unseeded(watershed(-distance, markers=markers, mask=foreground), foreground)
+
+
+CUT_MIN_FRACTION = 0.25  # a piece cut off an object must hold this share of it, else it stays
+
+
+def _cut(labels: np.ndarray, regions: np.ndarray) -> np.ndarray:
+    """Each object of labels cut along the borders of regions: one id per (object, region)
+    pair, 0 staying 0. A piece under CUT_MIN_FRACTION of its object is a sliver between two
+    nearly equal borders (the network's and the shape's), not a blob: it stays with the
+    object's largest piece."""
+    pair = labels.astype(np.int64).ravel() * (int(regions.max()) + 1) + regions.ravel()
+    pair[labels.ravel() == 0] = 0                              # off the objects stays 0
+    keys, first, ids = np.unique(pair, return_index=True, return_inverse=True)
+    area = np.bincount(ids)                                    # pixels per piece
+    owner = labels.ravel()[first]                              # object of each piece
+    object_area = np.bincount(owner, weights=area)             # pixels per object
+    # the largest piece of each object: sort pieces by (object, area), keep each object's last
+    order = np.lexsort((area, owner))
+    largest = np.zeros(owner.max() + 1, np.int64)
+    largest[owner[order]] = order                              # later (larger) pieces win
+    small = area < CUT_MIN_FRACTION * object_area[owner]
+    target = np.where(small, largest[owner], np.arange(keys.size))
+    _, new = np.unique(target, return_inverse=True)            # sequential from 0
+    out = new[ids].reshape(labels.shape).astype(np.int32)
+    return out if keys[0] == 0 else out + 1                    # 0: the background piece
 
 
 def binary_instances(
@@ -161,9 +203,7 @@ def binary_instances(
     foreground = p_foreground > fg_thresh  # (H, W)
     labels, _ = ndimage.label(foreground, structure=FOUR_CONNECTED)
     if split and foreground.any():
-        distance = ndimage.distance_transform_edt(foreground)  # (H, W) pixels to background
-        markers, _ = ndimage.label(h_maxima_mask(distance, split_depth), EIGHT_CONNECTED)
-        labels = _add_unseeded(watershed(-distance, markers=markers, mask=foreground), foreground)
+        labels = _distance_regions(foreground, split_depth)
     return _finish(labels, min_size)
 
 
@@ -191,8 +231,9 @@ def to_instances(
         probability > seed_thresh (default 0.5) with at least min_seed_size pixels (default 4)
     min_size: objects with fewer pixels are removed (default 16)
     keep_unseeded: three-class: foreground regions without any seed become objects (default True)
-    split, split_depth: binary: split touching blobs with a distance-transform watershed whose
-        seeds are maxima at least split_depth pixels (default 2) above their saddle
+    split, split_depth: split touching blobs with a distance-transform watershed whose
+        seeds are maxima at least split_depth pixels (default 2) above their saddle (binary:
+        the foreground; three-class: each object is also cut along those lines)
 
     Returns int32 labels (H, W) or (N, H, W), 0 = background, ids 1..n per image.
     Raises TypeError / ValueError / FloatingPointError for a wrong type or shape, probabilities
@@ -206,6 +247,7 @@ def to_instances(
             out[i] = three_class_instances(
                 p[0], p[1], fg_thresh=fg_thresh, seed_thresh=seed_thresh,
                 min_seed_size=min_seed_size, min_size=min_size, keep_unseeded=keep_unseeded,
+                split=split, split_depth=split_depth,
             )
         else:
             out[i] = binary_instances(

@@ -107,12 +107,15 @@ def scaled_shape(shape: tuple[int, int], scale: float) -> tuple[int, int]:
 
 def postprocess_at(postprocess: dict, scale: float) -> dict:
     """`to_instances` settings learned at the training scale, for probabilities mapped back to an
-    image resized by 1 / scale: pixel counts (min_size, min_seed_size) divided by scale**2."""
-    from .postprocess import MIN_SEED_SIZE, MIN_SIZE
+    image resized by 1 / scale: pixel counts (min_size, min_seed_size) divided by scale**2,
+    the split depth (a length in pixels) by scale."""
+    from .postprocess import MIN_SEED_SIZE, MIN_SIZE, SPLIT_DEPTH
 
     out = dict(postprocess)
     for key, default in (("min_size", MIN_SIZE), ("min_seed_size", MIN_SEED_SIZE)):
         out[key] = max(1, round(out.get(key, default) / scale**2))
+    if out.get("split"):
+        out["split_depth"] = out.get("split_depth", SPLIT_DEPTH) / scale
     return out
 
 

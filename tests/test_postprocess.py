@@ -136,3 +136,30 @@ def test_mode_must_fit_channels():
         to_instances(np.zeros((3, 8, 8)), mode="binary")
     with pytest.raises(ValueError, match="mode"):
         to_instances(np.zeros((3, 8, 8)), mode="watershed")
+
+
+def test_three_class_split_cuts_blobs_the_network_drew_no_boundary_in():
+    # the reference recipe's case: two overlapping blobs of uniform interior, no boundary class
+    lab = TOUCHING
+    probs = np.stack([lab == 0, lab > 0, np.zeros(lab.shape, bool)]).astype(np.float32)
+    assert to_instances(probs).max() == 1                    # seeds alone: one object
+    cut = to_instances(probs, split=True)
+    assert cut.max() == 2 and match(lab, cut, 0.9).tp == 2
+    # where the network did draw the boundary, the cut changes nothing
+    assert same_partition(lab, to_instances(ideal_three_class(lab), split=True))
+    assert same_partition(ISOLATED, to_instances(ideal_three_class(ISOLATED), split=True))
+
+
+def test_three_class_split_keeps_unseeded_foreground_out_when_asked():
+    lab = TOUCHING
+    probs = np.stack([lab == 0, np.zeros(lab.shape, bool), lab > 0]).astype(np.float32)
+    # foreground but no interior anywhere: no seed, so nothing without keep_unseeded
+    assert to_instances(probs, keep_unseeded=False, split=True).max() == 0
+    assert to_instances(probs, split=True).max() == 2        # kept, and cut by shape
+
+
+def test_three_class_split_when_objects_fill_the_whole_image():
+    shape = (12, 30)                                  # all foreground, all interior
+    probs = np.stack([np.zeros(shape), np.ones(shape), np.zeros(shape)]).astype(np.float32)
+    cut = to_instances(probs, split=True, min_size=1)
+    assert cut.min() >= 1 and cut.max() >= 1          # no object was given id 0

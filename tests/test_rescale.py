@@ -78,3 +78,10 @@ def test_plan_reads_the_checkpoint_diameter():
         rescale.plan(image, {"postprocess": {}}, 30.0)
     with pytest.raises(ValueError, match="'auto'"):
         rescale.plan(image, meta, "big")
+
+
+def test_postprocess_at_scales_the_split_depth_as_a_length():
+    from minunet.rescale import postprocess_at
+    post = postprocess_at({"min_size": 20, "split": True, "split_depth": 1.0}, 0.5)
+    assert post["split_depth"] == 2.0 and post["min_size"] == 80
+    assert "split_depth" not in postprocess_at({"min_size": 20}, 0.5)  # no split, no depth
