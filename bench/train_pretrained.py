@@ -64,8 +64,8 @@ def train_default(out: Path, preset: str, n_train: int, epochs: int, seed: int,
 def train_broad(out: Path, preset: str = "broad", n_train: int = 240, epochs: int = 30,
                 seed: int = 0) -> mu.Checkpoint:
     """Train the default U-Net on `preset`, keep the best epoch by validation object F1, then
-    pick the seed threshold and shape split on the validation images
-    (`workflow.tune_postprocess`); returns out/best.npz's checkpoint."""
+    pick the seed threshold on the validation images (`workflow.tune_postprocess`); returns
+    out/best.npz's checkpoint."""
     recipe = {"preset": preset, "n_train": n_train, "epochs": epochs, "seed": seed,
               "size": list(SIZE), "crop": CROP, "batch": BATCH, "lr": LR}
     history, x_val, labels, post = train_default(out, preset, n_train, epochs, seed,

@@ -13,8 +13,8 @@ Six steps, each one call into minunet that you can open and read:
 3. model     mu.UNet                 3 levels down, 3 up, skip connections between them
 4. train     mu.train                Adam, cosine learning rate, flips/rotations/elastic
                                      augmentation, the best epoch (by object F1) kept; then
-                                     the watershed's seed threshold and shape split picked
-                                     on the validation images and stored with the model
+                                     the seed threshold of the watershed picked on the
+                                     validation images and stored with the model
 5. evaluate  workflow.segment        tiled prediction -> watershed into instances, scored
              mu.metrics.evaluate     on held-out `standard` images and every shift preset
 6. pictures  mu.viz                  training curves, error map, instance overlay, report
@@ -94,15 +94,13 @@ def main() -> None:
     print(f"trained {len(history)} epochs, best epoch {history.best_epoch} "
           f"(val F1 {history.best_score:.3f}) ({time.perf_counter() - started:.1f} s)")
 
-    # 4b. calibrate: the interior probability that makes a seed, and whether to also cut
-    # objects by shape, picked on the validation images (a briefly trained model is unsure
-    # in the gap between touching cells, so a stricter seed keeps them apart); stored with
-    # the model, so `minunet predict` uses it
+    # 4b. calibrate: the interior probability that makes a seed, picked on the validation
+    # images (a briefly trained model is unsure in the gap between touching cells, so a
+    # stricter seed keeps them apart); stored with the model, so `minunet predict` uses it
     post = workflow.tune_postprocess(best, x[:N_VAL], labels[:N_VAL], post)
     mu.save(best, out / "best.npz", position=ckpt.position, **{**ckpt.metadata,
                                                               "postprocess": post})
-    split = f", shape split depth {post['split_depth']:g}" if post.get("split") else ""
-    print(f"seed threshold {post['seed_thresh']:g}{split} (validation object F1)")
+    print(f"seed threshold {post['seed_thresh']:g} (validation object F1)")
 
     # 5. evaluate on new images of `standard` and of every one-factor shift
     rows = {}

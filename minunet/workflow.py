@@ -88,12 +88,17 @@ SPLIT_DEPTHS = (None, 0.5, 1.0, 2.0)          # None: no shape split; else its d
 def tune_postprocess(model: Module, x_val: np.ndarray, val_labels: np.ndarray,
                      postprocess: dict[str, Any], *,
                      seed_thresholds: Sequence[float] = SEED_THRESHOLDS,
-                     split_depths: Sequence[float | None] = SPLIT_DEPTHS) -> dict[str, Any]:
+                     split_depths: Sequence[float | None] = (None,)) -> dict[str, Any]:
     """The post-processing with the best object F1@0.5 on validation images: `postprocess`
-    (e.g. min_size from `postprocess_settings`) plus the seed threshold and the shape split
-    (`to_instances`'s seed_thresh, split, split_depth) picked on x_val (n, 1, H, W),
-    normalised, with instance labels val_labels (n, H, W). On a tie the earlier setting in
-    the grids wins (lower threshold, no split). The network runs once per image."""
+    (e.g. min_size from `postprocess_settings`) plus the seed threshold and, if split_depths
+    offers any (e.g. SPLIT_DEPTHS), the shape split (`to_instances`'s seed_thresh, split,
+    split_depth), picked on x_val (n, 1, H, W), normalised, with instance labels val_labels
+    (n, H, W). On a tie the earlier setting in the grids wins (lower threshold, no split).
+    The network runs once per image.
+
+    The split is off unless asked for: it is for objects the network cannot outline (blobs
+    of uniform brightness that overlap); on cells with visible borders a handful of
+    validation images can pick it by chance, and it then cuts elongated cells in two."""
     probs = [predict(model, x_val[i, 0], normalized=True) for i in range(len(x_val))]
     best, best_f1 = dict(postprocess), -1.0
     for depth in split_depths:

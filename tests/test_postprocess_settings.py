@@ -35,8 +35,8 @@ def test_tune_postprocess_picks_the_split_when_the_network_draws_no_boundaries()
     for k, (cy, cx) in enumerate([(24, 20), (24, 37)]):     # two discs, touching
         labels[:, np.hypot(yy - cy, xx - cx) <= 10] = k + 1
     x = (labels > 0).astype(np.float32)[:, None]
-    post = workflow.tune_postprocess(Painter(), x, labels, {"min_size": 10})
+    post = workflow.tune_postprocess(Painter(), x, labels, {"min_size": 10},
+                                     split_depths=workflow.SPLIT_DEPTHS)
     assert post["split"] and post["min_size"] == 10
-    no_split = workflow.tune_postprocess(Painter(), x, labels, {"min_size": 10},
-                                         split_depths=(None,))
-    assert "split" not in no_split and no_split["seed_thresh"] == 0.5   # tie: the first
+    no_split = workflow.tune_postprocess(Painter(), x, labels, {"min_size": 10})
+    assert "split" not in no_split and no_split["seed_thresh"] == 0.5   # default: no split
