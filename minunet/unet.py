@@ -20,7 +20,7 @@ brings the 2*c_i channels back to c_i.
 
 `backward` walks the same route in reverse. The encoder output of level i went two ways in
 forward (into the pool, and across the skip into the decoder), so its gradient is the SUM of
-what comes back along both ways: the line `d = d + dskip[i]`.
+what comes back along both ways: the line `d += dskip[i]`.
 
 H and W must be divisible by 2**depth (each pool halves them and the decoder must retrace the
 sizes exactly); `minunet.predict` tiles images of any size.
