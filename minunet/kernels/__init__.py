@@ -30,7 +30,7 @@ OpenBLAS's pool is not woken at all there. Knobs:
 
 Memory (see memory.py): glibc malloc is asked to keep freed blocks of up to 32 MiB for the
 next step instead of returning them to the operating system (fresh pages cost a page fault
-each, about 13 % of a training step). `MINUNET_MALLOC=default` leaves malloc alone.
+each, about 10 % of a training step). `MINUNET_MALLOC=default` leaves malloc alone.
 """
 
 import os
