@@ -19,7 +19,10 @@ itself, so no task holds its neighbours' data, and the image edge is mirrored ex
 
 Normalisation: a percentile stretch uses the whole image's percentiles, computed exactly in a
 streaming pass before the blocks run (`stats.py`), so every block is normalised with the same two
-numbers the in-memory `normalize` would use.
+numbers the in-memory `normalize` would use. The foreground method (the default) needs three
+more whole-image numbers, also exact: the smoothed image's range and its 256-bin histogram
+(Otsu's threshold, as skimage computes it from that histogram), then the median of the pixels
+above that threshold; the smoothing is done window by window with a halo of its full radius.
 
 Stitching: every block numbers its objects 1..n_b; ids are made unique by offsets. Across each
 border, the two blocks labelled the same strip of pixels (one in its core, one in its halo, both
@@ -38,6 +41,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +50,7 @@ import numpy as np
 
 from ..predict import (
     DEFAULT_NORMALIZATION,
+    FOREGROUND_SMOOTH,
     RGB_TO_GRAY,
     _mirror_pad,
     _round_up,
@@ -144,31 +149,79 @@ def make_plan(height: int, width: int, depth: int, *, block: int = BLOCK, halo: 
 
 
 # ---------------------------------------------------------------------- normalisation
+OTSU_BINS = 256  # skimage's threshold_otsu default, which predict.foreground_median uses
+
 def normalization_params(image: LargeImage, normalization: dict[str, Any] | None,
                          block: int) -> dict[str, Any]:
     """The numbers every block is normalised with, from the whole image (see `normalize`)."""
     norm = dict(DEFAULT_NORMALIZATION if normalization is None else normalization)
     method = norm.get("method")
-    if method not in ("percentile", "range", "none"):
+    if method not in ("foreground", "percentile", "range", "none"):
         raise ValueError(f"segment_large: unknown normalisation method {method!r}")
     params: dict[str, Any] = {"method": method}
     if method == "range":
         params["divisor"] = (float(np.iinfo(image.dtype).max)
                              if np.issubdtype(image.dtype, np.integer) else None)
-    if method != "percentile":
+    if method not in ("percentile", "foreground"):
         return params
-    qs = [norm.get("low", 1.0), norm.get("high", 99.8)]
+    qs = [norm.get("low", 1.0)] + ([norm.get("high", 99.8)] if method == "percentile" else [])
     windows = [(r, min(r + block, image.height), c, min(c + block, image.width))
                for r in range(0, image.height, block) for c in range(0, image.width, block)]
     raw_ints = len(image.shape) == 2 and image.dtype.kind in "ui" and image.dtype.itemsize <= 2
     if raw_ints:  # 8-/16-bit gray: one pass, one bin per value
-        lo, hi = integer_percentiles(lambda: (image.read(*w) for w in windows), qs, image.dtype)
+        found = integer_percentiles(lambda: (image.read(*w) for w in windows), qs, image.dtype)
     else:
-        lo, hi = streaming_percentiles(lambda: (to_gray(image.read(*w)) for w in windows), qs,
-                                       who=str(image.path))
-    scale = hi - lo
+        found = streaming_percentiles(lambda: (to_gray(image.read(*w)) for w in windows), qs,
+                                      who=str(image.path))
+    lo = found[0]
+    if method == "percentile":
+        scale = found[1] - lo
+    else:  # as predict.normalize: the typical foreground pixel lands at `level`
+        scale = (_foreground_median(image, windows) - lo) / norm.get("level", 0.6)
     params.update(lo=float(lo), scale=float(scale) if scale > 0 else 1.0)
     return params
+
+
+def _smoothed_windows(image: LargeImage, windows: list[tuple[int, int, int, int]]
+                      ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(gray, smoothed gray) of every window, the smoothing exactly that of the whole image:
+    each window is read with a halo of the Gaussian's full radius (scipy truncates at 4
+    sigma), so interior pixels see all their neighbours, and the image's own edges are
+    reflected as they are for the whole image."""
+    from scipy.ndimage import gaussian_filter
+
+    radius = int(4.0 * FOREGROUND_SMOOTH + 0.5)
+    for r0, r1, c0, c1 in windows:
+        h0, h1 = max(0, r0 - radius), min(image.height, r1 + radius)
+        w0, w1 = max(0, c0 - radius), min(image.width, c1 + radius)
+        gray = to_gray(image.read(h0, h1, w0, w1))
+        smooth = gaussian_filter(gray, FOREGROUND_SMOOTH)
+        core = (slice(r0 - h0, r1 - h0), slice(c0 - w0, c1 - w0))
+        yield gray[core], smooth[core]
+
+
+def _foreground_median(image: LargeImage, windows: list[tuple[int, int, int, int]]) -> float:
+    """predict.foreground_median of the whole image, in streaming passes over its windows."""
+    from skimage.filters import threshold_otsu
+
+    smin, smax, gmax = np.inf, -np.inf, -np.inf
+    for gray, smooth in _smoothed_windows(image, windows):       # pass 1: ranges
+        smin, smax = min(smin, float(smooth.min())), max(smax, float(smooth.max()))
+        gmax = max(gmax, float(gray.max()))
+    if smax <= smin:
+        return smax
+    counts = np.zeros(OTSU_BINS, dtype=np.int64)
+    for _, smooth in _smoothed_windows(image, windows):          # pass 2: Otsu's histogram
+        counts += np.histogram(smooth, bins=OTSU_BINS, range=(smin, smax))[0]
+    edges = np.histogram_bin_edges(np.empty(0), bins=OTSU_BINS, range=(smin, smax))
+    threshold = threshold_otsu(hist=(counts, (edges[:-1] + edges[1:]) / 2.0))
+
+    def above() -> Iterator[np.ndarray]:
+        for gray, smooth in _smoothed_windows(image, windows):
+            yield gray[smooth > threshold]
+    if not any(values.size for values in above()):
+        return gmax
+    return float(streaming_percentiles(above, [50.0], who=str(image.path))[0])
 
 
 def to_gray(raw: np.ndarray) -> np.ndarray:
@@ -183,7 +236,7 @@ def to_gray(raw: np.ndarray) -> np.ndarray:
 def normalize_window(raw: np.ndarray, params: dict[str, Any]) -> np.ndarray:
     """The same arithmetic as `predict.normalize`, with the whole image's statistics."""
     gray = to_gray(raw)
-    if params["method"] == "percentile":
+    if params["method"] in ("percentile", "foreground"):
         out = (gray - np.float64(params["lo"])) / np.float64(params["scale"])
     elif params["method"] == "range" and params.get("divisor") is not None:
         out = gray / params["divisor"]
