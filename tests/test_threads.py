@@ -68,6 +68,43 @@ def test_blas_thread_count_is_restored(two_threads):
     assert [c.get_num_threads() for c in controller.lib_controllers] == before
 
 
+def test_serial_regions_run_in_order_in_the_caller_with_single_threaded_blas(two_threads):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    controller = threadpoolctl.ThreadpoolController().select(user_api="blas")
+    seen = []
+
+    def item(i, slot):
+        seen.append((i, slot, threading.get_ident(),
+                     {c.get_num_threads() for c in controller.lib_controllers}))
+
+    threads.parallel_for(item, 6, serial=True)
+    assert [s[:2] for s in seen] == [(i, 0) for i in range(6)]
+    assert {s[2] for s in seen} == {threading.get_ident()}
+    if controller.lib_controllers:
+        assert all(s[3] == {1} for s in seen)
+
+
+def test_small_layers_run_serially_and_large_ones_in_parallel(two_threads, monkeypatch):
+    """The size thresholds: a small convolution or batch norm stays in the calling thread."""
+    calls = []
+    real = threads.parallel_for
+
+    def spy(fn, count, serial=False):
+        calls.append(serial)
+        real(fn, count, serial=serial)
+
+    monkeypatch.setattr(kernels, "parallel_for", spy)
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((8, 8, 3, 3)).astype(np.float32)
+    kernels.conv2d_forward(rng.standard_normal((1, 8, 16, 16)).astype(np.float32), w, None, 1, 1)
+    kernels.conv2d_forward(rng.standard_normal((8, 8, 128, 128)).astype(np.float32), w, None,
+                           1, 1)
+    assert calls == [True, False]  # 0.3 MFLOP serial, 151 MFLOP in parallel
+    from minunet.kernels import batchnorm
+    assert batchnorm._channel_groups(16, 1 << 20)[1] == 1
+    assert batchnorm._channel_groups(16, 64 << 20)[1] > 1
+
+
 def test_bad_thread_counts():
     with pytest.raises(ValueError, match="positive integer"):
         threads.set_num_threads(0)
@@ -113,11 +150,11 @@ def test_weight_gradient_does_not_depend_on_which_thread_ran_what(monkeypatch):
     x = rng.standard_normal((5, 3, 13, 11)).astype(np.float32)
     dy = rng.standard_normal((5, 4, 13, 11)).astype(np.float32)
 
-    def in_order(fn, count):
+    def in_order(fn, count, serial=False):
         for i in range(count):
             fn(i, 0)
 
-    def scrambled(fn, count):
+    def scrambled(fn, count, serial=False):
         for i in reversed(range(count)):
             fn(i, (7 * i) % 3)
 

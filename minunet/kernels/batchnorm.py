@@ -27,14 +27,15 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .threads import get_num_threads, parallel_for
+from .threads import SERIAL_BYTES, get_num_threads, parallel_for
 
 REASSOCIATE = {"reassoc"}  # vectorise sums; no "nnan"/"ninf": NaN must still show up
 
 
-def _channel_groups(C: int) -> tuple[int, int]:
-    """(channels per item, items): about 4 items per thread, so a parked thread holds up little."""
-    items = min(C, 4 * get_num_threads())
+def _channel_groups(C: int, nbytes: int) -> tuple[int, int]:
+    """(channels per item, items): about 4 items per thread, so a parked thread holds up little;
+    one item (the calling thread alone) when the array is under SERIAL_BYTES."""
+    items = 1 if nbytes < SERIAL_BYTES else min(C, 4 * get_num_threads())
     per = -(-C // items)
     return per, -(-C // per)
 
@@ -48,7 +49,7 @@ def batchnorm_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     C = x.shape[1]
     mean = np.empty(C)  # (C,) float64
     var = np.empty(C)   # (C,) float64
-    per, items = _channel_groups(C)
+    per, items = _channel_groups(C, x.nbytes)
     parallel_for(lambda i, slot: _stats_channels(x, i * per, min(C, (i + 1) * per), mean, var),
                  items)
     return mean, var
@@ -156,7 +157,7 @@ def batchnorm_relu_forward(x: np.ndarray, scale: np.ndarray,
     x = np.ascontiguousarray(x)
     C = x.shape[1]
     y = np.empty_like(x)  # (N, C, H, W)
-    per, items = _channel_groups(C)
+    per, items = _channel_groups(C, x.nbytes)
     probes = np.zeros(items, dtype=x.dtype)  # one per item: no shared accumulator
     parallel_for(lambda i, slot: _bn_relu_forward_channels(
         x, scale, shift, i * per, min(C, (i + 1) * per), y, probes, i), items)
@@ -192,7 +193,7 @@ def batchnorm_relu_backward_reduce(dout: np.ndarray, y: np.ndarray, x: np.ndarra
     C = x.shape[1]
     sum_g = np.zeros(C)    # (C,) float64
     sum_gxc = np.zeros(C)  # (C,) float64
-    per, items = _channel_groups(C)
+    per, items = _channel_groups(C, x.nbytes)
     parallel_for(lambda i, slot: _bn_relu_reduce_channels(
         dout, y, x, mean, i * per, min(C, (i + 1) * per), sum_g, sum_gxc), items)
     return sum_g, sum_gxc
@@ -227,7 +228,7 @@ def batchnorm_relu_backward_input(dout: np.ndarray, y: np.ndarray, x: np.ndarray
     """batchnorm_backward_input of the masked gradient g = dout * (y > 0)."""
     C = x.shape[1]
     dx = np.empty_like(x)  # (N, C, H, W)
-    per, items = _channel_groups(C)
+    per, items = _channel_groups(C, x.nbytes)
     parallel_for(lambda i, slot: _bn_relu_input_channels(
         dout, y, x, mean, a, mean_g, k, i * per, min(C, (i + 1) * per), dx), items)
     return dx

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .threads import parallel_for
+from .threads import SERIAL_BYTES, parallel_for
 
 REASSOCIATE = {"reassoc"}  # lets the probe sum vectorise; NaN still propagates
 
@@ -25,7 +25,8 @@ def concat_channels(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, float]:
     N, Ca, H, W = a.shape
     out = np.empty((N, Ca + b.shape[1], H, W), dtype=a.dtype)  # (N, Ca + Cb, H, W)
     probes = np.zeros(N, dtype=a.dtype)  # one per image: no shared accumulator
-    parallel_for(lambda n, slot: _concat_image(a, b, n, out, probes), N)
+    parallel_for(lambda n, slot: _concat_image(a, b, n, out, probes), N,
+                 serial=out.nbytes < SERIAL_BYTES)
     return out, probes.sum()
 
 

@@ -38,7 +38,7 @@ import numpy as np
 from numba import njit
 
 from ..checks import check_finite
-from .threads import parallel_for
+from .threads import SERIAL_FLOPS, parallel_for
 
 
 def conv_output_size(size: int, kernel_size: int, stride: int, padding: int) -> int:
@@ -257,7 +257,7 @@ def _forward(x: np.ndarray, weight: np.ndarray, stride: int, padding: int,
         if bias is not None:
             out += bias[:, None]
 
-    parallel_for(item, N * bands)
+    parallel_for(item, N * bands, serial=2 * N * Ho * Wo * Cout * Cin * K * K < SERIAL_FLOPS)
     if who is not None:
         last_row_read = (Ho - 1) * S - P + K - 1                       # rows below it: unread
         if not np.isfinite(probes.sum()) or last_row_read < H - 1:
@@ -287,7 +287,7 @@ def _adjoint(dy: np.ndarray, weight: np.ndarray, stride: int, padding: int, heig
         dx[n] = 0
         col2im_image(dcol, dx, n, K, stride, padding, Wo)
 
-    parallel_for(item, N)
+    parallel_for(item, N, serial=2 * N * Ho * Wo * Cout * Cin * K * K < SERIAL_FLOPS)
     return dx
 
 
@@ -328,7 +328,8 @@ def _weight_gradient(x: np.ndarray, dy: np.ndarray, kernel_size: int, stride: in
                 np.matmul(col, g.T, out=product)
                 partial[group] += product
 
-    parallel_for(item, groups)
+    # serial or not, the same groups are summed in the same order: the same bits
+    parallel_for(item, groups, serial=2 * N * Ho * Wo * Cout * Cin * K * K < SERIAL_FLOPS)
     dw_t = partial[0]                                                  # (Cin*K*K, Cout)
     for group in range(1, groups):
         dw_t += partial[group]

@@ -174,9 +174,17 @@ class _Pool:
 
     def run(self, fn: Callable[[int, int], None], count: int, threads: int) -> None:
         workers = min(threads, count) - 1
-        if workers <= 0 or self._busy:
+        if self._busy:  # nested in one of our regions: BLAS is single-threaded already
             for i in range(count):
                 fn(i, 0)
+            return
+        if workers <= 0:  # one thread: the caller runs every item, BLAS single-threaded too
+            previous = _blas.single()
+            try:
+                for i in range(count):
+                    fn(i, 0)
+            finally:
+                _blas.restore(previous)
             return
         self._ensure(workers)
         previous = _blas.single()
@@ -204,7 +212,11 @@ class _Pool:
 _pool = _Pool()
 
 
-def parallel_for(fn: Callable[[int, int], None], count: int) -> None:
+SERIAL_BYTES = 4 << 20   # element-wise regions over less data than this run on one thread
+SERIAL_FLOPS = 25e6      # and so do convolution regions of fewer multiply-adds x 2
+
+
+def parallel_for(fn: Callable[[int, int], None], count: int, *, serial: bool = False) -> None:
     """Call fn(item, slot) for item in range(count), spread over `get_num_threads()` threads.
 
     Items are handed out one at a time, in order, to whichever thread is free; `slot` (0 for
@@ -212,8 +224,13 @@ def parallel_for(fn: Callable[[int, int], None], count: int) -> None:
     keep per-thread scratch buffers indexed by it. Items must write disjoint outputs. BLAS is
     single-threaded while the region runs. Returns when every item is done; the first
     exception raised by an item is re-raised here.
+
+    serial=True runs every item in the calling thread, in order (the same items, so the same
+    results). The callers ask for it below SERIAL_BYTES / SERIAL_FLOPS of work: there, waking
+    a worker and passing the GIL back and forth costs more than the second core gains
+    (`bench/bench_bn_relu_pool.py`, `bench/bench_unet.py --configs C1`).
     """
-    _pool.run(fn, count, _num_threads)
+    _pool.run(fn, count, 1 if serial else _num_threads)
 
 
 def single_threaded_blas() -> tuple[Callable[[], list[int]], Callable[[list[int]], None]]:
