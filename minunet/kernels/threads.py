@@ -12,6 +12,11 @@ when it has finished its last one. A thread that is parked holds up at most the 
 was working on; the other threads take the rest. Inside an item, BLAS runs single-threaded
 (the items are the parallelism), so no other pool is ever woken.
 
+Small regions are not worth a second thread: waking a worker and handing the GIL back and
+forth costs tens of microseconds, so batch norm and concatenation under SERIAL_BYTES and
+convolutions under SERIAL_FLOPS run `parallel_for(..., serial=True)`, in the calling thread
+(still with single-threaded BLAS, so no other pool wakes up either).
+
 Knobs, in the order they are read:
 - `set_num_threads(n)` at run time;
 - the environment variable `MINUNET_NUM_THREADS`;
