@@ -120,8 +120,8 @@ def im2col_rows(x: np.ndarray, n: int, kernel_size: int, stride: int, padding: i
     propagates).
 
     The U-Net's two geometries get their own compiled copy of the loops, with K, S and P as
-    constants: LLVM then vectorises the copies, which makes them 4-6x faster than the same
-    loops with K, S, P known only at run time.
+    constants: LLVM then vectorises the copies, several times faster than the same loops
+    with K, S, P known only at run time (`bench/bench_conv_parts.py`).
     """
     K, S, P = kernel_size, stride, padding
     if K == 3 and S == 1 and P == 1:      # every 3x3 convolution, and its input gradient
@@ -227,6 +227,11 @@ def _bands(Ho: int, Wo: int, rows_of_col: int, itemsize: int) -> tuple[int, int]
     return R, -(-Ho // R)
 
 
+def _small(N: int, Cin: int, Cout: int, Ho: int, Wo: int, K: int) -> bool:
+    """Whether a region's multiply-adds x 2 are under SERIAL_FLOPS: run it in one thread."""
+    return 2 * N * Ho * Wo * Cout * Cin * K * K < SERIAL_FLOPS
+
+
 # ------------------------------------------------------------------ the three computations
 def _forward(x: np.ndarray, weight: np.ndarray, stride: int, padding: int,
              bias: np.ndarray | None = None, who: str | None = None,
@@ -257,7 +262,7 @@ def _forward(x: np.ndarray, weight: np.ndarray, stride: int, padding: int,
         if bias is not None:
             out += bias[:, None]
 
-    parallel_for(item, N * bands, serial=2 * N * Ho * Wo * Cout * Cin * K * K < SERIAL_FLOPS)
+    parallel_for(item, N * bands, serial=_small(N, Cin, Cout, Ho, Wo, K))
     if who is not None:
         last_row_read = (Ho - 1) * S - P + K - 1                       # rows below it: unread
         if not np.isfinite(probes.sum()) or last_row_read < H - 1:
@@ -287,7 +292,7 @@ def _adjoint(dy: np.ndarray, weight: np.ndarray, stride: int, padding: int, heig
         dx[n] = 0
         col2im_image(dcol, dx, n, K, stride, padding, Wo)
 
-    parallel_for(item, N, serial=2 * N * Ho * Wo * Cout * Cin * K * K < SERIAL_FLOPS)
+    parallel_for(item, N, serial=_small(N, Cin, Cout, Ho, Wo, K))
     return dx
 
 
@@ -320,7 +325,8 @@ def _weight_gradient(x: np.ndarray, dy: np.ndarray, kernel_size: int, stride: in
         for index in range(first, last):
             n, pixels, col, _ = _band_columns(x, index, bands, R, Ho, Wo, K, S, P, slot)
             g = dy_rows[n, :, pixels]                                  # (Cout, R*Wo), a view
-            # dw^T = col @ g^T: OpenBLAS runs this shape 1.3-1.7x faster than g @ col^T
+            # dw^T = col @ g^T: OpenBLAS runs this shape faster than g @ col^T
+            # (bench/bench_conv_parts.py)
             if partial[group] is None:
                 partial[group] = col @ g.T                             # (Cin*K*K, Cout)
             else:
@@ -329,7 +335,7 @@ def _weight_gradient(x: np.ndarray, dy: np.ndarray, kernel_size: int, stride: in
                 partial[group] += product
 
     # serial or not, the same groups are summed in the same order: the same bits
-    parallel_for(item, groups, serial=2 * N * Ho * Wo * Cout * Cin * K * K < SERIAL_FLOPS)
+    parallel_for(item, groups, serial=_small(N, Cin, Cout, Ho, Wo, K))
     dw_t = partial[0]                                                  # (Cin*K*K, Cout)
     for group in range(1, groups):
         dw_t += partial[group]

@@ -13,9 +13,10 @@ was working on; the other threads take the rest. Inside an item, BLAS runs singl
 (the items are the parallelism), so no other pool is ever woken.
 
 Small regions are not worth a second thread: waking a worker and handing the GIL back and
-forth costs tens of microseconds, so batch norm and concatenation under SERIAL_BYTES and
-convolutions under SERIAL_FLOPS run `parallel_for(..., serial=True)`, in the calling thread
-(still with single-threaded BLAS, so no other pool wakes up either).
+forth costs more than the second core gains there (`bench/bench_conv_parts.py`), so batch
+norm and concatenation under SERIAL_BYTES and convolutions under SERIAL_FLOPS run
+`parallel_for(..., serial=True)`, in the calling thread (still with single-threaded BLAS, so
+no other pool wakes up either).
 
 Knobs, in the order they are read:
 - `set_num_threads(n)` at run time;
@@ -233,7 +234,7 @@ def parallel_for(fn: Callable[[int, int], None], count: int, *, serial: bool = F
     serial=True runs every item in the calling thread, in order (the same items, so the same
     results). The callers ask for it below SERIAL_BYTES / SERIAL_FLOPS of work: there, waking
     a worker and passing the GIL back and forth costs more than the second core gains
-    (`bench/bench_bn_relu_pool.py`, `bench/bench_unet.py --configs C1`).
+    (`bench/bench_conv_parts.py`, `bench/bench_unet.py --configs C1`).
     """
     _pool.run(fn, count, 1 if serial else _num_threads)
 

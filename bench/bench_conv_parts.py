@@ -1,0 +1,129 @@
+"""The pieces behind the convolution kernels' choices, each timed against its alternative.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/bench_conv_parts.py [--repeats 30]
+
+1. im2col: `conv.im2col_rows` (its loops compiled with the U-Net's K, S, P as constants)
+   against the very same loop body compiled with K, S, P known only at run time.
+2. The weight gradient's product on one band: `col @ dy^T` (what `_weight_gradient` does)
+   against `dy @ col^T`, BLAS single-threaded as inside minunet's regions.
+3. The thread pool: an empty region of 8 items, and small regions run on one thread
+   (`serial=True`) against two: batch norm + ReLU forward and backward at 1-8 MiB
+   (threads.SERIAL_BYTES = 4 MiB) and a 3x3 convolution forward of 5-150 MFLOP
+   (threads.SERIAL_FLOPS = 25 MFLOP).
+
+Batch 8, float32; medians of `--repeats` calls, the two sides of each line alternating.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from functools import partial
+
+import numpy as np
+from numba import njit
+from threadpoolctl import threadpool_limits
+
+from minunet.kernels import batchnorm, conv, layers, threads
+
+
+def alternate(a: Callable[[], object], b: Callable[[], object], repeats: int
+              ) -> tuple[float, float]:
+    """Median seconds of a() and b(), called A B A B ... after one warm-up each."""
+    a(), b()
+    ta, tb = [], []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a()
+        ta.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        b()
+        tb.append(time.perf_counter() - t)
+    return float(np.median(ta)), float(np.median(tb))
+
+
+def im2col(repeats: int, rng: np.random.Generator) -> None:
+    generic = njit(nogil=True)(conv._im2col_rows.py_func)  # the same body, K S P at run time
+    print("1. im2col, one band (us): constants compiled in | run-time K, S, P | ratio")
+    for C, size, K, S, P in [(16, 128, 3, 1, 1), (64, 32, 3, 1, 1), (32, 128, 2, 2, 0)]:
+        x = rng.standard_normal((8, C, size, size)).astype(np.float32)
+        Wo = conv.conv_output_size(size, K, S, P)
+        R, _ = conv._bands(Wo, Wo, C * K * K, 4)
+        col = np.empty((C * K * K, R * Wo), np.float32)
+        band = np.empty(conv.band_shape(C, size, R, Wo, K, S, P), np.float32)
+        args = (x, 1, K, S, P, 0, Wo, col, band)
+        fast, slow = alternate(partial(conv.im2col_rows, *args), partial(generic, *args),
+                               repeats)
+        print(f"   {C:3d} ch {size:3d}^2 K{K} S{S} P{P}, {R} rows: {fast * 1e6:7.1f} | "
+              f"{slow * 1e6:7.1f} | {slow / fast:4.1f}x")
+
+
+def weight_gradient(repeats: int, rng: np.random.Generator) -> None:
+    print("2. weight-gradient product, one band (GFLOP/s): col @ dy^T | dy @ col^T | ratio")
+    with threadpool_limits(1):
+        for cout, rows, pixels in [(16, 144, 3328), (16, 288, 3328), (32, 288, 3584),
+                                   (64, 576, 1024)]:
+            g = rng.standard_normal((cout, pixels)).astype(np.float32)
+            col = rng.standard_normal((rows, pixels)).astype(np.float32)
+            ours, other = alternate(partial(np.matmul, col, g.T), partial(np.matmul, g, col.T),
+                                    repeats)
+            flop = 2 * cout * rows * pixels
+            print(f"   Cout {cout:3d}, {rows:3d} x {pixels}: {flop / ours / 1e9:6.0f} | "
+                  f"{flop / other / 1e9:6.0f} | {other / ours:4.2f}x")
+
+
+def bn_step(bn: layers.BatchNormReLU2d, x: np.ndarray, g: np.ndarray, serial_bytes: int
+            ) -> None:
+    """Batch norm + ReLU forward and backward, serial below `serial_bytes`."""
+    batchnorm.SERIAL_BYTES = serial_bytes
+    bn.forward(x)
+    bn.backward(g)
+
+
+def conv_step(x: np.ndarray, w: np.ndarray, serial_flops: float) -> None:
+    """A 3x3 convolution forward, serial below `serial_flops`."""
+    conv.SERIAL_FLOPS = serial_flops
+    conv.conv2d_forward(x, w, None, 1, 1)
+
+
+def pool(repeats: int, rng: np.random.Generator) -> None:
+    threads.set_num_threads(2)
+    empty, _ = alternate(lambda: threads.parallel_for(lambda i, s: None, 8),
+                         lambda: None, repeats * 10)
+    print(f"3. an empty region of 8 items on 2 threads: {empty * 1e6:.1f} us")
+    print("   one thread (serial=True) | two threads (ms) | two / one")
+    for shape in [(8, 8, 64, 64), (8, 16, 64, 64), (8, 32, 64, 64), (8, 16, 128, 128)]:
+        x = rng.standard_normal(shape).astype(np.float32)
+        g = rng.standard_normal(shape).astype(np.float32)
+        bn = layers.BatchNormReLU2d(shape[1])
+        saved = batchnorm.SERIAL_BYTES
+        one, two = alternate(partial(bn_step, bn, x, g, 1 << 62), partial(bn_step, bn, x, g, 0),
+                             repeats)
+        batchnorm.SERIAL_BYTES = saved
+        print(f"   BN+ReLU fwd+bwd {x.nbytes / 2**20:4.1f} MiB: {one * 1e3:6.3f} | "
+              f"{two * 1e3:6.3f} | {two / one:4.2f}")
+    for C, size in [(8, 32), (8, 64), (16, 64), (16, 128)]:
+        x = rng.standard_normal((8, C, size, size)).astype(np.float32)
+        w = rng.standard_normal((C, C, 3, 3)).astype(np.float32)
+        saved = conv.SERIAL_FLOPS
+        one, two = alternate(partial(conv_step, x, w, np.inf), partial(conv_step, x, w, 0),
+                             repeats)
+        conv.SERIAL_FLOPS = saved
+        mflop = 2 * 8 * size * size * C * C * 9 / 1e6
+        print(f"   conv3x3 {C}->{C} {size}^2, {mflop:5.1f} MFLOP: {one * 1e3:6.3f} | "
+              f"{two * 1e3:6.3f} | {two / one:4.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=30)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    im2col(args.repeats, rng)
+    weight_gradient(args.repeats, rng)
+    pool(args.repeats, rng)
+
+
+if __name__ == "__main__":
+    main()
