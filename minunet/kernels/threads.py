@@ -22,9 +22,9 @@ Knobs, in the order they are read:
 - `set_num_threads(n)` at run time;
 - the environment variable `MINUNET_NUM_THREADS`;
 - otherwise the number of cores this process may run on (`os.sched_getaffinity`).
-With 1 thread everything runs in the calling thread. BLAS's own thread count (e.g. set with
-`threadpoolctl` or `OPENBLAS_NUM_THREADS`) is restored after each of our parallel regions, so
-your own NumPy code keeps whatever you chose.
+With 1 thread everything runs in the calling thread, BLAS included (one thread). BLAS's own
+thread count (e.g. set with `threadpoolctl` or `OPENBLAS_NUM_THREADS`) is restored after each
+of our regions, so your own NumPy code keeps whatever you chose.
 
 The pool's threads are Python threads: the work they run (NumPy copies, BLAS products, Numba
 kernels compiled with `nogil=True`) releases the GIL, and only the short bookkeeping between
