@@ -33,12 +33,20 @@ which the tests compare them with.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 from numba import njit
 
 from ..checks import check_finite
+from . import simd
+from .gemm import BLOCK, K_TILE, TILE, blocked_product, blocked_weight_product
 from .threads import SERIAL_FLOPS, parallel_for
+
+# float32 products with K > 1 use gemm.blocked_product where the CPU has AVX-512;
+# MINUNET_GEMM=blas sends every product to BLAS (np.matmul) instead.
+USE_BLOCKED = (simd.HAVE_AVX512 and simd.AVAILABLE
+               and os.environ.get("MINUNET_GEMM", "").strip().lower() != "blas")
 
 
 def conv_output_size(size: int, kernel_size: int, stride: int, padding: int) -> int:
@@ -69,18 +77,17 @@ COL_BYTES = 1 << 21  # ~2 MiB of columns per item: in the 1 MiB L2 + L3 slice, a
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _im2col_rows(x: np.ndarray, n: int, kernel_size: int, stride: int, padding: int,
-                 row_start: int, out_width: int, col: np.ndarray, band: np.ndarray) -> float:
-    """The body of im2col_rows. It first copies the input rows the band reads into `band`
-    with the zero padding around them, so the column copies need no bounds tests."""
+def _fill_band(x: np.ndarray, n: int, stride: int, padding: int, row_start: int,
+               band: np.ndarray) -> float:
+    """band[c, i, P + w] = x[n, c, r0*S - P + i, w], zero outside x: the input rows a band of
+    output rows reads, with the zero padding around them. Returns the NaN/inf probe."""
     _, C, H, W = x.shape
-    K, S, P, Wo = kernel_size, stride, padding, out_width
-    R = col.shape[1] // Wo
+    S, P = stride, padding
     rows_in, padded_width = band.shape[1], band.shape[2]
     zero = x.dtype.type(0)
     probe = zero
     h0 = row_start * S - P
-    for c in range(C):      # band[c, i, P + w] = x[n, c, h0 + i, w], zero outside x
+    for c in range(C):
         for i in range(rows_in):
             h = h0 + i
             if h < 0 or h >= H:
@@ -95,6 +102,18 @@ def _im2col_rows(x: np.ndarray, n: int, kernel_size: int, stride: int, padding: 
                 band[c, i, P + w] = v
             for w in range(P + W, padded_width):
                 band[c, i, w] = zero
+    return probe
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _im2col_rows(x: np.ndarray, n: int, kernel_size: int, stride: int, padding: int,
+                 row_start: int, out_width: int, col: np.ndarray, band: np.ndarray) -> float:
+    """The body of im2col_rows. It first copies the input rows the band reads into `band`
+    with the zero padding around them, so the column copies need no bounds tests."""
+    C = x.shape[1]
+    K, S, Wo = kernel_size, stride, out_width
+    R = col.shape[1] // Wo
+    probe = _fill_band(x, n, stride, padding, row_start, band)
     for c in range(C):      # col[(c*K + kh)*K + kw, r*Wo + j] = band[c, r*S + kh, j*S + kw]
         for kh in range(K):
             for kw in range(K):
@@ -129,6 +148,127 @@ def im2col_rows(x: np.ndarray, n: int, kernel_size: int, stride: int, padding: i
     if K == 2 and S == 2 and P == 0:      # the 2x2 transposed convolution's gradients
         return _im2col_rows(x, n, 2, 2, 0, row_start, out_width, col, band)
     return _im2col_rows(x, n, K, S, P, row_start, out_width, col, band)
+
+
+# ------------------------------------------------------------------ blocked (float32, AVX-512)
+# With gemm.blocked_product, an item never writes the columns of its whole band: it fills the
+# padded band once, then builds the columns of a PIECE of blocks (a few hundred KiB, so they
+# stay in the core's L2 cache), multiplies them at once, and moves on to the next piece, all
+# in one compiled call.
+
+PIECE_BYTES = 1 << 18  # ~256 KiB of blocked columns per piece
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _band_to_blocks(band: np.ndarray, kernel_size: int, out_width: int, pixels: int,
+                    first: int, colb: np.ndarray) -> None:
+    """colb[b, k, l] = column k = (c*K + kh)*K + kw of the band's pixel q = first + b*B + l
+    (q = r*Wo + j; 0 for q >= pixels): band[c, r + kh, j + kw]. Stride 1 only; Wo, B and
+    first multiples of 16."""
+    C = band.shape[0]
+    K, Wo = kernel_size, out_width
+    blocks, kd, B = colb.shape
+    L = simd.LANES
+    rows_b = colb.reshape(blocks * kd, B)                   # row b*kd + k is colb[b, k]
+    r0 = first // Wo
+    j0 = first - r0 * Wo
+    # stride 1 and Wo a multiple of 16 (the callers' condition, see _blocked): vectors of 16
+    # pixels never cross a row, so they are copied whole
+    for c in range(C):
+        rows_c = band[c]                                    # (rows_in, padded_width)
+        for kh in range(K):
+            for kw in range(K):
+                row = (c * K + kh) * K + kw                 # b*kd + k, for block b = 0
+                lane = 0
+                r = r0
+                j = j0
+                for q in range(first, first + blocks * B, L):   # pixels q .. q + L - 1
+                    if q < pixels:
+                        simd.vstore(rows_b, row, lane, simd.vload(rows_c, r + kh, j + kw))
+                        j += L
+                        if j == Wo:
+                            j = 0
+                            r += 1
+                    else:                                   # past the band: zeros
+                        simd.vstore(rows_b, row, lane, simd.vzero())
+                    lane += L
+                    if lane == B:
+                        lane = 0
+                        row += kd
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _conv_band(x: np.ndarray, n: int, kernel_size: int, stride: int, padding: int,
+               row_start: int, out_width: int, w_t: np.ndarray, y: np.ndarray,
+               band: np.ndarray, piece: np.ndarray, spare: np.ndarray) -> float:
+    """The body of conv_band."""
+    probe = _fill_band(x, n, stride, padding, row_start, band)
+    pixels = y.shape[1]
+    B = piece.shape[2]
+    step = piece.shape[0] * B
+    for first in range(0, pixels, step):
+        count = min(step, pixels - first)
+        colb = piece[:-(-count // B)]
+        _band_to_blocks(band, kernel_size, out_width, pixels, first, colb)
+        blocked_product(w_t, colb, y[:, first:first + count], spare)
+    return probe
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
+def conv_band(x: np.ndarray, n: int, kernel_size: int, padding: int, row_start: int,
+              out_width: int, w_t: np.ndarray, y: np.ndarray, band: np.ndarray,
+              piece: np.ndarray, spare: np.ndarray) -> float:
+    """y[o, r*Wo + j] = sum_k w_t[k, o] col[k, r*Wo + j]: one band of one image's output,
+    col = im2col(x[n]) for output rows r0 .. r0 + R - 1, R = y.shape[1] // Wo.
+
+    x (N, Cin, H, W) float32; w_t (Cin*K*K, Cout) the weight, transposed, C-contiguous;
+    y (Cout, R*Wo) with unit stride along pixels; scratch: band (band_shape(...)), piece
+    (blocks, Cin*K*K, 48) C-contiguous, spare (8, 48). Returns im2col_rows's NaN/inf probe.
+    Stride 1 and Wo a multiple of 16 only (see _blocked); the 3x3 convolution gets its own
+    compiled copy, as in im2col_rows.
+    """
+    if kernel_size == 3 and padding == 1:  # every 3x3 convolution, and its input gradient
+        return _conv_band(x, n, 3, 1, 1, row_start, out_width, w_t, y, band, piece, spare)
+    return _conv_band(x, n, kernel_size, 1, padding, row_start, out_width, w_t, y, band,
+                      piece, spare)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _weight_band(x: np.ndarray, n: int, kernel_size: int, stride: int, padding: int,
+                 row_start: int, out_width: int, g: np.ndarray, dw_t: np.ndarray,
+                 band: np.ndarray, piece: np.ndarray, g_t: np.ndarray) -> None:
+    """The body of weight_band."""
+    _fill_band(x, n, stride, padding, row_start, band)
+    cout, pixels = g.shape
+    B = piece.shape[2]
+    step = piece.shape[0] * B
+    zero = g.dtype.type(0)
+    for first in range(0, pixels, step):
+        count = min(step, pixels - first)
+        colb = piece[:-(-count // B)]
+        _band_to_blocks(band, kernel_size, out_width, pixels, first, colb)
+        rows = colb.shape[0] * B
+        for p in range(rows):                   # g_t[p, o] = g[o, first + p], 0 past it
+            for o in range(g_t.shape[1]):
+                g_t[p, o] = g[o, first + p] if p < count and o < cout else zero
+        blocked_weight_product(colb, g_t[:rows], dw_t)
+
+
+@njit(cache=True, nogil=True)
+def weight_band(x: np.ndarray, n: int, kernel_size: int, padding: int, row_start: int,
+                out_width: int, g: np.ndarray, dw_t: np.ndarray, band: np.ndarray,
+                piece: np.ndarray, g_t: np.ndarray) -> None:
+    """dw_t[k, o] += sum_p col[k, p] g[o, p] over one band: the weight gradient's share of
+    the band's pixels p, col as in conv_band, g (Cout, R*Wo) the output gradient there.
+
+    dw_t (Cin*K*K, Cout16) float32 with Cout16 = Cout rounded up to 16 (the extra columns
+    stay 0); g_t scratch (piece.shape[0]*48, Cout16). Stride 1 and Wo a multiple of 16 only.
+    """
+    if kernel_size == 3 and padding == 1:
+        _weight_band(x, n, 3, 1, 1, row_start, out_width, g, dw_t, band, piece, g_t)
+    else:
+        _weight_band(x, n, kernel_size, 1, padding, row_start, out_width, g, dw_t, band,
+                     piece, g_t)
 
 
 def band_shape(channels: int, width: int, rows: int, out_width: int, kernel_size: int,
@@ -187,9 +327,17 @@ class _Scratch:
         key = (slot, purpose, np.dtype(dtype))
         buffer = self.buffers.get(key)
         if buffer is None or buffer.size < size:
-            buffer = np.empty(size, dtype=dtype)
+            buffer = _aligned(size, np.dtype(dtype))
             self.buffers[key] = buffer
         return buffer[:size].reshape(shape)
+
+
+def _aligned(size: int, dtype: np.dtype, alignment: int = 64) -> np.ndarray:
+    """np.empty(size, dtype) starting on a 64-byte boundary (a cache line, one AVX-512
+    vector): the blocked columns' vector stores then never straddle two lines."""
+    raw = np.empty(size * dtype.itemsize + alignment, dtype=np.uint8)
+    offset = -raw.ctypes.data % alignment
+    return raw[offset:offset + size * dtype.itemsize].view(dtype)
 
 
 _scratch = _Scratch()
@@ -216,6 +364,27 @@ def _band_columns(x: np.ndarray, index: int, bands: int, R: int, Ho: int, Wo: in
     padded = _scratch.get(slot, "band", band_shape(C, W, rows, Wo, K, S, P), x.dtype)
     probe = im2col_rows(x, n, K, S, P, r0, Wo, col, padded)           # (Cin*K*K, rows*Wo)
     return n, pixels, col, probe
+
+
+def _pieces(Kd: int) -> int:
+    """Blocks of 48 pixels per piece of blocked columns: about PIECE_BYTES."""
+    return max(1, PIECE_BYTES // (Kd * BLOCK * 4))
+
+
+def _blocked(dtype: np.dtype, K: int, S: int, P: int, Wo: int) -> bool:
+    """Whether a convolution's product goes to gemm.blocked_product (conv_band): float32,
+    stride 1, not 1x1 (its columns are x itself), output rows a multiple of 16 pixels wide.
+    Elsewhere, BLAS on im2col_rows's columns."""
+    return (USE_BLOCKED and dtype == np.float32 and S == 1 and K > 1 and Wo % simd.LANES == 0
+            and P <= K - 1)
+
+
+def _blocked_weight(dtype: np.dtype, K: int, S: int, P: int, Wo: int, Cin: int,
+                    Cout: int) -> bool:
+    """Whether a weight gradient goes to gemm.blocked_weight_product (weight_band): as
+    _blocked, with at least one tile of K_TILE rows and at most 32 output channels (beyond,
+    BLAS is as fast: bench/bench_conv_parts.py)."""
+    return _blocked(dtype, K, S, P, Wo) and Cin * K * K >= K_TILE and Cout <= 32
 
 
 def _bands(Ho: int, Wo: int, rows_of_col: int, itemsize: int) -> tuple[int, int]:
@@ -253,12 +422,25 @@ def _forward(x: np.ndarray, weight: np.ndarray, stride: int, padding: int,
     y_rows = y.reshape(N, Cout, Ho * Wo)
     R, bands = _bands(Ho, Wo, Cin * K * K, x.itemsize)
     probes = np.zeros(N * bands)                                       # one per item
+    blocked = _blocked(x.dtype, K, S, P, Wo)
+    w_t = np.ascontiguousarray(w_rows.T) if blocked else None         # (Cin*K*K, Cout)
+    pieces = _pieces(Cin * K * K)
 
     def item(index: int, slot: int) -> None:
-        n, pixels, col, probes[index] = _band_columns(x, index, bands, R, Ho, Wo, K, S, P,
-                                                      slot)
-        out = y_rows[n, :, pixels]                                     # (Cout, R*Wo), a view
-        np.matmul(w_rows, col, out=out)
+        if blocked:
+            n, band = divmod(index, bands)
+            rows = min(R, Ho - band * R)
+            out = y_rows[n, :, band * R * Wo:(band * R + rows) * Wo]   # (Cout, R*Wo), a view
+            probes[index] = conv_band(
+                x, n, K, P, band * R, Wo, w_t, out,
+                _scratch.get(slot, "band", band_shape(Cin, W, rows, Wo, K, S, P), x.dtype),
+                _scratch.get(slot, "piece", (pieces, Cin * K * K, BLOCK), x.dtype),
+                _scratch.get(slot, "spare", (TILE, BLOCK), x.dtype))
+        else:
+            n, pixels, col, probes[index] = _band_columns(x, index, bands, R, Ho, Wo, K, S,
+                                                          P, slot)
+            out = y_rows[n, :, pixels]                                 # (Cout, R*Wo), a view
+            np.matmul(w_rows, col, out=out)
         if bias is not None:
             out += bias[:, None]
 
@@ -319,6 +501,31 @@ def _weight_gradient(x: np.ndarray, dy: np.ndarray, kernel_size: int, stride: in
     pieces = N * bands
     groups = min(pieces, WEIGHT_GRADIENT_GROUPS)
     partial = [None] * groups
+    if _blocked_weight(x.dtype, K, S, P, Wo, Cin, Cout):
+        outputs = -(-Cout // 16) * 16                                  # Cout, padded to 16
+
+        per_piece = _pieces(Cin * K * K)
+        W = x.shape[3]
+
+        def blocked_item(group: int, slot: int) -> None:
+            first, last = group * pieces // groups, (group + 1) * pieces // groups
+            dw_t = np.zeros((Cin * K * K, outputs), dtype=x.dtype)
+            for index in range(first, last):
+                n, band = divmod(index, bands)
+                rows = min(R, Ho - band * R)
+                weight_band(
+                    x, n, K, P, band * R, Wo,
+                    dy_rows[n, :, band * R * Wo:(band * R + rows) * Wo], dw_t,
+                    _scratch.get(slot, "band", band_shape(Cin, W, rows, Wo, K, S, P), x.dtype),
+                    _scratch.get(slot, "piece", (per_piece, Cin * K * K, BLOCK), x.dtype),
+                    _scratch.get(slot, "g_t", (per_piece * BLOCK, outputs), x.dtype))
+            partial[group] = dw_t[:, :Cout]
+
+        parallel_for(blocked_item, groups, serial=_small(N, Cin, Cout, Ho, Wo, K))
+        dw_t = partial[0]
+        for group in range(1, groups):
+            dw_t += partial[group]
+        return np.ascontiguousarray(dw_t.T).reshape(Cout, Cin, K, K)
 
     def item(group: int, slot: int) -> None:
         first, last = group * pieces // groups, (group + 1) * pieces // groups

@@ -1,0 +1,139 @@
+"""Sixteen float32 lanes as one Numba value, for the convolution's register-tiled product.
+
+Numba vectorises a loop by itself only along its innermost index, and then keeps partial
+results in memory. A matrix-product kernel fast enough to beat BLAS on the U-Net's shapes
+needs the opposite: a tile of the result (8 output channels x 48 pixels here) held in vector
+registers across the whole sum over k. This module gives Numba a value type for one vector of
+16 float32 (LLVM's `<16 x float>`, one AVX-512 register) and five operations on it, each a few
+lines of LLVM IR (`numba.extending.intrinsic`):
+
+    vzero()            -> 16 zeros
+    vload(a, i, j)     -> a[i, j : j + 16]           (a 2-D float32 array, unit stride along j)
+    vstore(a, i, j, v) :  a[i, j : j + 16] = v
+    vfma(x, s, acc)    -> acc + x * s                (s a float32 scalar, fused multiply-add)
+    vadd(x, y)         -> x + y                      (lane by lane)
+
+No bounds checks: the caller guarantees j + 16 <= a.shape[1]. On a CPU without AVX-512 LLVM
+splits each vector into narrower ones (correct, slower); `HAVE_AVX512` lets callers choose
+BLAS there instead.
+"""
+
+from __future__ import annotations
+
+from llvmlite import binding as llvm_binding
+from llvmlite import ir
+from numba import config, types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, register_model
+
+LANES = 16
+_VECTOR = ir.VectorType(ir.FloatType(), LANES)
+
+
+def _host_has_avx512() -> bool:
+    try:
+        return bool(llvm_binding.get_host_cpu_features().get("avx512f", False))
+    except Exception:  # no feature list on this platform
+        return False
+
+
+HAVE_AVX512 = _host_has_avx512()
+# The intrinsics exist only in compiled code: with NUMBA_DISABLE_JIT=1 callers take BLAS.
+AVAILABLE = not config.DISABLE_JIT
+
+
+class Float32x16(types.Type):
+    """Numba's type for 16 float32 lanes held in one vector register."""
+
+    def __init__(self) -> None:
+        super().__init__(name="float32x16")
+
+
+float32x16 = Float32x16()
+
+
+@register_model(Float32x16)
+class _Float32x16Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type) -> None:  # noqa: ANN001 (Numba's signature)
+        super().__init__(dmm, fe_type, _VECTOR)
+
+
+def _float32_matrix(a: types.Type) -> bool:
+    return isinstance(a, types.Array) and a.ndim == 2 and a.dtype == types.float32
+
+
+def _address(context, builder, array_type, array, i, j):  # noqa: ANN001
+    """Pointer to a[i, j] (any strides, no wrap-around, no bounds check)."""
+    a = context.make_array(array_type)(context, builder, array)
+    shape = cgutils.unpack_tuple(builder, a.shape, 2)
+    strides = cgutils.unpack_tuple(builder, a.strides, 2)
+    pointer = cgutils.get_item_pointer2(context, builder, a.data, shape, strides,
+                                        array_type.layout, [i, j], wraparound=False,
+                                        boundscheck=False)
+    return builder.bitcast(pointer, _VECTOR.as_pointer())
+
+
+@intrinsic
+def vzero(typingctx):  # noqa: ANN001, ANN201
+    """16 zeros."""
+    def codegen(context, builder, signature, args):  # noqa: ANN001
+        return ir.Constant(_VECTOR, None)
+    return float32x16(), codegen
+
+
+@intrinsic
+def vload(typingctx, a, i, j):  # noqa: ANN001, ANN201
+    """a[i, j : j + 16] of a 2-D float32 array whose rows have unit stride."""
+    if not (_float32_matrix(a) and isinstance(i, types.Integer) and isinstance(j, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001
+        array, row, column = args
+        return builder.load(_address(context, builder, signature.args[0], array, row, column),
+                            align=4)
+    return float32x16(a, i, j), codegen
+
+
+@intrinsic
+def vstore(typingctx, a, i, j, v):  # noqa: ANN001, ANN201
+    """a[i, j : j + 16] = v."""
+    if not (_float32_matrix(a) and isinstance(i, types.Integer)
+            and isinstance(j, types.Integer) and v == float32x16):
+        return None
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001
+        array, row, column, value = args
+        builder.store(value, _address(context, builder, signature.args[0], array, row, column),
+                      align=4)
+        return context.get_dummy_value()
+    return types.void(a, i, j, v), codegen
+
+
+@intrinsic
+def vfma(typingctx, x, s, acc):  # noqa: ANN001, ANN201
+    """acc + x * s, fused (one rounding), with the float32 scalar s in every lane."""
+    if not (x == float32x16 and acc == float32x16 and s == types.float32):
+        return None
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001
+        vector, scalar, accumulator = args
+        undefined = ir.Constant(_VECTOR, ir.Undefined)
+        lane0 = builder.insert_element(undefined, scalar, ir.Constant(ir.IntType(32), 0))
+        every_lane = ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES)
+        broadcast = builder.shuffle_vector(lane0, undefined, every_lane)
+        fma = cgutils.get_or_insert_function(builder.module,
+                                             ir.FunctionType(_VECTOR, [_VECTOR] * 3),
+                                             f"llvm.fma.v{LANES}f32")
+        return builder.call(fma, [vector, broadcast, accumulator])
+    return float32x16(x, s, acc), codegen
+
+
+@intrinsic
+def vadd(typingctx, x, y):  # noqa: ANN001, ANN201
+    """x + y lane by lane."""
+    if not (x == float32x16 and y == float32x16):
+        return None
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001
+        return builder.fadd(args[0], args[1])
+    return float32x16(x, y), codegen
