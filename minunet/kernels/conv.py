@@ -40,7 +40,7 @@ from numba import njit
 
 from ..checks import check_finite
 from . import simd
-from .gemm import BLOCK, K_TILE, TILE, blocked_product, blocked_weight_product
+from .gemm import BLOCK, K_TILE, TILE, blocked_weight_product, direct_product
 from .threads import SERIAL_FLOPS, parallel_for
 
 # float32 products with K > 1 use gemm.blocked_product where the CPU has AVX-512;
@@ -200,37 +200,31 @@ def _band_to_blocks(band: np.ndarray, kernel_size: int, out_width: int, pixels: 
 @njit(cache=True, nogil=True, inline="always")
 def _conv_band(x: np.ndarray, n: int, kernel_size: int, stride: int, padding: int,
                row_start: int, out_width: int, w_t: np.ndarray, y: np.ndarray,
-               band: np.ndarray, piece: np.ndarray, spare: np.ndarray) -> float:
+               band: np.ndarray, spare: np.ndarray) -> float:
     """The body of conv_band."""
     probe = _fill_band(x, n, stride, padding, row_start, band)
-    pixels = y.shape[1]
-    B = piece.shape[2]
-    step = piece.shape[0] * B
-    for first in range(0, pixels, step):
-        count = min(step, pixels - first)
-        colb = piece[:-(-count // B)]
-        _band_to_blocks(band, kernel_size, out_width, pixels, first, colb)
-        blocked_product(w_t, colb, y[:, first:first + count], spare)
+    direct_product(band, w_t, y, kernel_size, out_width, spare)
     return probe
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc"})
 def conv_band(x: np.ndarray, n: int, kernel_size: int, padding: int, row_start: int,
               out_width: int, w_t: np.ndarray, y: np.ndarray, band: np.ndarray,
-              piece: np.ndarray, spare: np.ndarray) -> float:
+              spare: np.ndarray) -> float:
     """y[o, r*Wo + j] = sum_k w_t[k, o] col[k, r*Wo + j]: one band of one image's output,
     col = im2col(x[n]) for output rows r0 .. r0 + R - 1, R = y.shape[1] // Wo.
 
     x (N, Cin, H, W) float32; w_t (Cin*K*K, Cout) the weight, transposed, C-contiguous;
-    y (Cout, R*Wo) with unit stride along pixels; scratch: band (band_shape(...)), piece
-    (blocks, Cin*K*K, 48) C-contiguous, spare (8, 48). Returns im2col_rows's NaN/inf probe.
-    Stride 1 and Wo a multiple of 16 only (see _blocked); the 3x3 convolution gets its own
-    compiled copy, as in im2col_rows.
+    y (Cout, R*Wo) with unit stride along pixels; scratch: band (band_shape(...)), spare
+    (8, 48). It copies the band's input rows into `band` with their zero padding (and the
+    NaN/inf probe, returned), then gemm.direct_product reads the columns straight from there:
+    no column is ever written. Stride 1 and Wo a multiple of 16 only (see _blocked); the 3x3
+    convolution gets its own compiled copy, as in im2col_rows.
     """
     if kernel_size == 3 and padding == 1:  # every 3x3 convolution, and its input gradient
-        return _conv_band(x, n, 3, 1, 1, row_start, out_width, w_t, y, band, piece, spare)
+        return _conv_band(x, n, 3, 1, 1, row_start, out_width, w_t, y, band, spare)
     return _conv_band(x, n, kernel_size, 1, padding, row_start, out_width, w_t, y, band,
-                      piece, spare)
+                      spare)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -424,7 +418,6 @@ def _forward(x: np.ndarray, weight: np.ndarray, stride: int, padding: int,
     probes = np.zeros(N * bands)                                       # one per item
     blocked = _blocked(x.dtype, K, S, P, Wo)
     w_t = np.ascontiguousarray(w_rows.T) if blocked else None         # (Cin*K*K, Cout)
-    pieces = _pieces(Cin * K * K)
 
     def item(index: int, slot: int) -> None:
         if blocked:
@@ -434,7 +427,6 @@ def _forward(x: np.ndarray, weight: np.ndarray, stride: int, padding: int,
             probes[index] = conv_band(
                 x, n, K, P, band * R, Wo, w_t, out,
                 _scratch.get(slot, "band", band_shape(Cin, W, rows, Wo, K, S, P), x.dtype),
-                _scratch.get(slot, "piece", (pieces, Cin * K * K, BLOCK), x.dtype),
                 _scratch.get(slot, "spare", (TILE, BLOCK), x.dtype))
         else:
             n, pixels, col, probes[index] = _band_columns(x, index, bands, R, Ho, Wo, K, S,

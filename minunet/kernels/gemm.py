@@ -169,3 +169,92 @@ def blocked_weight_product(colb: np.ndarray, g_t: np.ndarray, dw_t: np.ndarray) 
                 for lane in range(BLOCK):
                     a0 = vfma(vload(g_t, b * BLOCK + lane, o), colb[b, k, lane], a0)
             vadd_store(dw_t, k, o, a0)
+
+
+@njit(cache=True, nogil=True)
+def direct_product(band: np.ndarray, w_t: np.ndarray, y: np.ndarray, kernel_size: int,
+                   out_width: int, spare: np.ndarray) -> None:
+    """y[o, r*Wo + j] = sum_{c,kh,kw} w_t[(c*K + kh)*K + kw, o] band[c, r + kh, j + kw]:
+    a stride-1 convolution of the zero-padded band, with no im2col at all.
+
+    band (Cin, rows_in, padded_width) float32 (conv._fill_band's), w_t (Cin*K*K, Cout) the
+    weight transposed, C-contiguous; y (Cout, R*Wo) with unit stride along pixels, Wo a
+    multiple of 16; spare (TILE, 48) scratch. For 48 output pixels (three vectors of 16, each
+    inside one row) and 8 output channels at a time, the 24 sums stay in registers while the
+    loop runs over c, kh, kw; each step loads the three input vectors straight from the band.
+    """
+    C = band.shape[0]
+    K, Wo = kernel_size, out_width
+    cout = w_t.shape[1]
+    pixels = y.shape[1]
+    vectors = pixels // 16
+    full = cout - cout % TILE
+    for v in range(0, vectors, 3):                  # 48 pixels: three vectors of 16
+        whole = v + 3 <= vectors
+        q0 = v * 16
+        q1 = q0 + 16 if v + 1 < vectors else q0     # past the band: vector 0 again
+        q2 = q0 + 32 if v + 2 < vectors else q0
+        r0 = q0 // Wo
+        j0 = q0 - r0 * Wo
+        r1 = q1 // Wo
+        j1 = q1 - r1 * Wo
+        r2 = q2 // Wo
+        j2 = q2 - r2 * Wo
+        count = min(48, pixels - q0)
+        for o in range(0, full, TILE):
+            a0 = vzero(); a1 = vzero(); a2 = vzero(); a3 = vzero()  # noqa: E702
+            a4 = vzero(); a5 = vzero(); a6 = vzero(); a7 = vzero()  # noqa: E702
+            b0 = vzero(); b1 = vzero(); b2 = vzero(); b3 = vzero()  # noqa: E702
+            b4 = vzero(); b5 = vzero(); b6 = vzero(); b7 = vzero()  # noqa: E702
+            d0 = vzero(); d1 = vzero(); d2 = vzero(); d3 = vzero()  # noqa: E702
+            d4 = vzero(); d5 = vzero(); d6 = vzero(); d7 = vzero()  # noqa: E702
+            k = 0
+            for c in range(C):
+                rows = band[c]                      # (rows_in, padded_width)
+                for kh in range(K):
+                    for kw in range(K):
+                        c0 = vload(rows, r0 + kh, j0 + kw)
+                        c1 = vload(rows, r1 + kh, j1 + kw)
+                        c2 = vload(rows, r2 + kh, j2 + kw)
+                        w = w_t[k, o]
+                        a0 = vfma(c0, w, a0); b0 = vfma(c1, w, b0); d0 = vfma(c2, w, d0)  # noqa: E702
+                        w = w_t[k, o + 1]
+                        a1 = vfma(c0, w, a1); b1 = vfma(c1, w, b1); d1 = vfma(c2, w, d1)  # noqa: E702
+                        w = w_t[k, o + 2]
+                        a2 = vfma(c0, w, a2); b2 = vfma(c1, w, b2); d2 = vfma(c2, w, d2)  # noqa: E702
+                        w = w_t[k, o + 3]
+                        a3 = vfma(c0, w, a3); b3 = vfma(c1, w, b3); d3 = vfma(c2, w, d3)  # noqa: E702
+                        w = w_t[k, o + 4]
+                        a4 = vfma(c0, w, a4); b4 = vfma(c1, w, b4); d4 = vfma(c2, w, d4)  # noqa: E702
+                        w = w_t[k, o + 5]
+                        a5 = vfma(c0, w, a5); b5 = vfma(c1, w, b5); d5 = vfma(c2, w, d5)  # noqa: E702
+                        w = w_t[k, o + 6]
+                        a6 = vfma(c0, w, a6); b6 = vfma(c1, w, b6); d6 = vfma(c2, w, d6)  # noqa: E702
+                        w = w_t[k, o + 7]
+                        a7 = vfma(c0, w, a7); b7 = vfma(c1, w, b7); d7 = vfma(c2, w, d7)  # noqa: E702
+                        k += 1
+            out = y[o:o + TILE, q0:q0 + 48] if whole else spare        # (8, 48)
+            vstore(out, 0, 0, a0); vstore(out, 0, 16, b0); vstore(out, 0, 32, d0)  # noqa: E702
+            vstore(out, 1, 0, a1); vstore(out, 1, 16, b1); vstore(out, 1, 32, d1)  # noqa: E702
+            vstore(out, 2, 0, a2); vstore(out, 2, 16, b2); vstore(out, 2, 32, d2)  # noqa: E702
+            vstore(out, 3, 0, a3); vstore(out, 3, 16, b3); vstore(out, 3, 32, d3)  # noqa: E702
+            vstore(out, 4, 0, a4); vstore(out, 4, 16, b4); vstore(out, 4, 32, d4)  # noqa: E702
+            vstore(out, 5, 0, a5); vstore(out, 5, 16, b5); vstore(out, 5, 32, d5)  # noqa: E702
+            vstore(out, 6, 0, a6); vstore(out, 6, 16, b6); vstore(out, 6, 32, d6)  # noqa: E702
+            vstore(out, 7, 0, a7); vstore(out, 7, 16, b7); vstore(out, 7, 32, d7)  # noqa: E702
+            if not whole:
+                y[o:o + TILE, q0:q0 + count] = spare[:, :count]
+        for o in range(full, cout):                 # the channels left over: one at a time
+            a0 = vzero(); b0 = vzero(); d0 = vzero()  # noqa: E702
+            k = 0
+            for c in range(C):
+                rows = band[c]
+                for kh in range(K):
+                    for kw in range(K):
+                        w = w_t[k, o]
+                        a0 = vfma(vload(rows, r0 + kh, j0 + kw), w, a0)
+                        b0 = vfma(vload(rows, r1 + kh, j1 + kw), w, b0)
+                        d0 = vfma(vload(rows, r2 + kh, j2 + kw), w, d0)
+                        k += 1
+            vstore(spare, 0, 0, a0); vstore(spare, 0, 16, b0); vstore(spare, 0, 32, d0)  # noqa: E702
+            y[o, q0:q0 + count] = spare[0, :count]
