@@ -1,7 +1,7 @@
-"""The register-tiled float32 products (kernels/gemm.py, simd.py) and the convolution's blocked
+"""The register-tiled float32 products (kernels/gemm.py, simd.py) and the convolution's direct
 route through them (conv_band, weight_band): against float64 products and the NumPy reference,
-at every remainder (channels not a multiple of 8, pixels not a multiple of 48, several pieces
-and bands), and the NaN/inf probe on that route."""
+at every remainder (channels not a multiple of the tiles, pixels not a multiple of 48, bands
+of every height), and the NaN/inf probe on that route."""
 
 import subprocess
 import sys
@@ -14,66 +14,74 @@ from minunet.kernels import gemm, reference
 from minunet.kernels import layers as fast_layers
 
 
-def blocked(col: np.ndarray) -> np.ndarray:
-    """(Kd, P) columns -> (ceil(P / 48), Kd, 48) blocks, zero past P (im2col's blocked layout)."""
-    kd, pixels = col.shape
-    blocks = -(-pixels // gemm.BLOCK)
-    padded = np.zeros((kd, blocks * gemm.BLOCK), col.dtype)
-    padded[:, :pixels] = col
-    return np.ascontiguousarray(padded.reshape(kd, blocks, gemm.BLOCK).transpose(1, 0, 2))
+def windows(band: np.ndarray, K: int, rows: int, Wo: int) -> np.ndarray:
+    """col (C*K*K, rows*Wo): col[(c*K + kh)*K + kw, r*Wo + j] = band[c, r + kh, j + kw]."""
+    C = band.shape[0]
+    col = np.empty((C, K, K, rows, Wo), band.dtype)
+    for kh in range(K):
+        for kw in range(K):
+            col[:, kh, kw] = band[:, kh:kh + rows, kw:kw + Wo]
+    return col.reshape(C * K * K, rows * Wo)
+
+
+def random_band(rng, C: int, K: int, rows: int, Wo: int) -> np.ndarray:
+    # a few spare columns on the right, as conv.band_shape gives for P < K - 1
+    return rng.standard_normal((C, rows + K - 1, Wo + K - 1 + 3)).astype(np.float32)
 
 
 @pytest.mark.parametrize("cout", [1, 3, 8, 13, 16, 24])
-@pytest.mark.parametrize("kd, pixels", [(9, 16), (27, 47), (144, 48), (36, 49), (72, 480)])
-def test_blocked_product_matches_float64(cout, kd, pixels):
-    rng = np.random.default_rng(cout * 1000 + kd + pixels)
-    w = rng.standard_normal((cout, kd)).astype(np.float32)
-    col = rng.standard_normal((kd, pixels)).astype(np.float32)
-    # y is a window of a bigger array (like a band of one image's output): what lies around
-    # it must stay untouched
+@pytest.mark.parametrize("C, K, rows, Wo", [(1, 3, 1, 16), (3, 3, 2, 16), (2, 1, 3, 32),
+                                            (16, 3, 2, 48), (4, 5, 5, 16), (5, 3, 1, 80)])
+def test_direct_product_matches_float64(cout, C, K, rows, Wo):
+    """Pixel counts of 1 to 5 vectors (tiles of 3, and the partial last tile), channels around
+    the tile of 8; y is a window of a bigger array, whose rest must stay untouched."""
+    rng = np.random.default_rng(cout * 1000 + C * 100 + K * 10 + rows)
+    band = random_band(rng, C, K, rows, Wo)
+    w = rng.standard_normal((cout, C * K * K)).astype(np.float32)
+    pixels = rows * Wo
     canvas = np.full((cout + 2, pixels + 20), 7.0, np.float32)
     y = canvas[1:-1, 5:5 + pixels]
-    gemm.blocked_product(np.ascontiguousarray(w.T), blocked(col), y,
-                         np.empty((gemm.TILE, gemm.BLOCK), np.float32))
-    expected = w.astype(np.float64) @ col.astype(np.float64)
-    np.testing.assert_allclose(y, expected, rtol=0, atol=1e-5 * np.sqrt(kd))
+    gemm.direct_product(band, np.ascontiguousarray(w.T), y, K, Wo,
+                        np.empty((gemm.TILE, gemm.BLOCK), np.float32))
+    expected = w.astype(np.float64) @ windows(band, K, rows, Wo).astype(np.float64)
+    np.testing.assert_allclose(y, expected, rtol=0, atol=1e-5 * np.sqrt(C * K * K))
     outside = canvas.copy()
     outside[1:-1, 5:5 + pixels] = 7.0
     assert (outside == 7.0).all()
 
 
-@pytest.mark.parametrize("cout", [16, 32])
-@pytest.mark.parametrize("kd, pixels", [(24, 16), (27, 64), (144, 96), (50, 480)])
-def test_blocked_weight_product_matches_float64(cout, kd, pixels):
-    rng = np.random.default_rng(cout + kd * 7 + pixels)
-    col = rng.standard_normal((kd, pixels)).astype(np.float32)
-    g = rng.standard_normal((cout, pixels)).astype(np.float32)
-    colb = blocked(col)
-    g_t = np.zeros((colb.shape[0] * gemm.BLOCK, cout), np.float32)
-    g_t[:pixels] = g.T
-    dw_t = np.ones((kd, cout), np.float32)  # the kernel adds to what is there
-    gemm.blocked_weight_product(colb, g_t, dw_t)
-    expected = 1 + col.astype(np.float64) @ g.T.astype(np.float64)
-    np.testing.assert_allclose(dw_t, expected, rtol=0, atol=1e-5 * np.sqrt(pixels))
+@pytest.mark.parametrize("cout", [1, 2, 3, 4, 16, 17])
+@pytest.mark.parametrize("C, rows, Wo", [(1, 1, 16), (3, 2, 32), (8, 5, 48)])
+def test_direct_weight_product_matches_float64(cout, C, rows, Wo):
+    """Channels around the tile of 3 (an odd last tile is computed but kept once)."""
+    rng = np.random.default_rng(cout + C * 7 + rows * 31 + Wo)
+    band = random_band(rng, C, 3, rows, Wo)
+    g = rng.standard_normal((cout, rows * Wo)).astype(np.float32)
+    dw = np.ones((cout, C * 9), np.float32)  # the kernel adds to what is there
+    gemm.direct_weight_product(band, g, dw, Wo)
+    expected = 1 + g.astype(np.float64) @ windows(band, 3, rows, Wo).T.astype(np.float64)
+    np.testing.assert_allclose(dw, expected, rtol=0, atol=1e-5 * np.sqrt(rows * Wo))
 
 
-@pytest.fixture
-def blocked_route(monkeypatch):
-    """The blocked route on any CPU (without AVX-512 it is only slower), with tiny bands and
-    pieces so that every item has several pieces and every image several bands."""
+@pytest.fixture(params=["tall bands", "one row per band"])
+def blocked_route(monkeypatch, request):
+    """The direct route on any CPU (without AVX-512 it is only slower), with bands of every
+    size down to one output row."""
     monkeypatch.setattr(kernels, "USE_BLOCKED", True)
-    monkeypatch.setattr(kernels, "PIECE_BYTES", 1)       # one block of 48 pixels per piece
-    monkeypatch.setattr(kernels, "COL_BYTES", 40_000)
+    if request.param == "one row per band":
+        monkeypatch.setattr(kernels, "COL_BYTES", 1)
+        monkeypatch.setattr(kernels, "WEIGHT_BAND_BYTES", 1)
 
 
-# (N, Cin, Cout, H, W, K, P): output widths multiples of 16 (the blocked route), Cout around
-# the tile of 8 and the weight gradient's limit of 32, Cin*K*K below and above its tile of 24
+# (N, Cin, Cout, H, W, K, P): output widths multiples of 16 (the direct route), Cout around
+# the tiles of 8 and 3
 BLOCKED_CASES = [
     (2, 3, 5, 7, 32, 3, 1),
     (1, 16, 16, 9, 16, 3, 1),
     (2, 4, 33, 5, 48, 3, 1),
-    (1, 2, 8, 6, 16, 3, 1),    # Cin*K*K = 18 < 24: BLAS for the weight gradient
-    (1, 3, 4, 5, 18, 5, 1),    # K = 5, P = 1: Wo = 16
+    (1, 1, 8, 6, 16, 3, 1),
+    (1, 3, 4, 5, 18, 5, 1),    # K = 5, P = 1: Wo = 16 (the weight gradient goes to BLAS)
+    (2, 2, 3, 6, 14, 3, 2),    # P = 2: Wo = 16
 ]
 
 
@@ -107,9 +115,8 @@ def test_the_route_is_chosen_by_dtype_stride_and_width(monkeypatch):
     assert not kernels._blocked(np.float32, 3, 1, 1, 8)    # rows not a multiple of 16 wide
     assert not kernels._blocked(np.float32, 2, 2, 0, 64)   # stride 2
     assert not kernels._blocked(np.float32, 1, 1, 0, 64)   # 1x1: the columns are x itself
-    assert kernels._blocked_weight(np.float32, 3, 1, 1, 64, 16, 32)
-    assert not kernels._blocked_weight(np.float32, 3, 1, 1, 64, 16, 64)
-    assert not kernels._blocked_weight(np.float32, 3, 1, 1, 64, 2, 16)
+    assert kernels._direct_weight(np.float32, 3, 1, 1, 64)
+    assert not kernels._direct_weight(np.float32, 5, 1, 2, 64)    # 3x3 only
     monkeypatch.setattr(kernels, "USE_BLOCKED", False)
     assert not kernels._blocked(np.float32, 3, 1, 1, 64)
 

@@ -40,7 +40,7 @@ from numba import njit
 
 from ..checks import check_finite
 from . import simd
-from .gemm import BLOCK, K_TILE, TILE, blocked_weight_product, direct_product
+from .gemm import BLOCK, TILE, direct_product, direct_weight_product
 from .threads import SERIAL_FLOPS, parallel_for
 
 # float32 products with K > 1 use gemm.blocked_product where the CPU has AVX-512;
@@ -150,52 +150,10 @@ def im2col_rows(x: np.ndarray, n: int, kernel_size: int, stride: int, padding: i
     return _im2col_rows(x, n, K, S, P, row_start, out_width, col, band)
 
 
-# ------------------------------------------------------------------ blocked (float32, AVX-512)
-# With gemm.blocked_product, an item never writes the columns of its whole band: it fills the
-# padded band once, then builds the columns of a PIECE of blocks (a few hundred KiB, so they
-# stay in the core's L2 cache), multiplies them at once, and moves on to the next piece, all
-# in one compiled call.
-
-PIECE_BYTES = 1 << 18  # ~256 KiB of blocked columns per piece
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _band_to_blocks(band: np.ndarray, kernel_size: int, out_width: int, pixels: int,
-                    first: int, colb: np.ndarray) -> None:
-    """colb[b, k, l] = column k = (c*K + kh)*K + kw of the band's pixel q = first + b*B + l
-    (q = r*Wo + j; 0 for q >= pixels): band[c, r + kh, j + kw]. Stride 1 only; Wo, B and
-    first multiples of 16."""
-    C = band.shape[0]
-    K, Wo = kernel_size, out_width
-    blocks, kd, B = colb.shape
-    L = simd.LANES
-    rows_b = colb.reshape(blocks * kd, B)                   # row b*kd + k is colb[b, k]
-    r0 = first // Wo
-    j0 = first - r0 * Wo
-    # stride 1 and Wo a multiple of 16 (the callers' condition, see _blocked): vectors of 16
-    # pixels never cross a row, so they are copied whole
-    for c in range(C):
-        rows_c = band[c]                                    # (rows_in, padded_width)
-        for kh in range(K):
-            for kw in range(K):
-                row = (c * K + kh) * K + kw                 # b*kd + k, for block b = 0
-                lane = 0
-                r = r0
-                j = j0
-                for q in range(first, first + blocks * B, L):   # pixels q .. q + L - 1
-                    if q < pixels:
-                        simd.vstore(rows_b, row, lane, simd.vload(rows_c, r + kh, j + kw))
-                        j += L
-                        if j == Wo:
-                            j = 0
-                            r += 1
-                    else:                                   # past the band: zeros
-                        simd.vstore(rows_b, row, lane, simd.vzero())
-                    lane += L
-                    if lane == B:
-                        lane = 0
-                        row += kd
-
+# ------------------------------------------------------------------ direct (float32, AVX-512)
+# For float32 stride-1 convolutions with rows a multiple of 16 pixels wide, an item copies its
+# band's input rows once (_fill_band, with the padding and the NaN/inf probe) and the
+# register-tiled products of gemm.py read the columns straight from there: no im2col.
 
 @njit(cache=True, nogil=True, inline="always")
 def _conv_band(x: np.ndarray, n: int, kernel_size: int, stride: int, padding: int,
@@ -227,49 +185,28 @@ def conv_band(x: np.ndarray, n: int, kernel_size: int, padding: int, row_start: 
                       spare)
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _weight_band(x: np.ndarray, n: int, kernel_size: int, stride: int, padding: int,
-                 row_start: int, out_width: int, g: np.ndarray, dw_t: np.ndarray,
-                 band: np.ndarray, piece: np.ndarray, g_t: np.ndarray) -> None:
-    """The body of weight_band."""
-    _fill_band(x, n, stride, padding, row_start, band)
-    cout, pixels = g.shape
-    B = piece.shape[2]
-    step = piece.shape[0] * B
-    zero = g.dtype.type(0)
-    for first in range(0, pixels, step):
-        count = min(step, pixels - first)
-        colb = piece[:-(-count // B)]
-        _band_to_blocks(band, kernel_size, out_width, pixels, first, colb)
-        rows = colb.shape[0] * B
-        for p in range(rows):                   # g_t[p, o] = g[o, first + p], 0 past it
-            for o in range(g_t.shape[1]):
-                g_t[p, o] = g[o, first + p] if p < count and o < cout else zero
-        blocked_weight_product(colb, g_t[:rows], dw_t)
-
-
 @njit(cache=True, nogil=True)
-def weight_band(x: np.ndarray, n: int, kernel_size: int, padding: int, row_start: int,
-                out_width: int, g: np.ndarray, dw_t: np.ndarray, band: np.ndarray,
-                piece: np.ndarray, g_t: np.ndarray) -> None:
-    """dw_t[k, o] += sum_p col[k, p] g[o, p] over one band: the weight gradient's share of
-    the band's pixels p, col as in conv_band, g (Cout, R*Wo) the output gradient there.
-
-    dw_t (Cin*K*K, Cout16) float32 with Cout16 = Cout rounded up to 16 (the extra columns
-    stay 0); g_t scratch (piece.shape[0]*48, Cout16). Stride 1 and Wo a multiple of 16 only.
-    """
-    if kernel_size == 3 and padding == 1:
-        _weight_band(x, n, 3, 1, 1, row_start, out_width, g, dw_t, band, piece, g_t)
-    else:
-        _weight_band(x, n, kernel_size, 1, padding, row_start, out_width, g, dw_t, band,
-                     piece, g_t)
+def weight_band(x: np.ndarray, n: int, padding: int, row_start: int, out_width: int,
+                g: np.ndarray, dw: np.ndarray, band: np.ndarray) -> None:
+    """dw[o, (c*3 + kh)*3 + kw] += sum_p g[o, p] col[(c*3 + kh)*3 + kw, p] over one band of
+    a 3x3 stride-1 convolution: the weight gradient's share of the band's output pixels p,
+    col = im2col(x[n]) for output rows r0 .. r0 + R - 1, g (Cout, R*Wo) the output gradient
+    there (unit stride along pixels, Wo a multiple of 16), dw (Cout, Cin*9) float32.
+    `band` is scratch of shape band_shape(Cin, W, R, Wo, 3, 1, P)."""
+    _fill_band(x, n, 1, padding, row_start, band)
+    direct_weight_product(band, g, dw, out_width)
 
 
 def band_shape(channels: int, width: int, rows: int, out_width: int, kernel_size: int,
                stride: int, padding: int) -> tuple[int, int, int]:
-    """Shape of im2col_rows's `band`: the input rows that `rows` output rows read, padded."""
+    """Shape of im2col_rows's `band`: the input rows that `rows` output rows read, padded.
+
+    Rows are rounded up to a multiple of 16 values (64 bytes in float32), so that in a
+    64-byte-aligned band every row starts a cache line: gemm.py's vector loads at column
+    j + 0 (j a multiple of 16) then never straddle two lines."""
     K, S, P = kernel_size, stride, padding
-    return channels, (rows - 1) * S + K, max(width + 2 * P, (out_width - 1) * S + K)
+    width = max(width + 2 * P, (out_width - 1) * S + K)
+    return channels, (rows - 1) * S + K, -(-width // 16) * 16
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -360,11 +297,6 @@ def _band_columns(x: np.ndarray, index: int, bands: int, R: int, Ho: int, Wo: in
     return n, pixels, col, probe
 
 
-def _pieces(Kd: int) -> int:
-    """Blocks of 48 pixels per piece of blocked columns: about PIECE_BYTES."""
-    return max(1, PIECE_BYTES // (Kd * BLOCK * 4))
-
-
 def _blocked(dtype: np.dtype, K: int, S: int, P: int, Wo: int) -> bool:
     """Whether a convolution's product goes to gemm.blocked_product (conv_band): float32,
     stride 1, not 1x1 (its columns are x itself), output rows a multiple of 16 pixels wide.
@@ -373,12 +305,24 @@ def _blocked(dtype: np.dtype, K: int, S: int, P: int, Wo: int) -> bool:
             and P <= K - 1)
 
 
-def _blocked_weight(dtype: np.dtype, K: int, S: int, P: int, Wo: int, Cin: int,
-                    Cout: int) -> bool:
-    """Whether a weight gradient goes to gemm.blocked_weight_product (weight_band): as
-    _blocked, with at least one tile of K_TILE rows and at most 32 output channels (beyond,
-    BLAS is as fast: bench/bench_conv_parts.py)."""
-    return _blocked(dtype, K, S, P, Wo) and Cin * K * K >= K_TILE and Cout <= 32
+def _direct_weight(dtype: np.dtype, K: int, S: int, P: int, Wo: int) -> bool:
+    """Whether a weight gradient goes to gemm.direct_weight_product (weight_band): as
+    _blocked, for 3x3 kernels (its 9 taps are spelled out)."""
+    return _blocked(dtype, K, S, P, Wo) and K == 3
+
+
+WEIGHT_BAND_BYTES = 1 << 20  # input rows per weight-gradient item: ~1 MiB of padded band
+
+
+def _weight_bands(Cin: int, W: int, Ho: int, K: int, P: int, itemsize: int) -> tuple[int, int]:
+    """(R, number of bands) for weight_band: bands of R output rows whose padded input rows
+    take about WEIGHT_BAND_BYTES (no columns are stored, so bands can be tall: fewer, longer
+    sweeps over the pixels)."""
+    per_row = Cin * (W + 2 * P) * itemsize
+    R = max(1, min(Ho, WEIGHT_BAND_BYTES // per_row - (K - 1)))
+    bands = -(-Ho // R)
+    R = -(-Ho // bands)  # even the bands out
+    return R, -(-Ho // R)
 
 
 def _bands(Ho: int, Wo: int, rows_of_col: int, itemsize: int) -> tuple[int, int]:
@@ -493,31 +437,8 @@ def _weight_gradient(x: np.ndarray, dy: np.ndarray, kernel_size: int, stride: in
     pieces = N * bands
     groups = min(pieces, WEIGHT_GRADIENT_GROUPS)
     partial = [None] * groups
-    if _blocked_weight(x.dtype, K, S, P, Wo, Cin, Cout):
-        outputs = -(-Cout // 16) * 16                                  # Cout, padded to 16
-
-        per_piece = _pieces(Cin * K * K)
-        W = x.shape[3]
-
-        def blocked_item(group: int, slot: int) -> None:
-            first, last = group * pieces // groups, (group + 1) * pieces // groups
-            dw_t = np.zeros((Cin * K * K, outputs), dtype=x.dtype)
-            for index in range(first, last):
-                n, band = divmod(index, bands)
-                rows = min(R, Ho - band * R)
-                weight_band(
-                    x, n, K, P, band * R, Wo,
-                    dy_rows[n, :, band * R * Wo:(band * R + rows) * Wo], dw_t,
-                    _scratch.get(slot, "band", band_shape(Cin, W, rows, Wo, K, S, P), x.dtype),
-                    _scratch.get(slot, "piece", (per_piece, Cin * K * K, BLOCK), x.dtype),
-                    _scratch.get(slot, "g_t", (per_piece * BLOCK, outputs), x.dtype))
-            partial[group] = dw_t[:, :Cout]
-
-        parallel_for(blocked_item, groups, serial=_small(N, Cin, Cout, Ho, Wo, K))
-        dw_t = partial[0]
-        for group in range(1, groups):
-            dw_t += partial[group]
-        return np.ascontiguousarray(dw_t.T).reshape(Cout, Cin, K, K)
+    if _direct_weight(x.dtype, K, S, P, Wo):
+        return _direct_weight_gradient(x, dy_rows, Ho, Wo, P)
 
     def item(group: int, slot: int) -> None:
         first, last = group * pieces // groups, (group + 1) * pieces // groups
@@ -539,6 +460,38 @@ def _weight_gradient(x: np.ndarray, dy: np.ndarray, kernel_size: int, stride: in
     for group in range(1, groups):
         dw_t += partial[group]
     return np.ascontiguousarray(dw_t.T).reshape(Cout, Cin, K, K)
+
+
+def _direct_weight_gradient(x: np.ndarray, dy_rows: np.ndarray, Ho: int, Wo: int,
+                            P: int) -> np.ndarray:
+    """_weight_gradient of a float32 3x3 stride-1 convolution by weight_band: the same
+    grouping into WEIGHT_GRADIENT_GROUPS runs of (image, band) pieces, each summed in order
+    into its own partial dw (Cout, Cin*9), the partials added in run order: the same bits on
+    every run."""
+    N, Cin, _, W = x.shape
+    Cout = dy_rows.shape[1]
+    R, bands = _weight_bands(Cin, W, Ho, 3, P, x.itemsize)
+    pieces = N * bands
+    groups = min(pieces, WEIGHT_GRADIENT_GROUPS)
+    partial = [None] * groups
+
+    def item(group: int, slot: int) -> None:
+        first, last = group * pieces // groups, (group + 1) * pieces // groups
+        dw = np.zeros((Cout, Cin * 9), dtype=x.dtype)
+        for index in range(first, last):
+            n, band = divmod(index, bands)
+            rows = min(R, Ho - band * R)
+            g = dy_rows[n, :, band * R * Wo:(band * R + rows) * Wo]   # (Cout, rows*Wo)
+            weight_band(x, n, P, band * R, Wo, g, dw,
+                        _scratch.get(slot, "band", band_shape(Cin, W, rows, Wo, 3, 1, P),
+                                     x.dtype))
+        partial[group] = dw
+
+    parallel_for(item, groups, serial=_small(N, Cin, Cout, Ho, Wo, 3))
+    dw = partial[0]
+    for group in range(1, groups):
+        dw += partial[group]
+    return dw.reshape(Cout, Cin, 3, 3)
 
 
 def _flipped(weight: np.ndarray) -> np.ndarray:

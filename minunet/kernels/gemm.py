@@ -1,25 +1,25 @@
-"""The convolution's matrix products, register-tiled, for float32 on AVX-512.
+"""The convolution's two products, register-tiled, for float32 on AVX-512: no im2col at all.
 
 BLAS is slow on the U-Net's products: they have few rows (Cout = 8 to 128 output channels)
 and a long pixel axis, and OpenBLAS first copies ("packs") the whole column matrix, which
-im2col has just written, before multiplying. This kernel multiplies the columns where im2col
-left them, in a layout made for it: `colb` (blocks, Cin*K*K, 48), the columns of 48
-consecutive pixels stored one block after another, so that each block is read front to
-back. For every block and every 8 output channels it keeps the 8 x 48 results in 24 vector
-registers (`simd.py`) while it runs over k:
+im2col has just written (9 copies of the input for a 3x3 convolution). These two kernels read
+the input where conv._fill_band left it, one band of rows copied once with its zero padding,
+and keep a tile of their results in vector registers (`simd.py`) for the whole sum:
 
-    for k in range(Cin*K*K):
-        c0, c1, c2 = colb[b, k, 0:16], colb[b, k, 16:32], colb[b, k, 32:48]
-        for each of the 8 channels o:  acc[o] += w[o, k] * (c0, c1, c2)   # 3 fused mul-adds
+- `direct_product` (forward, and the input gradient, itself a convolution): 8 output
+  channels x 48 pixels (three vectors of 16, each inside one output row) at a time; for every
+  input channel c and tap (kh, kw) it loads the three input vectors straight from the band and
+  adds w[o, c, kh, kw] * them to the 24 sums: 3 loads and 8 scalar broadcasts feed 24 fused
+  multiply-adds.
+- `direct_weight_product` (the weight gradient): 3 output channels x 9 taps of one input
+  channel at a time, 27 sums kept as 16-lane partial sums while the loop runs over the band's
+  pixels: per 16 pixels, 9 input vectors and 3 output-gradient vectors feed 27 fused
+  multiply-adds; the lanes are added at the end.
 
-3 loads and 8 scalar broadcasts feed 24 multiply-adds, so the loop runs at the speed of the
-multiply-add units instead of the memory's. The weight gradient's product, dw^T = col @ g^T
-(`blocked_weight_product`), reads the same blocked columns and keeps 24 rows k x 16 output
-channels in registers. `bench/bench_conv_parts.py` times both against np.matmul on the same
-columns.
-
-Each output is the sum over k in order, fused multiply-adds, one rounding each: within float32
-rounding of BLAS's (which sums in another order); tests compare it with the readable layers.
+So the loops run at the speed of the multiply-add units, not of the memory. `bench/
+bench_conv_parts.py` times both against the BLAS route on the same shapes. Each result is a
+sum in a fixed order (so results do not depend on threads), within float32 rounding of BLAS's;
+tests/test_gemm.py compares them with float64 products.
 """
 
 from __future__ import annotations
@@ -27,148 +27,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .simd import vadd, vfma, vload, vstore, vzero
+from .simd import vfma, vload, vmul_add, vstore, vsum, vzero
 
-BLOCK = 48   # pixels per block of colb: three vectors of 16 float32
-TILE = 8     # output channels per register tile
-
-
-@njit(cache=True, nogil=True)
-def blocked_product(wt: np.ndarray, colb: np.ndarray, y: np.ndarray, spare: np.ndarray) -> None:
-    """y[o, b*48 + l] = sum_k wt[k, o] * colb[b, k, l] for every column of y.
-
-    wt (Cin*K*K, Cout) float32, C-contiguous (the weight, transposed); colb (blocks, Cin*K*K,
-    48) float32, C-contiguous, with blocks * 48 >= y.shape[1] (the last block's extra lanes
-    are computed and dropped); y (Cout, pixels) float32 with unit stride along pixels (a
-    band of one image's output); spare (TILE, 48) float32 scratch for the last, partial block.
-    """
-    kd, cout = wt.shape
-    pixels = y.shape[1]
-    full = cout - cout % TILE
-    for b in range(colb.shape[0]):
-        cb = colb[b]                                          # (Cin*K*K, 48)
-        p = b * BLOCK
-        last = p + BLOCK > pixels
-        for o in range(0, full, TILE):
-            a0 = vzero(); a1 = vzero(); a2 = vzero(); a3 = vzero()  # noqa: E702
-            a4 = vzero(); a5 = vzero(); a6 = vzero(); a7 = vzero()  # noqa: E702
-            b0 = vzero(); b1 = vzero(); b2 = vzero(); b3 = vzero()  # noqa: E702
-            b4 = vzero(); b5 = vzero(); b6 = vzero(); b7 = vzero()  # noqa: E702
-            d0 = vzero(); d1 = vzero(); d2 = vzero(); d3 = vzero()  # noqa: E702
-            d4 = vzero(); d5 = vzero(); d6 = vzero(); d7 = vzero()  # noqa: E702
-            for k in range(kd):
-                c0 = vload(cb, k, 0)
-                c1 = vload(cb, k, 16)
-                c2 = vload(cb, k, 32)
-                w = wt[k, o]
-                a0 = vfma(c0, w, a0); b0 = vfma(c1, w, b0); d0 = vfma(c2, w, d0)  # noqa: E702
-                w = wt[k, o + 1]
-                a1 = vfma(c0, w, a1); b1 = vfma(c1, w, b1); d1 = vfma(c2, w, d1)  # noqa: E702
-                w = wt[k, o + 2]
-                a2 = vfma(c0, w, a2); b2 = vfma(c1, w, b2); d2 = vfma(c2, w, d2)  # noqa: E702
-                w = wt[k, o + 3]
-                a3 = vfma(c0, w, a3); b3 = vfma(c1, w, b3); d3 = vfma(c2, w, d3)  # noqa: E702
-                w = wt[k, o + 4]
-                a4 = vfma(c0, w, a4); b4 = vfma(c1, w, b4); d4 = vfma(c2, w, d4)  # noqa: E702
-                w = wt[k, o + 5]
-                a5 = vfma(c0, w, a5); b5 = vfma(c1, w, b5); d5 = vfma(c2, w, d5)  # noqa: E702
-                w = wt[k, o + 6]
-                a6 = vfma(c0, w, a6); b6 = vfma(c1, w, b6); d6 = vfma(c2, w, d6)  # noqa: E702
-                w = wt[k, o + 7]
-                a7 = vfma(c0, w, a7); b7 = vfma(c1, w, b7); d7 = vfma(c2, w, d7)  # noqa: E702
-            out = spare if last else y[o:o + TILE, p:p + BLOCK]  # (8, 48)
-            vstore(out, 0, 0, a0); vstore(out, 0, 16, b0); vstore(out, 0, 32, d0)  # noqa: E702
-            vstore(out, 1, 0, a1); vstore(out, 1, 16, b1); vstore(out, 1, 32, d1)  # noqa: E702
-            vstore(out, 2, 0, a2); vstore(out, 2, 16, b2); vstore(out, 2, 32, d2)  # noqa: E702
-            vstore(out, 3, 0, a3); vstore(out, 3, 16, b3); vstore(out, 3, 32, d3)  # noqa: E702
-            vstore(out, 4, 0, a4); vstore(out, 4, 16, b4); vstore(out, 4, 32, d4)  # noqa: E702
-            vstore(out, 5, 0, a5); vstore(out, 5, 16, b5); vstore(out, 5, 32, d5)  # noqa: E702
-            vstore(out, 6, 0, a6); vstore(out, 6, 16, b6); vstore(out, 6, 32, d6)  # noqa: E702
-            vstore(out, 7, 0, a7); vstore(out, 7, 16, b7); vstore(out, 7, 32, d7)  # noqa: E702
-            if last:
-                y[o:o + TILE, p:] = spare[:, :pixels - p]
-        for o in range(full, cout):  # the channels left over: one at a time
-            a0 = vzero(); b0 = vzero(); d0 = vzero()  # noqa: E702
-            for k in range(kd):
-                w = wt[k, o]
-                a0 = vfma(vload(cb, k, 0), w, a0)
-                b0 = vfma(vload(cb, k, 16), w, b0)
-                d0 = vfma(vload(cb, k, 32), w, d0)
-            out = spare if last else y[o:o + 1, p:p + BLOCK]
-            vstore(out, 0, 0, a0); vstore(out, 0, 16, b0); vstore(out, 0, 32, d0)  # noqa: E702
-            if last:
-                y[o, p:] = spare[0, :pixels - p]
-
-
-@njit(cache=True, nogil=True, inline="always")
-def vadd_store(a: np.ndarray, i: int, j: int, v) -> None:  # noqa: ANN001
-    """a[i, j:j+16] += v."""
-    vstore(a, i, j, vadd(vload(a, i, j), v))
-
-
-K_TILE = 24  # rows of the weight gradient per register tile
-
-
-@njit(cache=True, nogil=True)
-def blocked_weight_product(colb: np.ndarray, g_t: np.ndarray, dw_t: np.ndarray) -> None:
-    """dw_t[k, o] += sum_p colb[p // 48, k, p % 48] * g_t[p, o] over every pixel p of colb.
-
-    The weight gradient's product (col @ g^T) on blocked columns, with the output gradient
-    transposed: colb (blocks, Cin*K*K, 48) float32 as im2col_blocks writes it; g_t
-    (blocks*48, Cout) float32, C-contiguous, Cout a multiple of 16 (rows past the band's
-    pixels must be finite: colb is 0 there); dw_t (Cin*K*K, Cout) float32, C-contiguous.
-    For 24 rows k and 16 channels o at a time, 24 vectors of 16 channels stay in registers
-    over every pixel:
-
-        for each pixel p:  acc[k] += colb[.., k, ..] * g_t[p, o:o+16]   (24 fused mul-adds)
-
-    so no partial sums are written before the end, and no lanes need adding up.
-    """
-    blocks, kd, _ = colb.shape
-    cout = g_t.shape[1]
-    k_full = kd - kd % K_TILE
-    for o in range(0, cout, 16):
-        for k in range(0, k_full, K_TILE):
-            a0 = vzero(); a1 = vzero(); a2 = vzero(); a3 = vzero()  # noqa: E702
-            a4 = vzero(); a5 = vzero(); a6 = vzero(); a7 = vzero()  # noqa: E702
-            a8 = vzero(); a9 = vzero(); a10 = vzero(); a11 = vzero()  # noqa: E702
-            a12 = vzero(); a13 = vzero(); a14 = vzero(); a15 = vzero()  # noqa: E702
-            a16 = vzero(); a17 = vzero(); a18 = vzero(); a19 = vzero()  # noqa: E702
-            a20 = vzero(); a21 = vzero(); a22 = vzero(); a23 = vzero()  # noqa: E702
-            for b in range(blocks):
-                cb = colb[b, k:k + K_TILE]                  # (24, 48)
-                for lane in range(BLOCK):
-                    e = vload(g_t, b * BLOCK + lane, o)     # g_t[p, o:o+16]
-                    a0 = vfma(e, cb[0, lane], a0); a1 = vfma(e, cb[1, lane], a1)  # noqa: E702
-                    a2 = vfma(e, cb[2, lane], a2); a3 = vfma(e, cb[3, lane], a3)  # noqa: E702
-                    a4 = vfma(e, cb[4, lane], a4); a5 = vfma(e, cb[5, lane], a5)  # noqa: E702
-                    a6 = vfma(e, cb[6, lane], a6); a7 = vfma(e, cb[7, lane], a7)  # noqa: E702
-                    a8 = vfma(e, cb[8, lane], a8); a9 = vfma(e, cb[9, lane], a9)  # noqa: E702
-                    a10 = vfma(e, cb[10, lane], a10); a11 = vfma(e, cb[11, lane], a11)  # noqa: E702
-                    a12 = vfma(e, cb[12, lane], a12); a13 = vfma(e, cb[13, lane], a13)  # noqa: E702
-                    a14 = vfma(e, cb[14, lane], a14); a15 = vfma(e, cb[15, lane], a15)  # noqa: E702
-                    a16 = vfma(e, cb[16, lane], a16); a17 = vfma(e, cb[17, lane], a17)  # noqa: E702
-                    a18 = vfma(e, cb[18, lane], a18); a19 = vfma(e, cb[19, lane], a19)  # noqa: E702
-                    a20 = vfma(e, cb[20, lane], a20); a21 = vfma(e, cb[21, lane], a21)  # noqa: E702
-                    a22 = vfma(e, cb[22, lane], a22); a23 = vfma(e, cb[23, lane], a23)  # noqa: E702
-            vadd_store(dw_t, k, o, a0); vadd_store(dw_t, k + 1, o, a1)  # noqa: E702
-            vadd_store(dw_t, k + 2, o, a2); vadd_store(dw_t, k + 3, o, a3)  # noqa: E702
-            vadd_store(dw_t, k + 4, o, a4); vadd_store(dw_t, k + 5, o, a5)  # noqa: E702
-            vadd_store(dw_t, k + 6, o, a6); vadd_store(dw_t, k + 7, o, a7)  # noqa: E702
-            vadd_store(dw_t, k + 8, o, a8); vadd_store(dw_t, k + 9, o, a9)  # noqa: E702
-            vadd_store(dw_t, k + 10, o, a10); vadd_store(dw_t, k + 11, o, a11)  # noqa: E702
-            vadd_store(dw_t, k + 12, o, a12); vadd_store(dw_t, k + 13, o, a13)  # noqa: E702
-            vadd_store(dw_t, k + 14, o, a14); vadd_store(dw_t, k + 15, o, a15)  # noqa: E702
-            vadd_store(dw_t, k + 16, o, a16); vadd_store(dw_t, k + 17, o, a17)  # noqa: E702
-            vadd_store(dw_t, k + 18, o, a18); vadd_store(dw_t, k + 19, o, a19)  # noqa: E702
-            vadd_store(dw_t, k + 20, o, a20); vadd_store(dw_t, k + 21, o, a21)  # noqa: E702
-            vadd_store(dw_t, k + 22, o, a22); vadd_store(dw_t, k + 23, o, a23)  # noqa: E702
-        for k in range(k_full, kd):                         # the rows left over, one by one
-            a0 = vzero()
-            for b in range(blocks):
-                for lane in range(BLOCK):
-                    a0 = vfma(vload(g_t, b * BLOCK + lane, o), colb[b, k, lane], a0)
-            vadd_store(dw_t, k, o, a0)
+BLOCK = 48   # output pixels per register tile of direct_product: three vectors of 16
+TILE = 8     # output channels per register tile of direct_product
 
 
 @njit(cache=True, nogil=True)
@@ -258,3 +120,72 @@ def direct_product(band: np.ndarray, w_t: np.ndarray, y: np.ndarray, kernel_size
                         k += 1
             vstore(spare, 0, 0, a0); vstore(spare, 0, 16, b0); vstore(spare, 0, 32, d0)  # noqa: E702
             y[o, q0:q0 + count] = spare[0, :count]
+
+
+@njit(cache=True, nogil=True)
+def direct_weight_product(band: np.ndarray, g: np.ndarray, dw: np.ndarray,
+                          out_width: int) -> None:
+    """dw[o, (c*3 + kh)*3 + kw] += sum_{r,j} g[o, r*Wo + j] band[c, r + kh, j + kw]: a 3x3
+    stride-1 convolution's weight gradient over one band, read straight from the band.
+
+    band (Cin, rows_in, padded_width) float32 (conv._fill_band's); g (Cout, R*Wo) float32,
+    the output gradient there, unit stride along pixels, Wo a multiple of 16; dw (Cout, Cin*9)
+    float32 (added to). For 3 output channels and one input channel at a time, the 27 sums
+    (3 x 9 taps) stay in registers as 16-lane partial sums while the loop runs over the
+    band's pixels; the lanes are added at the end.
+    """
+    C = band.shape[0]
+    cout, pixels = g.shape
+    Wo = out_width
+    vectors = pixels // 16
+    for o in range(0, cout, 3):
+        o1 = min(o + 1, cout - 1)               # past the last channel: computed, not kept
+        o2 = min(o + 2, cout - 1)
+        for c in range(C):
+            rows = band[c]                      # (rows_in, padded_width)
+            a0 = vzero(); a1 = vzero(); a2 = vzero(); a3 = vzero(); a4 = vzero()  # noqa: E702
+            a5 = vzero(); a6 = vzero(); a7 = vzero(); a8 = vzero()  # noqa: E702
+            b0 = vzero(); b1 = vzero(); b2 = vzero(); b3 = vzero(); b4 = vzero()  # noqa: E702
+            b5 = vzero(); b6 = vzero(); b7 = vzero(); b8 = vzero()  # noqa: E702
+            d0 = vzero(); d1 = vzero(); d2 = vzero(); d3 = vzero(); d4 = vzero()  # noqa: E702
+            d5 = vzero(); d6 = vzero(); d7 = vzero(); d8 = vzero()  # noqa: E702
+            r = 0
+            j = 0
+            for v in range(vectors):
+                e = vload(g, o, v * 16)
+                f = vload(g, o1, v * 16)
+                h = vload(g, o2, v * 16)
+                x = vload(rows, r, j)
+                a0 = vmul_add(x, e, a0); b0 = vmul_add(x, f, b0); d0 = vmul_add(x, h, d0)  # noqa: E702
+                x = vload(rows, r, j + 1)
+                a1 = vmul_add(x, e, a1); b1 = vmul_add(x, f, b1); d1 = vmul_add(x, h, d1)  # noqa: E702
+                x = vload(rows, r, j + 2)
+                a2 = vmul_add(x, e, a2); b2 = vmul_add(x, f, b2); d2 = vmul_add(x, h, d2)  # noqa: E702
+                x = vload(rows, r + 1, j)
+                a3 = vmul_add(x, e, a3); b3 = vmul_add(x, f, b3); d3 = vmul_add(x, h, d3)  # noqa: E702
+                x = vload(rows, r + 1, j + 1)
+                a4 = vmul_add(x, e, a4); b4 = vmul_add(x, f, b4); d4 = vmul_add(x, h, d4)  # noqa: E702
+                x = vload(rows, r + 1, j + 2)
+                a5 = vmul_add(x, e, a5); b5 = vmul_add(x, f, b5); d5 = vmul_add(x, h, d5)  # noqa: E702
+                x = vload(rows, r + 2, j)
+                a6 = vmul_add(x, e, a6); b6 = vmul_add(x, f, b6); d6 = vmul_add(x, h, d6)  # noqa: E702
+                x = vload(rows, r + 2, j + 1)
+                a7 = vmul_add(x, e, a7); b7 = vmul_add(x, f, b7); d7 = vmul_add(x, h, d7)  # noqa: E702
+                x = vload(rows, r + 2, j + 2)
+                a8 = vmul_add(x, e, a8); b8 = vmul_add(x, f, b8); d8 = vmul_add(x, h, d8)  # noqa: E702
+                j += 16
+                if j == Wo:
+                    j = 0
+                    r += 1
+            k = c * 9
+            dw[o, k] += vsum(a0); dw[o, k + 1] += vsum(a1); dw[o, k + 2] += vsum(a2)  # noqa: E702
+            dw[o, k + 3] += vsum(a3); dw[o, k + 4] += vsum(a4); dw[o, k + 5] += vsum(a5)  # noqa: E702
+            dw[o, k + 6] += vsum(a6); dw[o, k + 7] += vsum(a7); dw[o, k + 8] += vsum(a8)  # noqa: E702
+            if o1 > o:
+                dw[o1, k] += vsum(b0); dw[o1, k + 1] += vsum(b1); dw[o1, k + 2] += vsum(b2)  # noqa: E702
+                dw[o1, k + 3] += vsum(b3); dw[o1, k + 4] += vsum(b4); dw[o1, k + 5] += vsum(b5)  # noqa: E702
+                dw[o1, k + 6] += vsum(b6); dw[o1, k + 7] += vsum(b7); dw[o1, k + 8] += vsum(b8)  # noqa: E702
+            if o2 > o1:
+                dw[o2, k] += vsum(d0); dw[o2, k + 1] += vsum(d1); dw[o2, k + 2] += vsum(d2)  # noqa: E702
+                dw[o2, k + 3] += vsum(d3); dw[o2, k + 4] += vsum(d4); dw[o2, k + 5] += vsum(d5)  # noqa: E702
+                dw[o2, k + 6] += vsum(d6); dw[o2, k + 7] += vsum(d7); dw[o2, k + 8] += vsum(d8)  # noqa: E702

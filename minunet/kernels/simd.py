@@ -2,16 +2,17 @@
 
 Numba vectorises a loop by itself only along its innermost index, and then keeps partial
 results in memory. A matrix-product kernel fast enough to beat BLAS on the U-Net's shapes
-needs the opposite: a tile of the result (8 output channels x 48 pixels here) held in vector
+needs the opposite: a tile of the result (8 output channels x 48 pixels, say) held in vector
 registers across the whole sum over k. This module gives Numba a value type for one vector of
-16 float32 (LLVM's `<16 x float>`, one AVX-512 register) and five operations on it, each a few
+16 float32 (LLVM's `<16 x float>`, one AVX-512 register) and six operations on it, each a few
 lines of LLVM IR (`numba.extending.intrinsic`):
 
     vzero()            -> 16 zeros
     vload(a, i, j)     -> a[i, j : j + 16]           (a 2-D float32 array, unit stride along j)
     vstore(a, i, j, v) :  a[i, j : j + 16] = v
     vfma(x, s, acc)    -> acc + x * s                (s a float32 scalar, fused multiply-add)
-    vadd(x, y)         -> x + y                      (lane by lane)
+    vmul_add(x, y, acc)-> acc + x * y                (lane by lane, fused)
+    vsum(v)            -> v[0] + ... + v[15]         (a float32, pairwise in a fixed order)
 
 No bounds checks: the caller guarantees j + 16 <= a.shape[1]. On a CPU without AVX-512 LLVM
 splits each vector into narrower ones (correct, slower); `HAVE_AVX512` lets callers choose
@@ -129,11 +130,34 @@ def vfma(typingctx, x, s, acc):  # noqa: ANN001, ANN201
 
 
 @intrinsic
-def vadd(typingctx, x, y):  # noqa: ANN001, ANN201
-    """x + y lane by lane."""
-    if not (x == float32x16 and y == float32x16):
+def vmul_add(typingctx, x, y, acc):  # noqa: ANN001, ANN201
+    """acc + x * y lane by lane, fused (one rounding)."""
+    if not (x == float32x16 and y == float32x16 and acc == float32x16):
         return None
 
     def codegen(context, builder, signature, args):  # noqa: ANN001
-        return builder.fadd(args[0], args[1])
-    return float32x16(x, y), codegen
+        fma = cgutils.get_or_insert_function(builder.module,
+                                             ir.FunctionType(_VECTOR, [_VECTOR] * 3),
+                                             f"llvm.fma.v{LANES}f32")
+        return builder.call(fma, list(args))
+    return float32x16(x, y, acc), codegen
+
+
+@intrinsic
+def vsum(typingctx, v):  # noqa: ANN001, ANN201
+    """The sum of the 16 lanes (a float32), added pairwise: lanes i and i + 8, then i and
+    i + 4, and so on, always in the same order."""
+    if v != float32x16:
+        return None
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001
+        value = args[0]
+        width = LANES
+        while width > 1:  # add the upper half onto the lower half
+            width //= 2
+            upper = builder.shuffle_vector(
+                value, value, ir.Constant(ir.VectorType(ir.IntType(32), LANES),
+                                          [(i + width) % LANES for i in range(LANES)]))
+            value = builder.fadd(value, upper)
+        return builder.extract_element(value, ir.Constant(ir.IntType(32), 0))
+    return types.float32(v), codegen
