@@ -245,6 +245,37 @@ def col2im_image(col: np.ndarray, dx: np.ndarray, n: int, kernel_size: int, stri
         _col2im_image(col, dx, n, kernel_size, stride, padding, out_width)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _place_image(col: np.ndarray, dx: np.ndarray, n: int, kernel_size: int,
+                 out_width: int) -> None:
+    """The body of place_image."""
+    _, C, H, W = dx.shape
+    K, Wo = kernel_size, out_width
+    Ho = col.shape[1] // Wo
+    for c in range(C):
+        for kh in range(K):
+            for i in range(Ho):
+                dst = dx[n, c, i * K + kh]                          # (W,)
+                base = i * Wo
+                for kw in range(K):
+                    src = col[(c * K + kh) * K + kw]                # (Ho*Wo,)
+                    for j in range(Wo):
+                        dst[j * K + kw] = src[base + j]
+
+
+@njit(cache=True, nogil=True)
+def place_image(col: np.ndarray, dx: np.ndarray, n: int, kernel_size: int,
+                out_width: int) -> None:
+    """col2im_image when the windows tile the image exactly (stride = K, no padding, the
+    image (Ho*K, Wo*K)): every dx value comes from one col entry, so it is written, not
+    added, and dx[n] need not be zeroed first. The 2x2 case (the U-Net's transposed
+    convolution) gets its own compiled copy."""
+    if kernel_size == 2:
+        _place_image(col, dx, n, 2, out_width)
+    else:
+        _place_image(col, dx, n, kernel_size, out_width)
+
+
 class _Scratch:
     """One growing scratch buffer per (thread slot, purpose, dtype), reused between calls:
     allocating fresh column buffers each call costs a page fault per 4 KiB. Not for use from
@@ -340,6 +371,21 @@ def _small(N: int, Cin: int, Cout: int, Ho: int, Wo: int, K: int) -> bool:
 
 
 # ------------------------------------------------------------------ the three computations
+def _product(a: np.ndarray, a_t: np.ndarray, b: np.ndarray, out: np.ndarray,
+             slot: int) -> None:
+    """out = a @ b, for a (M, K), a_t = a.T C-contiguous (K, M), b (K, P), out (M, P).
+
+    In float32, with P a multiple of 16 and b and out of unit stride along P, this is
+    gemm.direct_product with a 1x1 kernel: b's rows read as a band of one row of P pixels.
+    Elsewhere np.matmul (BLAS)."""
+    if (USE_BLOCKED and b.dtype == np.float32 and b.shape[1] % simd.LANES == 0
+            and b.strides[1] == b.itemsize and out.strides[1] == out.itemsize):
+        direct_product(b.reshape(b.shape[0], 1, b.shape[1]), a_t, out, 1, b.shape[1],
+                       _scratch.get(slot, "spare", (TILE, BLOCK), b.dtype))
+    else:
+        np.matmul(a, b, out=out)
+
+
 def _forward(x: np.ndarray, weight: np.ndarray, stride: int, padding: int,
              bias: np.ndarray | None = None, who: str | None = None,
              name: str = "input") -> np.ndarray:
@@ -361,7 +407,7 @@ def _forward(x: np.ndarray, weight: np.ndarray, stride: int, padding: int,
     R, bands = _bands(Ho, Wo, Cin * K * K, x.itemsize)
     probes = np.zeros(N * bands)                                       # one per item
     blocked = _blocked(x.dtype, K, S, P, Wo)
-    w_t = np.ascontiguousarray(w_rows.T) if blocked else None         # (Cin*K*K, Cout)
+    w_t = np.ascontiguousarray(w_rows.T)                               # (Cin*K*K, Cout)
 
     def item(index: int, slot: int) -> None:
         if blocked:
@@ -376,7 +422,7 @@ def _forward(x: np.ndarray, weight: np.ndarray, stride: int, padding: int,
             n, pixels, col, probes[index] = _band_columns(x, index, bands, R, Ho, Wo, K, S,
                                                           P, slot)
             out = y_rows[n, :, pixels]                                 # (Cout, R*Wo), a view
-            np.matmul(w_rows, col, out=out)
+            _product(w_rows, w_t, col, out, slot)
         if bias is not None:
             out += bias[:, None]
 
@@ -403,12 +449,16 @@ def _adjoint(dy: np.ndarray, weight: np.ndarray, stride: int, padding: int, heig
     w_cols = np.ascontiguousarray(weight.reshape(Cout, Cin * K * K).T)  # (Cin*K*K, Cout)
     dy_rows = dy.reshape(N, Cout, Ho * Wo)
     dx = np.empty((N, Cin, height, width), dtype=dy.dtype)               # (N, Cin, H, W)
+    tiles = stride == K and padding == 0 and (height, width) == (Ho * K, Wo * K)
 
     def item(n: int, slot: int) -> None:  # one image
         dcol = _scratch.get(slot, "dcol", (Cin * K * K, Ho * Wo), dy.dtype)
-        np.matmul(w_cols, dy_rows[n], out=dcol)
-        dx[n] = 0
-        col2im_image(dcol, dx, n, K, stride, padding, Wo)
+        _product(w_cols, weight.reshape(Cout, Cin * K * K), dy_rows[n], dcol, slot)
+        if tiles:   # every dx value comes from one column entry
+            place_image(dcol, dx, n, K, Wo)
+        else:
+            dx[n] = 0
+            col2im_image(dcol, dx, n, K, stride, padding, Wo)
 
     parallel_for(item, N, serial=_small(N, Cin, Cout, Ho, Wo, K))
     return dx
