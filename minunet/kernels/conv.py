@@ -249,7 +249,7 @@ def col2im_image(col: np.ndarray, dx: np.ndarray, n: int, kernel_size: int, stri
 def _place_image(col: np.ndarray, dx: np.ndarray, n: int, kernel_size: int,
                  out_width: int) -> None:
     """The body of place_image."""
-    _, C, H, W = dx.shape
+    C = dx.shape[1]
     K, Wo = kernel_size, out_width
     Ho = col.shape[1] // Wo
     for c in range(C):
