@@ -2,10 +2,16 @@
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/bench_conv_parts.py [--repeats 30]
 
-1. im2col: `conv.im2col_rows` (its loops compiled with the U-Net's K, S, P as constants)
-   against the very same loop body compiled with K, S, P known only at run time.
-2. The weight gradient's product on one band: `col @ dy^T` (what `_weight_gradient` does)
-   against `dy @ col^T`, BLAS single-threaded as inside minunet's regions.
+0. The direct route (float32 on AVX-512: `gemm.direct_product`, `gemm.direct_weight_product`
+   reading the padded band, no im2col) against the BLAS route (im2col + np.matmul), on whole
+   3x3 layers of the U-Net's C2 configuration, 2 threads: forward, weight gradient, and the
+   input gradient (itself a convolution); then the two kernels alone on one band (one
+   thread, data in cache) in GFLOP/s, against np.matmul on that band's im2col columns.
+1. im2col (the BLAS route's): `conv.im2col_rows` (its loops compiled with the U-Net's K, S, P
+   as constants) against the very same loop body compiled with K, S, P known only at run time.
+2. The BLAS route's weight-gradient product on one band: `col @ dy^T` (what
+   `_weight_gradient` does) against `dy @ col^T`, BLAS single-threaded as inside minunet's
+   regions.
 3. The thread pool: an empty region of 8 items, and small regions run on one thread
    (`serial=True`) against two: batch norm + ReLU forward and backward at 1-8 MiB
    (threads.SERIAL_BYTES = 4 MiB) and a 3x3 convolution forward of 5-150 MFLOP
@@ -25,7 +31,7 @@ import numpy as np
 from numba import njit
 from threadpoolctl import threadpool_limits
 
-from minunet.kernels import batchnorm, conv, layers, threads
+from minunet.kernels import batchnorm, conv, gemm, layers, threads
 
 
 def alternate(a: Callable[[], object], b: Callable[[], object], repeats: int
@@ -41,6 +47,64 @@ def alternate(a: Callable[[], object], b: Callable[[], object], repeats: int
         b()
         tb.append(time.perf_counter() - t)
     return float(np.median(ta)), float(np.median(tb))
+
+
+def routed(direct: bool, fn: Callable[..., np.ndarray], *args: object) -> np.ndarray:
+    conv.USE_BLOCKED = direct
+    return fn(*args)
+
+
+def direct_route(repeats: int, rng: np.random.Generator) -> None:
+    available = conv.USE_BLOCKED
+    print(f"0. direct route (AVX-512 here: {available}) against BLAS, whole layers, batch 8, "
+          f"2 threads (ms): direct | BLAS | BLAS / direct")
+    if not available:
+        print("   skipped: no AVX-512 (or MINUNET_GEMM=blas), minunet uses BLAS everywhere")
+        return
+    threads.set_num_threads(2)
+    total = [0.0, 0.0]
+    for cin, cout, size in [(16, 16, 128), (32, 16, 128), (16, 32, 64), (32, 32, 64),
+                            (64, 64, 32), (128, 64, 32), (128, 128, 16)]:
+        x = rng.standard_normal((8, cin, size, size)).astype(np.float32)
+        w = rng.standard_normal((cout, cin, 3, 3)).astype(np.float32)
+        dy = rng.standard_normal((8, cout, size, size)).astype(np.float32)
+        line = []
+        for name, fn, args in [
+                ("forward", conv.conv2d_forward, (x, w, None, 1, 1)),
+                ("input grad", conv.conv2d_backward_input, (dy, w, 1, 1, size, size)),
+                ("weight grad", conv.conv2d_backward_weight, (x, dy, 3, 1, 1))]:
+            fast, slow = alternate(partial(routed, True, fn, *args),
+                                   partial(routed, False, fn, *args), repeats)
+            total[0] += fast
+            total[1] += slow
+            line.append(f"{name} {fast * 1e3:5.2f} | {slow * 1e3:5.2f} | {slow / fast:4.2f}x")
+        print(f"   {cin:3d}->{cout:3d} {size:3d}^2: " + "; ".join(line))
+    print(f"   all of them: {total[0] * 1e3:.1f} | {total[1] * 1e3:.1f} ms | "
+          f"{total[1] / total[0]:.2f}x")
+    conv.USE_BLOCKED = available
+    print("   the kernels alone, one band in cache, one thread (GFLOP/s): "
+          "direct_product | direct_weight_product | np.matmul on im2col columns")
+    with threadpool_limits(1):
+        for cin, cout, size in [(16, 16, 128), (32, 16, 128), (64, 32, 64), (128, 64, 32)]:
+            x = rng.standard_normal((1, cin, size, size)).astype(np.float32)
+            R, _ = conv._bands(size, size, cin * 9, 4)
+            band = np.zeros(conv.band_shape(cin, size, R, size, 3, 1, 1), np.float32)
+            col = np.empty((cin * 9, R * size), np.float32)
+            conv.im2col_rows(x, 0, 3, 1, 1, 0, size, col, band)  # also fills the band
+            w = rng.standard_normal((cout, cin * 9)).astype(np.float32)
+            w_t = np.ascontiguousarray(w.T)
+            g = rng.standard_normal((cout, R * size)).astype(np.float32)
+            y = np.empty((cout, R * size), np.float32)
+            dw = np.zeros((cout, cin * 9), np.float32)
+            spare = np.empty((gemm.TILE, gemm.BLOCK), np.float32)
+            forward, blas = alternate(
+                partial(gemm.direct_product, band, w_t, y, 3, size, spare),
+                partial(np.matmul, w, col, out=y), repeats)
+            weight, _ = alternate(partial(gemm.direct_weight_product, band, g, dw, size),
+                                  lambda: None, repeats)
+            flop = 2 * cout * cin * 9 * R * size
+            print(f"   {cin:3d}->{cout:3d} {size:3d}^2, {R} rows: {flop / forward / 1e9:5.0f} | "
+                  f"{flop / weight / 1e9:5.0f} | {flop / blas / 1e9:5.0f}")
 
 
 def im2col(repeats: int, rng: np.random.Generator) -> None:
@@ -120,6 +184,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
+    direct_route(args.repeats, rng)
     im2col(args.repeats, rng)
     weight_gradient(args.repeats, rng)
     pool(args.repeats, rng)

@@ -73,27 +73,30 @@ def blocked_route(monkeypatch, request):
         monkeypatch.setattr(kernels, "WEIGHT_BAND_BYTES", 1)
 
 
-# (N, Cin, Cout, H, W, K, P): output widths multiples of 16 (the direct route), Cout around
-# the tiles of 8 and 3
+# (N, Cin, Cout, H, W, K, P, weight gradient direct?): output widths multiples of 16 (the
+# direct route), Cout around the tiles of 8 and 3; the weight gradient is direct for 3x3
+# kernels on at least 32 x 32 output pixels
 BLOCKED_CASES = [
-    (2, 3, 5, 7, 32, 3, 1),
-    (1, 16, 16, 9, 16, 3, 1),
-    (2, 4, 33, 5, 48, 3, 1),
-    (1, 1, 8, 6, 16, 3, 1),
-    (1, 3, 4, 5, 18, 5, 1),    # K = 5, P = 1: Wo = 16 (the weight gradient goes to BLAS)
-    (2, 2, 3, 6, 14, 3, 2),    # P = 2: Wo = 16
+    (2, 3, 5, 7, 32, 3, 1, False),
+    (1, 16, 16, 9, 16, 3, 1, False),
+    (2, 4, 33, 5, 48, 3, 1, False),
+    (1, 3, 5, 33, 32, 3, 1, True),
+    (2, 1, 8, 32, 64, 3, 1, True),
+    (1, 2, 3, 36, 30, 3, 2, True),   # P = 2: 38 x 32 output pixels
+    (1, 3, 4, 40, 34, 5, 1, False),  # K = 5, P = 1: Wo = 32; BLAS for the weight gradient
 ]
 
 
 @pytest.mark.parametrize("case", BLOCKED_CASES)
 def test_blocked_convolution_matches_reference(blocked_route, case):
-    N, Cin, Cout, H, W, K, P = case
+    N, Cin, Cout, H, W, K, P, direct_weight = case
     rng = np.random.default_rng(sum(case))
     x = rng.standard_normal((N, Cin, H, W)).astype(np.float32)
     w = rng.standard_normal((Cout, Cin, K, K)).astype(np.float32)
     b = rng.standard_normal(Cout).astype(np.float32)
-    Wo = kernels.conv_output_size(W, K, 1, P)
+    Ho, Wo = kernels.conv_output_size(H, K, 1, P), kernels.conv_output_size(W, K, 1, P)
     assert kernels._blocked(np.float32, K, 1, P, Wo)
+    assert kernels._direct_weight(np.float32, K, 1, P, Ho, Wo) == direct_weight
 
     y = kernels.conv2d_forward(x, w, b, 1, P)
     y_ref = reference.conv2d_forward_reference(x, w, b, 1, P)
@@ -115,8 +118,9 @@ def test_the_route_is_chosen_by_dtype_stride_and_width(monkeypatch):
     assert not kernels._blocked(np.float32, 3, 1, 1, 8)    # rows not a multiple of 16 wide
     assert not kernels._blocked(np.float32, 2, 2, 0, 64)   # stride 2
     assert not kernels._blocked(np.float32, 1, 1, 0, 64)   # 1x1: the columns are x itself
-    assert kernels._direct_weight(np.float32, 3, 1, 1, 64)
-    assert not kernels._direct_weight(np.float32, 5, 1, 2, 64)    # 3x3 only
+    assert kernels._direct_weight(np.float32, 3, 1, 1, 32, 64)
+    assert not kernels._direct_weight(np.float32, 5, 1, 2, 32, 64)   # 3x3 only
+    assert not kernels._direct_weight(np.float32, 3, 1, 1, 16, 48)   # under 32 x 32 pixels
     monkeypatch.setattr(kernels, "USE_BLOCKED", False)
     assert not kernels._blocked(np.float32, 3, 1, 1, 64)
 

@@ -149,8 +149,8 @@ def test_weight_gradient_does_not_depend_on_which_thread_ran_what(monkeypatch, r
     monkeypatch.setattr(kernels, "COL_BYTES", 64)  # many (image, band) pieces
     monkeypatch.setattr(kernels, "WEIGHT_BAND_BYTES", 64)
     monkeypatch.setattr(kernels, "USE_BLOCKED", route == "direct")
-    W = 16 if route == "direct" else 11  # the direct route wants rows of 16 pixels
-    assert kernels._direct_weight(np.float32, 3, 1, 1, W) == (route == "direct")
+    W = 96 if route == "direct" else 11  # the direct route wants rows of 16k pixels
+    assert kernels._direct_weight(np.float32, 3, 1, 1, 13, W) == (route == "direct")
     rng = np.random.default_rng(0)
     x = rng.standard_normal((5, 3, 13, W)).astype(np.float32)
     dy = rng.standard_normal((5, 4, 13, W)).astype(np.float32)

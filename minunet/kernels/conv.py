@@ -336,10 +336,12 @@ def _blocked(dtype: np.dtype, K: int, S: int, P: int, Wo: int) -> bool:
             and P <= K - 1)
 
 
-def _direct_weight(dtype: np.dtype, K: int, S: int, P: int, Wo: int) -> bool:
+def _direct_weight(dtype: np.dtype, K: int, S: int, P: int, Ho: int, Wo: int) -> bool:
     """Whether a weight gradient goes to gemm.direct_weight_product (weight_band): as
-    _blocked, for 3x3 kernels (its 9 taps are spelled out)."""
-    return _blocked(dtype, K, S, P, Wo) and K == 3
+    _blocked, for 3x3 kernels (its 9 taps are spelled out) and images of at least 32 x 32
+    output pixels (on smaller ones its per-channel sweeps are too short to beat BLAS:
+    bench/bench_conv_parts.py)."""
+    return _blocked(dtype, K, S, P, Wo) and K == 3 and Ho * Wo >= 1024
 
 
 WEIGHT_BAND_BYTES = 1 << 20  # input rows per weight-gradient item: ~1 MiB of padded band
@@ -487,7 +489,7 @@ def _weight_gradient(x: np.ndarray, dy: np.ndarray, kernel_size: int, stride: in
     pieces = N * bands
     groups = min(pieces, WEIGHT_GRADIENT_GROUPS)
     partial = [None] * groups
-    if _direct_weight(x.dtype, K, S, P, Wo):
+    if _direct_weight(x.dtype, K, S, P, Ho, Wo):
         return _direct_weight_gradient(x, dy_rows, Ho, Wo, P)
 
     def item(group: int, slot: int) -> None:
