@@ -1,5 +1,5 @@
 """The register-tiled float32 products (kernels/gemm.py, simd.py) and the convolution's direct
-route through them (conv_band, weight_band): against float64 products and the NumPy reference,
+route through them (fill_band, then the products): against float64 products and the NumPy reference,
 at every remainder (channels not a multiple of the tiles, pixels not a multiple of 48, bands
 of every height), and the NaN/inf probe on that route."""
 

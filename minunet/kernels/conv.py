@@ -43,8 +43,8 @@ from . import simd
 from .gemm import BLOCK, TILE, direct_product, direct_weight_product
 from .threads import SERIAL_FLOPS, parallel_for
 
-# float32 products with K > 1 use gemm.blocked_product where the CPU has AVX-512;
-# MINUNET_GEMM=blas sends every product to BLAS (np.matmul) instead.
+# float32 stride-1 convolutions use gemm.direct_product (and direct_weight_product) where
+# the CPU has AVX-512 (see _blocked); MINUNET_GEMM=blas sends every product to BLAS instead.
 USE_BLOCKED = (simd.HAVE_AVX512 and simd.AVAILABLE
                and os.environ.get("MINUNET_GEMM", "").strip().lower() != "blas")
 
@@ -155,46 +155,16 @@ def im2col_rows(x: np.ndarray, n: int, kernel_size: int, stride: int, padding: i
 # band's input rows once (_fill_band, with the padding and the NaN/inf probe) and the
 # register-tiled products of gemm.py read the columns straight from there: no im2col.
 
-@njit(cache=True, nogil=True, inline="always")
-def _conv_band(x: np.ndarray, n: int, kernel_size: int, stride: int, padding: int,
-               row_start: int, out_width: int, w_t: np.ndarray, y: np.ndarray,
-               band: np.ndarray, spare: np.ndarray) -> float:
-    """The body of conv_band."""
-    probe = _fill_band(x, n, stride, padding, row_start, band)
-    direct_product(band, w_t, y, kernel_size, out_width, spare)
-    return probe
-
-
 @njit(cache=True, nogil=True, fastmath={"reassoc"})
-def conv_band(x: np.ndarray, n: int, kernel_size: int, padding: int, row_start: int,
-              out_width: int, w_t: np.ndarray, y: np.ndarray, band: np.ndarray,
-              spare: np.ndarray) -> float:
-    """y[o, r*Wo + j] = sum_k w_t[k, o] col[k, r*Wo + j]: one band of one image's output,
-    col = im2col(x[n]) for output rows r0 .. r0 + R - 1, R = y.shape[1] // Wo.
-
-    x (N, Cin, H, W) float32; w_t (Cin*K*K, Cout) the weight, transposed, C-contiguous;
-    y (Cout, R*Wo) with unit stride along pixels; scratch: band (band_shape(...)), spare
-    (8, 48). It copies the band's input rows into `band` with their zero padding (and the
-    NaN/inf probe, returned), then gemm.direct_product reads the columns straight from there:
-    no column is ever written. Stride 1 and Wo a multiple of 16 only (see _blocked); the 3x3
-    convolution gets its own compiled copy, as in im2col_rows.
-    """
-    if kernel_size == 3 and padding == 1:  # every 3x3 convolution, and its input gradient
-        return _conv_band(x, n, 3, 1, 1, row_start, out_width, w_t, y, band, spare)
-    return _conv_band(x, n, kernel_size, 1, padding, row_start, out_width, w_t, y, band,
-                      spare)
-
-
-@njit(cache=True, nogil=True)
-def weight_band(x: np.ndarray, n: int, padding: int, row_start: int, out_width: int,
-                g: np.ndarray, dw: np.ndarray, band: np.ndarray) -> None:
-    """dw[o, (c*3 + kh)*3 + kw] += sum_p g[o, p] col[(c*3 + kh)*3 + kw, p] over one band of
-    a 3x3 stride-1 convolution: the weight gradient's share of the band's output pixels p,
-    col = im2col(x[n]) for output rows r0 .. r0 + R - 1, g (Cout, R*Wo) the output gradient
-    there (unit stride along pixels, Wo a multiple of 16), dw (Cout, Cin*9) float32.
-    `band` is scratch of shape band_shape(Cin, W, R, Wo, 3, 1, P)."""
-    _fill_band(x, n, 1, padding, row_start, band)
-    direct_weight_product(band, g, dw, out_width)
+def fill_band(x: np.ndarray, n: int, padding: int, row_start: int, band: np.ndarray) -> float:
+    """band[c, i, P + w] = x[n, c, r0 - P + i, w], zero outside x: the input rows that a band
+    of output rows r0 .. of a stride-1 convolution reads, with their zero padding (the rows
+    padded to band.shape[2] values). Returns the NaN/inf probe of im2col_rows. The direct
+    route's only copy of the input: gemm.py's products read their columns from `band`.
+    Padding 1 (every 3x3 convolution of the U-Net) gets its own compiled copy."""
+    if padding == 1:
+        return _fill_band(x, n, 1, 1, row_start, band)
+    return _fill_band(x, n, 1, padding, row_start, band)
 
 
 def band_shape(channels: int, width: int, rows: int, out_width: int, kernel_size: int,
@@ -329,7 +299,7 @@ def _band_columns(x: np.ndarray, index: int, bands: int, R: int, Ho: int, Wo: in
 
 
 def _blocked(dtype: np.dtype, K: int, S: int, P: int, Wo: int) -> bool:
-    """Whether a convolution's product goes to gemm.blocked_product (conv_band): float32,
+    """Whether a convolution's product goes to gemm.direct_product: float32,
     stride 1, not 1x1 (its columns are x itself), output rows a multiple of 16 pixels wide.
     Elsewhere, BLAS on im2col_rows's columns."""
     return (USE_BLOCKED and dtype == np.float32 and S == 1 and K > 1 and Wo % simd.LANES == 0
@@ -337,7 +307,7 @@ def _blocked(dtype: np.dtype, K: int, S: int, P: int, Wo: int) -> bool:
 
 
 def _direct_weight(dtype: np.dtype, K: int, S: int, P: int, Ho: int, Wo: int) -> bool:
-    """Whether a weight gradient goes to gemm.direct_weight_product (weight_band): as
+    """Whether a weight gradient goes to gemm.direct_weight_product: as
     _blocked, for 3x3 kernels (its 9 taps are spelled out) and images of at least 32 x 32
     output pixels (on smaller ones its per-channel sweeps are too short to beat BLAS:
     bench/bench_conv_parts.py)."""
@@ -348,9 +318,9 @@ WEIGHT_BAND_BYTES = 1 << 20  # input rows per weight-gradient item: ~1 MiB of pa
 
 
 def _weight_bands(Cin: int, W: int, Ho: int, K: int, P: int, itemsize: int) -> tuple[int, int]:
-    """(R, number of bands) for weight_band: bands of R output rows whose padded input rows
-    take about WEIGHT_BAND_BYTES (no columns are stored, so bands can be tall: fewer, longer
-    sweeps over the pixels)."""
+    """(R, number of bands) for the direct weight gradient: bands of R output rows whose
+    padded input rows take about WEIGHT_BAND_BYTES (no columns are stored, so bands can be
+    tall: fewer, longer sweeps over the pixels)."""
     per_row = Cin * (W + 2 * P) * itemsize
     R = max(1, min(Ho, WEIGHT_BAND_BYTES // per_row - (K - 1)))
     bands = -(-Ho // R)
@@ -381,7 +351,7 @@ def _product(a: np.ndarray, a_t: np.ndarray, b: np.ndarray, out: np.ndarray,
     gemm.direct_product with a 1x1 kernel: b's rows read as a band of one row of P pixels.
     Elsewhere np.matmul (BLAS)."""
     if (USE_BLOCKED and b.dtype == np.float32 and b.shape[1] % simd.LANES == 0
-            and b.strides[1] == b.itemsize and out.strides[1] == out.itemsize):
+            and b.flags.c_contiguous and out.strides[1] == out.itemsize):
         direct_product(b.reshape(b.shape[0], 1, b.shape[1]), a_t, out, 1, b.shape[1],
                        _scratch.get(slot, "spare", (TILE, BLOCK), b.dtype))
     else:
@@ -416,10 +386,10 @@ def _forward(x: np.ndarray, weight: np.ndarray, stride: int, padding: int,
             n, band = divmod(index, bands)
             rows = min(R, Ho - band * R)
             out = y_rows[n, :, band * R * Wo:(band * R + rows) * Wo]   # (Cout, R*Wo), a view
-            probes[index] = conv_band(
-                x, n, K, P, band * R, Wo, w_t, out,
-                _scratch.get(slot, "band", band_shape(Cin, W, rows, Wo, K, S, P), x.dtype),
-                _scratch.get(slot, "spare", (TILE, BLOCK), x.dtype))
+            padded = _scratch.get(slot, "band", band_shape(Cin, W, rows, Wo, K, S, P), x.dtype)
+            probes[index] = fill_band(x, n, P, band * R, padded)
+            direct_product(padded, w_t, out, K, Wo,
+                           _scratch.get(slot, "spare", (TILE, BLOCK), x.dtype))
         else:
             n, pixels, col, probes[index] = _band_columns(x, index, bands, R, Ho, Wo, K, S,
                                                           P, slot)
@@ -516,8 +486,8 @@ def _weight_gradient(x: np.ndarray, dy: np.ndarray, kernel_size: int, stride: in
 
 def _direct_weight_gradient(x: np.ndarray, dy_rows: np.ndarray, Ho: int, Wo: int,
                             P: int) -> np.ndarray:
-    """_weight_gradient of a float32 3x3 stride-1 convolution by weight_band: the same
-    grouping into WEIGHT_GRADIENT_GROUPS runs of (image, band) pieces, each summed in order
+    """_weight_gradient of a float32 3x3 stride-1 convolution by gemm.direct_weight_product:
+    the same grouping into WEIGHT_GRADIENT_GROUPS runs of (image, band) pieces, summed in order
     into its own partial dw (Cout, Cin*9), the partials added in run order: the same bits on
     every run."""
     N, Cin, _, W = x.shape
@@ -534,9 +504,9 @@ def _direct_weight_gradient(x: np.ndarray, dy_rows: np.ndarray, Ho: int, Wo: int
             n, band = divmod(index, bands)
             rows = min(R, Ho - band * R)
             g = dy_rows[n, :, band * R * Wo:(band * R + rows) * Wo]   # (Cout, rows*Wo)
-            weight_band(x, n, P, band * R, Wo, g, dw,
-                        _scratch.get(slot, "band", band_shape(Cin, W, rows, Wo, 3, 1, P),
-                                     x.dtype))
+            padded = _scratch.get(slot, "band", band_shape(Cin, W, rows, Wo, 3, 1, P), x.dtype)
+            fill_band(x, n, P, band * R, padded)
+            direct_weight_product(padded, g, dw, Wo)
         partial[group] = dw
 
     parallel_for(item, groups, serial=_small(N, Cin, Cout, Ho, Wo, 3))
