@@ -87,8 +87,17 @@ class DoubleConv(Module):
         self.relu2 = None if fused else layers.ReLU()
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        if self._folded():  # fast layers, inference: each batch norm + ReLU inside its conv
+            x = self.bn1.after_conv(self.conv1, x)          # (N, Cout, H, W)
+            return self.bn2.after_conv(self.conv2, x)       # (N, Cout, H, W)
         x = _then(self.relu1, self.bn1(self.conv1(x)))     # (N, Cout, H, W)
         return _then(self.relu2, self.bn2(self.conv2(x)))  # (N, Cout, H, W)
+
+    def _folded(self) -> bool:
+        """Inference with the fast layers (eval mode, gradients off): each batch norm and its
+        ReLU run folded into the convolution before them (BatchNormReLU2d.after_conv), the
+        same result without their pass over the activation."""
+        return hasattr(self.bn1, "after_conv") and not self.training and not self.grad_enabled
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
         d = self.conv2.backward(self.bn2.backward(_back(self.relu2, dout)))  # (N, Cout, H, W)

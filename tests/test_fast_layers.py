@@ -126,3 +126,83 @@ def test_every_readable_layer_has_a_fast_one():
     for name in readable_layers.__all__:
         fast = getattr(fast_layers, name)
         assert issubclass(fast, getattr(readable_layers, name)) and fast.__name__ == name
+
+
+# (N, Cin, Cout, H, W, K, P, conv bias): widths that take the direct route (rows of 16k
+# pixels, float32) and ones that do not
+FOLD_CASES = [(2, 3, 8, 6, 16, 3, 1, False), (1, 4, 11, 5, 32, 3, 1, True),
+              (2, 2, 5, 7, 9, 3, 1, False), (1, 3, 4, 6, 6, 1, 0, True)]
+
+
+@pytest.mark.parametrize("case", FOLD_CASES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batch_norm_folded_into_the_convolution_equals_the_two_layers(case, dtype):
+    """Inference: BatchNormReLU2d.after_conv(conv, x) == bn(conv(x)), with non-trivial
+    running statistics, in float32 and float64, and it keeps nothing for backward."""
+    N, Cin, Cout, H, W, K, P, bias = case
+    rng = np.random.default_rng(sum(case[:-1]))
+    conv = fast_layers.Conv2d(Cin, Cout, K, padding=P, bias=bias, rng=rng).astype(dtype)
+    bn = fast_layers.BatchNormReLU2d(Cout).astype(dtype)
+    bn.weight.data[...] = rng.uniform(-1.5, 1.5, Cout)
+    bn.bias.data[...] = rng.standard_normal(Cout)
+    bn.running_mean[...] = rng.standard_normal(Cout)
+    bn.running_var[...] = rng.uniform(0.2, 3.0, Cout)
+    for m in (conv, bn):
+        m.eval().set_grad_enabled(False)
+    x = rng.standard_normal((N, Cin, H, W)).astype(dtype)
+    expected = bn(conv(x))
+    folded = bn.after_conv(conv, x)
+    assert folded.dtype == dtype and folded.shape == expected.shape
+    assert (folded >= 0).all()
+    assert rel(folded, expected) < TOL[dtype]
+    with pytest.raises(RuntimeError, match="gradients disabled"):
+        conv.backward(np.ones_like(folded))
+
+
+def test_batch_norm_fold_is_for_inference_only_and_checks_its_inputs():
+    conv = fast_layers.Conv2d(2, 4, 3, padding=1, rng=np.random.default_rng(0))
+    bn = fast_layers.BatchNormReLU2d(4)
+    x = np.ones((1, 2, 4, 16), np.float32)
+    with pytest.raises(RuntimeError, match="inference only"):
+        bn.after_conv(conv, x)                       # training mode
+    bn.eval().set_grad_enabled(False)
+    conv.eval().set_grad_enabled(False)
+    bad = x.copy()
+    bad[0, 1, 2, 3] = np.nan
+    with pytest.raises(FloatingPointError, match=r"Conv2d: input .* contains"):
+        bn.after_conv(conv, bad)
+    bn.running_var[1] = np.nan
+    with pytest.raises(FloatingPointError, match="running_var"):
+        bn.after_conv(conv, x)
+
+
+def test_unet_inference_folds_and_equals_the_readable_unet():
+    """The fast U-Net in eval mode with gradients off takes the folded path; its logits equal
+    the readable U-Net's (same weights, trained statistics)."""
+    import minunet as mu
+    from minunet import unet
+
+    rng = np.random.default_rng(0)
+    fast = mu.UNet(1, 3, depth=2, base_channels=8, rng=0, readable=False)
+    readable = mu.UNet(1, 3, depth=2, base_channels=8, rng=0, readable=True)
+    x = rng.standard_normal((2, 1, 32, 32)).astype(np.float32)
+    fast.train()(x)                                   # running statistics move
+    readable.load_state_dict(fast.state_dict())
+    calls = []
+    original = fast_layers.BatchNormReLU2d.after_conv
+
+    def counting(self, conv, inputs):
+        calls.append(self)
+        return original(self, conv, inputs)
+
+    fast_layers.BatchNormReLU2d.after_conv = counting
+    try:
+        fast.eval().set_grad_enabled(False)
+        readable.eval().set_grad_enabled(False)
+        y_fast, y_readable = fast(x), readable(x)
+    finally:
+        fast_layers.BatchNormReLU2d.after_conv = original
+    assert len(calls) == 2 * (2 * 2 + 1)              # two per DoubleConv, five DoubleConvs
+    assert rel(y_fast, y_readable) < 1e-5
+    fast.set_grad_enabled(True)                       # gradients on: the layers run apart
+    assert not unet.DoubleConv._folded(fast.down[0])

@@ -41,13 +41,21 @@ def test_direct_product_matches_float64(cout, C, K, rows, Wo):
     pixels = rows * Wo
     canvas = np.full((cout + 2, pixels + 20), 7.0, np.float32)
     y = canvas[1:-1, 5:5 + pixels]
-    gemm.direct_product(band, np.ascontiguousarray(w.T), y, K, Wo,
-                        np.empty((gemm.TILE, gemm.BLOCK), np.float32))
+    spare = np.empty((gemm.TILE, gemm.BLOCK), np.float32)
+    no_bias = np.zeros(0, np.float32)
+    gemm.direct_product(band, gemm.pack_weights(w.T), y, K, Wo, spare, no_bias, False)
     expected = w.astype(np.float64) @ windows(band, K, rows, Wo).astype(np.float64)
     np.testing.assert_allclose(y, expected, rtol=0, atol=1e-5 * np.sqrt(C * K * K))
     outside = canvas.copy()
     outside[1:-1, 5:5 + pixels] = 7.0
     assert (outside == 7.0).all()
+
+    # the epilogue: + bias per output channel, then the ReLU
+    bias = rng.standard_normal(cout).astype(np.float32)
+    gemm.direct_product(band, gemm.pack_weights(w.T), y, K, Wo, spare, bias, True)
+    np.testing.assert_allclose(y, np.maximum(expected + bias[:, None], 0), rtol=0,
+                               atol=1e-5 * np.sqrt(C * K * K))
+    assert (y >= 0).all() and (canvas[1:-1, :5] == 7.0).all()
 
 
 @pytest.mark.parametrize("cout", [1, 2, 3, 4, 16, 17])

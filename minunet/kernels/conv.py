@@ -40,7 +40,7 @@ from numba import njit
 
 from ..checks import check_finite
 from . import simd
-from .gemm import BLOCK, TILE, direct_product, direct_weight_product
+from .gemm import BLOCK, TILE, direct_product, direct_weight_product, pack_weights
 from .threads import SERIAL_FLOPS, parallel_for
 
 # float32 stride-1 convolutions use gemm.direct_product (and direct_weight_product) where
@@ -343,25 +343,29 @@ def _small(N: int, Cin: int, Cout: int, Ho: int, Wo: int, K: int) -> bool:
 
 
 # ------------------------------------------------------------------ the three computations
-def _product(a: np.ndarray, a_t: np.ndarray, b: np.ndarray, out: np.ndarray,
+_NO_BIAS = np.zeros(0, np.float32)  # direct_product's "no bias"
+
+
+def _product(a: np.ndarray, a_p: np.ndarray | None, b: np.ndarray, out: np.ndarray,
              slot: int) -> None:
-    """out = a @ b, for a (M, K), a_t = a.T C-contiguous (K, M), b (K, P), out (M, P).
+    """out = a @ b, for a (M, K), a_p = gemm.pack_weights(a.T) (float32), b (K, P), out (M, P).
 
     In float32, with P a multiple of 16 and b and out of unit stride along P, this is
     gemm.direct_product with a 1x1 kernel: b's rows read as a band of one row of P pixels.
     Elsewhere np.matmul (BLAS)."""
     if (USE_BLOCKED and b.dtype == np.float32 and b.shape[1] % simd.LANES == 0
             and b.flags.c_contiguous and out.strides[1] == out.itemsize):
-        direct_product(b.reshape(b.shape[0], 1, b.shape[1]), a_t, out, 1, b.shape[1],
-                       _scratch.get(slot, "spare", (TILE, BLOCK), b.dtype))
+        direct_product(b.reshape(b.shape[0], 1, b.shape[1]), a_p, out, 1, b.shape[1],
+                       _scratch.get(slot, "spare", (TILE, BLOCK), b.dtype), _NO_BIAS, False)
     else:
         np.matmul(a, b, out=out)
 
 
 def _forward(x: np.ndarray, weight: np.ndarray, stride: int, padding: int,
              bias: np.ndarray | None = None, who: str | None = None,
-             name: str = "input") -> np.ndarray:
+             name: str = "input", relu: bool = False) -> np.ndarray:
     """y = w @ im2col(x) (+ b): x (N, Cin, H, W), weight (Cout, Cin, K, K) -> (N, Cout, Ho, Wo).
+    With relu, y = max(y, 0) (an inference-only fusion: see layers.BatchNormReLU2d).
 
     Item (n, band): y[n, :, r0:r0+R] = w_rows @ im2col_rows(x[n], rows r0:r0+R).
     With `who` (the layer's name for messages), NaN/inf in x raise FloatingPointError, as
@@ -379,7 +383,9 @@ def _forward(x: np.ndarray, weight: np.ndarray, stride: int, padding: int,
     R, bands = _bands(Ho, Wo, Cin * K * K, x.itemsize)
     probes = np.zeros(N * bands)                                       # one per item
     blocked = _blocked(x.dtype, K, S, P, Wo)
-    w_t = np.ascontiguousarray(w_rows.T)                               # (Cin*K*K, Cout)
+    w_p = pack_weights(w_rows.T) if x.dtype == np.float32 else None   # gemm's layout
+    # the direct route adds the bias (and the ReLU) to each tile as it is computed
+    tile_bias = _NO_BIAS if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
 
     def item(index: int, slot: int) -> None:
         if blocked:
@@ -388,15 +394,17 @@ def _forward(x: np.ndarray, weight: np.ndarray, stride: int, padding: int,
             out = y_rows[n, :, band * R * Wo:(band * R + rows) * Wo]   # (Cout, R*Wo), a view
             padded = _scratch.get(slot, "band", band_shape(Cin, W, rows, Wo, K, S, P), x.dtype)
             probes[index] = fill_band(x, n, P, band * R, padded)
-            direct_product(padded, w_t, out, K, Wo,
-                           _scratch.get(slot, "spare", (TILE, BLOCK), x.dtype))
+            direct_product(padded, w_p, out, K, Wo,
+                           _scratch.get(slot, "spare", (TILE, BLOCK), x.dtype), tile_bias, relu)
         else:
             n, pixels, col, probes[index] = _band_columns(x, index, bands, R, Ho, Wo, K, S,
                                                           P, slot)
             out = y_rows[n, :, pixels]                                 # (Cout, R*Wo), a view
-            _product(w_rows, w_t, col, out, slot)
-        if bias is not None:
-            out += bias[:, None]
+            _product(w_rows, w_p, col, out, slot)
+            if bias is not None:
+                out += bias[:, None]
+            if relu:
+                np.maximum(out, 0, out=out)
 
     parallel_for(item, N * bands, serial=_small(N, Cin, Cout, Ho, Wo, K))
     if who is not None:
@@ -421,11 +429,12 @@ def _adjoint(dy: np.ndarray, weight: np.ndarray, stride: int, padding: int, heig
     w_cols = np.ascontiguousarray(weight.reshape(Cout, Cin * K * K).T)  # (Cin*K*K, Cout)
     dy_rows = dy.reshape(N, Cout, Ho * Wo)
     dx = np.empty((N, Cin, height, width), dtype=dy.dtype)               # (N, Cin, H, W)
+    w_p = pack_weights(w_cols.T) if dy.dtype == np.float32 else None     # gemm's layout
     tiles = stride == K and padding == 0 and (height, width) == (Ho * K, Wo * K)
 
     def item(n: int, slot: int) -> None:  # one image
         dcol = _scratch.get(slot, "dcol", (Cin * K * K, Ho * Wo), dy.dtype)
-        _product(w_cols, weight.reshape(Cout, Cin * K * K), dy_rows[n], dcol, slot)
+        _product(w_cols, w_p, dy_rows[n], dcol, slot)
         if tiles:   # every dx value comes from one column entry
             place_image(dcol, dx, n, K, Wo)
         else:
@@ -524,13 +533,14 @@ def _flipped(weight: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------ the public pairs
 def conv2d_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: int,
-                   padding: int, who: str | None = None) -> np.ndarray:
+                   padding: int, who: str | None = None, relu: bool = False) -> np.ndarray:
     """y[n, o, i, j] = b[o] + sum_{c,kh,kw} w[o, c, kh, kw] x[n, c, i*S - P + kh, j*S - P + kw].
 
     x (N, Cin, H, W), weight (Cout, Cin, K, K), bias (Cout,) or None -> y (N, Cout, Ho, Wo).
-    With `who` (a name for messages), NaN or inf in x raise FloatingPointError.
+    With `who` (a name for messages), NaN or inf in x raise FloatingPointError. With relu,
+    the result is max(y, 0).
     """
-    return _forward(x, weight, stride, padding, bias, who=who)
+    return _forward(x, weight, stride, padding, bias, who=who, relu=relu)
 
 
 def conv2d_backward_input(dy: np.ndarray, weight: np.ndarray, stride: int, padding: int,

@@ -30,7 +30,7 @@ from collections.abc import Callable
 import numpy as np
 from numba import njit
 
-from .simd import vfma, vload, vmul_add, vstore, vsum, vzero
+from .simd import vbias_relu, vfma, vload, vmul_add, vstore, vsum, vzero
 
 BLOCK = 48   # output pixels per register tile of direct_product: three vectors of 16
 TILE = 8     # output channels per register tile of direct_product
@@ -40,8 +40,8 @@ TILE = 8     # output channels per register tile of direct_product
 # and only when it is first called: the band, the weights and the scratch C-contiguous (their
 # strides known to the compiler: about 1.3x faster than any-stride arrays), the outputs and
 # output gradients with any strides (a C-contiguous array converts to that type).
-_PRODUCT = ("void(float32[:, :, ::1], float32[:, ::1], float32[:, :], int64, int64, "
-            "float32[:, ::1])")
+_PRODUCT = ("void(float32[:, :, ::1], float32[:, :, ::1], float32[:, :], int64, int64, "
+            "float32[:, ::1], float32[::1], boolean)")
 _WEIGHT_PRODUCT = "void(float32[:, :, ::1], float32[:, :], float32[:, ::1], int64)"
 
 
@@ -63,32 +63,62 @@ def _compiled_on_first_call(signature: str) -> Callable[[Callable], Callable]:
     return wrap
 
 
-@_compiled_on_first_call(_PRODUCT)
-def direct_product(band: np.ndarray, w_t: np.ndarray, y: np.ndarray, kernel_size: int,
-                   out_width: int, spare: np.ndarray) -> None:
-    """y[o, r*Wo + j] = sum_{c,kh,kw} w_t[(c*K + kh)*K + kw, o] band[c, r + kh, j + kw]:
-    a stride-1 convolution of the zero-padded band, with no im2col at all.
-
-    band (Cin, rows_in, padded_width) float32 (conv._fill_band's), w_t (Cin*K*K, Cout) the
-    weight transposed, C-contiguous; y (Cout, R*Wo) with unit stride along pixels, Wo a
-    multiple of 16; spare (TILE, 48) scratch. For 48 output pixels (three vectors of 16, each
-    inside one row) and 8 output channels at a time, the 24 sums stay in registers while the
-    loop runs over c, kh, kw; each step loads the three input vectors straight from the band.
-    """
-    if kernel_size == 3:  # every 3x3 convolution: its own compiled copy, taps unrolled
-        _direct_product(band, w_t, y, 3, out_width, spare)
-    else:
-        _direct_product(band, w_t, y, kernel_size, out_width, spare)
+def pack_weights(w_t: np.ndarray) -> np.ndarray:
+    """w_t (K, M) -> (ceil(M / 8), K, 8), zero-padded: the weights of each tile of 8 output
+    channels next to each other, so that direct_product's 8 broadcasts per step read one
+    run of 32 bytes instead of 8 rows' worth of cache lines."""
+    k, m = w_t.shape
+    tiles = -(-m // TILE)
+    packed = np.zeros((tiles, k, TILE), np.float32)
+    padded = np.zeros((k, tiles * TILE), np.float32)
+    padded[:, :m] = w_t
+    packed[:] = padded.reshape(k, tiles, TILE).transpose(1, 0, 2)
+    return packed
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _direct_product(band: np.ndarray, w_t: np.ndarray, y: np.ndarray, kernel_size: int,
-                    out_width: int, spare: np.ndarray) -> None:
+def _epilogue(out: np.ndarray, rows: int, bias: np.ndarray, first: int, relu: bool) -> None:
+    """out[i] = out[i] + bias[first + i] (0 without a bias), then max(., 0) with relu, for
+    the first `rows` rows of an (8, 48) tile, in vector registers."""
+    zero = np.float32(0)
+    for i in range(rows):
+        b = bias[first + i] if bias.size > 0 else zero
+        out_i = out[i:i + 1]
+        vstore(out_i, 0, 0, vbias_relu(vload(out_i, 0, 0), b, relu))
+        vstore(out_i, 0, 16, vbias_relu(vload(out_i, 0, 16), b, relu))
+        vstore(out_i, 0, 32, vbias_relu(vload(out_i, 0, 32), b, relu))
+
+
+@_compiled_on_first_call(_PRODUCT)
+def direct_product(band: np.ndarray, w_p: np.ndarray, y: np.ndarray, kernel_size: int,
+                   out_width: int, spare: np.ndarray, bias: np.ndarray, relu: bool) -> None:
+    """y[o, r*Wo + j] = sum_{c,kh,kw} w[o, c, kh, kw] band[c, r + kh, j + kw] (+ bias[o],
+    then max(., 0) with relu): a stride-1 convolution of the zero-padded band, with no
+    im2col at all.
+
+    band (Cin, rows_in, padded_width) float32 (conv.fill_band's); w_p the weight as
+    pack_weights(w.reshape(Cout, -1).T) gives it; y (Cout, R*Wo) with unit stride along
+    pixels, Wo a multiple of 16; spare (8, 48) scratch; bias (Cout,) or empty (none). For 48
+    output pixels (three vectors of 16, each inside one row) and 8 output channels at a time,
+    the 24 sums stay in registers while the loop runs over c, kh, kw; each step loads the
+    three input vectors straight from the band. The bias and the ReLU are applied to each
+    tile before it is stored (a convolution with a batch norm folded in and the ReLU after
+    it, in one pass: inference, see layers.BatchNormReLU2d.after_conv).
+    """
+    if kernel_size == 3:  # every 3x3 convolution: its own compiled copy, taps unrolled
+        _direct_product(band, w_p, y, 3, out_width, spare, bias, relu)
+    else:
+        _direct_product(band, w_p, y, kernel_size, out_width, spare, bias, relu)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _direct_product(band: np.ndarray, w_p: np.ndarray, y: np.ndarray, kernel_size: int,
+                    out_width: int, spare: np.ndarray, bias: np.ndarray, relu: bool) -> None:
     """The body of direct_product."""
+    epilogue = relu or bias.size > 0
     C = band.shape[0]
     K, Wo = kernel_size, out_width
-    cout = w_t.shape[1]
-    pixels = y.shape[1]
+    cout, pixels = y.shape
     vectors = pixels // 16
     full = cout - cout % TILE
     for v in range(0, vectors, 3):                  # 48 pixels: three vectors of 16
@@ -104,6 +134,7 @@ def _direct_product(band: np.ndarray, w_t: np.ndarray, y: np.ndarray, kernel_siz
         j2 = q2 - r2 * Wo
         count = min(48, pixels - q0)
         for o in range(0, full, TILE):
+            w_o = w_p[o // TILE]                    # (Cin*K*K, 8)
             a0 = vzero(); a1 = vzero(); a2 = vzero(); a3 = vzero()  # noqa: E702
             a4 = vzero(); a5 = vzero(); a6 = vzero(); a7 = vzero()  # noqa: E702
             b0 = vzero(); b1 = vzero(); b2 = vzero(); b3 = vzero()  # noqa: E702
@@ -118,21 +149,21 @@ def _direct_product(band: np.ndarray, w_t: np.ndarray, y: np.ndarray, kernel_siz
                         c0 = vload(rows, r0 + kh, j0 + kw)
                         c1 = vload(rows, r1 + kh, j1 + kw)
                         c2 = vload(rows, r2 + kh, j2 + kw)
-                        w = w_t[k, o]
+                        w = w_o[k, 0]
                         a0 = vfma(c0, w, a0); b0 = vfma(c1, w, b0); d0 = vfma(c2, w, d0)  # noqa: E702
-                        w = w_t[k, o + 1]
+                        w = w_o[k, 1]
                         a1 = vfma(c0, w, a1); b1 = vfma(c1, w, b1); d1 = vfma(c2, w, d1)  # noqa: E702
-                        w = w_t[k, o + 2]
+                        w = w_o[k, 2]
                         a2 = vfma(c0, w, a2); b2 = vfma(c1, w, b2); d2 = vfma(c2, w, d2)  # noqa: E702
-                        w = w_t[k, o + 3]
+                        w = w_o[k, 3]
                         a3 = vfma(c0, w, a3); b3 = vfma(c1, w, b3); d3 = vfma(c2, w, d3)  # noqa: E702
-                        w = w_t[k, o + 4]
+                        w = w_o[k, 4]
                         a4 = vfma(c0, w, a4); b4 = vfma(c1, w, b4); d4 = vfma(c2, w, d4)  # noqa: E702
-                        w = w_t[k, o + 5]
+                        w = w_o[k, 5]
                         a5 = vfma(c0, w, a5); b5 = vfma(c1, w, b5); d5 = vfma(c2, w, d5)  # noqa: E702
-                        w = w_t[k, o + 6]
+                        w = w_o[k, 6]
                         a6 = vfma(c0, w, a6); b6 = vfma(c1, w, b6); d6 = vfma(c2, w, d6)  # noqa: E702
-                        w = w_t[k, o + 7]
+                        w = w_o[k, 7]
                         a7 = vfma(c0, w, a7); b7 = vfma(c1, w, b7); d7 = vfma(c2, w, d7)  # noqa: E702
                         k += 1
             out = y[o:o + TILE, q0:q0 + 48] if whole else spare        # (8, 48)
@@ -144,21 +175,27 @@ def _direct_product(band: np.ndarray, w_t: np.ndarray, y: np.ndarray, kernel_siz
             vstore(out, 5, 0, a5); vstore(out, 5, 16, b5); vstore(out, 5, 32, d5)  # noqa: E702
             vstore(out, 6, 0, a6); vstore(out, 6, 16, b6); vstore(out, 6, 32, d6)  # noqa: E702
             vstore(out, 7, 0, a7); vstore(out, 7, 16, b7); vstore(out, 7, 32, d7)  # noqa: E702
+            if epilogue:
+                _epilogue(out, TILE, bias, o, relu)
             if not whole:
                 y[o:o + TILE, q0:q0 + count] = spare[:, :count]
         for o in range(full, cout):                 # the channels left over: one at a time
+            w_o = w_p[o // TILE]
+            i = o - full
             a0 = vzero(); b0 = vzero(); d0 = vzero()  # noqa: E702
             k = 0
             for c in range(C):
                 rows = band[c]
                 for kh in range(K):
                     for kw in range(K):
-                        w = w_t[k, o]
+                        w = w_o[k, i]
                         a0 = vfma(vload(rows, r0 + kh, j0 + kw), w, a0)
                         b0 = vfma(vload(rows, r1 + kh, j1 + kw), w, b0)
                         d0 = vfma(vload(rows, r2 + kh, j2 + kw), w, d0)
                         k += 1
             vstore(spare, 0, 0, a0); vstore(spare, 0, 16, b0); vstore(spare, 0, 32, d0)  # noqa: E702
+            if epilogue:
+                _epilogue(spare, 1, bias, o, relu)
             y[o, q0:q0 + count] = spare[0, :count]
 
 

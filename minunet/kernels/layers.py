@@ -266,5 +266,41 @@ class BatchNormReLU2d(BatchNorm2d):
                                                          sum_gxc)
         return batchnorm_relu_backward_input(dout, y, x, *coefficients)  # (N, C, H, W)
 
+    def after_conv(self, conv: Conv2d, x: np.ndarray) -> np.ndarray:
+        """self(conv(x)) for inference (eval mode, gradients off), as ONE convolution.
+
+        With the running statistics, the batch norm is an affine map per channel, so it folds
+        into the convolution before it:
+
+            scale = gamma / sqrt(running_var + eps)
+            w'[o] = w[o] * scale[o]
+            b'[o] = (b[o] - running_mean[o]) * scale[o] + beta[o]     (b = 0: no conv bias)
+
+        and the ReLU is applied to each tile of the convolution's output as it is computed.
+        The same result as the two layers, up to float rounding, without the batch norm's
+        pass over the whole activation. Nothing is kept for backward.
+        """
+        if self.training or self.grad_enabled:
+            raise RuntimeError(f"{self!r}.after_conv is for inference only: call .eval() and "
+                               f".set_grad_enabled(False) first, or call the two layers")
+        conv._check_input(x, finite=False)  # finiteness: the convolution's probe
+        istd = 1.0 / np.sqrt(self.running_var.astype(np.float64) + self.eps)   # (C,)
+        scale = self.weight.data * istd                                        # (C,)
+        bias = 0.0 if conv.bias is None else conv.bias.data
+        shift = (bias - self.running_mean) * scale + self.bias.data            # (C,)
+        scale = scale.astype(x.dtype)  # one multiply per weight, in the input's precision
+        weight = conv.weight.data.astype(x.dtype) * scale[:, None, None, None]  # (C, Cin, K, K)
+        if not (np.isfinite(weight).all() and np.isfinite(shift).all()):
+            check_finite(repr(self), self.running_var, name="running_var")
+            check_finite(repr(conv), conv.weight.data, name="weight")
+            raise FloatingPointError(f"{self!r}: its parameters folded into {conv!r} are not "
+                                     f"finite: check the model's weights")
+        y = conv2d_forward(x, weight, shift.astype(x.dtype), conv.stride, conv.padding,
+                           who="Conv2d", relu=True)
+        for module in (conv, self):  # as Module.__call__ does with gradients off
+            module._saved = None
+            module._forward_state = "no_grad"
+        return y
+
     def __repr__(self) -> str:
         return f"BatchNormReLU2d({self.num_features})"

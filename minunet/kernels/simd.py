@@ -4,7 +4,7 @@ Numba vectorises a loop by itself only along its innermost index, and then keeps
 results in memory. A matrix-product kernel fast enough to beat BLAS on the U-Net's shapes
 needs the opposite: a tile of the result (8 output channels x 48 pixels, say) held in vector
 registers across the whole sum over k. This module gives Numba a value type for one vector of
-16 float32 (LLVM's `<16 x float>`, one AVX-512 register) and six operations on it, each a few
+16 float32 (LLVM's `<16 x float>`, one AVX-512 register) and seven operations on it, each a few
 lines of LLVM IR (`numba.extending.intrinsic`):
 
     vzero()            -> 16 zeros
@@ -13,6 +13,7 @@ lines of LLVM IR (`numba.extending.intrinsic`):
     vfma(x, s, acc)    -> acc + x * s                (s a float32 scalar, fused multiply-add)
     vmul_add(x, y, acc)-> acc + x * y                (lane by lane, fused)
     vsum(v)            -> v[0] + ... + v[15]         (a float32, pairwise in a fixed order)
+    vbias_relu(v, b, relu) -> v + b, then max(., 0) if relu
 
 No bounds checks: the caller guarantees j + 16 <= a.shape[1]. On a CPU without AVX-512 LLVM
 splits each vector into narrower ones (correct, slower); `HAVE_AVX512` lets callers choose
@@ -161,3 +162,24 @@ def vsum(typingctx, v):  # noqa: ANN001, ANN201
             value = builder.fadd(value, upper)
         return builder.extract_element(value, ir.Constant(ir.IntType(32), 0))
     return types.float32(v), codegen
+
+
+@intrinsic
+def vbias_relu(typingctx, v, b, relu):  # noqa: ANN001, ANN201
+    """v + b in every lane, then, when relu is true, max(., 0) (0 where the sum is not > 0)."""
+    if not (v == float32x16 and b == types.float32 and isinstance(relu, types.Boolean)):
+        return None
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001
+        vector, scalar, clamp = args
+        undefined = ir.Constant(_VECTOR, ir.Undefined)
+        lane0 = builder.insert_element(undefined, scalar, ir.Constant(ir.IntType(32), 0))
+        every_lane = ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES)
+        total = builder.fadd(vector, builder.shuffle_vector(lane0, undefined, every_lane))
+        zeros = ir.Constant(_VECTOR, None)
+        positive = builder.fcmp_ordered(">", total, zeros)
+        clamped = builder.select(positive, total, zeros)
+        flag = context.cast(builder, clamp, signature.args[2], types.boolean)
+        return builder.select(builder.trunc(flag, ir.IntType(1)) if flag.type != ir.IntType(1)
+                              else flag, clamped, total)
+    return float32x16(v, b, relu), codegen
