@@ -92,13 +92,14 @@ def direct_route(repeats: int, rng: np.random.Generator) -> None:
             col = np.empty((cin * 9, R * size), np.float32)
             conv.im2col_rows(x, 0, 3, 1, 1, 0, size, col, band)  # also fills the band
             w = rng.standard_normal((cout, cin * 9)).astype(np.float32)
-            w_t = np.ascontiguousarray(w.T)
+            w_p = gemm.pack_weights(w.T)
             g = rng.standard_normal((cout, R * size)).astype(np.float32)
             y = np.empty((cout, R * size), np.float32)
             dw = np.zeros((cout, cin * 9), np.float32)
             spare = np.empty((gemm.TILE, gemm.BLOCK), np.float32)
+            no_bias = np.zeros(0, np.float32)
             forward, blas = alternate(
-                partial(gemm.direct_product, band, w_t, y, 3, size, spare),
+                partial(gemm.direct_product, band, w_p, y, 3, size, spare, no_bias, False),
                 partial(np.matmul, w, col, out=y), repeats)
             weight, _ = alternate(partial(gemm.direct_weight_product, band, g, dw, size),
                                   lambda: None, repeats)

@@ -9,8 +9,9 @@ and keep a tile of their results in vector registers (`simd.py`) for the whole s
 - `direct_product` (forward, and the input gradient, itself a convolution): 8 output
   channels x 48 pixels (three vectors of 16, each inside one output row) at a time; for every
   input channel c and tap (kh, kw) it loads the three input vectors straight from the band and
-  adds w[o, c, kh, kw] * them to the 24 sums: 3 loads and 8 scalar broadcasts feed 24 fused
-  multiply-adds.
+  adds w[o, c, kh, kw] * them to the 24 sums: 3 loads and 8 scalar broadcasts (the 8 weights
+  side by side: `pack_weights`) feed 24 fused multiply-adds. A bias and a ReLU can be applied
+  to each tile before it is stored (inference with the batch norm folded in).
 - `direct_weight_product` (the weight gradient): 3 output channels x 9 taps of one input
   channel at a time, 27 sums kept as 16-lane partial sums while the loop runs over the band's
   pixels: per 16 pixels, 9 input vectors and 3 output-gradient vectors feed 27 fused
