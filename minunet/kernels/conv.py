@@ -1,4 +1,4 @@
-"""Convolution kernels: the multiply-adds in BLAS (np.matmul), the data movement around them.
+"""Convolution kernels: the multiply-adds in register-tiled Numba kernels or in BLAS.
 
 A convolution is a matrix product once every receptive field is laid out as a column:
 
@@ -6,17 +6,28 @@ A convolution is a matrix product once every receptive field is laid out as a co
                                     #  of every input channel that output pixel p sees
     y   = w.reshape(Cout, -1) @ col # (N, Cout, Ho*Wo)
 
-The products go to the BLAS library NumPy ships (OpenBLAS), which reaches several times the
-speed of a hand-written loop nest. Every geometry takes the same route: the work is cut into
-items, one image and a band of output rows each, whose columns (`im2col_rows`, a GIL-free
-Numba loop) stay in the core's cache; the items run on minunet's thread pool (threads.py)
-with single-threaded BLAS, and each writes its rows of y straight from the product.
-`im2col_rows` first copies the band's input rows into a zero-padded scratch band, then
-builds the columns with no bounds tests, in a copy of the loops compiled for the U-Net's
-(K, S, P) as constants; while copying it sums a NaN/inf probe, so the layers need no pass of
-their own to check their input. A 1x1 convolution's columns are x itself (no copy). The input
-gradient of a stride-1 convolution is the stride-1 convolution of dy with the flipped weight
-(no scatter-add); other geometries scatter-add one image per item (`col2im_image`).
+The work is cut into items, one image and a band of output rows each, which run on minunet's
+thread pool (threads.py); each item writes its rows of y directly. Two routes:
+
+- Direct (float32, stride 1, output rows a multiple of 16 pixels wide, on a CPU with
+  AVX-512: the U-Net's 3x3 convolutions when it trains or predicts). `fill_band` copies the
+  band's input rows once into a zero-padded scratch band (summing a NaN/inf probe on the
+  way, so the layers need no pass of their own to check their input); gemm.direct_product
+  then reads the columns straight from that band, no im2col at all, and keeps 8 output
+  channels x 48 pixels in vector registers (gemm.py, simd.py). The weight gradient of a 3x3
+  convolution is gemm.direct_weight_product, also reading the band. About 2x faster than
+  the BLAS route on the U-Net's layers (`bench/bench_conv_parts.py`). `MINUNET_GEMM=blas`
+  turns it off.
+- BLAS (float64, the gradient checks; other strides and widths; CPUs without AVX-512): the
+  columns of a band (`im2col_rows`, a GIL-free Numba loop, compiled for the U-Net's (K, S, P)
+  as constants) stay in the core's cache and go to np.matmul with single-threaded BLAS.
+  Products whose pixel count is a multiple of 16 in float32 still use direct_product, as a
+  1x1 convolution of the columns (`_product`). A 1x1 convolution's columns are x itself.
+
+The input gradient of a stride-1 convolution is the stride-1 convolution of dy with the
+flipped weight (no scatter-add); other geometries scatter-add one image per item
+(`col2im_image`), or place it when the windows tile the image (`place_image`: the 2x2
+stride-2 transposed convolution).
 
 The six public functions are built from three computations, because a transposed convolution
 is the adjoint of a convolution:
