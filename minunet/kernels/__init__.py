@@ -3,9 +3,10 @@
 Each kernel is a plain loop nest compiled by Numba (`@njit(cache=True)`) or a BLAS product
 around one. The float32 convolutions run on register-tiled Numba kernels where the CPU has
 AVX-512 (`gemm.py`, with the 16-lane vector type of `simd.py`; `conv.py` says when), BLAS
-elsewhere; `MINUNET_GEMM=blas` sends every product to BLAS. The readable version of each layer is in `minunet/layers/`; `layers.py` here holds
-the same layers computed with these kernels, and `reference.py` holds NumPy oracles of the
-kernel functions (whole arrays, one einsum per tap), which the tests compare them with.
+elsewhere; `MINUNET_GEMM=blas` sends every product to BLAS. The readable version of each
+layer is in `minunet/layers/`; `layers.py` here holds the same layers computed with these
+kernels, and `reference.py` holds NumPy oracles of the kernel functions (whole arrays, one
+einsum per tap), which the tests compare them with.
 
 To step through a kernel as plain Python (breakpoints, prints), turn the compiler off before
 minunet is imported:
