@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 
 import numpy as np
 from numba import njit
@@ -52,7 +53,7 @@ from numba import njit
 from ..checks import check_finite
 from . import simd
 from .gemm import BLOCK, TILE, direct_product, direct_weight_product, pack_weights
-from .threads import SERIAL_FLOPS, parallel_for
+from .threads import SERIAL_FLOPS, get_num_threads, parallel_for
 
 # float32 stride-1 convolutions use gemm.direct_product (and direct_weight_product) where
 # the CPU has AVX-512 (see _blocked); MINUNET_GEMM=blas sends every product to BLAS instead.
@@ -176,6 +177,44 @@ def fill_band(x: np.ndarray, n: int, padding: int, row_start: int, band: np.ndar
     if padding == 1:
         return _fill_band(x, n, 1, 1, row_start, band)
     return _fill_band(x, n, 1, padding, row_start, band)
+
+
+def _direct_items_py(x: np.ndarray, w_p: np.ndarray, y_rows: np.ndarray, out_height: int,
+                     out_width: int, kernel_size: int, padding: int, rows_per_band: int,
+                     bands: int, width: int, counter: np.ndarray, probes: np.ndarray,
+                     band_buffer: np.ndarray, spare: np.ndarray, bias: np.ndarray,
+                     relu: bool) -> None:
+    """Run (image, band) items of the direct route until none are left: each thread of a
+    region calls this once, and the threads share the items through `counter`, an atomic
+    counter (simd.fetch_add). No Python runs between items, so the threads never wait for
+    each other's GIL: on a busy virtual machine each such wait can cost a tenth of a
+    millisecond."""
+    N, Cin = x.shape[0], x.shape[1]
+    K, P, R, Ho, Wo = kernel_size, padding, rows_per_band, out_height, out_width
+    count = N * bands
+    while True:
+        index = simd.fetch_add(counter, 0, 1)
+        if index >= count:
+            return
+        n = index // bands
+        r0 = (index - n * bands) * R
+        rows = min(R, Ho - r0)
+        band = band_buffer[:Cin * (rows + K - 1) * width].reshape(Cin, rows + K - 1, width)
+        probes[index] = fill_band(x, n, P, r0, band)
+        _product_jit(band, w_p, y_rows[n, :, r0 * Wo:(r0 + rows) * Wo], K, Wo, spare, bias,
+                     relu)
+
+
+_direct_items_jit = None
+
+
+def _direct_items() -> Callable:
+    """_direct_items_py compiled (once, on first use), with gemm.direct_product inside."""
+    global _direct_items_jit, _product_jit
+    if _direct_items_jit is None:
+        _product_jit = direct_product.compiled()
+        _direct_items_jit = njit(cache=True, nogil=True)(_direct_items_py)
+    return _direct_items_jit
 
 
 def band_shape(channels: int, width: int, rows: int, out_width: int, kernel_size: int,
@@ -398,16 +437,19 @@ def _forward(x: np.ndarray, weight: np.ndarray, stride: int, padding: int,
     # the direct route adds the bias (and the ReLU) to each tile as it is computed
     tile_bias = _NO_BIAS if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
 
-    def item(index: int, slot: int) -> None:
-        if blocked:
-            n, band = divmod(index, bands)
-            rows = min(R, Ho - band * R)
-            out = y_rows[n, :, band * R * Wo:(band * R + rows) * Wo]   # (Cout, R*Wo), a view
-            padded = _scratch.get(slot, "band", band_shape(Cin, W, rows, Wo, K, S, P), x.dtype)
-            probes[index] = fill_band(x, n, P, band * R, padded)
-            direct_product(padded, w_p, out, K, Wo,
-                           _scratch.get(slot, "spare", (TILE, BLOCK), x.dtype), tile_bias, relu)
-        else:
+    if blocked:  # each thread runs items in compiled code until none are left
+        run_items = _direct_items()
+        counter = np.zeros(1, np.int64)
+        shape = band_shape(Cin, W, R, Wo, K, S, P)
+
+        def worker(_: int, slot: int) -> None:
+            run_items(x, w_p, y_rows, Ho, Wo, K, P, R, bands, shape[2], counter, probes,
+                      _scratch.get(slot, "band", (math.prod(shape),), x.dtype),
+                      _scratch.get(slot, "spare", (TILE, BLOCK), x.dtype), tile_bias, relu)
+
+        parallel_for(worker, get_num_threads(), serial=_small(N, Cin, Cout, Ho, Wo, K))
+    else:
+        def item(index: int, slot: int) -> None:
             n, pixels, col, probes[index] = _band_columns(x, index, bands, R, Ho, Wo, K, S,
                                                           P, slot)
             out = y_rows[n, :, pixels]                                 # (Cout, R*Wo), a view
@@ -417,7 +459,7 @@ def _forward(x: np.ndarray, weight: np.ndarray, stride: int, padding: int,
             if relu:
                 np.maximum(out, 0, out=out)
 
-    parallel_for(item, N * bands, serial=_small(N, Cin, Cout, Ho, Wo, K))
+        parallel_for(item, N * bands, serial=_small(N, Cin, Cout, Ho, Wo, K))
     if who is not None:
         last_row_read = (Ho - 1) * S - P + K - 1                       # rows below it: unread
         if not np.isfinite(probes.sum()) or last_row_read < H - 1:

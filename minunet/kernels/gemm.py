@@ -53,13 +53,18 @@ def _compiled_on_first_call(signature: str) -> Callable[[Callable], Callable]:
     def wrap(py_func: Callable) -> Callable:
         dispatcher = None
 
-        @functools.wraps(py_func)
-        def call(*args: object) -> None:
+        def compiled() -> Callable:
+            """The Numba dispatcher (callable from other compiled functions too)."""
             nonlocal dispatcher
             if dispatcher is None:
                 dispatcher = njit(signature, cache=True, nogil=True)(py_func)
-            return dispatcher(*args)
+            return dispatcher
+
+        @functools.wraps(py_func)
+        def call(*args: object) -> None:
+            return (dispatcher or compiled())(*args)
         call.py_func = py_func
+        call.compiled = compiled
         return call
     return wrap
 
@@ -90,7 +95,6 @@ def _epilogue(out: np.ndarray, rows: int, bias: np.ndarray, first: int, relu: bo
         vstore(out_i, 0, 32, vbias_relu(vload(out_i, 0, 32), b, relu))
 
 
-@_compiled_on_first_call(_PRODUCT)
 def direct_product(band: np.ndarray, w_p: np.ndarray, y: np.ndarray, kernel_size: int,
                    out_width: int, spare: np.ndarray, bias: np.ndarray, relu: bool) -> None:
     """y[o, r*Wo + j] = sum_{c,kh,kw} w[o, c, kh, kw] band[c, r + kh, j + kw] (+ bias[o],
@@ -198,6 +202,10 @@ def _direct_product(band: np.ndarray, w_p: np.ndarray, y: np.ndarray, kernel_siz
             if epilogue:
                 _epilogue(spare, 1, bias, o, relu)
             y[o, q0:q0 + count] = spare[0, :count]
+
+
+_direct_product_py = direct_product
+direct_product = _compiled_on_first_call(_PRODUCT)(_direct_product_py)
 
 
 @_compiled_on_first_call(_WEIGHT_PRODUCT)

@@ -183,3 +183,20 @@ def vbias_relu(typingctx, v, b, relu):  # noqa: ANN001, ANN201
         return builder.select(builder.trunc(flag, ir.IntType(1)) if flag.type != ir.IntType(1)
                               else flag, clamped, total)
     return float32x16(v, b, relu), codegen
+
+
+@intrinsic
+def fetch_add(typingctx, a, i, v):  # noqa: ANN001, ANN201
+    """Atomically: old = a[i]; a[i] = old + v; return old (a 1-D int64 array). Threads that
+    share a counter this way each get distinct values, with no lock and no GIL."""
+    if not (isinstance(a, types.Array) and a.ndim == 1 and a.dtype == types.int64
+            and isinstance(i, types.Integer) and isinstance(v, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        pointer = cgutils.get_item_pointer(context, builder, signature.args[0], array,
+                                           [args[1]])
+        value = context.cast(builder, args[2], signature.args[2], types.int64)
+        return builder.atomic_rmw("add", pointer, value, "seq_cst")
+    return types.int64(a, i, v), codegen
