@@ -153,3 +153,28 @@ def test_blocked_convolution_finds_a_non_finite_value_anywhere(blocked_route, ba
         dy[position[0], position[1] + 1] = bad
         with pytest.raises(FloatingPointError, match=r"Conv2d.backward: dout .* contains"):
             layer.backward(dy)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+def test_direct_items_are_each_run_once_whatever_the_threads(monkeypatch, n_threads):
+    """The direct route's threads take (image, band) items from one atomic counter inside
+    compiled code: with one-row bands and 1 to 3 threads, every output row is written once,
+    right, and the NaN probe of every item is seen."""
+    from minunet.kernels import threads
+
+    monkeypatch.setattr(kernels, "USE_BLOCKED", True)
+    monkeypatch.setattr(kernels, "COL_BYTES", 1)
+    before = threads.get_num_threads()
+    threads.set_num_threads(n_threads)
+    try:
+        rng = np.random.default_rng(n_threads)
+        x = rng.standard_normal((3, 4, 11, 32)).astype(np.float32)
+        w = rng.standard_normal((8, 4, 3, 3)).astype(np.float32)
+        y = kernels.conv2d_forward(x, w, None, 1, 1)
+        y_ref = reference.conv2d_forward_reference(x, w, None, 1, 1)
+        np.testing.assert_allclose(y, y_ref, rtol=0, atol=1e-4)
+        x[2, 3, 10, 31] = np.nan                      # the last item's last value
+        with pytest.raises(FloatingPointError, match="1 NaN"):
+            kernels.conv2d_forward(x, w, None, 1, 1, who="Conv2d")
+    finally:
+        threads.set_num_threads(before)
