@@ -30,8 +30,8 @@ def random_band(rng, C: int, K: int, rows: int, Wo: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("cout", [1, 3, 8, 13, 16, 24])
-@pytest.mark.parametrize("C, K, rows, Wo", [(1, 3, 1, 16), (3, 3, 2, 16), (2, 1, 3, 32),
-                                            (16, 3, 2, 48), (4, 5, 5, 16), (5, 3, 1, 80)])
+@pytest.mark.parametrize("C, K, rows, Wo", [(1, 3, 1, 16), (3, 3, 2, 16), (2, 3, 3, 32),
+                                            (16, 3, 2, 48), (4, 3, 5, 16), (5, 3, 1, 80)])
 def test_direct_product_matches_float64(cout, C, K, rows, Wo):
     """Pixel counts of 1 to 5 vectors (tiles of 3, and the partial last tile), channels around
     the tile of 8; y is a window of a bigger array, whose rest must stay untouched."""
@@ -91,7 +91,6 @@ BLOCKED_CASES = [
     (1, 3, 5, 33, 32, 3, 1, True),
     (2, 1, 8, 32, 64, 3, 1, True),
     (1, 2, 3, 36, 30, 3, 2, True),   # P = 2: 38 x 32 output pixels
-    (1, 3, 4, 40, 34, 5, 1, False),  # K = 5, P = 1: Wo = 32; BLAS for the weight gradient
 ]
 
 
@@ -126,6 +125,11 @@ def test_the_route_is_chosen_by_dtype_stride_and_width(monkeypatch):
     assert not kernels._blocked(np.float32, 3, 1, 1, 8)    # rows not a multiple of 16 wide
     assert not kernels._blocked(np.float32, 2, 2, 0, 64)   # stride 2
     assert not kernels._blocked(np.float32, 1, 1, 0, 64)   # 1x1: the columns are x itself
+    assert not kernels._blocked(np.float32, 5, 1, 2, 64)   # 3x3 only (one compiled copy)
+    with pytest.raises(ValueError, match="3x3"):
+        gemm.direct_product(np.zeros((1, 5, 32), np.float32), gemm.pack_weights(
+            np.zeros((25, 8), np.float32)), np.zeros((8, 16), np.float32), 5, 16,
+            np.zeros((8, 48), np.float32), np.zeros(0, np.float32), False)
     assert kernels._direct_weight(np.float32, 3, 1, 1, 32, 64)
     assert not kernels._direct_weight(np.float32, 5, 1, 2, 32, 64)   # 3x3 only
     assert not kernels._direct_weight(np.float32, 3, 1, 1, 16, 48)   # under 32 x 32 pixels

@@ -21,8 +21,7 @@ thread pool (threads.py); each item writes its rows of y directly. Two routes:
 - BLAS (float64, the gradient checks; other strides and widths; CPUs without AVX-512): the
   columns of a band (`im2col_rows`, a GIL-free Numba loop, compiled for the U-Net's (K, S, P)
   as constants) stay in the core's cache and go to np.matmul with single-threaded BLAS.
-  Products whose pixel count is a multiple of 16 in float32 still use direct_product, as a
-  1x1 convolution of the columns (`_product`). A 1x1 convolution's columns are x itself.
+  A 1x1 convolution's columns are x itself.
 
 The input gradient of a stride-1 convolution is the stride-1 convolution of dy with the
 flipped weight (no scatter-add); other geometries scatter-add one image per item
@@ -349,10 +348,10 @@ def _band_columns(x: np.ndarray, index: int, bands: int, R: int, Ho: int, Wo: in
 
 
 def _blocked(dtype: np.dtype, K: int, S: int, P: int, Wo: int) -> bool:
-    """Whether a convolution's product goes to gemm.direct_product: float32,
-    stride 1, not 1x1 (its columns are x itself), output rows a multiple of 16 pixels wide.
-    Elsewhere, BLAS on im2col_rows's columns."""
-    return (USE_BLOCKED and dtype == np.float32 and S == 1 and K > 1 and Wo % simd.LANES == 0
+    """Whether a convolution's product goes to gemm.direct_product: float32, a 3x3 kernel
+    (the U-Net's; each kernel size is one more large compiled copy), stride 1, output rows a
+    multiple of 16 pixels wide. Elsewhere, im2col_rows's columns and BLAS."""
+    return (USE_BLOCKED and dtype == np.float32 and S == 1 and K == 3 and Wo % simd.LANES == 0
             and P <= K - 1)
 
 
@@ -396,21 +395,6 @@ def _small(N: int, Cin: int, Cout: int, Ho: int, Wo: int, K: int) -> bool:
 _NO_BIAS = np.zeros(0, np.float32)  # direct_product's "no bias"
 
 
-def _product(a: np.ndarray, a_p: np.ndarray | None, b: np.ndarray, out: np.ndarray,
-             slot: int) -> None:
-    """out = a @ b, for a (M, K), a_p = gemm.pack_weights(a.T) (float32), b (K, P), out (M, P).
-
-    In float32, with P a multiple of 16 and b and out of unit stride along P, this is
-    gemm.direct_product with a 1x1 kernel: b's rows read as a band of one row of P pixels.
-    Elsewhere np.matmul (BLAS)."""
-    if (USE_BLOCKED and b.dtype == np.float32 and b.shape[1] % simd.LANES == 0
-            and b.flags.c_contiguous and out.strides[1] == out.itemsize):
-        direct_product(b.reshape(b.shape[0], 1, b.shape[1]), a_p, out, 1, b.shape[1],
-                       _scratch.get(slot, "spare", (TILE, BLOCK), b.dtype), _NO_BIAS, False)
-    else:
-        np.matmul(a, b, out=out)
-
-
 def _forward(x: np.ndarray, weight: np.ndarray, stride: int, padding: int,
              bias: np.ndarray | None = None, who: str | None = None,
              name: str = "input", relu: bool = False) -> np.ndarray:
@@ -433,7 +417,7 @@ def _forward(x: np.ndarray, weight: np.ndarray, stride: int, padding: int,
     R, bands = _bands(Ho, Wo, Cin * K * K, x.itemsize)
     probes = np.zeros(N * bands)                                       # one per item
     blocked = _blocked(x.dtype, K, S, P, Wo)
-    w_p = pack_weights(w_rows.T) if x.dtype == np.float32 else None   # gemm's layout
+    w_p = pack_weights(w_rows.T) if blocked else None                 # gemm's layout
     # the direct route adds the bias (and the ReLU) to each tile as it is computed
     tile_bias = _NO_BIAS if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
 
@@ -453,7 +437,7 @@ def _forward(x: np.ndarray, weight: np.ndarray, stride: int, padding: int,
             n, pixels, col, probes[index] = _band_columns(x, index, bands, R, Ho, Wo, K, S,
                                                           P, slot)
             out = y_rows[n, :, pixels]                                 # (Cout, R*Wo), a view
-            _product(w_rows, w_p, col, out, slot)
+            np.matmul(w_rows, col, out=out)
             if bias is not None:
                 out += bias[:, None]
             if relu:
@@ -482,12 +466,11 @@ def _adjoint(dy: np.ndarray, weight: np.ndarray, stride: int, padding: int, heig
     w_cols = np.ascontiguousarray(weight.reshape(Cout, Cin * K * K).T)  # (Cin*K*K, Cout)
     dy_rows = dy.reshape(N, Cout, Ho * Wo)
     dx = np.empty((N, Cin, height, width), dtype=dy.dtype)               # (N, Cin, H, W)
-    w_p = pack_weights(w_cols.T) if dy.dtype == np.float32 else None     # gemm's layout
     tiles = stride == K and padding == 0 and (height, width) == (Ho * K, Wo * K)
 
     def item(n: int, slot: int) -> None:  # one image
         dcol = _scratch.get(slot, "dcol", (Cin * K * K, Ho * Wo), dy.dtype)
-        _product(w_cols, w_p, dy_rows[n], dcol, slot)
+        np.matmul(w_cols, dy_rows[n], out=dcol)
         if tiles:   # every dx value comes from one column entry
             place_image(dcol, dx, n, K, Wo)
         else:

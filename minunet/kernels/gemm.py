@@ -101,7 +101,8 @@ def direct_product(band: np.ndarray, w_p: np.ndarray, y: np.ndarray, kernel_size
     then max(., 0) with relu): a stride-1 convolution of the zero-padded band, with no
     im2col at all.
 
-    band (Cin, rows_in, padded_width) float32 (conv.fill_band's); w_p the weight as
+    3x3 kernels only. band (Cin, rows_in, padded_width) float32 (conv.fill_band's); w_p the
+    weight as
     pack_weights(w.reshape(Cout, -1).T) gives it; y (Cout, R*Wo) with unit stride along
     pixels, Wo a multiple of 16; spare (8, 48) scratch; bias (Cout,) or empty (none). For 48
     output pixels (three vectors of 16, each inside one row) and 8 output channels at a time,
@@ -110,10 +111,9 @@ def direct_product(band: np.ndarray, w_p: np.ndarray, y: np.ndarray, kernel_size
     tile before it is stored (a convolution with a batch norm folded in and the ReLU after
     it, in one pass: inference, see layers.BatchNormReLU2d.after_conv).
     """
-    if kernel_size == 3:  # every 3x3 convolution: its own compiled copy, taps unrolled
-        _direct_product(band, w_p, y, 3, out_width, spare, bias, relu)
-    else:
-        _direct_product(band, w_p, y, kernel_size, out_width, spare, bias, relu)
+    if kernel_size != 3:  # one compiled copy only: this kernel takes seconds to compile
+        raise ValueError("direct_product: 3x3 kernels only")
+    _direct_product(band, w_p, y, 3, out_width, spare, bias, relu)  # the taps unrolled
 
 
 @njit(cache=True, nogil=True, inline="always")
