@@ -15,6 +15,10 @@ lines of LLVM IR (`numba.extending.intrinsic`):
     vsum(v)            -> v[0] + ... + v[15]         (a float32, pairwise in a fixed order)
     vbias_relu(v, b, relu) -> v + b, then max(., 0) if relu
 
+and one more for the threads that run the direct route's items (conv.py):
+
+    fetch_add(a, i, v) -> old a[i], a[i] += v        (atomic, on a 1-D int64 array)
+
 No bounds checks: the caller guarantees j + 16 <= a.shape[1]. On a CPU without AVX-512 LLVM
 splits each vector into narrower ones (correct, slower); `HAVE_AVX512` lets callers choose
 BLAS there instead.
