@@ -50,12 +50,12 @@ def alternate(a: Callable[[], object], b: Callable[[], object], repeats: int
 
 
 def routed(direct: bool, fn: Callable[..., np.ndarray], *args: object) -> np.ndarray:
-    conv.USE_BLOCKED = direct
+    conv.USE_DIRECT = direct
     return fn(*args)
 
 
 def direct_route(repeats: int, rng: np.random.Generator) -> None:
-    available = conv.USE_BLOCKED
+    available = conv.USE_DIRECT
     print(f"0. direct route (AVX-512 here: {available}) against BLAS, whole layers, batch 8, "
           f"2 threads (ms): direct | BLAS | BLAS / direct")
     if not available:
@@ -81,7 +81,7 @@ def direct_route(repeats: int, rng: np.random.Generator) -> None:
         print(f"   {cin:3d}->{cout:3d} {size:3d}^2: " + "; ".join(line))
     print(f"   all of them: {total[0] * 1e3:.1f} | {total[1] * 1e3:.1f} ms | "
           f"{total[1] / total[0]:.2f}x")
-    conv.USE_BLOCKED = available
+    conv.USE_DIRECT = available
     print("   the kernels alone, one band in cache, one thread (GFLOP/s): "
           "direct_product | direct_weight_product | np.matmul on im2col columns")
     with threadpool_limits(1):

@@ -72,10 +72,10 @@ def test_direct_weight_product_matches_float64(cout, C, rows, Wo):
 
 
 @pytest.fixture(params=["tall bands", "one row per band"])
-def blocked_route(monkeypatch, request):
+def direct_route(monkeypatch, request):
     """The direct route on any CPU (without AVX-512 it is only slower), with bands of every
     size down to one output row."""
-    monkeypatch.setattr(kernels, "USE_BLOCKED", True)
+    monkeypatch.setattr(kernels, "USE_DIRECT", True)
     if request.param == "one row per band":
         monkeypatch.setattr(kernels, "COL_BYTES", 1)
         monkeypatch.setattr(kernels, "WEIGHT_BAND_BYTES", 1)
@@ -84,7 +84,7 @@ def blocked_route(monkeypatch, request):
 # (N, Cin, Cout, H, W, K, P, weight gradient direct?): output widths multiples of 16 (the
 # direct route), Cout around the tiles of 8 and 3; the weight gradient is direct for 3x3
 # kernels on at least 32 x 32 output pixels
-BLOCKED_CASES = [
+DIRECT_CASES = [
     (2, 3, 5, 7, 32, 3, 1, False),
     (1, 16, 16, 9, 16, 3, 1, False),
     (2, 4, 33, 5, 48, 3, 1, False),
@@ -94,15 +94,15 @@ BLOCKED_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", BLOCKED_CASES)
-def test_blocked_convolution_matches_reference(blocked_route, case):
+@pytest.mark.parametrize("case", DIRECT_CASES)
+def test_direct_convolution_matches_reference(direct_route, case):
     N, Cin, Cout, H, W, K, P, direct_weight = case
     rng = np.random.default_rng(sum(case))
     x = rng.standard_normal((N, Cin, H, W)).astype(np.float32)
     w = rng.standard_normal((Cout, Cin, K, K)).astype(np.float32)
     b = rng.standard_normal(Cout).astype(np.float32)
     Ho, Wo = kernels.conv_output_size(H, K, 1, P), kernels.conv_output_size(W, K, 1, P)
-    assert kernels._blocked(np.float32, K, 1, P, Wo)
+    assert kernels._direct(np.float32, K, 1, P, Wo)
     assert kernels._direct_weight(np.float32, K, 1, P, Ho, Wo) == direct_weight
 
     y = kernels.conv2d_forward(x, w, b, 1, P)
@@ -119,13 +119,13 @@ def test_blocked_convolution_matches_reference(blocked_route, case):
 
 
 def test_the_route_is_chosen_by_dtype_stride_and_width(monkeypatch):
-    monkeypatch.setattr(kernels, "USE_BLOCKED", True)
-    assert kernels._blocked(np.float32, 3, 1, 1, 64)
-    assert not kernels._blocked(np.float64, 3, 1, 1, 64)   # gradient checks: BLAS, float64
-    assert not kernels._blocked(np.float32, 3, 1, 1, 8)    # rows not a multiple of 16 wide
-    assert not kernels._blocked(np.float32, 2, 2, 0, 64)   # stride 2
-    assert not kernels._blocked(np.float32, 1, 1, 0, 64)   # 1x1: the columns are x itself
-    assert not kernels._blocked(np.float32, 5, 1, 2, 64)   # 3x3 only (one compiled copy)
+    monkeypatch.setattr(kernels, "USE_DIRECT", True)
+    assert kernels._direct(np.float32, 3, 1, 1, 64)
+    assert not kernels._direct(np.float64, 3, 1, 1, 64)   # gradient checks: BLAS, float64
+    assert not kernels._direct(np.float32, 3, 1, 1, 8)    # rows not a multiple of 16 wide
+    assert not kernels._direct(np.float32, 2, 2, 0, 64)   # stride 2
+    assert not kernels._direct(np.float32, 1, 1, 0, 64)   # 1x1: the columns are x itself
+    assert not kernels._direct(np.float32, 5, 1, 2, 64)   # 3x3 only (one compiled copy)
     with pytest.raises(ValueError, match="3x3"):
         gemm.direct_product(np.zeros((1, 5, 32), np.float32), gemm.pack_weights(
             np.zeros((25, 8), np.float32)), np.zeros((8, 16), np.float32), 5, 16,
@@ -133,19 +133,19 @@ def test_the_route_is_chosen_by_dtype_stride_and_width(monkeypatch):
     assert kernels._direct_weight(np.float32, 3, 1, 1, 32, 64)
     assert not kernels._direct_weight(np.float32, 5, 1, 2, 32, 64)   # 3x3 only
     assert not kernels._direct_weight(np.float32, 3, 1, 1, 16, 48)   # under 32 x 32 pixels
-    monkeypatch.setattr(kernels, "USE_BLOCKED", False)
-    assert not kernels._blocked(np.float32, 3, 1, 1, 64)
+    monkeypatch.setattr(kernels, "USE_DIRECT", False)
+    assert not kernels._direct(np.float32, 3, 1, 1, 64)
 
 
-def test_minunet_gemm_blas_turns_the_blocked_route_off():
-    code = "import minunet.kernels.conv as c; print(c.USE_BLOCKED)"
+def test_minunet_gemm_blas_turns_the_direct_route_off():
+    code = "import minunet.kernels.conv as c; print(c.USE_DIRECT)"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={"MINUNET_GEMM": "blas", "PATH": ""}, check=True)
     assert run.stdout.strip() == "False"
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
-def test_blocked_convolution_finds_a_non_finite_value_anywhere(blocked_route, bad):
+def test_direct_convolution_finds_a_non_finite_value_anywhere(direct_route, bad):
     layer = fast_layers.Conv2d(2, 3, 3, padding=1, rng=np.random.default_rng(0))
     for position in np.ndindex(1, 2, 5, 16):
         x = np.ones((1, 2, 5, 16), np.float32)
@@ -166,7 +166,7 @@ def test_direct_items_are_each_run_once_whatever_the_threads(monkeypatch, n_thre
     right, and the NaN probe of every item is seen."""
     from minunet.kernels import threads
 
-    monkeypatch.setattr(kernels, "USE_BLOCKED", True)
+    monkeypatch.setattr(kernels, "USE_DIRECT", True)
     monkeypatch.setattr(kernels, "COL_BYTES", 1)
     before = threads.get_num_threads()
     threads.set_num_threads(n_threads)

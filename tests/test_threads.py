@@ -148,7 +148,7 @@ def test_weight_gradient_does_not_depend_on_which_thread_ran_what(monkeypatch, r
     changing slots and must give the same bits as running them in order on one slot."""
     monkeypatch.setattr(kernels, "COL_BYTES", 64)  # many (image, band) pieces
     monkeypatch.setattr(kernels, "WEIGHT_BAND_BYTES", 64)
-    monkeypatch.setattr(kernels, "USE_BLOCKED", route == "direct")
+    monkeypatch.setattr(kernels, "USE_DIRECT", route == "direct")
     W = 96 if route == "direct" else 11  # the direct route wants rows of 16k pixels
     assert kernels._direct_weight(np.float32, 3, 1, 1, 13, W) == (route == "direct")
     rng = np.random.default_rng(0)

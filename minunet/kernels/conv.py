@@ -55,8 +55,8 @@ from .gemm import BLOCK, TILE, direct_product, direct_weight_product, pack_weigh
 from .threads import SERIAL_FLOPS, get_num_threads, parallel_for
 
 # float32 stride-1 convolutions use gemm.direct_product (and direct_weight_product) where
-# the CPU has AVX-512 (see _blocked); MINUNET_GEMM=blas sends every product to BLAS instead.
-USE_BLOCKED = (simd.HAVE_AVX512 and simd.AVAILABLE
+# the CPU has AVX-512 (see _direct); MINUNET_GEMM=blas sends every product to BLAS instead.
+USE_DIRECT = (simd.HAVE_AVX512 and simd.AVAILABLE
                and os.environ.get("MINUNET_GEMM", "").strip().lower() != "blas")
 
 
@@ -315,7 +315,7 @@ class _Scratch:
 
 def _aligned(size: int, dtype: np.dtype, alignment: int = 64) -> np.ndarray:
     """np.empty(size, dtype) starting on a 64-byte boundary (a cache line, one AVX-512
-    vector): the blocked columns' vector stores then never straddle two lines."""
+    vector): the direct kernels' aligned vector loads then never straddle two lines."""
     raw = np.empty(size * dtype.itemsize + alignment, dtype=np.uint8)
     offset = -raw.ctypes.data % alignment
     return raw[offset:offset + size * dtype.itemsize].view(dtype)
@@ -347,20 +347,20 @@ def _band_columns(x: np.ndarray, index: int, bands: int, R: int, Ho: int, Wo: in
     return n, pixels, col, probe
 
 
-def _blocked(dtype: np.dtype, K: int, S: int, P: int, Wo: int) -> bool:
+def _direct(dtype: np.dtype, K: int, S: int, P: int, Wo: int) -> bool:
     """Whether a convolution's product goes to gemm.direct_product: float32, a 3x3 kernel
     (the U-Net's; each kernel size is one more large compiled copy), stride 1, output rows a
     multiple of 16 pixels wide. Elsewhere, im2col_rows's columns and BLAS."""
-    return (USE_BLOCKED and dtype == np.float32 and S == 1 and K == 3 and Wo % simd.LANES == 0
+    return (USE_DIRECT and dtype == np.float32 and S == 1 and K == 3 and Wo % simd.LANES == 0
             and P <= K - 1)
 
 
 def _direct_weight(dtype: np.dtype, K: int, S: int, P: int, Ho: int, Wo: int) -> bool:
     """Whether a weight gradient goes to gemm.direct_weight_product: as
-    _blocked, for 3x3 kernels (its 9 taps are spelled out) and images of at least 32 x 32
+    _direct, for 3x3 kernels (its 9 taps are spelled out) and images of at least 32 x 32
     output pixels (on smaller ones its per-channel sweeps are too short to beat BLAS:
     bench/bench_conv_parts.py)."""
-    return _blocked(dtype, K, S, P, Wo) and K == 3 and Ho * Wo >= 1024
+    return _direct(dtype, K, S, P, Wo) and K == 3 and Ho * Wo >= 1024
 
 
 WEIGHT_BAND_BYTES = 1 << 20  # input rows per weight-gradient item: ~1 MiB of padded band
@@ -416,12 +416,12 @@ def _forward(x: np.ndarray, weight: np.ndarray, stride: int, padding: int,
     y_rows = y.reshape(N, Cout, Ho * Wo)
     R, bands = _bands(Ho, Wo, Cin * K * K, x.itemsize)
     probes = np.zeros(N * bands)                                       # one per item
-    blocked = _blocked(x.dtype, K, S, P, Wo)
-    w_p = pack_weights(w_rows.T) if blocked else None                 # gemm's layout
+    direct = _direct(x.dtype, K, S, P, Wo)
+    w_p = pack_weights(w_rows.T) if direct else None                 # gemm's layout
     # the direct route adds the bias (and the ReLU) to each tile as it is computed
     tile_bias = _NO_BIAS if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
 
-    if blocked:  # each thread runs items in compiled code until none are left
+    if direct:  # each thread runs items in compiled code until none are left
         run_items = _direct_items()
         counter = np.zeros(1, np.int64)
         shape = band_shape(Cin, W, R, Wo, K, S, P)

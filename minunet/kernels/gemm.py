@@ -95,6 +95,7 @@ def _epilogue(out: np.ndarray, rows: int, bias: np.ndarray, first: int, relu: bo
         vstore(out_i, 0, 32, vbias_relu(vload(out_i, 0, 32), b, relu))
 
 
+@_compiled_on_first_call(_PRODUCT)
 def direct_product(band: np.ndarray, w_p: np.ndarray, y: np.ndarray, kernel_size: int,
                    out_width: int, spare: np.ndarray, bias: np.ndarray, relu: bool) -> None:
     """y[o, r*Wo + j] = sum_{c,kh,kw} w[o, c, kh, kw] band[c, r + kh, j + kw] (+ bias[o],
@@ -202,10 +203,6 @@ def _direct_product(band: np.ndarray, w_p: np.ndarray, y: np.ndarray, kernel_siz
             if epilogue:
                 _epilogue(spare, 1, bias, o, relu)
             y[o, q0:q0 + count] = spare[0, :count]
-
-
-_direct_product_py = direct_product
-direct_product = _compiled_on_first_call(_PRODUCT)(_direct_product_py)
 
 
 @_compiled_on_first_call(_WEIGHT_PRODUCT)

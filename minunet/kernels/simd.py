@@ -79,6 +79,22 @@ def _address(context, builder, array_type, array, i, j):  # noqa: ANN001
     return builder.bitcast(pointer, _VECTOR.as_pointer())
 
 
+def _broadcast(builder, scalar):  # noqa: ANN001
+    """The float32 `scalar` in every lane of a vector."""
+    undefined = ir.Constant(_VECTOR, ir.Undefined)
+    lane0 = builder.insert_element(undefined, scalar, ir.Constant(ir.IntType(32), 0))
+    every_lane = ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES)
+    return builder.shuffle_vector(lane0, undefined, every_lane)
+
+
+def _fused_multiply_add(builder, x, y, acc):  # noqa: ANN001
+    """acc + x * y lane by lane, one rounding (LLVM's fma intrinsic)."""
+    fma = cgutils.get_or_insert_function(builder.module,
+                                         ir.FunctionType(_VECTOR, [_VECTOR] * 3),
+                                         f"llvm.fma.v{LANES}f32")
+    return builder.call(fma, [x, y, acc])
+
+
 @intrinsic
 def vzero(typingctx):  # noqa: ANN001, ANN201
     """16 zeros."""
@@ -123,14 +139,7 @@ def vfma(typingctx, x, s, acc):  # noqa: ANN001, ANN201
 
     def codegen(context, builder, signature, args):  # noqa: ANN001
         vector, scalar, accumulator = args
-        undefined = ir.Constant(_VECTOR, ir.Undefined)
-        lane0 = builder.insert_element(undefined, scalar, ir.Constant(ir.IntType(32), 0))
-        every_lane = ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES)
-        broadcast = builder.shuffle_vector(lane0, undefined, every_lane)
-        fma = cgutils.get_or_insert_function(builder.module,
-                                             ir.FunctionType(_VECTOR, [_VECTOR] * 3),
-                                             f"llvm.fma.v{LANES}f32")
-        return builder.call(fma, [vector, broadcast, accumulator])
+        return _fused_multiply_add(builder, vector, _broadcast(builder, scalar), accumulator)
     return float32x16(x, s, acc), codegen
 
 
@@ -141,10 +150,7 @@ def vmul_add(typingctx, x, y, acc):  # noqa: ANN001, ANN201
         return None
 
     def codegen(context, builder, signature, args):  # noqa: ANN001
-        fma = cgutils.get_or_insert_function(builder.module,
-                                             ir.FunctionType(_VECTOR, [_VECTOR] * 3),
-                                             f"llvm.fma.v{LANES}f32")
-        return builder.call(fma, list(args))
+        return _fused_multiply_add(builder, *args)
     return float32x16(x, y, acc), codegen
 
 
@@ -176,16 +182,12 @@ def vbias_relu(typingctx, v, b, relu):  # noqa: ANN001, ANN201
 
     def codegen(context, builder, signature, args):  # noqa: ANN001
         vector, scalar, clamp = args
-        undefined = ir.Constant(_VECTOR, ir.Undefined)
-        lane0 = builder.insert_element(undefined, scalar, ir.Constant(ir.IntType(32), 0))
-        every_lane = ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES)
-        total = builder.fadd(vector, builder.shuffle_vector(lane0, undefined, every_lane))
+        total = builder.fadd(vector, _broadcast(builder, scalar))
         zeros = ir.Constant(_VECTOR, None)
-        positive = builder.fcmp_ordered(">", total, zeros)
-        clamped = builder.select(positive, total, zeros)
-        flag = context.cast(builder, clamp, signature.args[2], types.boolean)
-        return builder.select(builder.trunc(flag, ir.IntType(1)) if flag.type != ir.IntType(1)
-                              else flag, clamped, total)
+        clamped = builder.select(builder.fcmp_ordered(">", total, zeros), total, zeros)
+        if clamp.type != ir.IntType(1):  # a boolean held in a wider integer
+            clamp = builder.icmp_unsigned("!=", clamp, ir.Constant(clamp.type, 0))
+        return builder.select(clamp, clamped, total)
     return float32x16(v, b, relu), codegen
 
 
