@@ -38,3 +38,31 @@ def test_user_opt_out_is_respected():
                                          ("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=0")])
 def test_users_own_malloc_settings_win(name, value):
     assert applied(**{name: value}) == "False"
+
+
+LARGE_BLOCK_PROBE = """
+import ctypes
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+import numpy as np
+import minunet  # noqa: F401
+before = libc.mallinfo2().hblkhd     # bytes malloc holds in blocks mapped on their own
+block = np.ones(2**24, np.float32)  # 64 MiB: above glibc's largest mmap threshold
+print(libc.mallinfo2().hblkhd - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
+def test_blocks_above_32_mib_come_from_the_heap_too():
+    """C3's activations (32-64 MiB) must not be fresh mmap pages on every step."""
+    import ctypes
+    if not hasattr(ctypes.CDLL(None), "mallinfo2"):
+        pytest.skip("glibc older than 2.33: no mallinfo2")
+    env = {k: v for k, v in os.environ.items()
+           if not (k.startswith("MALLOC_") or k in ("MINUNET_MALLOC", "GLIBC_TUNABLES"))}
+    run = subprocess.run([sys.executable, "-c", LARGE_BLOCK_PROBE], env=env,
+                         capture_output=True, text=True, check=True)
+    assert int(run.stdout) == 0

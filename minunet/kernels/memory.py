@@ -8,12 +8,17 @@ step then touches brand-new pages, and the kernel zeroes each 4 KiB page on its 
 (`MINUNET_MALLOC=default python bench/bench_unet.py --configs C2 --modes train --no-torch`:
 329-331 ms, against 294-299 ms with the settings below).
 
-`keep_freed_memory()` asks malloc to serve blocks up to 32 MiB (the largest setting glibc
-allows) from its heap and to keep what is freed, so the next step reuses pages already
-mapped. The price: the process keeps the memory of its largest step until it exits (RSS stays
-near the peak instead of falling between steps), and the peak grows a little (C2 training:
-441 MiB against 423). PyTorch's
-CPU tuning guides give the same advice (the `MALLOC_*` variables, or jemalloc/tcmalloc).
+`keep_freed_memory()` asks malloc to serve blocks of every size from its heap and to keep what
+is freed, so the next step reuses pages already mapped. Two settings do that: blocks up to
+32 MiB (the largest threshold glibc allows) stop going to `mmap`, and blocks above it (C3's
+activations are 32-64 MiB) do too, because `mmap` is switched off for malloc altogether
+(`M_MMAP_MAX` = 0). Those larger blocks matter most: two threads touching fresh pages of
+one array fault in turn on the kernel's lock, and a 64 MiB concatenation took 48 ms instead
+of 9 (C3 inference, `bench/bench_unet.py --configs C3 --modes infer --no-torch`: 541-553 ms
+with `mmap`, 483-499 ms without). The price: the process keeps the memory of its largest step
+until it exits (RSS stays near the peak instead of falling between steps), and the peak grows
+a little (C2 training: 441 MiB against 423). PyTorch's CPU tuning guides give the same advice
+(the `MALLOC_*` variables, or jemalloc/tcmalloc).
 
 It is applied when minunet.kernels is imported, on Linux with glibc only, and never when you
 chose yourself: set `MINUNET_MALLOC=default` to leave malloc alone, and any `MALLOC_*_`
@@ -28,8 +33,9 @@ import os
 import sys
 
 ENV_MALLOC = "MINUNET_MALLOC"
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3  # glibc's mallopt parameters
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -2, -3, -4  # mallopt's
 MMAP_THRESHOLD = 32 * 2**20   # blocks up to this size come from the heap (glibc's maximum)
+MMAP_MAX = 0                  # and larger ones too: malloc never maps a block of its own
 TRIM_THRESHOLD = 2**30        # give memory back only when 1 GiB is free at the heap's top
 TOP_PAD = 64 * 2**20          # grow the heap in steps of 64 MiB (pages are mapped lazily)
 
@@ -53,7 +59,8 @@ def keep_freed_memory() -> bool:
     mallopt.restype = ctypes.c_int
     accepted = [mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD),
                 mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD),
-                mallopt(_M_TOP_PAD, TOP_PAD)]
+                mallopt(_M_TOP_PAD, TOP_PAD),
+                mallopt(_M_MMAP_MAX, MMAP_MAX)]
     return all(accepted)
 
 
