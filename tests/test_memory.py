@@ -43,8 +43,8 @@ def test_users_own_malloc_settings_win(name, value):
 LARGE_BLOCK_PROBE = """
 import ctypes
 class MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena ordblks smblks hblks hblkhd "
+                "usmblks fsmblks uordblks fordblks keepcost").split()]
 libc = ctypes.CDLL(None)
 libc.mallinfo2.restype = MallInfo2
 import numpy as np

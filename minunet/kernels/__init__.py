@@ -32,8 +32,9 @@ OpenBLAS's pool is not woken at all there. Knobs:
   the environment before the OpenMP runtime loads; importing minunet first does that.
 
 Memory (see memory.py): glibc malloc is asked to serve every block from its heap and keep
-freed blocks for the next step instead of returning them to the operating system (fresh pages cost a page fault
-each, about 10 % of a training step). `MINUNET_MALLOC=default` leaves malloc alone.
+freed blocks for the next step instead of returning them to the operating system (fresh
+pages cost a page fault each, about 10 % of a training step). `MINUNET_MALLOC=default`
+leaves malloc alone.
 """
 
 import os
