@@ -56,6 +56,56 @@ def test_kernels_match_reference(case, dtype):
     assert rel_error(dw, dw_ref) < TOL[dtype]
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_fused_backward_matches_reference_and_the_separate_kernels(case, dtype, bias):
+    """conv_transpose2d_backward: dx, dw, db from one im2col of dy (the fast layer's)."""
+    N, Cin, Cout, H, W, K, S, P = case
+    rng = np.random.default_rng(sum(case) + 1)
+    x = rng.standard_normal((N, Cin, H, W)).astype(dtype)
+    w = rng.standard_normal((Cin, Cout, K, K)).astype(dtype)
+    dy = rng.standard_normal((N, Cout, (H - 1) * S - 2 * P + K,
+                              (W - 1) * S - 2 * P + K)).astype(dtype)
+    dx, dw, db = kernels.conv_transpose2d_backward(x, dy, w, S, P, bias=bias)
+    assert dx.dtype == dw.dtype == dtype
+    assert rel_error(dx, reference.conv_transpose2d_backward_input_reference(dy, w, S, P)) \
+        < TOL[dtype]
+    assert rel_error(dw, reference.conv_transpose2d_backward_weight_reference(x, dy, K, S, P)) \
+        < TOL[dtype]
+    # the same products in the same order as the separate kernels: the same bits
+    np.testing.assert_array_equal(dx, kernels.conv_transpose2d_backward_input(dy, w, S, P))
+    np.testing.assert_array_equal(dw, kernels.conv_transpose2d_backward_weight(x, dy, K, S, P))
+    if bias:
+        assert db.shape == (Cout,) and db.dtype == dtype
+        assert rel_error(db, dy.astype(np.float64).sum(axis=(0, 2, 3))) < TOL[dtype]
+    else:
+        assert db is None
+
+
+def test_fused_backward_on_the_unets_shapes():
+    """Many bands and groups of pieces, both threads: the U-Net's 2x2 up-step, float32."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((8, 32, 32, 32)).astype(np.float32)
+    w = rng.standard_normal((32, 16, 2, 2)).astype(np.float32)
+    dy = rng.standard_normal((8, 16, 64, 64)).astype(np.float32)
+    dx, dw, db = kernels.conv_transpose2d_backward(x, dy, w, 2, 0, bias=True)
+    assert rel_error(dx, reference.conv_transpose2d_backward_input_reference(dy, w, 2, 0)) < 1e-5
+    assert rel_error(dw, reference.conv_transpose2d_backward_weight_reference(x, dy, 2, 2, 0)) \
+        < 1e-5
+    assert rel_error(db, dy.astype(np.float64).sum(axis=(0, 2, 3))) < 1e-5
+
+
+@pytest.mark.parametrize("where", [(0, 0, 0, 0), (1, 2, 5, 3)])
+def test_fused_backward_names_nan_in_dout(where):
+    x = np.ones((2, 3, 4, 4), np.float32)
+    w = np.ones((3, 4, 2, 2), np.float32)
+    dy = np.ones((2, 4, 8, 8), np.float32)
+    dy[where] = np.nan
+    with pytest.raises(FloatingPointError, match="dout"):
+        kernels.conv_transpose2d_backward(x, dy, w, 2, 0, bias=True, who="ConvTranspose2d")
+
+
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("L", IMPLS)
 def test_gradcheck(L, case):

@@ -265,8 +265,8 @@ def col2im_image(col: np.ndarray, dx: np.ndarray, n: int, kernel_size: int, stri
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _place_image(col: np.ndarray, dx: np.ndarray, n: int, kernel_size: int,
-                 out_width: int) -> None:
+def _place_image(col: np.ndarray, dx: np.ndarray, n: int, kernel_size: int, out_width: int,
+                 bias: np.ndarray) -> None:
     """The body of place_image."""
     C = dx.shape[1]
     K, Wo = kernel_size, out_width
@@ -278,21 +278,27 @@ def _place_image(col: np.ndarray, dx: np.ndarray, n: int, kernel_size: int,
                 base = i * Wo
                 for kw in range(K):
                     src = col[(c * K + kh) * K + kw]                # (Ho*Wo,)
-                    for j in range(Wo):
-                        dst[j * K + kw] = src[base + j]
+                    if bias.size == 0:
+                        for j in range(Wo):
+                            dst[j * K + kw] = src[base + j]
+                    else:
+                        b = bias[c]
+                        for j in range(Wo):
+                            dst[j * K + kw] = src[base + j] + b
 
 
 @njit(cache=True, nogil=True)
-def place_image(col: np.ndarray, dx: np.ndarray, n: int, kernel_size: int,
-                out_width: int) -> None:
+def place_image(col: np.ndarray, dx: np.ndarray, n: int, kernel_size: int, out_width: int,
+                bias: np.ndarray) -> None:
     """col2im_image when the windows tile the image exactly (stride = K, no padding, the
     image (Ho*K, Wo*K)): every dx value comes from one col entry, so it is written, not
-    added, and dx[n] need not be zeroed first. The 2x2 case (the U-Net's transposed
-    convolution) gets its own compiled copy."""
+    added, and dx[n] need not be zeroed first. bias (C,) is added on the way (the transposed
+    convolution's bias, no pass of its own); an empty bias adds nothing. The 2x2 case (the
+    U-Net's transposed convolution) gets its own compiled copy."""
     if kernel_size == 2:
-        _place_image(col, dx, n, 2, out_width)
+        _place_image(col, dx, n, 2, out_width, bias)
     else:
-        _place_image(col, dx, n, kernel_size, out_width)
+        _place_image(col, dx, n, kernel_size, out_width, bias)
 
 
 class _Scratch:
@@ -452,14 +458,15 @@ def _forward(x: np.ndarray, weight: np.ndarray, stride: int, padding: int,
 
 
 def _adjoint(dy: np.ndarray, weight: np.ndarray, stride: int, padding: int, height: int,
-             width: int, who: str | None = None, name: str = "dout") -> np.ndarray:
-    """dx = col2im(w^T @ dy): dy (N, Cout, Ho, Wo), weight (Cout, Cin, K, K) -> (N, Cin, H, W).
-    With `who`, NaN/inf in dy raise (see _forward)."""
+             width: int, who: str | None = None, name: str = "dout",
+             bias: np.ndarray | None = None) -> np.ndarray:
+    """dx = col2im(w^T @ dy) (+ b): dy (N, Cout, Ho, Wo), weight (Cout, Cin, K, K),
+    bias (Cin,) or None -> (N, Cin, H, W). With `who`, NaN/inf in dy raise (see _forward)."""
     N, Cout, Ho, Wo = dy.shape
     _, Cin, K, _ = weight.shape
     if stride == 1 and padding <= K - 1:
         # dx is the stride-1 convolution of dy with the flipped weight and padding K-1-P
-        return _forward(dy, _flipped(weight), 1, K - 1 - padding, who=who, name=name)
+        return _forward(dy, _flipped(weight), 1, K - 1 - padding, bias, who=who, name=name)
     if who is not None:
         check_finite(who, dy, name=name)
     dy = np.ascontiguousarray(dy)
@@ -467,15 +474,18 @@ def _adjoint(dy: np.ndarray, weight: np.ndarray, stride: int, padding: int, heig
     dy_rows = dy.reshape(N, Cout, Ho * Wo)
     dx = np.empty((N, Cin, height, width), dtype=dy.dtype)               # (N, Cin, H, W)
     tiles = stride == K and padding == 0 and (height, width) == (Ho * K, Wo * K)
+    no_bias = np.zeros(0, dy.dtype)
 
     def item(n: int, slot: int) -> None:  # one image
         dcol = _scratch.get(slot, "dcol", (Cin * K * K, Ho * Wo), dy.dtype)
         np.matmul(w_cols, dy_rows[n], out=dcol)
-        if tiles:   # every dx value comes from one column entry
-            place_image(dcol, dx, n, K, Wo)
+        if tiles:   # every dx value comes from one column entry, the bias added on the way
+            place_image(dcol, dx, n, K, Wo, no_bias if bias is None else bias)
         else:
             dx[n] = 0
             col2im_image(dcol, dx, n, K, stride, padding, Wo)
+            if bias is not None:
+                dx[n] += bias[:, None, None]
 
     parallel_for(item, N, serial=_small(N, Cin, Cout, Ho, Wo, K))
     return dx
@@ -607,10 +617,9 @@ def conv_transpose2d_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray
     K = weight.shape[2]
     Ho = conv_transpose_output_size(x.shape[2], K, stride, padding)
     Wo = conv_transpose_output_size(x.shape[3], K, stride, padding)
-    y = _adjoint(x, weight, stride, padding, Ho, Wo, who=who, name="input")
     if bias is not None:
-        y += bias[None, :, None, None]
-    return y
+        bias = np.ascontiguousarray(bias, dtype=x.dtype)
+    return _adjoint(x, weight, stride, padding, Ho, Wo, who=who, name="input", bias=bias)
 
 
 def conv_transpose2d_backward_input(dy: np.ndarray, weight: np.ndarray, stride: int,
@@ -618,6 +627,73 @@ def conv_transpose2d_backward_input(dy: np.ndarray, weight: np.ndarray, stride: 
     """dx = w @ im2col(dy): dy (N, Cout, Ho, Wo) -> dx (N, Cin, H, W) (a plain convolution).
     With `who`, NaN or inf in dy raise FloatingPointError."""
     return _forward(dy, weight, stride, padding, who=who, name="dout")
+
+
+def conv_transpose2d_backward(x: np.ndarray, dy: np.ndarray, weight: np.ndarray, stride: int,
+                              padding: int, bias: bool, who: str | None = None,
+                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The three gradients of a transposed convolution, (dx, dw, db), from ONE im2col of dy.
+
+    x (N, Cin, H, W), dy (N, Cout, Ho, Wo), weight (Cin, Cout, K, K) -> dx (N, Cin, H, W),
+    dw (Cin, Cout, K, K), db (Cout,) (None without a bias). The same values as
+    conv_transpose2d_backward_input, conv_transpose2d_backward_weight and dy.sum(axis=(0, 2, 3));
+    but those build the columns of dy twice and read dy a third time:
+
+        col = im2col(dy)    per image and band of rows (Cout*K*K, R*W)
+        dx[n, :, band] = w @ col                    (Cin, R*W)
+        dw^T += col @ x[n, :, band]^T               (Cout*K*K, Cin)
+        db += the row sums of col, per output channel (when the windows tile dy, K = S and
+              P = 0, as in the U-Net: each dy value is in exactly one column; otherwise
+              db = dy.sum(axis=(0, 2, 3)))
+
+    dw and db are summed in the fixed groups of _weight_gradient (the same bits on every run).
+    With `who`, NaN/inf in dy raise FloatingPointError before anything is returned.
+    """
+    N, Cin, H, W = x.shape
+    _, Cout, K, _ = weight.shape
+    S, P = stride, padding
+    rows = Cout * K * K
+    if dy.shape[2:] != (conv_transpose_output_size(H, K, S, P),
+                        conv_transpose_output_size(W, K, S, P)):
+        raise ValueError(f"conv_transpose2d_backward: dy {dy.shape} does not match x {x.shape}")
+    x_rows = np.ascontiguousarray(x).reshape(N, Cin, H * W)
+    dy = np.ascontiguousarray(dy)
+    w_rows = np.ascontiguousarray(weight.reshape(Cin, rows))      # (Cin, Cout*K*K)
+    dx = np.empty((N, Cin, H, W), dtype=dy.dtype)
+    dx_rows = dx.reshape(N, Cin, H * W)
+    R, bands = _bands(H, W, rows, dy.itemsize)
+    pieces = N * bands
+    groups = min(pieces, WEIGHT_GRADIENT_GROUPS)
+    dw_parts = np.zeros((groups, rows, Cin), dtype=dy.dtype)       # dw^T per group
+    db_parts = np.zeros((groups, rows), dtype=dy.dtype)
+    probes = np.zeros(pieces)
+    column_sums = bias and K == S and P == 0  # every dy value in exactly one column
+
+    def item(group: int, slot: int) -> None:
+        product = _scratch.get(slot, "dw", (rows, Cin), dy.dtype)
+        for index in range(group * pieces // groups, (group + 1) * pieces // groups):
+            n, pixels, col, probes[index] = _band_columns(dy, index, bands, R, H, W, K, S, P,
+                                                          slot)   # (Cout*K*K, R*W)
+            np.matmul(w_rows, col, out=dx_rows[n, :, pixels])
+            np.matmul(col, x_rows[n, :, pixels].T, out=product)
+            dw_parts[group] += product
+            if column_sums:
+                db_parts[group] += col.sum(axis=1)
+
+    parallel_for(item, groups, serial=_small(N, Cin, Cout, H, W, K))
+    if who is not None and not np.isfinite(probes.sum()):
+        check_finite(who, dy, name="dout")                          # raises, with counts
+    dw_t = dw_parts[0]
+    db = db_parts[0]
+    for group in range(1, groups):
+        dw_t += dw_parts[group]
+        db += db_parts[group]
+    dw = np.ascontiguousarray(dw_t.T).reshape(Cin, Cout, K, K)
+    if not bias:
+        return dx, dw, None
+    if column_sums:
+        return dx, dw, db.reshape(Cout, K * K).sum(axis=1)
+    return dx, dw, dy.sum(axis=(0, 2, 3))
 
 
 def conv_transpose2d_backward_weight(x: np.ndarray, dy: np.ndarray, kernel_size: int,

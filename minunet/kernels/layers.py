@@ -45,8 +45,7 @@ from .conv import (
     conv2d_backward_input,
     conv2d_backward_weight,
     conv2d_forward,
-    conv_transpose2d_backward_input,
-    conv_transpose2d_backward_weight,
+    conv_transpose2d_backward,
     conv_transpose2d_forward,
 )
 from .pool import maxpool2d_backward, maxpool2d_forward
@@ -114,7 +113,9 @@ class Conv2d(layers.Conv2d):
 
 
 class ConvTranspose2d(layers.ConvTranspose2d):
-    """layers.ConvTranspose2d as matrix products: it is Conv2d's backward, and vice versa."""
+    """layers.ConvTranspose2d as matrix products: it is Conv2d's backward, and vice versa.
+    Forward adds the bias as it places the columns; backward computes dx, dw and db from one
+    im2col of dy (conv.conv_transpose2d_backward)."""
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         self._check_input(x, finite=False)  # finiteness: checked by the kernel
@@ -130,13 +131,14 @@ class ConvTranspose2d(layers.ConvTranspose2d):
         K, S, P = self.kernel_size, self.stride, self.padding
         self._check_dout(dy, (N, self.out_channels, (H - 1) * S - 2 * P + K,
                               (W - 1) * S - 2 * P + K), finite=False)  # the probe below
-        # dx first: its im2col of dy checks dy for NaN/inf before any gradient is touched
-        dx = conv_transpose2d_backward_input(dy, self.weight.data, S, P,
-                                             who="ConvTranspose2d.backward")  # (N, Cin, H, W)
-        self.weight.grad += conv_transpose2d_backward_weight(x, dy, K, S, P)  # (Cin,Cout,K,K)
+        # one im2col of dy for all three gradients; NaN/inf in dy raise before any is added
+        dx, dw, db = conv_transpose2d_backward(x, dy, self.weight.data, S, P,
+                                               bias=self.bias is not None,
+                                               who="ConvTranspose2d.backward")
+        self.weight.grad += dw          # (Cin, Cout, K, K)
         if self.bias is not None:
-            self.bias.grad += dy.sum(axis=(0, 2, 3))                           # (Cout,)
-        return dx
+            self.bias.grad += db        # (Cout,)
+        return dx                       # (N, Cin, H, W)
 
 
 class MaxPool2d(layers.MaxPool2d):
