@@ -10,6 +10,8 @@ from minunet.kernels.batchnorm import (
     batchnorm_relu_backward_input,
     batchnorm_relu_backward_reduce,
     batchnorm_relu_forward,
+    batchnorm_relu_train_backward,
+    batchnorm_relu_train_forward,
     batchnorm_stats,
 )
 from minunet.kernels.layers import BatchNormReLU2d
@@ -47,6 +49,44 @@ def test_kernels_match_reference(shape, dtype, tol):
     dx = batchnorm_relu_backward_input(dout, y, x, m, a, mg, k)
     assert dx.dtype == dtype
     assert rel(dx, batchnorm_relu_backward_input_reference(dout, y, x, m, a, mg, k)) <= tol
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float32, 0.0), (np.float64, 1e-14)])
+@pytest.mark.parametrize("shape", [*SHAPES, (8, 16, 96, 96)])  # the last: 2 threads
+def test_train_kernels_equal_the_two_pass_kernels(shape, dtype, tol):
+    """Channel by channel, the same values as statistics + forward and reduce + input (the
+    same bits in float32, so training is unchanged by the fusion)."""
+    rng = np.random.default_rng(5)
+    C = shape[1]
+    x = (rng.standard_normal(shape) * 2 + 1).astype(dtype)
+    dout = rng.standard_normal(shape).astype(dtype)
+    gamma = rng.uniform(0.5, 1.5, C).astype(dtype)
+    beta = rng.uniform(-0.3, 0.3, C).astype(dtype)
+    eps = 1e-5
+    y, mean, var = batchnorm_relu_train_forward(x, gamma, beta, eps)
+    mean2, var2 = batchnorm_stats(x)
+    assert np.array_equal(mean, mean2) and np.array_equal(var, var2)
+    istd = 1.0 / np.sqrt(var2 + eps)
+    scale = gamma * istd
+    y2, _ = batchnorm_relu_forward(x, scale.astype(dtype), (beta - mean2 * scale).astype(dtype))
+    assert y.dtype == dtype and rel(y, y2) <= tol
+    assert 0 < (y > 0).mean() < 1  # the mask matters in this test
+    dx, sum_g, sum_gxc = batchnorm_relu_train_backward(dout, y, x, mean, istd, gamma)
+    s1, s2 = batchnorm_relu_backward_reduce(dout, y, x, mean2)
+    assert np.array_equal(sum_g, s1) and np.array_equal(sum_gxc, s2)
+    M = x.size // C
+    dx2 = batchnorm_relu_backward_input(dout, y, x, mean2.astype(dtype),
+                                        (gamma * istd).astype(dtype), (s1 / M).astype(dtype),
+                                        (istd * (s2 * istd) / M).astype(dtype))
+    assert dx.dtype == dtype and rel(dx, dx2) <= tol
+
+
+def test_train_forward_reveals_nan_in_its_statistics():
+    x = np.ones((2, 3, 4, 4), np.float32)
+    x[1, 2, 3, 3] = np.nan
+    _, mean, var = batchnorm_relu_train_forward(x, np.ones(3, np.float32),
+                                                np.zeros(3, np.float32), 1e-5)
+    assert np.isfinite(mean[:2]).all() and np.isnan(mean[2]) and np.isnan(var[2])
 
 
 def randomise(bn, rng):

@@ -6,6 +6,12 @@
     batchnorm_backward_input(dout, x, mean, a, mean_g, k)-> dx = a*(dout - mean_g - (x-mean)*k)
     batchnorm_relu_*: the same three with a ReLU after the normalisation (BatchNormReLU2d):
     forward clamps y at 0, backward uses dout * (y > 0) in place of dout
+    batchnorm_relu_train_forward(x, gamma, beta, eps)    -> y, mean, var (train mode)
+    batchnorm_relu_train_backward(dout, y, x, mean, istd, gamma)
+                                                         -> dx, sum dout', sum dout'*(x - mean)
+    the two passes of each direction in one, channel by channel (what BatchNormReLU2d runs
+    when training): a channel's values are read a second time while they are still in the
+    core's cache, instead of after the whole activation has gone through it
 
 Each reads its arrays once (`stats`: one pass with a shifted sum of squares, instead of a
 mean pass and then a variance pass). Sums over (N, H, W) run over ~131k values per channel at
@@ -239,6 +245,16 @@ def _bn_relu_input_channels(dout: np.ndarray, y: np.ndarray, x: np.ndarray, mean
                             a: np.ndarray, mean_g: np.ndarray, k: np.ndarray, c_start: int,
                             c_stop: int, dx: np.ndarray) -> None:
     """batchnorm_relu_backward_input for channels [c_start, c_stop), into dx."""
+    for c in range(c_start, c_stop):
+        _bn_relu_input_channel(dout, y, x, c, mean[c], a[c], mean_g[c], k[c], dx)
+
+
+@njit(cache=True, nogil=True)
+def _bn_relu_input_channel(dout: np.ndarray, y: np.ndarray, x: np.ndarray, c: int,
+                           mean: float, a: float, mean_g: float, k: float,
+                           dx: np.ndarray) -> None:
+    """dx[:, c] = a * (g - mean_g - (x[:, c] - mean) * k), g = dout[:, c] * (y[:, c] > 0); the
+    coefficients in x's dtype. No fastmath: the same rounding wherever it is called from."""
     N, C, H, W = x.shape
     HW = H * W
     xf = x.reshape(N, C, HW)
@@ -247,11 +263,97 @@ def _bn_relu_input_channels(dout: np.ndarray, y: np.ndarray, x: np.ndarray, mean
     df = dx.reshape(N, C, HW)
     zero = x.dtype.type(0)
     for n in range(N):
-        for c in range(c_start, c_stop):
-            ac = a[c]
-            mg = mean_g[c]
-            mc = mean[c]
-            kc = k[c]
+        for p in range(HW):
+            g = gf[n, c, p] if yf[n, c, p] > zero else zero
+            df[n, c, p] = a * (g - mean_g - (xf[n, c, p] - mean) * k)
+
+
+# ---------------------------------------------------------------- train mode, channel by channel
+# At the U-Net's sizes one channel of an activation is 0.1-1 MiB (C2's first level: 8 images
+# x 128 x 128 float32 = 512 KiB): the two passes of batch norm over one channel fit in a core's
+# L2 cache together. So the train-mode kernels below run both passes for a channel before
+# moving to the next, and the second pass reads from cache instead of memory.
+
+def batchnorm_relu_train_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                                 eps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train-mode BatchNormReLU2d forward: batch statistics, then y, per channel.
+
+    x (N, C, H, W) contiguous; gamma, beta (C,) in x's dtype. Returns y = max(x * scale +
+    shift, 0) (N, C, H, W), and mean, var (C,) float64 (biased), where scale =
+    gamma / sqrt(var + eps) and shift = beta - mean * scale, rounded to x's dtype: the values
+    of batchnorm_stats followed by batchnorm_relu_forward, to the bit. NaN/inf in x show up as
+    a non-finite mean or var.
+    """
+    C = x.shape[1]
+    y = np.empty_like(x)  # (N, C, H, W)
+    mean = np.empty(C)    # (C,) float64
+    var = np.empty(C)     # (C,) float64
+    per, items = _channel_groups(C, x.nbytes)
+    parallel_for(lambda i, slot: _bn_relu_train_forward_channels(
+        x, gamma, beta, eps, i * per, min(C, (i + 1) * per), y, mean, var), items)
+    return y, mean, var
+
+
+@njit(cache=True, nogil=True, fastmath=REASSOCIATE)
+def _bn_relu_train_forward_channels(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                                    eps: float, c_start: int, c_stop: int, y: np.ndarray,
+                                    mean: np.ndarray, var: np.ndarray) -> None:
+    """batchnorm_relu_train_forward for channels [c_start, c_stop)."""
+    _stats_channels(x, c_start, c_stop, mean, var)  # each channel's statistics first ...
+    N, C, H, W = x.shape
+    HW = H * W
+    xf = x.reshape(N, C, HW)
+    yf = y.reshape(N, C, HW)
+    zero = x.dtype.type(0)
+    for c in range(c_start, c_stop):                # ... then its y, as the layer's Python
+        istd = 1.0 / np.sqrt(var[c] + eps)          # did it (float64, then x's dtype)
+        scale = np.float64(gamma[c]) * istd
+        a = x.dtype.type(scale)
+        b = x.dtype.type(np.float64(beta[c]) - mean[c] * scale)
+        for n in range(N):
             for p in range(HW):
-                g = gf[n, c, p] if yf[n, c, p] > zero else zero
-                df[n, c, p] = ac * (g - mg - (xf[n, c, p] - mc) * kc)
+                t = xf[n, c, p] * a + b
+                yf[n, c, p] = t if t > zero else zero
+
+
+def batchnorm_relu_train_backward(dout: np.ndarray, y: np.ndarray, x: np.ndarray,
+                                  mean: np.ndarray, istd: np.ndarray, gamma: np.ndarray,
+                                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train-mode BatchNormReLU2d backward, per channel: the sums, then dx.
+
+    dout, y, x (N, C, H, W) contiguous; mean, istd (C,) float64; gamma (C,) in x's dtype.
+    With g = dout * (y > 0): returns dx (N, C, H, W) and, in float64, sum_g = sum(g) and
+    sum_gxc = sum(g * (x - mean)) per channel (for dbeta and dgamma), where
+
+        dx = a * (g - mean_g - (x - mean) * k),  a = gamma * istd, mean_g = sum_g / M,
+        k = istd * (sum_gxc * istd) / M          (M = N*H*W; coefficients rounded to x's
+                                                   dtype)
+
+    the values of batchnorm_relu_backward_reduce, BatchNorm2d's coefficients and
+    batchnorm_relu_backward_input, to the bit.
+    """
+    C = x.shape[1]
+    dx = np.empty_like(x)   # (N, C, H, W)
+    sum_g = np.empty(C)     # (C,) float64
+    sum_gxc = np.empty(C)   # (C,) float64
+    per, items = _channel_groups(C, x.nbytes)
+    parallel_for(lambda i, slot: _bn_relu_train_backward_channels(
+        dout, y, x, mean, istd, gamma, i * per, min(C, (i + 1) * per), dx, sum_g, sum_gxc),
+        items)
+    return dx, sum_g, sum_gxc
+
+
+@njit(cache=True, nogil=True, fastmath=REASSOCIATE)
+def _bn_relu_train_backward_channels(dout: np.ndarray, y: np.ndarray, x: np.ndarray,
+                                     mean: np.ndarray, istd: np.ndarray, gamma: np.ndarray,
+                                     c_start: int, c_stop: int, dx: np.ndarray,
+                                     sum_g: np.ndarray, sum_gxc: np.ndarray) -> None:
+    """batchnorm_relu_train_backward for channels [c_start, c_stop)."""
+    N, _, H, W = x.shape
+    M = N * H * W
+    dtype = x.dtype.type
+    for c in range(c_start, c_stop):
+        _bn_relu_reduce_channels(dout, y, x, mean, c, c + 1, sum_g, sum_gxc)
+        s = istd[c]  # the coefficients as the layer's Python rounds them: float64, then dtype
+        _bn_relu_input_channel(dout, y, x, c, dtype(mean[c]), dtype(np.float64(gamma[c]) * s),
+                               dtype(sum_g[c] / M), dtype(s * (sum_gxc[c] * s) / M), dx)

@@ -38,6 +38,8 @@ from .batchnorm import (
     batchnorm_relu_backward_input,
     batchnorm_relu_backward_reduce,
     batchnorm_relu_forward,
+    batchnorm_relu_train_backward,
+    batchnorm_relu_train_forward,
     batchnorm_stats,
 )
 from .concat import concat_channels
@@ -249,12 +251,22 @@ class BatchNormReLU2d(BatchNorm2d):
     """
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        x, mean, istd = self._statistics(x)  # x (N, C, H, W); mean, istd (C,) float64
-        scale = self.weight.data * istd
-        shift = self.bias.data - mean * scale
-        y, probe = batchnorm_relu_forward(x, scale.astype(x.dtype), shift.astype(x.dtype))
-        if probe != 0:
-            check_finite(repr(self), x)
+        if self.training:  # statistics and y channel by channel: one pass over memory
+            self._check_input(x, finite=False)  # finiteness: from the statistics
+            x = np.ascontiguousarray(x)
+            y, mean, var = batchnorm_relu_train_forward(x, self.weight.data, self.bias.data,
+                                                        self.eps)
+            if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(var))):
+                check_finite(repr(self), x)  # raises, naming how many NaN / inf values
+            self._update_running_stats(mean, var, x)
+            istd = 1.0 / np.sqrt(var + self.eps)
+        else:
+            x, mean, istd = self._statistics(x)  # x (N, C, H, W); mean, istd (C,) float64
+            scale = self.weight.data * istd
+            shift = self.bias.data - mean * scale
+            y, probe = batchnorm_relu_forward(x, scale.astype(x.dtype), shift.astype(x.dtype))
+            if probe != 0:
+                check_finite(repr(self), x)
         self.save_for_backward(x, y, mean, istd, self.training)
         return y  # (N, C, H, W)
 
@@ -263,6 +275,12 @@ class BatchNormReLU2d(BatchNorm2d):
         self._check_dout(dout, x)
         dout = np.ascontiguousarray(dout)
         # forward was y = max(bn(x), 0): BatchNorm2d's backward with g * (y > 0)
+        if batch_stats:  # the sums and dx channel by channel: one pass over memory
+            dx, sum_g, sum_gxc = batchnorm_relu_train_backward(dout, y, x, mean, istd,
+                                                               self.weight.data)
+            self.bias.grad += sum_g.astype(x.dtype)             # dbeta
+            self.weight.grad += (sum_gxc * istd).astype(x.dtype)  # dgamma = sum(g * x̂)
+            return dx  # (N, C, H, W)
         sum_g, sum_gxc = batchnorm_relu_backward_reduce(dout, y, x, mean)  # (C,) float64
         coefficients = self._accumulate_and_coefficients(x, mean, istd, batch_stats, sum_g,
                                                          sum_gxc)
