@@ -68,6 +68,48 @@ def test_blas_thread_count_is_restored(two_threads):
     assert [c.get_num_threads() for c in controller.lib_controllers] == before
 
 
+class BlasRecorder:
+    """Stands in for threads._blas: records every switch to one thread and back."""
+
+    def __init__(self):
+        self.calls = []
+
+    def single(self):
+        self.calls.append("single")
+        return []
+
+    def restore(self, previous):
+        self.calls.append("restore")
+
+
+def test_regions_without_blas_leave_its_thread_count_alone(two_threads, monkeypatch):
+    recorder = BlasRecorder()
+    monkeypatch.setattr(threads, "_blas", recorder)
+    threads.parallel_for(lambda i, slot: None, 8, blas=False)
+    threads.parallel_for(lambda i, slot: None, 8, serial=True, blas=False)
+    assert recorder.calls == []
+    threads.parallel_for(lambda i, slot: None, 8)
+    threads.parallel_for(lambda i, slot: None, 8, serial=True)
+    assert recorder.calls == ["single", "restore"] * 2
+
+
+def test_batch_norm_and_direct_convolutions_never_switch_blas(two_threads, monkeypatch):
+    """Their regions run Numba kernels only: no BLAS thread switching (15 us a region)."""
+    from minunet.kernels.layers import BatchNormReLU2d
+    recorder = BlasRecorder()
+    monkeypatch.setattr(threads, "_blas", recorder)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 16, 128, 128)).astype(np.float32)  # over SERIAL_BYTES
+    bn = BatchNormReLU2d(16)
+    bn.backward(bn.forward(x))
+    assert recorder.calls == []
+    if kernels._direct(np.dtype(np.float32), 3, 1, 1, 128):
+        w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+        kernels.conv2d_forward(x, w, None, 1, 1)
+        kernels.conv2d_backward_weight(x, x, 3, 1, 1)
+        assert recorder.calls == []
+
+
 def test_serial_regions_run_in_order_in_the_caller_with_single_threaded_blas(two_threads):
     threadpoolctl = pytest.importorskip("threadpoolctl")
     controller = threadpoolctl.ThreadpoolController().select(user_api="blas")
@@ -89,9 +131,9 @@ def test_small_layers_run_serially_and_large_ones_in_parallel(two_threads, monke
     calls = []
     real = threads.parallel_for
 
-    def spy(fn, count, serial=False):
+    def spy(fn, count, serial=False, **options):
         calls.append(serial)
-        real(fn, count, serial=serial)
+        real(fn, count, serial=serial, **options)
 
     monkeypatch.setattr(kernels, "parallel_for", spy)
     rng = np.random.default_rng(0)
@@ -155,11 +197,11 @@ def test_weight_gradient_does_not_depend_on_which_thread_ran_what(monkeypatch, r
     x = rng.standard_normal((5, 3, 13, W)).astype(np.float32)
     dy = rng.standard_normal((5, 4, 13, W)).astype(np.float32)
 
-    def in_order(fn, count, serial=False):
+    def in_order(fn, count, serial=False, **options):
         for i in range(count):
             fn(i, 0)
 
-    def scrambled(fn, count, serial=False):
+    def scrambled(fn, count, serial=False, **options):
         for i in reversed(range(count)):
             fn(i, (7 * i) % 3)
 

@@ -57,7 +57,7 @@ def batchnorm_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     var = np.empty(C)   # (C,) float64
     per, items = _channel_groups(C, x.nbytes)
     parallel_for(lambda i, slot: _stats_channels(x, i * per, min(C, (i + 1) * per), mean, var),
-                 items)
+                 items, blas=False)
     return mean, var
 
 
@@ -166,7 +166,7 @@ def batchnorm_relu_forward(x: np.ndarray, scale: np.ndarray,
     per, items = _channel_groups(C, x.nbytes)
     probes = np.zeros(items, dtype=x.dtype)  # one per item: no shared accumulator
     parallel_for(lambda i, slot: _bn_relu_forward_channels(
-        x, scale, shift, i * per, min(C, (i + 1) * per), y, probes, i), items)
+        x, scale, shift, i * per, min(C, (i + 1) * per), y, probes, i), items, blas=False)
     return y, probes.sum()
 
 
@@ -201,7 +201,7 @@ def batchnorm_relu_backward_reduce(dout: np.ndarray, y: np.ndarray, x: np.ndarra
     sum_gxc = np.zeros(C)  # (C,) float64
     per, items = _channel_groups(C, x.nbytes)
     parallel_for(lambda i, slot: _bn_relu_reduce_channels(
-        dout, y, x, mean, i * per, min(C, (i + 1) * per), sum_g, sum_gxc), items)
+        dout, y, x, mean, i * per, min(C, (i + 1) * per), sum_g, sum_gxc), items, blas=False)
     return sum_g, sum_gxc
 
 
@@ -236,7 +236,8 @@ def batchnorm_relu_backward_input(dout: np.ndarray, y: np.ndarray, x: np.ndarray
     dx = np.empty_like(x)  # (N, C, H, W)
     per, items = _channel_groups(C, x.nbytes)
     parallel_for(lambda i, slot: _bn_relu_input_channels(
-        dout, y, x, mean, a, mean_g, k, i * per, min(C, (i + 1) * per), dx), items)
+        dout, y, x, mean, a, mean_g, k, i * per, min(C, (i + 1) * per), dx), items,
+        blas=False)
     return dx
 
 
@@ -290,7 +291,8 @@ def batchnorm_relu_train_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndar
     var = np.empty(C)     # (C,) float64
     per, items = _channel_groups(C, x.nbytes)
     parallel_for(lambda i, slot: _bn_relu_train_forward_channels(
-        x, gamma, beta, eps, i * per, min(C, (i + 1) * per), y, mean, var), items)
+        x, gamma, beta, eps, i * per, min(C, (i + 1) * per), y, mean, var), items,
+        blas=False)
     return y, mean, var
 
 
@@ -339,7 +341,7 @@ def batchnorm_relu_train_backward(dout: np.ndarray, y: np.ndarray, x: np.ndarray
     per, items = _channel_groups(C, x.nbytes)
     parallel_for(lambda i, slot: _bn_relu_train_backward_channels(
         dout, y, x, mean, istd, gamma, i * per, min(C, (i + 1) * per), dx, sum_g, sum_gxc),
-        items)
+        items, blas=False)
     return dx, sum_g, sum_gxc
 
 

@@ -26,7 +26,7 @@ def concat_channels(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, float]:
     out = np.empty((N, Ca + b.shape[1], H, W), dtype=a.dtype)  # (N, Ca + Cb, H, W)
     probes = np.zeros(N, dtype=a.dtype)  # one per image: no shared accumulator
     parallel_for(lambda n, slot: _concat_image(a, b, n, out, probes), N,
-                 serial=out.nbytes < SERIAL_BYTES)
+                 serial=out.nbytes < SERIAL_BYTES, blas=False)
     return out, probes.sum()
 
 

@@ -437,7 +437,8 @@ def _forward(x: np.ndarray, weight: np.ndarray, stride: int, padding: int,
                       _scratch.get(slot, "band", (math.prod(shape),), x.dtype),
                       _scratch.get(slot, "spare", (TILE, BLOCK), x.dtype), tile_bias, relu)
 
-        parallel_for(worker, get_num_threads(), serial=_small(N, Cin, Cout, Ho, Wo, K))
+        parallel_for(worker, get_num_threads(), serial=_small(N, Cin, Cout, Ho, Wo, K),
+                     blas=False)
     else:
         def item(index: int, slot: int) -> None:
             n, pixels, col, probes[index] = _band_columns(x, index, bands, R, Ho, Wo, K, S,
@@ -564,7 +565,7 @@ def _direct_weight_gradient(x: np.ndarray, dy_rows: np.ndarray, Ho: int, Wo: int
             direct_weight_product(padded, g, dw, Wo)
         partial[group] = dw
 
-    parallel_for(item, groups, serial=_small(N, Cin, Cout, Ho, Wo, 3))
+    parallel_for(item, groups, serial=_small(N, Cin, Cout, Ho, Wo, 3), blas=False)
     dw = partial[0]
     for group in range(1, groups):
         dw += partial[group]

@@ -178,22 +178,24 @@ class _Pool:
                 if region.active == 0:
                     self._done.notify_all()
 
-    def run(self, fn: Callable[[int, int], None], count: int, threads: int) -> None:
+    def run(self, fn: Callable[[int, int], None], count: int, threads: int,
+            blas: bool = True) -> None:
         workers = min(threads, count) - 1
         if self._busy:  # nested in one of our regions: BLAS is single-threaded already
             for i in range(count):
                 fn(i, 0)
             return
         if workers <= 0:  # one thread: the caller runs every item, BLAS single-threaded too
-            previous = _blas.single()
+            previous = _blas.single() if blas else None
             try:
                 for i in range(count):
                     fn(i, 0)
             finally:
-                _blas.restore(previous)
+                if previous is not None:
+                    _blas.restore(previous)
             return
         self._ensure(workers)
-        previous = _blas.single()
+        previous = _blas.single() if blas else None
         region = _Region(fn, count, workers)
         try:
             with self._lock:
@@ -210,7 +212,8 @@ class _Pool:
                 self._region = None
                 self._busy = False
         finally:
-            _blas.restore(previous)
+            if previous is not None:
+                _blas.restore(previous)
         if region.error is not None:
             raise region.error
 
@@ -222,7 +225,8 @@ SERIAL_BYTES = 4 << 20   # element-wise regions over less data than this run on 
 SERIAL_FLOPS = 25e6      # and so do convolution regions of fewer multiply-adds x 2
 
 
-def parallel_for(fn: Callable[[int, int], None], count: int, *, serial: bool = False) -> None:
+def parallel_for(fn: Callable[[int, int], None], count: int, *, serial: bool = False,
+                 blas: bool = True) -> None:
     """Call fn(item, slot) for item in range(count), spread over `get_num_threads()` threads.
 
     Items are handed out one at a time, in order, to whichever thread is free; `slot` (0 for
@@ -235,8 +239,12 @@ def parallel_for(fn: Callable[[int, int], None], count: int, *, serial: bool = F
     results). The callers ask for it below SERIAL_BYTES / SERIAL_FLOPS of work: there, waking
     a worker and passing the GIL back and forth costs more than the second core gains
     (`bench/bench_conv_parts.py`, `bench/bench_unet.py --configs C1`).
+
+    blas=False: the items never call BLAS, so its thread count is left as it is (switching it
+    and back costs a few ctypes calls per BLAS library, some microseconds per region; most of
+    the U-Net's regions run Numba kernels only).
     """
-    _pool.run(fn, count, 1 if serial else _num_threads)
+    _pool.run(fn, count, 1 if serial else _num_threads, blas)
 
 
 def single_threaded_blas() -> tuple[Callable[[], list[int]], Callable[[list[int]], None]]:
