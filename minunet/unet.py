@@ -31,6 +31,8 @@ Readable or fast: `UNet(..., readable=True)` builds the network from the layers 
 kernels). `readable=None`, the default, reads the environment variable MINUNET_READABLE
 (`MINUNET_READABLE=1 python examples/train_small.py --quick`; unset or 0: fast). Both have the
 same parameters, state dict and results, so a checkpoint of one loads into the other.
+The fast set also predicts (eval mode, gradients off) on a slice of the batch per thread at
+once (`kernels.threads.map_batch`): images are independent there.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import numpy as np
 from . import layers as readable_layers
 from .checks import check_array
 from .kernels import layers as fast_layers
+from .kernels.threads import map_batch
 from .module import Module
 
 CONV_KERNEL = 3  # 3x3 convolutions with padding 1 keep H and W ("same" size)
@@ -162,6 +165,13 @@ class UNet(Module):
         """x (N, Cin, H, W) -> logits (N, Kc, H, W); H and W divisible by 2**depth."""
         check_array(repr(self), x, ndim=4, channels=self.in_channels, finite=False)
         self._check_size(x.shape[2], x.shape[3])
+        if self.down[0]._folded():  # fast layers, inference: a slice of the batch per thread
+            N, _, H, W = x.shape
+            return map_batch(self._layers_forward, x, flops=self.forward_flops(N, H, W))
+        return self._layers_forward(x)
+
+    def _layers_forward(self, x: np.ndarray) -> np.ndarray:
+        """forward's layers, in order (x checked already)."""
         skips = []
         for i in range(self.depth):                # encoder, top to bottom
             x = self.down[i](x)                    # (N, c_i, H/2**i, W/2**i)
@@ -191,6 +201,21 @@ class UNet(Module):
             dskip[i] = None                        # free it as soon as it is used
             d = self.down[i].backward(d)           # (N, c_{i-1} or Cin, H/2**i, W/2**i)
         return d
+
+    def forward_flops(self, batch: int, height: int, width: int) -> float:
+        """Multiply-adds x 2 of every convolution in one forward pass of a (batch, Cin,
+        height, width) input (the batch norms, pools and copies are not counted)."""
+        c = [self.base_channels * 2**i for i in range(self.depth + 1)]
+        cin, macs = self.in_channels, 0
+        for i in range(self.depth + 1):            # encoder levels and the bottom
+            pixels = (height // 2**i) * (width // 2**i)
+            macs += pixels * 9 * (cin * c[i] + c[i] * c[i])
+            cin = c[i]
+        for i in range(self.depth):                # decoder levels: up-step, DoubleConv
+            pixels = (height // 2**i) * (width // 2**i)
+            macs += pixels * c[i + 1] * c[i] + pixels * 9 * (2 * c[i] * c[i] + c[i] * c[i])
+        macs += height * width * c[0] * self.num_classes  # the 1x1 head
+        return 2.0 * batch * macs
 
     # ---------------------------------------------------------------- shapes and sizes
     def _check_size(self, H: int, W: int) -> None:

@@ -209,3 +209,35 @@ def test_weight_gradient_does_not_depend_on_which_thread_ran_what(monkeypatch, r
     expected = kernels.conv2d_backward_weight(x, dy, 3, 1, 1)
     monkeypatch.setattr(kernels, "parallel_for", scrambled)
     np.testing.assert_array_equal(kernels.conv2d_backward_weight(x, dy, 3, 1, 1), expected)
+
+
+def test_map_batch_runs_a_slice_per_thread_with_its_own_scratch_slot(two_threads):
+    """The regions fn opens inside a slice run in that slice's thread, on its own slot."""
+    x = np.arange(10.0).reshape(10, 1)
+    seen = {}
+    lock = threading.Lock()
+    both = threading.Barrier(2, timeout=30)  # each slice waits for the other: two threads
+
+    def fn(part):
+        both.wait()
+        slots = set()
+        threads.parallel_for(lambda i, slot: slots.add(slot), 4)  # nested: inline
+        with lock:
+            seen[int(part[0, 0])] = (len(part), slots)
+        return part * 2
+
+    out = threads.map_batch(fn, x)
+    assert np.array_equal(out, x * 2)
+    assert sorted(seen) == [0, 5] and all(n == 5 for n, _ in seen.values())
+    assert seen[0][1] | seen[5][1] == {0, 1}  # one slot per thread, never shared
+    assert all(len(slots) == 1 for _, slots in seen.values())
+
+
+def test_map_batch_leaves_small_work_unsplit(two_threads):
+    calls = []
+    out = threads.map_batch(lambda part: calls.append(len(part)) or part + 1, np.zeros((8, 2)),
+                            flops=threads.SPLIT_FLOPS)  # half of it per slice: too small
+    assert calls == [8] and np.array_equal(out, np.ones((8, 2)))
+    threads.map_batch(lambda part: calls.append(len(part)) or part, np.zeros((8, 2)),
+                      flops=2 * threads.SPLIT_FLOPS)
+    assert calls == [8, 4, 4]

@@ -152,6 +152,35 @@ def test_fast_unet_equals_readable_unet():
             assert rel(a, b) < tol, name
 
 
+def test_fast_inference_splits_the_batch_over_threads_with_the_same_bits(monkeypatch):
+    """Eval mode, gradients off, enough work: one slice of the batch per thread, and exactly
+    the logits of the unsplit forward (no image's result depends on the others)."""
+    from minunet.kernels import threads
+    rng = np.random.default_rng(0)
+    model = UNet(1, 3, depth=2, base_channels=16, rng=rng, readable=False)
+    for _, m in model.named_modules():
+        if hasattr(m, "running_var"):
+            m.running_mean[:] = rng.standard_normal(m.running_mean.shape)
+            m.running_var[:] = rng.uniform(0.5, 2.0, m.running_var.shape)
+    model.eval().set_grad_enabled(False)
+    x = rng.standard_normal((3, 1, 128, 128)).astype(np.float32)
+    before = threads.get_num_threads()
+    threads.set_num_threads(1)
+    try:
+        whole = model(x)
+        threads.set_num_threads(2)
+        sizes = []
+        real = model._layers_forward
+        monkeypatch.setattr(model, "_layers_forward", lambda part: sizes.append(len(part))
+                            or real(part))
+        monkeypatch.setattr(threads, "SPLIT_FLOPS", 0.0)
+        split = model(x)
+    finally:
+        threads.set_num_threads(before)
+    assert sorted(sizes) == [1, 2]
+    np.testing.assert_array_equal(split, whole)
+
+
 def test_readable_switch(monkeypatch):
     from minunet.kernels import layers as fast_layers
     from minunet.layers import conv as readable_conv
