@@ -173,7 +173,7 @@ def test_fast_inference_splits_the_batch_over_threads_with_the_same_bits(monkeyp
         real = model._layers_forward
         monkeypatch.setattr(model, "_layers_forward", lambda part: sizes.append(len(part))
                             or real(part))
-        monkeypatch.setattr(threads, "SPLIT_FLOPS", 0.0)
+        monkeypatch.setattr(threads, "SPLIT_FLOPS", model.forward_flops(3, 128, 128) / 2)
         split = model(x)
     finally:
         threads.set_num_threads(before)

@@ -258,28 +258,30 @@ SPLIT_FLOPS = 0.5e9  # map_batch splits only when each slice is at least this mu
 
 def map_batch(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray,
               flops: float = math.inf) -> np.ndarray:
-    """fn(x) computed as fn on one slice of the batch per thread, all at once: fn(x[a:b]) for
-    get_num_threads() slices, joined along axis 0. `flops`: fn(x)'s work; below SPLIT_FLOPS
-    per slice, fn(x) runs unsplit (see below).
+    """fn(x) computed as fn on slices of the batch, one slice per item of ONE parallel region:
+    fn(x[a:b]) for consecutive slices, joined along axis 0. `flops`: fn(x)'s work.
 
     For work that treats every image of the batch on its own (inference: no batch statistics,
-    nothing kept for backward), this makes the whole of fn one parallel region instead of one
-    per layer: each thread runs fn on its slice, and the regions fn opens run inside it, on
-    its own scratch buffers. A U-Net's inference on a small batch is dozens of regions of a
-    few hundred microseconds, each paying for a worker's wake-up; here there is one. The
+    nothing kept for backward), this makes the whole of fn one region instead of one per
+    layer: each thread runs fn on a slice, and the regions fn opens run inside it, on that
+    thread's own scratch buffers. A U-Net's inference on a small batch is dozens of regions
+    of a few hundred microseconds, each paying for a worker's wake-up; here there is one. The
     result is the same, to the bit, as fn(x) when fn's per-image results do not depend on
-    which other images are in the batch (minunet's kernels: tests/test_threads.py).
+    which other images are in the batch (minunet's kernels: tests/test_unet.py).
 
-    Each thread runs fn's Python code too, and the two take turns holding the GIL. When the
-    slices are small the waits for it cost more than the second core gains: C1 inference
-    (8 images of 64 x 64, 0.29 GFLOP per slice) took 1.06x as long split; from about 0.5
-    GFLOP per slice on (C1 at 16 images) splitting was 5-11 % faster (the U-Net at 1-32
-    images of 64-256 pixels, interleaved in one process).
+    Slices: one per thread. Each thread runs fn's Python code too, and the threads take turns
+    holding the GIL; the more and smaller the slices, the more those waits cost. C1 inference
+    (8 images of 64 x 64, 0.29 GFLOP a slice for 2 threads) took 1.06x as long split; from
+    about 0.5 GFLOP a slice on (C1 at 16 images) splitting was 5-11 % faster, while four
+    slices for 2 threads were 8-12 % slower than two (the U-Net at 1-32 images of 64-256
+    pixels, interleaved in one process). Below SPLIT_FLOPS per thread, fn(x) runs unsplit.
+    The price: when the operating system parks one thread, the other waits for its slice
+    at the end (the layers' own regions hand their items to whichever thread is free).
     """
     N = x.shape[0]
-    parts = min(N, _num_threads)
-    if parts <= 1 or _pool._busy or flops / parts < SPLIT_FLOPS:
+    if _num_threads <= 1 or N < 2 or _pool._busy or flops / _num_threads < SPLIT_FLOPS:
         return fn(x)
+    parts = min(N, _num_threads)
     bounds = [N * i // parts for i in range(parts + 1)]
     out: list[np.ndarray | None] = [None] * parts
 
