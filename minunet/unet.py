@@ -32,7 +32,9 @@ kernels). `readable=None`, the default, reads the environment variable MINUNET_R
 (`MINUNET_READABLE=1 python examples/train_small.py --quick`; unset or 0: fast). Both have the
 same parameters, state dict and results, so a checkpoint of one loads into the other.
 The fast set also predicts (eval mode, gradients off) on a slice of the batch per thread at
-once (`kernels.threads.map_batch`): images are independent there.
+once (`kernels.threads.map_batch`): images are independent there. And it never builds the
+concatenations: up.i's first convolution reads the skip and the up-step's output where they
+are (`kernels.layers.Conv2d(a, b)`), and its backward returns their two gradients.
 """
 
 from __future__ import annotations
@@ -89,12 +91,15 @@ class DoubleConv(Module):
         self.bn2 = BN(out_channels)
         self.relu2 = None if fused else layers.ReLU()
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
+    def forward(self, x: np.ndarray, *skip: np.ndarray) -> np.ndarray:
+        """x (N, Cin, H, W) -> (N, Cout, H, W). Fast layers only: forward(skip, x) takes the
+        two halves of a concatenation (skip first), and conv1 reads both without building
+        it; backward then returns (dskip, dx)."""
         if self._folded():  # fast layers, inference: each batch norm + ReLU inside its conv
-            x = self.bn1.after_conv(self.conv1, x)          # (N, Cout, H, W)
+            x = self.bn1.after_conv(self.conv1, x, *skip)   # (N, Cout, H, W)
             return self.bn2.after_conv(self.conv2, x)       # (N, Cout, H, W)
-        x = _then(self.relu1, self.bn1(self.conv1(x)))     # (N, Cout, H, W)
-        return _then(self.relu2, self.bn2(self.conv2(x)))  # (N, Cout, H, W)
+        x = _then(self.relu1, self.bn1(self.conv1(x, *skip)))  # (N, Cout, H, W)
+        return _then(self.relu2, self.bn2(self.conv2(x)))      # (N, Cout, H, W)
 
     def _folded(self) -> bool:
         """Inference with the fast layers (eval mode, gradients off): each batch norm and its
@@ -180,8 +185,11 @@ class UNet(Module):
         x = self.bottom(x)                         # (N, c_depth, H/2**depth, W/2**depth)
         for i in reversed(range(self.depth)):      # decoder, bottom to top
             x = self.upconv[i](x)                  # (N, c_i, H/2**i, W/2**i)
-            x = self.concat[i](skips[i], x)        # (N, 2*c_i, H/2**i, W/2**i)
-            x = self.up[i](x)                      # (N, c_i, H/2**i, W/2**i)
+            if self.readable:
+                x = self.concat[i](skips[i], x)    # (N, 2*c_i, H/2**i, W/2**i)
+                x = self.up[i](x)                  # (N, c_i, H/2**i, W/2**i)
+            else:  # the same without the copy: up.i's first conv reads the two halves
+                x = self.up[i](skips[i], x)        # (N, c_i, H/2**i, W/2**i)
         return self.head(x)                        # (N, Kc, H, W)
 
     def backward(self, dlogits: np.ndarray) -> np.ndarray:
@@ -190,7 +198,10 @@ class UNet(Module):
         dskip = [None] * self.depth
         for i in range(self.depth):                # decoder, top to bottom (forward reversed)
             d = self.up[i].backward(d)             # (N, 2*c_i, H/2**i, W/2**i)
-            dskip[i], d = self.concat[i].backward(d)  # (N, c_i, ...) each: skip part, up part
+            if self.readable:
+                dskip[i], d = self.concat[i].backward(d)  # (N, c_i, ...) each: skip, up part
+            else:  # fast: up.i returned the two halves already
+                dskip[i], d = d
             d = self.upconv[i].backward(d)         # (N, c_{i+1}, H/2**(i+1), W/2**(i+1))
         d = self.bottom.backward(d)                # (N, c_{depth-1}, H/2**depth, W/2**depth)
         for i in reversed(range(self.depth)):      # encoder, bottom to top

@@ -191,9 +191,9 @@ def test_unet_inference_folds_and_equals_the_readable_unet():
     calls = []
     original = fast_layers.BatchNormReLU2d.after_conv
 
-    def counting(self, conv, inputs):
+    def counting(self, conv, *inputs):
         calls.append(self)
-        return original(self, conv, inputs)
+        return original(self, conv, *inputs)
 
     fast_layers.BatchNormReLU2d.after_conv = counting
     try:
@@ -206,3 +206,16 @@ def test_unet_inference_folds_and_equals_the_readable_unet():
     assert rel(y_fast, y_readable) < 1e-5
     fast.set_grad_enabled(True)                       # gradients on: the layers run apart
     assert not unet.DoubleConv._folded(fast.down[0])
+
+
+def test_fold_of_two_parts_equals_fold_of_their_concatenation():
+    rng = np.random.default_rng(3)
+    conv = fast_layers.Conv2d(16, 8, 3, padding=1, bias=False, rng=rng)
+    bn = fast_layers.BatchNormReLU2d(8)
+    bn.running_mean[:] = rng.standard_normal(8)
+    bn.running_var[:] = rng.uniform(0.5, 2.0, 8)
+    for module in (conv, bn):
+        module.eval().set_grad_enabled(False)
+    a, b = (rng.standard_normal((2, 8, 32, 32)).astype(np.float32) for _ in range(2))
+    np.testing.assert_array_equal(bn.after_conv(conv, a, b),
+                                  bn.after_conv(conv, np.concatenate([a, b], axis=1)))

@@ -182,3 +182,63 @@ def test_direct_items_are_each_run_once_whatever_the_threads(monkeypatch, n_thre
             kernels.conv2d_forward(x, w, None, 1, 1, who="Conv2d")
     finally:
         threads.set_num_threads(before)
+
+
+# ------------------------------------------------------------------ two parts, no concatenation
+# (N, Ca, Cb, Cout, H, W): the U-Net's halves (Ca = Cb, multiples of 8) and uneven ones
+PARTS_CASES = [(2, 8, 8, 8, 32, 32), (1, 5, 11, 6, 33, 48), (2, 3, 1, 9, 7, 16)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])  # direct route, BLAS route
+@pytest.mark.parametrize("case", PARTS_CASES)
+def test_two_parts_equal_their_concatenation_to_the_bit(direct_route, case, dtype):
+    """conv(a, b) is conv(concat(a, b)) without building it; backward splits dx the same."""
+    N, Ca, Cb, Cout, H, W = case
+    rng = np.random.default_rng(sum(case))
+    a = rng.standard_normal((N, Ca, H, W)).astype(dtype)
+    b = rng.standard_normal((N, Cb, H, W)).astype(dtype)
+    joined = np.concatenate([a, b], axis=1)
+    w = rng.standard_normal((Cout, Ca + Cb, 3, 3)).astype(dtype)
+    y = kernels.conv2d_forward((a, b), w, None, 1, 1, who="Conv2d")
+    np.testing.assert_array_equal(y, kernels.conv2d_forward(joined, w, None, 1, 1))
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    np.testing.assert_array_equal(kernels.conv2d_backward_weight((a, b), dy, 3, 1, 1),
+                                  kernels.conv2d_backward_weight(joined, dy, 3, 1, 1))
+    da, db = kernels.conv2d_backward_input(dy, w, 1, 1, H, W, split=Ca)
+    dx = kernels.conv2d_backward_input(dy, w, 1, 1, H, W)
+    assert da.flags.c_contiguous and db.flags.c_contiguous
+    np.testing.assert_array_equal(da, dx[:, :Ca])
+    np.testing.assert_array_equal(db, dx[:, Ca:])
+
+
+@pytest.mark.parametrize("part", [0, 1])
+def test_two_parts_name_the_part_with_nan(direct_route, part):
+    parts = [np.ones((1, 4, 16, 16), np.float32), np.ones((1, 4, 16, 16), np.float32)]
+    parts[part][0, 3, 15, 15] = np.nan
+    w = np.ones((8, 8, 3, 3), np.float32)
+    with pytest.raises(FloatingPointError, match=f"input part {part}"):
+        kernels.conv2d_forward(tuple(parts), w, None, 1, 1, who="Conv2d")
+
+
+def test_fast_conv2d_layer_takes_two_parts():
+    """The fast Conv2d(a, b): the layer on the concatenation, its dx in two parts."""
+    from minunet.kernels import layers as fast_layers
+    rng = np.random.default_rng(2)
+    one = fast_layers.Conv2d(12, 8, 3, padding=1, bias=False, rng=rng)
+    two = fast_layers.Conv2d(12, 8, 3, padding=1, bias=False, rng=rng)
+    two.load_state_dict(one.state_dict())
+    a = rng.standard_normal((2, 4, 32, 32)).astype(np.float32)
+    b = rng.standard_normal((2, 8, 32, 32)).astype(np.float32)
+    y = two(a, b)
+    np.testing.assert_array_equal(y, one(np.concatenate([a, b], axis=1)))
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    da, db = two.backward(dy)
+    dx = one.backward(dy)
+    np.testing.assert_array_equal(np.concatenate([da, db], axis=1), dx)
+    np.testing.assert_array_equal(two.weight.grad, one.weight.grad)
+    with pytest.raises(ValueError, match=r"4 \+ 4 channels, the layer takes 12"):
+        two(a, a)
+    with pytest.raises(ValueError, match="agree in N, H and W"):
+        two(a, b[:, :, :16])
+    with pytest.raises(TypeError, match="one input or two parts"):
+        two(a, a, a)

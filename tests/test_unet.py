@@ -52,7 +52,7 @@ class ForgetsTheSkip(UNet):
         d = self.head.backward(dlogits)
         for i in range(self.depth):
             d = self.up[i].backward(d)
-            _, d = self.concat[i].backward(d)
+            _, d = self.concat[i].backward(d) if self.readable else d  # fast: two halves
             d = self.upconv[i].backward(d)
         d = self.bottom.backward(d)
         for i in reversed(range(self.depth)):
@@ -179,6 +179,23 @@ def test_fast_inference_splits_the_batch_over_threads_with_the_same_bits(monkeyp
         threads.set_num_threads(before)
     assert sorted(sizes) == [1, 2]
     np.testing.assert_array_equal(split, whole)
+
+
+def test_fast_unet_never_builds_the_concatenations(monkeypatch):
+    """up.i's first convolution reads the skip and the up-step's output where they are, in
+    training and in inference; its results are checked against the readable U-Net above."""
+    from minunet.kernels import layers as fast_layers
+
+    def refuse(self, a, b):
+        raise AssertionError("Concat.forward ran")
+
+    monkeypatch.setattr(fast_layers.Concat, "forward", refuse)
+    model = UNet(1, 3, depth=2, base_channels=8, rng=0, readable=False)
+    x = np.random.default_rng(0).standard_normal((2, 1, 32, 32)).astype(np.float32)
+    logits = model(x)
+    model.backward(np.ones_like(logits))
+    model.eval().set_grad_enabled(False)
+    model(x)
 
 
 def test_readable_switch(monkeypatch):

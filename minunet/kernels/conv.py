@@ -178,17 +178,22 @@ def fill_band(x: np.ndarray, n: int, padding: int, row_start: int, band: np.ndar
     return _fill_band(x, n, 1, padding, row_start, band)
 
 
-def _direct_items_py(x: np.ndarray, w_p: np.ndarray, y_rows: np.ndarray, out_height: int,
-                     out_width: int, kernel_size: int, padding: int, rows_per_band: int,
-                     bands: int, width: int, counter: np.ndarray, probes: np.ndarray,
-                     band_buffer: np.ndarray, spare: np.ndarray, bias: np.ndarray,
-                     relu: bool) -> None:
+def _direct_items_py(x: np.ndarray, x2: np.ndarray, w_p: np.ndarray, w_p2: np.ndarray,
+                     y_rows: np.ndarray, y2_rows: np.ndarray, out_height: int, out_width: int,
+                     kernel_size: int, padding: int, rows_per_band: int, bands: int, width: int,
+                     counter: np.ndarray, probes: np.ndarray, band_buffer: np.ndarray,
+                     spare: np.ndarray, bias: np.ndarray, relu: bool) -> None:
     """Run (image, band) items of the direct route until none are left: each thread of a
     region calls this once, and the threads share the items through `counter`, an atomic
     counter (simd.fetch_add). No Python runs between items, so the threads never wait for
     each other's GIL: on a busy virtual machine each such wait can cost a tenth of a
-    millisecond."""
-    N, Cin = x.shape[0], x.shape[1]
+    millisecond.
+
+    Two parts, for a convolution of a channel concatenation without building it: the input
+    is [x | x2] along channels (x2 may have 0 channels), and the output channels are split
+    into y_rows (weights w_p) and y2_rows (weights w_p2; may have 0 channels). Each item
+    copies both input parts into one band and runs the product once per output part."""
+    N, Ca, Cb = x.shape[0], x.shape[1], x2.shape[1]
     K, P, R, Ho, Wo = kernel_size, padding, rows_per_band, out_height, out_width
     count = N * bands
     while True:
@@ -198,10 +203,19 @@ def _direct_items_py(x: np.ndarray, w_p: np.ndarray, y_rows: np.ndarray, out_hei
         n = index // bands
         r0 = (index - n * bands) * R
         rows = min(R, Ho - r0)
-        band = band_buffer[:Cin * (rows + K - 1) * width].reshape(Cin, rows + K - 1, width)
-        probes[index] = fill_band(x, n, P, r0, band)
+        plane = (rows + K - 1) * width  # one channel of the band
+        band = band_buffer[:(Ca + Cb) * plane].reshape(Ca + Cb, rows + K - 1, width)
+        probe = fill_band(x, n, P, r0, band_buffer[:Ca * plane].reshape(Ca, rows + K - 1,
+                                                                        width))
+        if Cb > 0:
+            probe += fill_band(x2, n, P, r0, band_buffer[Ca * plane:(Ca + Cb) * plane]
+                               .reshape(Cb, rows + K - 1, width))
+        probes[index] = probe
         _product_jit(band, w_p, y_rows[n, :, r0 * Wo:(r0 + rows) * Wo], K, Wo, spare, bias,
                      relu)
+        if y2_rows.shape[1] > 0:
+            _product_jit(band, w_p2, y2_rows[n, :, r0 * Wo:(r0 + rows) * Wo], K, Wo, spare,
+                         bias[y_rows.shape[1]:] if bias.size > 0 else bias, relu)
 
 
 _direct_items_jit = None
@@ -401,73 +415,126 @@ def _small(N: int, Cin: int, Cout: int, Ho: int, Wo: int, K: int) -> bool:
 _NO_BIAS = np.zeros(0, np.float32)  # direct_product's "no bias"
 
 
-def _forward(x: np.ndarray, weight: np.ndarray, stride: int, padding: int,
+Parts = np.ndarray | tuple[np.ndarray, np.ndarray]  # an array, or two joined along channels
+
+
+def _parts(x: Parts) -> tuple[np.ndarray, ...]:
+    """x as a tuple of C-contiguous arrays: (x,) or the two parts (a, b)."""
+    return tuple(np.ascontiguousarray(p) for p in (x if isinstance(x, tuple) else (x,)))
+
+
+def _joined(x: Parts) -> np.ndarray:
+    """The array that x stands for: x itself, or its two parts concatenated along channels
+    (the BLAS route's fallback: it needs the columns of one array)."""
+    return np.concatenate(x, axis=1) if isinstance(x, tuple) else np.ascontiguousarray(x)
+
+
+def _check_parts(who: str, parts: tuple[np.ndarray, ...], name: str) -> None:
+    """NaN/inf anywhere in the parts raise FloatingPointError, naming the part."""
+    for i, part in enumerate(parts):
+        check_finite(who, part, name=name if len(parts) == 1 else f"{name} part {i}")
+
+
+def _forward(x: Parts, weight: np.ndarray, stride: int, padding: int,
              bias: np.ndarray | None = None, who: str | None = None,
-             name: str = "input", relu: bool = False) -> np.ndarray:
+             name: str = "input", relu: bool = False, split: int | None = None,
+             ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """y = w @ im2col(x) (+ b): x (N, Cin, H, W), weight (Cout, Cin, K, K) -> (N, Cout, Ho, Wo).
     With relu, y = max(y, 0) (an inference-only fusion: see layers.BatchNormReLU2d).
+
+    x may be two arrays (a, b): the convolution of their concatenation along channels,
+    without building it. With `split`, y comes back as two arrays, its channels [0, split)
+    and [split, Cout) (the input gradient of such a convolution, in its two parts).
 
     Item (n, band): y[n, :, r0:r0+R] = w_rows @ im2col_rows(x[n], rows r0:r0+R).
     With `who` (the layer's name for messages), NaN/inf in x raise FloatingPointError, as
     check_array(who, x, name=name) would: found from the items' probes, without a pass of
     its own.
     """
-    N, Cin, H, W = x.shape
+    parts = _parts(x)
+    N, _, H, W = parts[0].shape
+    Cin = sum(p.shape[1] for p in parts)
     Cout, _, K, _ = weight.shape
     S, P = stride, padding
     Ho, Wo = conv_output_size(H, K, S, P), conv_output_size(W, K, S, P)
-    x = np.ascontiguousarray(x)
+    dtype = parts[0].dtype
     w_rows = np.ascontiguousarray(weight.reshape(Cout, Cin * K * K))  # (Cout, Cin*K*K)
-    y = np.empty((N, Cout, Ho, Wo), dtype=x.dtype)                     # (N, Cout, Ho, Wo)
-    y_rows = y.reshape(N, Cout, Ho * Wo)
-    R, bands = _bands(Ho, Wo, Cin * K * K, x.itemsize)
+    R, bands = _bands(Ho, Wo, Cin * K * K, parts[0].itemsize)
     probes = np.zeros(N * bands)                                       # one per item
-    direct = _direct(x.dtype, K, S, P, Wo)
-    w_p = pack_weights(w_rows.T) if direct else None                 # gemm's layout
-    # the direct route adds the bias (and the ReLU) to each tile as it is computed
-    tile_bias = _NO_BIAS if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
-
-    if direct:  # each thread runs items in compiled code until none are left
+    direct = _direct(dtype, K, S, P, Wo)
+    if not direct:  # the BLAS route needs one input and one output array
+        y = _forward_blas(_joined(x), w_rows, Ho, Wo, K, S, P, R, bands, probes, bias, relu)
+        outputs = (y,) if split is None else (np.ascontiguousarray(y[:, :split]),
+                                              np.ascontiguousarray(y[:, split:]))
+    else:  # each thread runs items in compiled code until none are left
+        # the direct route adds the bias (and the ReLU) to each tile as it is computed
+        tile_bias = _NO_BIAS if bias is None else np.ascontiguousarray(bias, dtype=dtype)
+        cut = Cout if split is None else split
+        outputs = (np.empty((N, cut, Ho, Wo), dtype=dtype),
+                   np.empty((N, Cout - cut, Ho, Wo), dtype=dtype))
+        rows_out = [o.reshape(N, o.shape[1], Ho * Wo) for o in outputs]
+        packed = [pack_weights(w_rows[:cut].T), pack_weights(w_rows[cut:].T)]
+        second = parts[1] if len(parts) > 1 else np.empty((N, 0, H, W), dtype)
         run_items = _direct_items()
         counter = np.zeros(1, np.int64)
         shape = band_shape(Cin, W, R, Wo, K, S, P)
 
         def worker(_: int, slot: int) -> None:
-            run_items(x, w_p, y_rows, Ho, Wo, K, P, R, bands, shape[2], counter, probes,
-                      _scratch.get(slot, "band", (math.prod(shape),), x.dtype),
-                      _scratch.get(slot, "spare", (TILE, BLOCK), x.dtype), tile_bias, relu)
+            run_items(parts[0], second, packed[0], packed[1], rows_out[0], rows_out[1], Ho,
+                      Wo, K, P, R, bands, shape[2], counter, probes,
+                      _scratch.get(slot, "band", (math.prod(shape),), dtype),
+                      _scratch.get(slot, "spare", (TILE, BLOCK), dtype), tile_bias, relu)
 
         parallel_for(worker, get_num_threads(), serial=_small(N, Cin, Cout, Ho, Wo, K),
                      blas=False)
-    else:
-        def item(index: int, slot: int) -> None:
-            n, pixels, col, probes[index] = _band_columns(x, index, bands, R, Ho, Wo, K, S,
-                                                          P, slot)
-            out = y_rows[n, :, pixels]                                 # (Cout, R*Wo), a view
-            np.matmul(w_rows, col, out=out)
-            if bias is not None:
-                out += bias[:, None]
-            if relu:
-                np.maximum(out, 0, out=out)
-
-        parallel_for(item, N * bands, serial=_small(N, Cin, Cout, Ho, Wo, K))
+        if split is None:
+            outputs = outputs[:1]
     if who is not None:
         last_row_read = (Ho - 1) * S - P + K - 1                       # rows below it: unread
         if not np.isfinite(probes.sum()) or last_row_read < H - 1:
-            check_finite(who, x, name=name)                            # raises, with counts
+            _check_parts(who, parts, name)                             # raises, with counts
+    return outputs[0] if split is None else outputs
+
+
+def _forward_blas(x: np.ndarray, w_rows: np.ndarray, Ho: int, Wo: int, K: int, S: int, P: int,
+                  R: int, bands: int, probes: np.ndarray, bias: np.ndarray | None,
+                  relu: bool) -> np.ndarray:
+    """_forward's BLAS route: the columns of each (image, band) item, multiplied by BLAS."""
+    N, Cin = x.shape[:2]
+    Cout = w_rows.shape[0]
+    y = np.empty((N, Cout, Ho, Wo), dtype=x.dtype)                     # (N, Cout, Ho, Wo)
+    y_rows = y.reshape(N, Cout, Ho * Wo)
+
+    def item(index: int, slot: int) -> None:
+        n, pixels, col, probes[index] = _band_columns(x, index, bands, R, Ho, Wo, K, S, P,
+                                                      slot)
+        out = y_rows[n, :, pixels]                                     # (Cout, R*Wo), a view
+        np.matmul(w_rows, col, out=out)
+        if bias is not None:
+            out += bias[:, None]
+        if relu:
+            np.maximum(out, 0, out=out)
+
+    parallel_for(item, N * bands, serial=_small(N, Cin, Cout, Ho, Wo, K))
     return y
 
 
 def _adjoint(dy: np.ndarray, weight: np.ndarray, stride: int, padding: int, height: int,
              width: int, who: str | None = None, name: str = "dout",
-             bias: np.ndarray | None = None) -> np.ndarray:
+             bias: np.ndarray | None = None, split: int | None = None,
+             ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """dx = col2im(w^T @ dy) (+ b): dy (N, Cout, Ho, Wo), weight (Cout, Cin, K, K),
-    bias (Cin,) or None -> (N, Cin, H, W). With `who`, NaN/inf in dy raise (see _forward)."""
+    bias (Cin,) or None -> (N, Cin, H, W). With `who`, NaN/inf in dy raise (see _forward).
+    With `split`, dx comes back as two arrays, its channels [0, split) and [split, Cin)."""
     N, Cout, Ho, Wo = dy.shape
     _, Cin, K, _ = weight.shape
     if stride == 1 and padding <= K - 1:
         # dx is the stride-1 convolution of dy with the flipped weight and padding K-1-P
-        return _forward(dy, _flipped(weight), 1, K - 1 - padding, bias, who=who, name=name)
+        return _forward(dy, _flipped(weight), 1, K - 1 - padding, bias, who=who, name=name,
+                        split=split)
+    if split is not None:
+        dx = _adjoint(dy, weight, stride, padding, height, width, who, name, bias)
+        return np.ascontiguousarray(dx[:, :split]), np.ascontiguousarray(dx[:, split:])
     if who is not None:
         check_finite(who, dy, name=name)
     dy = np.ascontiguousarray(dy)
@@ -495,7 +562,7 @@ def _adjoint(dy: np.ndarray, weight: np.ndarray, stride: int, padding: int, heig
 WEIGHT_GRADIENT_GROUPS = 8  # partial sums of dw, a fixed number: see _weight_gradient
 
 
-def _weight_gradient(x: np.ndarray, dy: np.ndarray, kernel_size: int, stride: int,
+def _weight_gradient(x: Parts, dy: np.ndarray, kernel_size: int, stride: int,
                      padding: int) -> np.ndarray:
     """dw = sum_n dy[n] @ im2col(x)[n]^T, computed as its transpose sum_n im2col(x)[n] @ dy[n]^T.
 
@@ -505,18 +572,22 @@ def _weight_gradient(x: np.ndarray, dy: np.ndarray, kernel_size: int, stride: in
     sums are added in run order. The grouping depends only on the shapes, never on which
     thread ran what or how many threads there are, so dw is the same to the last bit on every
     run (training is reproducible).
+
+    x may be two arrays (a, b), joined along channels (see _forward).
     """
-    N, Cin = x.shape[:2]
     _, Cout, Ho, Wo = dy.shape
     K, S, P = kernel_size, stride, padding
-    x = np.ascontiguousarray(x)
+    parts = _parts(x)
+    N = parts[0].shape[0]
     dy_rows = np.ascontiguousarray(dy).reshape(N, Cout, Ho * Wo)
+    if _direct_weight(parts[0].dtype, K, S, P, Ho, Wo):
+        return _direct_weight_gradient(parts, dy_rows, Ho, Wo, P)
+    x = _joined(x)
+    Cin = x.shape[1]
     R, bands = _bands(Ho, Wo, Cin * K * K, x.itemsize)
     pieces = N * bands
     groups = min(pieces, WEIGHT_GRADIENT_GROUPS)
     partial = [None] * groups
-    if _direct_weight(x.dtype, K, S, P, Ho, Wo):
-        return _direct_weight_gradient(x, dy_rows, Ho, Wo, P)
 
     def item(group: int, slot: int) -> None:
         first, last = group * pieces // groups, (group + 1) * pieces // groups
@@ -540,13 +611,16 @@ def _weight_gradient(x: np.ndarray, dy: np.ndarray, kernel_size: int, stride: in
     return np.ascontiguousarray(dw_t.T).reshape(Cout, Cin, K, K)
 
 
-def _direct_weight_gradient(x: np.ndarray, dy_rows: np.ndarray, Ho: int, Wo: int,
-                            P: int) -> np.ndarray:
+def _direct_weight_gradient(parts: tuple[np.ndarray, ...], dy_rows: np.ndarray, Ho: int,
+                            Wo: int, P: int) -> np.ndarray:
     """_weight_gradient of a float32 3x3 stride-1 convolution by gemm.direct_weight_product:
     the same grouping into WEIGHT_GRADIENT_GROUPS runs of (image, band) pieces, summed in order
     into its own partial dw (Cout, Cin*9), the partials added in run order: the same bits on
-    every run."""
-    N, Cin, _, W = x.shape
+    every run. The input is the channel concatenation of `parts`, copied part by part into
+    each band."""
+    x = parts[0]
+    N, _, _, W = x.shape
+    Cin = sum(p.shape[1] for p in parts)
     Cout = dy_rows.shape[1]
     R, bands = _weight_bands(Cin, W, Ho, 3, P, x.itemsize)
     pieces = N * bands
@@ -561,7 +635,10 @@ def _direct_weight_gradient(x: np.ndarray, dy_rows: np.ndarray, Ho: int, Wo: int
             rows = min(R, Ho - band * R)
             g = dy_rows[n, :, band * R * Wo:(band * R + rows) * Wo]   # (Cout, rows*Wo)
             padded = _scratch.get(slot, "band", band_shape(Cin, W, rows, Wo, 3, 1, P), x.dtype)
-            fill_band(x, n, P, band * R, padded)
+            first = 0
+            for part in parts:  # each part's channels into their place in the band
+                fill_band(part, n, P, band * R, padded[first:first + part.shape[1]])
+                first += part.shape[1]
             direct_weight_product(padded, g, dw, Wo)
         partial[group] = dw
 
@@ -579,27 +656,31 @@ def _flipped(weight: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ the public pairs
-def conv2d_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: int,
+def conv2d_forward(x: Parts, weight: np.ndarray, bias: np.ndarray | None, stride: int,
                    padding: int, who: str | None = None, relu: bool = False) -> np.ndarray:
     """y[n, o, i, j] = b[o] + sum_{c,kh,kw} w[o, c, kh, kw] x[n, c, i*S - P + kh, j*S - P + kw].
 
     x (N, Cin, H, W), weight (Cout, Cin, K, K), bias (Cout,) or None -> y (N, Cout, Ho, Wo).
     With `who` (a name for messages), NaN or inf in x raise FloatingPointError. With relu,
-    the result is max(y, 0).
+    the result is max(y, 0). x may be two arrays (a, b): the convolution of their
+    concatenation along channels, which is never built (the U-Net's skip and up-step).
     """
     return _forward(x, weight, stride, padding, bias, who=who, relu=relu)
 
 
 def conv2d_backward_input(dy: np.ndarray, weight: np.ndarray, stride: int, padding: int,
-                          height: int, width: int, who: str | None = None) -> np.ndarray:
+                          height: int, width: int, who: str | None = None,
+                          split: int | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """dx = col2im(w^T @ dy): dy (N, Cout, Ho, Wo) -> dx (N, Cin, H, W); H, W are x's size.
-    With `who`, NaN or inf in dy raise FloatingPointError."""
-    return _adjoint(dy, weight, stride, padding, height, width, who=who)
+    With `who`, NaN or inf in dy raise FloatingPointError. With `split` (x was two parts),
+    dx comes back as two arrays, channels [0, split) and [split, Cin)."""
+    return _adjoint(dy, weight, stride, padding, height, width, who=who, split=split)
 
 
-def conv2d_backward_weight(x: np.ndarray, dy: np.ndarray, kernel_size: int, stride: int,
+def conv2d_backward_weight(x: Parts, dy: np.ndarray, kernel_size: int, stride: int,
                            padding: int) -> np.ndarray:
-    """dw[o, c, kh, kw] = sum_{n,i,j} dy[n, o, i, j] x[n, c, i*S - P + kh, j*S - P + kw]."""
+    """dw[o, c, kh, kw] = sum_{n,i,j} dy[n, o, i, j] x[n, c, i*S - P + kh, j*S - P + kw];
+    x may be two arrays, joined along channels."""
     return _weight_gradient(x, dy, kernel_size, stride, padding)
 
 

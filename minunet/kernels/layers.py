@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import layers
-from ..checks import check_finite
+from ..checks import check_array, check_finite
 from .activation import relu_backward, relu_forward
 from .batchnorm import (
     batchnorm_backward_input,
@@ -89,29 +89,61 @@ class Concat(layers.Concat):
 
 
 class Conv2d(layers.Conv2d):
-    """layers.Conv2d as im2col matrix products (BLAS); keeps x unpadded."""
+    """layers.Conv2d as matrix products (conv.py's kernels); keeps x unpadded.
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        self._check_input(x, finite=False)  # finiteness: the im2col probe, same pass
+    Fast-only: `forward(a, b)` convolves the concatenation of a and b along channels without
+    building it (the U-Net's skip and up-step: conv.py copies each part into its bands), and
+    backward then returns the input gradient in the same two parts, (da, db).
+    """
+
+    def forward(self, x: np.ndarray, *more: np.ndarray) -> np.ndarray:
+        x = self._check_parts(x, more)  # finiteness: the kernel's probe, same pass
         bias = None if self.bias is None else self.bias.data
         y = conv2d_forward(x, self.weight.data, bias, self.stride, self.padding,
                            who="Conv2d")  # (N, Cout, Ho, Wo)
         self.save_for_backward(x)  # backward needs x for dw
         return y
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
-        (x,) = self.take_saved()  # (N, Cin, H, W)
-        N, _, H, W = x.shape
+    def backward(self, dy: np.ndarray) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        (x,) = self.take_saved()  # (N, Cin, H, W), or its two parts
+        N, _, H, W = x[0].shape if isinstance(x, tuple) else x.shape
         K, S, P = self.kernel_size, self.stride, self.padding
         self._check_dout(dy, (N, self.out_channels, (H + 2 * P - K) // S + 1,
                               (W + 2 * P - K) // S + 1), finite=False)  # the probe below
         # dx first: its im2col of dy checks dy for NaN/inf before any gradient is touched
-        dx = conv2d_backward_input(dy, self.weight.data, S, P, H, W,
-                                   who="Conv2d.backward")  # (N, Cin, H, W)
+        split = x[0].shape[1] if isinstance(x, tuple) else None
+        dx = conv2d_backward_input(dy, self.weight.data, S, P, H, W, who="Conv2d.backward",
+                                   split=split)  # (N, Cin, H, W), or (da, db)
         self.weight.grad += conv2d_backward_weight(x, dy, K, S, P)  # (Cout, Cin, K, K)
         if self.bias is not None:
             self.bias.grad += dy.sum(axis=(0, 2, 3))                 # (Cout,)
         return dx
+
+    def _check_parts(self, x: np.ndarray, more: tuple[np.ndarray, ...],
+                     ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Check the input, one array or two parts; return it (the parts as a tuple)."""
+        if not more:
+            self._check_input(x, finite=False)
+            return x
+        if len(more) > 1:
+            raise TypeError(f"{self!r}: forward takes one input or two parts, got "
+                            f"{1 + len(more)} arrays")
+        b = more[0]
+        for name, part in (("first part", x), ("second part", b)):
+            check_array("Conv2d", part, ndim=4, dtype=self.weight.dtype, name=name,
+                        finite=False)
+        if (x.shape[0], *x.shape[2:]) != (b.shape[0], *b.shape[2:]):
+            raise ValueError(f"{self!r}: the two parts must agree in N, H and W, got "
+                             f"{x.shape} and {b.shape}")
+        if x.shape[1] + b.shape[1] != self.in_channels:
+            raise ValueError(f"{self!r}: the two parts have {x.shape[1]} + {b.shape[1]} "
+                             f"channels, the layer takes {self.in_channels}")
+        H, W = x.shape[2:]
+        K, S, P = self.kernel_size, self.stride, self.padding
+        if (H + 2 * P - K) // S + 1 < 1 or (W + 2 * P - K) // S + 1 < 1:
+            raise ValueError(f"{self!r}: input {H}x{W} is smaller than the kernel "
+                             f"{K}x{K} (with padding {P}): no output pixel is left")
+        return x, b
 
 
 class ConvTranspose2d(layers.ConvTranspose2d):
@@ -286,8 +318,9 @@ class BatchNormReLU2d(BatchNorm2d):
                                                          sum_gxc)
         return batchnorm_relu_backward_input(dout, y, x, *coefficients)  # (N, C, H, W)
 
-    def after_conv(self, conv: Conv2d, x: np.ndarray) -> np.ndarray:
-        """self(conv(x)) for inference (eval mode, gradients off), as ONE convolution.
+    def after_conv(self, conv: Conv2d, x: np.ndarray, *more: np.ndarray) -> np.ndarray:
+        """self(conv(x)) for inference (eval mode, gradients off), as ONE convolution
+        (`after_conv(conv, a, b)`: of the two parts, as conv(a, b)).
 
         With the running statistics, the batch norm is an affine map per channel, so it folds
         into the convolution before it:
@@ -303,19 +336,20 @@ class BatchNormReLU2d(BatchNorm2d):
         if self.training or self.grad_enabled:
             raise RuntimeError(f"{self!r}.after_conv is for inference only: call .eval() and "
                                f".set_grad_enabled(False) first, or call the two layers")
-        conv._check_input(x, finite=False)  # finiteness: the convolution's probe
+        x = conv._check_parts(x, more)  # finiteness: the convolution's probe
         istd = 1.0 / np.sqrt(self.running_var.astype(np.float64) + self.eps)   # (C,)
         scale = self.weight.data * istd                                        # (C,)
         bias = 0.0 if conv.bias is None else conv.bias.data
         shift = (bias - self.running_mean) * scale + self.bias.data            # (C,)
-        scale = scale.astype(x.dtype)  # one multiply per weight, in the input's precision
-        weight = conv.weight.data.astype(x.dtype) * scale[:, None, None, None]  # (C, Cin, K, K)
+        dtype = conv.weight.dtype  # x, or both its parts, checked to have it
+        scale = scale.astype(dtype)  # one multiply per weight, in the input's precision
+        weight = conv.weight.data.astype(dtype) * scale[:, None, None, None]  # (C, Cin, K, K)
         if not (np.isfinite(weight).all() and np.isfinite(shift).all()):
             check_finite(repr(self), self.running_var, name="running_var")
             check_finite(repr(conv), conv.weight.data, name="weight")
             raise FloatingPointError(f"{self!r}: its parameters folded into {conv!r} are not "
                                      f"finite: check the model's weights")
-        y = conv2d_forward(x, weight, shift.astype(x.dtype), conv.stride, conv.padding,
+        y = conv2d_forward(x, weight, shift.astype(dtype), conv.stride, conv.padding,
                            who="Conv2d", relu=True)
         for module in (conv, self):  # as Module.__call__ does with gradients off
             module._saved = None
