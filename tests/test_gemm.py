@@ -59,9 +59,11 @@ def test_direct_product_matches_float64(cout, C, K, rows, Wo):
 
 
 @pytest.mark.parametrize("cout", [1, 2, 3, 4, 16, 17])
-@pytest.mark.parametrize("C, rows, Wo", [(1, 1, 16), (3, 2, 32), (8, 5, 48)])
+@pytest.mark.parametrize("C, rows, Wo", [(1, 1, 16), (3, 2, 32), (8, 5, 48), (2, 3, 16),
+                                         (4, 7, 32)])
 def test_direct_weight_product_matches_float64(cout, C, rows, Wo):
-    """Channels around the tile of 3 (an odd last tile is computed but kept once)."""
+    """Channels around the tile of 2 (an odd last tile is computed but kept once), rows
+    around the step of 3 (the rows left over go one at a time)."""
     rng = np.random.default_rng(cout + C * 7 + rows * 31 + Wo)
     band = random_band(rng, C, 3, rows, Wo)
     g = rng.standard_normal((cout, rows * Wo)).astype(np.float32)
