@@ -91,14 +91,14 @@ class DoubleConv(Module):
         self.bn2 = BN(out_channels)
         self.relu2 = None if fused else layers.ReLU()
 
-    def forward(self, x: np.ndarray, *skip: np.ndarray) -> np.ndarray:
-        """x (N, Cin, H, W) -> (N, Cout, H, W). Fast layers only: forward(skip, x) takes the
-        two halves of a concatenation (skip first), and conv1 reads both without building
-        it; backward then returns (dskip, dx)."""
+    def forward(self, x: np.ndarray, *more: np.ndarray) -> np.ndarray:
+        """x (N, Cin, H, W) -> (N, Cout, H, W). Fast layers only: forward(a, b) takes the two
+        halves of the concatenation [a | b] along channels, and conv1 reads both without
+        building it; backward then returns (da, db)."""
         if self._folded():  # fast layers, inference: each batch norm + ReLU inside its conv
-            x = self.bn1.after_conv(self.conv1, x, *skip)   # (N, Cout, H, W)
+            x = self.bn1.after_conv(self.conv1, x, *more)   # (N, Cout, H, W)
             return self.bn2.after_conv(self.conv2, x)       # (N, Cout, H, W)
-        x = _then(self.relu1, self.bn1(self.conv1(x, *skip)))  # (N, Cout, H, W)
+        x = _then(self.relu1, self.bn1(self.conv1(x, *more)))  # (N, Cout, H, W)
         return _then(self.relu2, self.bn2(self.conv2(x)))      # (N, Cout, H, W)
 
     def _folded(self) -> bool:
