@@ -219,9 +219,9 @@ def direct_weight_product(band: np.ndarray, g: np.ndarray, dw: np.ndarray,
     band's pixels, three output rows per step: an input row loaded once serves every output
     row that reads it (row r + 2 is tap kh = 2 of output row r, 1 of r + 1, 0 of r + 2), so
     a step makes 15 input loads and 6 output-gradient loads for 54 multiply-adds. (The
-    kernel this replaced, three channels and one row per step, 12 loads for 27, ran
-    1.0-1.3x slower on the U-Net's layers; 3 channels x 2 rows spill registers.) The lanes
-    are added at the end.
+    kernel this replaced, three channels and one row per step, 12 loads for 27, was slower
+    on every U-Net layer it was timed on; 3 channels x 2 rows spill registers.) The lanes are
+    added at the end; bench/bench_conv_parts.py times the kernel.
     """
     C = band.shape[0]
     cout, pixels = g.shape

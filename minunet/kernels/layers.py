@@ -138,11 +138,8 @@ class Conv2d(layers.Conv2d):
         if x.shape[1] + b.shape[1] != self.in_channels:
             raise ValueError(f"{self!r}: the two parts have {x.shape[1]} + {b.shape[1]} "
                              f"channels, the layer takes {self.in_channels}")
-        H, W = x.shape[2:]
-        K, S, P = self.kernel_size, self.stride, self.padding
-        if (H + 2 * P - K) // S + 1 < 1 or (W + 2 * P - K) // S + 1 < 1:
-            raise ValueError(f"{self!r}: input {H}x{W} is smaller than the kernel "
-                             f"{K}x{K} (with padding {P}): no output pixel is left")
+        # the size rules of one input: checked on an empty stand-in of the joined shape
+        self._check_input(np.empty((0, self.in_channels, *x.shape[2:]), x.dtype), finite=False)
         return x, b
 
 

@@ -13,9 +13,9 @@ is freed, so the next step reuses pages already mapped. Two settings do that: bl
 32 MiB (the largest threshold glibc allows) stop going to `mmap`, and blocks above it (C3's
 activations are 32-64 MiB) do too, because `mmap` is switched off for malloc altogether
 (`M_MMAP_MAX` = 0). Those larger blocks matter most: two threads touching fresh pages of
-one array fault in turn on the kernel's lock, and a 64 MiB concatenation took 48 ms instead
-of 9. C3 inference, `bench/bench_unet.py --configs C3 --modes infer --no-torch --rounds 1`:
-439-474 ms with MINUNET_MALLOC=default (malloc left alone), 423-432 ms with these settings.
+one array fault in turn on the kernel's lock. C3 inference, `bench/bench_unet.py --configs
+C3 --modes infer --no-torch --rounds 1`: 439-474 ms with MINUNET_MALLOC=default (malloc left
+alone), 423-432 ms with these settings.
 The price: the process keeps the memory of its largest step until it exits (RSS stays near
 the peak instead of falling between steps), and the peak grows a little (C2 training: 441 MiB
 against 423). PyTorch's CPU tuning guides give the same advice (the `MALLOC_*` variables, or

@@ -270,11 +270,11 @@ def map_batch(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray,
     which other images are in the batch (minunet's kernels: tests/test_unet.py).
 
     Slices: one per thread. Each thread runs fn's Python code too, and the threads take turns
-    holding the GIL; the more and smaller the slices, the more those waits cost. C1 inference
-    (8 images of 64 x 64, 0.29 GFLOP a slice for 2 threads) took 1.06x as long split; from
-    about 0.5 GFLOP a slice on (C1 at 16 images) splitting was 5-11 % faster, while four
-    slices for 2 threads were 8-12 % slower than two (the U-Net at 1-32 images of 64-256
-    pixels, interleaved in one process). Below SPLIT_FLOPS per thread, fn(x) runs unsplit.
+    holding the GIL; the more and smaller the slices, the more those waits cost: C1 inference
+    (8 images of 64 x 64, 0.29 GFLOP a slice for 2 threads) is slower split, C1 at 16 images
+    (0.58 GFLOP a slice) about even, C2 and C3 10-14 % faster (`bench/bench_fast_paths.py`);
+    four slices for two threads were slower than two when this was written. Below SPLIT_FLOPS
+    per thread, fn(x) runs unsplit.
     The price: when the operating system parks one thread, the other waits for its slice
     at the end (the layers' own regions hand their items to whichever thread is free).
     """
