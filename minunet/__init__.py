@@ -12,7 +12,7 @@ Arrays are NCHW: (N, C, H, W). Training runs in float32; every layer also runs i
 which is what the gradient checker uses.
 """
 
-from . import data, metrics, viz
+from . import data, io, metrics, viz
 from .checkpoint import Checkpoint, CheckpointError, load, save
 from .gradcheck import GradcheckError, GradcheckReport, gradcheck
 from .inference import segment
@@ -59,6 +59,7 @@ __all__ = [
     "data",
     "evaluate",
     "gradcheck",
+    "io",
     "load",
     "metrics",
     "normalize",

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from .data.io import write_atomic
+from .io.files import write_atomic
 from .module import Module
 
 FORMAT_NAME = "minunet-checkpoint"

@@ -171,7 +171,7 @@ def _fit(args: argparse.Namespace, run: Path, config: dict[str, Any], before: An
     import minunet as mu
 
     from . import viz, workflow
-    from .data.io import remove_stale_temps, write_atomic
+    from .io.files import remove_stale_temps, write_atomic
 
     if not args.resume:
         _prepare_run_folder(run, args.overwrite)
@@ -213,7 +213,7 @@ def _train_lazy(args: argparse.Namespace, run: Path, config: dict[str, Any],
                          "given with --data")
     source = _data_folder(config, run)
     try:
-        from .data.lazy import sample_count, training_split
+        from .io.lazy import sample_count, training_split
 
         n = sample_count(source)
         val_idx = _validation_draw(n, config["val_fraction"], config["seed"])
@@ -347,7 +347,7 @@ def _check_train_settings(config: dict[str, Any]) -> None:
 
 def _training_data(config: dict[str, Any], run: Path) -> dict[str, Any]:
     from . import data
-    from .data import folders
+    from .io import folders
 
     if not config.get("data"):
         from .data import presets
@@ -376,7 +376,7 @@ def _training_data(config: dict[str, Any], run: Path) -> dict[str, Any]:
 def _data_folder(config: dict[str, Any], run: Path) -> Path:
     """The training data of a run: its absolute path, else the same place relative to the run
     (a run moved with its data); never relative to the current folder."""
-    from .data.folders import LAYOUTS
+    from .io.folders import LAYOUTS
 
     data = Path(config["data"])
     if data.exists() and not data.is_dir():
@@ -448,7 +448,6 @@ def _prepare_run_folder(run: Path, overwrite: bool) -> None:
 def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .data.io import remove_stale_temps
     from .inference import (
         OVERLAY_DIR,
         PROBS_DIR,
@@ -456,6 +455,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         segment,
         write_prediction,
     )
+    from .io.files import remove_stale_temps
 
     if args.tile < 1:
         raise InputError(f"--tile must be >= 1, got {args.tile}")
@@ -601,7 +601,7 @@ def _resolve_model(spec: str) -> Path:
 # ------------------------------------------------------------------ evaluate
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from . import metrics, viz, workflow
-    from .data import folders
+    from .io import folders
     from .predict import to_gray
 
     pred_files = _keyed(_collect_images([args.pred], skip_masks=True), args.image_suffix)
@@ -682,7 +682,7 @@ def _truth_files(truth: Path, args: argparse.Namespace
                  ) -> tuple[dict[str, Path], dict[str, Path] | None]:
     """--truth: a folder of label images, or a training folder (images + masks, any layout
     `minunet train --data` takes; then its images serve the report's overlay)."""
-    from .data import folders
+    from .io import folders
 
     files = folders.image_files(truth) if truth.is_dir() else []
     has_masks = any(f.stem.endswith(args.mask_suffix) for f in files)
@@ -703,7 +703,7 @@ def _truth_files(truth: Path, args: argparse.Namespace
 def _write_report(out: Path, truth: list, preds: list, images: list | None, result: Any,
                   names: list[str], title: str, viz: Any) -> None:
     """Write the report into a hidden folder inside `out`, then move each file in place."""
-    from .data.io import current_umask, fsync_folder
+    from .io.files import current_umask, fsync_folder
 
     for stale in out.glob(".report-*"):  # left by a killed evaluate
         shutil.rmtree(stale, ignore_errors=True)
@@ -832,7 +832,7 @@ def _collect_images(inputs: Sequence[str], *, skip_masks: bool = False) -> list[
     In folders, hidden files are skipped, and with `skip_masks` also Cellpose masks and
     outputs (NAME_masks.tif, NAME_seg.npy, ...) and minunet's overlays/probabilities.
     """
-    from .data import folders
+    from .io import folders
 
     files: list[Path] = []
     for item in inputs:
@@ -886,7 +886,7 @@ def _writable_dir(path: str | Path) -> Path:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    from .data.io import write_atomic
+    from .io.files import write_atomic
 
     text = json.dumps(obj, indent=2)
     write_atomic(path, lambda tmp: tmp.write_text(text))

@@ -59,7 +59,7 @@ def segment(model: Checkpoint | Module | str | os.PathLike,
     postprocess:  override a stored `to_instances` setting (e.g. min_size=10)
     """
     if isinstance(image, (str, os.PathLike)):
-        from .data.io import read_image
+        from .io.images import read_image
 
         image = read_image(image)
     ckpt = as_checkpoint(model)
@@ -102,7 +102,7 @@ def write_prediction(model: Checkpoint | Module, path: Path, out: Path, *,
     the cluster path (`minunet.scaleout`) both call this, so their outputs are the same.
     `image`: the file's pixels if the caller has read them already."""
     from . import viz
-    from .data.io import read_image, read_pixel_size, write_atomic, write_labels
+    from .io import read_image, read_pixel_size, write_atomic, write_labels
     from .predict import normalize
 
     image = read_image(path) if image is None else image

@@ -42,7 +42,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .checkpoint import load, save
-from .data.io import remove_stale_temps, write_atomic
+from .io.files import remove_stale_temps, write_atomic
 from .losses import CrossEntropyLoss
 from .module import Module
 from .optim import Adam
@@ -296,7 +296,7 @@ def evaluate(model: Module, data: Data, loss_fn: Any = None, batch_size: int = 8
 # ------------------------------------------------------------------------------ batches
 def _check_data(who: str, name: str, data: Data) -> tuple[np.ndarray, np.ndarray,
                                                           np.ndarray | None]:
-    if hasattr(data, "training_arrays"):  # a data set read from disk (minunet.data.lazy)
+    if hasattr(data, "training_arrays"):  # a data set read from disk (minunet.io.lazy)
         return data.training_arrays()
     if not isinstance(data, (tuple, list)) or len(data) not in (2, 3):
         raise TypeError(f"{who}: {name} must be (images, targets) or (images, targets, "

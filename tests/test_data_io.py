@@ -110,7 +110,7 @@ def test_generate_dataset_writes_everything(tmp_path):
 
 # ------------------------------------------------------------------ writing a user's files
 def test_write_atomic_uses_the_umask_and_cleans_up(tmp_path):
-    from minunet.data.io import remove_stale_temps, write_atomic
+    from minunet.io.files import remove_stale_temps, write_atomic
     old = os.umask(0o027)
     try:
         path = write_atomic(tmp_path / "a.txt", lambda tmp: tmp.write_text("new"))
@@ -134,7 +134,7 @@ def test_write_atomic_uses_the_umask_and_cleans_up(tmp_path):
 
 
 def test_write_labels_keeps_the_pixel_size(tmp_path):
-    from minunet.data.io import read_pixel_size, write_labels
+    from minunet.io.images import read_pixel_size, write_labels
     tifffile.imwrite(tmp_path / "in.tif", np.zeros((5, 6), np.uint8), imagej=True,
                      resolution=(2.0, 4.0), metadata={"unit": "um"})
     size = read_pixel_size(tmp_path / "in.tif")
@@ -150,7 +150,7 @@ def test_write_labels_keeps_the_pixel_size(tmp_path):
 
 # ------------------------------------------------------------------ a lab's folders
 def test_find_pairs_in_every_layout(tmp_path):
-    from minunet.data.folders import find_pairs
+    from minunet.io.folders import find_pairs
     img = np.zeros((8, 8), np.uint8)
     for f in ("sd/images/a.tiff", "sd/images/b.png", "sd/masks/a.png", "sd/masks/b_masks.tif",
               "cp/x_img.tif", "cp/x_masks.tif", "cp/x_seg.npy", "cp/y_img.npy",
@@ -172,7 +172,7 @@ def test_find_pairs_in_every_layout(tmp_path):
 
 
 def test_read_pairs_names_every_bad_file(tmp_path):
-    from minunet.data.folders import DataError, read_pairs
+    from minunet.io.folders import DataError, read_pairs
     pairs = []
     for name, mask in (("ok", np.ones((6, 6), np.uint16)), ("neg", -np.ones((6, 6), np.int32)),
                        ("frac", np.full((6, 6), 0.5, np.float32)),

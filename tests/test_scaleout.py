@@ -18,7 +18,7 @@ from tiny_net import PixelNet  # noqa: E402
 import minunet as mu  # noqa: E402
 from minunet import workflow  # noqa: E402
 from minunet.cli import main  # noqa: E402
-from minunet.data.lazy import FolderSet, ZarrSet, write_zarr_set  # noqa: E402
+from minunet.io.lazy import FolderSet, ZarrSet, write_zarr_set  # noqa: E402
 from minunet.predict import DEFAULT_NORMALIZATION  # noqa: E402
 from minunet.scaleout import common, large, predict_files, segment_large  # noqa: E402
 
@@ -250,7 +250,7 @@ def test_predict_command_with_workers(checkpoint, folder, tmp_path, capsys):
 def test_plain_predict_imports_nothing_of_dask(checkpoint, folder, tmp_path):
     (folder / "broken.tif").unlink()
     script = (
-        "import sys; from minunet.cli import main; import minunet.scaleout, minunet.data.lazy; "
+        "import sys; from minunet.cli import main; import minunet.scaleout, minunet.io.lazy; "
         f"assert main(['predict', {str(checkpoint)!r}, {str(folder)!r}, '--out', "
         f"{str(tmp_path / 'out')!r}]) == 0; "
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'dask', 'distributed', "

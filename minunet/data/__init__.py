@@ -12,9 +12,10 @@ reference and reference-shifted (the public notebook's recipe). `knobs(preset)` 
 parameter a preset takes; any can be overridden in `generate(..., knob=value)`.
 """
 
+from ..io.images import read_image
 from .augment import augment
+from .dataset import load_dataset, save_dataset
 from .generate import generate, generate_dataset, knobs, regenerate
-from .io import load_dataset, read_image, save_dataset
 from .presets import PRESETS
 from .preview import preview_grid, preview_images
 from .targets import three_class, weight_map

@@ -64,7 +64,7 @@ def generate_dataset(out_dir: str | Path, n: int, preset: str = "standard",
                      **overrides: object) -> Path:
     """Generate and write a data set folder (images/, labels/, manifest.json and, if asked,
     preview.png with label contours): what `minunet generate` does. Returns the folder."""
-    from .io import save_dataset
+    from .dataset import save_dataset
     from .preview import preview_images
 
     images, labels, info = generate(n, preset, size, seed, **overrides)

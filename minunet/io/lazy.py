@@ -1,6 +1,6 @@
 """Training data read from disk one sample at a time, for sets larger than memory.
 
-    from minunet.data.lazy import FolderSet, ZarrSet
+    from minunet.io.lazy import FolderSet, ZarrSet
     train_set = FolderSet("cells/", indices=range(20, 200))   # images/ + labels/
     train_set = ZarrSet("cells.zarr")                         # a training store
     mu.train(model, train_set, val_data, epochs=20, crop=128, ...)
@@ -34,9 +34,9 @@ from typing import Any
 
 import numpy as np
 
+from ..data.targets import three_class, weight_map
 from ..predict import DEFAULT_NORMALIZATION, normalize
-from .io import IMAGE_SUFFIXES, read_image
-from .targets import three_class, weight_map
+from .images import IMAGE_SUFFIXES, read_image
 
 STORE_FORMAT = "minunet-training-store"
 STORE_VERSION = 1

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import IMAGE_SUFFIXES, read_image
+from .images import IMAGE_SUFFIXES, read_image
 
 IMAGE_SUFFIX = "_img"      # Cellpose's image names: a01_img.tif (optional)
 MASK_SUFFIX = "_masks"     # Cellpose's mask names: a01_masks.tif
