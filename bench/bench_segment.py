@@ -1,0 +1,242 @@
+"""End-to-end segmentation with the bundled model: seconds per megapixel, stage by stage.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/bench_segment.py
+    python bench/bench_segment.py --sizes 512,2048 --tiles 256,1024 --torch   # + PyTorch
+    python bench/bench_segment.py --quick                                     # smoke run
+
+What `minunet predict --model nuclei` does to one image, timed stage by stage in a fresh
+subprocess per measurement (its peak resident memory is that subprocess's): read the uint16
+TIFF, normalise it with the model's stored setting, run the network over overlapping tiles
+(`mu.predict`), turn the probabilities into instances (`mu.to_instances` with the stored
+settings), write the label TIFF. Images are generated `broad` images, written once to a
+temporary folder before timing. `--folder N` adds a folder of N images of 512 x 512 (the
+stages summed over the folder). `--torch` runs the same network in PyTorch (weights copied,
+channels_last, eval mode) through the same tiling function, so only the network stage differs;
+PyTorch sides alternate with minunet's, in the same run.
+
+Print: per image size, tile and backend, the seconds of each stage, the total, seconds per
+megapixel, the network's share, and peak memory. The CPU and BLAS kernel are printed first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+STAGES = ("read", "normalise", "network", "post", "write")
+
+
+def _torch_network(model: object) -> object:
+    """A stand-in for the minunet U-Net whose forward runs the same weights in PyTorch."""
+    import numpy as np
+    import torch
+    from torch import nn
+
+    torch.set_num_threads(2)
+    cfg = model.config()
+    depth, base = cfg["depth"], cfg["base_channels"]
+    c = [base * 2**i for i in range(depth + 1)]
+
+    class Double(nn.Module):
+        def __init__(self, cin: int, cout: int) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+            self.bn1 = nn.BatchNorm2d(cout)
+            self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+            self.bn2 = nn.BatchNorm2d(cout)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = torch.relu(self.bn1(self.conv1(x)))
+            return torch.relu(self.bn2(self.conv2(x)))
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.down = nn.ModuleList(Double(cfg["in_channels"] if i == 0 else c[i - 1], c[i])
+                                      for i in range(depth))
+            self.bottom = Double(c[depth - 1], c[depth])
+            self.upconv = nn.ModuleList(nn.ConvTranspose2d(c[i + 1], c[i], 2, stride=2)
+                                        for i in range(depth))
+            self.up = nn.ModuleList(Double(2 * c[i], c[i]) for i in range(depth))
+            self.head = nn.Conv2d(c[0], cfg["num_classes"], 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            skips = []
+            for down in self.down:
+                x = down(x)
+                skips.append(x)
+                x = nn.functional.max_pool2d(x, 2)
+            x = self.bottom(x)
+            for i in reversed(range(depth)):
+                x = self.up[i](torch.cat([skips[i], self.upconv[i](x)], dim=1))
+            return self.head(x)
+
+    net = Net()
+    state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in model.state_dict().items()}
+    net.load_state_dict(state, strict=False)
+    net = net.eval().to(memory_format=torch.channels_last)
+
+    class Shim:
+        """What `mu.predict` asks of a model: depth, dtype, modes, and a call."""
+        depth, dtype, training, grad_enabled = cfg["depth"], np.float32, False, False
+
+        def eval(self) -> Shim:
+            return self
+
+        def train(self, mode: bool = True) -> Shim:
+            return self
+
+        def set_grad_enabled(self, on: bool) -> None:
+            pass
+
+        def __call__(self, x: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                t = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
+                return net(t).contiguous().numpy()
+
+    return Shim()
+
+
+def worker(files: list[str], tile: int, backend: str, out_dir: str) -> None:
+    import numpy as np
+
+    import minunet as mu
+    from minunet.inference import stored_settings
+    from minunet.io import read_image, read_pixel_size, write_labels
+
+    ckpt = mu.load("nuclei")
+    norm, post = stored_settings(ckpt)
+    network = ckpt.model if backend == "minunet" else _torch_network(ckpt.model)
+    warm = np.random.default_rng(0).integers(0, 4000, (128, 128), dtype=np.uint16)
+    mu.to_instances(mu.predict(network, warm, tile=128, normalization=norm), **post)  # compile
+    seconds = dict.fromkeys(STAGES, 0.0)
+    objects = 0
+    for name in files:
+        t0 = time.perf_counter()
+        image = read_image(name)
+        t1 = time.perf_counter()
+        x = mu.normalize(image, norm)
+        t2 = time.perf_counter()
+        probs = mu.predict(network, x, tile=tile, normalized=True)
+        t3 = time.perf_counter()
+        labels = mu.to_instances(probs, **post)
+        t4 = time.perf_counter()
+        write_labels(Path(out_dir) / Path(name).name, labels, read_pixel_size(name))
+        t5 = time.perf_counter()
+        for stage, (a, b) in zip(STAGES, [(t0, t1), (t1, t2), (t2, t3), (t3, t4), (t4, t5)],
+                                 strict=True):
+            seconds[stage] += b - a
+        objects += int(labels.max(initial=0))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": seconds, "peak_mib": peak, "objects": objects}))
+
+
+def measure(files: list[Path], tile: int, backend: str, out_dir: Path) -> dict:
+    cmd = [sys.executable, __file__, "--worker", "--tile", str(tile), "--backend", backend,
+           "--out-dir", str(out_dir), *map(str, files)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def make_images(folder: Path, size: int, n: int, seed: int) -> list[Path]:
+    """n generated `broad` images of size x size as uint16 TIFFs (generated in 512 pieces for
+    large sizes, so generation stays quick; the pieces' seams do not matter for timing)."""
+    import numpy as np
+    import tifffile
+
+    import minunet as mu
+
+    piece = min(size, 512)
+    files = []
+    for k in range(n):
+        image = np.zeros((size, size), np.float32)
+        per_side = size // piece
+        images, _, _ = mu.data.generate(per_side**2, "broad", size=(piece, piece),
+                                        seed=seed + k)
+        for i, im in enumerate(images):
+            r, c = divmod(i, per_side)
+            image[r * piece:(r + 1) * piece, c * piece:(c + 1) * piece] = im
+        path = folder / f"img{size}_{k:03d}.tif"
+        tifffile.imwrite(path, (image * 4000).astype(np.uint16))
+        files.append(path)
+    return files
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="512,2048,4096")
+    parser.add_argument("--tiles", default="256,1024", help="tile cores to compare")
+    parser.add_argument("--folder", type=int, default=64, help="images of 512^2 (0: none)")
+    parser.add_argument("--torch", action="store_true", help="also the network in PyTorch")
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="one 256^2 image, tile 128")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--tile", type=int, default=256, help=argparse.SUPPRESS)
+    parser.add_argument("--backend", default="minunet", help=argparse.SUPPRESS)
+    parser.add_argument("--out-dir", default=".", help=argparse.SUPPRESS)
+    parser.add_argument("files", nargs="*", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.files, args.tile, args.backend, args.out_dir)
+        return
+    if args.quick:
+        args.sizes, args.tiles, args.folder = "256", "128", 0
+    import numpy  # noqa: F401  (loads BLAS, so threadpoolctl can name its kernel)
+    from threadpoolctl import threadpool_info
+
+    blas = [f"{i.get('internal_api')} {i.get('architecture')}" for i in threadpool_info()
+            if i.get("user_api") == "blas"]
+    print(f"CPU: {_cpu_name()}; BLAS: {', '.join(blas)}")
+    backends = ["minunet"] + (["torch"] if args.torch else [])
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        cases = [(f"{s}x{s}", make_images(root, s, 1, seed=1)) for s in map(int,
+                                                                            args.sizes.split(","))]
+        if args.folder:
+            cases.append((f"{args.folder} x 512x512", make_images(root, 512, args.folder, 7)))
+        (root / "out").mkdir()
+        print(f"{'image':>16} {'tile':>5} {'backend':>8} "
+              + " ".join(f"{s:>9}" for s in STAGES)
+              + f" {'total':>8} {'s/Mpx':>6} {'net %':>5} {'peak MiB':>8} {'objects':>7}")
+        for name, files in cases:
+            mpx = sum(_pixels(f) for f in files) / 1e6
+            for tile in map(int, args.tiles.split(",")):
+                for _ in range(args.rounds):
+                    for backend in backends:        # alternate the sides within a round
+                        r = measure(files, tile, backend, root / "out")
+                        sec = r["seconds"]
+                        total = sum(sec.values())
+                        print(f"{name:>16} {tile:>5} {backend:>8} "
+                              + " ".join(f"{sec[s]:>9.3f}" for s in STAGES)
+                              + f" {total:>8.2f} {total / mpx:>6.2f} "
+                              f"{100 * sec['network'] / total:>5.0f} {r['peak_mib']:>8.0f} "
+                              f"{r['objects']:>7}", flush=True)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _pixels(path: Path) -> int:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        shape = tif.pages[0].shape
+    return int(shape[0] * shape[1])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+"""bench/bench_segment.py runs end to end in its smoke mode and times every stage."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "bench_segment.py"
+
+
+def test_bench_segment_quick_reports_every_stage():
+    result = subprocess.run([sys.executable, str(SCRIPT), "--quick"], capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    header, row = result.stdout.strip().splitlines()[-2:]
+    for stage in ("read", "normalise", "network", "post", "write", "s/Mpx", "peak MiB"):
+        assert stage in header
+    cells = row.split()
+    assert cells[:3] == ["256x256", "128", "minunet"]
+    seconds = [float(c) for c in cells[3:8]]
+    assert all(s >= 0 for s in seconds) and seconds[2] > 0     # the network did run
+    assert int(cells[-1]) > 0                                   # and found objects
