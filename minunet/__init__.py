@@ -27,6 +27,7 @@ from .module import Module, Parameter, Sequential
 from .optim import SGD, Adam, CosineSchedule, StepSchedule
 from .postprocess import to_instances
 from .predict import normalize, predict
+from .rois import to_rois, write_rois
 from .train import History, TrainingDiverged, evaluate, train
 from .unet import UNet
 
@@ -67,6 +68,8 @@ __all__ = [
     "save",
     "segment",
     "to_instances",
+    "to_rois",
     "train",
     "viz",
+    "write_rois",
 ]

@@ -463,6 +463,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                                                      args.items[1:])
     if not inputs:
         raise InputError("give the images (files or folders) after the model")
+    if args.rois and (args.chunked or args.workers is not None or args.scheduler):
+        raise InputError("--rois is not available with --chunked, --workers or --scheduler "
+                         "yet: predict without them, or turn the label images into ROIs with "
+                         "mu.write_rois(labels, 'NAME_rois.zip')")
     if args.chunked:  # images larger than memory, block by block (the scale extra)
         if args.diameter is not None:
             raise InputError("--diameter is not available with --chunked yet: rescale the "
@@ -472,7 +476,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return predict_command(args, _resolve_model(model_spec), inputs)
     files = _collect_images(inputs, skip_masks=True)
     out = Path(args.out)
-    outputs = {path: prediction_outputs(path, out, args.probs, args.overlays)
+    outputs = {path: prediction_outputs(path, out, args.probs, args.overlays, args.rois)
                for path in files}
     _check_outputs(inputs, files, outputs, out, args.overwrite)
     ckpt = _load_model(model_spec)
@@ -502,7 +506,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 labels_path, n = write_prediction(ckpt, path, out, image=_read(path),
                                                   tile=args.tile, probs=args.probs,
                                                   overlays=args.overlays, progress=True,
-                                                  diameter=args.diameter)
+                                                  diameter=args.diameter, rois=args.rois)
             except (InputError, ValueError, TypeError, OSError, MemoryError) as err:
                 message = str(err) if str(path) in str(err) else f"{path}: {err}"
                 failures.append(message)
@@ -962,6 +966,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="also write outline overlays (overlays/NAME.png)")
     p.add_argument("--probs", action="store_true",
                    help="also write probabilities (probs/NAME.npy)")
+    p.add_argument("--rois", action="store_true",
+                   help="also write each image's objects as ImageJ ROIs (NAME_rois.zip, for "
+                        "Fiji's ROI Manager and QuPath)")
     p.add_argument("--overwrite", action="store_true", help="replace earlier outputs in --out")
     p.add_argument("--diameter", type=_diameter, metavar="D|auto",
                    help="the objects' typical diameter in pixels, or 'auto' to estimate it: "
