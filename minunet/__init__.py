@@ -14,6 +14,7 @@ which is what the gradient checker uses.
 
 from . import data, io, metrics, viz
 from .checkpoint import Checkpoint, CheckpointError, load, save
+from .export import export_bioimageio, export_onnx
 from .gradcheck import GradcheckError, GradcheckReport, gradcheck
 from .inference import segment
 from .layers.activation import ReLU
@@ -59,6 +60,8 @@ __all__ = [
     "__version__",
     "data",
     "evaluate",
+    "export_bioimageio",
+    "export_onnx",
     "gradcheck",
     "io",
     "load",

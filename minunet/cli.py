@@ -1,4 +1,4 @@
-"""The `minunet` command: generate, train, predict, evaluate, gradcheck.
+"""The `minunet` command: generate, train, predict, evaluate, gradcheck, export.
 
 Thin on purpose: each subcommand parses its arguments, checks them all before it writes
 anything, and calls the library. Its rules for a user's files:
@@ -829,6 +829,38 @@ def _import_class(target: str) -> Any:
     return getattr(module, class_name)
 
 
+# -------------------------------------------------------------------- export
+def cmd_export(args: argparse.Namespace) -> int:
+    """`minunet export MODEL --format onnx|bioimageio --out PATH` (the export extra)."""
+    missing = [m for m in ("onnx", *(("bioimageio.spec",) if args.format == "bioimageio"
+                                     else ())) if importlib.util.find_spec(m.split(".")[0])
+               is None]
+    if missing:
+        raise InputError(f"export needs {', '.join(missing)}: pip install 'minunet[export]'")
+    out = Path(args.out)
+    if out.exists():
+        raise InputError(f"--out {out} already exists; minunet never overwrites: give a new "
+                         "name")
+    if not out.parent.is_dir():
+        raise InputError(f"--out {out}: the folder {out.parent} does not exist")
+    ckpt = _load_model(args.model)
+    if args.format == "onnx":
+        from .export.onnx import OPSET, export_onnx
+
+        export_onnx(ckpt, out)
+        print(f"{ckpt.path} -> {out} (ONNX opset {OPSET}; input 'image' (N, 1, H, W) "
+              "normalised, output 'probabilities')")
+    else:
+        from .export.bioimageio import export_bioimageio
+
+        export_bioimageio(ckpt, out, name=args.name, authors=tuple(args.author or
+                          ("the minunet authors",)), project_url=args.project_url)
+        rdf = out if out.suffix.lower() == ".zip" else out / "rdf.yaml"
+        print(f"{ckpt.path} -> {out} (bioimage.io model package; check it with "
+              f"`bioimageio test {rdf}`)")
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------- helpers
 def _collect_images(inputs: Sequence[str], *, skip_masks: bool = False) -> list[Path]:
     """Files and folders -> image files (sorted), refusing missing paths and empty folders.
@@ -1008,6 +1040,17 @@ def _parser() -> argparse.ArgumentParser:
                    help="seeds the input, the upstream gradient and the sampling (independent "
                         "streams of one SeedSequence)")
     c.set_defaults(run=cmd_gradcheck)
+
+    x = sub.add_parser("export", help="write a model as ONNX or as a bioimage.io package "
+                                      "(needs the export extra)")
+    x.add_argument("model", help="a checkpoint (.npz), a run folder or a pretrained model's name")
+    x.add_argument("--format", required=True, choices=("onnx", "bioimageio"))
+    x.add_argument("--out", required=True,
+                   help="onnx: a new .onnx file; bioimageio: a new folder, or a .zip")
+    x.add_argument("--name", help="bioimageio: the model's name")
+    x.add_argument("--author", action="append", help="bioimageio: an author (repeatable)")
+    x.add_argument("--project-url", help="bioimageio: minunet's address, cited in the package")
+    x.set_defaults(run=cmd_export)
     return parser
 
 
