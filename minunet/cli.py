@@ -1011,7 +1011,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="predict on an existing dask.distributed scheduler (tcp://host:8786)")
     p.add_argument("--chunked", action="store_true",
                    help="images larger than memory (TIFF, Zarr, OME-Zarr): block by block, "
-                        "writing NAME.zarr uint32 labels (needs the scale extra)")
+                        "writing NAME.ome.zarr (OME-Zarr: the image and its uint32 labels "
+                        "under labels/cells; needs the scale extra)")
     p.add_argument("--block", type=int, default=2048, help="block side with --chunked")
     p.set_defaults(run=cmd_predict)
 
