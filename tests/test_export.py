@@ -123,8 +123,9 @@ def test_bioimageio_package_validates_and_passes_its_test(tmp_path, offline):
     pytest.importorskip("bioimageio.core")
     out = tmp_path / "pkg"
     mu.export_bioimageio("nuclei", out, authors=("Ada", "Grace"))
-    assert {p.name for p in out.iterdir()} == {"rdf.yaml", "model.onnx", "test_input.npy",
-                                               "test_output.npy", "cover.png", "README.md"}
+    assert {p.name for p in out.iterdir()} == {
+        "rdf.yaml", "model.onnx", "test_input.npy", "test_output.npy", "sample_input.tif",
+        "sample_output.tif", "cover.png", "README.md"}
     d = check_package(out / "rdf.yaml")
     assert str(d.license) == "MIT" and [a.name for a in d.authors] == ["Ada", "Grace"]
     assert any(str(c.doi) == "10.1007/978-3-319-24574-4_28" for c in d.cite)
@@ -134,6 +135,7 @@ def test_bioimageio_package_validates_and_passes_its_test(tmp_path, offline):
     assert list(d.outputs[0].axes[1].channel_names) == ["background", "interior", "boundary"]
     readme = (out / "README.md").read_text()
     assert "to_instances" in readme and "watershed" in readme and "Otsu" in readme
+    assert "## Validation" in readme and "object F1" in readme
     # the test output is minunet's own forward pass on the scale_range-normalised input
     raw = np.load(out / "test_input.npy")[0, 0]
     lo, hi = np.percentile(raw, [1, 99.8])
@@ -170,3 +172,15 @@ def test_percentile_model_uses_its_own_normalisation(tmp_path):
         mu.export_bioimageio(ckpt_path, out)
     with pytest.raises(ValueError, match="divisible by 4"):
         mu.export_bioimageio(ckpt_path, tmp_path / "bad", test_image=np.zeros((30, 32)))
+
+
+@pytest.mark.slow
+def test_bench_export_nuclei_runs(tmp_path):
+    """The committed command behind docs/export.md's table (one image per preset here)."""
+    pytest.importorskip("bioimageio.core")
+    script = os.path.join(os.path.dirname(__file__), "..", "bench", "export_nuclei.py")
+    result = subprocess.run([sys.executable, script, "--out", str(tmp_path), "--n", "1"],
+                            capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "test of nuclei-bioimageio.zip: passed" in result.stdout
+    assert (tmp_path / "nuclei.onnx").is_file()

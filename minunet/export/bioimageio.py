@@ -9,6 +9,7 @@ The package is a folder (or, with a `.zip` name, that folder zipped) holding:
     model.onnx        the network (`minunet.export.onnx`), input "raw" -> output "probabilities"
     test_input.npy    a generated image (1, 1, H, W) float32, as a user's raw image would be
     test_output.npy   minunet's probabilities for it (1, 3, H, W), after the preprocessing below
+    sample_*.tif      the same two as TIFFs, for people (the zoo's "sample tensors")
     cover.png         the test image beside its probabilities
     README.md         what the three classes are and how to turn them into one label per cell
 
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tifffile
 
 from .onnx import OPSET, export_onnx, load_for_export
 
@@ -71,7 +73,11 @@ def export_bioimageio(model: Any, out: str | os.PathLike, *, name: str | None = 
     if not out.parent.is_dir():
         raise FileNotFoundError(f"export: the folder {out.parent} of {out} does not exist")
     net, metadata = load_for_export(model)
-    raw = _test_image(net, metadata) if test_image is None else np.asarray(test_image)
+    truth = None
+    if test_image is None:
+        raw, truth = _test_image(metadata)
+    else:
+        raw = np.asarray(test_image)
     mult = 2**net.depth
     if raw.ndim != 2 or raw.shape[0] % mult or raw.shape[1] % mult:
         raise ValueError(f"export: the test image must be 2-D with sides divisible by {mult}, "
@@ -88,8 +94,11 @@ def export_bioimageio(model: Any, out: str | os.PathLike, *, name: str | None = 
         export_onnx(net, tmp / "model.onnx")
         np.save(tmp / "test_input.npy", raw.astype(np.float32)[None, None], allow_pickle=False)
         np.save(tmp / "test_output.npy", probs, allow_pickle=False)
+        tifffile.imwrite(tmp / "sample_input.tif", raw.astype(np.float32))   # for people:
+        tifffile.imwrite(tmp / "sample_output.tif", probs[0])                # (H, W), (3, H, W)
         _cover(x[0, 0], probs[0], tmp / "cover.png")
-        (tmp / "README.md").write_text(_readme(name, net, norm, metadata))
+        (tmp / "README.md").write_text(_readme(name, net, norm, metadata,
+                                               _validation(probs[0], truth, metadata)))
         rdf = _rdf(tmp, net, name, description, authors, steps, norm, project_url)
         (tmp / "rdf.yaml").write_text(to_yaml(rdf))
         if out.suffix.lower() == ".zip":
@@ -109,14 +118,31 @@ def _model_name(model: Any) -> str:
     return Path(path).stem if isinstance(path, (str, os.PathLike)) else "custom"
 
 
-def _test_image(net: Any, metadata: dict[str, Any]) -> np.ndarray:
-    """A generated image like the model's training data (its recipe's preset, if recorded)."""
+def _test_image(metadata: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(image, true labels) generated like the model's training data (its recipe's preset)."""
     from ..data import PRESETS, generate
 
     preset = (metadata.get("recipe") or {}).get("preset", "standard")
-    images, _, _ = generate(1, preset if preset in PRESETS else "standard",
-                            size=(TEST_SIZE, TEST_SIZE), seed=2026)
-    return np.asarray(images[0])
+    images, labels, _ = generate(1, preset if preset in PRESETS else "standard",
+                                 size=(TEST_SIZE, TEST_SIZE), seed=2026)
+    return np.asarray(images[0]), np.asarray(labels[0])
+
+
+def _validation(probs: np.ndarray, truth: np.ndarray | None, metadata: dict[str, Any]) -> str:
+    """The README's validation paragraph: the test image's object F1, when its truth is known."""
+    from ..metrics import match
+    from ..postprocess import to_instances
+
+    text = ("`bioimageio test` reruns test_input.npy through the ONNX weights and compares "
+            "the result with test_output.npy, minunet's own probabilities for it.")
+    if truth is None or probs.shape[0] != 3:
+        return text
+    labels = to_instances(probs, **(metadata.get("postprocess") or {}))
+    score = match(truth, labels)
+    return (f"{text} The test image is generated, so its true cells are known: with this "
+            f"package's preprocessing and minunet's post-processing, {score.tp} of its "
+            f"{score.n_true} cells are found (IoU >= 0.5; {score.fp} false, object F1 "
+            f"{score.f1:.3f}). minunet's bench/export_nuclei.py measures more images.")
 
 
 def _preprocessing(raw: np.ndarray, norm: dict[str, Any]) -> tuple[list[dict], np.ndarray]:
@@ -196,6 +222,7 @@ def _rdf(folder: Path, net: Any, name: str, description: str | None,
                      space("y", {"min": minimum, "step": mult}),
                      space("x", {"min": minimum, "step": mult})],
             "test_tensor": _file(folder, "test_input.npy"),
+            "sample_tensor": _file(folder, "sample_input.tif"),
             "data": {"type": "float32"},
             "preprocessing": steps,
         }],
@@ -207,6 +234,7 @@ def _rdf(folder: Path, net: Any, name: str, description: str | None,
                      space("y", ref("y"), halo=halo),
                      space("x", ref("x"), halo=halo)],
             "test_tensor": _file(folder, "test_output.npy"),
+            "sample_tensor": _file(folder, "sample_output.tif"),
             "data": {"type": "float32", "range": [0.0, 1.0]},
         }],
         "weights": {"onnx": {**_file(folder, "model.onnx"), "opset_version": OPSET}},
@@ -240,7 +268,8 @@ def _cover(x: np.ndarray, probs: np.ndarray, path: Path) -> None:
     plt.close(fig)
 
 
-def _readme(name: str, net: Any, norm: dict[str, Any], metadata: dict[str, Any]) -> str:
+def _readme(name: str, net: Any, norm: dict[str, Any], metadata: dict[str, Any],
+            validation: str) -> str:
     settings = {"seed_thresh": 0.5, "min_size": 16, **(metadata.get("postprocess") or {})}
     mult = 2**net.depth
     halo, minimum = _halo(net.depth)
@@ -252,6 +281,7 @@ def _readme(name: str, net: Any, norm: dict[str, Any], metadata: dict[str, Any])
                          params=f"{net.num_parameters():,}", opset=OPSET, input=INPUT_ID,
                          output=OUTPUT_ID, mult=mult, minimum=minimum, halo=halo,
                          normalisation=normalisation, settings=json.dumps(settings),
+                         validation=validation,
                          seed_thresh=settings["seed_thresh"], min_size=settings["min_size"])
 
 
@@ -315,6 +345,10 @@ labels = remove_small_objects(labels, {min_size})
 In Fiji, after deepImageJ has run the model: threshold the interior channel for the seeds and
 run MorphoLibJ's "Marker-controlled Watershed" on the inverted interior channel, with the
 mask background < 0.5.
+
+## Validation
+
+{validation}
 
 ## Licence and citation
 
