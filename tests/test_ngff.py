@@ -82,3 +82,25 @@ def test_pyramid_levels():
     assert ngff.pyramid_levels(256, 100, 256) == 1
     assert ngff.pyramid_levels(257, 100, 256) == 2
     assert ngff.pyramid_levels(20_000, 3_000, 256) == 8      # 20000 -> ... -> 157
+
+
+def test_tiff_pixel_size_becomes_the_coordinates(tmp_path):
+    """A TIFF that says 0.5 x 0.25 um per pixel: level k is scaled by that times 2**k."""
+    import tifffile
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Label, Reader
+
+    from minunet.scaleout import segment_large
+
+    image, _ = blob_image(np.random.default_rng(5), (136, 72), n=4)
+    source = tmp_path / "sized.tif"
+    tifffile.imwrite(source, image, imagej=True, resolution=(1 / 0.25, 1 / 0.5),
+                     metadata={"unit": "micron"})
+    out = tmp_path / "sized.ome.zarr"
+    segment_large(mu.load("nuclei"), source, out, block=64, progress=False)
+    labels = next(n for n in Reader(parse_url(str(out)))() if n.load(Label))
+    ms = zarr.open_group(str(out / "labels" / "cells"), mode="r").attrs["multiscales"][0]
+    assert [a.get("unit") for a in ms["axes"]] == ["micrometer", "micrometer"]
+    scales = [d["coordinateTransformations"][0]["scale"] for d in ms["datasets"]]
+    assert scales == [[0.5 * 2**k, 0.25 * 2**k] for k in range(len(labels.data))]
+    assert ngff.pixel_size(tmp_path / "none.npy") is None

@@ -16,8 +16,9 @@ folder as an image with a labels layer. The image is copied (its size again on d
 NGFF keeps labels inside the image's group, and minunet never writes into a user's input.
 
 NGFF 0.4 on Zarr format 2 (dimension separator "/"), the version most readers take today.
-Coordinates are in pixels (scale 1 at full resolution, 2**k at level k). Every level is written
-window by window (WINDOW px a side), so memory stays bounded whatever the image size.
+Coordinates: the pixel size a TIFF input declares (ImageJ's or the resolution tags), in the
+unit it names, times 2**k at level k; pixels (scale 1) for other inputs or unknown units. Every
+level is written window by window (WINDOW px a side), so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ LABELS_NAME = "cells"   # the label image's name under labels/
 WINDOW = 2048           # px per side of the windows levels are copied and downsampled in
 SUFFIX = ".ome.zarr"
 V2_KEYS = {"name": "v2", "separator": "/"}  # NGFF 0.4 asks for nested chunk keys
+# units as TIFFs spell them -> NGFF's (UDUNITS-2) names; others leave the axes in pixels
+UNITS = {"um": "micrometer", "micron": "micrometer", "microns": "micrometer",
+         "\u00b5m": "micrometer", "\\u00b5m": "micrometer", "\u03bcm": "micrometer",
+         "micrometer": "micrometer", "nm": "nanometer", "nanometer": "nanometer",
+         "mm": "millimeter", "millimeter": "millimeter", "cm": "centimeter",
+         "centimeter": "centimeter", "inch": "inch"}
 
 
 def is_ome(path: str | Path) -> bool:
@@ -71,13 +78,27 @@ def finish(root: Path, image: Any, chunk: int, name: str) -> None:
     for target in (group, labels):
         for level in range(1, levels):
             downsample(target, level, chunk)
+    size = pixel_size(image.path)
+    unit = {"unit": size[2]} if size else {}
     axes = ([{"name": "c", "type": "channel"}] if color else []) + [
-        {"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
-    group.attrs.update(multiscales(name, axes, levels))
-    labels.attrs.update({**multiscales(LABELS_NAME, axes[-2:], levels),
+        {"name": "y", "type": "space", **unit}, {"name": "x", "type": "space", **unit}]
+    spacing = size[:2] if size else (1.0, 1.0)
+    group.attrs.update(multiscales(name, axes, levels, spacing))
+    labels.attrs.update({**multiscales(LABELS_NAME, axes[-2:], levels, spacing),
                          "image-label": {"version": NGFF_VERSION,
                                          "source": {"image": "../../"}}})
     group["labels"].attrs.update({"labels": [LABELS_NAME]})
+
+
+def pixel_size(path: Path) -> tuple[float, float, str] | None:
+    """(y, x, NGFF unit) of a TIFF that declares its pixel size in a known unit, else None."""
+    from ..io.images import read_pixel_size
+
+    size = read_pixel_size(path)
+    if size is None:
+        return None
+    unit = UNITS.get(size[2].strip().lower())
+    return (float(size[0]), float(size[1]), unit) if unit else None
 
 
 def pyramid_levels(height: int, width: int, chunk: int) -> int:
@@ -108,10 +129,12 @@ def downsample(group: Any, level: int, chunk: int) -> None:
         target[..., r0:r1, c0:c1] = source[..., 2 * r0:2 * r1:2, 2 * c0:2 * c1:2]
 
 
-def multiscales(name: str, axes: list[dict[str, str]], levels: int) -> dict[str, Any]:
-    """The NGFF 0.4 "multiscales" attribute of a pyramid of `levels` levels."""
+def multiscales(name: str, axes: list[dict[str, str]], levels: int,
+                spacing: tuple[float, float] = (1.0, 1.0)) -> dict[str, Any]:
+    """The NGFF 0.4 "multiscales" attribute of a pyramid of `levels` levels whose full
+    resolution has pixels of `spacing` (y, x) in the axes' unit."""
     def scale(level: int) -> list[float]:
-        return [1.0] * (len(axes) - 2) + [float(2**level)] * 2
+        return [1.0] * (len(axes) - 2) + [s * 2**level for s in spacing]
 
     return {"multiscales": [{
         "version": NGFF_VERSION, "name": name, "axes": axes,
