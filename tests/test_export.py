@@ -184,3 +184,15 @@ def test_bench_export_nuclei_runs(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "test of nuclei-bioimageio.zip: passed" in result.stdout
     assert (tmp_path / "nuclei.onnx").is_file()
+
+
+def test_export_command_without_the_extra_says_what_to_install(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnx" else real(name, *a))
+    assert main(["export", "nuclei", "--format", "onnx", "--out",
+                 str(tmp_path / "m.onnx")]) == 2
+    assert "pip install 'minunet[export]'" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()

@@ -73,6 +73,9 @@ def export_bioimageio(model: Any, out: str | os.PathLike, *, name: str | None = 
     if not out.parent.is_dir():
         raise FileNotFoundError(f"export: the folder {out.parent} of {out} does not exist")
     net, metadata = load_for_export(model)
+    if net.in_channels != 1:
+        raise ValueError(f"export: the package describes one gray input channel, as minunet "
+                         f"predicts; this U-Net takes {net.in_channels}")
     truth = None
     if test_image is None:
         raw, truth = _test_image(metadata)
