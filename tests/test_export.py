@@ -171,7 +171,10 @@ def test_percentile_model_uses_its_own_normalisation(tmp_path):
     with pytest.raises(FileExistsError):
         mu.export_bioimageio(ckpt_path, out)
     with pytest.raises(ValueError, match="divisible by 4"):
-        mu.export_bioimageio(ckpt_path, tmp_path / "bad", test_image=np.zeros((30, 32)))
+        mu.export_bioimageio(ckpt_path, tmp_path / "bad", test_image=np.zeros((30, 64)))
+    with pytest.raises(ValueError, match="at least 52 px"):
+        mu.export_bioimageio(ckpt_path, tmp_path / "bad", test_image=np.zeros((48, 64)))
+    assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.slow

@@ -81,10 +81,11 @@ def export_bioimageio(model: Any, out: str | os.PathLike, *, name: str | None = 
         raw, truth = _test_image(metadata)
     else:
         raw = np.asarray(test_image)
-    mult = 2**net.depth
-    if raw.ndim != 2 or raw.shape[0] % mult or raw.shape[1] % mult:
-        raise ValueError(f"export: the test image must be 2-D with sides divisible by {mult}, "
-                         f"got shape {raw.shape}")
+    mult, (_, minimum) = 2**net.depth, _halo(net.depth)
+    if raw.ndim != 2 or raw.shape[0] % mult or raw.shape[1] % mult or min(raw.shape) < minimum:
+        raise ValueError(f"export: the test image must be 2-D with sides divisible by {mult} "
+                         f"and at least {minimum} px (the package's smallest tile), got shape "
+                         f"{raw.shape}")
     norm = metadata.get("normalization") or {"method": "foreground"}
     steps, x = _preprocessing(raw, norm)
     probs = _probabilities(net, x)                                   # (1, Kc, H, W)
@@ -109,6 +110,9 @@ def export_bioimageio(model: Any, out: str | os.PathLike, *, name: str | None = 
 
             write_atomic(out, lambda z: save_bioimageio_package(tmp / "rdf.yaml",
                                                                 output_path=z))
+        elif out.exists():
+            raise FileExistsError(f"export: {out} appeared while the package was written; "
+                                  "nothing was replaced")
         else:
             os.replace(tmp, out)
     finally:
@@ -117,8 +121,12 @@ def export_bioimageio(model: Any, out: str | os.PathLike, *, name: str | None = 
 
 
 def _model_name(model: Any) -> str:
+    """"nuclei" for the pretrained model, the run folder's name for its best.npz / last.npz."""
     path = getattr(model, "path", None) or model
-    return Path(path).stem if isinstance(path, (str, os.PathLike)) else "custom"
+    if not isinstance(path, (str, os.PathLike)):
+        return "custom"
+    path = Path(path)
+    return path.parent.name if path.stem in ("best", "last") and path.parent.name else path.stem
 
 
 def _test_image(metadata: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
