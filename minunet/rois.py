@@ -18,11 +18,12 @@ lies on its right (clockwise on the screen, y pointing down):
 
 Edges chain into closed loops: an object's outer boundary runs clockwise, each hole's boundary
 counter-clockwise. Where two pixels touch only at a corner, the walk turns right (towards the
-object), so such pixels end up in separate loops. An ImageJ polygon is one loop, so the loops of
-an object with holes (or of a label in several pieces) are joined by zero-width bridges: a path
-along the pixel grid to the next loop and back the same way. A bridge encloses no area and no
-pixel centre lies on it, so filling the polygon (even-odd or non-zero rule) still gives exactly
-the object's pixels; Fiji draws it as a thin line.
+object), which keeps such pixels in separate loops (the filling is the same either way; the
+turn only has to be a fixed rule so that every edge is used once). An ImageJ polygon is one
+loop, so the loops of an object with holes (or of a label in several pieces) are joined by
+zero-width bridges: a path along the pixel grid to the next loop and back the same way. A
+bridge encloses no area and no pixel centre lies on it, so filling the polygon (even-odd or
+non-zero rule) still gives exactly the object's pixels; Fiji draws it as a thin line.
 
 Coordinates. ImageJ stores a polygon as 16-bit offsets from its bounding box, whose corners are
 16-bit too. Images up to 32767 px a side use those integer coordinates; beyond that the ROI
