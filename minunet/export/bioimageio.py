@@ -99,7 +99,8 @@ def export_bioimageio(model: Any, out: str | os.PathLike, *, name: str | None = 
         np.save(tmp / "test_input.npy", raw.astype(np.float32)[None, None], allow_pickle=False)
         np.save(tmp / "test_output.npy", probs, allow_pickle=False)
         tifffile.imwrite(tmp / "sample_input.tif", raw.astype(np.float32))   # for people:
-        tifffile.imwrite(tmp / "sample_output.tif", probs[0])                # (H, W), (3, H, W)
+        tifffile.imwrite(tmp / "sample_output.tif", probs[0],                # (H, W), (3, H, W)
+                         photometric="minisblack")                            # 3 planes, not RGB
         _cover(x[0, 0], probs[0], tmp / "cover.png")
         (tmp / "README.md").write_text(_readme(name, net, norm, metadata,
                                                _validation(probs[0], truth, metadata)))
