@@ -14,6 +14,7 @@ which is what the gradient checker uses.
 
 from . import data, io, metrics, viz
 from .checkpoint import Checkpoint, CheckpointError, load, save
+from .export import export_bioimageio, export_onnx
 from .gradcheck import GradcheckError, GradcheckReport, gradcheck
 from .inference import segment
 from .layers.activation import ReLU
@@ -27,6 +28,7 @@ from .module import Module, Parameter, Sequential
 from .optim import SGD, Adam, CosineSchedule, StepSchedule
 from .postprocess import to_instances
 from .predict import normalize, predict
+from .rois import to_rois, write_rois
 from .train import History, TrainingDiverged, evaluate, train
 from .unet import UNet
 
@@ -58,6 +60,8 @@ __all__ = [
     "__version__",
     "data",
     "evaluate",
+    "export_bioimageio",
+    "export_onnx",
     "gradcheck",
     "io",
     "load",
@@ -67,6 +71,8 @@ __all__ = [
     "save",
     "segment",
     "to_instances",
+    "to_rois",
     "train",
     "viz",
+    "write_rois",
 ]

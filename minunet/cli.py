@@ -1,4 +1,4 @@
-"""The `minunet` command: generate, train, predict, evaluate, gradcheck.
+"""The `minunet` command: generate, train, predict, evaluate, gradcheck, export.
 
 Thin on purpose: each subcommand parses its arguments, checks them all before it writes
 anything, and calls the library. Its rules for a user's files:
@@ -463,6 +463,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                                                      args.items[1:])
     if not inputs:
         raise InputError("give the images (files or folders) after the model")
+    if args.rois and (args.chunked or args.workers is not None or args.scheduler):
+        raise InputError("--rois is not available with --chunked, --workers or --scheduler "
+                         "yet: predict without them, or turn the label images into ROIs with "
+                         "mu.write_rois(labels, 'NAME_rois.zip')")
     if args.chunked:  # images larger than memory, block by block (the scale extra)
         if args.diameter is not None:
             raise InputError("--diameter is not available with --chunked yet: rescale the "
@@ -472,7 +476,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return predict_command(args, _resolve_model(model_spec), inputs)
     files = _collect_images(inputs, skip_masks=True)
     out = Path(args.out)
-    outputs = {path: prediction_outputs(path, out, args.probs, args.overlays)
+    outputs = {path: prediction_outputs(path, out, args.probs, args.overlays, args.rois)
                for path in files}
     _check_outputs(inputs, files, outputs, out, args.overwrite)
     ckpt = _load_model(model_spec)
@@ -502,7 +506,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 labels_path, n = write_prediction(ckpt, path, out, image=_read(path),
                                                   tile=args.tile, probs=args.probs,
                                                   overlays=args.overlays, progress=True,
-                                                  diameter=args.diameter)
+                                                  diameter=args.diameter, rois=args.rois)
             except (InputError, ValueError, TypeError, OSError, MemoryError) as err:
                 message = str(err) if str(path) in str(err) else f"{path}: {err}"
                 failures.append(message)
@@ -825,6 +829,38 @@ def _import_class(target: str) -> Any:
     return getattr(module, class_name)
 
 
+# -------------------------------------------------------------------- export
+def cmd_export(args: argparse.Namespace) -> int:
+    """`minunet export MODEL --format onnx|bioimageio --out PATH` (the export extra)."""
+    missing = [m for m in ("onnx", *(("bioimageio.spec",) if args.format == "bioimageio"
+                                     else ())) if importlib.util.find_spec(m.split(".")[0])
+               is None]
+    if missing:
+        raise InputError(f"export needs {', '.join(missing)}: pip install 'minunet[export]'")
+    out = Path(args.out)
+    if out.exists():
+        raise InputError(f"--out {out} already exists; minunet never overwrites: give a new "
+                         "name")
+    if not out.parent.is_dir():
+        raise InputError(f"--out {out}: the folder {out.parent} does not exist")
+    ckpt = _load_model(args.model)
+    if args.format == "onnx":
+        from .export.onnx import OPSET, export_onnx
+
+        export_onnx(ckpt, out)
+        print(f"{ckpt.path} -> {out} (ONNX opset {OPSET}; input 'image' (N, 1, H, W) "
+              "normalised, output 'probabilities')")
+    else:
+        from .export.bioimageio import export_bioimageio
+
+        export_bioimageio(ckpt, out, name=args.name, authors=tuple(args.author or
+                          ("the minunet authors",)), project_url=args.project_url)
+        rdf = out if out.suffix.lower() == ".zip" else out / "rdf.yaml"
+        print(f"{ckpt.path} -> {out} (bioimage.io model package; check it with "
+              f"`bioimageio test {rdf}`)")
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------- helpers
 def _collect_images(inputs: Sequence[str], *, skip_masks: bool = False) -> list[Path]:
     """Files and folders -> image files (sorted), refusing missing paths and empty folders.
@@ -962,6 +998,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="also write outline overlays (overlays/NAME.png)")
     p.add_argument("--probs", action="store_true",
                    help="also write probabilities (probs/NAME.npy)")
+    p.add_argument("--rois", action="store_true",
+                   help="also write each image's objects as ImageJ ROIs (NAME_rois.zip, for "
+                        "Fiji's ROI Manager and QuPath)")
     p.add_argument("--overwrite", action="store_true", help="replace earlier outputs in --out")
     p.add_argument("--diameter", type=_diameter, metavar="D|auto",
                    help="the objects' typical diameter in pixels, or 'auto' to estimate it: "
@@ -972,7 +1011,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="predict on an existing dask.distributed scheduler (tcp://host:8786)")
     p.add_argument("--chunked", action="store_true",
                    help="images larger than memory (TIFF, Zarr, OME-Zarr): block by block, "
-                        "writing NAME.zarr uint32 labels (needs the scale extra)")
+                        "writing NAME.ome.zarr (OME-Zarr: the image and its uint32 labels "
+                        "under labels/cells; needs the scale extra)")
     p.add_argument("--block", type=int, default=2048, help="block side with --chunked")
     p.set_defaults(run=cmd_predict)
 
@@ -1001,6 +1041,17 @@ def _parser() -> argparse.ArgumentParser:
                    help="seeds the input, the upstream gradient and the sampling (independent "
                         "streams of one SeedSequence)")
     c.set_defaults(run=cmd_gradcheck)
+
+    x = sub.add_parser("export", help="write a model as ONNX or as a bioimage.io package "
+                                      "(needs the export extra)")
+    x.add_argument("model", help="a checkpoint (.npz), a run folder or a pretrained model's name")
+    x.add_argument("--format", required=True, choices=("onnx", "bioimageio"))
+    x.add_argument("--out", required=True,
+                   help="onnx: a new .onnx file; bioimageio: a new folder, or a .zip")
+    x.add_argument("--name", help="bioimageio: the model's name")
+    x.add_argument("--author", action="append", help="bioimageio: an author (repeatable)")
+    x.add_argument("--project-url", help="bioimageio: minunet's address, cited in the package")
+    x.set_defaults(run=cmd_export)
     return parser
 
 

@@ -79,14 +79,17 @@ def segment(model: Checkpoint | Module | str | os.PathLike,
 
 
 OVERLAY_DIR, PROBS_DIR = "overlays", "probs"  # predict's extras, beside the label TIFFs
+ROIS_SUFFIX = "_rois.zip"  # NAME_rois.zip: ImageJ ROIs (Fiji, QuPath), beside NAME.tif
 
 
 def prediction_outputs(path: Path, out: Path, probs: bool = False,
-                       overlays: bool = False) -> list[Path]:
-    """The files `minunet predict` writes for the input `path`: labels first."""
+                       overlays: bool = False, rois: bool = False) -> list[Path]:
+    """The files `minunet predict` writes for the input `path`: labels first, overlay last."""
     outputs = [out / f"{path.stem}.tif"]
     if probs:
         outputs.append(out / PROBS_DIR / f"{path.stem}.npy")
+    if rois:
+        outputs.append(out / f"{path.stem}{ROIS_SUFFIX}")
     if overlays:
         outputs.append(out / OVERLAY_DIR / f"{path.stem}.png")
     return outputs
@@ -95,10 +98,12 @@ def prediction_outputs(path: Path, out: Path, probs: bool = False,
 def write_prediction(model: Checkpoint | Module, path: Path, out: Path, *,
                      image: np.ndarray | None = None, tile: int = 256, probs: bool = False,
                      overlays: bool = False, progress: bool = False,
-                     diameter: float | str | None = None) -> tuple[Path, int]:
+                     diameter: float | str | None = None, rois: bool = False
+                     ) -> tuple[Path, int]:
     """Segment the image file `path` and write what `minunet predict` writes for it: a uint16
-    ImageJ label TIFF with the input's pixel size, and on request the probabilities and an
-    outline overlay, each atomically. Returns (label file, number of objects). The command and
+    ImageJ label TIFF with the input's pixel size, and on request the probabilities, the
+    objects as ImageJ ROIs (NAME_rois.zip, `minunet.rois`) and an outline overlay, each
+    atomically. Returns (label file, number of objects). The command and
     the cluster path (`minunet.scaleout`) both call this, so their outputs are the same.
     `image`: the file's pixels if the caller has read them already."""
     from . import viz
@@ -112,11 +117,15 @@ def write_prediction(model: Checkpoint | Module, path: Path, out: Path, *,
     if n > np.iinfo(np.uint16).max:
         raise ValueError(f"{path}: {n} objects do not fit a uint16 label image; segment it "
                          "with minunet.scaleout.segment_large, which writes uint32")
-    targets = prediction_outputs(path, out, probs, overlays)
+    targets = prediction_outputs(path, out, probs, overlays, rois)
     write_labels(targets[0], labels, read_pixel_size(path))
     if probs:
         targets[1].parent.mkdir(exist_ok=True)
         write_atomic(targets[1], lambda tmp: np.save(tmp, p))
+    if rois:
+        from .rois import write_rois
+
+        write_rois(labels, out / f"{path.stem}{ROIS_SUFFIX}")
     if overlays:
         norm, _ = stored_settings(model)
         gray = normalize(image, norm, who=str(path))

@@ -311,7 +311,7 @@ def test_train_command_reads_data_lazily_with_the_same_result(cells, tmp_path):
 
 
 def test_predict_command_chunked(checkpoint, tmp_path, capsys):
-    """`minunet predict --chunked`: a TIFF and an OME-Zarr in, NAME.zarr labels out, the same
+    """`minunet predict --chunked`: a TIFF and an OME-Zarr in, NAME.ome.zarr out, the same
     objects as the in-memory command; an existing output is refused before anything runs."""
     image = np.random.default_rng(4).integers(0, 4000, (140, 120), dtype=np.uint16)
     tiff = write_source("tiled_tiff", image, tmp_path).rename(tmp_path / "slide.tif")
@@ -322,7 +322,7 @@ def test_predict_command_chunked(checkpoint, tmp_path, capsys):
     ckpt = mu.load(checkpoint)
     labels, probs = workflow.segment(ckpt.model, image, PERCENTILE, min_size=8)
     for name in ("slide", "image"):
-        chunked = zarr.open_array(str(out / f"{name}.zarr"))[:]
+        chunked = zarr.open_array(str(out / f"{name}.ome.zarr" / "labels" / "cells" / "0"))[:]
         assert f1(labels, chunked) >= 0.99
         np.testing.assert_allclose(zarr.open_array(str(out / f"{name}_probs.zarr"))[:], probs,
                                    rtol=0, atol=1e-6)

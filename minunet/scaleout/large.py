@@ -58,6 +58,7 @@ from ..predict import (
     receptive_radius,
     size_multiple,
 )
+from . import ngff
 from .common import (
     ModelRef,
     check_new_output,
@@ -387,7 +388,9 @@ def segment_large(model: ModelRef, source: str | Path, labels_out: str | Path, *
     model:      a checkpoint path or run folder (needed with a cluster), a loaded Checkpoint,
                 or (model, metadata); the metadata's normalisation and post-processing are used
     source:     a TIFF (tiled or not), a Zarr array / OME-Zarr group, or an .npy file
-    labels_out: new path: `.zarr` (uint32 Zarr array) or `.tif` / `.tiff` (tiled uint32 TIFF)
+    labels_out: new path: `.ome.zarr` (OME-Zarr: the image with uint32 labels under
+                labels/cells, see `ngff.py`), `.zarr` (a plain uint32 Zarr array) or `.tif` /
+                `.tiff` (tiled uint32 TIFF)
     probs_out:  optional new `.zarr` path for the probabilities (Kc, H, W) float32
     key:        the array inside a Zarr group (default: OME-Zarr's full resolution)
     block, halo, strip: see the module docstring (rounded up to the network's grid)
@@ -423,14 +426,19 @@ def segment_large(model: ModelRef, source: str | Path, labels_out: str | Path, *
     classes = _num_classes(net, 2 ** depth)
 
     is_tiff = labels_out.suffix.lower() in TIFF_SUFFIXES
+    is_ome = ngff.is_ome(labels_out)  # NAME.ome.zarr: the image and its labels (ngff.py)
     scratch = temporary_sibling(labels_out, ".zarr")
+    store = scratch  # where the full-resolution labels go (inside the group for OME-Zarr)
     probs_tmp = None if probs_path is None else temporary_sibling(probs_path, ".zarr")
     own_client = own_cluster = None
     try:
         import zarr
 
-        zarr.create_array(str(scratch), shape=(plan.height, plan.width), dtype="uint32",
-                          chunks=(plan.chunk, plan.chunk), fill_value=0)
+        if is_ome:
+            store = ngff.create_labels(scratch, (plan.height, plan.width), plan.chunk)
+        else:
+            zarr.create_array(str(scratch), shape=(plan.height, plan.width), dtype="uint32",
+                              chunks=(plan.chunk, plan.chunk), fill_value=0)
         if probs_tmp is not None:
             zarr.create_array(str(probs_tmp), shape=(classes, plan.height, plan.width),
                               dtype="float32", chunks=(classes, plan.chunk, plan.chunk),
@@ -444,7 +452,7 @@ def segment_large(model: ModelRef, source: str | Path, labels_out: str | Path, *
         # absolute paths: a worker may run in another folder, or on another machine
         ref = str(Path(model).resolve()) if isinstance(model, (str, Path)) else (net, metadata)
         tasks = [BlockTask(str(image.path.resolve()), key, plan, b, norm, ref, tile,
-                           batch_size, str(scratch.resolve()),
+                           batch_size, str(store.resolve()),
                            None if probs_tmp is None else str(probs_tmp.resolve()), threads)
                  for b in plan.blocks()]
         results = {}
@@ -465,10 +473,12 @@ def segment_large(model: ModelRef, source: str | Path, labels_out: str | Path, *
             finally:
                 remove(tiff_tmp)
         else:
-            jobs = [(str(scratch.resolve()), plan.core(*b), luts[b]) for b in plan.blocks()]
+            jobs = [(str(store.resolve()), plan.core(*b), luts[b]) for b in plan.blocks()]
             for _, _, error in run_tasks(relabel_block, jobs, client):
                 if error is not None:
                     raise error
+            if is_ome:
+                ngff.finish(scratch, image, plan.chunk, labels_out.name[:-len(ngff.SUFFIX)])
             publish(scratch, labels_out)
         if probs_tmp is not None:
             publish(probs_tmp, probs_path)
@@ -528,7 +538,8 @@ def _say(progress: bool, line: str) -> None:
 
 def predict_command(args: Any, model: Path, inputs: list[str]) -> int:
     """`minunet predict MODEL INPUTS --out DIR --chunked`: each input (a TIFF, a Zarr folder,
-    an .npy file) becomes DIR/NAME.zarr (uint32 labels; NAME_probs.zarr with --probs).
+    an .npy file) becomes DIR/NAME.ome.zarr (OME-Zarr: the image, its uint32 labels under
+    labels/cells; NAME_probs.zarr with --probs).
     A failing input is named and the others go on; returns the exit code."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -540,7 +551,7 @@ def predict_command(args: Any, model: Path, inputs: list[str]) -> int:
         name = source.name
         while Path(name).suffix.lower() in (".zarr", ".ome", ".tif", ".tiff", ".npy"):
             name = Path(name).stem
-        jobs.append((source, out / f"{name}.zarr",
+        jobs.append((source, out / f"{name}{ngff.SUFFIX}",
                      out / f"{name}_probs.zarr" if args.probs else None))
     names = [labels.name for _, labels, _ in jobs]
     if len(set(names)) != len(names):
