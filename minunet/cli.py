@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a command killed by a closed pipe
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".npy")
 RUN_FILES = ("config.json", "log.jsonl", "last.npz", "best.npz", "curves.png")
 REPORT_FILES = ("report.png", "report.json", "report.md")
@@ -62,6 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     try:
         return args.run(args)
+    except BrokenPipeError:  # `minunet ... | head` closed the pipe: stop quietly, as cat does
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         print(f"minunet {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -77,6 +81,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"minunet {args.command}: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that Python's last flush does not complain again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a real file (a test's capture)
+        pass
+    finally:
+        os.close(devnull)
 
 
 def _say(line: str) -> None:
@@ -463,6 +478,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                                                      args.items[1:])
     if not inputs:
         raise InputError("give the images (files or folders) after the model")
+    options = _predict_options(args)
     if args.chunked:  # images larger than memory, block by block (the scale extra)
         if args.diameter is not None:
             raise InputError("--diameter is not available with --chunked yet: rescale the "
@@ -499,10 +515,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     try:
         for path in bar:
             try:
-                labels_path, n = write_prediction(ckpt, path, out, image=_read(path),
+                labels_path, n = write_prediction(ckpt, path, out,
+                                                  image=_read_any(path, args.axes),
                                                   tile=args.tile, probs=args.probs,
                                                   overlays=args.overlays, progress=True,
-                                                  diameter=args.diameter)
+                                                  diameter=args.diameter, **options,
+                                                  say=lambda line: tqdm.write(
+                                                      f"minunet predict: note: {line}",
+                                                      file=sys.stderr))
             except (InputError, ValueError, TypeError, OSError, MemoryError) as err:
                 message = str(err) if str(path) in str(err) else f"{path}: {err}"
                 failures.append(message)
@@ -517,6 +537,42 @@ def cmd_predict(args: argparse.Namespace) -> int:
              f"complete in {out}); run the same command {again}to start again")
         return EXIT_INTERRUPTED
     return _batch_summary("predict", len(files), failures)
+
+
+def _predict_options(args: argparse.Namespace) -> dict[str, Any]:
+    """predict's channel, plane, stack and post-processing flags, checked, as keyword
+    arguments of `inference.write_prediction` (those left out: the model's settings)."""
+    checks = [("prob-thresh", args.prob_thresh, lambda v: 0 <= v < 1, "in [0, 1), e.g. 0.5"),
+              ("seed-thresh", args.seed_thresh, lambda v: 0 <= v < 1, "in [0, 1), e.g. 0.7"),
+              ("min-size", args.min_size, lambda v: v >= 0, "0 or more pixels"),
+              ("stitch", args.stitch, lambda v: 0 < v <= 1, "an IoU in (0, 1], e.g. 0.5"),
+              ("plane", args.plane, lambda v: v >= 0, "0 or more (planes count from 0)")]
+    for flag, value, ok, what in checks:
+        if value is not None and not ok(value):
+            raise InputError(f"--{flag} must be {what}, got {value}")
+    if args.axes is not None and (not set(args.axes.upper()) <= set("TZCSYX")
+                                  or not {"Y", "X"} <= set(args.axes.upper())):
+        raise InputError(f"--axes {args.axes}: give one letter per axis of the stored array "
+                         "from T, Z (planes), C (channels), S (RGB samples), Y, X; e.g. ZYX")
+    post = {key: value for key, value in (("fg_thresh", args.prob_thresh),
+                                          ("seed_thresh", args.seed_thresh),
+                                          ("min_size", args.min_size)) if value is not None}
+    channel = args.channel
+    if channel is not None and channel.lstrip("-").isdigit():
+        channel = int(channel)
+        if channel < 0:
+            raise InputError(f"--channel must be 0 or more (channels count from 0), got "
+                             f"{channel}")
+    options = {"channel": channel, "plane": args.plane, "stitch": args.stitch,
+               "exclude_edges": args.exclude_edges, "postprocess": post}
+    chosen = [flag for flag, value in (("--channel", channel), ("--plane", args.plane),
+                                       ("--stitch", args.stitch), ("--axes", args.axes))
+              if value is not None] + (["--exclude-edges"] if args.exclude_edges else []) \
+        + [f"--{k.replace('fg_', 'prob_').replace('_', '-')}" for k in post]
+    if (args.chunked or args.workers is not None or args.scheduler) and chosen:
+        raise InputError(f"{', '.join(chosen)}: not available with --chunked, --workers or "
+                         "--scheduler yet; predict without them, or without those")
+    return options
 
 
 def _check_outputs(inputs: Sequence[str], files: list[Path], outputs: dict[Path, list[Path]],
@@ -573,8 +629,8 @@ def _dry_run(ckpt: Any, segment: Any) -> None:
 
 
 def _diameter(text: str) -> float | str:
-    if text == "auto":
-        return text
+    if text == "auto" or text.strip() in ("0", "0.0"):  # 0: estimate, as Cellpose's --diameter 0
+        return "auto"
     try:
         value = float(text)
     except ValueError:
@@ -660,18 +716,31 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out = _writable_dir(out)
     _write_report(out, truth, preds, images, result, names, args.title, viz)
     summary = workflow.summarize(result)
-    print(" ".join(f"{k}={v:.4f}" for k, v in summary.items()))
+    print(_summary_line(summary))
     print("report: " + ", ".join(str(out / f) for f in REPORT_FILES))
     if failures:
         _say(f"minunet evaluate: the report covers {len(names)} of {len(true_files)} images")
     return _batch_summary("evaluate", len(true_files), failures)
 
 
+def _summary_line(summary: dict[str, float]) -> str:
+    """evaluate's headline: scores pooled over all objects and pixels, then the DSB AP (a mean
+    over images), then the object counts as integers."""
+    pooled = " ".join(f"{k}={v:.4f}" for k, v in summary.items()
+                      if k not in ("dsb_ap", "n_true", "n_pred"))
+    return (f"pooled: {pooled} | mean per image: dsb_ap={summary['dsb_ap']:.4f} | "
+            f"objects: n_true={int(summary['n_true'])} n_pred={int(summary['n_pred'])}")
+
+
 def _keyed(files: list[Path], suffix: str) -> dict[str, Path]:
-    """name (the stem, less `suffix`) -> file; two files of one name are refused."""
+    """name (the stem, less `suffix` and a trailing .ome, as predict names its labels) ->
+    file; two files of one name are refused."""
+    from .inference import output_stem
+
     keyed: dict[str, Path] = {}
     for f in files:
-        key = f.stem[:-len(suffix)] if suffix and f.stem.endswith(suffix) else f.stem
+        stem = output_stem(f)
+        key = stem[:-len(suffix)] if suffix and stem.endswith(suffix) else stem
         if key in keyed:
             raise InputError(f"{keyed[key]} and {f} have one name; keep one of them")
         keyed[key] = f
@@ -874,6 +943,19 @@ def _read(path: Path) -> np.ndarray:
         raise InputError(message) from err
 
 
+def _read_any(path: Path, axes: str | None = None) -> Any:
+    """An image file of any layout (`io.images.read_image_file`), errors naming the file."""
+    from .io.images import read_image_file
+
+    try:
+        return read_image_file(path, axes)
+    except (InputError, FileNotFoundError):
+        raise
+    except Exception as err:  # any reader failure: name the file
+        message = str(err) if str(path) in str(err) else f"{path} cannot be read: {err}"
+        raise InputError(message) from err
+
+
 def _writable_dir(path: str | Path) -> Path:
     out = Path(path)
     try:
@@ -957,7 +1039,9 @@ def _parser() -> argparse.ArgumentParser:
                    "name, then TIFF/PNG/NPY files or folders")
     p.add_argument("--model", help="the model (then every positional argument is an image)")
     p.add_argument("--out", required=True, help="output folder (uint16 label TIFFs)")
-    p.add_argument("--tile", type=int, default=256)
+    p.add_argument("--tile", type=int, default=256,
+                   help="side of the tiles the network sees at a time (default 256); changes "
+                        "memory and speed, not the labels")
     p.add_argument("--overlays", action="store_true",
                    help="also write outline overlays (overlays/NAME.png)")
     p.add_argument("--probs", action="store_true",
@@ -973,7 +1057,32 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--chunked", action="store_true",
                    help="images larger than memory (TIFF, Zarr, OME-Zarr): block by block, "
                         "writing NAME.zarr uint32 labels (needs the scale extra)")
-    p.add_argument("--block", type=int, default=2048, help="block side with --chunked")
+    p.add_argument("--block", type=int, default=2048,
+                   help="block side with --chunked (default 2048)")
+    p.add_argument("--channel", metavar="N|NAME",
+                   help="the nuclear channel of multi-channel or RGB images: 0-based number, or "
+                        "its name where the file names channels (OME); default: the only "
+                        "channel, RGB's luminance, else channel 0 with a note")
+    p.add_argument("--plane", type=int, metavar="Z",
+                   help="segment only this plane (0-based) of a z-stack or time series; "
+                        "default: every plane, into a label stack")
+    p.add_argument("--stitch", type=float, metavar="IOU",
+                   help="give an object one id through a stack: join objects of consecutive "
+                        "planes that overlap by at least this IoU (e.g. 0.5; Cellpose's "
+                        "stitch_threshold); default: ids unique per plane")
+    p.add_argument("--axes", metavar="LETTERS",
+                   help="the stored array's axes (e.g. ZYX, CYX, ZCYX, YXS) when the file does "
+                        "not say or says wrong; default: OME/ImageJ metadata, else the rule in "
+                        "docs/images.md")
+    p.add_argument("--prob-thresh", type=float, metavar="P",
+                   help="probability a pixel needs to be foreground (default: the model's, 0.5)")
+    p.add_argument("--seed-thresh", type=float, metavar="P",
+                   help="interior probability of the seeds that start objects (default: the "
+                        "model's)")
+    p.add_argument("--min-size", type=int, metavar="PX",
+                   help="remove objects of fewer pixels (default: the model's)")
+    p.add_argument("--exclude-edges", action="store_true",
+                   help="remove objects that touch the image's edge")
     p.set_defaults(run=cmd_predict)
 
     e = sub.add_parser("evaluate", help="score predicted label images against ground truth")
