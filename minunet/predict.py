@@ -179,7 +179,7 @@ def receptive_radius(depth: int) -> int:
 def predict(model: Module, image: np.ndarray, *, tile: int = 256, margin: int | None = None,
             batch_size: int = 4, normalization: dict[str, Any] | None = None,
             normalized: bool = False, scale: float = 1.0,
-            progress: bool = False) -> np.ndarray:
+            progress: bool = False, channel: int | str | None = None) -> np.ndarray:
     """Class probabilities (Kc, H, W) float32 for one image of any size.
 
     model:        a U-Net (or any Module with `depth`) mapping (N, Cin, h, w) -> (N, Kc, h, w)
@@ -196,7 +196,18 @@ def predict(model: Module, image: np.ndarray, *, tile: int = 256, margin: int | 
                   d * scale px (`rescale.scale_for(d, checkpoint diameter)`; 1 = as they are)
     progress:     a progress bar over the tile batches on a terminal (for large images; quiet
                   when stderr is not a terminal or the image is one batch)
+    channel:      the channel to use of a multi-channel or RGB image (0-based; axes as in
+                  `io.images.plain_axes`, e.g. (H, W, 3) or (C, H, W)); None: gray as it is,
+                  RGB as luminance. Stacks: `mu.segment`, plane by plane.
     """
+    if channel is not None:
+        from .io.images import image_from_array
+
+        planes, _ = image_from_array(image).select(channel)
+        if len(planes) != 1:
+            raise ValueError(f"predict: expected one image, got a stack of {len(planes)} "
+                             "planes; use mu.segment, or predict one plane")
+        image = planes[0]
     x = (np.asarray(image, dtype=np.float32) if normalized
          else normalize(image, normalization))
     if scale != 1.0:

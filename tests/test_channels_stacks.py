@@ -43,7 +43,7 @@ def test_the_nuclear_channel_of_rgb_and_two_channel_images(nuclei, scene):
 
 
 def test_channel_by_name_from_an_ome_tiff(nuclei, scene, tmp_path):
-    nuc, other, truth = scene
+    nuc, other, _truth = scene
     tifffile.imwrite(tmp_path / "s.ome.tif", np.stack([other, nuc]), ome=True,
                      metadata={"axes": "CYX", "Channel": {"Name": ["Actin", "DAPI"]}})
     labels = mu.segment(nuclei, tmp_path / "s.ome.tif", channel="DAPI")
@@ -51,7 +51,7 @@ def test_channel_by_name_from_an_ome_tiff(nuclei, scene, tmp_path):
 
 
 def test_a_z_stack_is_segmented_plane_by_plane(nuclei, scene):
-    nuc, _, truth = scene
+    nuc, _, _truth = scene
     stack = np.stack([nuc, nuc, np.roll(nuc, 1, axis=1), nuc, nuc])   # (Z, H, W), Z = 5
     single = mu.segment(nuclei, nuc)
     labels = mu.segment(nuclei, stack, stitch=0.5)
@@ -89,3 +89,11 @@ def test_stored_settings_can_be_overridden(nuclei, scene):
     nuc, _, _ = scene
     everything = mu.segment(nuclei, nuc, min_size=1)
     assert mu.segment(nuclei, nuc, min_size=10**6).max() == 0 < everything.max()
+
+
+def test_predict_takes_the_channel_too(nuclei, scene):
+    nuc, other, _ = scene
+    probs = mu.predict(nuclei.model, np.stack([other, nuc]), channel=1,
+                       normalization=nuclei.metadata["normalization"])
+    np.testing.assert_array_equal(probs, mu.predict(nuclei.model, nuc,
+                                                    normalization=nuclei.metadata["normalization"]))

@@ -67,15 +67,15 @@ def test_rgb_note_and_two_channel_tiff(cells, tmp_path, capsys):
     tifffile.imwrite(src / "rgb.tif", np.stack([other // 16, other // 16, nuc[0] // 16], -1)
                      .astype(np.uint8))
     tifffile.imwrite(src / "two.tif", np.stack([other, nuc[0]]))      # plain: (C, H, W)
-    code, out, err = run_cli(capsys, ["predict", "nuclei", src, "--out", tmp_path / "a"])
+    code, _, err = run_cli(capsys, ["predict", "nuclei", src, "--out", tmp_path / "a"])
     assert code == 0, err
     assert "luminance" in err and "channel 0" in err and "--channel" in err
-    code, out, err = run_cli(capsys, ["predict", "nuclei", src / "two.tif", "--out",
+    code, _, err = run_cli(capsys, ["predict", "nuclei", src / "two.tif", "--out",
                                       tmp_path / "b", "--channel", "1"])
     assert code == 0 and "note" not in err
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "b" / "two.tif"),
                                   mu.segment("nuclei", nuc[0]))
-    code, out, err = run_cli(capsys, ["predict", "nuclei", src / "two.tif", "--out",
+    code, _, err = run_cli(capsys, ["predict", "nuclei", src / "two.tif", "--out",
                                       tmp_path / "c", "--channel", "5"])
     assert code == 2 and "channel 5" in err
 
