@@ -7,7 +7,9 @@ the empty-field guard of the normalisation (`predict.MIN_SIGNAL_TO_NOISE`) costs
 Noise-only fields: a camera offset plus Gaussian noise, 256 x 256, at three offsets and three
 noise levels (16-bit counts), and an 8-bit one. Cells: 4 generated images per preset (object F1
 at IoU 0.5, pooled): `standard`, the two with the weakest signal over noise (`shift-noise`,
-`shift-contrast`), and a sparse field (3 cells per 256 x 256). Every image is seeded.
+`shift-contrast`), a sparse field (3 cells per 256 x 256), and near-empty fields (1 cell per
+256 x 256 on average, no debris or out-of-focus blobs: 12 images, with the number of cells and
+of objects found in each). Every image is seeded.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from minunet.predict import MIN_SIGNAL_TO_NOISE, foreground_median, noise_sigma
 
 FIELDS = [(100, 2), (100, 10), (1000, 10), (1000, 50), (10000, 200), (10, 3)]
 PRESETS = [("standard", {}), ("shift-noise", {}), ("shift-contrast", {}),
-           ("sparse", {"density": 3.0})]
+           ("sparse", {"density": 3.0}),
+           ("near-empty", {"density": 1.0, "debris": 0.0, "blobs": 0.0})]
 
 
 def noise_field(offset: float, sigma: float, seed: int) -> np.ndarray:
@@ -43,11 +46,13 @@ def main() -> None:
     norm = dict(ckpt.metadata["normalization"])
     cells = {}
     for name, knobs in PRESETS:
-        preset = "standard" if name == "sparse" else name
-        cells[name] = mu.data.generate(4, preset, seed=11, **knobs)[:2]
+        preset = "standard" if name in ("sparse", "near-empty") else name
+        n = 12 if name == "near-empty" else 4
+        cells[name] = mu.data.generate(n, preset, seed=21 if n == 12 else 11, **knobs)[:2]
     print("signal over noise, in noise sigmas: " + ", ".join(
         f"noise {o}+-{s}: {snr(noise_field(o, s, 0)):.1f}" for o, s in FIELDS[:2]) + "; "
-        + ", ".join(f"{n}: {min(snr(im) for im in cells[n][0]):.1f} (lowest)" for n in cells))
+        + ", ".join(f"{n}: {min(snr(im) for im in cells[n][0]):.1f} (lowest)" for n in cells
+                  if n != "near-empty"))
     header = ["min_snr"] + [f"noise {o}+-{s}" for o, s in FIELDS] + [f"F1 {n}" for n in cells]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
@@ -62,6 +67,10 @@ def main() -> None:
             images, labels = cells[name]
             preds = [mu.segment(_with(ckpt, settings), im) for im in images]
             row.append(f"{mu.metrics.evaluate(list(labels), preds).at(0.5).f1:.3f}")
+            if name == "near-empty":
+                pairs = zip(labels, preds, strict=True)
+                row[-1] += " (cells/found: " + " ".join(
+                    f"{int(t.max())}/{int(p.max())}" for t, p in pairs) + ")"
         print("| " + " | ".join(row) + " |", flush=True)
 
 

@@ -39,6 +39,15 @@ def test_noise_only_fields_give_no_objects(nuclei, offset, sigma):
     assert sum(counts) <= 1, counts
 
 
+def test_near_empty_fields_find_their_few_cells_and_nothing_else(nuclei):
+    images, labels, _ = mu.data.generate(6, "standard", seed=21, density=1.0, debris=0.0,
+                                         blobs=0.0)
+    found = [mu.segment(nuclei, (im * 3000 + 300).astype(np.uint16)) for im in images]
+    counts = [(int(t.max()), int(f.max())) for t, f in zip(labels, found, strict=True)]
+    assert sum(abs(t - f) for t, f in counts) <= 1, counts       # before: 12 on an empty one
+    assert mu.metrics.evaluate(list(labels), found).at(0.5).f1 >= 0.9
+
+
 def test_sparse_real_cells_are_kept(nuclei):
     images, labels, _ = mu.data.generate(3, "standard", seed=5, density=3.0)
     found = [mu.segment(nuclei, (im * 4000 + 300).astype(np.uint16)) for im in images]
