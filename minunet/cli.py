@@ -1038,7 +1038,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="a checkpoint (.npz), a run folder (best.npz) or a pretrained model's "
                    "name, then TIFF/PNG/NPY files or folders")
     p.add_argument("--model", help="the model (then every positional argument is an image)")
-    p.add_argument("--out", required=True, help="output folder (uint16 label TIFFs)")
+    p.add_argument("--out", required=True, help="output folder (int32 label TIFFs, NAME.tif)")
     p.add_argument("--tile", type=int, default=256,
                    help="side of the tiles the network sees at a time (default 256); changes "
                         "memory and speed, not the labels")
