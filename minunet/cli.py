@@ -1048,7 +1048,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="also write probabilities (probs/NAME.npy)")
     p.add_argument("--overwrite", action="store_true", help="replace earlier outputs in --out")
     p.add_argument("--diameter", type=_diameter, metavar="D|auto",
-                   help="the objects' typical diameter in pixels, or 'auto' to estimate it: "
+                   help="the objects' typical diameter in pixels, or 'auto' (or 0, as in "
+                        "Cellpose) to estimate it: "
                         "images are rescaled to the object size the model was trained on")
     p.add_argument("--workers", type=int, metavar="N",
                    help="predict on a local Dask cluster of N processes (needs the scale extra)")
