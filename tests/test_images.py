@@ -74,6 +74,8 @@ def test_plain_files_two_channels_stack_and_rgb(tmp_path):
     np.testing.assert_array_equal(rgb.select(channel=2)[0][0], blue)
     # the file's axes can be overridden
     assert read_image_file(tmp_path / "two.tif", axes="ZYX").data.shape == (2, 32, 40, 1)
+    with pytest.raises(ValueError, match="does not fit"):
+        read_image_file(tmp_path / "two.tif", axes="ZCYX")
 
 
 def test_singleton_axes_and_unknown_shapes():

@@ -233,6 +233,11 @@ def read_image_file(path: str | Path, axes: str | None = None) -> ImageFile:
     TZCSYX, one per axis of the stored array)."""
     path = Path(path)
     array, declared = _read_array(path)
+    if axes is not None and (len(axes) != array.ndim or not set(axes.upper()) <= set(KNOWN_AXES)
+                             or len(set(axes.upper())) != len(axes)):
+        raise ValueError(f"{path}: --axes {axes} does not fit its stored array of shape "
+                         f"{array.shape} (give one letter per axis from {KNOWN_AXES}, "
+                         f"e.g. {'ZYX' if array.ndim == 3 else 'ZCYX'})")
     meta = read_metadata(path)
     return image_from_array(array, axes or declared, source=str(path), **meta)
 
