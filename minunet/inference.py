@@ -25,6 +25,7 @@ from .checkpoint import Checkpoint, load
 from .io.images import ImageFile
 from .module import Module
 from .postprocess import FG_THRESH, MIN_SIZE, SEED_THRESH
+from .predict import normalize
 from .workflow import segment as segment_with
 
 
@@ -100,11 +101,16 @@ def segment_image(model: Checkpoint | Module | str | os.PathLike,
         image = image_from_array(image)
     if stitch is not None and not 0 < stitch <= 1:
         raise ValueError(f"segment: stitch must be an overlap (IoU) in (0, 1], got {stitch}")
-    planes, note = image.select(channel, plane)          # (P, H, W) or (P, H, W, 3|4)
     ckpt = as_checkpoint(model)
     normalization, stored = stored_settings(ckpt)
     network = ckpt.model if isinstance(ckpt, Checkpoint) else ckpt
     trained = ckpt.metadata.get("diameter") if isinstance(ckpt, Checkpoint) else None
+    inputs = model_channels(ckpt, channel)
+    if inputs is None:
+        planes, note = image.select(channel, plane)      # (P, H, W) or (P, H, W, 3|4)
+    else:  # a model of several input channels: each plane (P, Cin, H, W), one per input
+        picked = [image.select(c, plane)[0] for c in inputs]
+        planes, note = np.stack(picked, axis=1), None
     all_labels, all_probs = [], []
     settings = dict(stored)
     for raw in planes:
@@ -112,11 +118,17 @@ def segment_image(model: Checkpoint | Module | str | os.PathLike,
         if diameter is not None:
             from .rescale import plan
 
-            scale, settings = plan(raw, {"postprocess": stored, "diameter": trained}, diameter)
+            first = raw if inputs is None else raw[0]
+            scale, settings = plan(first, {"postprocess": stored, "diameter": trained},
+                                   diameter)
         settings.update(postprocess)
-        labels, probs = segment_with(network, raw, normalization, tile=tile,
+        x, normalized = raw, False
+        if inputs is not None:  # each channel normalised on its own, as in training
+            x = np.stack([normalize(c, normalization, who=image.source) for c in raw])
+            normalized = True
+        labels, probs = segment_with(network, x, normalization, tile=tile,
                                      batch_size=batch_size, progress=progress, scale=scale,
-                                     **settings)
+                                     normalized=normalized, **settings)
         if exclude_edges:
             labels = remove_edge_objects(labels)
         all_labels.append(labels)
@@ -130,6 +142,26 @@ def segment_image(model: Checkpoint | Module | str | os.PathLike,
     stack = np.stack(all_labels)                                          # (P, H, W)
     stack = stitch_planes(stack, stitch) if stitch is not None else unique_ids(stack)
     return stack, np.stack(all_probs), note, used
+
+
+def model_channels(model: Checkpoint | Module, channel: int | str | None
+                   ) -> list[int | str] | None:
+    """The image channels a model of several input channels reads, in its input order (its
+    checkpoint's metadata "channels", e.g. [2, 0]: nucleus, then membrane); None for a model
+    of one input channel (then `channel` picks it)."""
+    network = model.model if isinstance(model, Checkpoint) else model
+    n_in = int(getattr(network, "in_channels", 1))
+    if n_in == 1:
+        return None
+    stored = model.metadata.get("channels") if isinstance(model, Checkpoint) else None
+    if channel is not None:
+        raise ValueError(f"this model reads {n_in} input channels"
+                         + (f" (channels {stored})" if stored else "")
+                         + "; channel= picks the one channel of a single-channel model")
+    if not isinstance(stored, list) or len(stored) != n_in:
+        raise ValueError(f"this model reads {n_in} input channels but its checkpoint does not "
+                         "record which image channels (metadata 'channels', e.g. [2, 0])")
+    return stored
 
 
 def remove_edge_objects(labels: np.ndarray) -> np.ndarray:
@@ -238,7 +270,6 @@ def write_prediction(model: Checkpoint | Module, path: Path, out: Path, *,
     from . import viz
     from .io import write_atomic, write_labels
     from .io.images import image_from_array, read_image_file, read_metadata
-    from .predict import normalize
 
     if image is None:
         image = read_image_file(path)
@@ -261,7 +292,8 @@ def write_prediction(model: Checkpoint | Module, path: Path, out: Path, *,
         write_atomic(targets[1], lambda tmp: np.save(tmp, p))
     if overlays:
         norm, _ = stored_settings(model)
-        raw, _ = image.select(channel, plane)
+        inputs = model_channels(model, channel)     # a multi-channel model: show its first
+        raw, _ = image.select(inputs[0] if inputs else channel, plane)
         middle = len(raw) // 2                      # a stack is shown by its middle plane
         gray = normalize(raw[middle], norm, who=str(path))
         shown = labels if labels.ndim == 2 else labels[middle]

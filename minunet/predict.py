@@ -184,7 +184,8 @@ def predict(model: Module, image: np.ndarray, *, tile: int = 256, margin: int | 
 
     model:        a U-Net (or any Module with `depth`) mapping (N, Cin, h, w) -> (N, Kc, h, w)
     image:        the raw image (see `normalize`), or an already normalised (H, W) float32
-                  array with `normalized=True`
+                  array with `normalized=True` ((Cin, H, W), each channel normalised, for a
+                  model of Cin > 1 input channels)
     tile:         side of each tile's kept core, rounded up to a multiple of 2**depth; shrunk
                   to the image when the image is smaller
     margin:       context added on each side of a tile (default: the receptive radius, rounded
@@ -215,13 +216,18 @@ def predict(model: Module, image: np.ndarray, *, tile: int = 256, margin: int | 
 
         if not (np.isfinite(scale) and scale > 0):
             raise ValueError(f"predict: scale must be a positive number, got {scale!r}")
-        small = rescale.resize(x, rescale.scaled_shape(x.shape, scale), order=1)
+        small = rescale.resize(x, rescale.scaled_shape(x.shape[-2:], scale), order=1)
         probs = predict(model, small, tile=tile, margin=margin, batch_size=batch_size,
                         normalized=True, progress=progress)
-        probs = np.clip(rescale.resize(probs, x.shape, order=1), 0.0, 1.0)   # (Kc, H, W)
+        probs = np.clip(rescale.resize(probs, x.shape[-2:], order=1), 0.0, 1.0)  # (Kc, H, W)
         return probs / probs.sum(axis=0, keepdims=True)
-    if x.ndim != 2:
-        raise ValueError(f"predict: expected one (H, W) image, got shape {x.shape}")
+    n_in = int(getattr(model, "in_channels", 1))
+    if x.ndim == 2:
+        x = x[None]                                                  # (1, H, W)
+    if x.ndim != 3 or x.shape[0] != n_in:
+        raise ValueError(f"predict: the model takes {n_in} input channel(s): expected one "
+                         f"image {'(H, W)' if n_in == 1 else f'({n_in}, H, W), normalised'}, "
+                         f"got shape {x.shape}")
     if normalized and not np.isfinite(x).all():
         raise ValueError("predict: the image contains NaN or inf values")
     if tile < 1 or batch_size < 1:
@@ -231,7 +237,7 @@ def predict(model: Module, image: np.ndarray, *, tile: int = 256, margin: int | 
     if margin is None:
         margin = receptive_radius(depth)
     margin = _round_up(margin, mult)
-    H, W = x.shape
+    H, W = x.shape[-2:]
     core = min(_round_up(tile, mult), _round_up(max(H, W), mult))
     n_rows, n_cols = math.ceil(H / core), math.ceil(W / core)
 
@@ -240,7 +246,7 @@ def predict(model: Module, image: np.ndarray, *, tile: int = 256, margin: int | 
     # image smaller than the margin is reflected repeatedly.
     pad_bottom = n_rows * core - H + margin
     pad_right = n_cols * core - W + margin
-    padded = _mirror_pad(x, margin, pad_bottom, margin, pad_right)  # (Hp, Wp)
+    padded = _mirror_pad(x, margin, pad_bottom, margin, pad_right)  # (Cin, Hp, Wp)
 
     was_training, had_grad = model.training, model.grad_enabled
     model.eval()                   # batch norm uses its running statistics
@@ -255,9 +261,9 @@ def predict(model: Module, image: np.ndarray, *, tile: int = 256, margin: int | 
                           file=sys.stderr, disable=not show):
             batch_origins = origins[start:start + batch_size]
             side = core + 2 * margin
-            batch = np.empty((len(batch_origins), 1, side, side), dtype=dtype)  # (N, 1, h, w)
+            batch = np.empty((len(batch_origins), n_in, side, side), dtype=dtype)  # (N, Cin, h, w)
             for i, (r0, c0) in enumerate(batch_origins):
-                batch[i, 0] = padded[r0:r0 + side, c0:c0 + side]
+                batch[i] = padded[:, r0:r0 + side, c0:c0 + side]
             logits = model(batch)                                           # (N, Kc, h, w)
             p = softmax(logits[:, :, margin:margin + core, margin:margin + core])
             if probs is None:
@@ -285,13 +291,15 @@ def _round_up(value: int, multiple: int) -> int:
 
 
 def _mirror_pad(x: np.ndarray, top: int, bottom: int, left: int, right: int) -> np.ndarray:
-    """np.pad(mode="reflect"), repeated while the pad is longer than the image allows."""
+    """np.pad(mode="reflect") of the last two axes of x (..., H, W), repeated while the pad is
+    longer than the image allows."""
+    keep = [(0, 0)] * (x.ndim - 2)
     while top or bottom or left or right:
-        H, W = x.shape
+        H, W = x.shape[-2:]
         t, b = min(top, H - 1), min(bottom, H - 1)
         lft, rgt = min(left, W - 1), min(right, W - 1)
         if H == 1 or W == 1:  # nothing to reflect: repeat the edge instead
-            return np.pad(x, ((top, bottom), (left, right)), mode="edge")
-        x = np.pad(x, ((t, b), (lft, rgt)), mode="reflect")
+            return np.pad(x, [*keep, (top, bottom), (left, right)], mode="edge")
+        x = np.pad(x, [*keep, (t, b), (lft, rgt)], mode="reflect")
         top, bottom, left, right = top - t, bottom - b, left - lft, right - rgt
     return x

@@ -97,3 +97,23 @@ def test_predict_takes_the_channel_too(nuclei, scene):
                        normalization=nuclei.metadata["normalization"])
     np.testing.assert_array_equal(probs, mu.predict(nuclei.model, nuc,
                                                     normalization=nuclei.metadata["normalization"]))
+
+
+def test_a_model_of_two_input_channels_reads_the_channels_its_checkpoint_names(tmp_path):
+    from minunet.postprocess import to_instances
+    from minunet.predict import normalize
+
+    model = mu.UNet(2, 3, depth=1, base_channels=4, rng=np.random.default_rng(0))
+    path = mu.save(model, tmp_path / "two.npz", channels=[2, 0], postprocess={"min_size": 4})
+    image = np.random.default_rng(1).integers(0, 4000, (3, 40, 36)).astype(np.uint16)  # CYX
+    x = np.stack([normalize(image[2]), normalize(image[0])])       # (2, H, W), as trained
+    probs = mu.predict(model, x, normalized=True)
+    expected = to_instances(probs, min_size=4)
+    np.testing.assert_array_equal(mu.segment(path, image), expected)
+    with pytest.raises(ValueError, match="2 input channels"):
+        mu.segment(path, image, channel=1)
+    bare = mu.save(model, tmp_path / "bare.npz")
+    with pytest.raises(ValueError, match="does not record"):
+        mu.segment(bare, image)
+    with pytest.raises(ValueError, match="2 input channel"):
+        mu.predict(model, image[0])
