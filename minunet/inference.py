@@ -3,6 +3,8 @@
     labels = mu.segment("run", image)              # a run folder, a .npz file or a model name
     ckpt = mu.load("run")                          # many images: load once ...
     labels = [mu.segment(ckpt, im) for im in images]   # ... and pass the checkpoint
+    labels = mu.segment(ckpt, "slide.ome.tif", channel="DAPI")   # a channel, by index or name
+    labels = mu.segment(ckpt, "stack.tif", stitch=0.5)  # a z-stack: (Z, H, W), one id per object
 
 A checkpoint written by `minunet train` carries the input normalisation and the
 post-processing settings learned from its training labels (`min_size`, ...). `segment` applies

@@ -7,7 +7,7 @@
 
 The command line does the same: `minunet predict run images/ --out labels --workers 4` (or
 `--scheduler ADDRESS`). Each file is one task: `minunet.inference.write_prediction`, the
-function the plain command calls, writes `out/NAME.tif` (uint16 labels) and on request
+function the plain command calls, writes `out/NAME.tif` (int32 labels) and on request
 `out/probs/NAME.npy` and `out/overlays/NAME.png`: the files the plain command writes. A file
 that fails is reported with its error and the others go on. On a cluster of several machines the
 checkpoint, the images and the output folder must be on a file system every worker sees.
