@@ -45,6 +45,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "preset": "standard", "n": 200, "size": (256, 256), "seed": 0, "val_fraction": 0.1,
     "epochs": 20, "batch_size": 8, "lr": 3e-3, "depth": 3, "base": 16, "crop": 128,
     "patience": None, "image_suffix": "_img", "mask_suffix": "_masks", "lazy": False,
+    "channels": None,
 }
 RESUME_MAY_CHANGE = ("epochs", "patience", "data")
 
@@ -132,6 +133,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         run, config = _new_run_config(args)
         before = None
     _check_train_settings(config)
+    if config.get("channels") and (not config.get("data") or _is_lazy(config)):
+        raise InputError("--channels trains on your own multi-channel images: give --data "
+                         "FOLDER, without --lazy")
     if _is_lazy(config):
         return _train_lazy(args, run, config, before)
     data = _training_data(config, run)
@@ -149,7 +153,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                  [images[i] for i in val_idx], [names[i] for i in val_idx])
 
     norm = config["normalization"]
-    x, t, w = workflow.training_samples(images, labels, norm, names=names)
+    if config.get("channels"):  # images (H, W, C): each channel normalised on its own
+        x, t, w = _channel_samples(images, labels, norm, names)
+    else:
+        x, t, w = workflow.training_samples(images, labels, norm, names=names)
     mult = 2 ** config["depth"]
     val_labels = [_crop_to(labels[i], mult) for i in val_idx]
     val_data = _as_batch([_crop_to(x[i], mult) for i in val_idx],
@@ -158,7 +165,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     train_data = _as_batch([x[i] for i in train_idx], [t[i] for i in train_idx],
                            [w[i] for i in train_idx])
     post = workflow.postprocess_settings([labels[i] for i in train_idx])
-    model = mu.UNet(1, 3, depth=config["depth"], base_channels=config["base"],
+    model = mu.UNet(len(config.get("channels") or [0]), 3, depth=config["depth"],
+                    base_channels=config["base"],
                     rng=np.random.default_rng(config["seed"]))
 
     if not args.resume:
@@ -202,7 +210,8 @@ def _fit(args: argparse.Namespace, run: Path, config: dict[str, Any], before: An
             crop=config["crop"], score_fn=workflow.object_score_fn(val_labels, postprocess=post),
             monitor="val_f1", patience=config["patience"], seed=config["seed"], out_dir=run,
             resume=bool(args.resume),
-            metadata={"normalization": norm, "postprocess": post, "diameter": diameter},
+            metadata={"normalization": norm, "postprocess": post, "diameter": diameter,
+                      "channels": config.get("channels")},
             progress=True)
     except KeyboardInterrupt:
         _say(f"minunet train: interrupted; {_epochs_done(run)} epochs are saved in {run}; "
@@ -239,7 +248,8 @@ def _train_lazy(args: argparse.Namespace, run: Path, config: dict[str, Any],
                          f"({err})") from err
     except (ValueError, OSError) as err:
         raise InputError(f"--data {source}: {err}") from err
-    model = mu.UNet(1, 3, depth=config["depth"], base_channels=config["base"],
+    model = mu.UNet(len(config.get("channels") or [0]), 3, depth=config["depth"],
+                    base_channels=config["base"],
                     rng=np.random.default_rng(config["seed"]))
     diameter = _training_diameter([train_data.read_labels(i) for i in range(len(train_data))])
     return _fit(args, run, config, before, model, train_data, val_data, val_labels, post,
@@ -378,7 +388,10 @@ def _training_data(config: dict[str, Any], run: Path) -> dict[str, Any]:
     try:
         pairs = folders.find_pairs(root, image_suffix=config["image_suffix"],
                                    mask_suffix=config["mask_suffix"])
-        images, labels = folders.read_pairs(pairs)
+        if config.get("channels"):
+            images, labels = _read_channel_pairs(pairs, config["channels"])
+        else:
+            images, labels = folders.read_pairs(pairs)
     except folders.DataError as err:
         raise InputError(f"--data {root}: {err}") from err
     if run.resolve() in {f.parent.resolve() for pair in pairs for f in pair}:
@@ -386,6 +399,48 @@ def _training_data(config: dict[str, Any], run: Path) -> dict[str, Any]:
                          "mix with the images: give the run a folder of its own")
     names = [str(image.relative_to(root)) for image, _ in pairs]
     return {"images": images, "labels": labels, "names": names}
+
+
+def _read_channel_pairs(pairs: list, channels: list[int]) -> tuple[list, list]:
+    """train --channels: each image's chosen channels, channels last (H, W, C), and its mask;
+    problems collected and reported together, by file name."""
+    from .io import folders
+    from .io.images import read_image_file
+
+    images, labels, problems = [], [], []
+    for image_path, mask_path in pairs:
+        try:
+            image = read_image_file(image_path)
+            if image.n_planes != 1:
+                raise ValueError(f"{image_path} is a stack of {image.n_planes} planes; train on "
+                                 "2-D images (one plane per file)")
+            picked = np.stack([image.select(c)[0][0] for c in channels], axis=-1)  # (H, W, C)
+            mask = folders.read_labels(mask_path)
+            if picked.shape[:2] != mask.shape:
+                raise ValueError(f"{image_path} is {picked.shape[0]}x{picked.shape[1]} but its "
+                                 f"mask {mask_path} is {mask.shape[0]}x{mask.shape[1]}")
+        except (ValueError, OSError) as err:
+            problems.append(str(err))
+            continue
+        images.append(picked)
+        labels.append(mask)
+    if problems:
+        raise folders.DataError(f"{len(problems)} of {len(pairs)} training pairs cannot be used "
+                                "with --channels:\n  " + "\n  ".join(problems[:10]))
+    return images, labels
+
+
+def _channel_samples(images: list, labels: list, norm: dict[str, Any], names: list[str]
+                     ) -> tuple[list, list, list]:
+    """`workflow.training_samples` for images (H, W, C): x (C, H, W), each channel normalised
+    on its own, as `inference.segment` will for a model of several input channels."""
+    from . import data as mudata
+    from .predict import normalize_channels
+
+    x = [normalize_channels(im, norm, who=name) for im, name in zip(images, names, strict=True)]
+    t = [mudata.three_class(lab[None])[0] for lab in labels]
+    w = [mudata.weight_map(lab[None])[0] for lab in labels]
+    return x, t, w
 
 
 def _data_folder(config: dict[str, Any], run: Path) -> Path:
@@ -618,14 +673,28 @@ def _batch_summary(command: str, n: int, failures: list[str]) -> int:
 def _dry_run(ckpt: Any, segment: Any) -> None:
     """Segment a small blank image once, so that a model or stored settings that cannot work
     are reported once, with the checkpoint's name, instead of once per image."""
+    from .io.images import image_from_array
     from .predict import size_multiple
 
     try:
         side = size_multiple(ckpt.model)
-        segment(ckpt, np.zeros((side, side), np.float32))
+        channels = ckpt.metadata.get("channels") or [0]   # a model of several input channels
+        blank = np.zeros((side, side, max(channels) + 1), np.float32)
+        segment(ckpt, image_from_array(blank, "YXC"))
     except (ValueError, TypeError, KeyError, AttributeError) as err:
-        raise InputError(f"{ckpt.path}: this model or its stored settings cannot segment gray "
+        raise InputError(f"{ckpt.path}: this model or its stored settings cannot segment "
                          f"images: {type(err).__name__}: {err}") from err
+
+
+def _channel_list(text: str) -> list[int]:
+    try:
+        channels = [int(c) for c in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"give 0-based channel numbers separated by commas, like 2,0; not {text!r}") from None
+    if min(channels) < 0 or len(set(channels)) != len(channels):
+        raise argparse.ArgumentTypeError(f"channels must be distinct and 0 or more, got {text}")
+    return channels
 
 
 def _diameter(text: str) -> float | str:
@@ -1031,6 +1100,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="a new run folder (config, checkpoints, log, curves)")
     t.add_argument("--resume", metavar="RUN", help="continue a run (from its last.npz)")
     t.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    t.add_argument("--channels", type=_channel_list, metavar="N,M",
+                   help="train a model of several input channels on these image channels, in "
+                        "this order (e.g. 2,0: nucleus, then membrane; 0-based); stored in the "
+                        "checkpoint, and predict reads the same channels (default: one channel)")
     t.set_defaults(run=cmd_train)
 
     p = sub.add_parser("predict", help="label images of any size with a trained model")

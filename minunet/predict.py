@@ -131,6 +131,17 @@ def normalize(image: np.ndarray, normalization: dict[str, Any] | None = None, *,
     return out.astype(np.float32)
 
 
+def normalize_channels(image: np.ndarray, normalization: dict[str, Any] | None = None, *,
+                       who: str = "image") -> np.ndarray:
+    """A multi-channel image (H, W, C), channels last, -> (C, H, W) float32, each channel
+    normalised on its own by `normalize` (the input of a model of C input channels)."""
+    image = np.asarray(image)
+    if image.ndim != 3:
+        raise ValueError(f"{who}: expected channels last (H, W, C), got shape {image.shape}")
+    return np.stack([normalize(image[..., c], normalization, who=who)
+                     for c in range(image.shape[-1])])
+
+
 def foreground_median(gray: np.ndarray) -> float:
     """Median of the pixels of gray (H, W) above Otsu's threshold of its smoothed copy."""
     from scipy.ndimage import gaussian_filter
