@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a command killed by a closed pipe
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".npy")
 RUN_FILES = ("config.json", "log.jsonl", "last.npz", "best.npz", "curves.png")
 REPORT_FILES = ("report.png", "report.json", "report.md")
@@ -44,6 +45,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "preset": "standard", "n": 200, "size": (256, 256), "seed": 0, "val_fraction": 0.1,
     "epochs": 20, "batch_size": 8, "lr": 3e-3, "depth": 3, "base": 16, "crop": 128,
     "patience": None, "image_suffix": "_img", "mask_suffix": "_masks", "lazy": False,
+    "channels": None,
 }
 RESUME_MAY_CHANGE = ("epochs", "patience", "data")
 
@@ -62,6 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     try:
         return args.run(args)
+    except BrokenPipeError:  # `minunet ... | head` closed the pipe: stop quietly, as cat does
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         print(f"minunet {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -77,6 +82,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"minunet {args.command}: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that Python's last flush does not complain again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a real file (a test's capture)
+        pass
+    finally:
+        os.close(devnull)
 
 
 def _say(line: str) -> None:
@@ -117,6 +133,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         run, config = _new_run_config(args)
         before = None
     _check_train_settings(config)
+    if config.get("channels") and (not config.get("data") or _is_lazy(config)):
+        raise InputError("--channels trains on your own multi-channel images: give --data "
+                         "FOLDER, without --lazy")
     if _is_lazy(config):
         return _train_lazy(args, run, config, before)
     data = _training_data(config, run)
@@ -134,7 +153,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                  [images[i] for i in val_idx], [names[i] for i in val_idx])
 
     norm = config["normalization"]
-    x, t, w = workflow.training_samples(images, labels, norm, names=names)
+    if config.get("channels"):  # images (H, W, C): each channel normalised on its own
+        x, t, w = _channel_samples(images, labels, norm, names)
+    else:
+        x, t, w = workflow.training_samples(images, labels, norm, names=names)
     mult = 2 ** config["depth"]
     val_labels = [_crop_to(labels[i], mult) for i in val_idx]
     val_data = _as_batch([_crop_to(x[i], mult) for i in val_idx],
@@ -143,7 +165,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     train_data = _as_batch([x[i] for i in train_idx], [t[i] for i in train_idx],
                            [w[i] for i in train_idx])
     post = workflow.postprocess_settings([labels[i] for i in train_idx])
-    model = mu.UNet(1, 3, depth=config["depth"], base_channels=config["base"],
+    model = mu.UNet(len(config.get("channels") or [0]), 3, depth=config["depth"],
+                    base_channels=config["base"],
                     rng=np.random.default_rng(config["seed"]))
 
     if not args.resume:
@@ -187,7 +210,8 @@ def _fit(args: argparse.Namespace, run: Path, config: dict[str, Any], before: An
             crop=config["crop"], score_fn=workflow.object_score_fn(val_labels, postprocess=post),
             monitor="val_f1", patience=config["patience"], seed=config["seed"], out_dir=run,
             resume=bool(args.resume),
-            metadata={"normalization": norm, "postprocess": post, "diameter": diameter},
+            metadata={"normalization": norm, "postprocess": post, "diameter": diameter,
+                      "channels": config.get("channels")},
             progress=True)
     except KeyboardInterrupt:
         _say(f"minunet train: interrupted; {_epochs_done(run)} epochs are saved in {run}; "
@@ -224,7 +248,8 @@ def _train_lazy(args: argparse.Namespace, run: Path, config: dict[str, Any],
                          f"({err})") from err
     except (ValueError, OSError) as err:
         raise InputError(f"--data {source}: {err}") from err
-    model = mu.UNet(1, 3, depth=config["depth"], base_channels=config["base"],
+    model = mu.UNet(len(config.get("channels") or [0]), 3, depth=config["depth"],
+                    base_channels=config["base"],
                     rng=np.random.default_rng(config["seed"]))
     diameter = _training_diameter([train_data.read_labels(i) for i in range(len(train_data))])
     return _fit(args, run, config, before, model, train_data, val_data, val_labels, post,
@@ -363,7 +388,10 @@ def _training_data(config: dict[str, Any], run: Path) -> dict[str, Any]:
     try:
         pairs = folders.find_pairs(root, image_suffix=config["image_suffix"],
                                    mask_suffix=config["mask_suffix"])
-        images, labels = folders.read_pairs(pairs)
+        if config.get("channels"):
+            images, labels = _read_channel_pairs(pairs, config["channels"])
+        else:
+            images, labels = folders.read_pairs(pairs)
     except folders.DataError as err:
         raise InputError(f"--data {root}: {err}") from err
     if run.resolve() in {f.parent.resolve() for pair in pairs for f in pair}:
@@ -371,6 +399,48 @@ def _training_data(config: dict[str, Any], run: Path) -> dict[str, Any]:
                          "mix with the images: give the run a folder of its own")
     names = [str(image.relative_to(root)) for image, _ in pairs]
     return {"images": images, "labels": labels, "names": names}
+
+
+def _read_channel_pairs(pairs: list, channels: list[int]) -> tuple[list, list]:
+    """train --channels: each image's chosen channels, channels last (H, W, C), and its mask;
+    problems collected and reported together, by file name."""
+    from .io import folders
+    from .io.images import read_image_file
+
+    images, labels, problems = [], [], []
+    for image_path, mask_path in pairs:
+        try:
+            image = read_image_file(image_path)
+            if image.n_planes != 1:
+                raise ValueError(f"{image_path} is a stack of {image.n_planes} planes; train on "
+                                 "2-D images (one plane per file)")
+            picked = np.stack([image.select(c)[0][0] for c in channels], axis=-1)  # (H, W, C)
+            mask = folders.read_labels(mask_path)
+            if picked.shape[:2] != mask.shape:
+                raise ValueError(f"{image_path} is {picked.shape[0]}x{picked.shape[1]} but its "
+                                 f"mask {mask_path} is {mask.shape[0]}x{mask.shape[1]}")
+        except (ValueError, OSError) as err:
+            problems.append(str(err))
+            continue
+        images.append(picked)
+        labels.append(mask)
+    if problems:
+        raise folders.DataError(f"{len(problems)} of {len(pairs)} training pairs cannot be used "
+                                "with --channels:\n  " + "\n  ".join(problems[:10]))
+    return images, labels
+
+
+def _channel_samples(images: list, labels: list, norm: dict[str, Any], names: list[str]
+                     ) -> tuple[list, list, list]:
+    """`workflow.training_samples` for images (H, W, C): x (C, H, W), each channel normalised
+    on its own, as `inference.segment` will for a model of several input channels."""
+    from . import data as mudata
+    from .predict import normalize_channels
+
+    x = [normalize_channels(im, norm, who=name) for im, name in zip(images, names, strict=True)]
+    t = [mudata.three_class(lab[None])[0] for lab in labels]
+    w = [mudata.weight_map(lab[None])[0] for lab in labels]
+    return x, t, w
 
 
 def _data_folder(config: dict[str, Any], run: Path) -> Path:
@@ -467,6 +537,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise InputError("--rois is not available with --chunked, --workers or --scheduler "
                          "yet: predict without them, or turn the label images into ROIs with "
                          "mu.write_rois(labels, 'NAME_rois.zip')")
+    options = _predict_options(args)
     if args.chunked:  # images larger than memory, block by block (the scale extra)
         if args.diameter is not None:
             raise InputError("--diameter is not available with --chunked yet: rescale the "
@@ -503,10 +574,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     try:
         for path in bar:
             try:
-                labels_path, n = write_prediction(ckpt, path, out, image=_read(path),
+                labels_path, n = write_prediction(ckpt, path, out,
+                                                  image=_read_any(path, args.axes),
                                                   tile=args.tile, probs=args.probs,
                                                   overlays=args.overlays, progress=True,
-                                                  diameter=args.diameter, rois=args.rois)
+                                                  diameter=args.diameter, **options,
+                                                  rois=args.rois,
+                                                  say=lambda line: tqdm.write(
+                                                      f"minunet predict: note: {line}",
+                                                      file=sys.stderr))
             except (InputError, ValueError, TypeError, OSError, MemoryError) as err:
                 message = str(err) if str(path) in str(err) else f"{path}: {err}"
                 failures.append(message)
@@ -521,6 +597,42 @@ def cmd_predict(args: argparse.Namespace) -> int:
              f"complete in {out}); run the same command {again}to start again")
         return EXIT_INTERRUPTED
     return _batch_summary("predict", len(files), failures)
+
+
+def _predict_options(args: argparse.Namespace) -> dict[str, Any]:
+    """predict's channel, plane, stack and post-processing flags, checked, as keyword
+    arguments of `inference.write_prediction` (those left out: the model's settings)."""
+    checks = [("prob-thresh", args.prob_thresh, lambda v: 0 <= v < 1, "in [0, 1), e.g. 0.5"),
+              ("seed-thresh", args.seed_thresh, lambda v: 0 <= v < 1, "in [0, 1), e.g. 0.7"),
+              ("min-size", args.min_size, lambda v: v >= 0, "0 or more pixels"),
+              ("stitch", args.stitch, lambda v: 0 < v <= 1, "an IoU in (0, 1], e.g. 0.5"),
+              ("plane", args.plane, lambda v: v >= 0, "0 or more (planes count from 0)")]
+    for flag, value, ok, what in checks:
+        if value is not None and not ok(value):
+            raise InputError(f"--{flag} must be {what}, got {value}")
+    if args.axes is not None and (not set(args.axes.upper()) <= set("TZCSYX")
+                                  or not {"Y", "X"} <= set(args.axes.upper())):
+        raise InputError(f"--axes {args.axes}: give one letter per axis of the stored array "
+                         "from T, Z (planes), C (channels), S (RGB samples), Y, X; e.g. ZYX")
+    post = {key: value for key, value in (("fg_thresh", args.prob_thresh),
+                                          ("seed_thresh", args.seed_thresh),
+                                          ("min_size", args.min_size)) if value is not None}
+    channel = args.channel
+    if channel is not None and channel.lstrip("-").isdigit():
+        channel = int(channel)
+        if channel < 0:
+            raise InputError(f"--channel must be 0 or more (channels count from 0), got "
+                             f"{channel}")
+    options = {"channel": channel, "plane": args.plane, "stitch": args.stitch,
+               "exclude_edges": args.exclude_edges, "postprocess": post}
+    chosen = [flag for flag, value in (("--channel", channel), ("--plane", args.plane),
+                                       ("--stitch", args.stitch), ("--axes", args.axes))
+              if value is not None] + (["--exclude-edges"] if args.exclude_edges else []) \
+        + [f"--{k.replace('fg_', 'prob_').replace('_', '-')}" for k in post]
+    if (args.chunked or args.workers is not None or args.scheduler) and chosen:
+        raise InputError(f"{', '.join(chosen)}: not available with --chunked, --workers or "
+                         "--scheduler yet; predict without them, or without those")
+    return options
 
 
 def _check_outputs(inputs: Sequence[str], files: list[Path], outputs: dict[Path, list[Path]],
@@ -566,19 +678,33 @@ def _batch_summary(command: str, n: int, failures: list[str]) -> int:
 def _dry_run(ckpt: Any, segment: Any) -> None:
     """Segment a small blank image once, so that a model or stored settings that cannot work
     are reported once, with the checkpoint's name, instead of once per image."""
+    from .io.images import image_from_array
     from .predict import size_multiple
 
     try:
         side = size_multiple(ckpt.model)
-        segment(ckpt, np.zeros((side, side), np.float32))
+        channels = ckpt.metadata.get("channels") or [0]   # a model of several input channels
+        blank = np.zeros((side, side, max(channels) + 1), np.float32)
+        segment(ckpt, image_from_array(blank, "YXC"))
     except (ValueError, TypeError, KeyError, AttributeError) as err:
-        raise InputError(f"{ckpt.path}: this model or its stored settings cannot segment gray "
+        raise InputError(f"{ckpt.path}: this model or its stored settings cannot segment "
                          f"images: {type(err).__name__}: {err}") from err
 
 
+def _channel_list(text: str) -> list[int]:
+    try:
+        channels = [int(c) for c in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"give 0-based channel numbers separated by commas, like 2,0; not {text!r}") from None
+    if min(channels) < 0 or len(set(channels)) != len(channels):
+        raise argparse.ArgumentTypeError(f"channels must be distinct and 0 or more, got {text}")
+    return channels
+
+
 def _diameter(text: str) -> float | str:
-    if text == "auto":
-        return text
+    if text == "auto" or text.strip() in ("0", "0.0"):  # 0: estimate, as Cellpose's --diameter 0
+        return "auto"
     try:
         value = float(text)
     except ValueError:
@@ -664,18 +790,31 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out = _writable_dir(out)
     _write_report(out, truth, preds, images, result, names, args.title, viz)
     summary = workflow.summarize(result)
-    print(" ".join(f"{k}={v:.4f}" for k, v in summary.items()))
+    print(_summary_line(summary))
     print("report: " + ", ".join(str(out / f) for f in REPORT_FILES))
     if failures:
         _say(f"minunet evaluate: the report covers {len(names)} of {len(true_files)} images")
     return _batch_summary("evaluate", len(true_files), failures)
 
 
+def _summary_line(summary: dict[str, float]) -> str:
+    """evaluate's headline: scores pooled over all objects and pixels, then the DSB AP (a mean
+    over images), then the object counts as integers."""
+    pooled = " ".join(f"{k}={v:.4f}" for k, v in summary.items()
+                      if k not in ("dsb_ap", "n_true", "n_pred"))
+    return (f"pooled: {pooled} | mean per image: dsb_ap={summary['dsb_ap']:.4f} | "
+            f"objects: n_true={int(summary['n_true'])} n_pred={int(summary['n_pred'])}")
+
+
 def _keyed(files: list[Path], suffix: str) -> dict[str, Path]:
-    """name (the stem, less `suffix`) -> file; two files of one name are refused."""
+    """name (the stem, less `suffix` and a trailing .ome, as predict names its labels) ->
+    file; two files of one name are refused."""
+    from .inference import output_stem
+
     keyed: dict[str, Path] = {}
     for f in files:
-        key = f.stem[:-len(suffix)] if suffix and f.stem.endswith(suffix) else f.stem
+        stem = output_stem(f)
+        key = stem[:-len(suffix)] if suffix and stem.endswith(suffix) else stem
         if key in keyed:
             raise InputError(f"{keyed[key]} and {f} have one name; keep one of them")
         keyed[key] = f
@@ -910,6 +1049,19 @@ def _read(path: Path) -> np.ndarray:
         raise InputError(message) from err
 
 
+def _read_any(path: Path, axes: str | None = None) -> Any:
+    """An image file of any layout (`io.images.read_image_file`), errors naming the file."""
+    from .io.images import read_image_file
+
+    try:
+        return read_image_file(path, axes)
+    except (InputError, FileNotFoundError):
+        raise
+    except Exception as err:  # any reader failure: name the file
+        message = str(err) if str(path) in str(err) else f"{path} cannot be read: {err}"
+        raise InputError(message) from err
+
+
 def _writable_dir(path: str | Path) -> Path:
     out = Path(path)
     try:
@@ -985,6 +1137,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="a new run folder (config, checkpoints, log, curves)")
     t.add_argument("--resume", metavar="RUN", help="continue a run (from its last.npz)")
     t.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    t.add_argument("--channels", type=_channel_list, metavar="N,M",
+                   help="train a model of several input channels on these image channels, in "
+                        "this order (e.g. 2,0: nucleus, then membrane; 0-based); stored in the "
+                        "checkpoint, and predict reads the same channels (default: one channel)")
     t.set_defaults(run=cmd_train)
 
     p = sub.add_parser("predict", help="label images of any size with a trained model")
@@ -992,8 +1148,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="a checkpoint (.npz), a run folder (best.npz) or a pretrained model's "
                    "name, then TIFF/PNG/NPY files or folders")
     p.add_argument("--model", help="the model (then every positional argument is an image)")
-    p.add_argument("--out", required=True, help="output folder (uint16 label TIFFs)")
-    p.add_argument("--tile", type=int, default=256)
+    p.add_argument("--out", required=True, help="output folder (int32 label TIFFs, NAME.tif)")
+    p.add_argument("--tile", type=int, default=256,
+                   help="side of the tiles the network sees at a time (default 256); changes "
+                        "memory and speed, not the labels")
     p.add_argument("--overlays", action="store_true",
                    help="also write outline overlays (overlays/NAME.png)")
     p.add_argument("--probs", action="store_true",
@@ -1003,7 +1161,8 @@ def _parser() -> argparse.ArgumentParser:
                         "Fiji's ROI Manager and QuPath)")
     p.add_argument("--overwrite", action="store_true", help="replace earlier outputs in --out")
     p.add_argument("--diameter", type=_diameter, metavar="D|auto",
-                   help="the objects' typical diameter in pixels, or 'auto' to estimate it: "
+                   help="the objects' typical diameter in pixels, or 'auto' (or 0, as in "
+                        "Cellpose) to estimate it: "
                         "images are rescaled to the object size the model was trained on")
     p.add_argument("--workers", type=int, metavar="N",
                    help="predict on a local Dask cluster of N processes (needs the scale extra)")
@@ -1013,7 +1172,32 @@ def _parser() -> argparse.ArgumentParser:
                    help="images larger than memory (TIFF, Zarr, OME-Zarr): block by block, "
                         "writing NAME.ome.zarr (OME-Zarr: the image and its uint32 labels "
                         "under labels/cells; needs the scale extra)")
-    p.add_argument("--block", type=int, default=2048, help="block side with --chunked")
+    p.add_argument("--block", type=int, default=2048,
+                   help="block side with --chunked (default 2048)")
+    p.add_argument("--channel", metavar="N|NAME",
+                   help="the nuclear channel of multi-channel or RGB images: 0-based number, or "
+                        "its name where the file names channels (OME); default: the only "
+                        "channel, RGB's luminance, else channel 0 with a note")
+    p.add_argument("--plane", type=int, metavar="Z",
+                   help="segment only this plane (0-based) of a z-stack or time series; "
+                        "default: every plane, into a label stack")
+    p.add_argument("--stitch", type=float, metavar="IOU",
+                   help="give an object one id through a stack: join objects of consecutive "
+                        "planes that overlap by at least this IoU (e.g. 0.5; Cellpose's "
+                        "stitch_threshold); default: ids unique per plane")
+    p.add_argument("--axes", metavar="LETTERS",
+                   help="the stored array's axes (e.g. ZYX, CYX, ZCYX, YXS) when the file does "
+                        "not say or says wrong; default: OME/ImageJ metadata, else the rule in "
+                        "docs/images.md")
+    p.add_argument("--prob-thresh", type=float, metavar="P",
+                   help="probability a pixel needs to be foreground (default: the model's, 0.5)")
+    p.add_argument("--seed-thresh", type=float, metavar="P",
+                   help="interior probability of the seeds that start objects (default: the "
+                        "model's)")
+    p.add_argument("--min-size", type=int, metavar="PX",
+                   help="remove objects of fewer pixels (default: the model's)")
+    p.add_argument("--exclude-edges", action="store_true",
+                   help="remove objects that touch the image's edge")
     p.set_defaults(run=cmd_predict)
 
     e = sub.add_parser("evaluate", help="score predicted label images against ground truth")

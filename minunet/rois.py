@@ -125,13 +125,23 @@ def to_rois(labels: np.ndarray) -> list[Any]:
 
     The ROIs are named by their label id ("1", "2", ...) and come in increasing id order; each
     covers exactly its object's pixels (see the module docstring). Label 0 is background.
+    A label stack (Z, H, W) gives the ROIs of each plane in turn, each with its plane as
+    ImageJ's 1-based position and named "PLANE-ID" (e.g. "3-17"), as Fiji's ROI Manager keeps
+    ROIs of a stack.
     """
+    labels = np.asarray(labels)
+    if labels.ndim == 3 and np.issubdtype(labels.dtype, np.integer):
+        rois = []
+        for z, plane in enumerate(labels, start=1):
+            for roi in to_rois(plane):
+                roi.name, roi.position = f"{z}-{roi.name}", z
+                rois.append(roi)
+        return rois
     import roifile
 
-    labels = np.asarray(labels)
     if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"to_rois: expected a 2-D integer label image, got {labels.dtype} of "
-                         f"shape {labels.shape}")
+        raise ValueError(f"to_rois: expected a 2-D integer label image (or a (Z, H, W) stack), "
+                         f"got {labels.dtype} of shape {labels.shape}")
     if labels.size and labels.min() < 0:
         raise ValueError("to_rois: label ids must be >= 0 (0 is the background)")
     large = max(labels.shape) > INT16_MAX

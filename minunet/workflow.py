@@ -99,7 +99,7 @@ def tune_postprocess(model: Module, x_val: np.ndarray, val_labels: np.ndarray,
     The split is off unless asked for: it is for objects the network cannot outline (blobs
     of uniform brightness that overlap); on cells with visible borders a handful of
     validation images can pick it by chance, and it then cuts elongated cells in two."""
-    probs = [predict(model, x_val[i, 0], normalized=True) for i in range(len(x_val))]
+    probs = [predict(model, x_val[i], normalized=True) for i in range(len(x_val))]
     best, best_f1 = dict(postprocess), -1.0
     for depth in split_depths:
         for thresh in seed_thresholds:
@@ -152,7 +152,7 @@ def object_score_fn(val_labels: np.ndarray, thresh: float = 0.5, *, loss: bool =
     def score(model: Module, val_data: tuple) -> dict[str, float]:
         scores = evaluate_loss(model, val_data) if loss else {}
         x = val_data[0]  # (n, 1, H, W), or a list of (1, H, W) of different sizes
-        preds = [segment(model, x[i][0], normalized=True, **settings)[0]
+        preds = [segment(model, x[i], normalized=True, **settings)[0]   # x[i]: (Cin, H, W)
                  for i in range(len(x))]
         result = metrics.evaluate(list(val_labels), preds)
         scores["val_f1"] = result.at(thresh).f1

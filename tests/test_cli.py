@@ -47,7 +47,7 @@ def test_generate_train_predict_evaluate(trained_run, tmp_path):
                  "--overlays", "--probs"]) == 0
     for stem in ("a", "b16", "c_rgb", "d"):
         labels = tifffile.imread(out / f"{stem}.tif")
-        assert labels.dtype == np.uint16 and labels.shape == (70, 45)
+        assert labels.dtype == np.int32 and labels.shape == (70, 45)
         assert np.load(out / "probs" / f"{stem}.npy").shape == (3, 70, 45)
         assert (out / "overlays" / f"{stem}.png").is_file()
 

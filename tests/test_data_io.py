@@ -144,8 +144,10 @@ def test_write_labels_keeps_the_pixel_size(tmp_path):
     assert read_pixel_size(tmp_path / "out.tif") == size
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "out.tif"), labels)
     assert read_pixel_size(tmp_path / "none.png") is None
-    with pytest.raises(ValueError, match="uint16"):
-        write_labels(tmp_path / "big.tif", np.full((2, 2), 70000))
+    write_labels(tmp_path / "big.tif", np.full((2, 2), 70000))    # int32: beyond uint16
+    assert tifffile.imread(tmp_path / "big.tif").dtype == np.int32
+    with pytest.raises(ValueError, match="int32"):
+        write_labels(tmp_path / "neg.tif", np.full((2, 2), -1))
 
 
 # ------------------------------------------------------------------ a lab's folders

@@ -231,9 +231,9 @@ def test_16_label_tiffs_keep_the_pixel_size(tiny_run, tmp_path, capsys):
         assert tif.is_imagej and tif.imagej_metadata["unit"] == "um"
         x, y = page.tags["XResolution"].value, page.tags["YResolution"].value
         assert x[1] / x[0] == pytest.approx(0.325) and y[1] / y[0] == pytest.approx(0.5)
-        assert page.dtype == np.uint16 and page.shape == (48, 40)
+        assert page.dtype == np.int32 and page.shape == (48, 40)    # napari: Labels
     with tifffile.TiffFile(out / "plain.tif") as tif:
-        assert tif.is_imagej and tif.pages[0].dtype == np.uint16
+        assert tif.is_imagej and tif.pages[0].dtype == np.int32
 
 
 def test_12_truth_folder_of_masks_only(tiny_run, tmp_path, capsys):

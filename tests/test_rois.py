@@ -124,3 +124,16 @@ def test_predict_rois_flag(tmp_path):
         assert iou(fill(roi.coordinates(), labels.shape), mask) >= IOU_BAR
     assert main(["predict", "nuclei", str(tmp_path / "in"), "--out", str(tmp_path / "c"),
                  "--rois", "--chunked"]) != 0
+
+
+def test_a_label_stack_gives_each_planes_rois_with_its_position():
+    import roifile  # noqa: F401
+
+    from minunet.rois import to_rois
+    stack = np.zeros((3, 12, 12), np.int32)
+    stack[0, 2:5, 2:6] = 1
+    stack[2, 6:10, 1:4] = 1
+    stack[2, 1:3, 8:11] = 2
+    rois = to_rois(stack)
+    assert [(r.name, r.position) for r in rois] == [("1-1", 1), ("3-1", 3), ("3-2", 3)]
+    assert [r.name for r in to_rois(stack[2])] == ["1", "2"]

@@ -235,14 +235,16 @@ def test_collection_on_a_cluster_equals_the_plain_command(client, checkpoint, fo
             assert np.array_equal(read(plain), read(api)), name
 
 
-def test_predict_command_with_workers(checkpoint, folder, tmp_path, capsys):
+def test_predict_command_with_workers(checkpoint, folder, tmp_path, capsys, monkeypatch):
     """`--workers 2` starts a local cluster; the broken file is named, exit code 2, the rest
-    are written."""
-    code = main(["predict", str(checkpoint), str(folder), "--out", str(tmp_path / "out"),
+    are written; progress names the files as they were given (here relative)."""
+    monkeypatch.chdir(folder.parent)
+    code = main(["predict", str(checkpoint), folder.name, "--out", str(tmp_path / "out"),
                  "--workers", "2"])
     captured = capsys.readouterr()
     assert code == 2
     assert "broken.tif" in captured.err and "4 of 5 files labelled" in captured.out
+    assert f"] {folder.name}/im0.tif -> " in captured.err
     assert sorted(p.name for p in (tmp_path / "out").glob("*.tif")) == [
         f"im{i}.tif" for i in range(4)]
 

@@ -7,7 +7,7 @@
 
 The command line does the same: `minunet predict run images/ --out labels --workers 4` (or
 `--scheduler ADDRESS`). Each file is one task: `minunet.inference.write_prediction`, the
-function the plain command calls, writes `out/NAME.tif` (uint16 labels) and on request
+function the plain command calls, writes `out/NAME.tif` (int32 labels) and on request
 `out/probs/NAME.npy` and `out/overlays/NAME.png`: the files the plain command writes. A file
 that fails is reported with its error and the others go on. On a cluster of several machines the
 checkpoint, the images and the output folder must be on a file system every worker sees.
@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..inference import output_stem
 from .common import (
     describe,
     limit_threads,
@@ -99,10 +100,11 @@ def predict_files(model: str | os.PathLike, files: list[str | os.PathLike],
         raise PermissionError(f"predict_files: the output folder {out} is not writable")
     stems: dict[str, Path] = {}
     for f in map(Path, files):
-        if f.stem in stems:
-            raise ValueError(f"predict_files: {stems[f.stem]} and {f} would both be written to "
-                             f"{out / (f.stem + '.tif')}; rename one or predict them apart")
-        stems[f.stem] = f
+        if output_stem(f) in stems:
+            raise ValueError(f"predict_files: {stems[output_stem(f)]} and {f} would both be "
+                             f"written to {out / (output_stem(f) + '.tif')}; rename one or "
+                             "predict them apart")
+        stems[output_stem(f)] = f
     own_client = own_cluster = None
     if client is None:
         client, own_cluster = make_client(workers, scheduler)
@@ -112,11 +114,12 @@ def predict_files(model: str | os.PathLike, files: list[str | os.PathLike],
         threads = threads_per_worker(client)
         tasks = [FileTask(str(ckpt.resolve()), str(Path(f).resolve()), str(out.resolve()), tile,
                           probs, overlays, threads, diameter) for f in files]
+        given = {task.path: str(f) for task, f in zip(tasks, files, strict=True)}
         for k, (task, n, error) in enumerate(run_tasks(predict_file, tasks, client), start=1):
-            name = str(Path(task.path))
+            name = given[task.path]   # the path as the user gave it, not the worker's absolute one
             if error is None:
                 report.done[name] = n
-                line = f"[{k}/{len(tasks)}] {name} -> {out / (Path(name).stem + '.tif')} " \
+                line = f"[{k}/{len(tasks)}] {name} -> {out / (output_stem(name) + '.tif')} " \
                        f"({n} objects)"
             else:
                 report.failed[name] = describe(error)
