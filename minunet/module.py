@@ -83,6 +83,17 @@ class Module:
         self._saved: Any = None
         self._forward_state = "never"  # "never", "ran", "taken" or "no_grad": for the errors
 
+    def __getattr__(self, name: str) -> Any:
+        """Called only when `name` is not found: Module's own bookkeeping missing means the
+        subclass's __init__ never called `super().__init__()`; say that, not AttributeError."""
+        if name in _MODULE_STATE and "_buffer_names" not in vars(self):
+            cls = type(self).__name__
+            raise AttributeError(
+                f"{cls} was not set up as a Module: {cls}.__init__ must call "
+                f"`super().__init__()` first (it creates '{name}' and the rest of the "
+                f"bookkeeping every layer needs)")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Wrap each subclass's own `forward` so that every call first forgets the previous
         forward's saved values and records that a forward ran (the errors of `take_saved`
@@ -269,6 +280,9 @@ class Module:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+_MODULE_STATE = ("training", "grad_enabled", "_buffer_names", "_saved", "_forward_state")
 
 
 def _marking_forward(forward: Callable[..., Any]) -> Callable[..., Any]:
