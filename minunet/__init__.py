@@ -27,6 +27,7 @@ from .module import Module, Parameter, Sequential
 from .optim import SGD, Adam, CosineSchedule, StepSchedule
 from .postprocess import to_instances
 from .predict import normalize, predict
+from .trace import trace
 from .train import History, TrainingDiverged, evaluate, train
 from .unet import UNet
 
@@ -67,6 +68,7 @@ __all__ = [
     "save",
     "segment",
     "to_instances",
+    "trace",
     "train",
     "viz",
 ]
