@@ -326,10 +326,10 @@ def _hooked_backward(backward: Callable[..., Any]) -> Callable[..., Any]:
         return backward
 
     @functools.wraps(backward)
-    def hooked_backward(self: Module, *args: Any) -> Any:  # a loss's dout has a default
+    def hooked_backward(self: Module, *args: Any, **kwargs: Any) -> Any:  # a loss: dout=1.0
         if not _HOOKS:
-            return backward(self, *args)
-        return _run_hooked(self, "backward", backward, args)
+            return backward(self, *args, **kwargs)
+        return _run_hooked(self, "backward", backward, (*args, *kwargs.values()))
 
     hooked_backward._hooked = True  # type: ignore[attr-defined]
     return hooked_backward
