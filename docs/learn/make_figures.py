@@ -13,12 +13,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root: exercises/
 import minunet as mu
 from exercises.sanity import build, tiny_batch
 from minunet import layers
