@@ -225,7 +225,13 @@ def gradcheck(
     model.zero_grad()
     model.forward(*args)
     dout = tuple(np.copy(g) for g in upstream)
-    grads_in = _as_tuple(model.backward(_unpack(dout)))
+    returned = model.backward(_unpack(dout))
+    if returned is None and any(_is_float(x) for x in args):
+        report.problems.append(
+            "backward returned None: it must return the gradient of its input, a new array "
+            "of the input's shape (a `return dx` missing at its end?); the input was not "
+            "checked")
+    grads_in = _as_tuple(returned)
     if any(not np.array_equal(d, g) for d, g in zip(dout, upstream, strict=True)):
         report.problems.append("backward wrote into its dout (it must compute a new array: "
                                "dx = dout * ..., not dout *= ...)")

@@ -185,6 +185,20 @@ def test_forward_writing_into_its_input_is_named():
     assert np.array_equal(x, X)  # the caller's array is untouched (the checker copies)
 
 
+def test_a_backward_returning_nothing_is_named():
+    class Forgot(mu.Module):
+        def forward(self, x):
+            self.save_for_backward(x)
+            return np.maximum(x, 0)
+
+        def backward(self, dout):
+            (x,) = self.take_saved()
+            dx = dout * (x > 0)  # noqa: F841 - computed, never returned
+
+    report = mu.gradcheck(Forgot(), X, raise_on_fail=False)
+    assert not report.ok and "backward returned None" in str(report)
+
+
 # ------------------------------------------------------------------ hints need evidence
 def test_no_factor_hint_on_a_three_element_tensor():
     report = mu.gradcheck(SmallBias(factor=8.933), X, raise_on_fail=False)
