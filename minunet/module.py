@@ -312,7 +312,7 @@ def _marking_forward(forward: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(forward)
     def marked_forward(self: Module, *inputs: Any) -> Any:
         self._saved, self._forward_state = None, "ran"
-        if not _HOOKS:  # the usual case: nothing else to do
+        if not _hooks_on:  # the usual case: nothing else to do
             return forward(self, *inputs)
         return _run_hooked(self, "forward", forward, inputs)
 
@@ -327,7 +327,7 @@ def _hooked_backward(backward: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(backward)
     def hooked_backward(self: Module, *args: Any, **kwargs: Any) -> Any:  # a loss: dout=1.0
-        if not _HOOKS:
+        if not _hooks_on:
             return backward(self, *args, **kwargs)
         return _run_hooked(self, "backward", backward, (*args, *kwargs.values()))
 
@@ -339,6 +339,7 @@ def _hooked_backward(backward: Callable[..., Any]) -> Callable[..., Any]:
 # forgotten modules carry no hooks
 _HOOKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _RUNNING: set[tuple[int, str]] = set()  # (id(module), direction) inside a hooked call
+_hooks_on = False  # whether any hook is registered: the one check a call pays without hooks
 
 
 class HookHandle:
@@ -355,12 +356,16 @@ class HookHandle:
             fns.remove(self._fn)
         if module is not None and not any(hooks.values()):
             _HOOKS.pop(module, None)
+        global _hooks_on
+        _hooks_on = bool(_HOOKS)
 
 
 def _add_hook(module: Module, direction: str, fn: Callable[..., None]) -> HookHandle:
     if not callable(fn):
         raise TypeError(f"register_{direction}_hook needs a function, got {type(fn).__name__}")
+    global _hooks_on
     _HOOKS.setdefault(module, {}).setdefault(direction, []).append(fn)
+    _hooks_on = True
     return HookHandle(module, direction, fn)
 
 
