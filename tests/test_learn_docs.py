@@ -105,3 +105,21 @@ def test_compare_with_pytorch_agrees_or_says_torch_is_missing():
         return
     assert "all tensors agree" in out and "FAIL" not in out
     assert "down.0.conv1.weight after Adam" in out and "down.0.bn1.running_var" in out
+
+
+@pytest.mark.parametrize("cls, extra, code", [
+    ("Dropout", [], 1), ("SeededDropout", [], 0), ("GELU", [], 1), ("GELU32", ["--show", "2"], 0),
+])
+def test_checker_page_shows_what_the_command_prints(cls, extra, code, capsys, monkeypatch):
+    from minunet.cli import main
+
+    argv = ["gradcheck", f"examples/student_layers.py:{cls}", "--input-shape", "2,3,6,5", *extra]
+    monkeypatch.chdir(ROOT)
+    assert main(argv) == code
+    out = capsys.readouterr().out
+    page = (LEARN / "checker.md").read_text()
+    assert f"$ minunet {' '.join(argv)}" in page
+    page_lines = page.splitlines()
+    for line in out.splitlines():  # each printed line is on the page, whole or cut with "..."
+        assert any(p == line or (p.endswith(" ...") and line.startswith(p[:-4]))
+                   for p in page_lines), line
