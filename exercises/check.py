@@ -106,6 +106,10 @@ REFERENCES: dict[str, Callable[..., mu.Module]] = {
 }
 
 
+class ConstructorMismatch(TypeError):
+    """The student's class cannot stand in for the reference (arguments, parameter names)."""
+
+
 @dataclass
 class Verdict:
     case: Case
@@ -125,6 +129,8 @@ def check_case(cls: type, ref_name: str, case: Case, seed: int = 0) -> Verdict:
         ref, student = _build(cls, ref_name, case)
     except NotImplementedError as err:
         return Verdict(case, [f"TODO: {err or 'not written yet'}"])
+    except ConstructorMismatch as err:
+        return Verdict(case, [str(err)])
     inputs = _inputs(ref_name, case, rng)
     problems: list[str] = []
     try:
@@ -170,7 +176,19 @@ def _build(cls: type, ref_name: str, case: Case) -> tuple[mu.Module, mu.Module]:
     if ref_name == "UNet":
         extra["readable"] = True
     ref = REFERENCES[ref_name](*case.args, **kwargs, **extra)
-    student = cls(*case.args, **kwargs, **extra)
+    try:
+        student = cls(*case.args, **kwargs, **extra)
+    except TypeError as err:
+        signature = inspect.signature(REFERENCES[ref_name])
+        raise ConstructorMismatch(f"{cls.__name__}{inspect.signature(cls)} cannot be built "
+                                  f"like minunet's {ref_name}{signature} ({err}): take the "
+                                  f"same arguments") from None
+    names, ref_names = ({n for n, _ in m.named_parameters()} for m in (student, ref))
+    if names != ref_names:
+        raise ConstructorMismatch(f"{cls.__name__} has the parameters {sorted(names)}, "
+                                  f"minunet's {ref_name} {sorted(ref_names)}: declare the same "
+                                  f"ones in __init__ (same names and shapes), so that the "
+                                  f"reference's weights can be copied in")
     if case.mode == "eval":  # running statistics away from (0, 1), so that eval is eval
         for _, m in ref.named_modules():
             if hasattr(m, "running_var"):

@@ -80,6 +80,21 @@ def test_a_wrong_forward_is_named(tmp_path, capsys):
     assert code == 1 and "forward differs from minunet's ReLU" in out
 
 
+def test_a_layer_built_differently_is_told_how(tmp_path, capsys):
+    path = tmp_path / "mine.py"
+    path.write_text("import numpy as np\nimport minunet as mu\n\n"
+                    "class Conv2d(mu.Module):\n"
+                    "    def __init__(self, cin, cout, k):\n"
+                    "        super().__init__()\n"
+                    "        self.w = mu.Parameter(np.zeros((cout, cin, k, k), np.float32))\n")
+    code, out = run(path, capsys)
+    assert code == 1 and "cannot be built like minunet's Conv2d" in out
+    path.write_text(path.read_text().replace("cin, cout, k)", "cin, cout, k, stride=1, "
+                                             "padding=0, bias=True, rng=None)"))
+    code, out = run(path, capsys)
+    assert code == 1 and "has the parameters ['w'], minunet's Conv2d ['bias', 'weight']" in out
+
+
 def test_bad_targets_exit_2(tmp_path, capsys):
     assert check.main([str(tmp_path / "missing.py")]) == 2
     path = tmp_path / "other.py"
