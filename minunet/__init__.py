@@ -29,6 +29,7 @@ from .optim import SGD, Adam, CosineSchedule, StepSchedule
 from .postprocess import to_instances
 from .predict import normalize, predict
 from .rois import to_rois, write_rois
+from .trace import trace
 from .train import History, TrainingDiverged, evaluate, train
 from .unet import UNet
 
@@ -72,6 +73,7 @@ __all__ = [
     "segment",
     "to_instances",
     "to_rois",
+    "trace",
     "train",
     "viz",
     "write_rois",

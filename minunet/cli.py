@@ -22,6 +22,7 @@ import argparse
 import importlib
 import importlib.util
 import json
+import math
 import os
 import shutil
 import sys
@@ -862,6 +863,9 @@ def _write_report(out: Path, truth: list, preds: list, images: list | None, resu
 
 
 # ----------------------------------------------------------------- gradcheck
+GRADCHECK_MAX_VALUES = 2**27  # values per input (1 GiB of float64): far beyond any useful check
+
+
 def cmd_gradcheck(args: argparse.Namespace) -> int:
     """Check MODULE:CLASS's backward on a random input. Exit 0 if it passes, 1 if it fails or
     the layer itself raises (its traceback is printed), 2 for bad arguments or a file that
@@ -870,7 +874,7 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
     import traceback
 
     import minunet as mu
-    from minunet.gradcheck import random_inputs
+    from minunet.gradcheck import check_module, random_inputs
 
     try:
         shape = tuple(int(s) for s in args.input_shape.split(","))
@@ -903,21 +907,66 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
     if args.max_elements < 0:
         raise InputError(f"--max-elements must be >= 0 (0: every element), got "
                          f"{args.max_elements}")
+    if args.show < 0:
+        raise InputError(f"--show must be >= 0, got {args.show}")
     # one input per positional argument of forward (Concat takes two), all of the same shape,
     # from their own random stream, independent of the upstream gradient's
-    xs = random_inputs(shape, _count_inputs(cls.forward), args.seed)
+    memory_advice = (f"too large for memory: an input of shape {shape}; give a smaller "
+                     f"--input-shape (a gradient check needs only a few pixels, e.g. 2,3,6,5), "
+                     f"--mode random, or fewer --max-elements")
+    if math.prod(shape) > GRADCHECK_MAX_VALUES:
+        raise InputError(f"{memory_advice} ({math.prod(shape):,} values per input; a check "
+                         f"takes at most {GRADCHECK_MAX_VALUES:,})")
+    try:
+        xs = random_inputs(shape, _count_inputs(cls.forward), args.seed)
+    except MemoryError:
+        raise InputError(memory_advice) from None
     try:  # from here on, exceptions come from the layer's own code: show where
         module = cls(*positional, **keywords)
+        try:
+            check_module(module)  # super().__init__() was called
+        except TypeError as err:
+            print(f"minunet gradcheck: {err}", file=sys.stderr)
+            return EXIT_FAILED
+        _try_input_shape(module, xs, shape, args.input_shape)
         report = mu.gradcheck(module, *xs, mode=args.mode,
                               max_elements=args.max_elements or None, seed=args.seed,
                               raise_on_fail=False)
+    except InputError:
+        raise
+    except MemoryError:
+        print(f"minunet gradcheck: {cls.__name__}: {memory_advice}", file=sys.stderr)
+        return EXIT_FAILED
     except Exception:
         traceback.print_exc()
         print(f"minunet gradcheck: {cls.__name__} raised the exception above (in its own code, "
-              f"on an input of shape {shape}); nothing was checked", file=sys.stderr)
+              f"on an input of shape {shape}); nothing was checked. If the layer does not "
+              f"take that shape, change --input-shape", file=sys.stderr)
         return EXIT_FAILED
     print(report)
+    if args.show:
+        print(report.show(args.show))
     return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _try_input_shape(module: Any, xs: list, shape: tuple[int, ...], given: str) -> None:
+    """One forward of a copy on the drawn input: when minunet's input checks (`check_array`)
+    refuse it, the shape given is wrong, not the layer: bad input (exit 2). Any other
+    exception is the layer's own and reaches the caller."""
+    import copy
+    import traceback
+
+    trial = copy.deepcopy(module)
+    try:
+        trial.forward(*[x.astype(trial.dtype) for x in xs])
+    except (ValueError, TypeError) as err:
+        frames = traceback.extract_tb(err.__traceback__)
+        if frames and Path(frames[-1].filename).name == "checks.py" and \
+                Path(frames[-1].filename).parent.name == "minunet":
+            raise InputError(f"--input-shape {given} does not fit {type(module).__name__}: "
+                             f"{err}. Give the shape the layer takes (its channels must "
+                             f"match --args)") from None
+        raise
 
 
 def _count_inputs(forward: Any) -> int:
@@ -1224,6 +1273,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0,
                    help="seeds the input, the upstream gradient and the sampling (independent "
                         "streams of one SeedSequence)")
+    c.add_argument("--show", type=int, default=0, metavar="N",
+                   help="also print the N worst compared values of each tensor: analytic, "
+                        "numeric, their ratio")
     c.set_defaults(run=cmd_gradcheck)
 
     x = sub.add_parser("export", help="write a model as ONNX or as a bioimage.io package "

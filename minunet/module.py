@@ -22,6 +22,12 @@ Gradients accumulate: call `zero_grad()` (or the optimizer's) before each step. 
 a layer ever updates a parameter: that is the optimizer's job, so every backward can be
 gradient-checked on its own.
 
+Hooks, to look inside without editing a layer: `module.register_forward_hook(fn)` calls
+`fn(module, inputs, output)` after each forward, `register_backward_hook(fn)` calls
+`fn(module, dout, dinput)` after each backward (dinput: what backward returned); both return a
+handle whose `.remove()` takes the hook away. `minunet.trace.Trace` uses them to record every
+layer's shapes and statistics. With no hook registered the only cost is one check per call.
+
 Parameters are declared in `__init__` (never created lazily on the first forward).
 Running statistics (batch norm's `running_mean` / `running_var`) are *buffers*: plain
 arrays registered with `register_buffer`, saved in `state_dict()` but never trained.
@@ -30,6 +36,7 @@ arrays registered with `register_buffer`, saved in `state_dict()` but never trai
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -83,6 +90,17 @@ class Module:
         self._saved: Any = None
         self._forward_state = "never"  # "never", "ran", "taken" or "no_grad": for the errors
 
+    def __getattr__(self, name: str) -> Any:
+        """Called only when `name` is not found: Module's own bookkeeping missing means the
+        subclass's __init__ never called `super().__init__()`; say that, not AttributeError."""
+        if name in _MODULE_STATE and "_buffer_names" not in vars(self):
+            cls = type(self).__name__
+            raise AttributeError(
+                f"{cls} was not set up as a Module: {cls}.__init__ must call "
+                f"`super().__init__()` first (it creates '{name}' and the rest of the "
+                f"bookkeeping every layer needs)")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Wrap each subclass's own `forward` so that every call first forgets the previous
         forward's saved values and records that a forward ran (the errors of `take_saved`
@@ -90,6 +108,8 @@ class Module:
         super().__init_subclass__(**kwargs)
         if "forward" in cls.__dict__:
             cls.forward = _marking_forward(cls.__dict__["forward"])
+        if "backward" in cls.__dict__:
+            cls.backward = _hooked_backward(cls.__dict__["backward"])
 
     # ---------------------------------------------------------------- the pair
     def forward(self, *inputs: Any) -> Any:
@@ -104,6 +124,15 @@ class Module:
             self._saved = None  # inference: free what backward would have needed, at once
             self._forward_state = "no_grad"
         return out
+
+    # ---------------------------------------------------------------- hooks
+    def register_forward_hook(self, fn: Callable[[Module, tuple, Any], None]) -> HookHandle:
+        """Call fn(module, inputs, output) after every forward of this module."""
+        return _add_hook(self, "forward", fn)
+
+    def register_backward_hook(self, fn: Callable[[Module, Any, Any], None]) -> HookHandle:
+        """Call fn(module, dout, dinput) after every backward of this module."""
+        return _add_hook(self, "backward", fn)
 
     # ---------------------------------------------------------------- the hand-off
     def save_for_backward(self, *values: Any) -> None:
@@ -271,18 +300,94 @@ class Module:
         return f"{type(self).__name__}()"
 
 
+_MODULE_STATE = ("training", "grad_enabled", "_buffer_names", "_saved", "_forward_state")
+
+
 def _marking_forward(forward: Callable[..., Any]) -> Callable[..., Any]:
-    """`forward`, preceded by: forget the last forward's saved values, note that one ran."""
+    """`forward`, preceded by: forget the last forward's saved values, note that one ran;
+    followed by the forward hooks, if any."""
     if getattr(forward, "_marks_forward", False):
         return forward
 
     @functools.wraps(forward)
     def marked_forward(self: Module, *inputs: Any) -> Any:
         self._saved, self._forward_state = None, "ran"
-        return forward(self, *inputs)
+        if not _hooks_on:  # the usual case: nothing else to do
+            return forward(self, *inputs)
+        return _run_hooked(self, "forward", forward, inputs)
 
     marked_forward._marks_forward = True  # type: ignore[attr-defined]
     return marked_forward
+
+
+def _hooked_backward(backward: Callable[..., Any]) -> Callable[..., Any]:
+    """`backward`, followed by the backward hooks, if any."""
+    if getattr(backward, "_hooked", False):
+        return backward
+
+    @functools.wraps(backward)
+    def hooked_backward(self: Module, *args: Any, **kwargs: Any) -> Any:  # a loss: dout=1.0
+        if not _hooks_on:
+            return backward(self, *args, **kwargs)
+        return _run_hooked(self, "backward", backward, (*args, *kwargs.values()))
+
+    hooked_backward._hooked = True  # type: ignore[attr-defined]
+    return hooked_backward
+
+
+# module -> {"forward": [fn, ...], "backward": [...]}; weak, so copies (deepcopy) and
+# forgotten modules carry no hooks
+_HOOKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_RUNNING: set[tuple[int, str]] = set()  # (id(module), direction) inside a hooked call
+_hooks_on = False  # whether any hook is registered: the one check a call pays without hooks
+
+
+class HookHandle:
+    """What register_*_hook returns: `.remove()` takes the hook away."""
+
+    def __init__(self, module: Module, direction: str, fn: Callable[..., None]) -> None:
+        self._module, self._direction, self._fn = weakref.ref(module), direction, fn
+
+    def remove(self) -> None:
+        module = self._module()
+        hooks = _HOOKS.get(module, {}) if module is not None else {}
+        fns = hooks.get(self._direction, [])
+        if self._fn in fns:
+            fns.remove(self._fn)
+        if module is not None and not any(hooks.values()):
+            _HOOKS.pop(module, None)
+        global _hooks_on
+        _hooks_on = bool(_HOOKS)
+
+
+def _add_hook(module: Module, direction: str, fn: Callable[..., None]) -> HookHandle:
+    if not callable(fn):
+        raise TypeError(f"register_{direction}_hook needs a function, got {type(fn).__name__}")
+    global _hooks_on
+    _HOOKS.setdefault(module, {}).setdefault(direction, []).append(fn)
+    _hooks_on = True
+    return HookHandle(module, direction, fn)
+
+
+def _run_hooked(module: Module, direction: str, method: Callable[..., Any],
+                args: tuple) -> Any:
+    """method(module, *args), then the module's hooks for that direction, once: a subclass
+    whose forward calls super().forward(...) fires them for the outer call only."""
+    key = (id(module), direction)
+    fns = _HOOKS.get(module, {}).get(direction)
+    if not fns or key in _RUNNING:
+        return method(module, *args)
+    _RUNNING.add(key)
+    try:
+        result = method(module, *args)
+    finally:
+        _RUNNING.discard(key)
+    for fn in list(fns):
+        if direction == "forward":
+            fn(module, args, result)
+        else:
+            fn(module, args[0] if args else None, result)
+    return result
 
 
 class Sequential(Module):

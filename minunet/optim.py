@@ -9,6 +9,11 @@ The explicit training loop a learner writes:
     model.backward(loss_fn.backward())
     optimizer.step()
 
+Adam's update runs as one fused Numba kernel (`kernels/optim.py`), or, with
+MINUNET_READABLE=1 (as for the network) or `Adam(..., readable=True)`, as the readable NumPy
+of `Adam._update` below: the same arithmetic in the same order (tests/test_optim.py compares
+them).
+
 The update formulas are PyTorch's (`torch.optim.SGD`, `torch.optim.Adam`, `torch.optim.AdamW`),
 so the same hyper-parameters mean the same thing. Every update runs in place, in the parameters'
 dtype (float32 for training): no temporary float64 copies of the weights.
@@ -27,6 +32,7 @@ import numpy as np
 
 from .kernels.optim import adam_update
 from .module import Parameter
+from .unet import use_readable
 
 StateDict = dict[str, Any]  # str -> float | int | np.ndarray
 
@@ -182,8 +188,10 @@ class Adam(Optimizer):
 
     def __init__(self, params: Iterable[Parameter], lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, decoupled: bool = False) -> None:
+                 weight_decay: float = 0.0, decoupled: bool = False,
+                 readable: bool | None = None) -> None:
         super().__init__(params, lr)
+        self.readable = use_readable(readable)  # None: MINUNET_READABLE=1 means readable
         beta1, beta2 = betas
         if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
             raise ValueError(f"Adam: betas must lie in [0, 1), got {betas}")
@@ -203,7 +211,7 @@ class Adam(Optimizer):
         step_size = self.lr / bias1
         exp_avgs, exp_avg_sqs = self._buffers("exp_avg"), self._buffers("exp_avg_sq")
         for p, m, v in zip(self.params, exp_avgs, exp_avg_sqs, strict=True):
-            if p.data.flags.c_contiguous and p.grad.flags.c_contiguous:
+            if not self.readable and p.data.flags.c_contiguous and p.grad.flags.c_contiguous:
                 # the formulas below, fused into one pass over memory (kernels/optim.py)
                 dt = p.dtype.type  # scalars in the parameter's dtype: float32 stays float32
                 coupled = self.weight_decay if not self.decoupled else 0.0

@@ -25,21 +25,26 @@ what comes back along both ways: the line `d += dskip[i]`.
 H and W must be divisible by 2**depth (each pool halves them and the decoder must retrace the
 sizes exactly); `minunet.predict` tiles images of any size.
 
-Readable or fast: `UNet(..., readable=True)` builds the network from the layers of
+Readable or fast: `UNet(..., readable=True)` is this file, built from the layers of
 `minunet.layers` (plain NumPy, the math, made to be stepped through in a debugger);
-`readable=False` from `minunet.kernels.layers` (the same layers computed by Numba and BLAS
-kernels). `readable=None`, the default, reads the environment variable MINUNET_READABLE
-(`MINUNET_READABLE=1 python examples/train_small.py --quick`; unset or 0: fast). Both have the
-same parameters, state dict and results, so a checkpoint of one loads into the other.
-The fast set also predicts (eval mode, gradients off) on a slice of the batch per thread at
-once (`kernels.threads.map_batch`): images are independent there. And it never builds the
-concatenations: up.i's first convolution reads the skip and the up-step's output where they
-are (`kernels.layers.Conv2d(a, b)`), and its backward returns their two gradients.
+`readable=False` gives a `minunet.kernels.unet.UNet`, the same structure with the layers of
+`minunet.kernels.layers` (Numba and BLAS kernels) and a few speed-ups of its own (batch norm
+and ReLU fused, no concatenation built, inference split over threads). `readable=None`, the
+default, reads the environment variable MINUNET_READABLE (`MINUNET_READABLE=1 python
+examples/train_small.py --quick`; unset or 0: fast). Both have the same parameters, state dict
+and results, so a checkpoint of one loads into the other.
+
+Other layers without surgery: `norm` and `act` are factories, `norm(channels)` and `act()`,
+used in every DoubleConv instead of BatchNorm2d and ReLU (`UNet(norm=lambda c: GroupNorm(4, c),
+act=GELU)`); their attribute names stay `bn1`, `relu1`, ... so that the state-dict names do.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -47,8 +52,6 @@ import numpy as np
 
 from . import layers as readable_layers
 from .checks import check_array
-from .kernels import layers as fast_layers
-from .kernels.threads import map_batch
 from .module import Module
 
 CONV_KERNEL = 3  # 3x3 convolutions with padding 1 keep H and W ("same" size)
@@ -69,57 +72,62 @@ def use_readable(readable: bool | None = None) -> bool:
                      f"for the fast ones")
 
 
-class DoubleConv(Module):
-    """(3x3 conv -> BatchNorm2d -> ReLU) twice: (N, Cin, H, W) -> (N, Cout, H, W).
+Norm = Callable[[int], Module]   # channels -> a normalisation layer, e.g. BatchNorm2d
+Act = Callable[[], Module]       # () -> an activation layer, e.g. ReLU
 
-    The fast layer set fuses each batch norm with the ReLU after it (BatchNormReLU2d: the same
-    function and parameters, one pass over memory each way instead of two); there relu1 and
-    relu2 are None. The readable set keeps them apart, as the math reads.
+
+def _readable_argument(cls: type, args: tuple, kwargs: dict[str, Any]) -> Any:
+    """The `readable` argument of a UNet(...) call, however it was passed (None if not)."""
+    try:
+        bound = inspect.signature(cls.__init__).bind_partial(None, *args, **kwargs)
+    except TypeError:
+        return kwargs.get("readable")  # __init__ will report the bad call
+    return bound.arguments.get("readable")
+
+
+@functools.cache
+def _fast_version(cls: type) -> type:
+    """The fast UNet for UNet; for a subclass of UNet, the subclass on top of the fast UNet
+    (its own methods first, the fast network's where it has none)."""
+    from .kernels import unet as fast_unet
+
+    if cls is UNet:
+        return fast_unet.UNet
+    return type(cls.__name__, (cls, fast_unet.UNet), {"__module__": cls.__module__,
+                                                       "__qualname__": cls.__qualname__})
+
+
+class DoubleConv(Module):
+    """(3x3 conv -> norm -> act) twice: (N, Cin, H, W) -> (N, Cout, H, W).
+
+    norm, act: factories, norm(Cout) and act(); by default the BatchNorm2d and ReLU of
+    `layers` (the readable ones). The attribute names stay bn1, relu1, bn2, relu2 whatever
+    they hold, so that state-dict names do not depend on the choice.
     """
 
     def __init__(self, in_channels: int, out_channels: int, rng: np.random.Generator,
-                 layers: ModuleType = readable_layers) -> None:
+                 layers: ModuleType = readable_layers, norm: Norm | None = None,
+                 act: Act | None = None) -> None:
         super().__init__()
-        fused = getattr(layers, "BatchNormReLU2d", None)
-        BN = fused or layers.BatchNorm2d
+        norm = norm or layers.BatchNorm2d
+        act = act or layers.ReLU
         self.conv1 = layers.Conv2d(in_channels, out_channels, CONV_KERNEL, padding=1,
                                    bias=False, rng=rng)
-        self.bn1 = BN(out_channels)
-        self.relu1 = None if fused else layers.ReLU()
+        self.bn1 = norm(out_channels)
+        self.relu1 = act()
         self.conv2 = layers.Conv2d(out_channels, out_channels, CONV_KERNEL, padding=1,
                                    bias=False, rng=rng)
-        self.bn2 = BN(out_channels)
-        self.relu2 = None if fused else layers.ReLU()
+        self.bn2 = norm(out_channels)
+        self.relu2 = act()
 
-    def forward(self, x: np.ndarray, *more: np.ndarray) -> np.ndarray:
-        """x (N, Cin, H, W) -> (N, Cout, H, W). Fast layers only: forward(a, b) takes the two
-        halves of the concatenation [a | b] along channels, and conv1 reads both without
-        building it; backward then returns (da, db)."""
-        if self._folded():  # fast layers, inference: each batch norm + ReLU inside its conv
-            x = self.bn1.after_conv(self.conv1, x, *more)   # (N, Cout, H, W)
-            return self.bn2.after_conv(self.conv2, x)       # (N, Cout, H, W)
-        x = _then(self.relu1, self.bn1(self.conv1(x, *more)))  # (N, Cout, H, W)
-        return _then(self.relu2, self.bn2(self.conv2(x)))      # (N, Cout, H, W)
-
-    def _folded(self) -> bool:
-        """Inference with the fast layers (eval mode, gradients off): each batch norm and its
-        ReLU run folded into the convolution before them (BatchNormReLU2d.after_conv), the
-        same result without their pass over the activation."""
-        return hasattr(self.bn1, "after_conv") and not self.training and not self.grad_enabled
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = self.relu1(self.bn1(self.conv1(x)))     # (N, Cout, H, W)
+        return self.relu2(self.bn2(self.conv2(x)))  # (N, Cout, H, W)
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
-        d = self.conv2.backward(self.bn2.backward(_back(self.relu2, dout)))  # (N, Cout, H, W)
-        return self.conv1.backward(self.bn1.backward(_back(self.relu1, d)))  # (N, Cin, H, W)
-
-
-def _then(relu: Module | None, x: np.ndarray) -> np.ndarray:
-    """relu(x), or x when the ReLU is fused into the batch norm before it."""
-    return x if relu is None else relu(x)
-
-
-def _back(relu: Module | None, dout: np.ndarray) -> np.ndarray:
-    """relu.backward(dout), or dout when the ReLU is fused into the batch norm before it."""
-    return dout if relu is None else relu.backward(dout)
+        # forward was conv1 -> bn1 -> relu1 -> conv2 -> bn2 -> relu2: the chain rule, reversed
+        d = self.conv2.backward(self.bn2.backward(self.relu2.backward(dout)))  # (N, Cout, H, W)
+        return self.conv1.backward(self.bn1.backward(self.relu1.backward(d)))  # (N, Cin, H, W)
 
 
 class UNet(Module):
@@ -130,35 +138,60 @@ class UNet(Module):
     depth:         number of 2x2 poolings; H and W must be divisible by 2**depth
     base_channels: channels of the top level; level i has base_channels * 2**i
     rng:           a numpy Generator (or an int seed) for the weight initialisation
-    readable:      True: the plain-NumPy layers of minunet.layers; False: the fast ones of
-                   minunet.kernels.layers; None: MINUNET_READABLE=1 means readable (default
-                   fast). Not part of config(): the weights are the same either way.
+    readable:      True: this class, the plain-NumPy layers of minunet.layers; False: its
+                   subclass minunet.kernels.unet.UNet (the kernels); None: MINUNET_READABLE=1 means
+                   readable (default fast). Not part of config(): the weights are the same.
+    norm, act:     factories norm(channels) and act() replacing every DoubleConv's BatchNorm2d
+                   and ReLU (None: those). Not part of config(): a checkpoint rebuilds the
+                   default network; pass them again when you load.
     """
+
+    layers: ModuleType = readable_layers  # the layer set (fast: minunet.kernels.layers)
+    readable = True
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> UNet:
+        """UNet(...) with readable False (or MINUNET_READABLE unset) gives the fast network,
+        minunet.kernels.unet.UNet; for a subclass of UNet, the subclass on top of it."""
+        if cls.readable and not use_readable(_readable_argument(cls, args, kwargs)):
+            cls = _fast_version(cls)
+        return super().__new__(cls)
+
+    def __getnewargs_ex__(self) -> tuple[tuple, dict[str, Any]]:
+        return (), {"readable": self.readable}  # copy.deepcopy keeps the class it copies
 
     def __init__(self, in_channels: int = 1, num_classes: int = 3, depth: int = 3,
                  base_channels: int = 16, rng: np.random.Generator | int | None = None,
-                 readable: bool | None = None) -> None:
+                 readable: bool | None = None, norm: Norm | None = None,
+                 act: Act | None = None) -> None:
         super().__init__()
         for name, value in (("in_channels", in_channels), ("num_classes", num_classes),
                             ("depth", depth), ("base_channels", base_channels)):
             if int(value) != value or value < 1:
                 raise ValueError(f"UNet: {name} must be a positive integer, got {value!r}")
+        if readable is not None and bool(readable) != self.readable:
+            raise ValueError(f"{type(self).__name__}(readable={readable}) contradicts the class")
         self.in_channels, self.num_classes = int(in_channels), int(num_classes)
         self.depth, self.base_channels = int(depth), int(base_channels)
-        self.readable = use_readable(readable)
-        L = readable_layers if self.readable else fast_layers  # the same classes, by name
+        L = self.layers
         rng = np.random.default_rng(rng)  # a Generator passes through unchanged
         c = [base_channels * 2**i for i in range(depth + 1)]  # c[depth]: the bottom
 
-        self.down = [DoubleConv(in_channels if i == 0 else c[i - 1], c[i], rng, L)
-                     for i in range(depth)]
+        def block(cin: int, cout: int) -> Module:
+            return self.double_conv(cin, cout, rng, norm, act)
+
+        self.down = [block(in_channels if i == 0 else c[i - 1], c[i]) for i in range(depth)]
         self.pool = [L.MaxPool2d(POOL) for _ in range(depth)]
-        self.bottom = DoubleConv(c[depth - 1], c[depth], rng, L)
+        self.bottom = block(c[depth - 1], c[depth])
         self.upconv = [L.ConvTranspose2d(c[i + 1], c[i], POOL, stride=POOL, rng=rng)
                        for i in range(depth)]
         self.concat = [L.Concat() for _ in range(depth)]
-        self.up = [DoubleConv(2 * c[i], c[i], rng, L) for i in range(depth)]
+        self.up = [block(2 * c[i], c[i]) for i in range(depth)]
         self.head = L.Conv2d(c[0], num_classes, 1, rng=rng)
+
+    def double_conv(self, in_channels: int, out_channels: int, rng: np.random.Generator,
+                    norm: Norm | None, act: Act | None) -> Module:
+        """One level's block; the fast UNet returns its own."""
+        return DoubleConv(in_channels, out_channels, rng, self.layers, norm, act)
 
     def config(self) -> dict[str, Any]:
         """The constructor arguments (JSON-able): `UNet(**model.config())` rebuilds the shape."""
@@ -170,13 +203,6 @@ class UNet(Module):
         """x (N, Cin, H, W) -> logits (N, Kc, H, W); H and W divisible by 2**depth."""
         check_array(repr(self), x, ndim=4, channels=self.in_channels, finite=False)
         self._check_size(x.shape[2], x.shape[3])
-        if self.down[0]._folded():  # fast layers, inference: a slice of the batch per thread
-            N, _, H, W = x.shape
-            return map_batch(self._layers_forward, x, flops=self.forward_flops(N, H, W))
-        return self._layers_forward(x)
-
-    def _layers_forward(self, x: np.ndarray) -> np.ndarray:
-        """forward's layers, in order (x checked already)."""
         skips = []
         for i in range(self.depth):                # encoder, top to bottom
             x = self.down[i](x)                    # (N, c_i, H/2**i, W/2**i)
@@ -185,11 +211,8 @@ class UNet(Module):
         x = self.bottom(x)                         # (N, c_depth, H/2**depth, W/2**depth)
         for i in reversed(range(self.depth)):      # decoder, bottom to top
             x = self.upconv[i](x)                  # (N, c_i, H/2**i, W/2**i)
-            if self.readable:
-                x = self.concat[i](skips[i], x)    # (N, 2*c_i, H/2**i, W/2**i)
-                x = self.up[i](x)                  # (N, c_i, H/2**i, W/2**i)
-            else:  # the same without the copy: up.i's first conv reads the two halves
-                x = self.up[i](skips[i], x)        # (N, c_i, H/2**i, W/2**i)
+            x = self.concat[i](skips[i], x)        # (N, 2*c_i, H/2**i, W/2**i)
+            x = self.up[i](x)                      # (N, c_i, H/2**i, W/2**i)
         return self.head(x)                        # (N, Kc, H, W)
 
     def backward(self, dlogits: np.ndarray) -> np.ndarray:
@@ -198,10 +221,7 @@ class UNet(Module):
         dskip = [None] * self.depth
         for i in range(self.depth):                # decoder, top to bottom (forward reversed)
             d = self.up[i].backward(d)             # (N, 2*c_i, H/2**i, W/2**i)
-            if self.readable:
-                dskip[i], d = self.concat[i].backward(d)  # (N, c_i, ...) each: skip, up part
-            else:  # fast: up.i returned the two halves already
-                dskip[i], d = d
+            dskip[i], d = self.concat[i].backward(d)  # (N, c_i, ...) each: skip, up part
             d = self.upconv[i].backward(d)         # (N, c_{i+1}, H/2**(i+1), W/2**(i+1))
         d = self.bottom.backward(d)                # (N, c_{depth-1}, H/2**depth, W/2**depth)
         for i in reversed(range(self.depth)):      # encoder, bottom to top

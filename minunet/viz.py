@@ -482,3 +482,47 @@ def _summary_text(result: EvaluationResult) -> str:
         f"pixel kappa       {px.kappa:.4f}",
         f"count error       {result.count_error_mean_abs:.2f} per image",
     ])
+
+
+def learning_signals(feature_maps: Mapping[str, np.ndarray],
+                     grad_norms: Mapping[str, Sequence[float]], path: str | Path, *,
+                     title: str | None = None) -> Path:
+    """What a U-Net learns, in one PNG (1000 x 600 px): above, a feature map per level (the
+    first channel of each array in `feature_maps`, e.g. the outputs of down.0, down.1, bottom
+    kept by `mu.trace(model, keep=True)`); below, the gradient norm of each layer over the
+    training steps (`grad_norms`: layer name -> one norm per step, e.g. `Trace.grad_norms()`
+    collected each step), on a log scale: vanishing or exploding gradients show as lines
+    falling to the bottom or rising away from the rest."""
+    if not feature_maps or not grad_norms:
+        raise ValueError("learning_signals: needs at least one feature map and one layer's "
+                         "gradient norms")
+    fig = _plot_figure((1000, 600))
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1, 1.2])
+    axes = np.atleast_1d(top.subplots(1, len(feature_maps)))
+    for ax, (name, fmap) in zip(axes, feature_maps.items(), strict=True):
+        a = np.asarray(fmap, dtype=np.float64)
+        while a.ndim > 2:  # (N, C, H, W) or (C, H, W): the first image's first channel
+            a = a[0]
+        ax.imshow(a, cmap="magma", interpolation="nearest")
+        ax.set_title(f"{name} {a.shape[0]}x{a.shape[1]}", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    ax = bottom.subplots()
+    colors = [hsv_to_rgb((0.75 * k / max(len(grad_norms) - 1, 1), 0.8, 0.8))
+              for k in range(len(grad_norms))]
+    for color, (name, norms) in zip(colors, grad_norms.items(), strict=True):
+        ax.semilogy(np.arange(len(norms)), np.maximum(np.asarray(norms, float), 1e-30),
+                    color=color, label=name, linewidth=1)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("norm of the input gradient")
+    if len(grad_norms) <= 16:
+        ax.legend(fontsize=7, ncol=2)
+    else:
+        names = list(grad_norms)
+        ax.text(0.01, 0.02, f"{len(names)} layers, red: {names[0]} ... violet: {names[-1]}",
+                transform=ax.transAxes, fontsize=8)
+    if title:
+        fig.suptitle(title)
+    path = _as_path(path)
+    fig.savefig(path, dpi=DPI)
+    return path

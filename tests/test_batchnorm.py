@@ -191,3 +191,21 @@ def test_bad_inputs(L):
         L.BatchNorm2d(3).forward(np.zeros((1, 3, 1, 1), np.float32))
     with pytest.raises(RuntimeError, match=r"BatchNorm2d.backward was called before forward"):
         L.BatchNorm2d(3).backward(np.zeros((1, 3, 4, 4), np.float32))
+
+
+def test_dx_is_orthogonal_to_x_hat_only_for_eps_0():
+    """The docstring's term (3): <dx, x̂> = istd * <dx̂, x̂> * eps / (var + eps), per channel."""
+    from minunet import layers as readable
+
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 5)) * 0.01  # var ~ 1e-4 ~ eps
+    g = np.random.default_rng(1).standard_normal(x.shape)
+    for eps in (0.0, 1e-4):
+        bn = readable.BatchNorm2d(3, eps=eps).astype(np.float64)
+        bn.forward(x)
+        x_hat, istd, _ = bn._saved
+        dx = bn.backward(g)
+        inner = (dx * x_hat).sum(axis=(0, 2, 3))
+        var = x.var(axis=(0, 2, 3))
+        expected = istd * (g * x_hat).sum(axis=(0, 2, 3)) * eps / (var + eps)
+        assert np.allclose(inner, expected, rtol=1e-6, atol=1e-9)
+        assert (eps == 0) == bool(np.allclose(inner, 0, atol=1e-6))

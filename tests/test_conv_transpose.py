@@ -219,3 +219,16 @@ def test_fast_layer_finds_a_non_finite_value_anywhere(bad):
         with pytest.raises(FloatingPointError, match=r"ConvTranspose2d.backward: dout .* contains"):
             layer.backward(dy)
         assert np.isfinite(layer.weight.grad).all()
+
+
+def test_init_output_variance_is_2_over_stride_squared_as_documented():
+    """The init comment's claim: std = sqrt(2 / (Cin*K*K)) gives a 2x2 stride-2 up-step an
+    output variance of 2/S**2 = 0.5 on a standard-normal input (a Conv2d's is 2). The numbers
+    must not change: the bundled model and trained results depend on them."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16, 64, 16, 16)).astype(np.float32)
+    up = mu.ConvTranspose2d(64, 32, 2, stride=2, rng=np.random.default_rng(1))
+    assert up.weight.data.std() == pytest.approx(np.sqrt(2 / (64 * 4)), rel=0.02)
+    assert up.forward(x).var() == pytest.approx(0.5, rel=0.1)
+    conv = mu.Conv2d(64, 32, 3, rng=np.random.default_rng(1))  # no padding: every pixel full
+    assert conv.forward(x).var() == pytest.approx(2.0, rel=0.1)

@@ -180,7 +180,6 @@ def test_unet_inference_folds_and_equals_the_readable_unet():
     """The fast U-Net in eval mode with gradients off takes the folded path; its logits equal
     the readable U-Net's (same weights, trained statistics)."""
     import minunet as mu
-    from minunet import unet
 
     rng = np.random.default_rng(0)
     fast = mu.UNet(1, 3, depth=2, base_channels=8, rng=0, readable=False)
@@ -205,7 +204,7 @@ def test_unet_inference_folds_and_equals_the_readable_unet():
     assert len(calls) == 2 * (2 * 2 + 1)              # two per DoubleConv, five DoubleConvs
     assert rel(y_fast, y_readable) < 1e-5
     fast.set_grad_enabled(True)                       # gradients on: the layers run apart
-    assert not unet.DoubleConv._folded(fast.down[0])
+    assert not fast.down[0]._folded()
 
 
 def test_fold_of_two_parts_equals_fold_of_their_concatenation():

@@ -17,8 +17,10 @@ What the kernels do differently, each for a reason:
 - ReLU keeps its output (the next layer holds it anyway) instead of its input.
 - Max-pool keeps the winner's offset in one byte (uint8) per output pixel; 2x2 / stride 2
   has its own branch-free loop.
-- Convolutions are matrix products over im2col columns (see `conv.py`); the NaN/inf check of
-  their input (and of dout in backward) is a probe summed while the columns are built.
+- Convolutions go one of two routes (see `conv.py`): float32 stride-1 ones on an AVX-512 CPU
+  read a zero-padded band of the input directly (register-tiled loops, no im2col); the rest
+  are matrix products over im2col columns (BLAS). The NaN/inf check of their input (and of
+  dout in backward) is a probe summed while the band or the columns are built.
 
 `BatchNormReLU2d` (BatchNorm2d then ReLU in one pass each way) lives here only: the fast
 U-Net's DoubleConv uses it in place of each BatchNorm2d + ReLU pair.
@@ -89,7 +91,7 @@ class Concat(layers.Concat):
 
 
 class Conv2d(layers.Conv2d):
-    """layers.Conv2d as matrix products (conv.py's kernels); keeps x unpadded.
+    """layers.Conv2d by conv.py's kernels (direct or im2col + BLAS); keeps x unpadded.
 
     Fast-only: `forward(a, b)` convolves the concatenation of a and b along channels without
     building it (the U-Net's skip and up-step: conv.py copies each part into its bands), and
@@ -110,7 +112,8 @@ class Conv2d(layers.Conv2d):
         K, S, P = self.kernel_size, self.stride, self.padding
         self._check_dout(dy, (N, self.out_channels, (H + 2 * P - K) // S + 1,
                               (W + 2 * P - K) // S + 1), finite=False)  # the probe below
-        # dx first: its im2col of dy checks dy for NaN/inf before any gradient is touched
+        # dx first: its pass over dy (band or im2col) checks dy for NaN/inf before any
+        # gradient is touched
         split = x[0].shape[1] if isinstance(x, tuple) else None
         dx = conv2d_backward_input(dy, self.weight.data, S, P, H, W, who="Conv2d.backward",
                                    split=split)  # (N, Cin, H, W), or (da, db)

@@ -37,8 +37,11 @@ and dx_k = sum_m dx̂_m * d x̂_m / d x_k gives the three terms:
     dx_k = istd * ( dx̂_k                  (1) direct: x_k -> x̂_k
                   - mean_m(dx̂_m)          (2) through mu: moving every x by the same amount
                                               changes no x̂, so dx sums to zero
-                  - x̂_k * mean_m(dx̂_m x̂_m) ) (3) through var: scaling x about mu changes no
-                                              x̂, so dx is orthogonal to x̂
+                  - x̂_k * mean_m(dx̂_m x̂_m) ) (3) through var: scaling x about mu would
+                                              change no x̂ if eps were 0, and dx would be
+                                              orthogonal to x̂; with eps > 0 only nearly:
+                                              sum_k dx_k x̂_k = istd * sum_m dx̂_m x̂_m *
+                                              eps / (var + eps)
 
 In eval mode mu and var are constants and y is an affine map of x: only term (1) is left,
 dx = istd * dx̂. (With an all-ones upstream gradient the train-mode dx is exactly zero, terms

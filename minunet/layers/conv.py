@@ -24,7 +24,10 @@ and dx is dx_pad without its padding. Per tap: dw is x_tap against dy, and dx_pa
 receives w[:, :, kh, kw]^T times dy: the forward's slice, read backwards.
 
 Saved for backward: x_pad (the padded input; dw needs it). The fast version
-(`minunet.kernels.layers.Conv2d`) computes the same sums as large matrix products (im2col).
+(`minunet.kernels.layers.Conv2d`) computes the same sums in Numba kernels: on a CPU with
+AVX-512 a float32 stride-1 convolution reads its input straight from a padded band, with
+no im2col; other cases (float64, strides, no AVX-512) are matrix products over im2col
+columns (minunet/kernels/conv.py's docstring).
 """
 
 from __future__ import annotations

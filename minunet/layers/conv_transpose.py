@@ -36,8 +36,16 @@ from ..module import Module, Parameter
 class ConvTranspose2d(Module):
     """y = conv_transpose(x, w) + b, NCHW, weight (Cin, Cout, K, K), like torch.nn.ConvTranspose2d.
 
-    Weights are He-normal, std = sqrt(2 / (Cin*K*K)), drawn from `rng` (rng=None: a fresh,
+    Weights are normal with std = sqrt(2 / (Cin*K*K)), drawn from `rng` (rng=None: a fresh,
     unseeded `np.random.default_rng()`); the bias starts at zero; parameters are float32.
+
+    That is He's formula with the fan-in PyTorch computes from this weight's shape, Cin*K*K.
+    It is NOT He's variance here: an output pixel of a stride-S transposed convolution sums
+    only Cin*(K/S)**2 products (Cin for the U-Net's 2x2 stride-2 up-step, one tap each), so
+    a standard-normal input gives an output variance of 2/S**2 (0.5 at S = 2), not the 2 a
+    Conv2d gives (tests/test_conv_transpose.py measures both). Harmless in the U-Net, where
+    a batch norm follows every up-step; kept because trained results and the bundled model's
+    reproducibility depend on these exact numbers.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int,
@@ -53,7 +61,7 @@ class ConvTranspose2d(Module):
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         rng = np.random.default_rng() if rng is None else rng
         fan_in = in_channels * kernel_size * kernel_size
-        std = np.sqrt(2.0 / fan_in)  # He et al. 2015, the same rule as Conv2d
+        std = np.sqrt(2.0 / fan_in)  # He's formula on Cin*K*K: output variance 2/S**2 (above)
         w = rng.normal(0.0, std, (in_channels, out_channels, kernel_size, kernel_size))
         self.weight = Parameter(w.astype(np.float32))                       # (Cin, Cout, K, K)
         self.bias = Parameter(np.zeros(out_channels, np.float32)) if bias else None  # (Cout,)

@@ -70,7 +70,8 @@ class MaxPool2d(Module):
         dx = np.zeros(x_shape, dtype=dout.dtype)   # (N, C, H, W)
         for kh in range(K):
             for kw in range(K):
-                # forward was out = taps[..., t]: the gradient flows back where tap t won
+                # forward was out = taps[..., winner]: tap t = kh*K + kw is the input pixel
+                # x[i*S + kh, j*S + kw] of window (i, j); it gets dout[i, j] where winner == t
                 t = kh * K + kw
                 dx[:, :, kh : kh + S * Ho : S, kw : kw + S * Wo : S] += dout * (winner == t)
         return dx

@@ -1,0 +1,1 @@
+"""Exercises: write the U-Net's layers yourself, then check them (exercises/README.md)."""

@@ -1,0 +1,1 @@
+"""Layers with one wrong line each: find it with `python -m exercises.check FILE`."""
