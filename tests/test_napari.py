@@ -245,6 +245,12 @@ def test_widget_passes_diameter_and_changed_settings(viewer, qtbot):
     widget.min_size.value = widget._shown["min_size"]  # back to the model's: rescaled by segment
     run_widget(qtbot, widget)
     assert len([layer for layer in viewer.layers if "labels" in layer.name]) == 2  # replaced
+    edited = viewer.layers["broad labels"].data.copy()
+    edited[edited == 2] = 0                            # the user corrects ...
+    viewer.layers["broad labels"].data = edited
+    run_widget(qtbot, widget)                          # ... then runs again: edits are kept
+    np.testing.assert_array_equal(viewer.layers["broad labels (edited)"].data, edited)
+    assert "edits are kept" in widget.status.value
     np.testing.assert_array_equal(viewer.layers["broad labels"].data,
                                   mu.segment("nuclei", image_layer.data, diameter=30.0))
 

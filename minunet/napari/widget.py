@@ -2,7 +2,8 @@
 
     image, model (`nuclei`, a run folder or a checkpoint), diameter (as it is / auto / pixels),
     seed threshold and minimum size (prefilled from the model), [x] probabilities, Run
-    -> a Labels layer "IMAGE labels" with the image's scale (Run again replaces its data)
+    -> a Labels layer "IMAGE labels" with the image's scale (Run again replaces its data,
+       unless it was edited: then the edited layer is kept as "IMAGE labels (edited)")
     labels layer, training folder, Save for training
     -> FOLDER/images/IMAGE.tif + FOLDER/masks/IMAGE.tif (`training.save_for_training`)
 
@@ -15,6 +16,7 @@ changed value is passed as it is (`mu.segment(..., min_size=...)`, in the image'
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +57,7 @@ class SegmentWidget(Container):
         self.viewer = viewer
         self.checkpoint: Checkpoint | None = None
         self._shown: dict[str, float] = {}    # post-processing values as prefilled
+        self._results: dict[str, str] = {}    # labels layer name -> digest of what Run put there
         self.image = ComboBox(label="image", choices=self._layers_of(Image))
         self.model = ComboBox(label="model", choices=[*PRETRAINED, RUN_FOLDER, CHECKPOINT])
         self.path = FileEdit(label="model path", mode="d", visible=False)
@@ -164,10 +167,16 @@ class SegmentWidget(Container):
     def _show(self, layer: Image, labels: np.ndarray, probs: np.ndarray) -> None:
         name = f"{layer.name} labels"
         place = {"scale": layer.scale[-2:], "translate": layer.translate[-2:]}
+        kept = ""
         if name in self.viewer.layers and isinstance(self.viewer.layers[name], Labels):
-            self.viewer.layers[name].data = labels
-        else:
+            old = self.viewer.layers[name]
+            if _digest(old.data) == self._results.get(name):
+                old.data = labels                 # Run again: replace our own result
+            else:                                 # the user's corrections: keep them
+                old.name = kept = f"{name} (edited)"
+        if name not in self.viewer.layers:
             self.viewer.add_labels(labels, name=name, **place)
+        self._results[name] = _digest(labels)
         if self.probabilities.value:
             pname = f"{layer.name} probabilities"
             if pname in self.viewer.layers:
@@ -176,7 +185,8 @@ class SegmentWidget(Container):
                 self.viewer.add_image(foreground(probs), name=pname, colormap="magma",
                                       contrast_limits=(0.0, 1.0), opacity=0.5, **place)
         self._match_labels(layer)
-        self.say(f"{int(labels.max(initial=0))} objects in '{name}'")
+        note = f"; your edits are kept in '{kept}'" if kept else ""
+        self.say(f"{int(labels.max(initial=0))} objects in '{name}'{note}")
 
     # --- save for training -----------------------------------------------------------------
     def _match_labels(self, image: Image | None) -> None:
@@ -210,6 +220,12 @@ class SegmentWidget(Container):
             show_error(text)
         elif notify:
             show_info(text)
+
+
+def _digest(labels: np.ndarray) -> str:
+    """A fingerprint of a label image, to tell whether the user has painted on it."""
+    labels = np.ascontiguousarray(labels)
+    return hashlib.blake2b(labels.tobytes(), digest_size=16).hexdigest() + str(labels.shape)
 
 
 def segment_in_thread(checkpoint: Checkpoint, image: np.ndarray, diameter: float | str | None,
