@@ -78,6 +78,16 @@ def test_save_for_training_writes_stardist_layout_and_never_overwrites(tmp_path)
     assert not list((tmp_path / "cells").rglob(".*"))       # no temporary files left
 
 
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32, np.float64])
+def test_save_for_training_keeps_the_pixel_size(tmp_path, dtype):
+    image, labels = blob_image(np.random.default_rng(7), (32, 48))
+    saved = save_for_training(tmp_path, "c", image.astype(dtype), labels, (0.5, 0.25, "um"))
+    assert mu.io.read_pixel_size(saved.mask) == pytest.approx((0.5, 0.25, "um"))
+    stored = mu.io.read_pixel_size(saved.image)   # ImageJ TIFFs hold no float64: left out
+    assert stored == (None if dtype == np.float64 else pytest.approx((0.5, 0.25, "um")))
+    np.testing.assert_array_equal(tifffile.imread(saved.image), image.astype(dtype))
+
+
 def test_save_for_training_uses_an_existing_labels_folder(tmp_path):
     rng = np.random.default_rng(1)
     image, labels = blob_image(rng, (32, 32))
@@ -159,19 +169,31 @@ def display():
     exits): stopping it earlier would end the process, as Xlib exits when its server dies."""
     if os.environ.get("DISPLAY") or not shutil.which("Xvfb"):
         return bool(os.environ.get("DISPLAY"))
-    number = next(n for n in range(90, 200) if not Path(f"/tmp/.X{n}-lock").exists())
-    subprocess.Popen(["Xvfb", f":{number}", "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
-                     preexec_fn=_die_with_parent, stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL)
-    socket = Path(f"/tmp/.X11-unix/X{number}")
-    for _ in range(200):                       # up to 10 s for the server to listen
-        if socket.exists():
+    for number in range(90, 200):
+        if Path(f"/tmp/.X{number}-lock").exists():
+            continue
+        server = subprocess.Popen(["Xvfb", f":{number}", "-screen", "0", "1280x1024x24",
+                                   "-nolisten", "tcp"], preexec_fn=_die_with_parent,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if _listening(server, Path(f"/tmp/.X11-unix/X{number}")):
             break
-        time.sleep(0.05)
     else:
         return False
     os.environ["DISPLAY"] = f":{number}"
     return True
+
+
+def _listening(server: subprocess.Popen, socket: Path) -> bool:
+    """True once our server listens; False if it exits (another process took the number)."""
+    for _ in range(200):                       # up to 10 s
+        if server.poll() is not None:
+            return False
+        if socket.exists():
+            time.sleep(0.2)                    # a server that lost the race exits by now
+            return server.poll() is None
+        time.sleep(0.05)
+    server.terminate()
+    return False
 
 
 def _die_with_parent() -> None:
@@ -275,6 +297,7 @@ def test_widget_saves_corrected_labels_for_training(viewer, qtbot, tmp_path):
     from minunet.napari.widget import SegmentWidget
 
     image_layer, _ = viewer.open_sample("minunet", "broad")
+    image_layer.scale = (0.3, 0.3)
     widget = SegmentWidget(viewer)
     run_widget(qtbot, widget)
     labels = viewer.layers["broad labels"]
@@ -286,6 +309,7 @@ def test_widget_saves_corrected_labels_for_training(viewer, qtbot, tmp_path):
     assert first is not None and first.name == "broad"
     np.testing.assert_array_equal(tifffile.imread(first.mask), corrected)
     np.testing.assert_array_equal(tifffile.imread(first.image), image_layer.data)
+    assert mu.io.read_pixel_size(first.image) == pytest.approx((0.3, 0.3, "um"))
     second = widget.save()
     assert second.name == "broad-2" and "broad was taken" in widget.status.value
     assert len(find_pairs(tmp_path / "train")) == 2

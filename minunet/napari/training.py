@@ -21,10 +21,11 @@ import tifffile
 
 from ..io.files import write_atomic
 from ..io.folders import MASK_FOLDERS, MASK_SUFFIX, image_files
-from ..io.images import MAX_LABEL, write_labels
+from ..io.images import MAX_LABEL, PixelSize, write_labels
 
 IMAGES, MASKS = "images", "masks"   # StarDist's folder names (generate's labels/ is used if there)
 MAX_TRIES = 10_000                  # img01-2 ... img01-10000, then give up and say so
+IMAGEJ_TYPES = (np.uint8, np.uint16, np.float32)   # what an ImageJ TIFF (with a unit) can hold
 
 
 @dataclass(frozen=True)
@@ -50,10 +51,11 @@ def safe_name(name: str) -> str:
     return stem or "image"
 
 
-def save_for_training(folder: str | Path, name: str, image: np.ndarray, labels: np.ndarray
-                      ) -> Saved:
+def save_for_training(folder: str | Path, name: str, image: np.ndarray, labels: np.ndarray,
+                      pixel_size: PixelSize | None = None) -> Saved:
     """Write `image` (H, W) or (H, W, 3|4) and `labels` (H, W) as FOLDER/images/NAME.tif and
-    FOLDER/masks/NAME.tif (FOLDER/labels/ instead when the folder already uses it).
+    FOLDER/masks/NAME.tif (FOLDER/labels/ instead when the folder already uses it), both with
+    `pixel_size` (y, x, unit) when given (the image only if ImageJ can hold its dtype).
     Checks everything before writing; never overwrites (see the module doc)."""
     folder = Path(folder)
     image, labels = np.asarray(image), np.asarray(labels)
@@ -67,13 +69,24 @@ def save_for_training(folder: str | Path, name: str, image: np.ndarray, labels: 
     image_dir.mkdir(parents=True, exist_ok=True)
     mask_dir.mkdir(parents=True, exist_ok=True)
     image_path = image_dir / f"{stem}.tif"
-    write_atomic(image_path, lambda tmp: tifffile.imwrite(tmp, image))
+    write_atomic(image_path, lambda tmp: tifffile.imwrite(tmp, image,
+                                                          **_calibration(image, pixel_size)))
     try:
-        mask_path = write_labels(mask_dir / f"{stem}.tif", labels)
+        mask_path = write_labels(mask_dir / f"{stem}.tif", labels, pixel_size)
     except BaseException:
         image_path.unlink(missing_ok=True)   # ours, written a moment ago: no lonely image
         raise
     return Saved(image_path, mask_path, stem, asked)
+
+
+def _calibration(image: np.ndarray, pixel_size: PixelSize | None) -> dict:
+    """tifffile arguments that store the pixel size in an ImageJ TIFF, where one can hold it."""
+    if pixel_size is None or image.dtype not in IMAGEJ_TYPES or (
+            image.ndim == 3 and image.dtype != np.uint8):
+        return {}
+    dy, dx, unit = pixel_size
+    return {"imagej": True, "resolution": (1.0 / dx, 1.0 / dy), "metadata": {"unit": unit},
+            **({"photometric": "rgb"} if image.ndim == 3 else {})}
 
 
 def _check(image: np.ndarray, labels: np.ndarray, name: str) -> None:

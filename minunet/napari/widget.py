@@ -41,6 +41,7 @@ from ..models import PRETRAINED
 from ..postprocess import MIN_SIZE, SEED_THRESH
 from .reader import foreground
 from .training import Saved, save_for_training
+from .writer import pixel_size
 
 if TYPE_CHECKING:
     import napari
@@ -206,7 +207,8 @@ class SegmentWidget(Container):
             return None
         try:
             saved = save_for_training(folder, image.name, np.asarray(image.data),
-                                      np.asarray(labels.data))
+                                      np.asarray(labels.data),
+                                      pixel_size(image.scale, image.metadata))
         except (ValueError, OSError) as err:
             self.say(str(err), error=True)
             return None

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io.images import write_labels
+from ..io.images import PixelSize, write_labels
 
 DEFAULT_UNIT = "um"
 
@@ -25,10 +25,14 @@ def write_labels_layer(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     target = Path(path)
     if target.suffix.lower() not in (".tif", ".tiff"):
         target = target.with_suffix(".tif")
-    scale = tuple(float(s) for s in meta.get("scale", (1.0, 1.0)))[-2:]
-    unit = (meta.get("metadata") or {}).get("unit")
-    pixel_size = None
-    if unit or scale != (1.0, 1.0):
-        pixel_size = (scale[0], scale[1], str(unit or DEFAULT_UNIT))
-    write_labels(target, labels, pixel_size)
+    write_labels(target, labels, pixel_size(meta.get("scale"), meta.get("metadata")))
     return [str(target)]
+
+
+def pixel_size(scale: Any, metadata: dict[str, Any] | None) -> PixelSize | None:
+    """(y, x, unit) of a layer's scale and metadata; None for scale 1 without a unit."""
+    yx = tuple(float(s) for s in (scale if scale is not None else (1.0, 1.0)))[-2:]
+    unit = (metadata or {}).get("unit")
+    if not unit and yx == (1.0, 1.0):
+        return None
+    return yx[0], yx[1], str(unit or DEFAULT_UNIT)
