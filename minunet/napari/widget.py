@@ -117,8 +117,9 @@ class SegmentWidget(Container):
             return
         try:
             self.checkpoint = load(spec)
-        except (OSError, ValueError) as err:
-            self.say(f"cannot load the model: {err}", error=True)
+        except Exception as err:   # any unreadable file: say so in the status line, stay up
+            # (no pop-up: a path typed letter by letter would raise one per key)
+            self.say(f"cannot load the model: {type(err).__name__}: {err}")
             return
         post = self.checkpoint.metadata.get("postprocess", {})
         self.seed_thresh.value = float(post.get("seed_thresh", SEED_THRESH))
