@@ -278,6 +278,24 @@ def test_widget_passes_diameter_and_changed_settings(viewer, qtbot):
 
 
 @needs_napari
+def test_widget_segments_rgb_and_refuses_stacks(viewer, qtbot):
+    from minunet.napari.widget import SegmentWidget
+
+    gray, _ = blob_image(np.random.default_rng(8), (64, 80), n=6)
+    rgb = np.stack([gray // 256, gray // 200, gray // 300], axis=-1).astype(np.uint8)
+    layer = viewer.add_image(rgb, name="rgb", rgb=True)
+    widget = SegmentWidget(viewer)
+    run_widget(qtbot, widget)
+    expected = mu.segment("nuclei", rgb)
+    assert expected.max() > 0
+    np.testing.assert_array_equal(viewer.layers["rgb labels"].data, expected)
+    viewer.add_image(np.zeros((3, 32, 32), np.float32), name="stack")
+    widget.image.value = viewer.layers["stack"]
+    assert widget.run() is None and "one 2-D image" in widget.status.value
+    assert "stack labels" not in viewer.layers and layer.name == "rgb"
+
+
+@needs_napari
 def test_widget_loads_a_run_folder_and_reports_bad_paths(viewer, tmp_path):
     from minunet.napari.widget import CHECKPOINT, RUN_FOLDER, SegmentWidget
 
