@@ -188,12 +188,24 @@ def _listening(server: subprocess.Popen, socket: Path) -> bool:
     for _ in range(200):                       # up to 10 s
         if server.poll() is not None:
             return False
-        if socket.exists():
+        if socket.exists() and _accepts(socket):
             time.sleep(0.2)                    # a server that lost the race exits by now
             return server.poll() is None
         time.sleep(0.05)
     server.terminate()
     return False
+
+
+def _accepts(path: Path) -> bool:
+    """True when an X server answers on the socket (a stale socket file refuses)."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        try:
+            client.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 def _die_with_parent() -> None:
@@ -212,12 +224,30 @@ def viewer(request, display):
 
     if "minunet" not in npe2pm._manifests:
         npe2pm.register(PluginManifest.from_file(MANIFEST))
-    if display:
+    request.getfixturevalue("qtbot")          # a QApplication for the widget and the thread
+    if display and _opengl_works():
         return request.getfixturevalue("make_napari_viewer")()
     from napari.components import ViewerModel
 
-    request.getfixturevalue("qtbot")          # a QApplication for the widget and the thread
     return ViewerModel()
+
+
+def _opengl_works() -> bool:
+    """Whether Qt gets an OpenGL context with extensions (napari's canvas asks for them); a
+    display without one is told apart from a test failure, with a warning."""
+    from OpenGL import GL  # PyOpenGL, as napari's canvas (vispy) calls it
+    from qtpy.QtGui import QOffscreenSurface, QOpenGLContext
+
+    context, surface = QOpenGLContext(), QOffscreenSurface()
+    surface.create()
+    works = bool(context.create() and context.makeCurrent(surface)
+                 and GL.glGetString(GL.GL_EXTENSIONS))
+    context.doneCurrent()
+    if not works:
+        import warnings
+
+        warnings.warn("no OpenGL on this display: napari tests use a ViewerModel", stacklevel=2)
+    return works
 
 
 def run_widget(qtbot, widget):
