@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..io.files import remove_stale_temps
 from .common import (
     describe,
     limit_threads,
@@ -76,7 +77,8 @@ def predict_files(model: str | os.PathLike, files: list[str | os.PathLike],
                   out_dir: str | os.PathLike, *, workers: int | None = None,
                   scheduler: str | None = None, client: Any = None, tile: int = 256,
                   probs: bool = False, overlays: bool = False, progress: bool = True,
-                  diameter: float | str | None = None) -> CollectionReport:
+                  diameter: float | str | None = None, overwrite: bool = False
+                  ) -> CollectionReport:
     """Label every file with the checkpoint `model` (a .npz or a run folder) on a Dask cluster.
 
     workers:   start a local cluster of this many worker processes (one thread each; the
@@ -84,6 +86,9 @@ def predict_files(model: str | os.PathLike, files: list[str | os.PathLike],
     scheduler: or use the dask.distributed scheduler at this address ("tcp://host:8786")
     client:    or an existing `distributed.Client`
     diameter:  the objects' diameter in pixels or "auto", as `mu.segment(..., diameter=)`
+    overwrite: replace earlier outputs in out_dir; without it they are refused
+    The rules of the command hold: out_dir may not be a folder of the images, no output may
+    replace an input, and all of this is checked before anything is written.
     Progress ("[k/n] file -> output") goes to stderr; failures are collected, not raised.
     """
     started = time.perf_counter()
@@ -94,15 +99,13 @@ def predict_files(model: str | os.PathLike, files: list[str | os.PathLike],
         raise FileNotFoundError(f"predict_files: model checkpoint {ckpt} does not exist")
     load_model(ckpt)  # a broken checkpoint fails here, once, not on every worker
     out = Path(out_dir)
+    targets = check_outputs([Path(f) for f in files], out, probs, overlays, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     if not os.access(out, os.W_OK):
         raise PermissionError(f"predict_files: the output folder {out} is not writable")
-    stems: dict[str, Path] = {}
-    for f in map(Path, files):
-        if f.stem in stems:
-            raise ValueError(f"predict_files: {stems[f.stem]} and {f} would both be written to "
-                             f"{out / (f.stem + '.tif')}; rename one or predict them apart")
-        stems[f.stem] = f
+    for target in targets:  # what a killed run left behind
+        if target.parent.is_dir():
+            remove_stale_temps(target.parent, [target.name])
     own_client = own_cluster = None
     if client is None:
         client, own_cluster = make_client(workers, scheduler)
@@ -112,6 +115,10 @@ def predict_files(model: str | os.PathLike, files: list[str | os.PathLike],
         threads = threads_per_worker(client)
         tasks = [FileTask(str(ckpt.resolve()), str(Path(f).resolve()), str(out.resolve()), tile,
                           probs, overlays, threads, diameter) for f in files]
+        if probs or overlays:  # made here, once, not raced for by the workers
+            for sub, wanted in (("probs", probs), ("overlays", overlays)):
+                if wanted:
+                    (out / sub).mkdir(exist_ok=True)
         for k, (task, n, error) in enumerate(run_tasks(predict_file, tasks, client), start=1):
             name = str(Path(task.path))
             if error is None:
@@ -132,14 +139,56 @@ def predict_files(model: str | os.PathLike, files: list[str | os.PathLike],
     return report
 
 
+def check_outputs(files: list[Path], out: Path, probs: bool, overlays: bool,
+                  overwrite: bool) -> list[Path]:
+    """Every file the batch would write, refused (before anything is written) when it would
+    replace an input, mix with the images, collide with another, or replace an earlier output
+    without `overwrite`."""
+    from ..inference import prediction_outputs
+
+    who = "predict_files"
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{who}: out_dir {out} is a file; give a folder")
+    out_real = out.resolve()
+    inputs = {f.resolve(): f for f in files}
+    for real, f in inputs.items():
+        if real.parent == out_real:
+            raise ValueError(f"{who}: out_dir {out} is the folder of the input {f}; the labels "
+                             "would mix with the images (and could replace them): give another "
+                             "folder")
+    by_target: dict[Path, Path] = {}
+    for f in files:
+        for target in prediction_outputs(f, out, probs, overlays):
+            real = target.resolve()
+            if real in inputs:
+                raise ValueError(f"{who}: {target} would replace the input {inputs[real]}; "
+                                 "give another out_dir")
+            if real in by_target:
+                raise ValueError(f"{who}: {by_target[real]} and {f} would both be written to "
+                                 f"{target}; rename one or predict them apart")
+            by_target[real] = f
+    existing = [t for t in by_target if t.exists() or t.is_symlink()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{who}: {len(existing)} outputs already exist in {out} (e.g. "
+                              f"{existing[0]}); give another out_dir, or overwrite=True "
+                              "(--overwrite) to replace them")
+    return list(by_target)
+
+
 def predict_command(args: Any, model: Path, files: list[Path]) -> int:
     """`minunet predict ... --workers N | --scheduler ADDRESS`: returns the exit code."""
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
     out = Path(args.out)
-    report = predict_files(model, files, out, workers=args.workers,
-                           scheduler=args.scheduler, tile=args.tile, probs=args.probs,
-                           overlays=args.overlays, diameter=args.diameter)
+    try:
+        report = predict_files(model, files, out, workers=args.workers,
+                               scheduler=args.scheduler, tile=args.tile, probs=args.probs,
+                               overlays=args.overlays, diameter=args.diameter,
+                               overwrite=bool(getattr(args, "overwrite", False)))
+    except KeyboardInterrupt:
+        print(f"minunet predict: interrupted; the images labelled so far are complete in "
+              f"{out}; run the same command with --overwrite to start again", file=sys.stderr)
+        return 130
     print(f"{len(report.done)} of {len(files)} files labelled in {report.seconds:.1f} s -> {out}")
     if report.failed:
         print(f"{len(report.failed)} files failed:", file=sys.stderr)
