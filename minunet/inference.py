@@ -58,6 +58,9 @@ def segment(model: Checkpoint | Module | str | os.PathLike,
     return_probs: also return the class probabilities (Kc, H, W)
     postprocess:  override a stored `to_instances` setting (e.g. min_size=10)
     """
+    from .checks import check_postprocess
+
+    check_postprocess(postprocess, "segment")  # before the network runs, naming the setting
     if isinstance(image, (str, os.PathLike)):
         from .io.images import read_image
 
@@ -113,14 +116,40 @@ def write_prediction(model: Checkpoint | Module, path: Path, out: Path, *,
         raise ValueError(f"{path}: {n} objects do not fit a uint16 label image; segment it "
                          "with minunet.scaleout.segment_large, which writes uint32")
     targets = prediction_outputs(path, out, probs, overlays)
-    write_labels(targets[0], labels, read_pixel_size(path))
+    writers = [lambda: write_labels(targets[0], labels, read_pixel_size(path))]
     if probs:
-        targets[1].parent.mkdir(exist_ok=True)
-        write_atomic(targets[1], lambda tmp: np.save(tmp, p))
+        writers.append(lambda: write_atomic(targets[1], lambda tmp: np.save(tmp, p)))
     if overlays:
         norm, _ = stored_settings(model)
         gray = normalize(image, norm, who=str(path))
-        targets[-1].parent.mkdir(exist_ok=True)
-        write_atomic(targets[-1], lambda tmp: viz.overlay(
-            gray, None, labels, tmp, title=f"{path.name}: {n} objects"))
+        writers.append(lambda: write_atomic(targets[-1], lambda tmp: viz.overlay(
+            gray, None, labels, tmp, title=f"{path.name}: {n} objects")))
+    _write_all(path, targets, writers)
     return targets[0], n
+
+
+def _write_all(path: Path, targets: list[Path], writers: list[Any]) -> None:
+    """Write one image's outputs; if one fails (disk full, Ctrl-C), remove those this call
+    already wrote, so that a file reported failed leaves no output, and name the file."""
+    import errno
+
+    written: list[Path] = []
+    current = targets[0]
+    try:
+        for target, write in zip(targets, writers, strict=True):
+            current = target
+            target.parent.mkdir(exist_ok=True)
+            write()
+            written.append(target)
+    except BaseException as err:
+        for done in written:
+            done.unlink(missing_ok=True)
+        if not isinstance(err, OSError):
+            raise
+        full = err.errno in (errno.ENOSPC, errno.EDQUOT) or (
+            err.errno is None and "requested" in str(err))  # numpy's short write
+        hint = ("the disk is full: free some space and run again" if full
+                else "check that the folder is writable")
+        message = (f"{path}: writing {current} failed ({err.strerror or err}); no output of "
+                   f"this image was kept; {hint}")
+        raise (OSError(err.errno, message) if err.errno else OSError(message)) from err

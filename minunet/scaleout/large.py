@@ -156,6 +156,9 @@ OTSU_BINS = 256  # skimage's threshold_otsu default, which predict.foreground_me
 def normalization_params(image: LargeImage, normalization: dict[str, Any] | None,
                          block: int) -> dict[str, Any]:
     """The numbers every block is normalised with, from the whole image (see `normalize`)."""
+    from ..checks import check_normalization
+
+    check_normalization(normalization, "segment_large")
     norm = dict(DEFAULT_NORMALIZATION if normalization is None else normalization)
     method = norm.get("method")
     if method not in ("foreground", "percentile", "range", "none"):
@@ -230,9 +233,13 @@ def to_gray(raw: np.ndarray) -> np.ndarray:
     """A window as `predict.to_gray` turns it into float64 gray (RGB(A) -> BT.709 luma)."""
     if raw.dtype == bool:
         raw = raw.astype(np.uint8)
-    if raw.ndim == 3:
-        return raw[..., :3].astype(np.float64) @ RGB_TO_GRAY
-    return raw.astype(np.float64)
+    from ..checks import check_pixel_range
+
+    gray = raw[..., :3].astype(np.float64) @ RGB_TO_GRAY if raw.ndim == 3 else \
+        raw.astype(np.float64)
+    if np.isfinite(gray).all():  # NaN and inf are named where they are refused
+        check_pixel_range("the image", gray)
+    return gray
 
 
 def normalize_window(raw: np.ndarray, params: dict[str, Any]) -> np.ndarray:
