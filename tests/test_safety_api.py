@@ -229,6 +229,19 @@ def test_14_ctrl_c_while_the_command_starts_says_interrupted(tmp_path):
     assert "interrupted" in err and "Traceback" not in err, err
 
 
+# ------------------------------------------------ 16. what a killed generate left
+
+def test_16_generate_removes_what_a_killed_generate_left(tmp_path):
+    out = tmp_path / "cells"
+    (out / "images").mkdir(parents=True)
+    stale = [out / "images" / ".0001.tif.k1ll3d.tmp.tif", out / ".manifest.json.x9.tmp.json"]
+    for f in stale:
+        f.write_bytes(b"half")
+    assert main(["generate", "--n", "2", "--size", "32", "--out", str(out),
+                 "--overwrite"]) == 0
+    assert not any(f.exists() for f in stale)
+
+
 # ------------------------------------------------ 19. disk full while predicting
 def test_19_disk_full_names_the_file_and_keeps_no_partial_outputs(checkpoint, images,
                                                                    tmp_path, capsys,

@@ -241,3 +241,18 @@ def test_15_a_damaged_training_store_is_named_with_its_problem(tmp_path):
         ZarrSet(store)
     with pytest.raises(ValueError, match="not a Zarr group"):
         ZarrSet(tmp_path)
+
+
+def test_18_workers_say_how_to_go_on_after_ctrl_c(checkpoint, images, tmp_path, capsys,
+                                                  monkeypatch):
+    from minunet.scaleout import collection
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(collection, "predict_files", interrupted)
+    code = main(["predict", str(checkpoint), str(images), "--out", str(tmp_path / "out"),
+                 "--workers", "1"])
+    err = capsys.readouterr().err
+    assert code == 130 and "interrupted" in err and "--overwrite" in err, err
+

@@ -576,7 +576,6 @@ def predict_command(args: Any, model: Path, inputs: list[str]) -> int:
                 check_not_input(output, sources, "predict --chunked")
                 if out.is_dir():
                     check_new_output(output, "predict --chunked", overwrite)
-    out.mkdir(parents=True, exist_ok=True)
     client, cluster = None, None
     failed = []
     done = 0
@@ -585,6 +584,7 @@ def predict_command(args: Any, model: Path, inputs: list[str]) -> int:
             from .common import make_client
 
             client, cluster = make_client(args.workers, args.scheduler)
+        out.mkdir(parents=True, exist_ok=True)  # only now: a refused run leaves no folder
         for source, labels, probs in jobs:
             try:
                 result = segment_large(str(model), source, labels, probs_out=probs,
