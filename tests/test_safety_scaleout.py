@@ -5,6 +5,7 @@ and the rest run, temporary stores of a killed run are removed, Ctrl-C says how 
 Numbers in the test names are the findings of the issue "Every path keeps the promises"."""
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -256,3 +257,28 @@ def test_18_workers_say_how_to_go_on_after_ctrl_c(checkpoint, images, tmp_path, 
     err = capsys.readouterr().err
     assert code == 130 and "interrupted" in err and "--overwrite" in err, err
 
+
+
+def test_16_kill_9_of_chunked_leaves_a_store_the_next_run_removes(checkpoint, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    source = tmp_path / "big.npy"
+    np.save(source, np.random.default_rng(0).random((768, 768)).astype(np.float32))
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "minunet.cli", "predict", str(checkpoint), str(source),
+            "--out", str(out), "--chunked", "--block", "64"]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None and not list(
+            out.glob(".big.zarr.*.tmp.zarr")):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    assert list(out.glob(".big.zarr.*.tmp.zarr")), "the run ended before it could be killed"
+    assert subprocess.run(argv, env=env, capture_output=True, timeout=300).returncode == 0
+    assert sorted(p.name for p in out.iterdir()) == ["big.zarr"]
