@@ -569,6 +569,7 @@ def predict_command(args: Any, model: Path, inputs: list[str]) -> int:
                          "predict them into different --out folders")
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"predict --chunked: --out {out} is a file; give a folder")
+    load_model(str(model))  # a bad checkpoint is refused once, before anything is written
     sources = [source for source, _, _ in jobs]
     for _, labels, probs in jobs:  # every check before anything is computed
         for output in (labels, probs):
