@@ -282,3 +282,29 @@ def test_16_kill_9_of_chunked_leaves_a_store_the_next_run_removes(checkpoint, tm
     assert list(out.glob(".big.zarr.*.tmp.zarr")), "the run ended before it could be killed"
     assert subprocess.run(argv, env=env, capture_output=True, timeout=300).returncode == 0
     assert sorted(p.name for p in out.iterdir()) == ["big.zarr"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX only")
+def test_11_a_fifo_among_the_inputs_is_named_not_waited_on(checkpoint, images, tmp_path,
+                                                           client):
+    fifo = tmp_path / "pipe.npy"
+    os.mkfifo(fifo)
+    out = tmp_path / "out"
+    code = main(["predict", str(checkpoint), str(fifo), str(images / "a.tif"), "--out",
+                 str(out), "--chunked", "--block", "32"])
+    assert code == 2 and (out / "a.zarr").exists()
+    report = predict_files(checkpoint, [fifo, images / "b.tif"], tmp_path / "labels",
+                           client=client, progress=False)
+    assert "not a regular file" in report.failed[str(fifo)]
+    assert list(report.done) == [str(images / "b.tif")]
+
+
+def test_17_chunked_refuses_a_bad_checkpoint_before_writing(tmp_path, capsys):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a checkpoint")
+    source = tmp_path / "image.npy"
+    np.save(source, np.zeros((32, 32)))
+    code = main(["predict", str(bad), str(source), "--out", str(tmp_path / "out"),
+                 "--chunked"])
+    assert code == 2 and "bad.npz" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -66,8 +66,11 @@ def predict_file(task: FileTask) -> int:
     from ..inference import write_prediction
 
     limit_threads(task.threads)
+    path = Path(task.path)
+    if path.exists() and not path.is_file():  # stat only: opening a FIFO would block
+        raise ValueError(f"{path} is not a regular file (a folder, a FIFO or a device)")
     ckpt = load_checkpoint(task.model)
-    _, n = write_prediction(ckpt, Path(task.path), Path(task.out_dir), tile=task.tile,
+    _, n = write_prediction(ckpt, path, Path(task.out_dir), tile=task.tile,
                             probs=task.probs, overlays=task.overlays,
                             diameter=task.diameter)
     return n

@@ -61,6 +61,9 @@ def open_large(path: str | Path, key: str | None = None) -> LargeImage:
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p} does not exist")
+    if not (p.is_dir() or p.is_file()):  # stat only: opening a FIFO would block for ever
+        raise ValueError(f"{p} is not a regular file (a FIFO, a device or a socket); give the "
+                         "image file itself")
     suffix = p.suffix.lower()
     if suffix in TIFF_SUFFIXES:
         try:
