@@ -104,8 +104,8 @@ def check_normalization(normalization: object, who: str = "normalize") -> dict |
                          f"{{'method': 'foreground'}}, got {normalization!r}")
     method = normalization.get("method")
     if method not in NORMALIZATION_METHODS:
-        raise ValueError(f"{who}: normalisation 'method' is {method!r}; use one of "
-                         f"{', '.join(map(repr, NORMALIZATION_METHODS))}")
+        raise ValueError(f"{who}: unknown method {method!r} (normalisation setting 'method'); "
+                         f"use one of {', '.join(map(repr, NORMALIZATION_METHODS))}")
     low = normalization.get("low", 1.0)
     if method in ("foreground", "percentile"):
         low = _number(who, "normalization.low", low, 0.0, 100.0)

@@ -106,9 +106,7 @@ def predict_files(model: str | os.PathLike, files: list[str | os.PathLike],
     out.mkdir(parents=True, exist_ok=True)
     if not os.access(out, os.W_OK):
         raise PermissionError(f"predict_files: the output folder {out} is not writable")
-    for target in targets:  # what a killed run left behind
-        if target.parent.is_dir():
-            remove_stale_temps(target.parent, [target.name])
+    _remove_killed_writes(targets)
     own_client = own_cluster = None
     if client is None:
         client, own_cluster = make_client(workers, scheduler)
@@ -140,6 +138,19 @@ def predict_files(model: str | os.PathLike, files: list[str | os.PathLike],
             own_cluster.close()
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _remove_killed_writes(targets: list[Path]) -> None:
+    """Remove the temporary files a killed run left beside these outputs: one listing per
+    folder, then `remove_stale_temps` for the outputs that have one."""
+    folders: dict[Path, list[Path]] = {}
+    for target in targets:
+        folders.setdefault(target.parent, []).append(target)
+    for folder, outputs in folders.items():
+        hidden = [f.name for f in folder.glob(".*.tmp*")] if folder.is_dir() else []
+        names = [t.name for t in outputs if any(h.startswith(f".{t.name}.") for h in hidden)]
+        if names:
+            remove_stale_temps(folder, names)
 
 
 def check_outputs(files: list[Path], out: Path, probs: bool, overlays: bool,
