@@ -59,6 +59,11 @@ def snapshot(folder):
             if p.is_file()}
 
 
+def outputs(folder):
+    """The names of the label stores --chunked wrote (NAME.zarr, or NAME.ome.zarr)."""
+    return sorted(p.name.split(".")[0] for p in folder.iterdir() if not p.name.startswith("."))
+
+
 def dead_pid():
     pid = 4_000_000
     while common.pid_alive(pid):
@@ -164,8 +169,7 @@ def test_11_chunked_names_a_bad_input_and_labels_the_others(checkpoint, tmp_path
     assert f"{broken}" in err and "cannot be read" in err
     assert f"{ome}" in err and "'nope'" in err and "does not hold" in err
     assert f"{folder} is a folder, not a Zarr store" in err and "without --chunked" in err
-    assert zarr.open_array(str(out / "good.zarr")).shape == (40, 40)
-    assert sorted(p.name for p in out.iterdir()) == ["good.zarr"]
+    assert outputs(out) == ["good"]  # the only output
 
 
 # ------------------------------------------ 16. temporary stores of a killed run are removed
@@ -275,13 +279,13 @@ def test_16_kill_9_of_chunked_leaves_a_store_the_next_run_removes(checkpoint, tm
                                stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and process.poll() is None and not list(
-            out.glob(".big.zarr.*.tmp.zarr")):
+            out.glob(".big.*.tmp*")):
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
-    assert list(out.glob(".big.zarr.*.tmp.zarr")), "the run ended before it could be killed"
+    assert list(out.glob(".big.*.tmp*")), "the run ended before it could be killed"
     assert subprocess.run(argv, env=env, capture_output=True, timeout=300).returncode == 0
-    assert sorted(p.name for p in out.iterdir()) == ["big.zarr"]
+    assert outputs(out) == ["big"] and not list(out.glob(".*"))
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX only")
@@ -292,7 +296,7 @@ def test_11_a_fifo_among_the_inputs_is_named_not_waited_on(checkpoint, images, t
     out = tmp_path / "out"
     code = main(["predict", str(checkpoint), str(fifo), str(images / "a.tif"), "--out",
                  str(out), "--chunked", "--block", "32"])
-    assert code == 2 and (out / "a.zarr").exists()
+    assert code == 2 and outputs(out) == ["a"]
     report = predict_files(checkpoint, [fifo, images / "b.tif"], tmp_path / "labels",
                            client=client, progress=False)
     assert "not a regular file" in report.failed[str(fifo)]
