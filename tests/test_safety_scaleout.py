@@ -312,3 +312,14 @@ def test_17_chunked_refuses_a_bad_checkpoint_before_writing(tmp_path, capsys):
                  "--chunked"])
     assert code == 2 and "bad.npz" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_7_segment_large_checks_the_settings_it_is_given_before_writing(tmp_path):
+    source = tmp_path / "image.npy"
+    np.save(source, np.zeros((32, 32)))
+    for metadata, name in (({"postprocess": {"fg_thresh": float("nan")}}, "fg_thresh"),
+                           ({"normalization": {"method": "foreground", "level": 0}}, "level")):
+        with pytest.raises(ValueError, match=name):
+            segment_large((small_unet(), metadata), source, tmp_path / "l.zarr",
+                          progress=False)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["image.npy"]

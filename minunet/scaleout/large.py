@@ -429,7 +429,11 @@ def segment_large(model: ModelRef, source: str | Path, labels_out: str | Path, *
         raise TypeError(f"{who}: on a cluster, give the checkpoint's path, which each worker "
                         "loads once, not a model object")
     net, metadata = load_model(model)
-    norm_settings, _ = settings(metadata)
+    norm_settings, post_settings = settings(metadata)
+    from ..checks import check_normalization, check_postprocess
+
+    check_normalization(norm_settings, who)  # (model, metadata) given: not checked by load
+    check_postprocess(post_settings, who)
     image = open_large(source, key)
     depth = int(math.log2(size_multiple(net)))
     plan = make_plan(image.height, image.width, depth, block=block, halo=halo, strip=strip)
