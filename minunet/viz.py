@@ -99,6 +99,9 @@ def _save_picture(
 ) -> Path:
     """Write an (H, W, 3) uint8 picture pixel for pixel, a legend strip below, a title above."""
     path = _as_path(path)
+    step = math.ceil(max(rgb.shape[:2]) / MAX_SCALED_SIDE)
+    if step > 1:  # Agg draws at most 65,536 px a side: every step-th pixel of a huge picture
+        rgb = rgb[::step, ::step]
     h, w = rgb.shape[:2]
     bottom = LEGEND_HEIGHT if legend else 0
     top = TITLE_HEIGHT if title else 0

@@ -138,6 +138,16 @@ print("ok")
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
 
 
+def test_9_a_picture_wider_than_agg_can_draw_is_thinned_not_an_error(tmp_path):
+    import matplotlib.image
+
+    image = np.random.default_rng(0).random((2, 70_000))
+    labels = np.zeros(image.shape, np.int32)
+    labels[:, 100:200] = 1
+    path = mu.viz.overlay(image, None, labels, tmp_path / "wide.png")
+    assert matplotlib.image.imread(path).shape[1] <= mu.viz.MAX_SCALED_SIDE
+
+
 def _env(**extra):
     env = dict(os.environ, PYTHONPATH=str(ROOT), **extra)
     return env
