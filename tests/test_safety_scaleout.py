@@ -323,3 +323,16 @@ def test_7_segment_large_checks_the_settings_it_is_given_before_writing(tmp_path
             segment_large((small_unet(), metadata), source, tmp_path / "l.zarr",
                           progress=False)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["image.npy"]
+
+
+def test_19_a_full_disk_while_writing_a_training_store_names_it(tmp_path, monkeypatch):
+    import errno
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    labels = np.zeros((2, 16, 16), np.int32)
+    monkeypatch.setattr("minunet.io.lazy._sample_from", full)
+    with pytest.raises(OSError, match=r"set\.zarr.*free some disk space"):
+        write_zarr_set(tmp_path / "set.zarr", np.zeros((2, 16, 16)), labels)
+    assert list(tmp_path.iterdir()) == []

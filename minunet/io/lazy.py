@@ -27,6 +27,7 @@ weight one after another) besides the batch being built.
 
 from __future__ import annotations
 
+import errno
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -327,6 +328,12 @@ def write_zarr_set(path: str | Path, images: Iterable[np.ndarray],
         group.attrs.update({"format": STORE_FORMAT, "version": STORE_VERSION,
                             "normalization": json.loads(json.dumps(norm))})
         publish(tmp, path)
+    except OSError as err:  # a full disk: name the store; nothing of it is kept
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise OSError(err.errno, f"write_zarr_set: writing {path} failed ({err.strerror or err});"
+                      " nothing of it was kept; free some disk space or write it elsewhere"
+                      ) from err
     finally:
         remove(tmp)
     return path
