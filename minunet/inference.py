@@ -58,9 +58,6 @@ def segment(model: Checkpoint | Module | str | os.PathLike,
     return_probs: also return the class probabilities (Kc, H, W)
     postprocess:  override a stored `to_instances` setting (e.g. min_size=10)
     """
-    from .checks import check_postprocess
-
-    check_postprocess(postprocess, "segment")  # before the network runs, naming the setting
     if isinstance(image, (str, os.PathLike)):
         from .io.images import read_image
 
