@@ -12,7 +12,8 @@ Arrays are NCHW: (N, C, H, W). Training runs in float32; every layer also runs i
 which is what the gradient checker uses.
 """
 
-from . import data, io, metrics, viz
+# _startup first: a Ctrl-C while the `minunet` command is still importing (see there)
+from . import _startup, data, io, metrics, viz  # noqa: F401
 from .checkpoint import Checkpoint, CheckpointError, load, save
 from .export import export_bioimageio, export_onnx
 from .gradcheck import GradcheckError, GradcheckReport, gradcheck

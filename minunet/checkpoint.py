@@ -121,6 +121,8 @@ MAX_BASE_CHANNELS = 1024           # 64 is already a large U-Net
 MAX_IO_CHANNELS = 256              # input channels and classes
 MAX_PARAMETERS = 250_000_000       # 1 GB of float32 weights: far beyond any U-Net here
 MAX_COMPRESSION = 100              # save() writes uncompressed; real weights never shrink 100x
+MAX_ENTRIES = 4096                 # a depth-8 U-Net has ~250 arrays; Adam triples that
+MAX_OPTIMIZER_FACTOR = 4           # optimizer state: Adam's two moments (+ a copy) per weight
 MODEL_DTYPES = ("float16", "float32", "float64")
 HEADER_TYPES: dict[str, tuple[type, ...]] = {
     "format": (str,), "format_version": (int,), "minunet_version": (str,),
@@ -167,6 +169,7 @@ def load(path: str | os.PathLike, model: Module | type[Module] | None = None) ->
     """
     path = resolve(path)
     who = f"load({path})"
+    _check_regular_file(path, who)
     try:
         with zipfile.ZipFile(path) as archive:
             members = _members(archive, who)
@@ -237,10 +240,32 @@ def load(path: str | os.PathLike, model: Module | type[Module] | None = None) ->
 Member = tuple[zipfile.ZipInfo, tuple[int, ...], np.dtype]
 
 
+def _check_regular_file(path: Path, who: str) -> None:
+    """Only a regular file is opened: a device (/dev/zero) would be read without end and a
+    FIFO would block for ever. os.stat tells without opening it (a symlink is followed)."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise CheckpointError(f"{who}: cannot be read ({exc.strerror or exc})") from exc
+    if not stat.S_ISREG(mode):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a device" if
+                stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if
+                stat.S_ISSOCK(mode) else "not a regular file")
+        raise CheckpointError(f"{who}: the checkpoint is {kind}, not a regular file; give the "
+                              ".npz file itself")
+
+
 def _members(archive: zipfile.ZipFile, who: str) -> dict[str, Member]:
     """key -> (zip entry, declared shape, declared dtype), from the .npy headers alone."""
     members: dict[str, Member] = {}
-    for info in archive.infolist():
+    entries = archive.infolist()
+    if len(entries) > MAX_ENTRIES:  # counted from the central directory, before any is read
+        raise CheckpointError(f"{who}: the archive holds {len(entries)} entries (a minunet "
+                              f"checkpoint holds at most {MAX_ENTRIES}): damaged or crafted "
+                              "file")
+    for info in entries:
         if not info.filename.endswith(".npy"):
             raise CheckpointError(f"{who}: entry '{info.filename}' is not an array: not a "
                                   f"checkpoint written by minunet.save")
@@ -282,10 +307,14 @@ def _read_header(archive: zipfile.ZipFile, members: dict[str, Member], who: str,
         raise CheckpointError(f"{who}: '{HEADER_KEY}' must be one JSON string of at most "
                               f"{MAX_HEADER_BYTES} bytes, got {dtype} of shape {shape}: not a "
                               f"minunet checkpoint")
+    from .checks import load_json
+
     try:
-        header = json.loads(str(_read_member(archive, info, who)))
+        header = load_json(str(_read_member(archive, info, who)), f"{who}: the header")
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{who}: the header is not valid JSON: corrupted file") from exc
+    except ValueError as exc:  # nested too deeply
+        raise CheckpointError(str(exc)) from exc
     if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{who}: the header does not say '{FORMAT_NAME}': not a minunet "
                               f"checkpoint")
@@ -304,7 +333,24 @@ def _read_header(archive: zipfile.ZipFile, members: dict[str, Member], who: str,
     if header["model_dtype"] not in MODEL_DTYPES:
         raise CheckpointError(f"{who}: the header's 'model_dtype' is {header['model_dtype']!r}; "
                               f"expected one of {', '.join(MODEL_DTYPES)}")
+    _check_stored_settings(header["metadata"], who)
     return header
+
+
+def _check_stored_settings(metadata: dict[str, Any], who: str) -> None:
+    """The settings `segment` and `minunet predict` apply (normalisation, post-processing,
+    training diameter) must be usable: a NaN threshold or a zero level would give 0 objects
+    on every image without an error."""
+    from .checks import check_diameter, check_normalization, check_postprocess
+
+    try:
+        check_normalization(metadata.get("normalization"), who)
+        check_postprocess(metadata.get("postprocess"), who)
+        check_diameter(metadata.get("diameter"), who)
+    except ValueError as exc:
+        raise CheckpointError(f"{exc} (stored in the checkpoint's metadata); the file is "
+                              "damaged or was written with wrong settings: use another "
+                              "checkpoint, or save the model again with valid ones") from exc
 
 
 def _check_model_size(cls: type, config: dict[str, Any], who: str) -> None:
@@ -371,9 +417,15 @@ def _check_declared_arrays(model: Module, members: dict[str, Member], who: str,
             raise CheckpointError(f"{who}: the saved weights do not fit {what}: '{key}' has "
                                   f"shape {shape}, the model needs {tuple(expected[key])}")
     weights_bytes = sum(math.prod(s) * 8 for s in expected.values())
+    optimizer_bytes = 0
     for key, (_, shape, dtype) in members.items():
         if not key.startswith(OPTIMIZER_PREFIX):
             continue
+        optimizer_bytes += math.prod(shape) * dtype.itemsize
+        if optimizer_bytes > MAX_OPTIMIZER_FACTOR * weights_bytes + (1 << 20):
+            raise CheckpointError(f"{who}: the optimizer state declares more than "
+                                  f"{MAX_OPTIMIZER_FACTOR} times the model's size: damaged or "
+                                  "crafted file")
         if dtype.kind not in "biuf":
             raise CheckpointError(f"{who}: '{key}' is {dtype}; optimizer state must be real "
                                   f"numbers: damaged or crafted file")

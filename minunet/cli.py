@@ -56,10 +56,17 @@ class InputError(Exception):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .train import TrainingDiverged
+    from ._startup import end_start_up
 
-    parser = _parser()
-    args = parser.parse_args(argv)
+    end_start_up()  # Ctrl-C raises KeyboardInterrupt again, caught below
+    try:
+        from .train import TrainingDiverged
+
+        parser = _parser()
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        print("minunet: interrupted while starting; nothing was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if not getattr(args, "run", None):
         parser.print_help()
         return EXIT_BAD_INPUT
@@ -300,9 +307,11 @@ def _resume_config(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
         raise InputError(f"--resume {run} keeps the run's own settings (config.json); {flags} "
                          f"cannot change them (only --epochs, --patience and --data can). Start "
                          f"a new run with --out to train otherwise")
+    from .checks import load_json
+
     try:
-        config = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        config = load_json(config_path.read_text(), str(config_path))
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError, or nested too deeply
         raise InputError(f"{config_path} is not valid JSON ({err}); the run cannot be "
                          "resumed") from err
     if not isinstance(config, dict):
@@ -750,6 +759,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if any(p.resolve() == out.resolve() for p in used):
         raise InputError(f"--out {out} is one of the input folders; give a report folder of "
                          "its own")
+    for p in used:  # e.g. --out DATA/images with --truth DATA: the report among the images
+        if p.is_dir() and p.resolve() in out.resolve().parents:
+            raise InputError(f"--out {out} lies inside the input folder {p}; the report would "
+                             "mix with your files: give a report folder outside it")
     if out.exists() and not args.overwrite and any((out / f).exists() for f in REPORT_FILES):
         raise InputError(f"--out {out} already holds a report; give another folder, or "
                          "--overwrite to replace it")

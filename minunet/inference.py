@@ -292,15 +292,15 @@ def write_prediction(model: Checkpoint | Module, path: Path, out: Path, *,
     info = {"model": Path(model.path).name if isinstance(model, Checkpoint) else "module",
             "prob_thresh": used.pop("fg_thresh"), **used}
     stack_axis = "T" if image.plane_axes == "T" else "Z"
-    write_labels(targets[0], labels, image.pixel_size, z_spacing=image.z_spacing,
-                 plane_axes=stack_axis, info=info)
+    writers = [lambda: write_labels(targets[0], labels, image.pixel_size,
+                                    z_spacing=image.z_spacing, plane_axes=stack_axis,
+                                    info=info)]
     if probs:
-        targets[1].parent.mkdir(exist_ok=True)
-        write_atomic(targets[1], lambda tmp: np.save(tmp, p))
+        writers.append(lambda: write_atomic(targets[1], lambda tmp: np.save(tmp, p)))
     if rois:
         from .rois import write_rois
 
-        write_rois(labels, out / f"{output_stem(path)}{ROIS_SUFFIX}")
+        writers.append(lambda: write_rois(labels, out / f"{output_stem(path)}{ROIS_SUFFIX}"))
     if overlays:
         norm, _ = stored_settings(model)
         inputs = model_channels(model, channel)     # a multi-channel model: show its first
@@ -309,7 +309,34 @@ def write_prediction(model: Checkpoint | Module, path: Path, out: Path, *,
         gray = normalize(raw[middle], norm, who=str(path))
         shown = labels if labels.ndim == 2 else labels[middle]
         where = "" if labels.ndim == 2 else f", plane {middle} of {len(raw)}"
-        targets[-1].parent.mkdir(exist_ok=True)
-        write_atomic(targets[-1], lambda tmp: viz.overlay(
-            gray, None, shown, tmp, title=f"{path.name}: {n} objects{where}"))
+        writers.append(lambda: write_atomic(targets[-1], lambda tmp: viz.overlay(
+            gray, None, shown, tmp, title=f"{path.name}: {n} objects{where}")))
+    _write_all(path, targets, writers)
     return targets[0], n
+
+
+def _write_all(path: Path, targets: list[Path], writers: list[Any]) -> None:
+    """Write one image's outputs; if one fails (disk full, Ctrl-C), remove those this call
+    already wrote, so that a file reported failed leaves no output, and name the file."""
+    import errno
+
+    written: list[Path] = []
+    current = targets[0]
+    try:
+        for target, write in zip(targets, writers, strict=True):
+            current = target
+            target.parent.mkdir(exist_ok=True)
+            write()
+            written.append(target)
+    except BaseException as err:
+        for done in written:
+            done.unlink(missing_ok=True)
+        if not isinstance(err, OSError):
+            raise
+        full = err.errno in (errno.ENOSPC, errno.EDQUOT) or (
+            err.errno is None and "requested" in str(err))  # numpy's short write
+        hint = ("the disk is full: free some space and run again" if full
+                else "check that the folder is writable")
+        message = (f"{path}: writing {current} failed ({err.strerror or err}); no output of "
+                   f"this image was kept; {hint}")
+        raise (OSError(err.errno, message) if err.errno else OSError(message)) from err

@@ -34,7 +34,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.segmentation import relabel_sequential, watershed
 
-from .checks import check_finite
+from .checks import check_finite, check_postprocess
 
 FG_THRESH = 0.5  # foreground iff more likely than background
 SEED_THRESH = 0.5  # a seed pixel is more likely interior than not
@@ -239,6 +239,10 @@ def to_instances(
     Raises TypeError / ValueError / FloatingPointError for a wrong type or shape, probabilities
     outside [0, 1], or NaN / inf.
     """
+    check_postprocess({"mode": mode, "fg_thresh": fg_thresh, "seed_thresh": seed_thresh,
+                       "min_seed_size": min_seed_size, "min_size": min_size,
+                       "keep_unseeded": keep_unseeded, "split": split,
+                       "split_depth": split_depth})  # a NaN threshold: 0 objects, no error
     batch = _check_probs(probs, mode)  # (N, Kc, H, W)
     kc = batch.shape[1]
     out = np.zeros((batch.shape[0], *batch.shape[2:]), dtype=np.int32)  # (N, H, W)

@@ -97,12 +97,16 @@ def normalize(image: np.ndarray, normalization: dict[str, Any] | None = None, *,
                    floats taken as they are.
       "none":      the values as they are (float32).
     """
+    from .checks import check_normalization, check_pixel_range
+
+    check_normalization(normalization, "normalize")  # a zero level would give blank images
     norm = dict(DEFAULT_NORMALIZATION if normalization is None else normalization)
     raw = np.asarray(image)
     gray = to_gray(raw, who=who)
     if not np.isfinite(gray).all():
         raise ValueError(f"{who}: contains NaN or inf values ({int((~np.isfinite(gray)).sum())} "
                          "pixels); fix or mask them before predicting")
+    check_pixel_range(who, gray)  # ±1.8e308 is finite, but its range is not
     method = norm.get("method")
     if method == "foreground":
         lo = np.percentile(gray, norm.get("low", 1.0))

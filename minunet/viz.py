@@ -57,12 +57,25 @@ def _as_path(path: str | Path) -> Path:
     return path
 
 
-def _auto_scale(width: int, scale: int | None) -> int:
+MAX_SCALED_PIXELS = 4_000_000  # an upscaled picture holds at most this many pixels (~30 bytes
+                               # each while drawn), so a tall narrow image stays small
+MAX_SCALED_SIDE = 16_384       # px: nor grows taller or wider than this (Agg stops at 65,536)
+
+
+def _auto_scale(width: int, scale: int | None, height: int | None = None) -> int:
+    """The whole factor small images are drawn at: enough to make them MIN_PICTURE_WIDTH
+    wide, but (given the height) never beyond MAX_SCALED_PIXELS or MAX_SCALED_SIDE: a
+    1000 x 3 image would otherwise become 160,000 x 480 pixels."""
     if scale is not None:
         if int(scale) < 1:
             raise ValueError(f"viz: scale must be a whole number >= 1, got {scale}")
         return int(scale)
-    return max(1, math.ceil(MIN_PICTURE_WIDTH / max(width, 1)))
+    s = max(1, math.ceil(MIN_PICTURE_WIDTH / max(width, 1)))
+    if height is not None:
+        area = max(height, 1) * max(width, 1)
+        s = min(s, math.isqrt(MAX_SCALED_PIXELS // area),
+                MAX_SCALED_SIDE // max(height, width, 1))
+    return max(1, s)
 
 
 def _upscale(a: np.ndarray, scale: int) -> np.ndarray:
@@ -86,6 +99,9 @@ def _save_picture(
 ) -> Path:
     """Write an (H, W, 3) uint8 picture pixel for pixel, a legend strip below, a title above."""
     path = _as_path(path)
+    step = math.ceil(max(rgb.shape[:2]) / MAX_SCALED_SIDE)
+    if step > 1:  # Agg draws at most 65,536 px a side: every step-th pixel of a huge picture
+        rgb = rgb[::step, ::step]
     h, w = rgb.shape[:2]
     bottom = LEGEND_HEIGHT if legend else 0
     top = TITLE_HEIGHT if title else 0
@@ -131,7 +147,7 @@ def error_map(
     the smallest whole factor that makes it at least 480 px wide.
     """
     rgb = error_map_rgb(true_labels, pred_labels)
-    s = _auto_scale(rgb.shape[1], scale)
+    s = _auto_scale(rgb.shape[1], scale, rgb.shape[0])
     legend = [("true positive", TP_COLOR), ("false positive", FP_COLOR),
               ("false negative", FN_COLOR)]
     return _save_picture(_upscale(rgb, s), path, legend, title)
@@ -202,7 +218,7 @@ def overlay(
 
     Without truth (`true_labels=None`) nothing can be matched: every predicted object is
     outlined yellow and the legend says just that."""
-    s = _auto_scale(np.shape(image)[-1], scale)
+    s = _auto_scale(np.shape(image)[-1], scale, np.shape(image)[-2])
     if true_labels is None:
         n = len(np.unique(pred_labels[pred_labels > 0]))
         rgb = outline_rgb(image, pred_labels, scale=s)
@@ -241,7 +257,7 @@ def label_image(
     """Label image colored by instance (stable colors, see `label_rgb`); no legend strip."""
     rgb = label_rgb(labels)
     n = int(np.unique(labels[labels > 0]).size)
-    s = _auto_scale(rgb.shape[1], scale)
+    s = _auto_scale(rgb.shape[1], scale, rgb.shape[0])
     return _save_picture(_upscale(rgb, s), path, [], title if title else f"{n} objects")
 
 

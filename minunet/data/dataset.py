@@ -40,6 +40,7 @@ def save_dataset(out_dir: str | Path, images: np.ndarray, labels: np.ndarray, ma
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "labels").mkdir(parents=True, exist_ok=True)
     digits = max(4, len(str(len(images) - 1)))
+    _remove_killed_writes(out)
     for i, (image, label) in enumerate(zip(images, labels, strict=True)):
         name = f"{i:0{digits}d}.tif"
         for folder, array in (("images", image.astype(np.float32)),
@@ -51,6 +52,21 @@ def save_dataset(out_dir: str | Path, images: np.ndarray, labels: np.ndarray, ma
               "n": len(images), "size": list(images.shape[1:])}
     text = json.dumps(record, indent=2, sort_keys=True) + "\n"
     write_atomic(out / MANIFEST, lambda tmp: tmp.write_text(text))
+
+
+def _remove_killed_writes(out: Path) -> None:
+    """Remove the temporary files a killed (kill -9) generate left: `.NNNN.tif.XXXX.tmp.tif`
+    in images/ and labels/, `.manifest.json.XXXX.tmp.json`. One listing per folder, then
+    `remove_stale_temps` for the names that have one."""
+    from ..io.files import remove_stale_temps
+
+    for folder in (out / "images", out / "labels", out):
+        names = {f.name[1:].split(".tmp", 1)[0].rsplit(".", 1)[0]
+                 for f in folder.glob(".*.tmp*")}
+        wanted = [n for n in names if n == MANIFEST or (n.endswith(".tif")
+                                                      and n[:-4].isdigit())]
+        if wanted:
+            remove_stale_temps(folder, wanted)
 
 
 def load_dataset(directory: str | Path) -> tuple[np.ndarray, np.ndarray, dict]:

@@ -27,6 +27,7 @@ weight one after another) besides the batch being built.
 
 from __future__ import annotations
 
+import errno
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -204,15 +205,30 @@ class ZarrSet(LazySet):
         import zarr
 
         self.path = Path(path)
-        group = zarr.open_group(str(self.path), mode="r")
+        who = f"ZarrSet: {self.path}"
+        if not self.path.is_dir():
+            raise FileNotFoundError(f"{who} is not a folder; a training store is the Zarr "
+                                    "folder write_zarr_set writes")
+        try:
+            group = zarr.open_group(str(self.path), mode="r")
+        except Exception as err:  # no zarr.json / .zgroup, or a damaged one
+            raise ValueError(f"{who} is not a Zarr group ({type(err).__name__}: {err}); write "
+                             "a training store with write_zarr_set") from err
         attrs = dict(group.attrs)
         if attrs.get("format") != STORE_FORMAT or attrs.get("version") != STORE_VERSION:
             raise ValueError(f"ZarrSet: {self.path} is not a minunet training store (version "
                              f"{STORE_VERSION}); write one with write_zarr_set")
-        self.arrays = [group[name] for name in ("x", "targets", "weights", "labels")]
+        self.arrays = _store_arrays(group, who)
         self.normalization = attrs.get("normalization")
+        if self.normalization is not None and not isinstance(self.normalization, dict):
+            raise ValueError(f"{who}: its 'normalization' attribute is "
+                             f"{self.normalization!r}, not a dict of settings")
         n = self.arrays[0].shape[0]
-        self.keep = np.arange(n) if indices is None else np.array([int(i) for i in indices])
+        self.keep = np.arange(n) if indices is None else np.array([int(i) for i in indices],
+                                                                  dtype=np.int64)
+        if self.keep.size and not (0 <= self.keep.min() and self.keep.max() < n):
+            raise IndexError(f"{who}: samples {self.keep.min()}..{self.keep.max()} asked for, "
+                             f"the store holds {n}")
         self.shape = tuple(self.arrays[0].shape[2:])
 
     def __len__(self) -> int:
@@ -232,6 +248,34 @@ class ZarrSet(LazySet):
                 np.asarray(w, np.float32), np.asarray(lab).astype(np.int32))
 
 
+STORE_ARRAYS = ("x", "targets", "weights", "labels")
+
+
+def _store_arrays(group: Any, who: str) -> list[Any]:
+    """The store's four arrays, checked: all present, x (n, 1, H, W) and the others
+    (n, H, W) of one n, H and W, real numbers."""
+    present = {name for name, _ in group.arrays()}
+    missing = [name for name in STORE_ARRAYS if name not in present]
+    if missing:
+        raise ValueError(f"{who}: the training store has no array {', '.join(missing)} (it "
+                         f"holds {sorted(present) or 'none'}); it is incomplete or damaged: "
+                         "write it again with write_zarr_set")
+    arrays = [group[name] for name in STORE_ARRAYS]
+    shapes = {name: tuple(int(s) for s in a.shape) for name, a in zip(STORE_ARRAYS, arrays,
+                                                                       strict=True)}
+    x = shapes["x"]
+    want = {"x": x} if len(x) != 4 or x[1] != 1 else {
+        "x": x, "targets": (x[0], *x[2:]), "weights": (x[0], *x[2:]), "labels": (x[0], *x[2:])}
+    if len(x) != 4 or x[1] != 1 or any(shapes[k] != v for k, v in want.items()):
+        raise ValueError(f"{who}: the arrays' shapes do not fit together ({shapes}); x must be "
+                         "(n, 1, H, W) and targets, weights, labels (n, H, W), one n for all: "
+                         "write the store again with write_zarr_set")
+    for name, a in zip(STORE_ARRAYS, arrays, strict=True):
+        if np.dtype(a.dtype).kind not in "biuf":
+            raise ValueError(f"{who}: array '{name}' holds {a.dtype}, not numbers")
+    return arrays
+
+
 def write_zarr_set(path: str | Path, images: Iterable[np.ndarray],
                    labels: Iterable[np.ndarray], *, normalization: dict[str, Any] | None = None,
                    n: int | None = None) -> Path:
@@ -243,10 +287,17 @@ def write_zarr_set(path: str | Path, images: Iterable[np.ndarray],
     """
     import zarr
 
-    from ..scaleout.common import check_new_output, publish, remove, temporary_sibling
+    from ..scaleout.common import (
+        check_new_output,
+        publish,
+        remove,
+        remove_stale_siblings,
+        temporary_sibling,
+    )
 
     path = Path(path)
     check_new_output(path, "write_zarr_set")
+    remove_stale_siblings(path)  # stores a killed (kill -9) write left behind
     norm = dict(DEFAULT_NORMALIZATION if normalization is None else normalization)
     n = len(images) if n is None else n  # type: ignore[arg-type]
     tmp = temporary_sibling(path, ".zarr")
@@ -277,6 +328,12 @@ def write_zarr_set(path: str | Path, images: Iterable[np.ndarray],
         group.attrs.update({"format": STORE_FORMAT, "version": STORE_VERSION,
                             "normalization": json.loads(json.dumps(norm))})
         publish(tmp, path)
+    except OSError as err:  # a full disk: name the store; nothing of it is kept
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise OSError(err.errno, f"write_zarr_set: writing {path} failed ({err.strerror or err});"
+                      " nothing of it was kept; free some disk space or write it elsewhere"
+                      ) from err
     finally:
         remove(tmp)
     return path

@@ -44,21 +44,40 @@ import numpy as np
 ENV_THREADS = "MINUNET_NUM_THREADS"
 
 
-def _default_threads() -> int:
-    value = os.environ.get(ENV_THREADS, "").strip()
-    if value:
-        try:
-            n = int(value)
-        except ValueError:
-            raise ValueError(f"{ENV_THREADS}={value!r} is not an integer: set it to the number "
-                             f"of threads minunet may use (e.g. 2), or unset it") from None
-        if n < 1:
-            raise ValueError(f"{ENV_THREADS}={value!r} must be >= 1")
-        return n
+def _available_cores() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
         return max(1, os.cpu_count() or 1)
+
+
+def _default_threads() -> int:
+    """MINUNET_NUM_THREADS if it is a usable number, else the cores this process may use.
+
+    A wrong value is read when minunet is imported, where an exception would be a traceback
+    before anything could name it; so it is warned about and replaced: not a whole number or
+    below 1 -> the cores; more than the cores -> the cores (more threads than cores only wait
+    for each other, and 100,000 threads cannot even be started)."""
+    import warnings
+
+    cores = _available_cores()
+    value = os.environ.get(ENV_THREADS, "").strip()
+    if not value:
+        return cores
+    try:
+        n = int(value)
+    except ValueError:
+        n = None
+    if n is None or n < 1:
+        warnings.warn(f"{ENV_THREADS}={value!r} is not a whole number of threads >= 1; "
+                      f"minunet uses {cores} (the cores it may run on). Set it to e.g. 2, or "
+                      "unset it", stacklevel=2)
+        return cores
+    if n > cores:
+        warnings.warn(f"{ENV_THREADS}={value!r} is more than the {cores} cores minunet may "
+                      f"run on; it uses {cores}", stacklevel=2)
+        return cores
+    return n
 
 
 _num_threads = _default_threads()

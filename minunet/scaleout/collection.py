@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..inference import output_stem
+from ..io.files import remove_stale_temps
 from .common import (
     describe,
     limit_threads,
@@ -66,8 +67,11 @@ def predict_file(task: FileTask) -> int:
     from ..inference import write_prediction
 
     limit_threads(task.threads)
+    path = Path(task.path)
+    if path.exists() and not path.is_file():  # stat only: opening a FIFO would block
+        raise ValueError(f"{path} is not a regular file (a folder, a FIFO or a device)")
     ckpt = load_checkpoint(task.model)
-    _, n = write_prediction(ckpt, Path(task.path), Path(task.out_dir), tile=task.tile,
+    _, n = write_prediction(ckpt, path, Path(task.out_dir), tile=task.tile,
                             probs=task.probs, overlays=task.overlays,
                             diameter=task.diameter)
     return n
@@ -77,7 +81,8 @@ def predict_files(model: str | os.PathLike, files: list[str | os.PathLike],
                   out_dir: str | os.PathLike, *, workers: int | None = None,
                   scheduler: str | None = None, client: Any = None, tile: int = 256,
                   probs: bool = False, overlays: bool = False, progress: bool = True,
-                  diameter: float | str | None = None) -> CollectionReport:
+                  diameter: float | str | None = None, overwrite: bool = False
+                  ) -> CollectionReport:
     """Label every file with the checkpoint `model` (a .npz or a run folder) on a Dask cluster.
 
     workers:   start a local cluster of this many worker processes (one thread each; the
@@ -85,6 +90,9 @@ def predict_files(model: str | os.PathLike, files: list[str | os.PathLike],
     scheduler: or use the dask.distributed scheduler at this address ("tcp://host:8786")
     client:    or an existing `distributed.Client`
     diameter:  the objects' diameter in pixels or "auto", as `mu.segment(..., diameter=)`
+    overwrite: replace earlier outputs in out_dir; without it they are refused
+    The rules of the command hold: out_dir may not be a folder of the images, no output may
+    replace an input, and all of this is checked before anything is written.
     Progress ("[k/n] file -> output") goes to stderr; failures are collected, not raised.
     """
     started = time.perf_counter()
@@ -95,16 +103,11 @@ def predict_files(model: str | os.PathLike, files: list[str | os.PathLike],
         raise FileNotFoundError(f"predict_files: model checkpoint {ckpt} does not exist")
     load_model(ckpt)  # a broken checkpoint fails here, once, not on every worker
     out = Path(out_dir)
+    targets = check_outputs([Path(f) for f in files], out, probs, overlays, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     if not os.access(out, os.W_OK):
         raise PermissionError(f"predict_files: the output folder {out} is not writable")
-    stems: dict[str, Path] = {}
-    for f in map(Path, files):
-        if output_stem(f) in stems:
-            raise ValueError(f"predict_files: {stems[output_stem(f)]} and {f} would both be "
-                             f"written to {out / (output_stem(f) + '.tif')}; rename one or "
-                             "predict them apart")
-        stems[output_stem(f)] = f
+    _remove_killed_writes(targets)
     own_client = own_cluster = None
     if client is None:
         client, own_cluster = make_client(workers, scheduler)
@@ -115,6 +118,10 @@ def predict_files(model: str | os.PathLike, files: list[str | os.PathLike],
         tasks = [FileTask(str(ckpt.resolve()), str(Path(f).resolve()), str(out.resolve()), tile,
                           probs, overlays, threads, diameter) for f in files]
         given = {task.path: str(f) for task, f in zip(tasks, files, strict=True)}
+        if probs or overlays:  # made here, once, not raced for by the workers
+            for sub, wanted in (("probs", probs), ("overlays", overlays)):
+                if wanted:
+                    (out / sub).mkdir(exist_ok=True)
         for k, (task, n, error) in enumerate(run_tasks(predict_file, tasks, client), start=1):
             name = given[task.path]   # the path as the user gave it, not the worker's absolute one
             if error is None:
@@ -135,14 +142,69 @@ def predict_files(model: str | os.PathLike, files: list[str | os.PathLike],
     return report
 
 
+def _remove_killed_writes(targets: list[Path]) -> None:
+    """Remove the temporary files a killed run left beside these outputs: one listing per
+    folder, then `remove_stale_temps` for the outputs that have one."""
+    folders: dict[Path, list[Path]] = {}
+    for target in targets:
+        folders.setdefault(target.parent, []).append(target)
+    for folder, outputs in folders.items():
+        hidden = [f.name for f in folder.glob(".*.tmp*")] if folder.is_dir() else []
+        names = [t.name for t in outputs if any(h.startswith(f".{t.name}.") for h in hidden)]
+        if names:
+            remove_stale_temps(folder, names)
+
+
+def check_outputs(files: list[Path], out: Path, probs: bool, overlays: bool,
+                  overwrite: bool) -> list[Path]:
+    """Every file the batch would write, refused (before anything is written) when it would
+    replace an input, mix with the images, collide with another, or replace an earlier output
+    without `overwrite`."""
+    from ..inference import prediction_outputs
+
+    who = "predict_files"
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{who}: out_dir {out} is a file; give a folder")
+    out_real = out.resolve()
+    inputs = {f.resolve(): f for f in files}
+    for real, f in inputs.items():
+        if real.parent == out_real:
+            raise ValueError(f"{who}: out_dir {out} is the folder of the input {f}; the labels "
+                             "would mix with the images (and could replace them): give another "
+                             "folder")
+    by_target: dict[Path, Path] = {}
+    for f in files:
+        for target in prediction_outputs(f, out, probs, overlays):
+            real = target.resolve()
+            if real in inputs:
+                raise ValueError(f"{who}: {target} would replace the input {inputs[real]}; "
+                                 "give another out_dir")
+            if real in by_target:
+                raise ValueError(f"{who}: {by_target[real]} and {f} would both be written to "
+                                 f"{target}; rename one or predict them apart")
+            by_target[real] = f
+    existing = [t for t in by_target if t.exists() or t.is_symlink()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{who}: {len(existing)} outputs already exist in {out} (e.g. "
+                              f"{existing[0]}); give another out_dir, or overwrite=True "
+                              "(--overwrite) to replace them")
+    return list(by_target)
+
+
 def predict_command(args: Any, model: Path, files: list[Path]) -> int:
     """`minunet predict ... --workers N | --scheduler ADDRESS`: returns the exit code."""
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
     out = Path(args.out)
-    report = predict_files(model, files, out, workers=args.workers,
-                           scheduler=args.scheduler, tile=args.tile, probs=args.probs,
-                           overlays=args.overlays, diameter=args.diameter)
+    try:
+        report = predict_files(model, files, out, workers=args.workers,
+                               scheduler=args.scheduler, tile=args.tile, probs=args.probs,
+                               overlays=args.overlays, diameter=args.diameter,
+                               overwrite=bool(getattr(args, "overwrite", False)))
+    except KeyboardInterrupt:
+        print(f"minunet predict: interrupted; the images labelled so far are complete in "
+              f"{out}; run the same command with --overwrite to start again", file=sys.stderr)
+        return 130
     print(f"{len(report.done)} of {len(files)} files labelled in {report.seconds:.1f} s -> {out}")
     if report.failed:
         print(f"{len(report.failed)} files failed:", file=sys.stderr)

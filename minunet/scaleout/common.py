@@ -79,15 +79,59 @@ def segment_image(model: Module, image: np.ndarray, metadata: dict[str, Any], *,
 
 # ---------------------------------------------------------------------- atomic outputs
 def temporary_sibling(path: Path, suffix: str = "") -> Path:
-    """A fresh hidden name in path's folder, for writing there and renaming at the end."""
+    """A fresh hidden name in path's folder, for writing there and renaming at the end:
+    `.NAME.PID-XXXXXXXX.tmpSUFFIX`, so that a later run can tell a killed writer's leftovers
+    (its process is gone) from a running writer's (see `remove_stale_siblings`)."""
     return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{suffix}")
 
 
-def check_new_output(path: Path, who: str) -> None:
-    """Refuse to touch an existing path, and check that its folder is writable."""
-    if path.exists():
-        raise FileExistsError(f"{who}: {path} already exists; minunet never overwrites a file: "
-                              "remove it or give another name")
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this id runs on this machine (signal 0 checks without sending)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return pid > 0  # another user's process, or not a pid at all
+    return True
+
+
+def remove_stale_siblings(path: Path) -> list[Path]:
+    """Remove the temporary files and stores (`temporary_sibling`) that a killed writer of
+    `path` left beside it: those whose writing process no longer runs. A writer that is still
+    running (another process, or this one) keeps its own."""
+    removed = []
+    for stale in path.parent.glob(f".{_glob_escape(path.name)}.*-*.tmp*"):
+        pid_text = stale.name[len(path.name) + 2:].split("-", 1)[0]
+        if not pid_text.isdigit() or pid_alive(int(pid_text)):
+            continue
+        remove(stale)
+        removed.append(stale)
+    return removed
+
+
+def _glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def is_zarr_store(path: Path) -> bool:
+    """A Zarr array or group (v2 or v3) on disk: what an earlier run of this package wrote."""
+    return path.is_dir() and any((path / f).is_file() for f in ("zarr.json", ".zarray",
+                                                                   ".zgroup"))
+
+
+def check_new_output(path: Path, who: str, overwrite: bool = False) -> None:
+    """Refuse to touch an existing path (unless `overwrite`, and then only a file or a Zarr
+    store, never a folder of other things), and check that its folder is writable."""
+    if path.exists() or path.is_symlink():
+        if not overwrite:
+            raise FileExistsError(f"{who}: {path} already exists; minunet never overwrites a "
+                                  "file unless told to: remove it, give another name, or "
+                                  "overwrite=True (--overwrite) to replace it")
+        if path.is_dir() and not is_zarr_store(path):
+            raise FileExistsError(f"{who}: {path} is a folder that is not a Zarr store; even "
+                                  "with overwrite, minunet replaces only its own outputs: give "
+                                  "another name")
     parent = path.parent
     if not parent.is_dir():
         raise FileNotFoundError(f"{who}: the folder {parent} of {path} does not exist")
@@ -95,17 +139,38 @@ def check_new_output(path: Path, who: str) -> None:
         raise PermissionError(f"{who}: the folder {parent} is not writable")
 
 
-def publish(tmp: Path, path: Path) -> None:
-    """Rename a finished temporary file or folder to its final name (never over a file)."""
-    if path.exists():
-        remove(tmp)
-        raise FileExistsError(f"{path} appeared while it was being written; the result was "
-                              "not kept: remove it and run again")
+def check_not_input(output: Path, inputs: Iterable[Path], who: str) -> None:
+    """Refuse an output that is an input, or lies inside one (a Zarr folder), or holds one."""
+    out = output.resolve()
+    for source in inputs:
+        real = Path(source).resolve()
+        if out == real or real in out.parents or out in real.parents:
+            raise ValueError(f"{who}: the output {output} would replace (or be written into) "
+                             f"the input {source}; give the output another name")
+
+
+def publish(tmp: Path, path: Path, overwrite: bool = False) -> None:
+    """Rename a finished temporary file or folder to its final name. An existing `path` is
+    refused, or with `overwrite` replaced: a file by one rename; a folder (a Zarr store) by
+    moving it aside, renaming the new one in, then deleting the old one."""
+    if path.exists() or path.is_symlink():
+        if not overwrite:
+            remove(tmp)
+            raise FileExistsError(f"{path} appeared while it was being written; the result "
+                                  "was not kept: remove it and run again")
+        if path.is_dir() and not path.is_symlink():
+            old = temporary_sibling(path, ".old")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            remove(old)
+            return
+        if tmp.is_dir():
+            path.unlink()
     os.replace(tmp, path)
 
 
 def remove(path: Path) -> None:
-    if path.is_dir():
+    if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)

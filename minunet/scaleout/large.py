@@ -62,11 +62,13 @@ from . import ngff
 from .common import (
     ModelRef,
     check_new_output,
+    check_not_input,
     describe,
     limit_threads,
     load_model,
     publish,
     remove,
+    remove_stale_siblings,
     run_tasks,
     settings,
     temporary_sibling,
@@ -155,6 +157,9 @@ OTSU_BINS = 256  # skimage's threshold_otsu default, which predict.foreground_me
 def normalization_params(image: LargeImage, normalization: dict[str, Any] | None,
                          block: int) -> dict[str, Any]:
     """The numbers every block is normalised with, from the whole image (see `normalize`)."""
+    from ..checks import check_normalization
+
+    check_normalization(normalization, "segment_large")
     norm = dict(DEFAULT_NORMALIZATION if normalization is None else normalization)
     method = norm.get("method")
     if method not in ("foreground", "percentile", "range", "none"):
@@ -229,9 +234,13 @@ def to_gray(raw: np.ndarray) -> np.ndarray:
     """A window as `predict.to_gray` turns it into float64 gray (RGB(A) -> BT.709 luma)."""
     if raw.dtype == bool:
         raw = raw.astype(np.uint8)
-    if raw.ndim == 3:
-        return raw[..., :3].astype(np.float64) @ RGB_TO_GRAY
-    return raw.astype(np.float64)
+    from ..checks import check_pixel_range
+
+    gray = raw[..., :3].astype(np.float64) @ RGB_TO_GRAY if raw.ndim == 3 else \
+        raw.astype(np.float64)
+    if np.isfinite(gray).all():  # NaN and inf are named where they are refused
+        check_pixel_range("the image", gray)
+    return gray
 
 
 def normalize_window(raw: np.ndarray, params: dict[str, Any]) -> np.ndarray:
@@ -382,7 +391,8 @@ def segment_large(model: ModelRef, source: str | Path, labels_out: str | Path, *
                   probs_out: str | Path | None = None, key: str | None = None,
                   block: int = BLOCK, halo: int = HALO, strip: int = STRIP, tile: int = 256,
                   batch_size: int = 4, client: Any = None, workers: int | None = None,
-                  scheduler: str | None = None, progress: bool = True) -> dict[str, Any]:
+                  scheduler: str | None = None, progress: bool = True,
+                  overwrite: bool = False) -> dict[str, Any]:
     """Segment an image larger than memory, block by block; see the module docstring.
 
     model:      a checkpoint path or run folder (needed with a cluster), a loaded Checkpoint,
@@ -398,24 +408,35 @@ def segment_large(model: ModelRef, source: str | Path, labels_out: str | Path, *
     client / workers / scheduler: run the blocks on a dask.distributed Client, a new local
                 cluster of `workers` processes, or the scheduler at that address (default:
                 one block after another in this process, without Dask)
+    overwrite:  replace an earlier output (a file or a Zarr store) at labels_out / probs_out;
+                without it an existing output is refused. The source is never replaced.
 
+    Every check (outputs, source, model) runs before anything is written.
     Returns {"objects", "shape", "blocks", "seconds", "labels", "probs"}.
     """
     started = time.perf_counter()
     labels_out = Path(labels_out)
     probs_path = None if probs_out is None else Path(probs_out)
     who = "segment_large"
-    check_new_output(labels_out, who)
-    if probs_path is not None:
-        check_new_output(probs_path, who)
-        if probs_path.suffix.lower() in TIFF_SUFFIXES:
-            raise ValueError(f"{who}: probabilities are written as Zarr; name {probs_path} "
-                             "something.zarr")
+    if probs_path is not None and probs_path.resolve() == labels_out.resolve():
+        raise ValueError(f"{who}: labels_out and probs_out are both {labels_out}; give the "
+                         "probabilities a name of their own")
+    for output in (labels_out, probs_path):
+        if output is not None:
+            check_not_input(output, [Path(source)], who)
+            check_new_output(output, who, overwrite)
+    if probs_path is not None and probs_path.suffix.lower() in TIFF_SUFFIXES:
+        raise ValueError(f"{who}: probabilities are written as Zarr; name {probs_path} "
+                         "something.zarr")
     if (client is not None or workers or scheduler) and not isinstance(model, (str, Path)):
         raise TypeError(f"{who}: on a cluster, give the checkpoint's path, which each worker "
                         "loads once, not a model object")
     net, metadata = load_model(model)
-    norm_settings, _ = settings(metadata)
+    norm_settings, post_settings = settings(metadata)
+    from ..checks import check_normalization, check_postprocess
+
+    check_normalization(norm_settings, who)  # (model, metadata) given: not checked by load
+    check_postprocess(post_settings, who)
     image = open_large(source, key)
     depth = int(math.log2(size_multiple(net)))
     plan = make_plan(image.height, image.width, depth, block=block, halo=halo, strip=strip)
@@ -427,6 +448,9 @@ def segment_large(model: ModelRef, source: str | Path, labels_out: str | Path, *
 
     is_tiff = labels_out.suffix.lower() in TIFF_SUFFIXES
     is_ome = ngff.is_ome(labels_out)  # NAME.ome.zarr: the image and its labels (ngff.py)
+    for output in (labels_out, probs_path):  # what a killed (kill -9) run left behind
+        if output is not None:
+            remove_stale_siblings(output)
     scratch = temporary_sibling(labels_out, ".zarr")
     store = scratch  # where the full-resolution labels go (inside the group for OME-Zarr)
     probs_tmp = None if probs_path is None else temporary_sibling(probs_path, ".zarr")
@@ -469,7 +493,7 @@ def segment_large(model: ModelRef, source: str | Path, labels_out: str | Path, *
             tiff_tmp = temporary_sibling(labels_out)
             try:
                 _write_tiff(tiff_tmp, str(scratch), plan, luts)
-                publish(tiff_tmp, labels_out)
+                publish(tiff_tmp, labels_out, overwrite)
             finally:
                 remove(tiff_tmp)
         else:
@@ -479,9 +503,9 @@ def segment_large(model: ModelRef, source: str | Path, labels_out: str | Path, *
                     raise error
             if is_ome:
                 ngff.finish(scratch, image, plan.chunk, labels_out.name[:-len(ngff.SUFFIX)])
-            publish(scratch, labels_out)
+            publish(scratch, labels_out, overwrite)
         if probs_tmp is not None:
-            publish(probs_tmp, probs_path)
+            publish(probs_tmp, probs_path, overwrite)
     finally:
         remove(scratch)
         if probs_tmp is not None:
@@ -540,9 +564,10 @@ def predict_command(args: Any, model: Path, inputs: list[str]) -> int:
     """`minunet predict MODEL INPUTS --out DIR --chunked`: each input (a TIFF, a Zarr folder,
     an .npy file) becomes DIR/NAME.ome.zarr (OME-Zarr: the image, its uint32 labels under
     labels/cells; NAME_probs.zarr with --probs).
-    A failing input is named and the others go on; returns the exit code."""
+    Every argument is checked before anything is written; a failing input is named with its
+    problem and the others go on; returns the exit code."""
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    overwrite = bool(getattr(args, "overwrite", False))
     jobs = []
     for item in inputs:
         source = Path(item)
@@ -557,29 +582,59 @@ def predict_command(args: Any, model: Path, inputs: list[str]) -> int:
     if len(set(names)) != len(names):
         raise ValueError("predict --chunked: two inputs would write the same output name; "
                          "predict them into different --out folders")
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"predict --chunked: --out {out} is a file; give a folder")
+    load_model(str(model))  # a bad checkpoint is refused once, before anything is written
+    sources = [source for source, _, _ in jobs]
     for _, labels, probs in jobs:  # every check before anything is computed
-        check_new_output(labels, "predict --chunked")
-        if probs is not None:
-            check_new_output(probs, "predict --chunked")
+        for output in (labels, probs):
+            if output is not None:
+                check_not_input(output, sources, "predict --chunked")
+                if out.is_dir():
+                    check_new_output(output, "predict --chunked", overwrite)
     client, cluster = None, None
-    if args.workers is not None or args.scheduler:
-        from .common import make_client
-
-        client, cluster = make_client(args.workers, args.scheduler)
     failed = []
+    done = 0
     try:
+        if args.workers is not None or args.scheduler:
+            from .common import make_client
+
+            client, cluster = make_client(args.workers, args.scheduler)
+        out.mkdir(parents=True, exist_ok=True)  # only now: a refused run leaves no folder
         for source, labels, probs in jobs:
             try:
                 result = segment_large(str(model), source, labels, probs_out=probs,
-                                       block=args.block, tile=args.tile, client=client)
+                                       block=args.block, tile=args.tile, client=client,
+                                       overwrite=overwrite)
                 print(f"{source} -> {labels} ({result['objects']} objects, "
                       f"{result['seconds']:.1f} s)")
-            except (OSError, ValueError, TypeError, RuntimeError) as err:
+                done += 1
+            except Exception as err:  # a bad input is named; the others still run
                 failed.append(source)
-                print(f"minunet predict: error: {source}: {err}", file=sys.stderr)
+                print(f"minunet predict: error: {_describe_failure(source, err)}",
+                      file=sys.stderr)
+    except KeyboardInterrupt:
+        again = "with --overwrite " if done else ""
+        print(f"minunet predict: interrupted after {done} of {len(jobs)} images (those are "
+              f"complete in {out}); run the same command {again}to start again",
+              file=sys.stderr)
+        return 130
     finally:
         if client is not None:
             client.close()
         if cluster is not None:
             cluster.close()
+    if failed:
+        print(f"minunet predict: {len(failed)} of {len(jobs)} images failed: "
+              f"{', '.join(map(str, failed))}", file=sys.stderr)
     return 2 if failed else 0
+
+
+def _describe_failure(source: Path, err: BaseException) -> str:
+    """One line naming the input and its problem, whatever raised (zlib, zarr, tifffile...)."""
+    text = str(err) or type(err).__name__
+    if isinstance(err, KeyError):
+        text = f"{type(err).__name__}: {err.args[0] if err.args else ''}"
+    elif not isinstance(err, (OSError, ValueError, RuntimeError, TypeError)):
+        text = f"cannot be read or segmented ({type(err).__name__}: {text})"
+    return text if str(source) in text else f"{source}: {text}"

@@ -42,7 +42,14 @@ class LargeImage:
     def read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
         """Pixels [r0, r1) x [c0, c1) as stored: (h, w) or (h, w, C)."""
         index = (0,) * self.lead + (slice(r0, r1), slice(c0, c1))
-        return np.asarray(self.array[index])
+        try:
+            return np.asarray(self.array[index])
+        except (MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as err:  # zlib.error, a codec's error, a missing chunk file, ...
+            raise ValueError(f"{self.path}: rows {r0}:{r1}, columns {c0}:{c1} cannot be read "
+                             f"({type(err).__name__}: {err}); the file is damaged or "
+                             "incomplete: write it again") from err
 
 
 def open_large(path: str | Path, key: str | None = None) -> LargeImage:
@@ -54,12 +61,25 @@ def open_large(path: str | Path, key: str | None = None) -> LargeImage:
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p} does not exist")
+    if not (p.is_dir() or p.is_file()):  # stat only: opening a FIFO would block for ever
+        raise ValueError(f"{p} is not a regular file (a FIFO, a device or a socket); give the "
+                         "image file itself")
     suffix = p.suffix.lower()
     if suffix in TIFF_SUFFIXES:
-        array = _open_tiff(p)
+        try:
+            array = _open_tiff(p)
+        except (MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as err:
+            raise ValueError(f"{p} cannot be read as a TIFF ({type(err).__name__}: {err})"
+                             ) from err
     elif suffix == ".npy":
         array = np.load(p, mmap_mode="r", allow_pickle=False)
     elif p.is_dir():
+        if not any((p / f).is_file() for f in ("zarr.json", ".zarray", ".zgroup")):
+            raise ValueError(f"{p} is a folder, not a Zarr store (no zarr.json, .zarray or "
+                             ".zgroup in it); for a folder of images, predict without "
+                             "--chunked (or give each large image itself)")
         array = _open_zarr(p, key)
     else:
         raise ValueError(f"{p}: not a large-image format minunet reads; use a TIFF, a Zarr "
@@ -99,17 +119,37 @@ def _open_tiff(p: Path) -> Any:
 def _open_zarr(p: Path, key: str | None) -> Any:
     import zarr
 
-    node = zarr.open(p, mode="r")
+    try:
+        node = zarr.open(p, mode="r")
+    except Exception as err:  # a damaged zarr.json / .zgroup
+        raise ValueError(f"{p}: the Zarr store cannot be opened ({type(err).__name__}: {err})"
+                         ) from err
     if isinstance(node, zarr.Array):
         return node
+    arrays = sorted(name for name, _ in node.arrays())
     if key is not None:
-        return node[key]
+        return _member(node, p, key, arrays, "key")
     attrs = dict(node.attrs)
-    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+    ome = attrs.get("ome") if isinstance(attrs.get("ome"), dict) else {}
+    multiscales = attrs.get("multiscales") or ome.get("multiscales")
     if multiscales:  # OME-NGFF 0.4 (.zattrs) or 0.5 (attributes under "ome")
-        return node[multiscales[0]["datasets"][0]["path"]]
-    arrays = [name for name, _ in node.arrays()]
+        try:
+            path = str(multiscales[0]["datasets"][0]["path"])
+        except (KeyError, IndexError, TypeError) as err:
+            raise ValueError(f"{p}: its OME-Zarr 'multiscales' metadata names no dataset "
+                             f"path ({type(err).__name__}: {err})") from err
+        return _member(node, p, path, arrays, "its OME-Zarr metadata")
     if len(arrays) == 1:
         return node[arrays[0]]
     raise ValueError(f"{p}: a Zarr group with arrays {sorted(arrays)} and no OME multiscales; "
                      "say which one with key=...")
+
+
+def _member(node: Any, p: Path, name: str, arrays: list[str], who: str) -> Any:
+    """The array `name` of a Zarr group, or an error naming the store and what it holds."""
+    try:
+        return node[name]
+    except Exception as err:
+        raise ValueError(f"{p}: {who} names the array '{name}', which the store does not hold "
+                         f"(it holds {arrays or 'no arrays'}); the store is incomplete or "
+                         "names the wrong dataset") from err
