@@ -12,7 +12,7 @@ Arrays are NCHW: (N, C, H, W). Training runs in float32; every layer also runs i
 which is what the gradient checker uses.
 """
 
-from . import data, io, metrics, viz
+from . import data, io, metrics, runs, viz
 from .checkpoint import Checkpoint, CheckpointError, load, save
 from .gradcheck import GradcheckError, GradcheckReport, gradcheck
 from .inference import segment
@@ -27,6 +27,7 @@ from .module import Module, Parameter, Sequential
 from .optim import SGD, Adam, CosineSchedule, StepSchedule
 from .postprocess import to_instances
 from .predict import normalize, predict
+from .runs import Run, fit
 from .train import History, TrainingDiverged, evaluate, train
 from .unet import UNet
 
@@ -51,6 +52,7 @@ __all__ = [
     "Module",
     "Parameter",
     "ReLU",
+    "Run",
     "Sequential",
     "StepSchedule",
     "TrainingDiverged",
@@ -58,12 +60,14 @@ __all__ = [
     "__version__",
     "data",
     "evaluate",
+    "fit",
     "gradcheck",
     "io",
     "load",
     "metrics",
     "normalize",
     "predict",
+    "runs",
     "save",
     "segment",
     "to_instances",
