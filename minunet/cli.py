@@ -19,6 +19,7 @@ output that would replace something; in a batch: at least one file failed); 130 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -56,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_BAD_INPUT
     try:
-        return args.run(args)
+        return _run_releasing_locks(args)
     except KeyboardInterrupt:
         print(f"minunet {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -72,6 +73,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"minunet {args.command}: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+def _run_releasing_locks(args: argparse.Namespace) -> int:
+    from .io import locks
+
+    try:
+        return args.run(args)
+    finally:
+        locks.release_held()
 
 
 def _say(line: str) -> None:
@@ -92,9 +102,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
                          "--overwrite to replace its files")
     if args.preset not in data.PRESETS:
         raise InputError(f"--preset {args.preset!r} is not one of {', '.join(data.PRESETS)}")
+    created = not out.exists()
     out = _writable_dir(out)
-    data.generate_dataset(out, args.n, args.preset, size=args.size, seed=args.seed,
-                          preview=args.preview)
+    try:
+        data.generate_dataset(out, args.n, args.preset, size=args.size, seed=args.seed,
+                              preview=args.preview)
+    except Exception:
+        if created:  # a failure leaves no empty --out behind
+            _remove_empty_folders(out)
+        raise
     print(f"wrote {args.n} images and labels of preset '{args.preset}' to {out}")
     return EXIT_OK
 
@@ -148,6 +164,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         segment,
         write_prediction,
     )
+    from .io import locks
     from .io.files import remove_stale_temps
 
     if args.tile < 1:
@@ -179,6 +196,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return predict_command(args, ckpt.path, files)
 
     out = _writable_dir(out)
+    locks.hold(out, "minunet predict")  # released when the command ends (main)
     for sub, wanted in ((OVERLAY_DIR, args.overlays), (PROBS_DIR, args.probs)):
         if wanted:
             (out / sub).mkdir(exist_ok=True)
@@ -576,6 +594,15 @@ def _writable_dir(path: str | Path) -> Path:
     except OSError as err:
         raise InputError(f"output folder {out} is not writable: {err.strerror or err}") from err
     return out
+
+
+def _remove_empty_folders(folder: Path) -> None:
+    """Remove `folder` and the folders in it, deepest first, as far as they hold no files."""
+    for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), reverse=True):
+        with contextlib.suppress(OSError):
+            sub.rmdir()
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 def _size(text: str) -> tuple[int, int]:

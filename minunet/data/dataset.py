@@ -46,11 +46,21 @@ def save_dataset(out_dir: str | Path, images: np.ndarray, labels: np.ndarray, ma
                               ("labels", label.astype(np.uint16))):
             write_atomic(out / folder / name, lambda tmp, a=array: tifffile.imwrite(
                 tmp, a, photometric="minisblack"))
+    _remove_older(out, {f"{i:0{digits}d}.tif" for i in range(len(images))})
     from .. import __version__
     record = {"format": FORMAT_VERSION, "minunet_version": __version__, **_jsonable(manifest),
               "n": len(images), "size": list(images.shape[1:])}
     text = json.dumps(record, indent=2, sort_keys=True) + "\n"
     write_atomic(out / MANIFEST, lambda tmp: tmp.write_text(text))
+
+
+def _remove_older(out: Path, names: set[str]) -> None:
+    """Remove images and labels of an earlier, larger data set in `out` (files named as this
+    writer names them, NNNN.tif), so that the folder holds exactly the new set."""
+    for folder in ("images", "labels"):
+        for f in (out / folder).glob("*.tif"):
+            if f.name not in names and f.stem.isdigit():
+                f.unlink()
 
 
 def load_dataset(directory: str | Path) -> tuple[np.ndarray, np.ndarray, dict]:

@@ -12,6 +12,7 @@ cannot be checked, so it is honoured; the message says how to remove it by hand.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import socket
@@ -65,6 +66,24 @@ class FolderLock:
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
+
+
+_HELD: list[FolderLock] = []
+
+
+def hold(folder: str | os.PathLike, command: str) -> FolderLock:
+    """Lock `folder` until `release_held()` (the command calls it when it ends) or the process
+    exits: for code that cannot wrap its work in a `with` block."""
+    lock = FolderLock(folder, command).acquire()
+    if not _HELD:
+        atexit.register(release_held)
+    _HELD.append(lock)
+    return lock
+
+
+def release_held() -> None:
+    while _HELD:
+        _HELD.pop().release()
 
 
 def read_holder(path: Path) -> dict[str, Any] | None:
