@@ -116,10 +116,12 @@ def test_a_handful_of_images_holds_none_out_and_says_so(tmp_path, capsys):
         write_tif(root / f"a{i}.tif", image)
         write_tif(root / f"a{i}_masks.tif", labels)
     run = tmp_path / "run"
-    code, _, err = run_cli(capsys, ["train", "--data", root, "--out", run, *TINY, *FAST])
+    code, out, err = run_cli(capsys, ["train", "--data", root, "--out", run, *TINY, *FAST,
+                                      "--epochs", "2"])
     assert code == 0, err
-    assert "none held out" in err
+    assert "none held out" in err and "kept the last epoch, 2" in out, (out, err)
     assert json.loads((run / "config.json").read_text())["val_images"] == []
+    assert mu.load(run / "best.npz").position["epoch"] == 2
 
 
 # ------------------------------------------------------------------- #28 findings

@@ -84,13 +84,14 @@ class Run:
     def summary(self) -> str:
         """One line: how the run ended and where its model is."""
         records = self.history
-        key = "val_f1" if records and "val_f1" in records[-1] else "train_loss"
-        values = [r[key] for r in records]
-        if not values:
+        if not records:
             return f"no epoch finished; continue with: minunet train --resume {self.folder}"
-        best = (max if key == "val_f1" else min)(range(len(values)), key=values.__getitem__)
-        return (f"{self.stop_reason or 'done'}; best epoch {records[best]['epoch']} ({key} "
-                f"{values[best]:.3f}); model: {self.folder / 'best.npz'}")
+        end, model = self.stop_reason or "done", self.folder / "best.npz"
+        if "val_f1" not in records[-1]:
+            return (f"{end}; kept the last epoch, {records[-1]['epoch']} (no validation "
+                    f"images; train_loss {records[-1]['train_loss']:.3f}); model: {model}")
+        best = max(records, key=lambda r: r["val_f1"])  # the first of equals, as train keeps
+        return f"{end}; best epoch {best['epoch']} (val_f1 {best['val_f1']:.3f}); model: {model}"
 
     def __repr__(self) -> str:
         return f"Run({str(self.folder)!r}, epochs_done={self.epochs_done})"
@@ -257,7 +258,9 @@ def _train(run: Path, config: dict[str, Any], prepared: Prepared, start: Any, *,
             model, prepared.train_data, prepared.val_data if has_val else None,
             epochs=config["epochs"], batch_size=config["batch_size"], lr=config["lr"],
             schedule=schedule, augment=workflow.make_augment(), crop=config["crop"],
-            score_fn=score_fn, monitor="val_f1" if has_val else "train_loss",
+            # without validation images nothing tells epochs apart: keep the last one, where
+            # the cosine schedule has come to rest ("epoch" only grows)
+            score_fn=score_fn, monitor="val_f1" if has_val else "epoch",
             patience=config["patience"], seed=config["seed"], out_dir=run, resume=resume,
             metadata=metadata, progress=progress, samples_per_epoch=samples)
         _finish(run, prepared, progress)
