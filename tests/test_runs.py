@@ -296,3 +296,20 @@ def test_the_api_refuses_what_the_command_refuses(tiny_run, tmp_path):
     with pytest.raises(mu.runs.RunError, match="unknown setting"):
         mu.fit(data_dir, tmp_path / "r", epoch=1)
     assert not (tmp_path / "r").exists()
+
+
+def test_folder_lock_refuses_a_live_holder_and_takes_over_a_stale_one(tmp_path):
+    from minunet.io.locks import FolderLocked
+
+    lock_as(tmp_path, os.getpid())
+    with pytest.raises(FolderLocked, match=f"process {os.getpid()}"):
+        FolderLock(tmp_path, "test").acquire()
+    for stale in (json.dumps({"pid": dead_pid(), "host": __import__("socket").gethostname()}),
+                  "half a lock fi"):
+        (tmp_path / LOCK_NAME).write_text(stale)
+        with FolderLock(tmp_path, "test"):
+            assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+        assert not (tmp_path / LOCK_NAME).exists()
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": 1, "host": "another-host"}))
+    with pytest.raises(FolderLocked, match="another-host"):
+        FolderLock(tmp_path, "test").acquire()
