@@ -127,10 +127,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a tiny run, to check it works")
     parser.add_argument("--only", choices=list(PRESETS), help="one preset only")
+    parser.add_argument("--sizes", help="numbers of annotated images, e.g. 2,4 (1,2,4,8)")
+    parser.add_argument("--no-defaults", action="store_true",
+                        help="skip the run with the command's from-scratch defaults")
     parser.add_argument("--out", default="runs/finetune", help="folder for table.md and "
                         "results.json")
     args = parser.parse_args()
-    recipe = QUICK if args.quick else FULL
+    recipe = dict(QUICK if args.quick else FULL)
+    if args.sizes:
+        recipe["sizes"] = tuple(int(n) for n in args.sizes.split(","))
+    if args.no_defaults:
+        recipe["defaults_n"] = None
     presets = [args.only] if args.only else (["lab"] if args.quick else list(PRESETS))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,7 @@ import numpy as np
 from ..io.files import remove_stale_temps, write_atomic
 from ..io.locks import LOCK_NAME, FolderLock
 from . import data as rundata
-from .settings import RunError, check, new_config, with_defaults
+from .settings import MIN_VALIDATION_OBJECTS, RunError, check, new_config, with_defaults
 
 RUN_FILES = ("config.json", "log.jsonl", "last.npz", "best.npz", "curves.png")
 WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
@@ -87,9 +87,12 @@ class Run:
         if not records:
             return f"no epoch finished; continue with: minunet train --resume {self.folder}"
         end, model = self.stop_reason or "done", self.folder / "best.npz"
-        if "val_f1" not in records[-1]:
-            return (f"{end}; kept the last epoch, {records[-1]['epoch']} (no validation "
-                    f"images; train_loss {records[-1]['train_loss']:.3f}); model: {model}")
+        kept = _read_position(self.folder / "best.npz").get("monitor")
+        if kept == "epoch" or "val_f1" not in records[-1]:
+            why = ("no validation images" if "val_f1" not in records[-1] else
+                   f"fewer than {MIN_VALIDATION_OBJECTS} validation objects")
+            return (f"{end}; kept the last epoch, {records[-1]['epoch']} ({why}; train_loss "
+                    f"{records[-1]['train_loss']:.3f}); model: {model}")
         best = max(records, key=lambda r: r["val_f1"])  # the first of equals, as train keeps
         return f"{end}; best epoch {best['epoch']} (val_f1 {best['val_f1']:.3f}); model: {model}"
 
@@ -133,6 +136,7 @@ def fit(data: str | os.PathLike | None = None, out: str | os.PathLike | None = N
     config["val_images"] = [prepared.names[i] for i in prepared.val_idx]
     if prepared.digests is not None:
         config["data_digests"] = prepared.digests
+    config["monitor"] = _monitor(prepared)
     created = not run.exists()
     _make_folder(run)
     lock = FolderLock(run, "minunet train").acquire()
@@ -258,9 +262,7 @@ def _train(run: Path, config: dict[str, Any], prepared: Prepared, start: Any, *,
             model, prepared.train_data, prepared.val_data if has_val else None,
             epochs=config["epochs"], batch_size=config["batch_size"], lr=config["lr"],
             schedule=schedule, augment=workflow.make_augment(), crop=config["crop"],
-            # without validation images nothing tells epochs apart: keep the last one, where
-            # the cosine schedule has come to rest ("epoch" only grows)
-            score_fn=score_fn, monitor="val_f1" if has_val else "epoch",
+            score_fn=score_fn, monitor=config["monitor"],
             patience=config["patience"], seed=config["seed"], out_dir=run, resume=resume,
             metadata=metadata, progress=progress, samples_per_epoch=samples)
         _finish(run, prepared, progress)
@@ -271,6 +273,14 @@ def _train(run: Path, config: dict[str, Any], prepared: Prepared, start: Any, *,
         raise
     result.stop_reason = history.stop_reason
     return result
+
+
+def _monitor(prepared: Prepared) -> str:
+    """What picks the kept epoch: validation object F1 when the validation images hold enough
+    objects to tell epochs apart; else the last epoch, where the cosine schedule has come to
+    rest ("epoch" only grows)."""
+    n_objects = sum(len(np.unique(lab[lab > 0])) for lab in prepared.val_labels)
+    return "val_f1" if n_objects >= MIN_VALIDATION_OBJECTS else "epoch"
 
 
 def _finish(run: Path, prepared: Prepared, progress: bool) -> None:
@@ -296,6 +306,15 @@ def _write_error(err: OSError, run: Path) -> RunError:
             f"with: minunet train --resume {run}" if done else
             "free space (or fix the folder), then run the same command again")
     return RunError(f"cannot write {where} ({err.strerror or err}); {then}")
+
+
+def _read_position(path: Path) -> dict[str, Any]:
+    from ..checkpoint import load
+
+    try:
+        return load(path).position or {}
+    except (OSError, ValueError):
+        return {}
 
 
 # ------------------------------------------------------------------------- the data
