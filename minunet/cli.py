@@ -668,8 +668,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--patience", type=int, help="stop after this many epochs without a better "
                    "val_f1 (never)")
     t.add_argument("--lazy", action="store_true", default=None,
-                   help="read --data image by image as it trains (sets larger than memory; "
-                        "a .zarr training store is always read so; needs the scale extra)")
+                   help="read --data image by image as it trains (sets larger than memory, "
+                        "any layout; a .zarr training store, which needs the scale extra, is "
+                        "always read so)")
     t.add_argument("--out", help="a new run folder (config, checkpoints, log, curves)")
     t.add_argument("--resume", metavar="RUN", help="continue a run (from its last.npz)")
     t.add_argument("--overwrite", action="store_true", help="replace the run in --out")
