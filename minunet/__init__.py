@@ -13,7 +13,7 @@ which is what the gradient checker uses.
 """
 
 # _startup first: a Ctrl-C while the `minunet` command is still importing (see there)
-from . import _startup, data, io, metrics, viz  # noqa: F401
+from . import _startup, data, io, metrics, runs, viz  # noqa: F401
 from .checkpoint import Checkpoint, CheckpointError, load, save
 from .export import export_bioimageio, export_onnx
 from .gradcheck import GradcheckError, GradcheckReport, gradcheck
@@ -30,6 +30,7 @@ from .optim import SGD, Adam, CosineSchedule, StepSchedule
 from .postprocess import to_instances
 from .predict import normalize, predict
 from .rois import to_rois, write_rois
+from .runs import Run, fit
 from .trace import trace
 from .train import History, TrainingDiverged, evaluate, train
 from .unet import UNet
@@ -55,6 +56,7 @@ __all__ = [
     "Module",
     "Parameter",
     "ReLU",
+    "Run",
     "Sequential",
     "StepSchedule",
     "TrainingDiverged",
@@ -64,12 +66,14 @@ __all__ = [
     "evaluate",
     "export_bioimageio",
     "export_onnx",
+    "fit",
     "gradcheck",
     "io",
     "load",
     "metrics",
     "normalize",
     "predict",
+    "runs",
     "save",
     "segment",
     "to_instances",

@@ -19,6 +19,7 @@ output that would replace something; in a batch: at least one file failed); 130 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -33,22 +34,16 @@ from typing import Any
 
 import numpy as np
 
+from .runs import settings as _run_settings
+
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a command killed by a closed pipe
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".npy")
-RUN_FILES = ("config.json", "log.jsonl", "last.npz", "best.npz", "curves.png")
 REPORT_FILES = ("report.png", "report.json", "report.md")
-MAX_DEPTH, MAX_BASE = 8, 1024  # what a checkpoint may hold (minunet.checkpoint's bounds)
 
-# `minunet train`'s defaults; the parser's defaults are None so that a value given with
-# --resume can be told from one left out.
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "preset": "standard", "n": 200, "size": (256, 256), "seed": 0, "val_fraction": 0.1,
-    "epochs": 20, "batch_size": 8, "lr": 3e-3, "depth": 3, "base": 16, "crop": 128,
-    "patience": None, "image_suffix": "_img", "mask_suffix": "_masks", "lazy": False,
-    "channels": None,
-}
-RESUME_MAY_CHANGE = ("epochs", "patience", "data")
+# `minunet train`'s defaults (minunet.runs.settings); the parser's defaults are None so that a
+# value given with --resume can be told from one left out.
+TRAIN_DEFAULTS: dict[str, Any] = _run_settings.DEFAULTS
 
 
 class InputError(Exception):
@@ -71,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_BAD_INPUT
     try:
-        return args.run(args)
+        return _run_releasing_locks(args)
     except BrokenPipeError:  # `minunet ... | head` closed the pipe: stop quietly, as cat does
         _silence_stdout()
         return EXIT_BROKEN_PIPE
@@ -103,6 +98,15 @@ def _silence_stdout() -> None:
         os.close(devnull)
 
 
+def _run_releasing_locks(args: argparse.Namespace) -> int:
+    from .io import locks
+
+    try:
+        return args.run(args)
+    finally:
+        locks.release_held()
+
+
 def _say(line: str) -> None:
     print(line, file=sys.stderr)
 
@@ -121,407 +125,55 @@ def cmd_generate(args: argparse.Namespace) -> int:
                          "--overwrite to replace its files")
     if args.preset not in data.PRESETS:
         raise InputError(f"--preset {args.preset!r} is not one of {', '.join(data.PRESETS)}")
+    created = not out.exists()
     out = _writable_dir(out)
-    data.generate_dataset(out, args.n, args.preset, size=args.size, seed=args.seed,
-                          preview=args.preview)
+    try:
+        data.generate_dataset(out, args.n, args.preset, size=args.size, seed=args.seed,
+                              preview=args.preview)
+    except Exception:
+        if created:  # a failure leaves no empty --out behind
+            _remove_empty_folders(out)
+        raise
     print(f"wrote {args.n} images and labels of preset '{args.preset}' to {out}")
     return EXIT_OK
 
 
 # --------------------------------------------------------------------- train
 def cmd_train(args: argparse.Namespace) -> int:
-    import minunet as mu
+    """Arguments -> `minunet.runs.fit` (a new run) or `minunet.runs.resume`; the run's rules
+    live there, so Python makes the same run."""
+    from . import runs
 
-    from . import workflow
-
-    if args.resume:
-        run, config = _resume_config(args)
-        before = json.loads((run / "config.json").read_text()).get("epochs")
-    else:
-        run, config = _new_run_config(args)
-        before = None
-    _check_train_settings(config)
-    if config.get("channels") and (not config.get("data") or _is_lazy(config)):
-        raise InputError("--channels trains on your own multi-channel images: give --data "
-                         "FOLDER, without --lazy")
-    if _is_lazy(config):
-        return _train_lazy(args, run, config, before)
-    data = _training_data(config, run)
-    images, labels, names = data["images"], data["labels"], data["names"]
-    if args.resume and config.get("image_names") not in (None, names):
-        raise InputError(f"--resume {run}: the training data in {config['data']} changed since "
-                         f"the run started ({len(config['image_names'])} images then, "
-                         f"{len(names)} now); start a new run with --out")
-    val_idx = _validation_draw(len(images), config["val_fraction"], config["seed"])
-    if args.resume and "val_images" not in config:  # a run of a minunet that held out the
-        val_idx = list(range(len(val_idx)))         # first files: resume it the same way
-    held_out = set(val_idx)
-    train_idx = [i for i in range(len(images)) if i not in held_out]
-    _check_sizes(config, [images[i] for i in train_idx], [names[i] for i in train_idx],
-                 [images[i] for i in val_idx], [names[i] for i in val_idx])
-
-    norm = config["normalization"]
-    if config.get("channels"):  # images (H, W, C): each channel normalised on its own
-        x, t, w = _channel_samples(images, labels, norm, names)
-    else:
-        x, t, w = workflow.training_samples(images, labels, norm, names=names)
-    mult = 2 ** config["depth"]
-    val_labels = [_crop_to(labels[i], mult) for i in val_idx]
-    val_data = _as_batch([_crop_to(x[i], mult) for i in val_idx],
-                         [_crop_to(t[i], mult) for i in val_idx],
-                         [_crop_to(w[i], mult) for i in val_idx])
-    train_data = _as_batch([x[i] for i in train_idx], [t[i] for i in train_idx],
-                           [w[i] for i in train_idx])
-    post = workflow.postprocess_settings([labels[i] for i in train_idx])
-    model = mu.UNet(len(config.get("channels") or [0]), 3, depth=config["depth"],
-                    base_channels=config["base"],
-                    rng=np.random.default_rng(config["seed"]))
-
-    if not args.resume:
-        config["image_names"] = names
-        config["val_images"] = [names[i] for i in val_idx]
-    diameter = _training_diameter([labels[i] for i in train_idx])
-    return _fit(args, run, config, before, model, train_data, val_data, val_labels, post,
-                diameter)
-
-
-def _training_diameter(labels: list[np.ndarray]) -> float | None:
-    """The median object diameter of the training labels (stored for predict --diameter)."""
-    from .rescale import object_diameter
-
+    given = {k: v for k in TRAIN_DEFAULTS if (v := getattr(args, k, None)) is not None}
+    folder = args.resume or args.out
     try:
-        return object_diameter(labels)
-    except ValueError:  # no objects at all: nothing to rescale to
-        return None
-
-
-def _fit(args: argparse.Namespace, run: Path, config: dict[str, Any], before: Any,
-         model: Any, train_data: Any, val_data: Any, val_labels: Any,
-         post: dict[str, Any], diameter: float | None) -> int:
-    """Everything is checked: only now is anything written. Train, then draw the curves."""
-    import minunet as mu
-
-    from . import viz, workflow
-    from .io.files import remove_stale_temps, write_atomic
-
-    if not args.resume:
-        _prepare_run_folder(run, args.overwrite)
-    remove_stale_temps(run, RUN_FILES)
-    _write_json(run / "config.json", config)
-    if args.resume and before != config["epochs"]:
-        _say(f"minunet train: {run} now trains up to {config['epochs']} epochs (was {before})")
-    norm = config["normalization"]
-    try:
-        history = mu.train(
-            model, train_data, val_data, epochs=config["epochs"],
-            batch_size=config["batch_size"], lr=config["lr"], augment=workflow.make_augment(),
-            crop=config["crop"], score_fn=workflow.object_score_fn(val_labels, postprocess=post),
-            monitor="val_f1", patience=config["patience"], seed=config["seed"], out_dir=run,
-            resume=bool(args.resume),
-            metadata={"normalization": norm, "postprocess": post, "diameter": diameter,
-                      "channels": config.get("channels")},
-            progress=True)
-    except KeyboardInterrupt:
-        _say(f"minunet train: interrupted; {_epochs_done(run)} epochs are saved in {run}; "
-             f"continue with: minunet train --resume {run}")
-        return EXIT_INTERRUPTED
-    write_atomic(run / "curves.png", lambda tmp: viz.training_curves(run / "log.jsonl", tmp))
-    print(f"{history.stop_reason or 'done'}; best epoch {history.best_epoch} "
-          f"(val_f1 {history.best_score:.3f}); model: {run / 'best.npz'}")
-    return EXIT_OK
-
-
-def _is_lazy(config: dict[str, Any]) -> bool:
-    return bool(config.get("lazy")) or str(config.get("data") or "").endswith(".zarr")
-
-
-def _train_lazy(args: argparse.Namespace, run: Path, config: dict[str, Any],
-                before: Any) -> int:
-    """--lazy (or a .zarr store): training samples are read from disk as they are used."""
-    import minunet as mu
-
-    if not config.get("data"):
-        raise InputError("--lazy reads a folder (images/ + labels/) or a .zarr training store "
-                         "given with --data")
-    source = _data_folder(config, run)
-    try:
-        from .io.lazy import sample_count, training_split
-
-        n = sample_count(source)
-        val_idx = _validation_draw(n, config["val_fraction"], config["seed"])
-        train_data, val_data, val_labels, post = training_split(source, val_idx,
-                                                                config["normalization"])
-    except ImportError as err:
-        raise InputError(f"--lazy needs the scale extra: pip install 'minunet[scale]' "
-                         f"({err})") from err
-    except (ValueError, OSError) as err:
-        raise InputError(f"--data {source}: {err}") from err
-    model = mu.UNet(len(config.get("channels") or [0]), 3, depth=config["depth"],
-                    base_channels=config["base"],
-                    rng=np.random.default_rng(config["seed"]))
-    diameter = _training_diameter([train_data.read_labels(i) for i in range(len(train_data))])
-    return _fit(args, run, config, before, model, train_data, val_data, val_labels, post,
-                diameter)
-
-
-def _new_run_config(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
-    from .predict import DEFAULT_NORMALIZATION
-
-    if args.out is None:
-        raise InputError("give --out RUN (a new run folder) or --resume RUN")
-    run = Path(args.out)
-    if run.exists() and not run.is_dir():
-        raise InputError(f"--out {run} is a file; give a folder for the run")
-    if run.is_dir() and any(run.iterdir()) and not args.overwrite:
-        if any((run / f).exists() for f in RUN_FILES):
-            raise InputError(f"--out {run} is an existing run; continue it with --resume {run}, "
-                             f"or replace it with --overwrite")
-        raise InputError(f"--out {run} is a folder that is not empty; give a new folder, or "
-                         "--overwrite to write the run into it")
-    config = {k: (v if (v := getattr(args, k, None)) is not None else default)
-              for k, default in TRAIN_DEFAULTS.items()}
-    config["size"] = list(config["size"])
-    config["data"] = None
-    if args.data is not None:
-        data = os.path.abspath(args.data)
-        config["data"] = data
-        # also relative to the run, so that moving the run and its data together still works
-        config["data_relative_to_run"] = os.path.relpath(data, os.path.abspath(run))
-    config["normalization"] = DEFAULT_NORMALIZATION
-    return run, config
-
-
-def _resume_config(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
-    run = Path(args.resume)
-    config_path = run / "config.json"
-    if not config_path.is_file():
-        raise InputError(f"--resume {run}: no config.json there; is it a minunet run folder?")
-    if args.out is not None and Path(args.out).resolve() != run.resolve():
-        raise InputError(f"--resume {run} continues that run in place; leave out --out")
-    if args.overwrite:
-        raise InputError("--resume continues a run, --overwrite replaces one: give one of them")
-    given = [k for k in TRAIN_DEFAULTS if k not in RESUME_MAY_CHANGE
-             and getattr(args, k, None) is not None]
-    if given:
-        flags = ", ".join("--" + k.replace("_", "-") for k in given)
-        raise InputError(f"--resume {run} keeps the run's own settings (config.json); {flags} "
-                         f"cannot change them (only --epochs, --patience and --data can). Start "
-                         f"a new run with --out to train otherwise")
-    from .checks import load_json
-
-    try:
-        config = load_json(config_path.read_text(), str(config_path))
-    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError, or nested too deeply
-        raise InputError(f"{config_path} is not valid JSON ({err}); the run cannot be "
-                         "resumed") from err
-    if not isinstance(config, dict):
-        raise InputError(f"{config_path} does not hold a run's settings")
-    for key, default in TRAIN_DEFAULTS.items():
-        config.setdefault(key, default)
-    done, stopped = _run_position(run)
-    if args.patience is not None:
-        config["patience"] = args.patience
-    if args.epochs is not None:
-        if args.epochs <= done:
-            raise InputError(f"--resume {run}: the run has already trained {done} epochs and "
-                             f"--epochs is the total; give --epochs more than {done}")
-        config["epochs"] = args.epochs
-    elif done >= config["epochs"]:
-        raise InputError(f"--resume {run}: the run has finished its {done} epochs; to train "
-                         f"further give --epochs N with N > {done}")
-    if stopped is not None and args.patience is None and (
-            config["patience"] is not None and stopped >= config["patience"]):
-        raise InputError(f"--resume {run}: the run stopped early ({stopped} epochs without "
-                         f"improvement, --patience {config['patience']}); to go on, give a "
-                         f"larger --patience")
-    if args.data is not None:
-        config["data"] = os.path.abspath(args.data)
-        config["data_relative_to_run"] = os.path.relpath(config["data"], os.path.abspath(run))
-    return run, config
-
-
-def _run_position(run: Path) -> tuple[int, int | None]:
-    """(epochs finished, epochs without improvement) from last.npz; (0, None) if none yet."""
-    from .checkpoint import load
-
-    if not (run / "last.npz").is_file():
-        return 0, None
-    position = load(run / "last.npz").position or {}
-    return int(position.get("epoch", 0)), position.get("bad_epochs")
-
-
-def _epochs_done(run: Path) -> int:
-    try:
-        return _run_position(run)[0]
-    except Exception:  # a damaged last.npz: resume will say so
-        return 0
-
-
-def _check_train_settings(config: dict[str, Any]) -> None:
-    checks = [
-        ("epochs", config["epochs"] >= 1, "at least 1"),
-        ("batch-size", config["batch_size"] >= 1, "at least 1"),
-        ("lr", 0 < config["lr"] < 10, "between 0 and 10 (e.g. 3e-3)"),
-        ("depth", 1 <= config["depth"] <= MAX_DEPTH, f"from 1 to {MAX_DEPTH}"),
-        ("base", 1 <= config["base"] <= MAX_BASE, f"from 1 to {MAX_BASE}"),
-        ("crop", config["crop"] >= 1, "at least 1"),
-        ("val-fraction", 0 < config["val_fraction"] < 1, "between 0 and 1 (e.g. 0.1)"),
-        ("patience", config["patience"] is None or config["patience"] >= 1, "at least 1"),
-        ("n", config["n"] >= 2, "at least 2"),
-    ]
-    for flag, ok, what in checks:
-        if not ok:
-            key = flag.replace("-", "_")
-            raise InputError(f"--{flag} must be {what}, got {config[key]}")
-    mult = 2 ** config["depth"]
-    if config["crop"] % mult:
-        lower = max(mult, config["crop"] // mult * mult)
-        raise InputError(f"--crop {config['crop']} is not a multiple of 2**depth = {mult} (the "
-                         f"U-Net's pooling grid); use --crop {lower} or {lower + mult}")
-
-
-def _training_data(config: dict[str, Any], run: Path) -> dict[str, Any]:
-    from . import data
-    from .io import folders
-
-    if not config.get("data"):
-        from .data import presets
-
-        if config["preset"] not in presets.PRESETS:
-            raise InputError(f"--preset {config['preset']!r} is not one of "
-                             f"{', '.join(presets.PRESETS)}")
-        images, labels, _ = data.generate(config["n"], config["preset"],
-                                          size=tuple(config["size"]), seed=config["seed"])
-        return {"images": list(images), "labels": [lab.astype(np.int32) for lab in labels],
-                "names": [f"{config['preset']}-{i}" for i in range(len(images))]}
-    root = _data_folder(config, run)
-    try:
-        pairs = folders.find_pairs(root, image_suffix=config["image_suffix"],
-                                   mask_suffix=config["mask_suffix"])
-        if config.get("channels"):
-            images, labels = _read_channel_pairs(pairs, config["channels"])
+        if args.resume:
+            if args.out is not None and Path(args.out).resolve() != Path(args.resume).resolve():
+                raise InputError(f"--resume {args.resume} continues that run in place; leave "
+                                 "out --out")
+            if args.overwrite:
+                raise InputError("--resume continues a run, --overwrite replaces one: give one "
+                                 "of them")
+            fixed = [k for k in given if k not in runs.RESUME_MAY_CHANGE]
+            fixed += ["from"] if args.from_ is not None else []
+            if fixed:
+                flags = ", ".join("--" + k.replace("_", "-") for k in fixed)
+                raise InputError(f"--resume {args.resume} keeps the run's own settings "
+                                 f"(config.json); {flags} cannot change them (only --epochs, "
+                                 f"--patience and --data can). Start a new run with --out to "
+                                 f"train otherwise")
+            run = runs.resume(args.resume, epochs=args.epochs, patience=args.patience,
+                              data=args.data)
         else:
-            images, labels = folders.read_pairs(pairs)
-    except folders.DataError as err:
-        raise InputError(f"--data {root}: {err}") from err
-    if run.resolve() in {f.parent.resolve() for pair in pairs for f in pair}:
-        raise InputError(f"--out {run} is a folder of the training data; the run's files would "
-                         "mix with the images: give the run a folder of its own")
-    names = [str(image.relative_to(root)) for image, _ in pairs]
-    return {"images": images, "labels": labels, "names": names}
-
-
-def _read_channel_pairs(pairs: list, channels: list[int]) -> tuple[list, list]:
-    """train --channels: each image's chosen channels, channels last (H, W, C), and its mask;
-    problems collected and reported together, by file name."""
-    from .io import folders
-    from .io.images import read_image_file
-
-    images, labels, problems = [], [], []
-    for image_path, mask_path in pairs:
-        try:
-            image = read_image_file(image_path)
-            if image.n_planes != 1:
-                raise ValueError(f"{image_path} is a stack of {image.n_planes} planes; train on "
-                                 "2-D images (one plane per file)")
-            picked = np.stack([image.select(c)[0][0] for c in channels], axis=-1)  # (H, W, C)
-            mask = folders.read_labels(mask_path)
-            if picked.shape[:2] != mask.shape:
-                raise ValueError(f"{image_path} is {picked.shape[0]}x{picked.shape[1]} but its "
-                                 f"mask {mask_path} is {mask.shape[0]}x{mask.shape[1]}")
-        except (ValueError, OSError) as err:
-            problems.append(str(err))
-            continue
-        images.append(picked)
-        labels.append(mask)
-    if problems:
-        raise folders.DataError(f"{len(problems)} of {len(pairs)} training pairs cannot be used "
-                                "with --channels:\n  " + "\n  ".join(problems[:10]))
-    return images, labels
-
-
-def _channel_samples(images: list, labels: list, norm: dict[str, Any], names: list[str]
-                     ) -> tuple[list, list, list]:
-    """`workflow.training_samples` for images (H, W, C): x (C, H, W), each channel normalised
-    on its own, as `inference.segment` will for a model of several input channels."""
-    from . import data as mudata
-    from .predict import normalize_channels
-
-    x = [normalize_channels(im, norm, who=name) for im, name in zip(images, names, strict=True)]
-    t = [mudata.three_class(lab[None])[0] for lab in labels]
-    w = [mudata.weight_map(lab[None])[0] for lab in labels]
-    return x, t, w
-
-
-def _data_folder(config: dict[str, Any], run: Path) -> Path:
-    """The training data of a run: its absolute path, else the same place relative to the run
-    (a run moved with its data); never relative to the current folder."""
-    from .io.folders import LAYOUTS
-
-    data = Path(config["data"])
-    if data.exists() and not data.is_dir():
-        raise InputError(f"--data {data} is a file; give the folder that holds the images and "
-                         f"masks ({LAYOUTS})")
-    if data.is_absolute():
-        if data.is_dir():
-            return data
-        relative = config.get("data_relative_to_run")
-        if relative and (run / relative).is_dir():
-            return (run / relative).resolve()
-        raise InputError(f"the run's training data {data} is gone (nor is it at {run}/"
-                         f"{relative}); give --data FOLDER to say where it is now")
-    if run.exists() and (run / "config.json").exists():  # an old run: a path of unknown origin
-        raise InputError(f"{run / 'config.json'} names its data as '{data}', relative to a "
-                         f"folder it did not record; give --data FOLDER to say which")
-    return data
-
-
-def _validation_draw(n: int, fraction: float, seed: int) -> list[int]:
-    """A seeded random draw of round(n * fraction) images (at least 1), in index order."""
-    n_val = max(1, round(n * fraction))
-    if n_val >= n:
-        raise InputError(f"{n} images are too few to hold out {n_val} for validation; add "
-                         "images or lower --val-fraction")
-    rng = np.random.default_rng([seed, n])
-    return sorted(int(i) for i in rng.permutation(n)[:n_val])
-
-
-def _check_sizes(config: dict[str, Any], train_images: list, train_names: list,
-                 val_images: list, val_names: list) -> None:
-    crop, mult = config["crop"], 2 ** config["depth"]
-    small = [(min(im.shape[:2]), name) for im, name in zip(train_images, train_names,
-                                                           strict=True) if min(im.shape[:2]) < crop]
-    if small:
-        side, name = min(small)
-        fit = side // mult * mult
-        hint = f"lower --crop to {fit} or less" if fit >= mult else "remove it"
-        raise InputError(f"{len(small)} training images are smaller than --crop {crop} (the "
-                         f"smallest, {name}, has a side of {side}); {hint}")
-    tiny = [name for im, name in zip(val_images, val_names, strict=True)
-            if min(im.shape[:2]) < mult]
-    if tiny:
-        raise InputError(f"validation images smaller than 2**depth = {mult} pixels: "
-                         f"{', '.join(tiny[:3])}; remove them or lower --depth")
-
-
-def _crop_to(a: np.ndarray, mult: int) -> np.ndarray:
-    """Cut the last two axes down to multiples of `mult` (the U-Net's pooling grid)."""
-    H, W = a.shape[-2:]
-    return a[..., :H // mult * mult, :W // mult * mult]
-
-
-def _as_batch(x: list, t: list, w: list) -> tuple:
-    """Per-sample lists -> stacked arrays when all samples have one size (faster), else lists."""
-    if len({a.shape for a in x}) == 1:
-        return np.stack(x), np.stack(t), np.stack(w)
-    return x, t, w
-
-
-def _prepare_run_folder(run: Path, overwrite: bool) -> None:
-    _writable_dir(run)
-    if overwrite:  # the old run's files would be mistaken for this one's
-        for name in RUN_FILES:
-            (run / name).unlink(missing_ok=True)
+            run = runs.fit(args.data, args.out, from_=args.from_, overwrite=args.overwrite,
+                           **given)
+    except KeyboardInterrupt:
+        done = runs.Run(folder).epochs_done if folder else 0
+        _say(f"minunet train: interrupted; {done} epochs are saved in {folder}; continue "
+             f"with: minunet train --resume {folder}")
+        return EXIT_INTERRUPTED
+    print(run.summary())
+    return EXIT_OK
 
 
 # ------------------------------------------------------------------- predict
@@ -535,6 +187,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         segment,
         write_prediction,
     )
+    from .io import locks
     from .io.files import remove_stale_temps
 
     if args.tile < 1:
@@ -571,6 +224,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return predict_command(args, ckpt.path, files)
 
     out = _writable_dir(out)
+    locks.hold(out, "minunet predict")  # released when the command ends (main)
     for sub, wanted in ((OVERLAY_DIR, args.overlays), (PROBS_DIR, args.probs)):
         if wanted:
             (out / sub).mkdir(exist_ok=True)
@@ -1135,11 +789,13 @@ def _writable_dir(path: str | Path) -> Path:
     return out
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    from .io.files import write_atomic
-
-    text = json.dumps(obj, indent=2)
-    write_atomic(path, lambda tmp: tmp.write_text(text))
+def _remove_empty_folders(folder: Path) -> None:
+    """Remove `folder` and the folders in it, deepest first, as far as they hold no files."""
+    for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), reverse=True):
+        with contextlib.suppress(OSError):
+            sub.rmdir()
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -1170,8 +826,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--overwrite", action="store_true", help="replace a data set in --out")
     g.set_defaults(run=cmd_generate)
 
-    d = TRAIN_DEFAULTS
-    t = sub.add_parser("train", help="train a U-Net; writes a run folder")
+    d, f = TRAIN_DEFAULTS, _run_settings.FINETUNE_DEFAULTS
+    t = sub.add_parser("train", help="train a U-Net, or fine-tune a model; writes a run folder")
     src = t.add_mutually_exclusive_group()
     src.add_argument("--data", help="training images and masks: images/ + labels/ or masks/, "
                      "or a Cellpose folder of NAME_img + NAME_masks files")
@@ -1181,12 +837,23 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--n", type=int, help=f"images to generate with --preset ({d['n']})")
     t.add_argument("--size", type=_size, help="size of generated images (256)")
     t.add_argument("--seed", type=int, help=f"seeds everything ({d['seed']})")
+    t.add_argument("--from", dest="from_", metavar="MODEL",
+                   help="start from this model (a pretrained name such as nuclei, a run folder "
+                        "or a checkpoint): its architecture and normalisation are kept")
     t.add_argument("--val-fraction", type=float,
-                   help=f"share of images drawn (seeded) for validation ({d['val_fraction']})")
-    t.add_argument("--epochs", type=int, help=f"total epochs ({d['epochs']}); with --resume: "
-                   "train up to this many")
+                   help=f"share of images drawn (seeded) for validation ({d['val_fraction']}; "
+                        f"with fewer than {_run_settings.MIN_VALIDATION_IMAGES} images none "
+                        f"unless given; 0: none)")
+    t.add_argument("--epochs", type=int, help=f"total epochs ({d['epochs']}, with --from "
+                   f"{f['epochs']}); with --resume: train up to this many")
+    t.add_argument("--samples-per-epoch", type=int,
+                   help="random crops per epoch, at least one per image "
+                        f"({d['samples_per_epoch']})")
     t.add_argument("--batch-size", type=int, help=f"({d['batch_size']})")
-    t.add_argument("--lr", type=float, help=f"learning rate ({d['lr']})")
+    t.add_argument("--lr", type=float, help=f"peak learning rate of the cosine schedule "
+                   f"({d['lr']}, with --from {f['lr']})")
+    t.add_argument("--warmup", type=int, help=f"steps of linear warm-up ({d['warmup']}, with "
+                   f"--from {f['warmup']})")
     t.add_argument("--depth", type=int, help=f"poolings ({d['depth']})")
     t.add_argument("--base", type=int, help=f"channels of the first level ({d['base']})")
     t.add_argument("--crop", type=int,
@@ -1194,8 +861,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--patience", type=int, help="stop after this many epochs without a better "
                    "val_f1 (never)")
     t.add_argument("--lazy", action="store_true", default=None,
-                   help="read --data image by image as it trains (sets larger than memory; "
-                        "a .zarr training store is always read so; needs the scale extra)")
+                   help="read --data image by image as it trains (sets larger than memory, "
+                        "any layout; a .zarr training store, which needs the scale extra, is "
+                        "always read so)")
     t.add_argument("--out", help="a new run folder (config, checkpoints, log, curves)")
     t.add_argument("--resume", metavar="RUN", help="continue a run (from its last.npz)")
     t.add_argument("--overwrite", action="store_true", help="replace the run in --out")

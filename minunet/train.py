@@ -33,7 +33,8 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,7 @@ def train(
     resume: bool = False,
     metadata: dict[str, Any] | None = None,
     progress: bool = True,
+    samples_per_epoch: int | None = None,
 ) -> History:
     """Train `model` on arrays; return the `History`. See the module docstring.
 
@@ -126,11 +128,17 @@ def train(
                 from scratch when there is none yet
     metadata:   JSON-able dict stored in every checkpoint (e.g. the input normalisation)
     progress:   a progress bar per epoch on a terminal, one plain line per epoch otherwise
+    samples_per_epoch: samples drawn per epoch (None: one pass over train_data). More than
+                the set holds: successive shuffles of the whole set, so that a handful of
+                images still gives an epoch of many (differently cropped) steps
     """
     who = "train"
     images, targets, weights = _check_data(who, "train_data", train_data)
     if val_data is not None:
         _check_data(who, "val_data", val_data)
+    if samples_per_epoch is not None and samples_per_epoch < 1:
+        raise ValueError(f"{who}: samples_per_epoch must be >= 1 or None, got "
+                         f"{samples_per_epoch}")
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"{who}: epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
     if optimizer is not None and lr is not None:
@@ -173,7 +181,8 @@ def train(
         model.train()
         train_loss = _train_one_epoch(model, optimizer, loss_fn, schedule, images, targets,
                                       weights, batch_size, crop, augment, rng, state,
-                                      f"epoch {epoch + 1}/{epochs}", progress, out)
+                                      f"epoch {epoch + 1}/{epochs}", progress, out,
+                                      samples_per_epoch)
         if not all(np.isfinite(np.sum(p.data)) for p in model.parameters()):
             raise TrainingDiverged(_diverged_message(
                 f"a weight became NaN or inf during epoch {epoch + 1}", out, state, optimizer))
@@ -203,10 +212,13 @@ def train(
         history.records.append(record)
         if out is not None:
             # Order matters for resume: log, then best, then last (which says the epoch is done).
-            _append_log(out, record)
+            with _writing(out / LOG_NAME):
+                _append_log(out, record)
             if improved:
-                save(model, out / BEST_NAME, position=dict(state), **metadata)
-            save(model, out / LAST_NAME, optimizer, position=dict(state), **metadata)
+                with _writing(out / BEST_NAME):
+                    save(model, out / BEST_NAME, position=dict(state), **metadata)
+            with _writing(out / LAST_NAME):
+                save(model, out / LAST_NAME, optimizer, position=dict(state), **metadata)
         _say(progress, _epoch_line(record, epochs, improved))
         if _patience_ran_out(state, patience):
             history.stop_reason = _early_stop_reason(state, patience, monitor)
@@ -221,11 +233,16 @@ def _train_one_epoch(model: Module, optimizer: Any, loss_fn: Any,
                      targets: np.ndarray, weights: np.ndarray | None, batch_size: int,
                      crop: int | tuple[int, int] | None, augment: Augment | None,
                      rng: np.random.Generator, state: dict[str, Any], title: str,
-                     progress: bool, out: Path | None) -> float:
-    """One pass over the shuffled training set; returns the mean training loss."""
+                     progress: bool, out: Path | None,
+                     samples_per_epoch: int | None = None) -> float:
+    """One epoch: one pass over the shuffled training set, or `samples_per_epoch` samples
+    from successive shuffles; returns the mean training loss."""
     N = len(images)
     order = rng.permutation(N)
-    n_batches = math.ceil(N / batch_size)
+    if samples_per_epoch is not None:
+        passes = [order] + [rng.permutation(N) for _ in range(-(-samples_per_epoch // N) - 1)]
+        order = np.concatenate(passes)[:samples_per_epoch]
+    n_batches = math.ceil(len(order) / batch_size)
     started = time.perf_counter()
     loss_sum, seen = 0.0, 0
     bar = tqdm(total=n_batches, desc=title, unit="batch", file=sys.stderr, leave=False,
@@ -423,6 +440,17 @@ def _append_log(out: Path, record: dict[str, Any]) -> None:
     with open(out / LOG_NAME, "a") as f:
         f.write(json.dumps(record) + "\n")
         f.flush()
+
+
+@contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """An OSError while writing `path` (a full disk, a lost mount) names the file."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename:
+            raise
+        raise OSError(err.errno, f"{err.strerror or err}", str(path)) from err
 
 
 def _diverged_message(what: str, out: Path | None, state: dict[str, Any], optimizer: Any) -> str:

@@ -35,3 +35,12 @@ def test_accuracy_quick_writes_the_table(tmp_path):
     table = (tmp_path / "table.md").read_text()
     assert "reference-shifted, diameter auto" in table and "ceiling" in table
     assert "reference-shifted" in stdout
+
+
+def test_finetune_quick_writes_the_table(tmp_path):
+    """bench/finetune.py --quick: the bundled model, from scratch and fine-tuned, end to end
+    through mu.fit (seconds; the default suite runs it)."""
+    stdout = run("finetune.py", "--quick", "--out", str(tmp_path))
+    table = (tmp_path / "table.md").read_text()
+    assert "| lab | 1 |" in table and "| lab | 2 |" in table and "fine-tuned" in table
+    assert "bundled nuclei F1" in stdout

@@ -47,6 +47,7 @@ def save_dataset(out_dir: str | Path, images: np.ndarray, labels: np.ndarray, ma
                               ("labels", label.astype(np.uint16))):
             write_atomic(out / folder / name, lambda tmp, a=array: tifffile.imwrite(
                 tmp, a, photometric="minisblack"))
+    _remove_older(out, {f"{i:0{digits}d}.tif" for i in range(len(images))})
     from .. import __version__
     record = {"format": FORMAT_VERSION, "minunet_version": __version__, **_jsonable(manifest),
               "n": len(images), "size": list(images.shape[1:])}
@@ -67,6 +68,15 @@ def _remove_killed_writes(out: Path) -> None:
                                                       and n[:-4].isdigit())]
         if wanted:
             remove_stale_temps(folder, wanted)
+
+
+def _remove_older(out: Path, names: set[str]) -> None:
+    """Remove images and labels of an earlier, larger data set in `out` (files named as this
+    writer names them, NNNN.tif), so that the folder holds exactly the new set."""
+    for folder in ("images", "labels"):
+        for f in (out / folder).glob("*.tif"):
+            if f.name not in names and f.stem.isdigit():
+                f.unlink()
 
 
 def load_dataset(directory: str | Path) -> tuple[np.ndarray, np.ndarray, dict]:

@@ -13,8 +13,9 @@ order, crops and augmentations from the same seed, so a run on a set that fits g
 weights either way (tested).
 
 Two sets:
-    FolderSet   a folder of images/NAME.tif and labels/NAME.tif (what `minunet generate` and
-                `data.save_dataset` write). Each access reads the two files and computes the
+    FolderSet   a training folder in any layout `minunet train --data` takes (images/ with
+                labels/ or masks/, Cellpose's flat folders). Each access reads the two files
+                (the mask checked as `folders.read_labels` checks it) and computes the
                 target and the weight map (a few ms to tens of ms for 256 x 256): nothing to
                 prepare, slower per step.
     ZarrSet     a Zarr group holding x, targets, weights and labels, one chunk per sample,
@@ -37,7 +38,8 @@ import numpy as np
 
 from ..data.targets import three_class, weight_map
 from ..predict import DEFAULT_NORMALIZATION, normalize
-from .images import IMAGE_SUFFIXES, read_image
+from .folders import IMAGE_SUFFIX, MASK_SUFFIX, DataError, find_pairs, read_labels
+from .images import read_image
 
 STORE_FORMAT = "minunet-training-store"
 STORE_VERSION = 1
@@ -71,7 +73,7 @@ class LazySet:
 
     def training_arrays(self) -> tuple[SampleView, SampleView, SampleView]:
         """What `mu.train` uses in place of (x, targets, weights)."""
-        H, W = self.shape
+        H, W = self.shape or (None, None)  # None: the samples differ in size
         return (SampleView(self, 0, (len(self), 1, H, W), np.float32),
                 SampleView(self, 1, (len(self), H, W), np.int64),
                 SampleView(self, 2, (len(self), H, W), np.float32))
@@ -124,26 +126,25 @@ def _sample_from(image: np.ndarray, labels: np.ndarray, normalization: dict[str,
 
 # ------------------------------------------------------------------------------ folders
 class FolderSet(LazySet):
-    """images/NAME and labels/NAME pairs in a folder (see the module docstring).
+    """Image / mask pairs of a training folder in any layout `minunet.io.folders` finds
+    (images/ + labels/ or masks/, Cellpose's flat folders; see the module docstring).
 
     indices: which of the sorted pairs belong to this set (e.g. range(n_val, n) for training)
     normalization: as stored with the model (default: predict's default)
+    image_suffix, mask_suffix: Cellpose's file names (as `folders.find_pairs`)
+    Every mask is checked as it is read (whole, non-negative ids), every image for NaN; an
+    error names the file. `shape` is None when the images differ in size (then train with a
+    crop, and validate on arrays).
     """
 
     def __init__(self, folder: str | Path, *, indices: Iterable[int] | None = None,
-                 normalization: dict[str, Any] | None = None) -> None:
+                 normalization: dict[str, Any] | None = None,
+                 image_suffix: str = IMAGE_SUFFIX, mask_suffix: str = MASK_SUFFIX) -> None:
         super().__init__()
-        root = Path(folder)
-        images = _image_files(root / "images")
-        labels = _image_files(root / "labels")
-        if [f.name for f in images] != [f.name for f in labels]:
-            raise ValueError(f"FolderSet: {root / 'images'} and {root / 'labels'} hold different "
-                             "file names; each image needs a label image of the same name")
-        if not images:
-            raise ValueError(f"FolderSet: no images in {root / 'images'}")
-        keep = list(range(len(images))) if indices is None else [int(i) for i in indices]
-        self.images = [images[i] for i in keep]
-        self.label_files = [labels[i] for i in keep]
+        pairs = find_pairs(folder, image_suffix=image_suffix, mask_suffix=mask_suffix)
+        keep = list(range(len(pairs))) if indices is None else [int(i) for i in indices]
+        self.images = [pairs[i][0] for i in keep]
+        self.label_files = [pairs[i][1] for i in keep]
         self.normalization = dict(DEFAULT_NORMALIZATION if normalization is None
                                   else normalization)
         self.shape = _common_shape(self.images + self.label_files)
@@ -152,7 +153,7 @@ class FolderSet(LazySet):
         return len(self.images)
 
     def read_labels(self, i: int) -> np.ndarray:
-        return read_image(self.label_files[i]).astype(np.int32)
+        return read_labels(self.label_files[i])
 
     def split(self, n_first: int) -> tuple[FolderSet, FolderSet]:
         first, rest = (FolderSet.__new__(FolderSet) for _ in range(2))
@@ -163,24 +164,26 @@ class FolderSet(LazySet):
         return first, rest
 
     def _read(self, i: int) -> Sample:
-        # as data.load_dataset reads them: images as float32, labels as int32
-        image = read_image(self.images[i]).astype(np.float32)
-        labels = read_image(self.label_files[i]).astype(np.int32)
-        if labels.shape != self.shape or image.shape[:2] != self.shape:
-            raise ValueError(f"FolderSet: {self.images[i]} or its labels do not have the "
-                             f"set's shape {self.shape}")
-        return _sample_from(image, labels, self.normalization)
+        image, labels = read_pair(self.images[i], self.label_files[i])
+        return _sample_from(image.astype(np.float32), labels, self.normalization)
 
 
-def _image_files(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        raise FileNotFoundError(f"FolderSet: no folder {folder}; a training folder holds "
-                                "images/ and labels/ with files of the same names")
-    return sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+def read_pair(image_path: Path, mask_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One image and its mask, checked as `folders.read_pairs` checks them (errors name the
+    file): labels (H, W) int32."""
+    image = read_image(image_path)
+    labels = read_labels(mask_path)
+    if image.shape[:2] != labels.shape:
+        raise DataError(f"{image_path} is {image.shape[0]}x{image.shape[1]} but its mask "
+                        f"{mask_path} is {labels.shape[0]}x{labels.shape[1]}")
+    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+        raise DataError(f"{image_path}: holds NaN or inf values; fix or remove it")
+    return image, labels
 
 
-def _common_shape(files: Sequence[Path]) -> tuple[int, int]:
-    """(H, W) shared by all files, read from their headers (TIFF) or the files themselves."""
+def _common_shape(files: Sequence[Path]) -> tuple[int, int] | None:
+    """(H, W) shared by all files, read from their headers (TIFF) or the files themselves;
+    None when they differ."""
     import tifffile
 
     shapes = set()
@@ -190,10 +193,7 @@ def _common_shape(files: Sequence[Path]) -> tuple[int, int]:
                 shapes.add(tuple(tif.pages[0].shape[:2]))
         else:
             shapes.add(read_image(f).shape[:2])
-    if len(shapes) != 1:
-        raise ValueError(f"FolderSet: the images and labels must share one size to be batched, "
-                         f"found {sorted(shapes)}; crop or pad them first")
-    return shapes.pop()
+    return shapes.pop() if len(shapes) == 1 else None
 
 
 # ------------------------------------------------------------------------------ zarr
@@ -340,42 +340,29 @@ def write_zarr_set(path: str | Path, images: Iterable[np.ndarray],
 
 
 # ------------------------------------------------------------------------------ the command
-def training_split(source: str | Path, val_indices: Sequence[int],
-                   normalization: dict[str, Any] | None) -> tuple[LazySet, tuple, np.ndarray,
-                                                                  dict[str, int]]:
-    """For `minunet train --lazy`: (training set read from disk, validation arrays in memory
-    (x, targets, weights), validation labels, post-processing settings learned from the
-    training labels). `val_indices` are the validation samples (the command's seeded draw);
-    every other sample trains."""
-    from ..workflow import postprocess_settings
-
+def open_set(source: str | Path, normalization: dict[str, Any] | None, *,
+             image_suffix: str = IMAGE_SUFFIX, mask_suffix: str = MASK_SUFFIX) -> LazySet:
+    """For `minunet train --lazy`: the whole training folder (any layout) or `.zarr` store
+    (whose stored normalisation must be the run's)."""
     path = Path(source)
     if path.suffix == ".zarr":
         store = ZarrSet(path)
-        stored = store.normalization
-        if normalization is not None and stored != normalization:
-            raise ValueError(f"train: {path} was written with normalisation {stored}, the run "
-                             f"asks for {normalization}; write the store again with it")
-        n = len(store)
-
-        def subset(indices: list[int]) -> LazySet:
-            return ZarrSet(path, indices=indices)
-    else:
-        n = len(FolderSet(path, normalization=normalization))
-
-        def subset(indices: list[int]) -> LazySet:
-            return FolderSet(path, indices=indices, normalization=normalization)
-    held_out = set(int(i) for i in val_indices)
-    val_set = subset(sorted(held_out))
-    train_set = subset([i for i in range(n) if i not in held_out])
-    x, t, w = val_set.training_arrays()
-    val_data = (x[:], t[:], w[:])
-    val_labels = np.stack([val_set.read_labels(i) for i in range(len(val_set))])
-    post = postprocess_settings([train_set.read_labels(i) for i in range(len(train_set))])
-    return train_set, val_data, val_labels, post
+        if normalization is not None and store.normalization != normalization:
+            raise ValueError(f"train: {path} was written with normalisation "
+                             f"{store.normalization}, the run asks for {normalization}; write "
+                             f"the store again with it")
+        return store
+    return FolderSet(path, normalization=normalization, image_suffix=image_suffix,
+                     mask_suffix=mask_suffix)
 
 
-def sample_count(source: str | Path) -> int:
-    """How many samples a training folder or store holds (without reading them)."""
-    path = Path(source)
-    return len(ZarrSet(path)) if path.suffix == ".zarr" else len(FolderSet(path))
+def subset(whole: LazySet, indices: Sequence[int]) -> LazySet:
+    """The samples `indices` of a set opened by `open_set`, as a set of the same kind."""
+    if isinstance(whole, ZarrSet):
+        return ZarrSet(whole.path, indices=[int(whole.keep[i]) for i in indices])
+    part = FolderSet.__new__(FolderSet)
+    LazySet.__init__(part)
+    part.images = [whole.images[i] for i in indices]
+    part.label_files = [whole.label_files[i] for i in indices]
+    part.normalization, part.shape = whole.normalization, whole.shape
+    return part
