@@ -498,18 +498,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
                disable=not sys.stderr.isatty() or len(files) < 2)
     try:
         for path in bar:
+            found: dict = {}  # --diameter auto: the estimate, printed below
             try:
                 labels_path, n = write_prediction(ckpt, path, out, image=_read(path),
                                                   tile=args.tile, probs=args.probs,
                                                   overlays=args.overlays, progress=True,
-                                                  diameter=args.diameter)
+                                                  diameter=args.diameter, info=found)
             except (InputError, ValueError, TypeError, OSError, MemoryError) as err:
                 message = str(err) if str(path) in str(err) else f"{path}: {err}"
                 failures.append(message)
                 tqdm.write(f"minunet predict: error: {message}", file=sys.stderr)
                 continue
             done += 1
-            tqdm.write(f"{path} -> {labels_path} ({n} objects)", file=sys.stdout)
+            tqdm.write(f"{path} -> {labels_path} ({n} objects{_estimate_note(found)})",
+                       file=sys.stdout)
     except KeyboardInterrupt:
         bar.close()
         again = "with --overwrite " if done else ""
@@ -517,6 +519,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
              f"complete in {out}); run the same command {again}to start again")
         return EXIT_INTERRUPTED
     return _batch_summary("predict", len(files), failures)
+
+
+def _estimate_note(found: dict) -> str:
+    """', diameter ~D px (resized xS)' for a --diameter auto estimate; '' without one."""
+    if "diameter_estimate" not in found:
+        return ""
+    d, scale = found["diameter_estimate"], found["scale"]
+    size = "too few objects to estimate the diameter" if d is None else f"diameter ~{d:.1f} px"
+    return f", {size}, " + ("not resized" if scale == 1.0 else f"resized x{scale:.2f}")
 
 
 def _check_outputs(inputs: Sequence[str], files: list[Path], outputs: dict[Path, list[Path]],

@@ -13,6 +13,7 @@ defaults instead.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ def segment(model: Checkpoint | Module | str | os.PathLike,
             image: np.ndarray | str | os.PathLike, *,
             tile: int = 256, batch_size: int = 4, progress: bool = False,
             diameter: float | str | None = None, return_probs: bool = False,
-            **postprocess: Any,
+            info: dict[str, Any] | None = None, **postprocess: Any,
             ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Instance labels (H, W) int32 (0 background) of one raw image of any size.
 
@@ -54,7 +55,11 @@ def segment(model: Checkpoint | Module | str | os.PathLike,
     progress:     a progress bar over tile batches for large images (on a terminal)
     diameter:     the objects' typical diameter in pixels, or "auto" to estimate it from the
                   image: the image is rescaled so that objects have the size the model was
-                  trained on (checkpoint metadata "diameter"); None: the image as it is
+                  trained on (checkpoint metadata "diameter"); None: the image as it is.
+                  "auto" runs the model once at the image's own scale, measures its objects
+                  (`rescale.auto_scale`) and runs again only if they are off the trained size
+    info:         a dict to fill with what diameter="auto" found: "diameter_estimate" (px, or
+                  None: too few objects) and "scale" (1: not resized)
     return_probs: also return the class probabilities (Kc, H, W)
     postprocess:  override a stored `to_instances` setting (e.g. min_size=10)
     """
@@ -65,13 +70,25 @@ def segment(model: Checkpoint | Module | str | os.PathLike,
     ckpt = as_checkpoint(model)
     normalization, settings = stored_settings(ckpt)
     scale = 1.0
+    network = ckpt.model if isinstance(ckpt, Checkpoint) else ckpt
+    trained = ckpt.metadata.get("diameter") if isinstance(ckpt, Checkpoint) else None
+    if diameter == "auto" and trained is not None:  # first pass at the image's own scale
+        from .rescale import auto_scale
+
+        labels, probs = segment_with(network, image, normalization, tile=tile,
+                                     batch_size=batch_size, progress=progress,
+                                     **{**settings, **postprocess})
+        scale, estimate = auto_scale(probs, trained)
+        if info is not None:
+            info.update(diameter_estimate=estimate, scale=scale)
+        if scale == 1.0:
+            return (labels, probs) if return_probs else labels
+        diameter = trained / scale
     if diameter is not None:
         from .rescale import plan
 
-        trained = ckpt.metadata.get("diameter") if isinstance(ckpt, Checkpoint) else None
         scale, settings = plan(image, {"postprocess": settings, "diameter": trained}, diameter)
     settings.update(postprocess)
-    network = ckpt.model if isinstance(ckpt, Checkpoint) else ckpt
     labels, probs = segment_with(network, image, normalization, tile=tile,
                                  batch_size=batch_size, progress=progress, scale=scale,
                                  **settings)
@@ -95,25 +112,29 @@ def prediction_outputs(path: Path, out: Path, probs: bool = False,
 def write_prediction(model: Checkpoint | Module, path: Path, out: Path, *,
                      image: np.ndarray | None = None, tile: int = 256, probs: bool = False,
                      overlays: bool = False, progress: bool = False,
-                     diameter: float | str | None = None) -> tuple[Path, int]:
+                     diameter: float | str | None = None, info: dict[str, Any] | None = None
+                     ) -> tuple[Path, int]:
     """Segment the image file `path` and write what `minunet predict` writes for it: a uint16
     ImageJ label TIFF with the input's pixel size, and on request the probabilities and an
     outline overlay, each atomically. Returns (label file, number of objects). The command and
     the cluster path (`minunet.scaleout`) both call this, so their outputs are the same.
-    `image`: the file's pixels if the caller has read them already."""
+    `image`: the file's pixels if the caller has read them already; `info`: filled as by
+    `segment` (diameter="auto": the estimate, also stored in the label TIFF's ImageJ Info)."""
     from . import viz
     from .io import read_image, read_pixel_size, write_atomic, write_labels
     from .predict import normalize
 
     image = read_image(path) if image is None else image
+    info = {} if info is None else info
     labels, p = segment(model, image, tile=tile, progress=progress, diameter=diameter,
-                        return_probs=True)
+                        return_probs=True, info=info)
     n = int(labels.max(initial=0))
     if n > np.iinfo(np.uint16).max:
         raise ValueError(f"{path}: {n} objects do not fit a uint16 label image; segment it "
                          "with minunet.scaleout.segment_large, which writes uint32")
     targets = prediction_outputs(path, out, probs, overlays)
-    write_labels(targets[0], labels, read_pixel_size(path))
+    write_labels(targets[0], labels, read_pixel_size(path),
+                 info=json.dumps(info) if info else None)
     if probs:
         targets[1].parent.mkdir(exist_ok=True)
         write_atomic(targets[1], lambda tmp: np.save(tmp, p))

@@ -72,8 +72,11 @@ def test_plan_reads_the_checkpoint_diameter():
     image = mu.data.generate(1, "shift-large", size=(128, 128), seed=1)[0][0]
     assert rescale.plan(image, meta, None) == (1.0, {"min_size": 40})
     assert rescale.plan(image, meta, 40.0) == (0.5, {"min_size": 160, "min_seed_size": 16})
-    scale, post = rescale.plan(image, meta, "auto")
-    assert 0.5 < scale < 0.9 and post["min_size"] > 40           # large cells: shrink
+    with pytest.raises(ValueError, match="first-pass"):
+        rescale.plan(image, meta, "auto")
+    big = disc_probs(disc_labels((128, 128), [(30, 30), (30, 90), (90, 30), (90, 90)], 20))
+    scale, post = rescale.plan(image, meta, "auto", first_pass=big)
+    assert 0.4 < scale < 0.6 and post["min_size"] > 40            # 40 px discs: shrink
     with pytest.raises(ValueError, match="does not record"):
         rescale.plan(image, {"postprocess": {}}, 30.0)
     with pytest.raises(ValueError, match="'auto'"):
@@ -85,3 +88,49 @@ def test_postprocess_at_scales_the_split_depth_as_a_length():
     post = postprocess_at({"min_size": 20, "split": True, "split_depth": 1.0}, 0.5)
     assert post["split_depth"] == 2.0 and post["min_size"] == 80
     assert "split_depth" not in postprocess_at({"min_size": 20}, 0.5)  # no split, no depth
+
+
+def disc_probs(labels, split=False):
+    """Three-class probabilities (3, H, W) a good network would give for `labels`: interior
+    inside, boundary on each object's outer pixel ring; split=True also draws a boundary line
+    across every object's middle row, as a network does on a textured nucleus."""
+    from scipy import ndimage
+
+    inside = labels > 0
+    ring = inside & ~ndimage.binary_erosion(inside)
+    if split:
+        for box in ndimage.find_objects(labels):
+            ring[(box[0].start + box[0].stop) // 2, box[1]] |= inside[
+                (box[0].start + box[0].stop) // 2, box[1]]
+    probs = np.zeros((3, *labels.shape), np.float32)
+    probs[0] = ~inside
+    probs[1] = inside & ~ring
+    probs[2] = ring
+    return probs
+
+
+CENTRES = [(25, 25), (25, 75), (75, 25), (75, 75), (25, 125), (75, 125)]
+
+
+def test_diameter_from_probs_sees_split_objects_whole():
+    lab = disc_labels((100, 150), CENTRES, 12)
+    true = rescale.object_diameter(lab)
+    whole, n = rescale.diameter_from_probs(disc_probs(lab))
+    assert n == 6 and whole == pytest.approx(true, rel=0.1)
+    halves, n = rescale.diameter_from_probs(disc_probs(lab, split=True))
+    assert n == 12                                   # the network split every object ...
+    assert halves == pytest.approx(true, rel=0.1)    # ... its size is still read whole
+    assert rescale.diameter_from_probs(disc_probs(lab[:50, :50])) == (None, 1)
+
+
+def test_auto_scale_resizes_only_off_the_trained_size():
+    probs = disc_probs(disc_labels((100, 150), CENTRES, 12))          # ~24 px objects
+    assert rescale.auto_scale(probs, 24.0)[0] == 1.0                   # at the trained size
+    assert rescale.auto_scale(probs, 24.0 * 1.2)[0] == 1.0            # within the range
+    scale, estimate = rescale.auto_scale(probs, 12.0)                  # twice the trained
+    assert scale == pytest.approx(12.0 / estimate)                     # shrink all the way
+    scale, estimate = rescale.auto_scale(probs, 48.0)                  # half the trained
+    # enlarge only to the trained range's lower edge: less coarse noise
+    assert scale == pytest.approx(48.0 / rescale.TRAINED_RANGE / estimate)
+    assert rescale.auto_scale(np.stack([np.ones((40, 40)), np.zeros((40, 40)),
+                                        np.zeros((40, 40))]), 24.0) == (1.0, None)

@@ -93,9 +93,10 @@ def _ratio(value: Any) -> float:
     return float(value)
 
 
-def write_labels(path: str | Path, labels: np.ndarray, pixel_size: PixelSize | None = None
-                 ) -> Path:
-    """Write instance labels as an ImageJ uint16 TIFF (atomically), keeping `pixel_size`."""
+def write_labels(path: str | Path, labels: np.ndarray, pixel_size: PixelSize | None = None,
+                 info: str | None = None) -> Path:
+    """Write instance labels as an ImageJ uint16 TIFF (atomically), keeping `pixel_size`;
+    `info`: text stored as the ImageJ "Info" property (Image > Show Info)."""
     labels = np.asarray(labels)
     if labels.size and (labels.min() < 0 or labels.max() > MAX_LABEL):
         raise ValueError(f"write_labels: {path}: label ids {labels.min()}..{labels.max()} do "
@@ -105,5 +106,7 @@ def write_labels(path: str | Path, labels: np.ndarray, pixel_size: PixelSize | N
         dy, dx, unit = pixel_size
         kwargs["resolution"] = (1.0 / dx, 1.0 / dy)
         kwargs["metadata"] = {"unit": unit}
+    if info is not None:
+        kwargs["metadata"] = {**kwargs.get("metadata", {}), "Info": info}
     data = labels.astype(np.uint16)
     return write_atomic(Path(path), lambda tmp: tifffile.imwrite(tmp, data, **kwargs))
