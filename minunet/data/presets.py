@@ -81,8 +81,8 @@ BROAD_CHANGES: dict[str, float] = {
     "photons": 200.0, "photons_spread": 0.9, "read_noise": 0.02,    # lower, varying SNR
     "gain_spread": 0.4, "gamma_spread": 0.3, "offset": 0.1,         # per-image exposure
     "texture_spread": 0.7, "chromatin": 0.3, "nucleoli": 1.0,       # real nuclei's interiors:
-    "spots": 1.0, "defocus": 0.1,                                   # chromatin, nucleoli, foci,
-}                                                                   # some out of focus
+    "spots": 1.0,                                                   # chromatin, nucleoli, foci
+}
 BROAD: dict[str, float] = {**STANDARD, **BROAD_CHANGES}
 
 # name -> (what it models, the knobs it changes relative to `standard`)
