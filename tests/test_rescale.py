@@ -126,11 +126,12 @@ def test_diameter_from_probs_sees_split_objects_whole():
 def test_auto_scale_resizes_only_off_the_trained_size():
     probs = disc_probs(disc_labels((100, 150), CENTRES, 12))          # ~24 px objects
     assert rescale.auto_scale(probs, 24.0)[0] == 1.0                   # at the trained size
-    assert rescale.auto_scale(probs, 24.0 * 1.2)[0] == 1.0            # within the range
+    assert rescale.auto_scale(probs, 24.0 / 1.15)[0] == 1.0           # within the range
+    assert rescale.auto_scale(probs, 24.0 * 1.6)[0] == 1.0            # wider below
     scale, estimate = rescale.auto_scale(probs, 12.0)                  # twice the trained
     assert scale == pytest.approx(12.0 / estimate)                     # shrink all the way
     scale, estimate = rescale.auto_scale(probs, 48.0)                  # half the trained
-    # enlarge only to the trained range's lower edge: less coarse noise
-    assert scale == pytest.approx(48.0 / rescale.TRAINED_RANGE / estimate)
+    # enlarge only to ENLARGE_TO x the training diameter: less coarse noise
+    assert scale == pytest.approx(48.0 * rescale.ENLARGE_TO / estimate) and scale > 1
     assert rescale.auto_scale(np.stack([np.ones((40, 40)), np.zeros((40, 40)),
                                         np.zeros((40, 40))]), 24.0) == (1.0, None)
