@@ -36,12 +36,14 @@ MIN_SCALE, MAX_SCALE = 0.25, 4.0        # resizing beyond this is refused: the d
 ROUND_DIAMETER_PER_RADIUS = 2.0 * 1.05
 MIN_OBJECTS = 3                         # fewer first-pass objects: no estimate, no resizing
 MIN_OBJECT_SIZE = 16                    # px: first-pass objects under this are noise
-# the trained range (see `within_trained`): no resizing for objects from 1/1.75 to 1.25 times
-# the training diameter. Measured with the retrained `nuclei` model (8 images each, object
-# F1@0.5 as they are -> resized): ~15 px nuclei 0.948 -> 0.925 enlarged to 18 px, ~10 px
-# nuclei 0.795 -> 0.950 enlarged to 18 px, ~36 px textured nuclei 0.841 -> 0.869 shrunk
-TRAINED_RANGE = (1 / 1.75, 1.25)
-ENLARGE_TO = 1 / 1.25                   # small objects are enlarged to 0.8 x training diameter
+# the trained range (see `within_trained`): no resizing for objects from 1/1.75 to 1.75 times
+# the training diameter (13-39 px for the bundled model, trained on 14-36 px cells). Measured
+# with it by bench/auto_diameter.py (object F1@0.5 as they are -> resized): ~15 px nuclei
+# 0.983 -> 0.963 enlarged x1.3; ~30 px 0.991 -> 0.971 shrunk x0.75; ~36 px textured 0.953 ->
+# 0.891 shrunk x0.62; but ~10 px 0.840 -> 0.975 enlarged x1.6, ~49 px 0.900 -> 0.918 shrunk x0.8
+TRAINED_RANGE = (1 / 1.75, 1.75)
+ENLARGE_TO = 0.8     # small objects are enlarged to 0.8 x the training diameter, no more
+SHRINK_TO = 1.75     # large ones shrunk to the trained range's upper edge, no more
 
 
 def object_diameter(labels: np.ndarray | list[np.ndarray]) -> float:
@@ -113,9 +115,8 @@ def diameter_from_probs(probs: np.ndarray, min_size: int = MIN_OBJECT_SIZE
 
 def within_trained(diameter: float, train_diameter: float) -> bool:
     """Whether objects of `diameter` px are close enough to the training diameter that resizing
-    would only add resampling error: within TRAINED_RANGE times it. The range is wider below
-    than above: the `broad` training set has cells of 14-36 px and fragments, and enlarging
-    hurts sooner than shrinking (it makes pixel noise coarse)."""
+    would only add resampling error: within TRAINED_RANGE times it (the `broad` training set
+    has cells of 14-36 px and fragments)."""
     low, high = TRAINED_RANGE
     return low * train_diameter <= diameter <= high * train_diameter
 
@@ -125,15 +126,16 @@ def auto_scale(probs: np.ndarray, train_diameter: float) -> tuple[float, float |
     probabilities (Kc, H, W) of a first pass at the image's own scale (`diameter_from_probs`).
 
     Never resizes without a reason: scale 1 when there is no estimate (under MIN_OBJECTS
-    objects) or when it lies within TRAINED_RANGE times the training diameter. Larger
-    objects are shrunk to the training diameter (shrinking averages noise away); smaller ones
-    are enlarged only to ENLARGE_TO times it: enlarging makes pixel noise coarse, and the
-    network then takes noise bumps for small dim cells (measured with the model bundled
-    before: ~10 px nuclei enlarged to the training size gave 751 objects for 487)."""
+    objects) or when it lies within TRAINED_RANGE times the training diameter. Otherwise the
+    objects are brought back just into the range the network knows, no further: larger ones
+    shrunk to SHRINK_TO times the training diameter, smaller ones enlarged to ENLARGE_TO
+    times it. Enlarging makes pixel noise coarse, and the network then takes noise bumps for
+    small dim cells (with the model bundled before, ~10 px nuclei enlarged to the training
+    size gave 751 objects for 487)."""
     estimate, _ = diameter_from_probs(probs)
     if estimate is None or within_trained(estimate, train_diameter):
         return 1.0, estimate
-    target = train_diameter * (1.0 if estimate > train_diameter else ENLARGE_TO)
+    target = train_diameter * (SHRINK_TO if estimate > train_diameter else ENLARGE_TO)
     return float(np.clip(target / estimate, MIN_SCALE, MAX_SCALE)), estimate
 
 

@@ -74,9 +74,9 @@ def test_plan_reads_the_checkpoint_diameter():
     assert rescale.plan(image, meta, 40.0) == (0.5, {"min_size": 160, "min_seed_size": 16})
     with pytest.raises(ValueError, match="first-pass"):
         rescale.plan(image, meta, "auto")
-    big = disc_probs(disc_labels((128, 128), [(30, 30), (30, 90), (90, 30), (90, 90)], 20))
+    big = disc_probs(disc_labels((128, 128), [(30, 30), (30, 90), (90, 30), (90, 90)], 25))
     scale, post = rescale.plan(image, meta, "auto", first_pass=big)
-    assert 0.4 < scale < 0.6 and post["min_size"] > 40            # 40 px discs: shrink
+    assert 0.6 < scale < 0.8 and post["min_size"] > 40            # 50 px discs: shrink
     with pytest.raises(ValueError, match="does not record"):
         rescale.plan(image, {"postprocess": {}}, 30.0)
     with pytest.raises(ValueError, match="'auto'"):
@@ -126,12 +126,13 @@ def test_diameter_from_probs_sees_split_objects_whole():
 def test_auto_scale_resizes_only_off_the_trained_size():
     probs = disc_probs(disc_labels((100, 150), CENTRES, 12))          # ~24 px objects
     assert rescale.auto_scale(probs, 24.0)[0] == 1.0                   # at the trained size
-    assert rescale.auto_scale(probs, 24.0 / 1.15)[0] == 1.0           # within the range
-    assert rescale.auto_scale(probs, 24.0 * 1.6)[0] == 1.0            # wider below
-    scale, estimate = rescale.auto_scale(probs, 12.0)                  # twice the trained
-    assert scale == pytest.approx(12.0 / estimate)                     # shrink all the way
-    scale, estimate = rescale.auto_scale(probs, 48.0)                  # half the trained
+    assert rescale.auto_scale(probs, 24.0 / 1.5)[0] == 1.0            # within the range
+    assert rescale.auto_scale(probs, 24.0 * 1.6)[0] == 1.0
+    scale, estimate = rescale.auto_scale(probs, 10.0)                  # 2.4 x the trained
+    # shrink only to the range's upper edge
+    assert scale == pytest.approx(10.0 * rescale.SHRINK_TO / estimate) and scale < 1
+    scale, estimate = rescale.auto_scale(probs, 50.0)                  # half the trained
     # enlarge only to ENLARGE_TO x the training diameter: less coarse noise
-    assert scale == pytest.approx(48.0 * rescale.ENLARGE_TO / estimate) and scale > 1
+    assert scale == pytest.approx(50.0 * rescale.ENLARGE_TO / estimate) and scale > 1
     assert rescale.auto_scale(np.stack([np.ones((40, 40)), np.zeros((40, 40)),
                                         np.zeros((40, 40))]), 24.0) == (1.0, None)
