@@ -118,7 +118,8 @@ def score(ckpt: mu.Checkpoint, preset: str, seed: int, out: Path, diameter: str 
         probs = mu.predict(ckpt.model, image, normalization=norm)
         plain.append(mu.to_instances(probs, **ckpt.metadata["postprocess"]))
         foreground.append((probs[0] < 0.5).astype(np.int32))  # the notebook's binary mask
-        scale, estimate = rescale.auto_scale(probs, trained)
+        probe = mu.predict(ckpt.model, image, normalization=norm, scale=rescale.PROBE_SCALE)
+        scale, estimate = rescale.auto_scale(probs, trained, probe)
         if estimate is not None:
             ratios.append(estimate / rescale.object_diameter(lab))
         if scale != 1.0:

@@ -56,8 +56,9 @@ def segment(model: Checkpoint | Module | str | os.PathLike,
     diameter:     the objects' typical diameter in pixels, or "auto" to estimate it from the
                   image: the image is rescaled so that objects have the size the model was
                   trained on (checkpoint metadata "diameter"); None: the image as it is.
-                  "auto" runs the model once at the image's own scale, measures its objects
-                  (`rescale.auto_scale`) and runs again only if they are off the trained size
+                  "auto" runs the model at the image's own scale and at half size, measures
+                  the objects (`rescale.auto_scale`) and runs again only if they are off the
+                  trained size
     info:         a dict to fill with what diameter="auto" found: "diameter_estimate" (px, or
                   None: too few objects) and "scale" (1: not resized)
     return_probs: also return the class probabilities (Kc, H, W)
@@ -73,12 +74,15 @@ def segment(model: Checkpoint | Module | str | os.PathLike,
     network = ckpt.model if isinstance(ckpt, Checkpoint) else ckpt
     trained = ckpt.metadata.get("diameter") if isinstance(ckpt, Checkpoint) else None
     if diameter == "auto" and trained is not None:  # first pass at the image's own scale
-        from .rescale import auto_scale
+        from .predict import predict
+        from .rescale import PROBE_SCALE, auto_scale
 
         labels, probs = segment_with(network, image, normalization, tile=tile,
                                      batch_size=batch_size, progress=progress,
                                      **{**settings, **postprocess})
-        scale, estimate = auto_scale(probs, trained)
+        probe = predict(network, image, tile=tile, batch_size=batch_size,
+                        normalization=normalization, scale=PROBE_SCALE)
+        scale, estimate = auto_scale(probs, trained, probe)
         if info is not None:
             info.update(diameter_estimate=estimate, scale=scale)
         if scale == 1.0:
