@@ -40,7 +40,7 @@ MIN_OBJECT_SIZE = 16                    # px: first-pass objects under this are 
 # the training diameter (13-39 px for the bundled model, trained on 14-36 px cells). Measured
 # with it by bench/auto_diameter.py (object F1@0.5 as they are -> resized): ~15 px nuclei
 # 0.983 -> 0.963 enlarged x1.3; ~30 px 0.991 -> 0.971 shrunk x0.75; ~36 px textured 0.953 ->
-# 0.891 shrunk x0.62; but ~10 px 0.840 -> 0.975 enlarged x1.6, ~49 px 0.900 -> 0.918 shrunk x0.8
+# 0.891 shrunk x0.62; but ~10 px 0.840 -> 0.975 enlarged x1.6, ~49 px 0.821 -> 0.869 shrunk x0.8
 TRAINED_RANGE = (1 / 1.75, 1.75)
 PROBE_SCALE = 0.5    # `auto_scale`'s second look, at half size
 PROBE_DISAGREEMENT = 2.0   # ... is believed when it sees objects over 2x larger
@@ -132,17 +132,15 @@ def auto_scale(probs: np.ndarray, train_diameter: float, probe: np.ndarray | Non
     `predict(..., scale=PROBE_SCALE)` returns them). Nuclei far larger than the training size
     can fall apart in the first pass (its objects are pieces of chromatin), while at half size
     the network sees them whole: when the probe's estimate is more than PROBE_DISAGREEMENT
-    times the first pass's, the probe's is taken (measured on ~49 px textured nuclei: first
-    pass 8-23 px on half of the images, probe 43-56 px; on ~10 and ~15 px nuclei the two
-    agreed within 1.3x).
+    times the first pass's, the probe's is taken (bench/auto_diameter.py's ~49 px textured
+    nuclei: without the probe, `auto` enlarged some of those images and scored 0.476).
 
     Never resizes without a reason: scale 1 when there is no estimate (under MIN_OBJECTS
     objects) or when it lies within TRAINED_RANGE times the training diameter. Otherwise the
     objects are brought back just into the range the network knows, no further: larger ones
     shrunk to SHRINK_TO times the training diameter, smaller ones enlarged to ENLARGE_TO
     times it. Enlarging makes pixel noise coarse, and the network then takes noise bumps for
-    small dim cells (with the model bundled before, ~10 px nuclei enlarged to the training
-    size gave 751 objects for 487)."""
+    small dim cells (see TRAINED_RANGE's measurements)."""
     estimate, _ = diameter_from_probs(probs)
     if probe is not None:
         seen_whole, _ = diameter_from_probs(probe, min_size=round(MIN_OBJECT_SIZE
