@@ -12,8 +12,9 @@ the U-Net paper's weight map, augmentation, Adam and a cosine learning rate:
    epoch kept by validation pixel F1 (the metric the notebook and this table report), scored on
    new `reference` images and on `reference-shifted` ones, with the notebook's own metrics
    (pixel F1 and Cohen's kappa of the foreground) plus object scores. `reference-shifted` is
-   scored twice: as it is, and with the object diameter estimated from each image
-   (`rescale.estimate_diameter`) and the image resized to the training diameter.
+   scored twice: as it is, and with `--diameter auto` (the object diameter measured on the
+   model's own first pass, `rescale.auto_scale`, and the image resized where it is off the
+   trained size).
    The ceiling column bounds the pixel F1 any model can reach (see `pixel_ceiling`).
 2. minunet's default: the recipe of the bundled pretrained model (bench/train_pretrained.py:
    `broad`, 240 images, 30 epochs, the epoch kept by validation object F1), scored on new
@@ -105,43 +106,60 @@ def pixel_ceiling(images: np.ndarray, labels: np.ndarray, preset: str) -> float:
 def score(ckpt: mu.Checkpoint, preset: str, seed: int, out: Path, diameter: str | None = None
           ) -> dict[str, float]:
     """Scores of a checkpoint on N_TEST new images of `preset`; saves an error map and an
-    overlay. diameter=AUTO: each image is resized by its estimated object diameter."""
+    overlay. Every row also scores `--diameter auto` (object F1 and count, the mean ratio of
+    the estimate to the true median diameter, the images resized): the plain pass is the
+    first pass of `mu.segment(..., diameter="auto")` (`rescale.auto_scale`), and an image is
+    predicted again only where that resizes it. diameter=AUTO: the row's pixel and object
+    scores are those of the auto pass."""
     images, labels, _ = mu.data.generate(N_TEST, preset, size=SIZE, seed=seed)
-    norm = ckpt.metadata["normalization"]
-    instances, foreground, scales = [], [], []
-    for image in images:
-        scale = 1.0
-        if diameter == AUTO:
-            scale = rescale.scale_for(rescale.estimate_diameter(image), ckpt.metadata["diameter"])
-        post = rescale.postprocess_at(ckpt.metadata["postprocess"], scale) if scale != 1.0 \
-            else ckpt.metadata["postprocess"]
-        probs = mu.predict(ckpt.model, image, normalization=norm, scale=scale)
-        instances.append(mu.to_instances(probs, **post))
+    norm, trained = ckpt.metadata["normalization"], ckpt.metadata["diameter"]
+    plain, auto, foreground, auto_foreground, ratios, resized = [], [], [], [], [], 0
+    for image, lab in zip(images, labels, strict=True):
+        probs = mu.predict(ckpt.model, image, normalization=norm)
+        plain.append(mu.to_instances(probs, **ckpt.metadata["postprocess"]))
         foreground.append((probs[0] < 0.5).astype(np.int32))  # the notebook's binary mask
-        scales.append(scale)
-    objects = mu.metrics.evaluate(list(labels), instances)
+        probe = mu.predict(ckpt.model, image, normalization=norm, scale=rescale.PROBE_SCALE)
+        scale, estimate = rescale.auto_scale(probs, trained, probe)
+        if estimate is not None:
+            ratios.append(estimate / rescale.object_diameter(lab))
+        if scale != 1.0:
+            resized += 1
+            probs = mu.predict(ckpt.model, image, normalization=norm, scale=scale)
+            auto.append(mu.to_instances(probs, **rescale.postprocess_at(
+                ckpt.metadata["postprocess"], scale)))
+        else:
+            auto.append(plain[-1])
+        auto_foreground.append((probs[0] < 0.5).astype(np.int32))
+    if diameter == AUTO:
+        plain, foreground = auto, auto_foreground
+    objects = mu.metrics.evaluate(list(labels), plain)
     pixels = mu.metrics.evaluate(list(labels), foreground, thresholds=[0.5]).pixel_pooled
     row = workflow.summarize(objects)
     row["pixel_f1"], row["kappa"] = pixels.f1, pixels.kappa
-    if diameter == AUTO:
-        row["mean_scale"] = float(np.mean(scales))
+    auto_row = workflow.summarize(mu.metrics.evaluate(list(labels), auto))
+    row["auto_f1"], row["auto_n_pred"] = auto_row["object_f1"], auto_row["n_pred"]
+    row["estimate_ratio"] = float(np.mean(ratios)) if ratios else float("nan")
+    row["resized"] = resized
     if preset.startswith("reference"):
         row["ceiling"] = pixel_ceiling(images, labels, preset)
     name = preset + ("-auto" if diameter else "")
     mu.viz.error_map(labels[0], foreground[0], out / f"{name}_error_map.png", title=name)
-    mu.viz.overlay(images[0], labels[0], instances[0], out / f"{name}_overlay.png", title=name)
+    mu.viz.overlay(images[0], labels[0], plain[0], out / f"{name}_overlay.png", title=name)
     return row
 
 
 def table(rows: dict[str, dict[str, float]]) -> str:
     header = ("| test preset | pixel F1 | kappa | object F1@0.5 | DSB AP | PQ "
-              "| cells (true / found) | pixel F1 ceiling |")
-    lines = [header, "|---|---|---|---|---|---|---|---|"]
+              "| cells (true / found) | `--diameter auto`: object F1@0.5 (found) "
+              "| estimate / true diameter | images resized | pixel F1 ceiling |")
+    lines = [header, "|---|---|---|---|---|---|---|---|---|---|---|"]
     for preset, r in rows.items():
         ceiling = f"{r['ceiling']:.3f}" if "ceiling" in r else ""
         lines.append(f"| {preset} | {r['pixel_f1']:.3f} | {r['kappa']:.3f} | "
                      f"{r['object_f1']:.3f} | {r['dsb_ap']:.3f} | {r['panoptic_quality']:.3f} | "
-                     f"{int(r['n_true'])} / {int(r['n_pred'])} | {ceiling} |")
+                     f"{int(r['n_true'])} / {int(r['n_pred'])} | "
+                     f"{r['auto_f1']:.3f} ({int(r['auto_n_pred'])}) | "
+                     f"{r['estimate_ratio']:.2f} | {r['resized']} / {N_TEST} | {ceiling} |")
     return "\n".join(lines)
 
 

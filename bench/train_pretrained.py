@@ -67,7 +67,8 @@ def train_broad(out: Path, preset: str = "broad", n_train: int = 240, epochs: in
     pick the seed threshold on the validation images (`workflow.tune_postprocess`); returns
     out/best.npz's checkpoint."""
     recipe = {"preset": preset, "n_train": n_train, "epochs": epochs, "seed": seed,
-              "size": list(SIZE), "crop": CROP, "batch": BATCH, "lr": LR}
+              "size": list(SIZE), "crop": CROP, "batch": BATCH, "lr": LR,
+              "knobs": mu.data.knobs(preset)}     # the generator's settings, for the record
     history, x_val, labels, post = train_default(out, preset, n_train, epochs, seed,
                                                  "val_f1", recipe=recipe)
     print(f"{preset}: best epoch {history.best_epoch} of {len(history)}, "

@@ -7,7 +7,8 @@ Six steps, each one call into minunet that you can open and read:
 
 1. data      mu.data.generate        images of touching, noisy cells + one label per cell;
                                      `standard` with heavy-tailed cell brightness (a few very
-                                     bright cells among dim ones), as in real images
+                                     bright cells among dim ones) and textured interiors
+                                     (chromatin, nucleoli), as in real nuclei
 2. targets   workflow.training_arrays background / interior / boundary classes, the U-Net
                                      paper's weight map (heavy in the gaps between cells)
 3. model     mu.UNet                 3 levels down, 3 up, skip connections between them
@@ -40,8 +41,11 @@ N_VAL = 4           # validation images (pick the best epoch)
 N_TEST = 8          # test images of `standard`
 N_TEST_SHIFT = 4    # test images of each shift preset
 PRESET = "standard"
-# ... with the brightness of real nuclei: per-cell lognormal gain, 3 % of cells 3x brighter
-KNOBS = {"brightness_sigma": 0.5, "bright_fraction": 0.03}
+# ... with the brightness of real nuclei: per-cell lognormal gain, 3 % of cells 3x brighter,
+# and their interiors: clumpy chromatin and dark nucleoli (varying in strength per image), so
+# that the network does not draw boundaries inside textured nuclei
+KNOBS = {"brightness_sigma": 0.5, "bright_fraction": 0.03,
+         "chromatin": 0.3, "nucleoli": 1.0, "texture_spread": 0.7}
 EPOCHS = 12
 BATCH = 8
 LR = 3e-3           # Adam's peak learning rate (cosine decay, short warm-up)

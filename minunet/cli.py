@@ -237,13 +237,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
                disable=not sys.stderr.isatty() or len(files) < 2)
     try:
         for path in bar:
+            found: dict = {}  # --diameter auto: the estimate, printed below
             try:
                 labels_path, n = write_prediction(ckpt, path, out,
                                                   image=_read_any(path, args.axes),
                                                   tile=args.tile, probs=args.probs,
                                                   overlays=args.overlays, progress=True,
                                                   diameter=args.diameter, **options,
-                                                  rois=args.rois,
+                                                  rois=args.rois, info=found,
                                                   say=lambda line: tqdm.write(
                                                       f"minunet predict: note: {line}",
                                                       file=sys.stderr))
@@ -253,7 +254,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 tqdm.write(f"minunet predict: error: {message}", file=sys.stderr)
                 continue
             done += 1
-            tqdm.write(f"{path} -> {labels_path} ({n} objects)", file=sys.stdout)
+            tqdm.write(f"{path} -> {labels_path} ({n} objects{_estimate_note(found)})",
+                       file=sys.stdout)
     except KeyboardInterrupt:
         bar.close()
         again = "with --overwrite " if done else ""
@@ -297,6 +299,21 @@ def _predict_options(args: argparse.Namespace) -> dict[str, Any]:
         raise InputError(f"{', '.join(chosen)}: not available with --chunked, --workers or "
                          "--scheduler yet; predict without them, or without those")
     return options
+
+
+def _estimate_note(found: dict) -> str:
+    """', diameter ~D px (resized xS)' for a --diameter auto estimate; '' without one."""
+    if "diameter_estimate" not in found:
+        return ""
+    d, scale = found["diameter_estimate"], found["scale"]
+    if isinstance(d, list):  # a stack: one estimate per plane
+        known = [v for v in d if v is not None]
+        resized = sum(s != 1.0 for s in scale)
+        size = (f"diameter ~{float(np.median(known)):.1f} px (median of {len(known)} planes)"
+                if known else "too few objects to estimate the diameter")
+        return f", {size}, {resized} of {len(d)} planes resized"
+    size = "too few objects to estimate the diameter" if d is None else f"diameter ~{d:.1f} px"
+    return f", {size}, " + ("not resized" if scale == 1.0 else f"resized x{scale:.2f}")
 
 
 def _check_outputs(inputs: Sequence[str], files: list[Path], outputs: dict[Path, list[Path]],

@@ -51,7 +51,7 @@ def segment(model: Checkpoint | Module | str | os.PathLike,
             stitch: float | None = None, exclude_edges: bool = False,
             tile: int = 256, batch_size: int = 4, progress: bool = False,
             diameter: float | str | None = None, return_probs: bool = False,
-            **postprocess: Any,
+            info: dict[str, Any] | None = None, **postprocess: Any,
             ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Instance labels (H, W) int32 (0 background) of one raw image of any size; a stack
     (P, H, W) for a z-stack or time series, each plane segmented on its own.
@@ -73,16 +73,23 @@ def segment(model: Checkpoint | Module | str | os.PathLike,
     progress:     a progress bar over tile batches for large images (on a terminal)
     diameter:     the objects' typical diameter in pixels, or "auto" to estimate it from the
                   image: the image is rescaled so that objects have the size the model was
-                  trained on (checkpoint metadata "diameter"); None: the image as it is
+                  trained on (checkpoint metadata "diameter"); None: the image as it is.
+                  "auto" runs the model at the image's own scale and at half size, measures
+                  the objects (`rescale.auto_scale`) and runs again only if they are off the
+                  trained size (each plane of a stack on its own)
+    info:         a dict to fill with what diameter="auto" found: "diameter_estimate" (px, or
+                  None: too few objects) and "scale" (1: not resized); lists for a stack
     return_probs: also return the class probabilities (Kc, H, W), or (P, Kc, H, W)
     postprocess:  override a stored `to_instances` setting (e.g. min_size=10, seed_thresh=0.7,
                   fg_thresh=0.6: the probability a pixel needs to be foreground)
     """
-    labels, probs, note, _ = segment_image(
+    labels, probs, note, used = segment_image(
         model, image, channel=channel, plane=plane, stitch=stitch, exclude_edges=exclude_edges,
         tile=tile, batch_size=batch_size, progress=progress, diameter=diameter, **postprocess)
     if note:
         warnings.warn(note, UserWarning, stacklevel=2)
+    if info is not None and "diameter_estimate" in used:
+        info.update(diameter_estimate=used["diameter_estimate"], scale=used["diameter_scale"])
     return (labels, probs) if return_probs else labels
 
 
@@ -115,22 +122,41 @@ def segment_image(model: Checkpoint | Module | str | os.PathLike,
         planes, note = np.stack(picked, axis=1), None
     all_labels, all_probs = [], []
     settings = dict(stored)
+    estimates, scales = [], []
     for raw in planes:
         scale, settings = 1.0, dict(stored)
-        if diameter is not None:
-            from .rescale import plan
-
-            first = raw if inputs is None else raw[0]
-            scale, settings = plan(first, {"postprocess": stored, "diameter": trained},
-                                   diameter)
-        settings.update(postprocess)
         x, normalized = raw, False
         if inputs is not None:  # each channel normalised on its own, as in training
             x = np.stack([normalize(c, normalization, who=image.source) for c in raw])
             normalized = True
-        labels, probs = segment_with(network, x, normalization, tile=tile,
-                                     batch_size=batch_size, progress=progress, scale=scale,
-                                     normalized=normalized, **settings)
+        wanted = diameter
+        first_pass = None
+        if diameter == "auto" and trained is not None:  # a first pass at the plane's own scale
+            from .predict import predict
+            from .rescale import PROBE_SCALE, auto_scale
+
+            first_pass = segment_with(network, x, normalization, tile=tile,
+                                      batch_size=batch_size, progress=progress,
+                                      normalized=normalized, **{**settings, **postprocess})
+            probe = predict(network, x, tile=tile, batch_size=batch_size,
+                            normalization=normalization, normalized=normalized,
+                            scale=PROBE_SCALE)
+            found_scale, estimate = auto_scale(first_pass[1], trained, probe)
+            estimates.append(estimate)
+            scales.append(found_scale)
+            wanted = None if found_scale == 1.0 else trained / found_scale
+        if wanted is not None:
+            from .rescale import plan
+
+            first = raw if inputs is None else raw[0]
+            scale, settings = plan(first, {"postprocess": stored, "diameter": trained}, wanted)
+        settings.update(postprocess)
+        if first_pass is not None and wanted is None:   # the first pass was at the right size
+            labels, probs = first_pass
+        else:
+            labels, probs = segment_with(network, x, normalization, tile=tile,
+                                         batch_size=batch_size, progress=progress, scale=scale,
+                                         normalized=normalized, **settings)
         if exclude_edges:
             labels = remove_edge_objects(labels)
         all_labels.append(labels)
@@ -139,6 +165,10 @@ def segment_image(model: Checkpoint | Module | str | os.PathLike,
             "seed_thresh": settings.get("seed_thresh", SEED_THRESH),
             "min_size": settings.get("min_size", MIN_SIZE), "exclude_edges": exclude_edges,
             "channel": channel, "plane": plane, "stitch": stitch, "diameter": diameter}
+    if estimates:   # diameter="auto": what it measured (px, None: too few objects) and did
+        one = len(estimates) == 1
+        used["diameter_estimate"] = estimates[0] if one else estimates
+        used["diameter_scale"] = scales[0] if one else scales
     if image.n_planes == 1 or plane is not None:
         return all_labels[0], all_probs[0], note, used
     stack = np.stack(all_labels)                                          # (P, H, W)
@@ -264,6 +294,7 @@ def write_prediction(model: Checkpoint | Module, path: Path, out: Path, *,
                      plane: int | None = None, stitch: float | None = None,
                      exclude_edges: bool = False, postprocess: dict[str, Any] | None = None,
                      say: Callable[[str], None] | None = None, rois: bool = False,
+                     info: dict[str, Any] | None = None,
                      ) -> tuple[Path, int]:
     """Segment the image file `path` and write what `minunet predict` writes for it: an int32
     label TIFF (a stack for a stack) with the input's pixel size and z spacing and the settings
@@ -273,7 +304,8 @@ def write_prediction(model: Checkpoint | Module, path: Path, out: Path, *,
     both call this, so their outputs are the same.
     `image`: the file's pixels if the caller has read them already; channel, plane, stitch,
     exclude_edges, postprocess (to_instances overrides): as in `segment`; say: where a note
-    (a guessed channel, RGB made gray) goes (default: a warning)."""
+    (a guessed channel, RGB made gray) goes (default: a warning); `info`: filled as by
+    `segment` (diameter="auto": the estimate, also stored in the label file)."""
     from . import viz
     from .io import write_atomic, write_labels
     from .io.images import image_from_array, read_image_file, read_metadata
@@ -289,12 +321,14 @@ def write_prediction(model: Checkpoint | Module, path: Path, out: Path, *,
         (say or (lambda line: warnings.warn(line, UserWarning, stacklevel=2)))(note)
     n = len(np.unique(labels)) - int((labels == 0).any())
     targets = prediction_outputs(path, out, probs, overlays, rois)
-    info = {"model": Path(model.path).name if isinstance(model, Checkpoint) else "module",
-            "prob_thresh": used.pop("fg_thresh"), **used}
+    if info is not None and "diameter_estimate" in used:
+        info.update(diameter_estimate=used["diameter_estimate"], scale=used["diameter_scale"])
+    stored_info = {"model": Path(model.path).name if isinstance(model, Checkpoint) else "module",
+                   "prob_thresh": used.pop("fg_thresh"), **used}
     stack_axis = "T" if image.plane_axes == "T" else "Z"
     writers = [lambda: write_labels(targets[0], labels, image.pixel_size,
                                     z_spacing=image.z_spacing, plane_axes=stack_axis,
-                                    info=info)]
+                                    info=stored_info)]
     if probs:
         writers.append(lambda: write_atomic(targets[1], lambda tmp: np.save(tmp, p)))
     if rois:

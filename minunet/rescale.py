@@ -31,6 +31,21 @@ SIGMAS = 1.5 * 1.18 ** np.arange(20)   # px: scales tried, 1.5 .. 34 (diameters 
 DIAMETER_PER_SIGMA = 2.0 * np.sqrt(2.0) * 1.1
 PEAK_WEIGHT_POWER = 3                   # scales are weighted by peak strength ** 3
 MIN_SCALE, MAX_SCALE = 0.25, 4.0        # resizing beyond this is refused: the diameter is wrong
+# the largest distance to the background inside a disc of radius r is ~r (+0.5 px on the pixel
+# grid); times 1.05 it matched the equivalent diameter of generated round cells (1.03-1.09)
+ROUND_DIAMETER_PER_RADIUS = 2.0 * 1.05
+MIN_OBJECTS = 3                         # fewer first-pass objects: no estimate, no resizing
+MIN_OBJECT_SIZE = 16                    # px: first-pass objects under this are noise
+# the trained range (see `within_trained`): no resizing for objects from 1/1.75 to 1.75 times
+# the training diameter (13-39 px for the bundled model, trained on 14-36 px cells). Measured
+# with it by bench/auto_diameter.py (object F1@0.5 as they are -> resized): ~15 px nuclei
+# 0.983 -> 0.963 enlarged x1.3; ~30 px 0.991 -> 0.971 shrunk x0.75; ~36 px textured 0.953 ->
+# 0.891 shrunk x0.62; but ~10 px 0.840 -> 0.975 enlarged x1.6, ~49 px 0.821 -> 0.869 shrunk x0.8
+TRAINED_RANGE = (1 / 1.75, 1.75)
+PROBE_SCALE = 0.5    # `auto_scale`'s second look, at half size
+PROBE_DISAGREEMENT = 2.0   # ... is believed when it sees objects over 2x larger
+ENLARGE_TO = 0.8     # small objects are enlarged to 0.8 x the training diameter, no more
+SHRINK_TO = 1.75     # large ones shrunk to the trained range's upper edge, no more
 
 
 def object_diameter(labels: np.ndarray | list[np.ndarray]) -> float:
@@ -69,6 +84,74 @@ def estimate_diameter(image: np.ndarray) -> float:
     cumulative = np.cumsum(weight[order])
     median = scale_index[order][np.searchsorted(cumulative, cumulative[-1] / 2)]
     return float(DIAMETER_PER_SIGMA * SIGMAS[median])
+
+
+def diameter_from_probs(probs: np.ndarray, min_size: int = MIN_OBJECT_SIZE
+                        ) -> tuple[float | None, int]:
+    """The median object diameter (px) that a model's first pass sees, and how many objects it
+    is measured on: (None, n) when there are fewer than MIN_OBJECTS.
+
+    probs: (Kc, H, W) class probabilities from `predict` at the image's own scale. Objects are
+    the instances of `to_instances(probs, min_size=min_size)`. Each object's diameter is the
+    larger of two measures:
+    - the equivalent diameter 2 sqrt(area / pi) of the object (right for whole objects of any
+      shape, too small for an object the network split in pieces);
+    - ROUND_DIAMETER_PER_RADIUS x the largest distance from a pixel of the object to the
+      background of the foreground (the widest disc that fits in the object's blob: a piece of
+      a split nucleus still sees the nucleus' whole width, as the foreground is not split).
+    Relies on the network's foreground, not on the raw intensity, so chromatin texture,
+    uneven brightness and crowding change it little."""
+    from .postprocess import to_instances
+
+    labels = to_instances(probs, min_size=min_size)                     # (H, W)
+    n = int(labels.max())
+    if n < MIN_OBJECTS:
+        return None, n
+    foreground = (probs[0] < 0.5) if probs.shape[0] > 1 else (probs[0] > 0.5)
+    inscribed = ndimage.maximum(ndimage.distance_transform_edt(foreground), labels,
+                                np.arange(1, n + 1))                   # (n,) px
+    equivalent = 2.0 * np.sqrt(np.bincount(labels.ravel())[1:] / np.pi)
+    diameters = np.maximum(ROUND_DIAMETER_PER_RADIUS * np.asarray(inscribed), equivalent)
+    return float(np.median(diameters)), n
+
+
+def within_trained(diameter: float, train_diameter: float) -> bool:
+    """Whether objects of `diameter` px are close enough to the training diameter that resizing
+    would only add resampling error: within TRAINED_RANGE times it (the `broad` training set
+    has cells of 14-36 px and fragments)."""
+    low, high = TRAINED_RANGE
+    return low * train_diameter <= diameter <= high * train_diameter
+
+
+def auto_scale(probs: np.ndarray, train_diameter: float, probe: np.ndarray | None = None
+               ) -> tuple[float, float | None]:
+    """`--diameter auto`: (scale for `predict`, estimated diameter or None) from the
+    probabilities (Kc, H, W) of a first pass at the image's own scale (`diameter_from_probs`).
+
+    probe: the probabilities of a pass at PROBE_SCALE (mapped back to the image's grid, as
+    `predict(..., scale=PROBE_SCALE)` returns them). Nuclei far larger than the training size
+    can fall apart in the first pass (its objects are pieces of chromatin), while at half size
+    the network sees them whole: when the probe's estimate is more than PROBE_DISAGREEMENT
+    times the first pass's, the probe's is taken (bench/auto_diameter.py's ~49 px textured
+    nuclei: without the probe, `auto` enlarged some of those images and scored 0.476).
+
+    Never resizes without a reason: scale 1 when there is no estimate (under MIN_OBJECTS
+    objects) or when it lies within TRAINED_RANGE times the training diameter. Otherwise the
+    objects are brought back just into the range the network knows, no further: larger ones
+    shrunk to SHRINK_TO times the training diameter, smaller ones enlarged to ENLARGE_TO
+    times it. Enlarging makes pixel noise coarse, and the network then takes noise bumps for
+    small dim cells (see TRAINED_RANGE's measurements)."""
+    estimate, _ = diameter_from_probs(probs)
+    if probe is not None:
+        seen_whole, _ = diameter_from_probs(probe, min_size=round(MIN_OBJECT_SIZE
+                                                                  / PROBE_SCALE**2))
+        if seen_whole is not None and (estimate is None
+                                       or seen_whole > PROBE_DISAGREEMENT * estimate):
+            estimate = seen_whole
+    if estimate is None or within_trained(estimate, train_diameter):
+        return 1.0, estimate
+    target = train_diameter * (SHRINK_TO if estimate > train_diameter else ENLARGE_TO)
+    return float(np.clip(target / estimate, MIN_SCALE, MAX_SCALE)), estimate
 
 
 def scale_for(diameter: float, train_diameter: float) -> float:
@@ -119,11 +202,12 @@ def postprocess_at(postprocess: dict, scale: float) -> dict:
     return out
 
 
-def plan(image: np.ndarray, metadata: dict, diameter: float | str | None
-         ) -> tuple[float, dict]:
+def plan(image: np.ndarray, metadata: dict, diameter: float | str | None,
+         first_pass: np.ndarray | None = None) -> tuple[float, dict]:
     """What `predict` and `to_instances` need for one image, given the user's diameter.
 
-    diameter: None (the image as it is), a number of pixels, or "auto" (`estimate_diameter`).
+    diameter: None (the image as it is), a number of pixels, or "auto" (`auto_scale` on
+    first_pass, the model's probabilities (Kc, H, W) at the image's own scale).
     metadata: the checkpoint's metadata; its "diameter" is the training object diameter and
     its "postprocess" the `to_instances` settings at that scale.
     Returns (scale for `predict(..., scale=)`, settings for `to_instances`)."""
@@ -138,13 +222,10 @@ def plan(image: np.ndarray, metadata: dict, diameter: float | str | None
     if isinstance(diameter, str):
         if diameter != "auto":
             raise ValueError(f"diameter must be a number of pixels or 'auto', got {diameter!r}")
-        diameter = estimate_diameter(np.asarray(image, dtype=np.float32)
-                                     if np.asarray(image).ndim == 2 else _gray(image))
-    scale = scale_for(float(diameter), float(trained))
+        if first_pass is None:
+            raise ValueError("diameter 'auto' needs the model's first-pass probabilities "
+                             "(mu.segment(..., diameter='auto') runs that pass)")
+        scale = auto_scale(first_pass, float(trained))[0]
+    else:
+        scale = scale_for(float(diameter), float(trained))
     return scale, (postprocess_at(post, scale) if scale != 1.0 else post)
-
-
-def _gray(image: np.ndarray) -> np.ndarray:
-    from .predict import to_gray
-
-    return to_gray(image).astype(np.float32)

@@ -15,7 +15,7 @@ def test_bench_segment_quick_reports_every_stage():
     for stage in ("read", "normalise", "network", "post", "write", "s/Mpx", "peak MiB"):
         assert stage in header
     cells = row.split()
-    assert cells[:3] == ["256x256", "128", "minunet"]
+    assert cells[:3] == ["256x256", "128:4", "minunet"]
     seconds = [float(c) for c in cells[3:8]]
     assert all(s >= 0 for s in seconds) and seconds[2] > 0     # the network did run
     assert int(cells[-1]) > 0                                   # and found objects

@@ -52,8 +52,10 @@ def test_channel_by_name_from_an_ome_tiff(nuclei, scene, tmp_path):
 
 def test_a_z_stack_is_segmented_plane_by_plane(nuclei, scene):
     nuc, _, _truth = scene
-    stack = np.stack([nuc, nuc, np.roll(nuc, 1, axis=1), nuc, nuc])   # (Z, H, W), Z = 5
+    shifted = np.pad(nuc, ((1, 0), (0, 0)), mode="edge")[:-1]      # 1 px down, no wrap
+    stack = np.stack([nuc, nuc, shifted, nuc, nuc])                  # (Z, H, W), Z = 5
     single = mu.segment(nuclei, nuc)
+    assert mu.segment(nuclei, shifted).max() == single.max()  # the same objects, moved
     labels = mu.segment(nuclei, stack, stitch=0.5)
     assert labels.shape == stack.shape and labels.dtype == np.int32
     assert len(np.unique(labels)) - 1 == single.max()     # one id per object through the stack

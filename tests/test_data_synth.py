@@ -287,7 +287,10 @@ def test_sizes_range_from_fragments_to_large_cells():
 
 
 def test_broad_is_noisier_and_varies_per_image():
-    assert cell_stats("broad")["snr"] < 0.8 * cell_stats("standard")["snr"]
+    # the camera's signal-to-noise (the interiors' foci and chromatin left out: they move
+    # the cells' median brightness, not the noise)
+    interiors_off = {"spots": 0.0, "chromatin": 0.0, "nucleoli": 0.0, "defocus": 0.0}
+    assert cell_stats("broad", **interiors_off)["snr"] < 0.8 * cell_stats("standard")["snr"]
     images, labels, _ = mu.data.generate(8, "broad", size=(96, 96), seed=3)
     backgrounds = [np.median(im[lab == 0]) for im, lab in zip(images, labels, strict=True)]
     fixed, fixed_labels, _ = mu.data.generate(8, "standard", size=(96, 96), seed=3)
@@ -306,3 +309,53 @@ def test_broad_is_documented_knob_by_knob():
     assert {k for k in STANDARD if params[k] != STANDARD[k]} == set(BROAD_CHANGES)
     for knob in BROAD_CHANGES:
         assert knob in mu.data.PRESETS["broad"]
+
+
+# ---- what real nuclei add: chromatin, nucleoli, foci, defocus; their statistics ---------------
+
+def test_nuclear_detail_knobs_change_the_interiors_they_name():
+    from minunet.data.generate import statistics
+
+    def stats(**knobs):
+        return statistics(*mu.data.generate(3, "standard", size=SIZE, seed=6, **knobs)[:2])
+
+    plain = stats(**CLEAN)
+    assert stats(chromatin=0.4, **CLEAN)["interior_cv"] > 2 * plain["interior_cv"]
+    assert stats(nucleoli=3.0, **CLEAN)["interior_cv"] > 1.5 * plain["interior_cv"]
+    assert stats(spots=3.0, **CLEAN)["interior_cv"] > 1.5 * plain["interior_cv"]
+    coarse = stats(texture=0.3, texture_scale=4.0, **CLEAN)
+    assert coarse["texture_scale"] > 2 * stats(texture=0.3, texture_scale=1.0,
+                                                **CLEAN)["texture_scale"]
+    assert stats(edge_falloff=0.6, **CLEAN)["rim_ratio"] < plain["rim_ratio"] - 0.1
+    assert abs(plain["diameter"] - 2 * STANDARD["radius"]) < 3
+
+
+def test_defocused_cells_spread_light_past_their_outline():
+    sharp, labels, _ = mu.data.generate(2, "standard", size=SIZE, seed=2, debris=0.0,
+                                        blobs=0.0, **CLEAN)
+    soft, soft_labels, _ = mu.data.generate(2, "standard", size=SIZE, seed=2, debris=0.0,
+                                            blobs=0.0, defocus=1.0, **CLEAN)
+    np.testing.assert_array_equal(labels, soft_labels)        # the labels stay the outlines
+    ring = np.stack([binary_dilation(lab > 0, iterations=2) & (lab == 0) for lab in labels])
+    assert soft[ring].mean() > sharp[ring].mean() + 0.02
+
+
+def test_new_knobs_off_draw_nothing():
+    """Presets without the new knobs keep their images: the knobs at 0 draw no numbers."""
+    a, _, _ = mu.data.generate(2, "standard", size=SIZE, seed=8)
+    b, _, _ = mu.data.generate(2, "standard", size=SIZE, seed=8, chromatin=0.0, nucleoli=0.0,
+                               spots=0.0, defocus=0.0, texture_spread=0.0)
+    np.testing.assert_array_equal(a, b)
+    c, _, _ = mu.data.generate(2, "standard", size=SIZE, seed=8, chromatin=0.3)
+    assert not np.array_equal(a, c)
+
+
+def test_shift_chromatin_and_uneven_are_what_they_say():
+    from minunet.data.generate import statistics
+
+    def stats(preset):
+        return statistics(*mu.data.generate(3, preset, size=SIZE, seed=4)[:2])
+
+    base = stats("standard")
+    assert stats("shift-chromatin")["interior_cv"] > 1.5 * base["interior_cv"]
+    assert stats("shift-uneven")["rim_ratio"] < base["rim_ratio"] - 0.08

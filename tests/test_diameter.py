@@ -4,10 +4,12 @@ rescale the image to the object size the model was trained on, and agree with ea
 import json
 
 import numpy as np
+import pytest
 import tifffile
 
 import minunet as mu
 from minunet.cli import main
+from minunet.rescale import object_diameter
 
 
 def _shrunken_cells(factor: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
@@ -74,3 +76,25 @@ def test_chunked_prediction_refuses_a_diameter(tmp_path, capsys):
                  str(tmp_path / "out"), "--chunked", "--diameter", "20"]) == 2
     assert "--diameter" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_auto_diameter_is_printed_stored_and_equals_segment(tmp_path, capsys):
+    images, labels, _ = mu.data.generate(1, "shift-large", size=(160, 160), seed=3)
+    ckpt = mu.load("nuclei")
+    info: dict = {}
+    want = mu.segment(ckpt, images[0], diameter="auto", info=info)
+    assert info["diameter_estimate"] is not None and info["scale"] > 0
+    ratio = info["diameter_estimate"] / object_diameter(labels[0])
+    assert 0.8 < ratio < 1.25, ratio
+    tifffile.imwrite(tmp_path / "im.tif", images[0])
+    capsys.readouterr()
+    assert main(["predict", "--model", "nuclei", str(tmp_path / "im.tif"), "--out",
+                 str(tmp_path / "out"), "--diameter", "auto"]) == 0
+    printed = capsys.readouterr().out
+    assert f"diameter ~{info['diameter_estimate']:.1f} px" in printed
+    with tifffile.TiffFile(tmp_path / "out" / "im.tif") as tif:
+        stored = tif.imagej_metadata   # the settings used, as minunet_KEY lines
+        assert np.array_equal(tif.asarray(), want)
+    assert float(stored["minunet_diameter_estimate"]) == pytest.approx(
+        info["diameter_estimate"])
+    assert float(stored["minunet_diameter_scale"]) == pytest.approx(info["scale"])

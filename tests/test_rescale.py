@@ -72,8 +72,11 @@ def test_plan_reads_the_checkpoint_diameter():
     image = mu.data.generate(1, "shift-large", size=(128, 128), seed=1)[0][0]
     assert rescale.plan(image, meta, None) == (1.0, {"min_size": 40})
     assert rescale.plan(image, meta, 40.0) == (0.5, {"min_size": 160, "min_seed_size": 16})
-    scale, post = rescale.plan(image, meta, "auto")
-    assert 0.5 < scale < 0.9 and post["min_size"] > 40           # large cells: shrink
+    with pytest.raises(ValueError, match="first-pass"):
+        rescale.plan(image, meta, "auto")
+    big = disc_probs(disc_labels((128, 128), [(30, 30), (30, 90), (90, 30), (90, 90)], 25))
+    scale, post = rescale.plan(image, meta, "auto", first_pass=big)
+    assert 0.6 < scale < 0.8 and post["min_size"] > 40            # 50 px discs: shrink
     with pytest.raises(ValueError, match="does not record"):
         rescale.plan(image, {"postprocess": {}}, 30.0)
     with pytest.raises(ValueError, match="'auto'"):
@@ -85,3 +88,64 @@ def test_postprocess_at_scales_the_split_depth_as_a_length():
     post = postprocess_at({"min_size": 20, "split": True, "split_depth": 1.0}, 0.5)
     assert post["split_depth"] == 2.0 and post["min_size"] == 80
     assert "split_depth" not in postprocess_at({"min_size": 20}, 0.5)  # no split, no depth
+
+
+def disc_probs(labels, split=False):
+    """Three-class probabilities (3, H, W) a good network would give for `labels`: interior
+    inside, boundary on each object's outer pixel ring; split=True also draws a boundary line
+    across every object's middle row, as a network does on a textured nucleus."""
+    from scipy import ndimage
+
+    inside = labels > 0
+    ring = inside & ~ndimage.binary_erosion(inside)
+    if split:
+        for box in ndimage.find_objects(labels):
+            ring[(box[0].start + box[0].stop) // 2, box[1]] |= inside[
+                (box[0].start + box[0].stop) // 2, box[1]]
+    probs = np.zeros((3, *labels.shape), np.float32)
+    probs[0] = ~inside
+    probs[1] = inside & ~ring
+    probs[2] = ring
+    return probs
+
+
+CENTRES = [(25, 25), (25, 75), (75, 25), (75, 75), (25, 125), (75, 125)]
+
+
+def test_diameter_from_probs_sees_split_objects_whole():
+    lab = disc_labels((100, 150), CENTRES, 12)
+    true = rescale.object_diameter(lab)
+    whole, n = rescale.diameter_from_probs(disc_probs(lab))
+    assert n == 6 and whole == pytest.approx(true, rel=0.1)
+    halves, n = rescale.diameter_from_probs(disc_probs(lab, split=True))
+    assert n == 12                                   # the network split every object ...
+    assert halves == pytest.approx(true, rel=0.1)    # ... its size is still read whole
+    assert rescale.diameter_from_probs(disc_probs(lab[:50, :50])) == (None, 1)
+
+
+def test_auto_scale_resizes_only_off_the_trained_size():
+    probs = disc_probs(disc_labels((100, 150), CENTRES, 12))          # ~24 px objects
+    assert rescale.auto_scale(probs, 24.0)[0] == 1.0                   # at the trained size
+    assert rescale.auto_scale(probs, 24.0 / 1.5)[0] == 1.0            # within the range
+    assert rescale.auto_scale(probs, 24.0 * 1.6)[0] == 1.0
+    scale, estimate = rescale.auto_scale(probs, 10.0)                  # 2.4 x the trained
+    # shrink only to the range's upper edge
+    assert scale == pytest.approx(10.0 * rescale.SHRINK_TO / estimate) and scale < 1
+    scale, estimate = rescale.auto_scale(probs, 50.0)                  # half the trained
+    # enlarge only to ENLARGE_TO x the training diameter: less coarse noise
+    assert scale == pytest.approx(50.0 * rescale.ENLARGE_TO / estimate) and scale > 1
+    assert rescale.auto_scale(np.stack([np.ones((40, 40)), np.zeros((40, 40)),
+                                        np.zeros((40, 40))]), 24.0) == (1.0, None)
+
+
+def test_auto_scale_believes_a_probe_that_sees_objects_whole():
+    """Nuclei far larger than the trained size fall apart in the first pass; the half-size
+    probe sees them whole and is taken when it disagrees by over PROBE_DISAGREEMENT."""
+    pieces = disc_probs(disc_labels((100, 150), CENTRES, 5))           # ~10 px objects
+    whole = disc_probs(disc_labels((100, 150), CENTRES, 22))           # ~45 px: 4.5x larger
+    scale, estimate = rescale.auto_scale(pieces, 24.0, probe=whole)
+    assert estimate == pytest.approx(rescale.diameter_from_probs(whole)[0])
+    assert scale < 1                                                    # shrink, not enlarge
+    near = disc_probs(disc_labels((100, 150), CENTRES, 6))             # agrees within 2x
+    scale, estimate = rescale.auto_scale(pieces, 24.0, probe=near)
+    assert estimate == pytest.approx(rescale.diameter_from_probs(pieces)[0]) and scale > 1

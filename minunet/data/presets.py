@@ -37,6 +37,17 @@ STANDARD: dict[str, float] = {
     "edge_falloff": 0.3,       # rim is dimmer than the centre by this fraction
     "texture": 0.12,           # relative amplitude of smooth internal texture
     "texture_scale": 2.0,      # correlation length of the texture, px
+    "texture_spread": 0.0,     # per-image texture and chromatin amplitudes x exp(U(-s, s))
+    # what real nuclei add (off in `standard`): chromatin, nucleoli, bright foci, defocus
+    "chromatin": 0.0,          # relative amplitude of fine, clumpy chromatin texture
+    "chromatin_scale": 1.2,    # its correlation length, px
+    "nucleoli": 0.0,           # mean number of dark nucleoli per cell
+    "nucleolus_radius": 2.0,   # their size (Gaussian std), px
+    "nucleolus_depth": 0.5,    # their centre is this fraction darker than the cell around
+    "spots": 0.0,              # mean number of bright foci per cell
+    "spot_gain": 1.0,          # their centre is this fraction brighter than the cell around
+    "defocus": 0.0,            # fraction of cells out of the focal plane (blurred, dimmer edge)
+    "defocus_blur": 2.5,       # their extra blur, px
     # background and illumination
     "background": 0.1,         # background level
     "gradient": 0.1,           # total relative span of the linear illumination gradient
@@ -69,6 +80,8 @@ BROAD_CHANGES: dict[str, float] = {
     "blur": 1.4, "blur_spread": 0.5,                                # 0.7-2.1 px PSF
     "photons": 200.0, "photons_spread": 0.9, "read_noise": 0.02,    # lower, varying SNR
     "gain_spread": 0.4, "gamma_spread": 0.3, "offset": 0.1,         # per-image exposure
+    "texture_spread": 0.7, "chromatin": 0.3, "nucleoli": 1.0,       # real nuclei's interiors:
+    "spots": 1.0,                                                   # chromatin, nucleoli, foci
 }
 BROAD: dict[str, float] = {**STANDARD, **BROAD_CHANGES}
 
@@ -84,6 +97,10 @@ SHIFTS: dict[str, tuple[str, dict[str, float]]] = {
     "shift-shape": ("elongated, irregular outlines", {"elongation": 0.45, "irregularity": 0.15}),
     "shift-texture": ("coarser, stronger internal texture",
                       {"texture": 0.3, "texture_scale": 3.0}),
+    "shift-chromatin": ("textured interiors: clumpy chromatin and dark nucleoli",
+                        {"chromatin": 0.35, "nucleoli": 1.5, "nucleolus_depth": 0.55}),
+    "shift-uneven": ("uneven nuclei: dim rims, bright foci, some out of focus",
+                     {"edge_falloff": 0.55, "spots": 2.0, "defocus": 0.25}),
     "shift-distractors": ("more and brighter debris and out-of-focus blobs",
                           {"debris": 12.0, "debris_intensity": 0.33, "blobs": 6.0,
                            "blob_intensity": 0.17}),

@@ -22,7 +22,10 @@ The model, in the order it is drawn (every knob lives in `presets.STANDARD`):
    `bright_gain` more (the few very bright cells that set an image's top percentiles); dimmed
    towards its rim by (1 - edge_falloff * rho^2) (rho = 0 at the centre, 1 on the outline),
    times (1 + texture * T), T a smooth unit-variance random field of correlation
-   length `texture_scale` px.
+   length `texture_scale` px (its amplitude varied per image by `texture_spread`). What real
+   nuclei add, each off in `standard` (`_nuclear_detail`): clumpy chromatin (a lognormal
+   texture of amplitude `chromatin`), dark nucleoli and bright foci (`nucleoli`, `spots` per
+   cell), and a fraction `defocus` of cells out of the focal plane (blurred).
 5. Unlabelled distractors: `debris` small bright irregular specks per 256x256 px (radius 2-4.5 px,
    brightness debris_intensity * U(0.6, 1.4), painted off the cells) and `blobs` out-of-focus
    cell-sized blobs (brightness blob_intensity * U(0.6, 1.4), edges softened as by a Gaussian
@@ -65,6 +68,9 @@ BLOB_RADIUS = (0.8, 1.3)            # out-of-focus blobs are cell-sized (x radiu
 VIGNETTE_CENTRE_SHIFT = 0.3         # optical centre within +-0.3 half-sides of the image centre
 BLOB_EDGE_SIGMAS = 3.0              # a blob's soft edge is drawn out to 3 blur stds
 NORMAL_SHOT_FROM = 30.0             # mean photon count from which shot noise is drawn as normal
+SPOT_REACH = 0.7                    # nucleoli and foci sit within 70 % of the way to the rim
+SPOT_SIZE_SPREAD = (0.7, 1.3)       # an image's spot size is its radius knob times this
+SPOT_RADIUS = 1.0                   # bright foci (Gaussian std, px): smaller than nucleoli
 
 
 def synth_image(rng: np.random.Generator, p: dict, size: tuple[int, int]
@@ -82,8 +88,12 @@ def synth_image(rng: np.random.Generator, p: dict, size: tuple[int, int]
     contrast *= _cell_gains(rng, p, n)
     brightness = np.concatenate([[0.0], contrast]).astype(np.float32)[labels]   # (H, W)
     texture = _smooth_field(rng, H, W, p["texture_scale"])
+    detail = 1.0                                          # this image's texture strength
+    if p["texture_spread"] > 0:                          # drawn only when on (see _cell_gains)
+        detail = np.exp(rng.uniform(-p["texture_spread"], p["texture_spread"]))
     cells = brightness * (1 - np.float32(p["edge_falloff"]) * rho**2)
-    cells *= 1 + np.float32(p["texture"]) * texture      # background pixels stay 0
+    cells *= 1 + np.float32(p["texture"] * detail) * texture   # background pixels stay 0
+    cells = _nuclear_detail(rng, p, cells, labels, rho, detail)
 
     scene = _debris(rng, p, labels, area_ratio)
     scene += _blobs(rng, p, H, W, area_ratio)
@@ -240,6 +250,55 @@ def _exposure(rng: np.random.Generator, p: dict, scene: np.ndarray
     if p["photons_spread"] > 0:
         photons *= np.exp(rng.uniform(-p["photons_spread"], p["photons_spread"]))
     return scene.astype(np.float32, copy=False), blur, photons
+
+
+# ---- what real nuclei add: chromatin, nucleoli, foci, defocus -----------------------------------
+
+def _nuclear_detail(rng: np.random.Generator, p: dict, cells: np.ndarray, labels: np.ndarray,
+                    rho: np.ndarray, detail: float = 1.0) -> np.ndarray:
+    """Chromatin, nucleoli, bright foci and out-of-focus cells on the cell layer (H, W); each
+    is drawn only when its knob is on, so presets without them keep their images.
+
+    chromatin: cells * exp(c F - c^2 / 2), c = chromatin * detail (the image's texture
+        strength), F a unit-variance field of length chromatin_scale:
+        a lognormal texture of mean 1 and coefficient of variation ~c, bright clumps between
+        darker gaps (a Gaussian texture would be as often dark as bright).
+    nucleoli / spots: Poisson(knob * cells) unit-height Gaussian spots at random points of the
+        cells' inner part (rho < SPOT_REACH), darkening by nucleolus_depth / brightening by
+        spot_gain at their centre.
+    defocus: a fraction of the cells is blurred by defocus_blur px (their light spreads
+        past the outline, their edge is soft and their peak lower)."""
+    H, W = cells.shape
+    n = int(labels.max())
+    if p["chromatin"] > 0:
+        c = np.float32(p["chromatin"] * detail)
+        cells *= np.exp(c * _smooth_field(rng, H, W, p["chromatin_scale"]) - c * c / 2)
+    if p["nucleoli"] > 0:
+        dark = _spots(rng, labels, rho, p["nucleoli"] * n, p["nucleolus_radius"])
+        cells *= 1 - np.float32(p["nucleolus_depth"]) * np.minimum(dark, 1)
+    if p["spots"] > 0:
+        cells *= 1 + np.float32(p["spot_gain"]) * _spots(rng, labels, rho, p["spots"] * n,
+                                                           SPOT_RADIUS)
+    if p["defocus"] > 0:
+        chosen = np.concatenate([[False], rng.random(n) < p["defocus"]])[labels]  # (H, W)
+        blurred = gaussian_filter(np.where(chosen, cells, 0), p["defocus_blur"], mode="reflect")
+        cells = np.where(chosen, 0, cells) + blurred
+    return cells.astype(np.float32, copy=False)
+
+
+def _spots(rng: np.random.Generator, labels: np.ndarray, rho: np.ndarray, mean_count: float,
+           radius: float) -> np.ndarray:
+    """Poisson(mean_count) Gaussian spots of std radius * U(SPOT_SIZE_SPREAD) and height 1
+    (H, W), centred on random pixels of the cells' inner part (rho < SPOT_REACH)."""
+    inner = np.flatnonzero((labels > 0) & (rho < SPOT_REACH))
+    count = rng.poisson(mean_count)
+    impulses = np.zeros(labels.size, np.float32)
+    if count == 0 or inner.size == 0:
+        return impulses.reshape(labels.shape)
+    np.add.at(impulses, rng.choice(inner, count), np.float32(1))
+    sigma = radius * rng.uniform(*SPOT_SIZE_SPREAD)
+    spread = gaussian_filter(impulses.reshape(labels.shape), sigma, mode="constant")
+    return spread * np.float32(2 * np.pi * sigma**2)      # a lone spot peaks at ~1
 
 
 # ---- distractors, illumination, texture ----------------------------------------------------------
