@@ -225,6 +225,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     out = _writable_dir(out)
     locks.hold(out, "minunet predict")  # released when the command ends (main)
+    _check_outputs(inputs, files, outputs, out, args.overwrite)  # again, now that out is ours
     for sub, wanted in ((OVERLAY_DIR, args.overlays), (PROBS_DIR, args.probs)):
         if wanted:
             (out / sub).mkdir(exist_ok=True)

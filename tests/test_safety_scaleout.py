@@ -336,3 +336,32 @@ def test_19_a_full_disk_while_writing_a_training_store_names_it(tmp_path, monkey
     with pytest.raises(OSError, match=r"set\.zarr.*free some disk space"):
         write_zarr_set(tmp_path / "set.zarr", np.zeros((2, 16, 16)), labels)
     assert list(tmp_path.iterdir()) == []
+
+
+# --- an output folder in use is refused (finding 2 on the cluster and chunked paths) --------
+def test_predict_files_refuses_an_output_folder_another_run_holds(checkpoint, images, client,
+                                                                  tmp_path):
+    from minunet.io.locks import FolderLock, FolderLocked
+
+    out = tmp_path / "labels"
+    out.mkdir()
+    files = sorted(images.glob("*.tif"))
+    with FolderLock(out, "minunet predict (another run)"):
+        with pytest.raises(FolderLocked, match="another run"):
+            predict_files(checkpoint, files, out, client=client, progress=False)
+        assert sorted(p.name for p in out.iterdir()) == [".minunet.lock"]
+    report = predict_files(checkpoint, files, out, client=client, progress=False)
+    assert len(report.done) == 2 and not (out / ".minunet.lock").exists()
+
+
+def test_chunked_refuses_an_output_folder_another_run_holds(checkpoint, images, tmp_path,
+                                                            capsys):
+    from minunet.io.locks import FolderLock
+
+    out = tmp_path / "labels"
+    out.mkdir()
+    with FolderLock(out, "minunet predict (another run)"):
+        code = main(["predict", str(checkpoint), str(images / "a.tif"), "--out", str(out),
+                     "--chunked"])
+    assert code == 2 and "another run" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == []

@@ -24,6 +24,7 @@ from typing import Any
 
 from ..inference import output_stem
 from ..io.files import remove_stale_temps
+from ..io.locks import FolderLock
 from .common import (
     describe,
     limit_threads,
@@ -107,11 +108,19 @@ def predict_files(model: str | os.PathLike, files: list[str | os.PathLike],
     out.mkdir(parents=True, exist_ok=True)
     if not os.access(out, os.W_OK):
         raise PermissionError(f"predict_files: the output folder {out} is not writable")
-    _remove_killed_writes(targets)
+    # out_dir is ours while we write: a second run into it is refused, naming this one; the
+    # outputs are checked again under the lock (a run that finished meanwhile wrote them)
+    lock = FolderLock(out, "predict_files").acquire()
     own_client = own_cluster = None
-    if client is None:
-        client, own_cluster = make_client(workers, scheduler)
-        own_client = client
+    try:
+        targets = check_outputs([Path(f) for f in files], out, probs, overlays, overwrite)
+        _remove_killed_writes(targets)
+        if client is None:
+            client, own_cluster = make_client(workers, scheduler)
+            own_client = client
+    except BaseException:
+        lock.release()
+        raise
     report = CollectionReport()
     try:
         threads = threads_per_worker(client)
@@ -138,6 +147,7 @@ def predict_files(model: str | os.PathLike, files: list[str | os.PathLike],
             own_client.close()
         if own_cluster is not None:
             own_cluster.close()
+        lock.release()
     report.seconds = time.perf_counter() - started
     return report
 

@@ -601,6 +601,9 @@ def predict_command(args: Any, model: Path, inputs: list[str]) -> int:
 
             client, cluster = make_client(args.workers, args.scheduler)
         out.mkdir(parents=True, exist_ok=True)  # only now: a refused run leaves no folder
+        from ..io import locks
+
+        locks.hold(out, "minunet predict --chunked")  # released when the command ends
         for source, labels, probs in jobs:
             try:
                 result = segment_large(str(model), source, labels, probs_out=probs,
