@@ -1,7 +1,7 @@
 """End-to-end segmentation with the bundled model: seconds per megapixel, stage by stage.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/bench_segment.py
-    python bench/bench_segment.py --sizes 512,2048 --tiles 256,1024 --torch   # + PyTorch
+    python bench/bench_segment.py --sizes 512,2048 --tiles 256:4,1024:1 --torch   # + PyTorch
     python bench/bench_segment.py --quick                                     # smoke run
 
 What `minunet predict --model nuclei` does to one image, timed stage by stage in a fresh
@@ -104,7 +104,7 @@ def _torch_network(model: object) -> object:
     return Shim()
 
 
-def worker(files: list[str], tile: int, backend: str, out_dir: str) -> None:
+def worker(files: list[str], tile: int, batch_size: int, backend: str, out_dir: str) -> None:
     import numpy as np
 
     import minunet as mu
@@ -124,7 +124,7 @@ def worker(files: list[str], tile: int, backend: str, out_dir: str) -> None:
         t1 = time.perf_counter()
         x = mu.normalize(image, norm)
         t2 = time.perf_counter()
-        probs = mu.predict(network, x, tile=tile, normalized=True)
+        probs = mu.predict(network, x, tile=tile, batch_size=batch_size, normalized=True)
         t3 = time.perf_counter()
         labels = mu.to_instances(probs, **post)
         t4 = time.perf_counter()
@@ -138,8 +138,10 @@ def worker(files: list[str], tile: int, backend: str, out_dir: str) -> None:
     print(json.dumps({"seconds": seconds, "peak_mib": peak, "objects": objects}))
 
 
-def measure(files: list[Path], tile: int, backend: str, out_dir: Path) -> dict:
-    cmd = [sys.executable, __file__, "--worker", "--tile", str(tile), "--backend", backend,
+def measure(files: list[Path], tile: int, batch_size: int, backend: str, out_dir: Path
+            ) -> dict:
+    cmd = [sys.executable, __file__, "--worker", "--tile", str(tile), "--batch-size",
+           str(batch_size), "--backend", backend,
            "--out-dir", str(out_dir), *map(str, files)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -172,22 +174,24 @@ def make_images(folder: Path, size: int, n: int, seed: int) -> list[Path]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="512,2048,4096")
-    parser.add_argument("--tiles", default="256,1024", help="tile cores to compare")
+    parser.add_argument("--tiles", default="256:4,512:2,1024:1",
+                        help="tile cores to compare, each TILE:BATCH (tiles per forward pass)")
     parser.add_argument("--folder", type=int, default=64, help="images of 512^2 (0: none)")
     parser.add_argument("--torch", action="store_true", help="also the network in PyTorch")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="one 256^2 image, tile 128")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--tile", type=int, default=256, help=argparse.SUPPRESS)
+    parser.add_argument("--batch-size", type=int, default=4, help=argparse.SUPPRESS)
     parser.add_argument("--backend", default="minunet", help=argparse.SUPPRESS)
     parser.add_argument("--out-dir", default=".", help=argparse.SUPPRESS)
     parser.add_argument("files", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.files, args.tile, args.backend, args.out_dir)
+        worker(args.files, args.tile, args.batch_size, args.backend, args.out_dir)
         return
     if args.quick:
-        args.sizes, args.tiles, args.folder = "256", "128", 0
+        args.sizes, args.tiles, args.folder = "256", "128:4", 0
     import numpy  # noqa: F401  (loads BLAS, so threadpoolctl can name its kernel)
     from threadpoolctl import threadpool_info
 
@@ -202,18 +206,20 @@ def main() -> None:
         if args.folder:
             cases.append((f"{args.folder} x 512x512", make_images(root, 512, args.folder, 7)))
         (root / "out").mkdir()
-        print(f"{'image':>16} {'tile':>5} {'backend':>8} "
+        print(f"{'image':>16} {'tile':>8} {'backend':>8} "
               + " ".join(f"{s:>9}" for s in STAGES)
               + f" {'total':>8} {'s/Mpx':>6} {'net %':>5} {'peak MiB':>8} {'objects':>7}")
         for name, files in cases:
             mpx = sum(_pixels(f) for f in files) / 1e6
-            for tile in map(int, args.tiles.split(",")):
+            for spec in args.tiles.split(","):
+                tile, _, batch = spec.partition(":")
+                tile, batch = int(tile), int(batch or 4)
                 for _ in range(args.rounds):
                     for backend in backends:        # alternate the sides within a round
-                        r = measure(files, tile, backend, root / "out")
+                        r = measure(files, tile, batch, backend, root / "out")
                         sec = r["seconds"]
                         total = sum(sec.values())
-                        print(f"{name:>16} {tile:>5} {backend:>8} "
+                        print(f"{name:>16} {f'{tile}:{batch}':>8} {backend:>8} "
                               + " ".join(f"{sec[s]:>9.3f}" for s in STAGES)
                               + f" {total:>8.2f} {total / mpx:>6.2f} "
                               f"{100 * sec['network'] / total:>5.0f} {r['peak_mib']:>8.0f} "
