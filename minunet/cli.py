@@ -474,6 +474,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         images = None
     result = metrics.evaluate(truth, preds, names=names)
     out = _writable_dir(out)
+    from .io import locks
+
+    locks.hold(out, "minunet evaluate")  # released when the command ends (main)
+    if not args.overwrite and any((out / f).exists() for f in REPORT_FILES):  # since checked
+        raise InputError(f"--out {out} already holds a report (written meanwhile by another "
+                         "run); give another folder, or --overwrite to replace it")
     _write_report(out, truth, preds, images, result, names, args.title, viz)
     summary = workflow.summarize(result)
     print(_summary_line(summary))

@@ -313,3 +313,16 @@ def test_folder_lock_refuses_a_live_holder_and_takes_over_a_stale_one(tmp_path):
     (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": 1, "host": "another-host"}))
     with pytest.raises(FolderLocked, match="another-host"):
         FolderLock(tmp_path, "test").acquire()
+
+
+def test_finding_2_an_evaluate_report_folder_in_use_is_refused(tiny_run, tmp_path, capsys):
+    data_dir, _ = tiny_run
+    report = tmp_path / "report"
+    report.mkdir()
+    argv = ["evaluate", "--pred", data_dir / "labels", "--truth", data_dir / "labels",
+            "--out", report]
+    with FolderLock(report, "minunet evaluate"):
+        code, _, err = run_cli(capsys, argv)
+        assert code == 2 and f"process {os.getpid()}" in err and "in use" in err, err
+    assert sorted(p.name for p in report.iterdir()) == []
+    assert run_cli(capsys, argv)[0] == 0 and not (report / LOCK_NAME).exists()
