@@ -135,18 +135,25 @@ def read_labels(path: Path) -> np.ndarray:
     return labels.astype(np.int32)
 
 
+def read_pair(image_path: Path, mask_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One image and its mask, checked; errors name the file. Labels (H, W) int32.
+    `read_pairs` and the lazy training sets both read through this."""
+    image = read_image(image_path)
+    labels = read_labels(mask_path)
+    if image.shape[:2] != labels.shape:
+        raise DataError(f"{image_path} is {image.shape[0]}x{image.shape[1]} but its mask "
+                        f"{mask_path} is {labels.shape[0]}x{labels.shape[1]}")
+    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+        raise DataError(f"{image_path}: holds NaN or inf values; fix or remove it")
+    return image, labels
+
+
 def read_pairs(pairs: Sequence[tuple[Path, Path]]) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Read every pair; all problems are collected and reported together, by file name."""
     images, labels, problems = [], [], []
     for image_path, mask_path in pairs:
         try:
-            image = read_image(image_path)
-            mask = read_labels(mask_path)
-            if image.shape[:2] != mask.shape:
-                raise DataError(f"{image_path} is {image.shape[0]}x{image.shape[1]} but its "
-                                f"mask {mask_path} is {mask.shape[0]}x{mask.shape[1]}")
-            if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
-                raise DataError(f"{image_path}: holds NaN or inf values; fix or remove it")
+            image, mask = read_pair(image_path, mask_path)
         except (ValueError, OSError) as err:
             problems.append(str(err))
             continue

@@ -38,7 +38,7 @@ import numpy as np
 
 from ..data.targets import three_class, weight_map
 from ..predict import DEFAULT_NORMALIZATION, normalize
-from .folders import IMAGE_SUFFIX, MASK_SUFFIX, DataError, find_pairs, read_labels
+from .folders import IMAGE_SUFFIX, MASK_SUFFIX, find_pairs, read_labels, read_pair
 from .images import read_image
 
 STORE_FORMAT = "minunet-training-store"
@@ -166,19 +166,6 @@ class FolderSet(LazySet):
     def _read(self, i: int) -> Sample:
         image, labels = read_pair(self.images[i], self.label_files[i])
         return _sample_from(image.astype(np.float32), labels, self.normalization)
-
-
-def read_pair(image_path: Path, mask_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """One image and its mask, checked as `folders.read_pairs` checks them (errors name the
-    file): labels (H, W) int32."""
-    image = read_image(image_path)
-    labels = read_labels(mask_path)
-    if image.shape[:2] != labels.shape:
-        raise DataError(f"{image_path} is {image.shape[0]}x{image.shape[1]} but its mask "
-                        f"{mask_path} is {labels.shape[0]}x{labels.shape[1]}")
-    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
-        raise DataError(f"{image_path}: holds NaN or inf values; fix or remove it")
-    return image, labels
 
 
 def _common_shape(files: Sequence[Path]) -> tuple[int, int] | None:

@@ -77,7 +77,7 @@ def scan(pairs: Sequence[tuple[Path, Path]], root: Path
          ) -> tuple[list[tuple[int, int]], dict[str, str]]:
     """--lazy: read and check every pair once, one at a time (as `read` checks them):
     (each image's (H, W), digests). Problems are collected and reported together."""
-    from ..io.lazy import read_pair
+    from ..io.folders import read_pair
 
     shapes, problems = [], []
     for image_path, mask_path in pairs:
