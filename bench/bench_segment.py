@@ -1,7 +1,8 @@
 """End-to-end segmentation with the bundled model: seconds per megapixel, stage by stage.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/bench_segment.py
-    python bench/bench_segment.py --sizes 512,2048 --tiles 256:4,1024:1 --torch   # + PyTorch
+    python bench/bench_segment.py --sizes 512,2048 --tiles 256:4,1024:1 --torch --onnx
+    python bench/bench_segment.py --tiles 256:4:56,1024:1   # 256-px tiles with a 56-px margin
     python bench/bench_segment.py --quick                                     # smoke run
 
 What `minunet predict --model nuclei` does to one image, timed stage by stage in a fresh
@@ -11,8 +12,11 @@ TIFF, normalise it with the model's stored setting, run the network over overlap
 settings), write the label TIFF. Images are generated `broad` images, written once to a
 temporary folder before timing. `--folder N` adds a folder of N images of 512 x 512 (the
 stages summed over the folder). `--torch` runs the same network in PyTorch (weights copied,
-channels_last, eval mode) through the same tiling function, so only the network stage differs;
-PyTorch sides alternate with minunet's, in the same run.
+channels_last, eval mode, glibc malloc tuned as in `bench_unet.py --best`) through the same
+tiling function, so only the network stage differs; `--onnx` the same through onnxruntime
+(the graph of `mu.export_onnx` without its final softmax, 2 intra-op threads, all graph
+optimisations, which fold the batch norms). The sides alternate with minunet's, in the same run.
+A tile spec TILE:BATCH:MARGIN fixes the margin (default: predict's automatic one).
 
 Print: per image size, tile and backend, the seconds of each stage, the total, seconds per
 megapixel, the network's share, and peak memory. The CPU and BLAS kernel are printed first.
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -31,6 +36,9 @@ import time
 from pathlib import Path
 
 STAGES = ("read", "normalise", "network", "post", "write")
+# PyTorch at its best, as bench_unet.py --best: glibc malloc serves large blocks from its heap
+TORCH_BEST_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**32),
+                  "MALLOC_TOP_PAD_": str(256 * 2**20)}
 
 
 def _torch_network(model: object) -> object:
@@ -83,28 +91,66 @@ def _torch_network(model: object) -> object:
     net.load_state_dict(state, strict=False)
     net = net.eval().to(memory_format=torch.channels_last)
 
-    class Shim:
-        """What `mu.predict` asks of a model: depth, dtype, modes, and a call."""
-        depth, dtype, training, grad_enabled = cfg["depth"], np.float32, False, False
+    def forward(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            t = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
+            return net(t).contiguous().numpy()
 
-        def eval(self) -> Shim:
-            return self
-
-        def train(self, mode: bool = True) -> Shim:
-            return self
-
-        def set_grad_enabled(self, on: bool) -> None:
-            pass
-
-        def __call__(self, x: np.ndarray) -> np.ndarray:
-            with torch.no_grad():
-                t = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
-                return net(t).contiguous().numpy()
-
-    return Shim()
+    return Shim(cfg["depth"], forward)
 
 
-def worker(files: list[str], tile: int, batch_size: int, backend: str, out_dir: str) -> None:
+def _onnx_network(model: object) -> object:
+    """The same network through onnxruntime: mu.export_onnx's graph, ending at the logits."""
+    import onnxruntime as ort
+
+    from minunet.export.onnx import OUTPUT, onnx_model
+
+    proto = onnx_model(model)
+    graph = proto.graph
+    softmax = [n for n in graph.node if n.op_type == "Softmax"][-1]
+    logits = softmax.input[0]
+    graph.node.remove(softmax)                # predict applies its own softmax to logits
+    for node in graph.node:
+        for i, name in enumerate(node.output):
+            if name == logits:
+                node.output[i] = OUTPUT
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = 2, 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(proto.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+
+    def forward(x):
+        return session.run([OUTPUT], {input_name: x})[0]
+
+    return Shim(model.config()["depth"], forward)
+
+
+class Shim:
+    """What `mu.predict` asks of a model: depth, dtype, modes, and a call."""
+    training, grad_enabled = False, False
+
+    def __init__(self, depth: int, forward: object) -> None:
+        import numpy as np
+
+        self.depth, self.dtype, self.forward = depth, np.float32, forward
+
+    def eval(self) -> Shim:
+        return self
+
+    def train(self, mode: bool = True) -> Shim:
+        return self
+
+    def set_grad_enabled(self, on: bool) -> None:
+        pass
+
+    def __call__(self, x: object) -> object:
+        return self.forward(x)
+
+
+def worker(files: list[str], tile: int, batch_size: int, margin: int | None, backend: str,
+           out_dir: str) -> None:
     import numpy as np
 
     import minunet as mu
@@ -113,7 +159,8 @@ def worker(files: list[str], tile: int, batch_size: int, backend: str, out_dir: 
 
     ckpt = mu.load("nuclei")
     norm, post = stored_settings(ckpt)
-    network = ckpt.model if backend == "minunet" else _torch_network(ckpt.model)
+    network = {"minunet": lambda m: m, "torch": _torch_network,
+               "onnx": _onnx_network}[backend](ckpt.model)
     warm = np.random.default_rng(0).integers(0, 4000, (128, 128), dtype=np.uint16)
     mu.to_instances(mu.predict(network, warm, tile=128, normalization=norm), **post)  # compile
     seconds = dict.fromkeys(STAGES, 0.0)
@@ -124,7 +171,8 @@ def worker(files: list[str], tile: int, batch_size: int, backend: str, out_dir: 
         t1 = time.perf_counter()
         x = mu.normalize(image, norm)
         t2 = time.perf_counter()
-        probs = mu.predict(network, x, tile=tile, batch_size=batch_size, normalized=True)
+        probs = mu.predict(network, x, tile=tile, batch_size=batch_size, margin=margin,
+                           normalized=True)
         t3 = time.perf_counter()
         labels = mu.to_instances(probs, **post)
         t4 = time.perf_counter()
@@ -138,12 +186,13 @@ def worker(files: list[str], tile: int, batch_size: int, backend: str, out_dir: 
     print(json.dumps({"seconds": seconds, "peak_mib": peak, "objects": objects}))
 
 
-def measure(files: list[Path], tile: int, batch_size: int, backend: str, out_dir: Path
-            ) -> dict:
+def measure(files: list[Path], tile: int, batch_size: int, margin: int | None, backend: str,
+            out_dir: Path) -> dict:
     cmd = [sys.executable, __file__, "--worker", "--tile", str(tile), "--batch-size",
-           str(batch_size), "--backend", backend,
-           "--out-dir", str(out_dir), *map(str, files)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+           str(batch_size), "--backend", backend, "--out-dir", str(out_dir),
+           *(["--margin", str(margin)] if margin is not None else []), *map(str, files)]
+    env = {**os.environ, **(TORCH_BEST_ENV if backend == "torch" else {})}
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -174,21 +223,24 @@ def make_images(folder: Path, size: int, n: int, seed: int) -> list[Path]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="512,2048,4096")
-    parser.add_argument("--tiles", default="256:4,512:2,1024:1",
-                        help="tile cores to compare, each TILE:BATCH (tiles per forward pass)")
+    parser.add_argument("--tiles", default="256:4:56,256:4,1024:1",
+                        help="tilings to compare, each TILE:BATCH[:MARGIN] (core px, tiles per "
+                        "forward pass, margin px; default: the automatic margin)")
     parser.add_argument("--folder", type=int, default=64, help="images of 512^2 (0: none)")
     parser.add_argument("--torch", action="store_true", help="also the network in PyTorch")
+    parser.add_argument("--onnx", action="store_true", help="also the network in onnxruntime")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="one 256^2 image, tile 128")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--tile", type=int, default=256, help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, default=4, help=argparse.SUPPRESS)
+    parser.add_argument("--margin", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--backend", default="minunet", help=argparse.SUPPRESS)
     parser.add_argument("--out-dir", default=".", help=argparse.SUPPRESS)
     parser.add_argument("files", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.files, args.tile, args.batch_size, args.backend, args.out_dir)
+        worker(args.files, args.tile, args.batch_size, args.margin, args.backend, args.out_dir)
         return
     if args.quick:
         args.sizes, args.tiles, args.folder = "256", "128:4", 0
@@ -198,7 +250,7 @@ def main() -> None:
     blas = [f"{i.get('internal_api')} {i.get('architecture')}" for i in threadpool_info()
             if i.get("user_api") == "blas"]
     print(f"CPU: {_cpu_name()}; BLAS: {', '.join(blas)}")
-    backends = ["minunet"] + (["torch"] if args.torch else [])
+    backends = ["minunet"] + (["torch"] if args.torch else []) + (["onnx"] if args.onnx else [])
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         cases = [(f"{s}x{s}", make_images(root, s, 1, seed=1)) for s in map(int,
@@ -212,14 +264,15 @@ def main() -> None:
         for name, files in cases:
             mpx = sum(_pixels(f) for f in files) / 1e6
             for spec in args.tiles.split(","):
-                tile, _, batch = spec.partition(":")
+                tile, batch, margin = [*spec.split(":"), "", ""][:3]
                 tile, batch = int(tile), int(batch or 4)
+                margin = int(margin) if margin else None
                 for _ in range(args.rounds):
                     for backend in backends:        # alternate the sides within a round
-                        r = measure(files, tile, batch, backend, root / "out")
+                        r = measure(files, tile, batch, margin, backend, root / "out")
                         sec = r["seconds"]
                         total = sum(sec.values())
-                        print(f"{name:>16} {f'{tile}:{batch}':>8} {backend:>8} "
+                        print(f"{name:>16} {spec:>8} {backend:>8} "
                               + " ".join(f"{sec[s]:>9.3f}" for s in STAGES)
                               + f" {total:>8.2f} {total / mpx:>6.2f} "
                               f"{100 * sec['network'] / total:>5.0f} {r['peak_mib']:>8.0f} "

@@ -903,9 +903,12 @@ def _parser() -> argparse.ArgumentParser:
                    "name, then TIFF/PNG/NPY files or folders")
     p.add_argument("--model", help="the model (then every positional argument is an image)")
     p.add_argument("--out", required=True, help="output folder (int32 label TIFFs, NAME.tif)")
-    p.add_argument("--tile", type=int, default=256,
-                   help="side of the tiles the network sees at a time (default 256); changes "
-                        "memory and speed, not the labels")
+    from .predict import DEFAULT_TILE
+
+    p.add_argument("--tile", type=int, default=DEFAULT_TILE,
+                   help=f"side of the tiles the network sees at a time (default {DEFAULT_TILE}, "
+                        "one tile at a time; an image smaller than that is one tile); smaller "
+                        "tiles use less memory and more time, and give the same labels")
     p.add_argument("--overlays", action="store_true",
                    help="also write outline overlays (overlays/NAME.png)")
     p.add_argument("--probs", action="store_true",

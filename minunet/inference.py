@@ -27,7 +27,7 @@ from .checkpoint import Checkpoint, load
 from .io.images import ImageFile
 from .module import Module
 from .postprocess import FG_THRESH, MIN_SIZE, SEED_THRESH
-from .predict import normalize
+from .predict import DEFAULT_BATCH_SIZE, DEFAULT_TILE, normalize
 from .workflow import segment as segment_with
 
 
@@ -49,7 +49,7 @@ def segment(model: Checkpoint | Module | str | os.PathLike,
             image: np.ndarray | str | os.PathLike | ImageFile, *,
             channel: int | str | None = None, plane: int | None = None,
             stitch: float | None = None, exclude_edges: bool = False,
-            tile: int = 256, batch_size: int = 4, progress: bool = False,
+            tile: int = DEFAULT_TILE, batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = False,
             diameter: float | str | None = None, return_probs: bool = False,
             info: dict[str, Any] | None = None, **postprocess: Any,
             ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
@@ -97,7 +97,8 @@ def segment_image(model: Checkpoint | Module | str | os.PathLike,
                   image: np.ndarray | str | os.PathLike | ImageFile, *,
                   channel: int | str | None = None, plane: int | None = None,
                   stitch: float | None = None, exclude_edges: bool = False,
-                  tile: int = 256, batch_size: int = 4, progress: bool = False,
+                  tile: int = DEFAULT_TILE, batch_size: int = DEFAULT_BATCH_SIZE,
+                  progress: bool = False,
                   diameter: float | str | None = None, **postprocess: Any,
                   ) -> tuple[np.ndarray, np.ndarray, str | None, dict[str, Any]]:
     """`segment`, returning (labels, probabilities, a note for the user or None, the
@@ -288,7 +289,7 @@ def prediction_outputs(path: Path, out: Path, probs: bool = False,
 
 
 def write_prediction(model: Checkpoint | Module, path: Path, out: Path, *,
-                     image: np.ndarray | ImageFile | None = None, tile: int = 256,
+                     image: np.ndarray | ImageFile | None = None, tile: int = DEFAULT_TILE,
                      probs: bool = False, overlays: bool = False, progress: bool = False,
                      diameter: float | str | None = None, channel: int | str | None = None,
                      plane: int | None = None, stitch: float | None = None,

@@ -10,6 +10,13 @@ Tiles start at multiples of 2**depth, the network's pooling grid, so max-pooling
 windows in every tile. Memory stays bounded: only `batch_size` tiles go through the network at a
 time, and the output is written tile by tile into one (Kc, H, W) array.
 
+Large tiles are cheaper: the margins are computed for nothing, and a 256-px core with the depth-3
+margin of 56 px computes 2.07x the image's pixels, a 1024-px core 1.27x (DEFAULT_TILE). The
+automatic margin is also widened (by at most 2**depth px a side) so that each tile is a multiple
+of FAST_WIDTH * 2**depth px wide: then every level's rows are a multiple of 16 px, which the
+direct AVX-512 convolutions need (`kernels/conv.py`, `_direct`); otherwise the deeper levels
+take the BLAS route. A wider margin only adds context, so the result stays seamless.
+
 Normalisation (`normalize`) turns whatever a user's file holds (8-/16-bit integers, floats, RGB)
 into one float32 gray image. Its settings are a small dict stored in the checkpoint, so training
 and prediction apply exactly the same steps.
@@ -52,6 +59,17 @@ FOREGROUND_SMOOTH = 1.0   # px: Gaussian smoothing before Otsu's threshold, so n
 # noise-only fields: 6-18 each without the cap, 0 with 6, 8 or 12; object F1 on the cells the
 # same with and without (standard 0.982, shift-noise 0.978, shift-contrast 0.953).
 MIN_SIGNAL_TO_NOISE = 6.0
+
+# Tiling defaults (`predict`, `mu.segment`, `minunet predict --tile`). 1024-px cores, one tile
+# per forward pass: with the bundled model on a 4096^2 image, 0.56x the network time of 256-px
+# cores in batches of 4 and 0.76x that of batches of 2 (`bench/bench_segment.py --sizes 4096
+# --tiles 256:4,1024:1,1024:2`, one run, docs/speed.md), the same probabilities to the bit, and
+# about 80 MiB per activation of 16 channels.
+DEFAULT_TILE = 1024
+DEFAULT_BATCH_SIZE = 1
+# the direct convolution kernels take rows a multiple of this many pixels (one AVX-512 vector
+# of float32; kernels/conv.py `_direct`); the automatic margin makes every level's rows so
+FAST_WIDTH = 16
 
 
 def to_gray(image: np.ndarray, *, who: str = "image") -> np.ndarray:
@@ -191,8 +209,9 @@ def receptive_radius(depth: int) -> int:
     return 7 * 2**depth - 5
 
 
-def predict(model: Module, image: np.ndarray, *, tile: int = 256, margin: int | None = None,
-            batch_size: int = 4, normalization: dict[str, Any] | None = None,
+def predict(model: Module, image: np.ndarray, *, tile: int = DEFAULT_TILE,
+            margin: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+            normalization: dict[str, Any] | None = None,
             normalized: bool = False, scale: float = 1.0,
             progress: bool = False, channel: int | str | None = None) -> np.ndarray:
     """Class probabilities (Kc, H, W) float32 for one image of any size.
@@ -201,11 +220,13 @@ def predict(model: Module, image: np.ndarray, *, tile: int = 256, margin: int | 
     image:        the raw image (see `normalize`), or an already normalised (H, W) float32
                   array with `normalized=True` ((Cin, H, W), each channel normalised, for a
                   model of Cin > 1 input channels)
-    tile:         side of each tile's kept core, rounded up to a multiple of 2**depth; shrunk
-                  to the image when the image is smaller
+    tile:         side of each tile's kept core (default 1024), rounded up to a multiple of
+                  2**depth; shrunk to the image when the image is smaller (a tile's height and
+                  width shrink apart); the automatic margin may widen it by up to 2**depth px
     margin:       context added on each side of a tile (default: the receptive radius, rounded
-                  up to a multiple of 2**depth, which makes tiling seamless)
-    batch_size:   tiles per forward pass (memory grows with it)
+                  up to a multiple of 2**depth, which makes tiling seamless, and widened so
+                  that tiles are a multiple of FAST_WIDTH * 2**depth px wide)
+    batch_size:   tiles per forward pass (default 1; memory grows with it)
     normalization: the settings stored in the checkpoint (default DEFAULT_NORMALIZATION)
     scale:        resize the normalised image by this factor before the network and the
                   probabilities back to (H, W) after it: objects of diameter d px are seen at
@@ -249,19 +270,24 @@ def predict(model: Module, image: np.ndarray, *, tile: int = 256, margin: int | 
         raise ValueError(f"predict: tile ({tile}) and batch_size ({batch_size}) must be >= 1")
     mult = size_multiple(model)
     depth = int(math.log2(mult))
+    fast = margin is None
     if margin is None:
         margin = receptive_radius(depth)
     margin = _round_up(margin, mult)
     H, W = x.shape[-2:]
-    core = min(_round_up(tile, mult), _round_up(max(H, W), mult))
-    n_rows, n_cols = math.ceil(H / core), math.ceil(W / core)
+    core_h = min(_round_up(tile, mult), _round_up(H, mult))   # a tile's kept rows
+    core_w = min(_round_up(tile, mult), _round_up(W, mult))   # and columns
+    if fast:
+        core_w, margin = fast_tile_width(core_w, margin, mult)
+    n_rows, n_cols = math.ceil(H / core_h), math.ceil(W / core_w)
 
     # Mirror the image beyond its edges: margin on every side, and up to a whole number of
     # tiles on the bottom/right. "reflect" needs the pad to be shorter than the image, so an
     # image smaller than the margin is reflected repeatedly.
-    pad_bottom = n_rows * core - H + margin
-    pad_right = n_cols * core - W + margin
+    pad_bottom = n_rows * core_h - H + margin
+    pad_right = n_cols * core_w - W + margin
     padded = _mirror_pad(x, margin, pad_bottom, margin, pad_right)  # (Cin, Hp, Wp)
+    del x
 
     was_training, had_grad = model.training, model.grad_enabled
     model.eval()                   # batch norm uses its running statistics
@@ -269,29 +295,43 @@ def predict(model: Module, image: np.ndarray, *, tile: int = 256, margin: int | 
     probs: np.ndarray | None = None
     dtype = model.dtype
     try:
-        origins = [(r * core, c * core) for r in range(n_rows) for c in range(n_cols)]
+        origins = [(r * core_h, c * core_w) for r in range(n_rows) for c in range(n_cols)]
         starts = range(0, len(origins), batch_size)
         show = progress and len(starts) > 1 and sys.stderr.isatty()
+        side_h, side_w = core_h + 2 * margin, core_w + 2 * margin
+        batch = None
         for start in tqdm(starts, desc=f"tiles of {H}x{W}", unit="batch", leave=False,
                           file=sys.stderr, disable=not show):
             batch_origins = origins[start:start + batch_size]
-            side = core + 2 * margin
-            batch = np.empty((len(batch_origins), n_in, side, side), dtype=dtype)  # (N, Cin, h, w)
-            for i, (r0, c0) in enumerate(batch_origins):
-                batch[i] = padded[:, r0:r0 + side, c0:c0 + side]
+            if batch is None or len(batch) != len(batch_origins):   # one buffer, reused
+                batch = np.empty((len(batch_origins), n_in, side_h, side_w), dtype=dtype)
+            for i, (r0, c0) in enumerate(batch_origins):              # batch: (N, Cin, h, w)
+                batch[i] = padded[:, r0:r0 + side_h, c0:c0 + side_w]
             logits = model(batch)                                           # (N, Kc, h, w)
-            p = softmax(logits[:, :, margin:margin + core, margin:margin + core])
+            p = softmax(logits[:, :, margin:margin + core_h, margin:margin + core_w])
+            del logits
             if probs is None:
                 probs = np.empty((p.shape[1], H, W), dtype=np.float32)     # (Kc, H, W)
             for i, (r0, c0) in enumerate(batch_origins):
-                h = min(core, H - r0)
-                w = min(core, W - c0)
+                h = min(core_h, H - r0)
+                w = min(core_w, W - c0)
                 probs[:, r0:r0 + h, c0:c0 + w] = p[i, :, :h, :w]
+            del p
     finally:
         model.train(was_training)
         model.set_grad_enabled(had_grad)
     assert probs is not None
     return probs
+
+
+def fast_tile_width(core: int, margin: int, mult: int) -> tuple[int, int]:
+    """(core, margin) widened so that core + 2 * margin is a multiple of FAST_WIDTH * mult:
+    the margin grows by whole multiples of mult (the pooling grid) and the core takes the rest,
+    so core >= the given core, margin >= the given margin, core + 2 * margin the smallest such
+    width. E.g. (1024, 56, 8) -> (1024, 64): 1152 px, 1152 / 8 = 144 = 9 * 16."""
+    side = _round_up(core + 2 * margin, FAST_WIDTH * mult)
+    margin += (side - core - 2 * margin) // 2 // mult * mult
+    return side - 2 * margin, margin
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

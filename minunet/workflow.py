@@ -20,7 +20,7 @@ from . import data as mudata
 from . import metrics
 from .module import Module
 from .postprocess import to_instances
-from .predict import DEFAULT_NORMALIZATION, normalize, predict
+from .predict import DEFAULT_BATCH_SIZE, DEFAULT_NORMALIZATION, DEFAULT_TILE, normalize, predict
 from .train import evaluate as evaluate_loss
 
 
@@ -127,7 +127,8 @@ def make_augment(**knobs: Any) -> Callable:
 
 
 def segment(model: Module, image: np.ndarray, normalization: dict[str, Any] | None = None, *,
-            tile: int = 256, batch_size: int = 4, normalized: bool = False,
+            tile: int = DEFAULT_TILE, batch_size: int = DEFAULT_BATCH_SIZE,
+            normalized: bool = False,
             progress: bool = False, scale: float = 1.0,
             **postprocess: Any) -> tuple[np.ndarray, np.ndarray]:
     """One raw image (any size) -> (instance labels (H, W) int32, probabilities (Kc, H, W)).

@@ -94,3 +94,77 @@ def test_progress_over_tile_batches_only_on_a_terminal(capsys, monkeypatch):
     shown = mu.predict(model, image, tile=8, batch_size=2, progress=True)
     assert "tiles of 40x50" in capsys.readouterr().err
     np.testing.assert_array_equal(shown, quiet)
+
+
+def test_default_tiles_are_large_and_give_the_256_tiling_to_the_bit():
+    """The default (1024-px cores, one tile per pass) and 256-px cores in batches of 4 give the
+    same probabilities to the bit with the bundled model: tiling changes speed and memory only.
+    The old default tiling (the receptive radius as margin, 368-px wide tiles whose deeper
+    levels take the BLAS route) agrees within float round-off and gives the same labels."""
+    from minunet.predict import DEFAULT_BATCH_SIZE, DEFAULT_TILE
+
+    assert (DEFAULT_TILE, DEFAULT_BATCH_SIZE) == (1024, 1)
+    ckpt = mu.load("nuclei")
+    images, _, _ = mu.data.generate(1, "broad", size=(400, 1100), seed=5)
+    x = normalize((images[0] * 4000).astype(np.uint16), ckpt.metadata["normalization"])
+    default = mu.predict(ckpt.model, x, normalized=True)
+    small = mu.predict(ckpt.model, x, tile=256, batch_size=4, normalized=True)
+    np.testing.assert_array_equal(default, small)
+    old = mu.predict(ckpt.model, x, tile=256, batch_size=4, margin=56, normalized=True)
+    np.testing.assert_allclose(default, old, rtol=0, atol=2e-6)
+    post = ckpt.metadata["postprocess"]
+    np.testing.assert_array_equal(mu.to_instances(default, **post), mu.to_instances(old, **post))
+
+
+class ShapeSpy:
+    """A model that records the shapes of the batches `predict` gives it."""
+
+    def __init__(self, model):
+        self.model, self.shapes = model, []
+        self.depth, self.dtype = model.depth, model.dtype
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def __call__(self, x):
+        self.shapes.append(x.shape)
+        return self.model(x)
+
+
+@pytest.mark.parametrize("shape, tile", [((100, 77), 8), ((300, 700), 256), ((90, 90), 1024)])
+def test_automatic_margin_makes_tile_widths_fast(shape, tile):
+    """Every tile is a multiple of FAST_WIDTH * 2**depth px wide (the direct kernels' rows at
+    every level), its margin still covers the receptive radius, and the result is seamless."""
+    from minunet.predict import FAST_WIDTH, fast_tile_width
+
+    depth = 2
+    spy = ShapeSpy(small_unet(depth))
+    image = np.random.default_rng(3).random(shape).astype(np.float32)
+    tiled = mu.predict(spy, image, tile=tile, batch_size=2)
+    assert spy.shapes and all(w % (FAST_WIDTH * 2**depth) == 0 for *_, w in spy.shapes)
+    whole = mu.predict(small_unet(depth), image, tile=4096)   # one tile
+    np.testing.assert_allclose(tiled, whole, rtol=0, atol=2e-5)
+    assert fast_tile_width(1024, 56, 8) == (1024, 64)      # 1152 px = 9 * 128
+    assert fast_tile_width(520, 56, 8) == (528, 56)        # the core takes what is left
+    core, margin = fast_tile_width(8, 24, 4)
+    assert core >= 8 and margin >= 24 and (core + 2 * margin) % 64 == 0
+
+
+def test_every_entry_point_uses_the_default_tiling():
+    """mu.segment, the command, the workflow and the cluster paths share predict's default."""
+    import inspect
+
+    from minunet import inference, workflow
+    from minunet.cli import _parser
+    from minunet.predict import DEFAULT_BATCH_SIZE, DEFAULT_TILE
+    from minunet.scaleout import collection, common, large
+
+    for fn in (mu.predict, inference.segment, inference.segment_image,
+               inference.write_prediction, workflow.segment, common.segment_image,
+               large.segment_large, collection.predict_files):
+        params = inspect.signature(fn).parameters
+        assert params["tile"].default == DEFAULT_TILE, fn.__qualname__
+        if "batch_size" in params:
+            assert params["batch_size"].default == DEFAULT_BATCH_SIZE, fn.__qualname__
+    args = _parser().parse_args(["predict", "m.npz", "x.tif", "--out", "o"])
+    assert args.tile == DEFAULT_TILE

@@ -25,6 +25,7 @@ from typing import Any
 from ..inference import output_stem
 from ..io.files import remove_stale_temps
 from ..io.locks import FolderLock
+from ..predict import DEFAULT_TILE
 from .common import (
     describe,
     limit_threads,
@@ -80,7 +81,7 @@ def predict_file(task: FileTask) -> int:
 
 def predict_files(model: str | os.PathLike, files: list[str | os.PathLike],
                   out_dir: str | os.PathLike, *, workers: int | None = None,
-                  scheduler: str | None = None, client: Any = None, tile: int = 256,
+                  scheduler: str | None = None, client: Any = None, tile: int = DEFAULT_TILE,
                   probs: bool = False, overlays: bool = False, progress: bool = True,
                   diameter: float | str | None = None, overwrite: bool = False
                   ) -> CollectionReport:

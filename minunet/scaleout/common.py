@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..module import Module
+from ..predict import DEFAULT_BATCH_SIZE, DEFAULT_TILE
 
 # per thread, (path, size, mtime) -> (model, metadata): each worker (a process, or a thread of
 # one) loads a checkpoint once and never shares it: a forward pass keeps state in the modules
@@ -68,7 +69,8 @@ def settings(metadata: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str,
 
 
 def segment_image(model: Module, image: np.ndarray, metadata: dict[str, Any], *,
-                  tile: int = 256, batch_size: int = 4) -> tuple[np.ndarray, np.ndarray]:
+                  tile: int = DEFAULT_TILE, batch_size: int = DEFAULT_BATCH_SIZE,
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """One image that fits in memory -> (labels (H, W) int32, probabilities (Kc, H, W)),
     with the checkpoint's normalisation and post-processing: what `minunet predict` does."""
     from ..workflow import segment

@@ -49,7 +49,9 @@ from typing import Any
 import numpy as np
 
 from ..predict import (
+    DEFAULT_BATCH_SIZE,
     DEFAULT_NORMALIZATION,
+    DEFAULT_TILE,
     FOREGROUND_SMOOTH,
     RGB_TO_GRAY,
     _mirror_pad,
@@ -292,8 +294,10 @@ def segment_block(task: BlockTask) -> dict[str, Any]:
     x = normalize_window(image.read(w0, w1, v0, v1), task.norm)          # (h, w) float32
     # Beyond the image the network sees the image mirrored, exactly as predict() pads it.
     x = _mirror_pad(x, M - (e0 - w0), M - (w1 - e1), M - (f0 - v0), M - (v1 - f1))
-    probs = predict(model, x, tile=task.tile, batch_size=task.batch_size, normalized=True,
-                    margin=M)[:, M:M + e1 - e0, M:M + f1 - f0]             # (Kc, eh, ew)
+    # predict's own (automatic) margin, as in memory: the same tile widths, so the same route
+    # through the convolution kernels and the same bits as `mu.predict` on the whole image
+    probs = predict(model, x, tile=task.tile, batch_size=task.batch_size,
+                    normalized=True)[:, M:M + e1 - e0, M:M + f1 - f0]      # (Kc, eh, ew)
     from ..postprocess import to_instances
 
     labels = to_instances(probs, **post)                                  # (eh, ew) 1..n
@@ -389,8 +393,9 @@ def relabel_block(args: tuple[str, tuple[int, int, int, int], np.ndarray]) -> No
 # ---------------------------------------------------------------------- the whole image
 def segment_large(model: ModelRef, source: str | Path, labels_out: str | Path, *,
                   probs_out: str | Path | None = None, key: str | None = None,
-                  block: int = BLOCK, halo: int = HALO, strip: int = STRIP, tile: int = 256,
-                  batch_size: int = 4, client: Any = None, workers: int | None = None,
+                  block: int = BLOCK, halo: int = HALO, strip: int = STRIP,
+                  tile: int = DEFAULT_TILE, batch_size: int = DEFAULT_BATCH_SIZE,
+                  client: Any = None, workers: int | None = None,
                   scheduler: str | None = None, progress: bool = True,
                   overwrite: bool = False) -> dict[str, Any]:
     """Segment an image larger than memory, block by block; see the module docstring.
