@@ -59,6 +59,8 @@ FOREGROUND_SMOOTH = 1.0   # px: Gaussian smoothing before Otsu's threshold, so n
 # noise-only fields: 6-18 each without the cap, 0 with 6, 8 or 12; object F1 on the cells the
 # same with and without (standard 0.982, shift-noise 0.978, shift-contrast 0.953).
 MIN_SIGNAL_TO_NOISE = 6.0
+OTSU_BINS = 256           # skimage.filters.threshold_otsu's default number of bins
+STRETCH_BLOCK = 1 << 18   # pixels per block of the stretch to float32 (2 MiB of float64)
 
 # Tiling defaults (`predict`, `mu.segment`, `minunet predict --tile`). 1024-px cores, one tile
 # per forward pass: with the bundled model on a 4096^2 image, 0.56x the network time of 256-px
@@ -133,13 +135,13 @@ def normalize(image: np.ndarray, normalization: dict[str, Any] | None = None, *,
         scale = signal / norm.get("level", 0.6)
         if not scale > 0:  # a flat image: nothing to stretch, just centre it
             scale = 1.0
-        out = (gray - lo) / scale
+        return _stretch(gray, lo, scale)
     elif method == "percentile":
         lo, hi = np.percentile(gray, [norm.get("low", 1.0), norm.get("high", 99.8)])
         scale = hi - lo
         if scale <= 0:  # a flat image: nothing to stretch, just centre it
             scale = 1.0
-        out = (gray - lo) / scale
+        return _stretch(gray, lo, scale)
     elif method == "range":
         if np.issubdtype(raw.dtype, np.integer):
             out = gray / float(np.iinfo(raw.dtype).max)
@@ -151,6 +153,16 @@ def normalize(image: np.ndarray, normalization: dict[str, Any] | None = None, *,
         raise ValueError(f"normalize: unknown method {method!r}; use 'foreground', "
                          "'percentile', 'range' or 'none'")
     return out.astype(np.float32)
+
+
+def _stretch(gray: np.ndarray, lo: float, scale: float) -> np.ndarray:
+    """((gray - lo) / scale) as float32, computed in float64 block by block: the same values
+    as the whole-array expression without its two full-size float64 temporaries."""
+    out = np.empty(gray.shape, dtype=np.float32)
+    rows = max(1, STRETCH_BLOCK // max(1, gray.shape[1]))
+    for r in range(0, gray.shape[0], rows):
+        out[r:r + rows] = (gray[r:r + rows] - lo) / scale
+    return out
 
 
 def normalize_channels(image: np.ndarray, normalization: dict[str, Any] | None = None, *,
@@ -172,8 +184,13 @@ def foreground_median(gray: np.ndarray) -> float:
     smooth = gaussian_filter(gray, FOREGROUND_SMOOTH)
     if smooth.max() <= smooth.min():
         return float(smooth.max())
-    above = gray[smooth > threshold_otsu(smooth)]
-    return float(np.median(above)) if above.size else float(gray.max())
+    # threshold_otsu(smooth) without its flattened copy of the image: the same np.histogram
+    # call skimage makes (256 bins over [min, max]), on smooth itself, handed to it
+    counts, edges = np.histogram(smooth, bins=OTSU_BINS)
+    above = gray[smooth > threshold_otsu(hist=(counts, (edges[:-1] + edges[1:]) / 2.0))]
+    del smooth
+    # overwrite_input: the median partitions `above` (a copy already) instead of copying it
+    return float(np.median(above, overwrite_input=True)) if above.size else float(gray.max())
 
 
 def noise_sigma(gray: np.ndarray) -> float:
@@ -184,7 +201,11 @@ def noise_sigma(gray: np.ndarray) -> float:
     if gray.shape[1] < 2:
         return 0.0
     diff = np.diff(gray, axis=1).ravel()
-    mad = np.median(np.abs(diff - np.median(diff)))
+    # in place (the medians partition diff: the values stay, their order does not matter), so
+    # a 4096^2 image needs one float64 copy here, not four
+    centre = np.median(diff, overwrite_input=True)
+    np.abs(np.subtract(diff, centre, out=diff), out=diff)
+    mad = np.median(diff, overwrite_input=True)
     return float(mad / (0.6745 * np.sqrt(2.0)))
 
 

@@ -241,3 +241,30 @@ def test_map_batch_leaves_small_work_unsplit(two_threads):
     threads.map_batch(lambda part: calls.append(len(part)) or part, np.zeros((8, 2)),
                       flops=2 * threads.SPLIT_FLOPS)
     assert sorted(calls) == [4, 4, 8]  # one slice per thread
+
+
+def test_a_finished_region_keeps_nothing_alive(two_threads):
+    """A worker drops the region it ran: its function (which holds a convolution's input and
+    output, 160 MiB on a 1024-px tile) must not stay alive until the next region."""
+    import time
+    import weakref
+
+    seen = set()
+
+    def region_function():    # a function that alone holds an array, as a convolution's does
+        big = np.ones(1000)
+
+        def fn(i, slot):
+            seen.add(slot)
+            time.sleep(0.01)   # long enough for the worker to join
+            big.sum()
+        return fn, weakref.ref(big)
+
+    fn, alive = region_function()
+    threads.parallel_for(fn, 8)
+    assert seen == {0, 1}
+    del fn
+    deadline = time.monotonic() + 2.0
+    while alive() is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert alive() is None

@@ -201,6 +201,9 @@ class _Pool:
                 region.active -= 1
                 if region.active == 0:
                     self._done.notify_all()
+            # drop it while waiting: its function holds the region's arrays (a convolution's
+            # input and output: 160 MiB for a 1024-px tile) until the next region otherwise
+            region = None
 
     def run(self, fn: Callable[[int, int], None], count: int, threads: int,
             blas: bool = True) -> None:
