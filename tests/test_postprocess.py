@@ -163,3 +163,66 @@ def test_three_class_split_when_objects_fill_the_whole_image():
     probs = np.stack([np.zeros(shape), np.ones(shape), np.zeros(shape)]).astype(np.float32)
     cut = to_instances(probs, split=True, min_size=1)
     assert cut.min() >= 1 and cut.max() >= 1          # no object was given id 0
+
+
+def _plain_finish(labels, min_size):
+    """_finish as it was written first: zero the small objects, then skimage's relabelling."""
+    from skimage.segmentation import relabel_sequential
+
+    sizes = np.bincount(labels.ravel())
+    small = sizes < min_size
+    small[0] = False
+    labels = np.where(small[labels], 0, labels)
+    return relabel_sequential(labels)[0].astype(np.int32)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_compiled_watershed_and_relabelling_equal_skimage(seed):
+    """kernels/watershed.py gives skimage's watershed labels to the pixel, ties included (few
+    grey levels: many markers and pixels of equal value, where the heap's exact moves decide),
+    on masks with holes, markers outside the mask, negative values and thin images; the
+    one-lookup _finish equals zeroing small objects then relabel_sequential."""
+    from skimage.segmentation import watershed
+
+    from minunet.kernels.watershed import seeded_watershed
+    from minunet.postprocess import _finish
+
+    rng = np.random.default_rng(seed)
+    H, W = (1, 40) if seed == 0 else (37, 1) if seed == 1 else rng.integers(2, 50, 2)
+    levels = [2, 3, 5, 1000][seed % 4]
+    image = (rng.integers(0, levels, (H, W)) / levels).astype(np.float32)
+    if seed % 5 == 0:
+        image = -image
+    mask = rng.random((H, W)) < rng.uniform(0.3, 1.0)
+    markers = np.where(rng.random((H, W)) < rng.uniform(0.01, 0.3),
+                       rng.integers(1, 6, (H, W)), 0).astype(np.int32)
+    expected = watershed(image, markers=markers, mask=mask)
+    np.testing.assert_array_equal(seeded_watershed(image, markers, mask), expected)
+    labels = ndimage.label(mask)[0]
+    for min_size in (0, 1, 3, 10):
+        np.testing.assert_array_equal(_finish(labels, min_size), _plain_finish(labels, min_size))
+
+
+def test_to_instances_equals_the_skimage_path_on_the_bundled_model():
+    """On the bundled model's probabilities of a generated image, to_instances (compiled
+    watershed, one-lookup relabelling) gives the labels of the skimage path."""
+    from skimage.segmentation import watershed
+
+    import minunet as mu
+    from minunet import postprocess
+
+    ckpt = mu.load("nuclei")
+    images, _, _ = mu.data.generate(1, "broad", size=(384, 512), seed=11)
+    probs = mu.predict(ckpt.model, images[0], normalization=ckpt.metadata["normalization"])
+    post = ckpt.metadata["postprocess"]
+    fast = mu.to_instances(probs, **post)
+
+    def skimage_watershed(elevation, markers, mask):
+        return watershed(elevation, markers=markers, mask=mask)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(postprocess, "_watershed", skimage_watershed)
+        patch.setattr(postprocess, "_finish", _plain_finish)
+        plain = mu.to_instances(probs, **post)
+    assert fast.max() > 20
+    np.testing.assert_array_equal(fast, plain)

@@ -332,6 +332,11 @@ class _Scratch:
             self.buffers[key] = buffer
         return buffer[:size].reshape(shape)
 
+    def drop(self, purpose: str) -> None:
+        """Free the buffers of one purpose (every thread slot and dtype)."""
+        for key in [k for k in self.buffers if k[1] == purpose]:
+            del self.buffers[key]
+
 
 def _aligned(size: int, dtype: np.dtype, alignment: int = 64) -> np.ndarray:
     """np.empty(size, dtype) starting on a 64-byte boundary (a cache line, one AVX-512
@@ -556,7 +561,15 @@ def _adjoint(dy: np.ndarray, weight: np.ndarray, stride: int, padding: int, heig
                 dx[n] += bias[:, None, None]
 
     parallel_for(item, N, serial=_small(N, Cin, Cout, Ho, Wo, K))
+    if Cin * K * K * Ho * Wo * dy.itemsize > KEEP_COLUMNS_BYTES:
+        _scratch.drop("dcol")
     return dx
+
+
+# _adjoint's columns are kept for the next call up to this size; larger ones (a transposed
+# convolution of a 1024-px inference tile: 81 MiB, as much as an activation) are freed at once,
+# which lowers the peak of the layers after it (malloc keeps the pages for the next call)
+KEEP_COLUMNS_BYTES = 32 << 20
 
 
 WEIGHT_GRADIENT_GROUPS = 8  # partial sums of dw, a fixed number: see _weight_gradient

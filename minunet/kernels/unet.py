@@ -98,7 +98,9 @@ class UNet(readable_unet.UNet):
         x = self.bottom(x)                         # (N, c_depth, H/2**depth, W/2**depth)
         for i in reversed(range(self.depth)):      # decoder, bottom to top
             x = self.upconv[i](x)                  # (N, c_i, H/2**i, W/2**i)
-            x = self.up[i](skips[i], x)            # concat.i and up.i in one: (N, c_i, ...)
+            # concat.i and up.i in one: (N, c_i, ...); the skip is popped, so that it is freed
+            # as soon as up.i is done with it (not kept until the head: memory at inference)
+            x = self.up[i](skips.pop(), x)
         return self.head(x)                        # (N, Kc, H, W)
 
     def backward(self, dlogits: np.ndarray) -> np.ndarray:
