@@ -1,0 +1,84 @@
+"""Do the faster defaults of `minunet predict` give the same labels as the former ones?
+
+    python bench/segment_equal.py [--images 4] [--size 512] [--presets broad,standard,...]
+
+For generated images of every preset (or those named), the bundled `nuclei` model segments
+each image twice, with its stored settings:
+- as before issue 26: 256-px tiles in batches of 4 with the receptive radius as margin (56 px:
+  368-px tiles, whose deeper levels took the BLAS route), and skimage's watershed and
+  relabelling in the post-processing;
+- as now: `mu.segment`'s defaults (1024-px tiles, one per pass, the widened margin), with the
+  compiled watershed and the one-lookup relabelling.
+Printed per preset: images, objects, images whose labels differ at any pixel, the largest
+difference between the two probability maps, and object F1 at IoU 0.5 of both against the
+generated truth.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+
+def main() -> None:
+    import minunet as mu
+    from minunet import postprocess
+    from minunet.data.presets import PRESETS
+    from minunet.inference import stored_settings
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=4, help="images per preset")
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--presets", default=",".join(PRESETS))
+    args = parser.parse_args()
+
+    ckpt = mu.load("nuclei")
+    norm, post = stored_settings(ckpt)
+    fast_watershed, fast_finish = postprocess._watershed, postprocess._finish
+
+    def skimage_watershed(elevation: np.ndarray, markers: np.ndarray,
+                          mask: np.ndarray) -> np.ndarray:
+        from skimage.segmentation import watershed
+
+        return watershed(elevation, markers=markers, mask=mask)
+
+    def skimage_finish(labels: np.ndarray, min_size: int) -> np.ndarray:
+        from skimage.segmentation import relabel_sequential
+
+        sizes = np.bincount(labels.ravel())
+        small = sizes < min_size
+        small[0] = False
+        labels = np.where(small[labels], 0, labels)
+        return relabel_sequential(labels)[0].astype(np.int32)
+
+    print(f"{'preset':>18} {'images':>6} {'objects':>8} {'differ':>6} {'max |dp|':>9} "
+          f"{'F1 before':>9} {'F1 now':>7}")
+    for k, preset in enumerate(args.presets.split(",")):
+        images, truth, _ = mu.data.generate(args.images, preset, size=(args.size, args.size),
+                                            seed=100 + k)
+        before, now, differ, objects, dp = [], [], 0, 0, 0.0
+        for image in images:
+            raw = (image * 4000).astype(np.uint16)
+            x = mu.normalize(raw, norm)
+            p_old = mu.predict(ckpt.model, x, tile=256, batch_size=4, margin=56,
+                               normalized=True)
+            postprocess._watershed, postprocess._finish = skimage_watershed, skimage_finish
+            try:
+                old = mu.to_instances(p_old, **post)
+            finally:
+                postprocess._watershed, postprocess._finish = fast_watershed, fast_finish
+            new, p_new = mu.segment(ckpt, raw, return_probs=True)
+            dp = max(dp, float(np.abs(p_new - p_old).max()))
+            differ += not np.array_equal(old, new)
+            objects += int(new.max())
+            before.append(old)
+            now.append(new)
+        f1_before = mu.metrics.evaluate(list(truth), before).at(0.5).f1
+        f1_now = mu.metrics.evaluate(list(truth), now).at(0.5).f1
+        print(f"{preset:>18} {len(images):>6} {objects:>8} {differ:>6} {dp:>9.2e} "
+              f"{f1_before:>9.4f} {f1_now:>7.4f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
