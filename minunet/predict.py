@@ -12,8 +12,9 @@ time, and the output is written tile by tile into one (Kc, H, W) array.
 
 Large tiles are cheaper: the margins are computed for nothing, and a 256-px core with the depth-3
 margin of 56 px computes 2.07x the image's pixels, a 1024-px core 1.27x (DEFAULT_TILE). The
-automatic margin is also widened (by at most 2**depth px a side) so that each tile is a multiple
-of FAST_WIDTH * 2**depth px wide: then every level's rows are a multiple of 16 px, which the
+automatic margin is also widened (by 8 px a side for a 1024-px core of a depth-3 network, at
+most 7 * 2**depth px for small cores) so that each tile is a multiple of FAST_WIDTH * 2**depth
+px wide: then every level's rows are a multiple of 16 px, which the
 direct AVX-512 convolutions need (`kernels/conv.py`, `_direct`); otherwise the deeper levels
 take the BLAS route. A wider margin only adds context, so the result stays seamless.
 
@@ -64,9 +65,9 @@ STRETCH_BLOCK = 1 << 18   # pixels per block of the stretch to float32 (2 MiB of
 
 # Tiling defaults (`predict`, `mu.segment`, `minunet predict --tile`). 1024-px cores, one tile
 # per forward pass: with the bundled model on a 4096^2 image, 0.56x the network time of 256-px
-# cores in batches of 4 and 0.76x that of batches of 2 (`bench/bench_segment.py --sizes 4096
-# --tiles 256:4,1024:1,1024:2`, one run, docs/speed.md), the same probabilities to the bit, and
-# about 80 MiB per activation of 16 channels.
+# cores in batches of 4 and 0.76x that of 1024-px cores in batches of 2 (`bench/bench_segment.py
+# --sizes 4096 --tiles 256:4,1024:1,1024:2`, one run, docs/speed.md), the same probabilities to
+# the bit, and about 80 MiB per activation of 16 channels.
 DEFAULT_TILE = 1024
 DEFAULT_BATCH_SIZE = 1
 # the direct convolution kernels take rows a multiple of this many pixels (one AVX-512 vector
@@ -243,7 +244,7 @@ def predict(model: Module, image: np.ndarray, *, tile: int = DEFAULT_TILE,
                   model of Cin > 1 input channels)
     tile:         side of each tile's kept core (default 1024), rounded up to a multiple of
                   2**depth; shrunk to the image when the image is smaller (a tile's height and
-                  width shrink apart); the automatic margin may widen it by up to 2**depth px
+                  width shrink apart); the automatic margin may widen it by 2**depth px
     margin:       context added on each side of a tile (default: the receptive radius, rounded
                   up to a multiple of 2**depth, which makes tiling seamless, and widened so
                   that tiles are a multiple of FAST_WIDTH * 2**depth px wide)
