@@ -333,9 +333,12 @@ class _Scratch:
         return buffer[:size].reshape(shape)
 
     def drop(self, purpose: str) -> None:
-        """Free the buffers of one purpose (every thread slot and dtype)."""
-        for key in [k for k in self.buffers if k[1] == purpose]:
-            del self.buffers[key]
+        """Free the buffers of one purpose (every thread slot and dtype). Safe while other
+        threads get theirs (map_batch): list(dict) is one step under the GIL, and a buffer a
+        thread still uses stays alive through its own reference."""
+        for key in list(self.buffers):
+            if key[1] == purpose:
+                self.buffers.pop(key, None)
 
 
 def _aligned(size: int, dtype: np.dtype, alignment: int = 64) -> np.ndarray:
