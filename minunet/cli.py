@@ -878,6 +878,10 @@ def _parser() -> argparse.ArgumentParser:
                    f"({d['lr']}, with --from {f['lr']})")
     t.add_argument("--warmup", type=int, help=f"steps of linear warm-up ({d['warmup']}, with "
                    f"--from {f['warmup']})")
+    t.add_argument("--freeze-norm", action=argparse.BooleanOptionalAction, default=None,
+                   help="batch norm keeps the statistics it has, only its scale and shift "
+                        f"learn (off; with --from on: a few images' statistics would replace "
+                        f"those learned from many)")
     t.add_argument("--depth", type=int, help=f"poolings ({d['depth']})")
     t.add_argument("--base", type=int, help=f"channels of the first level ({d['base']})")
     t.add_argument("--crop", type=int,

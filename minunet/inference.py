@@ -26,7 +26,7 @@ import numpy as np
 from .checkpoint import Checkpoint, load
 from .io.images import ImageFile
 from .module import Module
-from .postprocess import FG_THRESH, MIN_SIZE, SEED_THRESH
+from .postprocess import FG_THRESH, MIN_SIZE, SEED_THRESH, to_instances
 from .predict import DEFAULT_BATCH_SIZE, DEFAULT_TILE, normalize
 from .workflow import segment as segment_with
 
@@ -151,9 +151,15 @@ def segment_image(model: Checkpoint | Module | str | os.PathLike,
 
             first = raw if inputs is None else raw[0]
             scale, settings = plan(first, {"postprocess": stored, "diameter": trained}, wanted)
+        if first_pass is not None:   # objects larger than trained: a larger size filter
+            from .rescale import grown_min_size, postprocess_at
+
+            grown = grown_min_size(stored, estimates[-1], scale, trained)
+            settings = postprocess_at(grown, scale) if scale != 1.0 else grown
         settings.update(postprocess)
         if first_pass is not None and wanted is None:   # the first pass was at the right size
-            labels, probs = first_pass
+            probs = first_pass[1]
+            labels = to_instances(probs, **settings)
         else:
             labels, probs = segment_with(network, x, normalization, tile=tile,
                                          batch_size=batch_size, progress=progress, scale=scale,

@@ -43,6 +43,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .checkpoint import load, save
+from .layers.batchnorm import BatchNorm2d
 from .io.files import remove_stale_temps, write_atomic
 from .losses import CrossEntropyLoss
 from .module import Module
@@ -101,6 +102,7 @@ def train(
     metadata: dict[str, Any] | None = None,
     progress: bool = True,
     samples_per_epoch: int | None = None,
+    freeze_norm: bool = False,
 ) -> History:
     """Train `model` on arrays; return the `History`. See the module docstring.
 
@@ -131,6 +133,10 @@ def train(
     samples_per_epoch: samples drawn per epoch (None: one pass over train_data). More than
                 the set holds: successive shuffles of the whole set, so that a handful of
                 images still gives an epoch of many (differently cropped) steps
+    freeze_norm: batch norm layers stay in eval mode while the rest trains: they normalise
+                with their running statistics, which do not move, and only gamma and beta
+                learn. For fine-tuning on a few images: their batch statistics would
+                otherwise replace statistics learned from many (see `runs.FINETUNE_DEFAULTS`)
     """
     who = "train"
     images, targets, weights = _check_data(who, "train_data", train_data)
@@ -178,7 +184,7 @@ def train(
             break
         started = time.perf_counter()
         rng = np.random.default_rng([seed, epoch])  # the whole epoch's randomness
-        model.train()
+        _train_mode(model, freeze_norm)
         train_loss = _train_one_epoch(model, optimizer, loss_fn, schedule, images, targets,
                                       weights, batch_size, crop, augment, rng, state,
                                       f"epoch {epoch + 1}/{epochs}", progress, out,
@@ -191,7 +197,7 @@ def train(
         if val_data is not None:
             model.eval()
             record.update({k: float(v) for k, v in score_fn(model, val_data).items()})
-            model.train()
+            _train_mode(model, freeze_norm)
         record["lr"] = optimizer.lr
         record["seconds"] = round(time.perf_counter() - started, 3)
         bad = [k for k, v in record.items() if k.endswith("loss") and not math.isfinite(v)]
@@ -226,6 +232,15 @@ def train(
     history.best_epoch, history.best_score = state["best_epoch"], state["best"]
     model.train()
     return history
+
+
+def _train_mode(model: Module, freeze_norm: bool) -> None:
+    """model.train(), with its batch norm layers left in eval mode when freeze_norm."""
+    model.train()
+    if freeze_norm:
+        for _, module in model.named_modules():
+            if isinstance(module, BatchNorm2d):
+                module.training = False
 
 
 def _train_one_epoch(model: Module, optimizer: Any, loss_fn: Any,

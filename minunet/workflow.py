@@ -99,6 +99,16 @@ def tune_postprocess(model: Module, x_val: np.ndarray, val_labels: np.ndarray,
     The split is off unless asked for: it is for objects the network cannot outline (blobs
     of uniform brightness that overlap); on cells with visible borders a handful of
     validation images can pick it by chance, and it then cuts elongated cells in two."""
+    return best_postprocess(model, x_val, val_labels, postprocess,
+                            seed_thresholds=seed_thresholds, split_depths=split_depths)[0]
+
+
+def best_postprocess(model: Module, x_val: np.ndarray, val_labels: np.ndarray,
+                     postprocess: dict[str, Any], *,
+                     seed_thresholds: Sequence[float] = SEED_THRESHOLDS,
+                     split_depths: Sequence[float | None] = (None,)
+                     ) -> tuple[dict[str, Any], float]:
+    """`tune_postprocess`, and the object F1@0.5 its choice scores on the validation images."""
     probs = [predict(model, x_val[i], normalized=True) for i in range(len(x_val))]
     best, best_f1 = dict(postprocess), -1.0
     for depth in split_depths:
@@ -110,7 +120,7 @@ def tune_postprocess(model: Module, x_val: np.ndarray, val_labels: np.ndarray,
                                                      for p in probs]).at(0.5).f1
             if f1 > best_f1:
                 best, best_f1 = candidate, f1
-    return best
+    return best, best_f1
 
 
 def make_augment(**knobs: Any) -> Callable:

@@ -98,3 +98,26 @@ def test_auto_diameter_is_printed_stored_and_equals_segment(tmp_path, capsys):
     assert float(stored["minunet_diameter_estimate"]) == pytest.approx(
         info["diameter_estimate"])
     assert float(stored["minunet_diameter_scale"]) == pytest.approx(info["scale"])
+
+
+def test_auto_diameter_grows_the_size_filter_for_larger_objects_only():
+    """Objects wider than the trained ones leave larger fragments: `auto` grows min_size with
+    their area (and stores it), never lowers it, and keeps a user's --min-size."""
+    ckpt = mu.load("nuclei")
+    stored = ckpt.metadata["postprocess"]["min_size"]
+    large, _, _ = mu.data.generate(1, "shift-large", size=(160, 160), seed=3)
+    small, _, _ = mu.data.generate(1, "shift-small", size=(160, 160), seed=3)
+    found = {}
+    for name, image in (("large", large[0]), ("small", small[0])):
+        _, _, _, used = mu.inference.segment_image(ckpt, image, diameter="auto")
+        found[name] = used
+    grown = found["large"]
+    assert grown["diameter_scale"] == 1.0          # within the trained range: not resized
+    expected = round(stored * (grown["diameter_estimate"] / ckpt.metadata["diameter"]) ** 2)
+    assert grown["min_size"] == expected > stored
+    assert found["small"]["min_size"] == stored
+    # not resized: `auto` is the plain command with the grown filter
+    assert np.array_equal(mu.segment(ckpt, large[0], diameter="auto"),
+                          mu.segment(ckpt, large[0], min_size=expected))
+    _, _, _, used = mu.inference.segment_image(ckpt, large[0], diameter="auto", min_size=7)
+    assert used["min_size"] == 7

@@ -124,6 +124,66 @@ def test_a_handful_of_images_holds_none_out_and_says_so(tmp_path, capsys):
     assert mu.load(run / "best.npz").position["epoch"] == 2
 
 
+def test_freeze_norm_keeps_the_running_statistics_and_trains_the_rest(tmp_path):
+    images, labels, _ = mu.data.generate(2, "standard", size=(64, 64), seed=1)
+    x, t, w = workflow.training_arrays(images, labels)
+    for freeze in (False, True):
+        model = mu.UNet(1, 3, depth=1, base_channels=2, rng=np.random.default_rng(0))
+        norms = [m for _, m in model.named_modules() if isinstance(m, mu.BatchNorm2d)]
+        before = [(m.running_mean.copy(), m.running_var.copy(), m.weight.data.copy())
+                  for m in norms]
+        mu.train(model, (x, t, w), epochs=1, batch_size=2, lr=1e-2, crop=32,
+                 freeze_norm=freeze, progress=False)
+        stats_kept = all(np.array_equal(m.running_mean, mean) and np.array_equal(
+            m.running_var, var) for m, (mean, var, _) in zip(norms, before, strict=True))
+        gamma_moved = any(not np.array_equal(m.weight.data, g)
+                          for m, (_, _, g) in zip(norms, before, strict=True))
+        assert stats_kept == freeze and gamma_moved, freeze
+
+
+def few_images(root, n=2, shape=(96, 96)):
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        image, labels = blob_image(rng, shape, n=8)
+        write_tif(root / f"a{i}.tif", image)
+        write_tif(root / f"a{i}_masks.tif", labels)
+    return root
+
+
+def test_fine_tuning_a_handful_holds_out_a_band_of_each_image(tiny_run, tmp_path, capsys):
+    _, first = tiny_run
+    root, run = few_images(tmp_path / "few"), tmp_path / "run"
+    code, out, err = run_cli(capsys, ["train", "--data", root, "--from", first, "--out", run,
+                                      "--epochs", "1", "--batch-size", "2", "--crop", "64",
+                                      *FAST])
+    assert code == 0, err
+    config = json.loads((run / "config.json").read_text())
+    assert config["val_band"] == mu.runs.settings.HELD_OUT_BAND and config["val_images"] == []
+    assert config["freeze_norm"] is True
+    assert "tuned on the held-out bands" in err, err
+    assert "val_f1" in json.loads((run / "log.jsonl").read_text().splitlines()[0])
+    # resume finds the same bands from the config
+    code, _, err = run_cli(capsys, ["train", "--resume", run, "--epochs", "2"])
+    assert code == 0, err
+    assert json.loads((run / "config.json").read_text())["val_band"] == config["val_band"]
+
+
+def test_fine_tuning_keeps_the_start_when_it_scores_better_on_the_bands(tmp_path):
+    root = few_images(tmp_path / "few")
+    start = mu.fit(root, tmp_path / "start", epochs=12, batch_size=2, depth=2, base=4,
+                   crop=64, samples_per_epoch=16, lr=1e-2, val_fraction=0, progress=False)
+    # a learning rate that wrecks the weights: the model it started from is kept
+    run = mu.fit(root, tmp_path / "ft", from_=start.folder, epochs=1, batch_size=2, crop=64,
+                 samples_per_epoch=8, lr=9.0, warmup=0, progress=False)
+    kept, began = run.best, start.best
+    assert kept.position["kept"] == "start", (kept.position, run.summary())
+    assert kept.position["start_f1"] > kept.position["finetuned_f1"]
+    for (name, p), (_, q) in zip(kept.model.named_parameters(),
+                                 began.model.named_parameters(), strict=True):
+        assert np.array_equal(p.data, q.data), name
+    assert "kept the model the run started from" in run.summary()
+
+
 # ------------------------------------------------------------------- #28 findings
 def test_finding_2_predict_out_is_locked(tiny_run, tmp_path, capsys):
     data_dir, run = tiny_run
