@@ -880,8 +880,8 @@ def _parser() -> argparse.ArgumentParser:
                    f"--from {f['warmup']})")
     t.add_argument("--freeze-norm", action=argparse.BooleanOptionalAction, default=None,
                    help="batch norm keeps the statistics it has, only its scale and shift "
-                        f"learn (off; with --from on: a few images' statistics would replace "
-                        f"those learned from many)")
+                        "learn (off; with --from on: a few images' statistics would replace "
+                        "those learned from many)")
     t.add_argument("--depth", type=int, help=f"poolings ({d['depth']})")
     t.add_argument("--base", type=int, help=f"channels of the first level ({d['base']})")
     t.add_argument("--crop", type=int,

@@ -43,8 +43,8 @@ import numpy as np
 from tqdm import tqdm
 
 from .checkpoint import load, save
-from .layers.batchnorm import BatchNorm2d
 from .io.files import remove_stale_temps, write_atomic
+from .layers.batchnorm import BatchNorm2d
 from .losses import CrossEntropyLoss
 from .module import Module
 from .optim import Adam

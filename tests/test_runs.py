@@ -153,7 +153,7 @@ def few_images(root, n=2, shape=(96, 96)):
 def test_fine_tuning_a_handful_holds_out_a_band_of_each_image(tiny_run, tmp_path, capsys):
     _, first = tiny_run
     root, run = few_images(tmp_path / "few"), tmp_path / "run"
-    code, out, err = run_cli(capsys, ["train", "--data", root, "--from", first, "--out", run,
+    code, _, err = run_cli(capsys, ["train", "--data", root, "--from", first, "--out", run,
                                       "--epochs", "1", "--batch-size", "2", "--crop", "64",
                                       *FAST])
     assert code == 0, err
