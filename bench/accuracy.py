@@ -122,13 +122,12 @@ def score(ckpt: mu.Checkpoint, preset: str, seed: int, out: Path, diameter: str 
         scale, estimate = rescale.auto_scale(probs, trained, probe)
         if estimate is not None:
             ratios.append(estimate / rescale.object_diameter(lab))
+        settings = rescale.auto_settings(ckpt.metadata["postprocess"], estimate, scale,
+                                         trained)
         if scale != 1.0:
             resized += 1
             probs = mu.predict(ckpt.model, image, normalization=norm, scale=scale)
-            auto.append(mu.to_instances(probs, **rescale.postprocess_at(
-                ckpt.metadata["postprocess"], scale)))
-        else:
-            auto.append(plain[-1])
+        auto.append(mu.to_instances(probs, **settings))
         auto_foreground.append((probs[0] < 0.5).astype(np.int32))
     if diameter == AUTO:
         plain, foreground = auto, auto_foreground

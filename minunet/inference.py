@@ -152,10 +152,9 @@ def segment_image(model: Checkpoint | Module | str | os.PathLike,
             first = raw if inputs is None else raw[0]
             scale, settings = plan(first, {"postprocess": stored, "diameter": trained}, wanted)
         if first_pass is not None:   # objects larger than trained: a larger size filter
-            from .rescale import grown_min_size, postprocess_at
+            from .rescale import auto_settings
 
-            grown = grown_min_size(stored, estimates[-1], scale, trained)
-            settings = postprocess_at(grown, scale) if scale != 1.0 else grown
+            settings = auto_settings(stored, estimates[-1], scale, trained)
         settings.update(postprocess)
         if first_pass is not None and wanted is None:   # the first pass was at the right size
             probs = first_pass[1]

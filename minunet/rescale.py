@@ -173,6 +173,15 @@ def grown_min_size(postprocess: dict, estimate: float | None, scale: float,
             "min_size": round(postprocess.get("min_size", MIN_SIZE) * growth)}
 
 
+def auto_settings(postprocess: dict, estimate: float | None, scale: float,
+                  train_diameter: float) -> dict:
+    """The `to_instances` settings of a `--diameter auto` pass at `scale`, for probabilities
+    on the image's own grid: the grown size filter (`grown_min_size`), mapped back from the
+    network's scale (`postprocess_at`)."""
+    grown = grown_min_size(postprocess, estimate, scale, train_diameter)
+    return postprocess_at(grown, scale) if scale != 1.0 else grown
+
+
 def scale_for(diameter: float, train_diameter: float) -> float:
     """The resize factor that brings objects of `diameter` px to `train_diameter` px."""
     if not (np.isfinite(diameter) and diameter > 0):
