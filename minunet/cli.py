@@ -319,33 +319,14 @@ def _estimate_note(found: dict) -> str:
 
 def _check_outputs(inputs: Sequence[str], files: list[Path], outputs: dict[Path, list[Path]],
                    out: Path, overwrite: bool) -> None:
-    """Refuse, before writing anything, outputs that would replace an input, each other, or
-    (without --overwrite) an earlier output."""
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file; give a folder")
-    out_real = out.resolve()
-    for item in inputs:
-        if Path(item).is_dir() and Path(item).resolve() == out_real:
-            raise InputError(f"--out {out} is an input folder; the labels would mix with the "
-                             "images (and could replace them): give another folder")
-    real_inputs = {p.resolve(): p for p in files}
-    by_target: dict[Path, Path] = {}
-    for path, targets in outputs.items():
-        for target in targets:
-            real = target.resolve()
-            if real in real_inputs:
-                raise InputError(f"{target} would replace the input {real_inputs[real]}; give "
-                                 "another --out")
-            if real in by_target:
-                raise InputError(f"{by_target[real]} and {path} would both be written to "
-                                 f"{target}: rename one of them or predict them separately")
-            by_target[real] = path
-    if not overwrite:
-        existing = [t for t in by_target if t.exists()]
-        if existing:
-            raise InputError(f"{len(existing)} outputs already exist in {out} (e.g. "
-                             f"{existing[0]}); give another --out, or --overwrite to replace "
-                             "them")
+    """`inference.check_outputs`, before anything is written: the command's wording."""
+    from .inference import check_outputs
+
+    try:
+        check_outputs(files, outputs, out, overwrite, folders=[Path(i) for i in inputs],
+                      flag="--out", how_to_overwrite="--overwrite")
+    except (ValueError, OSError) as err:
+        raise InputError(str(err)) from err
 
 
 def _batch_summary(command: str, n: int, failures: list[str]) -> int:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -291,6 +291,52 @@ def prediction_outputs(path: Path, out: Path, probs: bool = False,
     if overlays:
         outputs.append(out / OVERLAY_DIR / f"{stem}.png")
     return outputs
+
+
+def check_outputs(files: Sequence[Path], outputs: Mapping[Path, Sequence[Path]], out: Path,
+                  overwrite: bool, *, folders: Sequence[Path] = (), who: str = "",
+                  flag: str = "out_dir", how_to_overwrite: str = "overwrite=True") -> list[Path]:
+    """The rules for what a batch of predictions writes, checked before anything is written
+    (the command, `predict_files` and a cluster all use this one function). Refused:
+    - `out` is a file (NotADirectoryError);
+    - `out` is one of the input `folders`, or the folder of an input file: the labels would
+      mix with the images (ValueError);
+    - an output would replace an input, or two inputs would write the same file
+      (ValueError; `outputs`: input -> the files it writes, `prediction_outputs`);
+    - without `overwrite`, an output that exists (FileExistsError).
+    Returns every output path (resolved). `who` prefixes the messages; `flag` names the
+    output folder and `how_to_overwrite` the way to allow replacing in them."""
+    say = f"{who}: " if who else ""
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{say}{flag} {out} is a file; give a folder")
+    out_real = out.resolve()
+    for folder in folders:
+        if folder.is_dir() and folder.resolve() == out_real:
+            raise ValueError(f"{say}{flag} {out} is an input folder; the labels would mix with "
+                             "the images (and could replace them): give another folder")
+    inputs = {f.resolve(): f for f in files}
+    for real, f in inputs.items():
+        if real.parent == out_real:
+            raise ValueError(f"{say}{flag} {out} is the folder of the input {f}; the labels "
+                             "would mix with the images (and could replace them): give another "
+                             "folder")
+    by_target: dict[Path, Path] = {}
+    for path, targets in outputs.items():
+        for target in targets:
+            real = target.resolve()
+            if real in inputs:
+                raise ValueError(f"{say}{target} would replace the input {inputs[real]}; give "
+                                 f"another {flag}")
+            if real in by_target:
+                raise ValueError(f"{say}{by_target[real]} and {path} would both be written to "
+                                 f"{target}: rename one of them or predict them separately")
+            by_target[real] = path
+    existing = [t for t in by_target if t.exists() or t.is_symlink()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{say}{len(existing)} outputs already exist in {out} (e.g. "
+                              f"{existing[0]}); give another {flag}, or {how_to_overwrite} to "
+                              "replace them")
+    return list(by_target)
 
 
 def write_prediction(model: Checkpoint | Module, path: Path, out: Path, *,

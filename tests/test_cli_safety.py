@@ -47,8 +47,18 @@ def test_1_predict_refuses_to_write_over_its_inputs(tiny_run, images, capsys):
     before = snapshot(images)
     code, _, err = run_cli(capsys, ["predict", run, images, "--out", images])
     assert code == 2 and "input folder" in err, err
+    # an input file's own folder: refused as the API refuses it (inference.check_outputs)
     code, _, err = run_cli(capsys, ["predict", run, images / "a.tif", "--out", images])
-    assert code == 2 and "would replace the input" in err and "a.tif" in err, err
+    assert code == 2 and "folder of the input" in err and "a.tif" in err, err
+    # an input where another input's overlay would be written: refused, even with --overwrite
+    out = images.parent / "out"
+    (out / "overlays").mkdir(parents=True)
+    picture = out / "overlays" / "a.png"
+    picture.write_bytes(b"a user's picture")
+    code, _, err = run_cli(capsys, ["predict", run, images / "a.tif", picture, "--out", out,
+                                    "--overlays", "--overwrite"])
+    assert code == 2 and "would replace the input" in err and "a.png" in err, err
+    assert picture.read_bytes() == b"a user's picture"
     assert snapshot(images) == before
 
 

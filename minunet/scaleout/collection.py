@@ -168,38 +168,14 @@ def _remove_killed_writes(targets: list[Path]) -> None:
 
 def check_outputs(files: list[Path], out: Path, probs: bool, overlays: bool,
                   overwrite: bool) -> list[Path]:
-    """Every file the batch would write, refused (before anything is written) when it would
-    replace an input, mix with the images, collide with another, or replace an earlier output
-    without `overwrite`."""
+    """Every file the batch would write, refused (before anything is written) by the rules
+    of `inference.check_outputs`."""
+    from ..inference import check_outputs as check
     from ..inference import prediction_outputs
 
-    who = "predict_files"
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"{who}: out_dir {out} is a file; give a folder")
-    out_real = out.resolve()
-    inputs = {f.resolve(): f for f in files}
-    for real, f in inputs.items():
-        if real.parent == out_real:
-            raise ValueError(f"{who}: out_dir {out} is the folder of the input {f}; the labels "
-                             "would mix with the images (and could replace them): give another "
-                             "folder")
-    by_target: dict[Path, Path] = {}
-    for f in files:
-        for target in prediction_outputs(f, out, probs, overlays):
-            real = target.resolve()
-            if real in inputs:
-                raise ValueError(f"{who}: {target} would replace the input {inputs[real]}; "
-                                 "give another out_dir")
-            if real in by_target:
-                raise ValueError(f"{who}: {by_target[real]} and {f} would both be written to "
-                                 f"{target}; rename one or predict them apart")
-            by_target[real] = f
-    existing = [t for t in by_target if t.exists() or t.is_symlink()]
-    if existing and not overwrite:
-        raise FileExistsError(f"{who}: {len(existing)} outputs already exist in {out} (e.g. "
-                              f"{existing[0]}); give another out_dir, or overwrite=True "
-                              "(--overwrite) to replace them")
-    return list(by_target)
+    outputs = {f: prediction_outputs(f, out, probs, overlays) for f in files}
+    return check(files, outputs, out, overwrite, who="predict_files",
+                 how_to_overwrite="overwrite=True (--overwrite)")
 
 
 def predict_command(args: Any, model: Path, files: list[Path]) -> int:
