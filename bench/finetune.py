@@ -7,7 +7,7 @@ from scratch? One reproducible command.
 For presets the bundled model finds hard (`shift-texture`, `broad`, `shift-contrast`,
 `shift-blur`), and for `lab` (large, dim, textured nuclei on an uneven background: far from the
 `broad` images `nuclei` was trained on), with 1, 2, 4 and 8 annotated 256 x 256 images, it
-reports object F1@0.5 on 8 new images of the preset for
+reports object F1@0.5 on 16 new images of the preset for
 (a) the bundled model `nuclei` as it is,
 (b) a U-Net trained from random weights on those images (`mu.fit(folder, out)`, the command's
     from-scratch recipe, limited to the fine-tuning's number of steps: equal time),
@@ -43,7 +43,7 @@ LAB = {"radius": 20.0, "radius_std": 3.0, "density": 14.0, "touching": 0.3,   # 
 PRESETS = {"lab": ("standard", LAB), "shift-texture": ("shift-texture", {}),
            "broad": ("broad", {}), "shift-contrast": ("shift-contrast", {}),
            "shift-blur": ("shift-blur", {})}
-FULL = {"sizes": (1, 2, 4, 8), "n_test": 8, "size": (256, 256), "settings": {},
+FULL = {"sizes": (1, 2, 4, 8), "n_test": 16, "size": (256, 256), "settings": {},
         "defaults_n": 16}
 QUICK = {"sizes": (1, 2), "n_test": 2, "size": (96, 96),
          "settings": {"epochs": 1, "samples_per_epoch": 8, "batch_size": 4, "crop": 64},

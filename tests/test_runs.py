@@ -184,6 +184,79 @@ def test_fine_tuning_keeps_the_start_when_it_scores_better_on_the_bands(tmp_path
     assert "kept the model the run started from" in run.summary()
 
 
+def with_recipe(run, out, preset="standard"):
+    """The run's best.npz saved as `out` with a training recipe in its metadata (as the
+    bundled model stores it): a model that fine-tuning can replay."""
+    ckpt = mu.load(run / "best.npz")
+    recipe = {"preset": preset, "knobs": mu.data.knobs(preset), "size": [64, 64]}
+    mu.save(ckpt.model, out, **{**ckpt.metadata, "recipe": recipe})
+    return out
+
+
+def test_replay_lists_the_users_samples_and_the_recipes_in_the_asked_share():
+    from minunet.predict import DEFAULT_NORMALIZATION
+    from minunet.runs import run as runmod
+
+    recipe = {"preset": "standard", "knobs": mu.data.knobs("standard"), "size": [64, 64]}
+    config = {"replay": 0.5, "replay_recipe": recipe, "crop": 32, "seed": 0,
+              "normalization": DEFAULT_NORMALIZATION}
+    user = [np.zeros((1, 64, 64), np.float32) for _ in range(3)]
+    for share in (0.5, 0.25):
+        x, t, w = runmod._with_replay({**config, "replay": share},
+                                      (user, [u[0].astype(np.int64) for u in user],
+                                       [u[0] for u in user]))
+        n_user = sum(any(a is u for u in user) for a in x)
+        assert len(x) == len(t) == len(w) and abs(n_user / len(x) - (1 - share)) < 0.05
+        assert len(x) - n_user >= mu.runs.settings.REPLAY_IMAGES[0]
+    # the same generated images every time (a resumed run trains on what it began with)
+    first, again = (runmod._with_replay(config, (user, [u[0] for u in user],
+                                                 [u[0] for u in user]))[0] for _ in range(2))
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+
+
+def test_fine_tuning_replays_the_recipe_of_a_model_that_stores_one(tiny_run, tmp_path,
+                                                                   capsys):
+    data_dir, first = tiny_run
+    start = with_recipe(first, tmp_path / "start.npz")
+    run = tmp_path / "ft"
+    code, _, err = run_cli(capsys, ["train", "--data", data_dir, "--from", start, "--out", run,
+                                    "--epochs", "1", "--batch-size", "2", "--crop", "32",
+                                    *FAST])
+    assert code == 0, err
+    config = json.loads((run / "config.json").read_text())
+    assert config["replay"] == mu.runs.FINETUNE_DEFAULTS["replay"] > 0
+    assert config["replay_recipe"]["preset"] == "standard"
+    # the user's 8 crops per epoch, and as many replayed: 16 crops, 8 steps of 2
+    assert mu.load(run / "last.npz").position["step"] == 8
+    # a model without a recipe: no replay by default, refused when asked for
+    plain = tmp_path / "plain"
+    code, _, err = run_cli(capsys, ["train", "--data", data_dir, "--from", first, "--out", plain,
+                                    "--epochs", "1", "--batch-size", "2", "--crop", "32",
+                                    *FAST])
+    assert code == 0 and json.loads((plain / "config.json").read_text())["replay"] == 0, err
+    for argv in (["--from", first, "--replay", "0.5"], ["--replay", "0.5"],
+                 ["--from", start, "--replay", "1"]):
+        code, _, err = run_cli(capsys, ["train", "--data", data_dir, "--out", tmp_path / "x",
+                                        *argv, *FAST])
+        assert code == 2 and "--replay" in err and not (tmp_path / "x").exists(), (argv, err)
+
+
+def test_fine_tuning_on_few_objects_keeps_the_starts_seed_threshold(tiny_run, tmp_path):
+    _, first = tiny_run
+    root = few_images(tmp_path / "few")
+    start = mu.load(first / "best.npz")
+    own = start.metadata["postprocess"]["seed_thresh"]
+    for thresh in sorted({0.5, 0.9} - {own}):  # a start whose threshold differs from own
+        model = tmp_path / f"start{thresh}.npz"
+        mu.save(start.model, model, **{
+            **start.metadata, "postprocess": {**start.metadata["postprocess"],
+                                              "seed_thresh": thresh}})
+        run = mu.fit(root, tmp_path / f"ft{thresh}", from_=model, epochs=1, batch_size=2,
+                     crop=64, samples_per_epoch=8, progress=False)
+        assert run.best.metadata["postprocess"]["seed_thresh"] == thresh
+        assert run.config["from"]["seed_thresh"] == thresh
+
+
 # ------------------------------------------------------------------- #28 findings
 def test_finding_2_predict_out_is_locked(tiny_run, tmp_path, capsys):
     data_dir, run = tiny_run
