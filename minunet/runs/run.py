@@ -346,8 +346,8 @@ def _seed_thresholds(config: dict[str, Any], prepared: Prepared) -> tuple[float,
     """The seed thresholds `_finish` chooses from: all of workflow.SEED_THRESHOLDS, but only
     the starting model's own when a fine-tuning run's tuning images hold fewer than
     MIN_VALIDATION_OBJECTS objects. With a dozen nuclei in the bands of 2 `broad` images the
-    tuning picked 0.9 by chance, and the fine-tuned model scored 0.878 on new images, 0.915 with
-    its starting model's 0.7 (bench/finetune.py's images; docs/training.md)."""
+    tuning picked 0.9 by chance, where the bundled model's validation chose 0.7, and the
+    fine-tuned model lost on new images for it (bench/finetune.py; docs/training.md)."""
     from .. import workflow
 
     own = (config.get("from") or {}).get("seed_thresh")
