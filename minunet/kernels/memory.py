@@ -1,4 +1,5 @@
-"""Keep freed memory for the next step: glibc malloc settings for large NumPy arrays.
+"""Keep freed memory for the next step (glibc malloc settings for large NumPy arrays), and
+map new memory in small pages.
 
 Every training step allocates the same large arrays again (activations, gradients, columns).
 By default glibc's malloc serves blocks of a few MiB straight from the operating system
@@ -21,10 +22,21 @@ the peak instead of falling between steps), and the peak grows a little (C2 trai
 against 423). PyTorch's CPU tuning guides give the same advice (the `MALLOC_*` variables, or
 jemalloc/tcmalloc).
 
-It is applied when minunet.kernels is imported, on Linux with glibc only, and never when you
-chose yourself: set `MINUNET_MALLOC=default` to leave malloc alone, and any `MALLOC_*_`
-variable of your own (e.g. `MALLOC_MMAP_THRESHOLD_`) or a `glibc.malloc` tunable in
-`GLIBC_TUNABLES` makes minunet leave malloc alone too.
+Huge pages. NumPy asks the kernel for transparent huge pages on every array of 4 MiB or more
+(`madvise(MADV_HUGEPAGE)`); where the kernel's THP `defrag` setting is `madvise` (the default
+of many distributions, and this project's machines), each first touch of such memory may
+compact memory to find a free 2 MiB page, synchronously. On a 1152 x 1152 inference tile that
+cost 1.3-1.6 s of system time on its first forward (0.8 s of work; `minunet predict` of one
+image runs only one or a few), and nothing on later steps, whose memory malloc keeps
+(above). `small_pages()` turns NumPy's request off, so new memory is mapped 4 KiB at a time:
+the first forward took 0.93 s instead of 2.2-2.5 s and later ones were unchanged (0.79-0.84 s
+either way; 2026-12-07, Intel Xeon, 2 vCPUs).
+
+Both are applied when minunet.kernels is imported, on Linux only (malloc: with glibc only),
+and never when you chose yourself: `MINUNET_MALLOC=default` leaves both alone;
+`NUMPY_MADVISE_HUGEPAGE` (NumPy's own switch) set to anything keeps NumPy's choice of pages;
+any `MALLOC_*_` variable of your own (e.g. `MALLOC_MMAP_THRESHOLD_`) or a `glibc.malloc`
+tunable in `GLIBC_TUNABLES` leaves malloc alone.
 """
 
 from __future__ import annotations
@@ -65,4 +77,23 @@ def keep_freed_memory() -> bool:
     return all(accepted)
 
 
+def small_pages() -> bool:
+    """Turn off NumPy's huge-page requests (see above); True if turned off by this call."""
+    if (os.environ.get(ENV_MALLOC, "").strip().lower() == "default"
+            or "NUMPY_MADVISE_HUGEPAGE" in os.environ or not sys.platform.startswith("linux")):
+        return False
+    import numpy as np
+
+    switch = getattr(getattr(getattr(np, "_core", None), "multiarray", None),
+                     "_set_madvise_hugepage", None)
+    if switch is None:  # NumPy 1.x spells it np.core
+        switch = getattr(getattr(getattr(np, "core", None), "multiarray", None),
+                         "_set_madvise_hugepage", None)
+    if switch is None:
+        return False
+    switch(False)
+    return True
+
+
 applied = keep_freed_memory()
+huge_pages_off = small_pages()
