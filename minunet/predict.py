@@ -33,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .kernels import ranks
+from .kernels import smooth as smooth_kernels
 from .module import Module
 
 # ITU-R BT.709 luma weights (also skimage.color.rgb2gray's): how bright each channel looks.
@@ -187,15 +188,17 @@ def normalize_channels(image: np.ndarray, normalization: dict[str, Any] | None =
 def foreground_median(gray: np.ndarray, ints: np.ndarray | None = None) -> float:
     """Median of the pixels of gray (H, W) above Otsu's threshold of its smoothed copy.
     ints: gray's values as small integers (ranks.small_integers), to count instead of sort."""
-    from scipy.ndimage import gaussian_filter
     from skimage.filters import threshold_otsu
 
-    smooth = gaussian_filter(gray, FOREGROUND_SMOOTH)
+    # scipy.ndimage.gaussian_filter(gray, FOREGROUND_SMOOTH), compiled: the same bits
+    smooth = smooth_kernels.gaussian_filter(np.ascontiguousarray(gray, dtype=np.float64),
+                                            smooth_kernels.gaussian_weights(FOREGROUND_SMOOTH))
     if smooth.max() <= smooth.min():
         return float(smooth.max())
     # threshold_otsu(smooth) without its flattened copy of the image: the same np.histogram
-    # call skimage makes (256 bins over [min, max]), on smooth itself, handed to it
-    counts, edges = np.histogram(smooth, bins=OTSU_BINS)
+    # call skimage makes (256 bins over [min, max]), on smooth itself (compiled, the same
+    # counts and edges), handed to it
+    counts, edges = smooth_kernels.histogram(smooth, OTSU_BINS)
     mask = smooth > threshold_otsu(hist=(counts, (edges[:-1] + edges[1:]) / 2.0))
     del smooth
     if ints is not None:

@@ -108,3 +108,23 @@ def test_counting_gives_the_float_path_to_the_bit(dtype, shape, seed, method):
     assert ranks.median(*even) == np.median(values[:-1].astype(np.float64))
     centre = ranks.median(*even)
     assert ranks.mad(*even, centre) == np.median(np.abs(values[:-1] - centre))
+
+
+@pytest.mark.parametrize("shape", [(1, 7), (3, 3), (5, 200), (64, 97), (300, 41)])
+def test_compiled_gaussian_and_histogram_are_scipy_and_numpy_to_the_bit(shape):
+    """foreground_median's smoothing and histogram (kernels/smooth.py) against
+    scipy.ndimage.gaussian_filter (mode "reflect", short lines included) and np.histogram."""
+    from scipy.ndimage import gaussian_filter
+
+    from minunet.kernels import smooth
+    from minunet.predict import FOREGROUND_SMOOTH, OTSU_BINS
+
+    rng = np.random.default_rng(shape[0] * 1000 + shape[1])
+    for gray in [(rng.random(shape) * 4000).round(), rng.standard_normal(shape)]:
+        expected = gaussian_filter(gray, FOREGROUND_SMOOTH)
+        got = smooth.gaussian_filter(gray.copy(), smooth.gaussian_weights(FOREGROUND_SMOOTH))
+        np.testing.assert_array_equal(got, expected)
+        counts, edges = np.histogram(expected, bins=OTSU_BINS)
+        got_counts, got_edges = smooth.histogram(expected, OTSU_BINS)
+        np.testing.assert_array_equal(got_counts, counts)
+        np.testing.assert_array_equal(got_edges, edges)
