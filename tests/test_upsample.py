@@ -83,3 +83,6 @@ def test_layers_take_them_for_inference_only(monkeypatch):
     y_eval = head(up(x))
     assert calls == ["conv_transpose2x2_inference", "conv1x1_inference"]
     np.testing.assert_allclose(y_eval, y_train, rtol=0, atol=1e-5)
+    monkeypatch.setattr(upsample, "ENABLED", False)     # MINUNET_WINOGRAD=0: training's routes
+    np.testing.assert_array_equal(head(up(x)), y_train)
+    assert len(calls) == 2

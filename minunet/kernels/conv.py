@@ -65,7 +65,8 @@ USE_DIRECT = (simd.HAVE_AVX512 and simd.AVAILABLE
                and os.environ.get("MINUNET_GEMM", "").strip().lower() != "blas")
 
 # inference's 3x3 convolutions use Winograd F(4x4, 3x3) (winograd.py) where it applies;
-# MINUNET_WINOGRAD=0 sends them to conv2d_forward's routes instead.
+# MINUNET_WINOGRAD=0 sends them to conv2d_forward's routes instead (and inference's up-step
+# and head to training's routes: upsample.ENABLED).
 USE_WINOGRAD = (simd.HAVE_AVX512 and simd.AVAILABLE
                 and os.environ.get("MINUNET_WINOGRAD", "").strip() != "0")
 

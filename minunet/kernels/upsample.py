@@ -17,21 +17,29 @@ differentiates. `tests/test_upsample.py` compares both with the NumPy references
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import numpy as np
 from numba import njit
 
 from ..checks import check_finite
+from . import simd
 from .simd import fetch_add, vadd, vbias_relu, vfma, vinterleave2, vload, vstore, vsub, vsum, vzero
 from .threads import SERIAL_FLOPS, get_num_threads, parallel_for
 
 OUT_GROUP = 4  # output channels per register tile (x 4 taps of the up-step: 16 vectors)
 
 
+# inference's up-step and head take these kernels where they apply; False (or the
+# environment's MINUNET_WINOGRAD=0, which turns off every inference-only kernel) sends them
+# to the BLAS routes of training's forward
+ENABLED = simd.AVAILABLE and os.environ.get("MINUNET_WINOGRAD", "").strip() != "0"
+
+
 def applies(x: np.ndarray) -> bool:
-    """Whether these kernels take x: float32, rows a multiple of 16 values (whole vectors)."""
-    return x.dtype == np.float32 and x.ndim == 4 and x.shape[3] % 16 == 0
+    """Whether these kernels take x: ENABLED, float32, rows a multiple of 16 values."""
+    return ENABLED and x.dtype == np.float32 and x.ndim == 4 and x.shape[3] % 16 == 0
 
 
 def pack_up_weights(weight: np.ndarray) -> np.ndarray:
