@@ -21,6 +21,7 @@ more for the Winograd transforms (winograd.py) and the up-step (upsample.py):
     vdeinterleave4(v0, v1, v2, v3)    -> (p0, p1, p2, p3), p_k[l] = [v0 | v1 | v2 | v3][4l + k]
     vinterleave4(p0, p1, p2, p3)      -> (v0, v1, v2, v3), the inverse
     vinterleave2(p0, p1)              -> (v0, v1), value 2l + k of [v0 | v1] = p_k[l]
+    vnext(a, b)                       -> [a[1], ..., a[15], b[0]] (one lane along)
 
 and one more for the threads that run the direct route's items (conv.py):
 
@@ -306,3 +307,15 @@ def _pick32(builder, wide, half):  # noqa: ANN001
     mask = ir.Constant(ir.VectorType(ir.IntType(32), LANES),
                        [LANES * half + lane for lane in range(LANES)])
     return builder.shuffle_vector(wide, ir.Constant(wide.type, ir.Undefined), mask)
+
+
+@intrinsic
+def vnext(typingctx, a, b):  # noqa: ANN001, ANN201
+    """[a[1], .., a[15], b[0]]: the 16 values one lane along the sequence [a | b]."""
+    if not (a == float32x16 and b == float32x16):
+        return None
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), LANES), list(range(1, LANES + 1)))
+        return builder.shuffle_vector(args[0], args[1], mask)
+    return float32x16(a, b), codegen

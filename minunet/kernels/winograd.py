@@ -54,6 +54,7 @@ from .simd import (
     vfma,
     vinterleave4,
     vload,
+    vnext,
     vstore,
     vsub,
     vsum,
@@ -247,9 +248,9 @@ PAD = 16
 @njit(cache=True, nogil=True, inline="always")
 def _input_transform_f32(x: np.ndarray, n: int, tile_row: int, local_row: int,
                          tiles_wide: int, channel0: int, V: np.ndarray, rows: np.ndarray,
-                         phases: np.ndarray, zeros: np.ndarray) -> float:
-    """_input_transform for float32, W a multiple of 16. rows (6, W + 128) and phases
-    (4, W/4 + 48) scratch, zero outside the part written here (run_items zeroes them).
+                         zeros: np.ndarray) -> float:
+    """_input_transform for float32, W a multiple of 16. rows (6, W + 160) scratch, zero
+    outside the part written here (run_items zeroes it).
     Every array is handled as 2-D rows (x as (N*C*H, W), V as (36*Cin, T)): a view made
     inside a loop costs two atomic reference counts."""
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
@@ -282,22 +283,18 @@ def _input_transform_f32(x: np.ndarray, n: int, tile_row: int, local_row: int,
             vstore(rows, 4, PAD + w, vfma(vsub(d1, d3), np.float32(2), vsub(d4, d2)))
             vstore(rows, 5, PAD + w, vfma(d1, np.float32(4), vfma(d3, np.float32(-5), d5)))
         for a in range(ALPHA):  # the rows: V[6a + b, c, tile j] = sum_s BT[b, s] rows[a, 4j + s]
-            for j in range(0, tiles_wide + 1, 16):   # phases[k, j] = column 4j + k - 1
-                col = PAD - 1 + 4 * j
-                p = vdeinterleave4(vload(rows, a, col), vload(rows, a, col + 16),
-                                   vload(rows, a, col + 32), vload(rows, a, col + 48))
-                vstore(phases, 0, j, p[0])
-                vstore(phases, 1, j, p[1])
-                vstore(phases, 2, j, p[2])
-                vstore(phases, 3, j, p[3])
             v0 = a * ALPHA * Cin + channel0 + c                         # row of V[6a, c]
+            # p[k] = columns 4j + k - 1 of tiles j .. j + 15; columns 4j + 3 and 4j + 4 are
+            # p[0] and p[1] of the next 16 tiles, one lane along (vnext)
+            p = vdeinterleave4(vload(rows, a, PAD - 1), vload(rows, a, PAD + 15),
+                               vload(rows, a, PAD + 31), vload(rows, a, PAD + 47))
             for j in range(0, tiles_wide, 16):
-                e0 = vload(phases, 0, j)
-                e1 = vload(phases, 1, j)
-                e2 = vload(phases, 2, j)
-                e3 = vload(phases, 3, j)
-                e4 = vload(phases, 0, j + 1)
-                e5 = vload(phases, 1, j + 1)
+                col = PAD - 1 + 4 * (j + 16)
+                q = vdeinterleave4(vload(rows, a, col), vload(rows, a, col + 16),
+                                   vload(rows, a, col + 32), vload(rows, a, col + 48))
+                e0, e1, e2, e3 = p[0], p[1], p[2], p[3]
+                e4 = vnext(p[0], q[0])
+                e5 = vnext(p[1], q[1])
                 t = base + j
                 vstore(Vr, v0, t, vfma(e0, np.float32(4), vfma(e2, np.float32(-5), e4)))
                 vstore(Vr, v0 + Cin, t, vfma(vadd(e1, e2), np.float32(-4), vadd(e3, e4)))
@@ -306,6 +303,7 @@ def _input_transform_f32(x: np.ndarray, n: int, tile_row: int, local_row: int,
                 vstore(Vr, v0 + 4 * Cin, t, vfma(vsub(e1, e3), np.float32(2), vsub(e4, e2)))
                 vstore(Vr, v0 + 5 * Cin, t, vfma(e1, np.float32(4),
                                                  vfma(e3, np.float32(-5), e5)))
+                p = q
     return vsum(probe)  # NaN if some value was NaN or inf (or the sum of four overflowed)
 
 
@@ -357,16 +355,16 @@ def _output_transform_f32(M: np.ndarray, y: np.ndarray, n: int, tile_row: int,
 
 
 def input_transform(x: np.ndarray, n: int, i: int, r: int, tw: int, c0: int, V: np.ndarray,
-                    rows: np.ndarray, phases: np.ndarray, zeros: np.ndarray) -> float:
+                    rows: np.ndarray, zeros: np.ndarray) -> float:
     """_input_transform_f32 for float32, _input_transform otherwise (chosen when compiled)."""
 
 
 @overload(input_transform)
-def _input_transform_overload(x, n, i, r, tw, c0, V, rows, phases, zeros):  # noqa: ANN001
+def _input_transform_overload(x, n, i, r, tw, c0, V, rows, zeros):  # noqa: ANN001
     if x.dtype == types.float32:
-        return (lambda x, n, i, r, tw, c0, V, rows, phases, zeros:
-                _input_transform_f32(x, n, i, r, tw, c0, V, rows, phases, zeros))
-    return (lambda x, n, i, r, tw, c0, V, rows, phases, zeros:
+        return (lambda x, n, i, r, tw, c0, V, rows, zeros:
+                _input_transform_f32(x, n, i, r, tw, c0, V, rows, zeros))
+    return (lambda x, n, i, r, tw, c0, V, rows, zeros:
             _input_transform(x, n, i, r, tw, c0, V, rows, zeros))
 
 
@@ -487,19 +485,18 @@ def _products_overload(V, U, M, tiles):  # noqa: ANN001
 @njit(cache=True, nogil=True)
 def run_items(x: np.ndarray, x2: np.ndarray, U: np.ndarray, y: np.ndarray, bias: np.ndarray,
               relu: bool, tile_rows: int, counter: np.ndarray, probes: np.ndarray,
-              V: np.ndarray, M: np.ndarray, rows: np.ndarray, phases: np.ndarray,
-              out_rows: np.ndarray, zeros: np.ndarray) -> None:
+              V: np.ndarray, M: np.ndarray, rows: np.ndarray, out_rows: np.ndarray,
+              zeros: np.ndarray) -> None:
     """Run (image, band of tile rows) items until none are left (each thread of the region
     calls this once; the items are shared through the atomic `counter`, as
     conv._direct_items_py). The input is [x | x2] along channels (x2 may have 0 channels);
-    V, M, rows, phases, out_rows: this thread's scratch (scratch_shapes); zeros (1, W + 16)
+    V, M, rows, out_rows: this thread's scratch (scratch_shapes); zeros (1, W + 16)
     zeros."""
     N, Ca, H, W = x.shape
     th, tw = H // M_OUT, W // M_OUT
     bands = -(-th // tile_rows)
     count = N * bands
     rows[:] = 0   # the padding columns stay zero (the input transform writes inside them)
-    phases[:] = 0
     while True:
         index = fetch_add(counter, 0, 1)
         if index >= count:
@@ -511,10 +508,9 @@ def run_items(x: np.ndarray, x2: np.ndarray, U: np.ndarray, y: np.ndarray, bias:
         padded = -(-tiles // 48) * 48
         probe = x.dtype.type(0)
         for tr in range(first, last):
-            probe += input_transform(x, n, tr, tr - first, tw, 0, V, rows, phases, zeros)
+            probe += input_transform(x, n, tr, tr - first, tw, 0, V, rows, zeros)
             if x2.shape[1] > 0:
-                probe += input_transform(x2, n, tr, tr - first, tw, Ca, V, rows, phases,
-                                         zeros)
+                probe += input_transform(x2, n, tr, tr - first, tw, Ca, V, rows, zeros)
         probes[index] = probe
         V[:, :, tiles:padded] = 0  # the last block's unused tiles: no garbage, no denormals
         products(V, U, M, padded)
@@ -543,7 +539,7 @@ def scratch_shapes(in_channels: int, out_channels: int, tiles_wide: int, rows_pe
     tiles = -(-(rows_per_item * tiles_wide + 16) // 48) * 48
     cout = -(-out_channels // TILE) * TILE
     return {"V": (ALPHA * ALPHA, in_channels, tiles), "M": (ALPHA * ALPHA, cout, tiles),
-            "rows": (ALPHA, width + 128), "phases": (4, tiles_wide + 48),
+            "rows": (ALPHA, width + 160),
             "out_rows": (ALPHA, width + 64)}
 
 
