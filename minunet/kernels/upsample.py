@@ -4,8 +4,11 @@ AVX-512, written straight into their outputs.
 
 The general routes (conv.py) compute both as BLAS products: the transposed convolution
 writes its columns (Cout*4 values per input pixel: as large as its output) and then places
-them, the head multiplies a (Cout x Cin) matrix with 3 rows. Here each output vector is
-summed in registers over the input channels and stored once, with the bias:
+them, the head multiplies a (Cout x Cin) matrix with 3 rows. Here the up-step is the same
+product, (4 Cout x Cin) @ (Cin x pixels), on bands of a few input rows that stay in the
+core's cache, by the register-tiled kernel of the Winograd products (8 rows x 48 pixels in
+registers), and its rows (o, kh, kw) are interleaved into the output rows with the bias;
+the head sums each output vector in registers over the input channels:
 
     up-step  y[n, o, 2i + kh, 2j + kw] = b[o] + sum_c w[c, o, kh, kw] x[n, c, i, j]
     head     y[n, o, i, j]             = b[o] + sum_c w[o, c] x[n, c, i, j]
@@ -25,10 +28,12 @@ from numba import njit
 
 from ..checks import check_finite
 from . import simd
+from .gemm import TILE
 from .simd import fetch_add, vadd, vbias_relu, vfma, vinterleave2, vload, vstore, vsub, vsum, vzero
 from .threads import SERIAL_FLOPS, get_num_threads, parallel_for
+from .winograd import products_f32
 
-OUT_GROUP = 4  # output channels per register tile (x 4 taps of the up-step: 16 vectors)
+OUT_GROUP = 4  # output channels per register tile of the head
 
 
 # inference's up-step and head take these kernels where they apply; False (or the
@@ -43,76 +48,82 @@ def applies(x: np.ndarray) -> bool:
 
 
 def pack_up_weights(weight: np.ndarray) -> np.ndarray:
-    """(Cin, Cout, 2, 2) -> (ceil(Cout/4), Cin, 16): for each group of 4 output channels,
-    per input channel, the 16 weights [o][kh][kw] side by side (zeros past Cout)."""
+    """(Cin, Cout, 2, 2) -> (1, ceil(4 Cout / 8), Cin, 8): the up-step as one matrix product
+    whose rows are (o, kh, kw), row 4o + 2kh + kw, packed as winograd.products_f32 reads its
+    weights (one frequency): 8 rows side by side per input channel, zeros past 4 Cout."""
     cin, cout = weight.shape[:2]
-    groups = -(-cout // OUT_GROUP)
-    padded = np.zeros((cin, groups * OUT_GROUP, 2, 2), np.float32)
-    padded[:, :cout] = weight
-    return np.ascontiguousarray(padded.reshape(cin, groups, OUT_GROUP * 4).transpose(1, 0, 2))
+    rows = 4 * cout
+    tiles = -(-rows // TILE)
+    padded = np.zeros((cin, tiles * TILE), np.float32)
+    padded[:, :rows] = weight.reshape(cin, rows)
+    return np.ascontiguousarray(padded.reshape(cin, tiles, TILE).transpose(1, 0, 2))[None]
+
+
+UP_BAND_BYTES = 1 << 18  # input rows per item of the up-step: its columns and products ~256 KiB
+
+
+def up_band_rows(cin: int, cout: int, height: int, width: int) -> int:
+    """Input rows per item: the copied rows and the products of a band about UP_BAND_BYTES."""
+    per_row = (cin + 4 * cout + TILE) * width * 4
+    return max(1, min(height, UP_BAND_BYTES // per_row))
 
 
 @njit(cache=True, nogil=True)
 def up_rows(x: np.ndarray, w_p: np.ndarray, bias: np.ndarray, y: np.ndarray,
-            counter: np.ndarray, probes: np.ndarray) -> None:
+            counter: np.ndarray, probes: np.ndarray, rows_per_item: int, V: np.ndarray,
+            M: np.ndarray) -> None:
     """y = the 2x2 stride-2 transposed convolution of x (+ bias): x (N, Cin, H, W) float32,
-    W a multiple of 16; w_p pack_up_weights's; bias (Cout,); y (N, Cout, 2H, 2W). Items are
-    (image, input row), shared between the threads that call this through `counter`;
-    probes[item] = sum(v - v) over the values it read (NaN if one is NaN or inf)."""
+    W a multiple of 16; w_p pack_up_weights's; bias (Cout,); y (N, Cout, 2H, 2W).
+
+    Items are (image, band of rows_per_item input rows), shared between the threads that
+    call this through `counter`. An item copies its band into V (1, Cin, T) (the NaN/inf
+    probe on the way: probes[item]), multiplies M = w^T V with winograd.products_f32 (8 rows
+    (o, kh, kw) x 48 pixels in registers), and writes each output channel's two rows per
+    input row from M's rows (o, 0, 0) and (o, 0, 1) interleaved (kw), and (o, 1, 0), (o, 1, 1),
+    with the bias. V, M: this thread's scratch, T >= rows_per_item W rounded up to 48."""
     N, C, H, W = x.shape
     cout = y.shape[1]
+    R = rows_per_item
+    bands = -(-H // R)
     xr = x.reshape(-1, W)                                          # (N*C*H, W)
     yr = y.reshape(-1, 2 * W)                                      # (N*Cout*2H, 2W)
-    wr = w_p.reshape(-1, 16)                                       # (groups*C, 16)
-    groups = w_p.shape[0]
+    Vr = V.reshape(-1, V.shape[2])                                 # (Cin, T)
+    Mr = M.reshape(-1, M.shape[2])                                 # (4 Cout', T)
     while True:
         index = fetch_add(counter, 0, 1)
-        if index >= N * H:
+        if index >= N * bands:
             return
-        n, i = index // H, index % H
+        n = index // bands
+        i0 = (index - n * bands) * R
+        rows = min(R, H - i0)
+        pixels = rows * W
+        padded = -(-pixels // 48) * 48
         probe = vzero()
-        for g in range(groups):
-            for j in range(0, W, 16):
-                a0 = vzero(); a1 = vzero(); a2 = vzero(); a3 = vzero()  # noqa: E702
-                b0 = vzero(); b1 = vzero(); b2 = vzero(); b3 = vzero()  # noqa: E702
-                d0 = vzero(); d1 = vzero(); d2 = vzero(); d3 = vzero()  # noqa: E702
-                e0 = vzero(); e1 = vzero(); e2 = vzero(); e3 = vzero()  # noqa: E702
-                for c in range(C):
-                    v = vload(xr, (n * C + c) * H + i, j)
+        for c in range(C):
+            for r in range(rows):
+                src = (n * C + c) * H + i0 + r
+                for j in range(0, W, 16):
+                    v = vload(xr, src, j)
                     probe = vadd(probe, vsub(v, v))
-                    k = g * C + c
-                    a0 = vfma(v, wr[k, 0], a0); a1 = vfma(v, wr[k, 1], a1)  # noqa: E702
-                    a2 = vfma(v, wr[k, 2], a2); a3 = vfma(v, wr[k, 3], a3)  # noqa: E702
-                    b0 = vfma(v, wr[k, 4], b0); b1 = vfma(v, wr[k, 5], b1)  # noqa: E702
-                    b2 = vfma(v, wr[k, 6], b2); b3 = vfma(v, wr[k, 7], b3)  # noqa: E702
-                    d0 = vfma(v, wr[k, 8], d0); d1 = vfma(v, wr[k, 9], d1)  # noqa: E702
-                    d2 = vfma(v, wr[k, 10], d2); d3 = vfma(v, wr[k, 11], d3)  # noqa: E702
-                    e0 = vfma(v, wr[k, 12], e0); e1 = vfma(v, wr[k, 13], e1)  # noqa: E702
-                    e2 = vfma(v, wr[k, 14], e2); e3 = vfma(v, wr[k, 15], e3)  # noqa: E702
-                o = g * OUT_GROUP
-                # taps (kh, kw) = (0, 0), (0, 1), (1, 0), (1, 1) of each output channel
-                _store_up(yr, n, o, cout, 2 * H, i, j, bias, a0, a1, a2, a3)
-                _store_up(yr, n, o + 1, cout, 2 * H, i, j, bias, b0, b1, b2, b3)
-                _store_up(yr, n, o + 2, cout, 2 * H, i, j, bias, d0, d1, d2, d3)
-                _store_up(yr, n, o + 3, cout, 2 * H, i, j, bias, e0, e1, e2, e3)
+                    vstore(Vr, c, r * W + j, v)
+            for t in range(pixels, padded):
+                Vr[c, t] = 0
         probes[index] = vsum(probe)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _store_up(yr: np.ndarray, n: int, o: int, cout: int, height: int, i: int, j: int,
-              bias: np.ndarray, t00, t01, t10, t11) -> None:  # noqa: ANN001
-    """Rows 2i and 2i + 1, columns 2j .. 2j + 31 of output channel o (if o < Cout), from the
-    four taps' sums: row 2i interleaves taps (0, 0) and (0, 1), row 2i + 1 (1, 0) and (1, 1)."""
-    if o >= cout:
-        return
-    b = bias[o]
-    row = (n * cout + o) * height + 2 * i
-    top = vinterleave2(vbias_relu(t00, b, False), vbias_relu(t01, b, False))
-    vstore(yr, row, 2 * j, top[0])
-    vstore(yr, row, 2 * j + 16, top[1])
-    bottom = vinterleave2(vbias_relu(t10, b, False), vbias_relu(t11, b, False))
-    vstore(yr, row + 1, 2 * j, bottom[0])
-    vstore(yr, row + 1, 2 * j + 16, bottom[1])
+        products_f32(V, w_p, M, padded)
+        for o in range(cout):
+            b = bias[o]
+            for r in range(rows):
+                top = ((n * cout + o) * H + i0 + r) * 2                # output row 2i
+                for j in range(0, W, 16):
+                    t = r * W + j
+                    row = vinterleave2(vbias_relu(vload(Mr, 4 * o, t), b, False),
+                                       vbias_relu(vload(Mr, 4 * o + 1, t), b, False))
+                    vstore(yr, top, 2 * j, row[0])
+                    vstore(yr, top, 2 * j + 16, row[1])
+                    row = vinterleave2(vbias_relu(vload(Mr, 4 * o + 2, t), b, False),
+                                       vbias_relu(vload(Mr, 4 * o + 3, t), b, False))
+                    vstore(yr, top + 1, 2 * j, row[0])
+                    vstore(yr, top + 1, 2 * j + 16, row[1])
 
 
 def pack_head_weights(weight: np.ndarray) -> np.ndarray:
@@ -196,8 +207,31 @@ def conv_transpose2x2_inference(x: np.ndarray, weight: np.ndarray, bias: np.ndar
     N, C, H, W = x.shape
     cout = weight.shape[1]
     y = np.empty((N, cout, 2 * H, 2 * W), np.float32)
-    return _run(up_rows, x, pack_up_weights(weight), bias, y, N * H,
-                8.0 * N * C * cout * H * W, who)
+    R = up_band_rows(C, cout, H, W)
+    T = -(-R * W // 48) * 48
+    rows = -(-4 * cout // TILE) * TILE
+    counter = np.zeros(1, np.int64)
+    probes = np.zeros(N * -(-H // R))
+    b = np.zeros(cout, np.float32) if bias is None else np.ascontiguousarray(bias, np.float32)
+    w_p = pack_up_weights(weight)
+
+    def worker(_: int, slot: int) -> None:
+        V = _aligned_scratch(slot, "up V", (1, C, T))
+        M = _aligned_scratch(slot, "up M", (1, rows, T))
+        up_rows(x, w_p, b, y, counter, probes, R, V, M)
+
+    parallel_for(worker, get_num_threads(), serial=8.0 * N * C * cout * H * W < SERIAL_FLOPS,
+                 blas=False)
+    if who is not None and not np.isfinite(probes.sum()):
+        check_finite(who, x, name="input")                          # raises, with counts
+    return y
+
+
+def _aligned_scratch(slot: int, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """conv.py's per-thread scratch (64-byte aligned, kept between calls), float32."""
+    from .conv import _scratch
+
+    return _scratch.get(slot, name, shape, np.float32)
 
 
 def conv1x1_inference(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
