@@ -25,12 +25,15 @@ jemalloc/tcmalloc).
 Huge pages. NumPy asks the kernel for transparent huge pages on every array of 4 MiB or more
 (`madvise(MADV_HUGEPAGE)`); where the kernel's THP `defrag` setting is `madvise` (the default
 of many distributions, and this project's machines), each first touch of such memory may
-compact memory to find a free 2 MiB page, synchronously. On a 1152 x 1152 inference tile that
-cost 1.3-1.6 s of system time on its first forward (0.8 s of work; `minunet predict` of one
-image runs only one or a few), and nothing on later steps, whose memory malloc keeps
-(above). `small_pages()` turns NumPy's request off, so new memory is mapped 4 KiB at a time:
-the first forward took 0.93 s instead of 2.2-2.5 s and later ones were unchanged (0.79-0.84 s
-either way; 2026-12-07, Intel Xeon, 2 vCPUs).
+compact memory to find a free 2 MiB page, synchronously. That cost the first forward of a
+1152 x 1152 inference tile (`minunet predict` of one image runs only a few) 1.5 s of system
+time, and nothing on later forwards, whose memory malloc keeps (above). `small_pages()`
+turns NumPy's request off, so new memory is mapped 4 KiB at a time: `python
+bench/bench_inference.py --first-forward` gave 0.86-0.91 s for the first forward against
+2.26-2.28 s with huge pages, 0.72-0.78 s for the second either way; training steps
+(`NUMPY_MADVISE_HUGEPAGE=1` or not before `python bench/bench_unet.py --configs C2,C3 --modes
+train --no-torch --rounds 1`, twice, under another job's load) showed no slowdown: C3 3.24-3.59
+s without, 3.94-3.97 s with (2026-12-07, Intel Xeon, 2 vCPUs).
 
 Both are applied when minunet.kernels is imported, on Linux only (malloc: with glibc only),
 and never when you chose yourself: `MINUNET_MALLOC=default` leaves both alone;
