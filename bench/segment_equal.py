@@ -5,10 +5,13 @@
 For generated images of every preset (or those named), the bundled `nuclei` model segments
 each image twice, with its stored settings:
 - as before issue 26: 256-px tiles in batches of 4 with the receptive radius as margin (56 px:
-  368-px tiles, whose deeper levels took the BLAS route), and skimage's watershed and
-  relabelling in the post-processing;
-- as now: `mu.segment`'s defaults (1024-px tiles, one per pass, the widened margin), with the
-  compiled watershed and the one-lookup relabelling.
+  368-px tiles, whose deeper levels took the BLAS route), the direct convolutions and
+  BLAS up-steps and head (no inference-only kernels: `kernels.conv.USE_WINOGRAD` and
+  `kernels.upsample.ENABLED` off for this side), and skimage's watershed and relabelling in
+  the post-processing;
+- as now: `mu.segment`'s defaults (1024-px tiles, one per pass, the widened margin), with
+  Winograd convolutions, up-steps and head of kernels/winograd.py and upsample.py where they
+  apply, the compiled watershed and the one-lookup relabelling.
 Printed per preset: images, objects, images whose labels differ at any pixel, the largest
 difference between the two probability maps, and object F1 at IoU 0.5 of both against the
 generated truth.
@@ -26,6 +29,7 @@ def main() -> None:
     from minunet import postprocess
     from minunet.data.presets import PRESETS
     from minunet.inference import stored_settings
+    from minunet.kernels import conv, upsample
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=4, help="images per preset")
@@ -61,8 +65,13 @@ def main() -> None:
         for image in images:
             raw = (image * 4000).astype(np.uint16)
             x = mu.normalize(raw, norm)
-            p_old = mu.predict(ckpt.model, x, tile=256, batch_size=4, margin=56,
-                               normalized=True)
+            switches = conv.USE_WINOGRAD, upsample.ENABLED
+            conv.USE_WINOGRAD = upsample.ENABLED = False
+            try:
+                p_old = mu.predict(ckpt.model, x, tile=256, batch_size=4, margin=56,
+                                   normalized=True)
+            finally:
+                conv.USE_WINOGRAD, upsample.ENABLED = switches
             postprocess._watershed, postprocess._finish = skimage_watershed, skimage_finish
             try:
                 old = mu.to_instances(p_old, **post)

@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from .kernels import ranks
+from .kernels import smooth as smooth_kernels
 from .module import Module
 
 # ITU-R BT.709 luma weights (also skimage.color.rgb2gray's): how bright each channel looks.
@@ -129,16 +131,22 @@ def normalize(image: np.ndarray, normalization: dict[str, Any] | None = None, *,
                          "pixels); fix or mask them before predicting")
     check_pixel_range(who, gray)  # ±1.8e308 is finite, but its range is not
     method = norm.get("method")
+    # 8/16-bit images: percentiles and medians by counting, the same values (kernels/ranks.py)
+    ints = ranks.small_integers(raw) if method in ("foreground", "percentile") else None
+    counts = None if ints is None else ranks.value_counts(ints)
     if method == "foreground":
-        lo = np.percentile(gray, norm.get("low", 1.0))
-        signal = max(foreground_median(gray) - lo,
-                     norm.get("min_snr", MIN_SIGNAL_TO_NOISE) * noise_sigma(gray))
+        low = norm.get("low", 1.0)
+        lo = np.percentile(gray, low) if ints is None else ranks.percentile(*counts, low)
+        signal = max(foreground_median(gray, ints) - lo,
+                     norm.get("min_snr", MIN_SIGNAL_TO_NOISE) * noise_sigma(gray, ints))
         scale = signal / norm.get("level", 0.6)
         if not scale > 0:  # a flat image: nothing to stretch, just centre it
             scale = 1.0
         return _stretch(gray, lo, scale)
     elif method == "percentile":
-        lo, hi = np.percentile(gray, [norm.get("low", 1.0), norm.get("high", 99.8)])
+        qs = [norm.get("low", 1.0), norm.get("high", 99.8)]
+        lo, hi = (np.percentile(gray, qs) if ints is None
+                  else [ranks.percentile(*counts, q) for q in qs])
         scale = hi - lo
         if scale <= 0:  # a flat image: nothing to stretch, just centre it
             scale = 1.0
@@ -177,30 +185,42 @@ def normalize_channels(image: np.ndarray, normalization: dict[str, Any] | None =
                      for c in range(image.shape[-1])])
 
 
-def foreground_median(gray: np.ndarray) -> float:
-    """Median of the pixels of gray (H, W) above Otsu's threshold of its smoothed copy."""
-    from scipy.ndimage import gaussian_filter
+def foreground_median(gray: np.ndarray, ints: np.ndarray | None = None) -> float:
+    """Median of the pixels of gray (H, W) above Otsu's threshold of its smoothed copy.
+    ints: gray's values as small integers (ranks.small_integers), to count instead of sort."""
     from skimage.filters import threshold_otsu
 
-    smooth = gaussian_filter(gray, FOREGROUND_SMOOTH)
+    # scipy.ndimage.gaussian_filter(gray, FOREGROUND_SMOOTH), compiled: the same bits
+    smooth = smooth_kernels.gaussian_filter(np.ascontiguousarray(gray, dtype=np.float64),
+                                            smooth_kernels.gaussian_weights(FOREGROUND_SMOOTH))
     if smooth.max() <= smooth.min():
         return float(smooth.max())
     # threshold_otsu(smooth) without its flattened copy of the image: the same np.histogram
-    # call skimage makes (256 bins over [min, max]), on smooth itself, handed to it
-    counts, edges = np.histogram(smooth, bins=OTSU_BINS)
-    above = gray[smooth > threshold_otsu(hist=(counts, (edges[:-1] + edges[1:]) / 2.0))]
+    # call skimage makes (256 bins over [min, max]), on smooth itself (compiled, the same
+    # counts and edges), handed to it
+    counts, edges = smooth_kernels.histogram(smooth, OTSU_BINS)
+    mask = smooth > threshold_otsu(hist=(counts, (edges[:-1] + edges[1:]) / 2.0))
     del smooth
+    if ints is not None:
+        above = ints[mask]
+        return ranks.median(*ranks.value_counts(above)) if above.size else float(gray.max())
+    above = gray[mask]
     # overwrite_input: the median partitions `above` (a copy already) instead of copying it
     return float(np.median(above, overwrite_input=True)) if above.size else float(gray.max())
 
 
-def noise_sigma(gray: np.ndarray) -> float:
+def noise_sigma(gray: np.ndarray, ints: np.ndarray | None = None) -> float:
     """The pixel noise's standard deviation in gray (H, W), robustly: the median absolute
     deviation of differences between horizontal neighbours (which cancel smooth structure
     such as cells and illumination), over sqrt(2) for the difference of two noisy pixels and
-    0.6745 for a Gaussian's MAD. Noise correlated between neighbours reads lower."""
+    0.6745 for a Gaussian's MAD. Noise correlated between neighbours reads lower.
+    ints: gray's values as small integers (ranks.small_integers), to count instead of sort."""
     if gray.shape[1] < 2:
         return 0.0
+    if ints is not None:
+        counts = ranks.value_counts(np.diff(ints.astype(np.int32), axis=1))
+        mad = ranks.mad(*counts, ranks.median(*counts))
+        return float(mad / (0.6745 * np.sqrt(2.0)))
     diff = np.diff(gray, axis=1).ravel()
     # in place (the medians partition diff: the values stay, their order does not matter), so
     # a 4096^2 image needs one float64 copy here, not four

@@ -66,3 +66,21 @@ def test_blocks_above_32_mib_come_from_the_heap_too():
     run = subprocess.run([sys.executable, "-c", LARGE_BLOCK_PROBE], env=env,
                          capture_output=True, text=True, check=True)
     assert int(run.stdout) == 0
+
+
+HUGE_PAGES_PROBE = ("import minunet.kernels.memory as m, numpy as np; "
+                    "print(m.huge_pages_off, np._core.multiarray._set_madvise_hugepage(True))")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
+@pytest.mark.parametrize("env, expected", [({}, "True False"),
+                                           ({"NUMPY_MADVISE_HUGEPAGE": "1"}, "False True"),
+                                           ({"MINUNET_MALLOC": "default"}, "False True")])
+def test_numpy_huge_pages_off_unless_the_user_chose(env, expected):
+    """NumPy's madvise(MADV_HUGEPAGE) is off after import (the setter returns the previous
+    value), unless NUMPY_MADVISE_HUGEPAGE or MINUNET_MALLOC=default says otherwise."""
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("NUMPY_MADVISE_HUGEPAGE", "MINUNET_MALLOC")}
+    run = subprocess.run([sys.executable, "-c", HUGE_PAGES_PROBE], env={**base, **env},
+                         capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == expected

@@ -1,6 +1,7 @@
 """The default normalisation: the typical cell's level is set by the typical cell."""
 
 import numpy as np
+import pytest
 
 import minunet as mu
 from minunet.predict import DEFAULT_NORMALIZATION, normalize
@@ -76,3 +77,54 @@ def test_normalize_is_lean_and_equals_the_whole_array_formula():
         tracemalloc.stop()
     np.testing.assert_array_equal(got, expected)
     assert peak < 3.0 * image.size * 8, peak / (image.size * 8)
+
+
+@pytest.mark.parametrize("dtype, shape, seed", [(np.uint16, (64, 97), 0), (np.uint8, (50, 50), 1),
+                                                (np.int16, (33, 80), 2), (np.uint16, (1, 40), 3),
+                                                (np.uint16, (7, 2), 4)])
+@pytest.mark.parametrize("method", ["foreground", "percentile"])
+def test_counting_gives_the_float_path_to_the_bit(dtype, shape, seed, method):
+    """8/16-bit images take their percentiles and medians by counting (kernels/ranks.py);
+    the same image as float64 takes np.percentile / np.median: the same bits out, on cells
+    with noise, on a flat image, and on an image of two values (even counts, half medians)."""
+    from minunet.kernels import ranks
+
+    rng = np.random.default_rng(seed)
+    info = np.iinfo(dtype)
+    cells = rng.normal(0.3, 0.1, shape) + 0.4 * (rng.random(shape) > 0.7)
+    images = [np.clip(cells * min(info.max, 5000), info.min, info.max).astype(dtype),
+              np.full(shape, 7, dtype), (rng.random(shape) > 0.5).astype(dtype) * 9]
+    norm = {"method": method, "low": 1.0, "level": 0.6, "high": 99.8}
+    for image in images:
+        assert ranks.small_integers(image) is not None
+        np.testing.assert_array_equal(normalize(image, norm),
+                                      normalize(image.astype(np.float64), norm))
+    values = rng.integers(-300, 300, 1001)
+    counts = ranks.value_counts(values)
+    for q in (0, 1, 37.5, 50, 99.8, 100):
+        assert ranks.percentile(*counts, q) == np.percentile(values.astype(np.float64), q)
+    assert ranks.median(*counts) == np.median(values.astype(np.float64))
+    even = ranks.value_counts(values[:-1])
+    assert ranks.median(*even) == np.median(values[:-1].astype(np.float64))
+    centre = ranks.median(*even)
+    assert ranks.mad(*even, centre) == np.median(np.abs(values[:-1] - centre))
+
+
+@pytest.mark.parametrize("shape", [(1, 7), (3, 3), (5, 200), (64, 97), (300, 41)])
+def test_compiled_gaussian_and_histogram_are_scipy_and_numpy_to_the_bit(shape):
+    """foreground_median's smoothing and histogram (kernels/smooth.py) against
+    scipy.ndimage.gaussian_filter (mode "reflect", short lines included) and np.histogram."""
+    from scipy.ndimage import gaussian_filter
+
+    from minunet.kernels import smooth
+    from minunet.predict import FOREGROUND_SMOOTH, OTSU_BINS
+
+    rng = np.random.default_rng(shape[0] * 1000 + shape[1])
+    for gray in [(rng.random(shape) * 4000).round(), rng.standard_normal(shape)]:
+        expected = gaussian_filter(gray, FOREGROUND_SMOOTH)
+        got = smooth.gaussian_filter(gray.copy(), smooth.gaussian_weights(FOREGROUND_SMOOTH))
+        np.testing.assert_array_equal(got, expected)
+        counts, edges = np.histogram(expected, bins=OTSU_BINS)
+        got_counts, got_edges = smooth.histogram(expected, OTSU_BINS)
+        np.testing.assert_array_equal(got_counts, counts)
+        np.testing.assert_array_equal(got_edges, edges)

@@ -96,11 +96,16 @@ def test_progress_over_tile_batches_only_on_a_terminal(capsys, monkeypatch):
     np.testing.assert_array_equal(shown, quiet)
 
 
-def test_default_tiles_are_large_and_give_the_256_tiling_to_the_bit():
-    """The default (1024-px cores, one tile per pass) and 256-px cores in batches of 4 give the
-    same probabilities to the bit with the bundled model: tiling changes speed and memory only.
-    The old default tiling (the receptive radius as margin, 368-px wide tiles whose deeper
-    levels take the BLAS route) agrees within float round-off and gives the same labels."""
+def test_default_tiles_are_large_and_agree_with_other_tilings():
+    """The default (1024-px cores, one tile per pass), 256-px cores in batches of 4, and the
+    old default tiling (the receptive radius as margin, 368-px wide tiles whose deeper levels
+    take the BLAS route) agree within float32 round-off and give the same labels.
+
+    Not to the bit: inference's Winograd convolutions (kernels/winograd.py) round each
+    pixel's sum depending on its whole 6x6 input patch, so on values up to 4 px (at each
+    level) beyond the 3x3 window, further than the margins reach; and a level whose rows are
+    not a multiple of 4 (here the 400-row tile's bottom level) takes the direct kernel.
+    The probabilities moved by at most 3.6e-6 when this was written."""
     from minunet.predict import DEFAULT_BATCH_SIZE, DEFAULT_TILE
 
     assert (DEFAULT_TILE, DEFAULT_BATCH_SIZE) == (1024, 1)
@@ -109,11 +114,12 @@ def test_default_tiles_are_large_and_give_the_256_tiling_to_the_bit():
     x = normalize((images[0] * 4000).astype(np.uint16), ckpt.metadata["normalization"])
     default = mu.predict(ckpt.model, x, normalized=True)
     small = mu.predict(ckpt.model, x, tile=256, batch_size=4, normalized=True)
-    np.testing.assert_array_equal(default, small)
     old = mu.predict(ckpt.model, x, tile=256, batch_size=4, margin=56, normalized=True)
-    np.testing.assert_allclose(default, old, rtol=0, atol=2e-6)
     post = ckpt.metadata["postprocess"]
-    np.testing.assert_array_equal(mu.to_instances(default, **post), mu.to_instances(old, **post))
+    labels = mu.to_instances(default, **post)
+    for other in (small, old):
+        np.testing.assert_allclose(default, other, rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(labels, mu.to_instances(other, **post))
 
 
 class ShapeSpy:

@@ -33,8 +33,9 @@ OpenBLAS's pool is not woken at all there. Knobs:
 
 Memory (see memory.py): glibc malloc is asked to serve every block from its heap and keep
 freed blocks for the next step instead of returning them to the operating system (fresh
-pages cost a page fault each, about 10 % of a training step). `MINUNET_MALLOC=default`
-leaves malloc alone.
+pages cost a page fault each, about 10 % of a training step), and NumPy's requests for
+transparent huge pages are turned off (their synchronous compaction cost more than a second
+on the first forward of a large inference tile). `MINUNET_MALLOC=default` leaves both alone.
 """
 
 import os

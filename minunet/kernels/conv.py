@@ -23,6 +23,10 @@ thread pool (threads.py); each item writes its rows of y directly. Two routes:
   as constants) stay in the core's cache and go to np.matmul with single-threaded BLAS.
   A 1x1 convolution's columns are x itself.
 
+Inference's 3x3 convolutions with >= 16 input channels take a third route,
+`conv2d_inference`: Winograd F(4x4, 3x3) (winograd.py), 4x fewer multiply-adds, rounded
+differently; training never takes it (its gradients are those of the direct sums).
+
 The input gradient of a stride-1 convolution is the stride-1 convolution of dy with the
 flipped weight (no scatter-add); other geometries scatter-add one image per item
 (`col2im_image`), or place it when the windows tile the image (`place_image`: the 2x2
@@ -53,11 +57,18 @@ from ..checks import check_finite
 from . import simd
 from .gemm import BLOCK, TILE, direct_product, direct_weight_product, pack_weights
 from .threads import SERIAL_FLOPS, get_num_threads, parallel_for
+from .winograd import band_rows, run_items, scratch_shapes, transformed_weights, winograd_applies
 
 # float32 stride-1 convolutions use gemm.direct_product (and direct_weight_product) where
 # the CPU has AVX-512 (see _direct); MINUNET_GEMM=blas sends every product to BLAS instead.
 USE_DIRECT = (simd.HAVE_AVX512 and simd.AVAILABLE
                and os.environ.get("MINUNET_GEMM", "").strip().lower() != "blas")
+
+# inference's 3x3 convolutions use Winograd F(4x4, 3x3) (winograd.py) where it applies;
+# MINUNET_WINOGRAD=0 sends them to conv2d_forward's routes instead (and inference's up-step
+# and head to training's routes: upsample.ENABLED).
+USE_WINOGRAD = (simd.HAVE_AVX512 and simd.AVAILABLE
+                and os.environ.get("MINUNET_WINOGRAD", "").strip() != "0")
 
 
 def conv_output_size(size: int, kernel_size: int, stride: int, padding: int) -> int:
@@ -682,6 +693,43 @@ def conv2d_forward(x: Parts, weight: np.ndarray, bias: np.ndarray | None, stride
     concatenation along channels, which is never built (the U-Net's skip and up-step).
     """
     return _forward(x, weight, stride, padding, bias, who=who, relu=relu)
+
+
+def conv2d_inference(x: Parts, weight: np.ndarray, bias: np.ndarray | None, stride: int,
+                     padding: int, who: str | None = None, relu: bool = False) -> np.ndarray:
+    """conv2d_forward for inference only (no gradient ever flows through it): the same
+    contract, computed by Winograd F(4x4, 3x3) where winograd.winograd_applies (3x3, stride
+    1, padding 1, sizes multiples of 4, >= 16 input channels), by conv2d_forward elsewhere.
+    Winograd rounds differently from the direct sum (winograd.py: a few 1e-6 relative in
+    float32), so training, whose gradients must match its forward, never takes it."""
+    parts = _parts(x)
+    N, _, H, W = parts[0].shape
+    Cin = sum(p.shape[1] for p in parts)
+    dtype = parts[0].dtype
+    if not (USE_WINOGRAD and winograd_applies(dtype, weight.shape[2], stride, padding, H, W,
+                                              Cin)):
+        return _forward(x, weight, stride, padding, bias, who=who, relu=relu)
+    Cout = weight.shape[0]
+    U = transformed_weights(weight, dtype)              # (36, ceil(Cout/8), Cin, 8)
+    tile_bias = np.zeros(0, dtype) if bias is None else np.ascontiguousarray(bias, dtype=dtype)
+    y = np.empty((N, Cout, H, W), dtype=dtype)          # (N, Cout, H, W)
+    th, tw = H // 4, W // 4
+    R = band_rows(tw, Cin, Cout, parts[0].itemsize, th)
+    probes = np.zeros(N * -(-th // R))                  # one per item
+    counter = np.zeros(1, np.int64)
+    shapes = scratch_shapes(Cin, Cout, tw, R, W)
+    second = parts[1] if len(parts) > 1 else np.empty((N, 0, H, W), dtype)
+    zeros = np.zeros((1, W + 16), dtype)
+
+    def worker(_: int, slot: int) -> None:
+        run_items(parts[0], second, U, y, tile_bias, relu, R, counter, probes,
+                  *(_scratch.get(slot, "winograd " + name, shape, dtype)
+                    for name, shape in shapes.items()), zeros)
+
+    parallel_for(worker, get_num_threads(), serial=_small(N, Cin, Cout, H, W, 3), blas=False)
+    if who is not None and not np.isfinite(probes.sum()):
+        _check_parts(who, parts, "input")                              # raises, with counts
+    return y
 
 
 def conv2d_backward_input(dy: np.ndarray, weight: np.ndarray, stride: int, padding: int,

@@ -32,6 +32,7 @@ import numpy as np
 
 from .. import layers
 from ..checks import check_array, check_finite
+from . import upsample
 from .activation import relu_backward, relu_forward
 from .batchnorm import (
     batchnorm_backward_input,
@@ -49,6 +50,7 @@ from .conv import (
     conv2d_backward_input,
     conv2d_backward_weight,
     conv2d_forward,
+    conv2d_inference,
     conv_transpose2d_backward,
     conv_transpose2d_forward,
 )
@@ -101,6 +103,11 @@ class Conv2d(layers.Conv2d):
     def forward(self, x: np.ndarray, *more: np.ndarray) -> np.ndarray:
         x = self._check_parts(x, more)  # finiteness: the kernel's probe, same pass
         bias = None if self.bias is None else self.bias.data
+        if (self.kernel_size == 1 and self.stride == 1 and self.padding == 0 and not more
+                and not (self.training or self.grad_enabled) and upsample.applies(x)
+                and self.weight.dtype == np.float32):
+            # inference (the U-Net's head): the sums in registers, no BLAS (upsample.py)
+            return upsample.conv1x1_inference(x, self.weight.data, bias, who="Conv2d")
         y = conv2d_forward(x, self.weight.data, bias, self.stride, self.padding,
                            who="Conv2d")  # (N, Cout, Ho, Wo)
         self.save_for_backward(x)  # backward needs x for dw
@@ -154,6 +161,12 @@ class ConvTranspose2d(layers.ConvTranspose2d):
     def forward(self, x: np.ndarray) -> np.ndarray:
         self._check_input(x, finite=False)  # finiteness: checked by the kernel
         bias = None if self.bias is None else self.bias.data
+        if (self.kernel_size == 2 and self.stride == 2 and self.padding == 0
+                and not (self.training or self.grad_enabled) and upsample.applies(x)
+                and self.weight.dtype == np.float32):
+            # inference (the U-Net's up-step): written straight into y, no columns
+            return upsample.conv_transpose2x2_inference(x, self.weight.data, bias,
+                                                        who="ConvTranspose2d")
         y = conv_transpose2d_forward(x, self.weight.data, bias, self.stride, self.padding,
                                      who="ConvTranspose2d")
         self.save_for_backward(x)  # backward needs x for dw
@@ -331,7 +344,8 @@ class BatchNormReLU2d(BatchNorm2d):
 
         and the ReLU is applied to each tile of the convolution's output as it is computed.
         The same result as the two layers, up to float rounding, without the batch norm's
-        pass over the whole activation. Nothing is kept for backward.
+        pass over the whole activation. Nothing is kept for backward, so the convolution may
+        be computed another way: conv2d_inference, Winograd F(4x4, 3x3) where it applies.
         """
         if self.training or self.grad_enabled:
             raise RuntimeError(f"{self!r}.after_conv is for inference only: call .eval() and "
@@ -349,8 +363,8 @@ class BatchNormReLU2d(BatchNorm2d):
             check_finite(repr(conv), conv.weight.data, name="weight")
             raise FloatingPointError(f"{self!r}: its parameters folded into {conv!r} are not "
                                      f"finite: check the model's weights")
-        y = conv2d_forward(x, weight, shift.astype(dtype), conv.stride, conv.padding,
-                           who="Conv2d", relu=True)
+        y = conv2d_inference(x, weight, shift.astype(dtype), conv.stride, conv.padding,
+                             who="Conv2d", relu=True)
         for module in (conv, self):  # as Module.__call__ does with gradients off
             module._saved = None
             module._forward_state = "no_grad"

@@ -1,4 +1,5 @@
-"""Keep freed memory for the next step: glibc malloc settings for large NumPy arrays.
+"""Keep freed memory for the next step (glibc malloc settings for large NumPy arrays), and
+map new memory in small pages.
 
 Every training step allocates the same large arrays again (activations, gradients, columns).
 By default glibc's malloc serves blocks of a few MiB straight from the operating system
@@ -21,10 +22,24 @@ the peak instead of falling between steps), and the peak grows a little (C2 trai
 against 423). PyTorch's CPU tuning guides give the same advice (the `MALLOC_*` variables, or
 jemalloc/tcmalloc).
 
-It is applied when minunet.kernels is imported, on Linux with glibc only, and never when you
-chose yourself: set `MINUNET_MALLOC=default` to leave malloc alone, and any `MALLOC_*_`
-variable of your own (e.g. `MALLOC_MMAP_THRESHOLD_`) or a `glibc.malloc` tunable in
-`GLIBC_TUNABLES` makes minunet leave malloc alone too.
+Huge pages. NumPy asks the kernel for transparent huge pages on every array of 4 MiB or more
+(`madvise(MADV_HUGEPAGE)`); where the kernel's THP `defrag` setting is `madvise` (the default
+of many distributions, and this project's machines), each first touch of such memory may
+compact memory to find a free 2 MiB page, synchronously. That cost the first forward of a
+1152 x 1152 inference tile (`minunet predict` of one image runs only a few) 1.5 s of system
+time, and nothing on later forwards, whose memory malloc keeps (above). `small_pages()`
+turns NumPy's request off, so new memory is mapped 4 KiB at a time: `python
+bench/bench_inference.py --first-forward` gave 0.86-0.91 s for the first forward against
+2.26-2.28 s with huge pages, 0.72-0.78 s for the second either way; training steps
+(`NUMPY_MADVISE_HUGEPAGE=1` or not before `python bench/bench_unet.py --configs C2,C3 --modes
+train --no-torch --rounds 1`, twice, under another job's load) showed no slowdown: C3 3.24-3.59
+s without, 3.94-3.97 s with (2026-12-07, Intel Xeon, 2 vCPUs).
+
+Both are applied when minunet.kernels is imported, on Linux only (malloc: with glibc only),
+and never when you chose yourself: `MINUNET_MALLOC=default` leaves both alone;
+`NUMPY_MADVISE_HUGEPAGE` (NumPy's own switch) set to anything keeps NumPy's choice of pages;
+any `MALLOC_*_` variable of your own (e.g. `MALLOC_MMAP_THRESHOLD_`) or a `glibc.malloc`
+tunable in `GLIBC_TUNABLES` leaves malloc alone.
 """
 
 from __future__ import annotations
@@ -65,4 +80,23 @@ def keep_freed_memory() -> bool:
     return all(accepted)
 
 
+def small_pages() -> bool:
+    """Turn off NumPy's huge-page requests (see above); True if turned off by this call."""
+    if (os.environ.get(ENV_MALLOC, "").strip().lower() == "default"
+            or "NUMPY_MADVISE_HUGEPAGE" in os.environ or not sys.platform.startswith("linux")):
+        return False
+    import numpy as np
+
+    switch = getattr(getattr(getattr(np, "_core", None), "multiarray", None),
+                     "_set_madvise_hugepage", None)
+    if switch is None:  # NumPy 1.x spells it np.core
+        switch = getattr(getattr(getattr(np, "core", None), "multiarray", None),
+                         "_set_madvise_hugepage", None)
+    if switch is None:
+        return False
+    switch(False)
+    return True
+
+
 applied = keep_freed_memory()
+huge_pages_off = small_pages()

@@ -15,6 +15,14 @@ lines of LLVM IR (`numba.extending.intrinsic`):
     vsum(v)            -> v[0] + ... + v[15]         (a float32, pairwise in a fixed order)
     vbias_relu(v, b, relu) -> v + b, then max(., 0) if relu
 
+more for the Winograd transforms (winograd.py) and the up-step (upsample.py):
+
+    vadd(x, y), vsub(x, y)            -> x + y, x - y lane by lane
+    vdeinterleave4(v0, v1, v2, v3)    -> (p0, p1, p2, p3), p_k[l] = [v0 | v1 | v2 | v3][4l + k]
+    vinterleave4(p0, p1, p2, p3)      -> (v0, v1, v2, v3), the inverse
+    vinterleave2(p0, p1)              -> (v0, v1), value 2l + k of [v0 | v1] = p_k[l]
+    vnext(a, b)                       -> [a[1], ..., a[15], b[0]] (one lane along)
+
 and one more for the threads that run the direct route's items (conv.py):
 
     fetch_add(a, i, v) -> old a[i], a[i] += v        (atomic, on a 1-D int64 array)
@@ -206,3 +214,108 @@ def fetch_add(typingctx, a, i, v):  # noqa: ANN001, ANN201
         value = context.cast(builder, args[2], signature.args[2], types.int64)
         return builder.atomic_rmw("add", pointer, value, "seq_cst")
     return types.int64(a, i, v), codegen
+
+
+@intrinsic
+def vadd(typingctx, x, y):  # noqa: ANN001, ANN201
+    """x + y lane by lane."""
+    if not (x == float32x16 and y == float32x16):
+        return None
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001
+        return builder.fadd(*args)
+    return float32x16(x, y), codegen
+
+
+@intrinsic
+def vsub(typingctx, x, y):  # noqa: ANN001, ANN201
+    """x - y lane by lane."""
+    if not (x == float32x16 and y == float32x16):
+        return None
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001
+        return builder.fsub(*args)
+    return float32x16(x, y), codegen
+
+
+def _concat4(builder, vectors):  # noqa: ANN001
+    """Four 16-lane vectors as one 64-lane vector, in order."""
+    def join(a, b, lanes):  # noqa: ANN001
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), 2 * lanes), list(range(2 * lanes)))
+        return builder.shuffle_vector(a, b, mask)
+    return join(join(vectors[0], vectors[1], LANES), join(vectors[2], vectors[3], LANES),
+                2 * LANES)
+
+
+def _pick(builder, wide, lanes):  # noqa: ANN001
+    """The 16 lanes `lanes` of a 64-lane vector, as one vector."""
+    mask = ir.Constant(ir.VectorType(ir.IntType(32), LANES), lanes)
+    return builder.shuffle_vector(wide, ir.Constant(wide.type, ir.Undefined), mask)
+
+
+_QUAD = types.UniTuple(float32x16, 4)
+
+
+@intrinsic
+def vdeinterleave4(typingctx, v0, v1, v2, v3):  # noqa: ANN001, ANN201
+    """The 64 values of v0..v3 (in order) split by position modulo 4: (p0, p1, p2, p3),
+    p_k[l] = value 4l + k (64 values read at stride 4, from contiguous loads)."""
+    if not all(v == float32x16 for v in (v0, v1, v2, v3)):
+        return None
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001
+        wide = _concat4(builder, args)
+        phases = [_pick(builder, wide, [4 * lane + k for lane in range(LANES)])
+                  for k in range(4)]
+        return context.make_tuple(builder, signature.return_type, phases)
+    return _QUAD(v0, v1, v2, v3), codegen
+
+
+@intrinsic
+def vinterleave4(typingctx, p0, p1, p2, p3):  # noqa: ANN001, ANN201
+    """The inverse of vdeinterleave4: (v0, v1, v2, v3) with value 4l + k of [v0 | .. | v3]
+    = p_k[l] (64 values written at stride 4, as contiguous stores)."""
+    if not all(v == float32x16 for v in (p0, p1, p2, p3)):
+        return None
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001
+        wide = _concat4(builder, args)        # p_k[l] at 16k + l
+        order = [16 * (m % 4) + m // 4 for m in range(4 * LANES)]
+        vectors = [_pick(builder, wide, order[16 * i:16 * (i + 1)]) for i in range(4)]
+        return context.make_tuple(builder, signature.return_type, vectors)
+    return _QUAD(p0, p1, p2, p3), codegen
+
+
+@intrinsic
+def vinterleave2(typingctx, p0, p1):  # noqa: ANN001, ANN201
+    """(v0, v1) with value 2l + k of [v0 | v1] = p_k[l]: two vectors written at stride 2
+    (the 2x2 up-step's two columns kw = 0, 1), as contiguous stores."""
+    if not (p0 == float32x16 and p1 == float32x16):
+        return None
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001
+        order = [LANES * (m % 2) + m // 2 for m in range(2 * LANES)]
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), 2 * LANES), order)
+        wide = builder.shuffle_vector(args[0], args[1], mask)        # (32,) interleaved
+        vectors = [_pick32(builder, wide, i) for i in range(2)]
+        return context.make_tuple(builder, signature.return_type, vectors)
+    return types.UniTuple(float32x16, 2)(p0, p1), codegen
+
+
+def _pick32(builder, wide, half):  # noqa: ANN001
+    """Lanes 16 half .. 16 half + 15 of a 32-lane vector."""
+    mask = ir.Constant(ir.VectorType(ir.IntType(32), LANES),
+                       [LANES * half + lane for lane in range(LANES)])
+    return builder.shuffle_vector(wide, ir.Constant(wide.type, ir.Undefined), mask)
+
+
+@intrinsic
+def vnext(typingctx, a, b):  # noqa: ANN001, ANN201
+    """[a[1], .., a[15], b[0]]: the 16 values one lane along the sequence [a | b]."""
+    if not (a == float32x16 and b == float32x16):
+        return None
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), LANES), list(range(1, LANES + 1)))
+        return builder.shuffle_vector(args[0], args[1], mask)
+    return float32x16(a, b), codegen

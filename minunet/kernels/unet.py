@@ -13,8 +13,10 @@ is `layers.Conv2d`'s): same parameters, buffers and state-dict names, the same r
    where they are (`kernels.layers.Conv2d(a, b)`), and its backward returns their two
    gradients, (dskip, dup): the readable network's `concat.i` and its backward, without the copy.
 3. Inference (eval mode, gradients off): each batch norm + ReLU is folded into the convolution
-   before it (`BatchNormReLU2d.after_conv`), and the batch is split over threads, one slice per
-   thread (`threads.map_batch`; images are independent there).
+   before it (`BatchNormReLU2d.after_conv`), which then runs as a Winograd F(4x4, 3x3)
+   convolution where it applies (`conv.conv2d_inference`, winograd.py: the levels with >= 16
+   input channels), and the batch is split over threads, one slice per thread
+   (`threads.map_batch`; images are independent there).
 """
 
 from __future__ import annotations

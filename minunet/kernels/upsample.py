@@ -1,0 +1,246 @@
+"""Inference kernels for the U-Net's two cheap layers that move the most memory: the 2x2
+stride-2 transposed convolution (the up-step) and the 1x1 convolution (the head), float32 on
+AVX-512, written straight into their outputs.
+
+The general routes (conv.py) compute both as BLAS products: the transposed convolution
+writes its columns (Cout*4 values per input pixel: as large as its output) and then places
+them, the head multiplies a (Cout x Cin) matrix with 3 rows. Here the up-step is the same
+product, (4 Cout x Cin) @ (Cin x pixels), on bands of a few input rows that stay in the
+core's cache, by the register-tiled kernel of the Winograd products (8 rows x 48 pixels in
+registers), and its rows (o, kh, kw) are interleaved into the output rows with the bias;
+the head sums each output vector in registers over the input channels:
+
+    up-step  y[n, o, 2i + kh, 2j + kw] = b[o] + sum_c w[c, o, kh, kw] x[n, c, i, j]
+    head     y[n, o, i, j]             = b[o] + sum_c w[o, c] x[n, c, i, j]
+
+For inference only (eval mode, gradients off: kernels/layers.py): the sums run over c in
+order, rounded differently from BLAS's, and training's forward must be the one its backward
+differentiates. `tests/test_upsample.py` compares both with the NumPy references.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import numpy as np
+from numba import njit
+
+from ..checks import check_finite
+from . import simd
+from .gemm import TILE
+from .simd import fetch_add, vadd, vbias_relu, vfma, vinterleave2, vload, vstore, vsub, vsum, vzero
+from .threads import SERIAL_FLOPS, get_num_threads, parallel_for
+from .winograd import products_f32
+
+OUT_GROUP = 4  # output channels per register tile of the head
+
+
+# inference's up-step and head take these kernels where they apply; False (or the
+# environment's MINUNET_WINOGRAD=0, which turns off every inference-only kernel) sends them
+# to the BLAS routes of training's forward
+ENABLED = simd.AVAILABLE and os.environ.get("MINUNET_WINOGRAD", "").strip() != "0"
+
+
+def applies(x: np.ndarray) -> bool:
+    """Whether these kernels take x: ENABLED, float32, rows a multiple of 16 values."""
+    return ENABLED and x.dtype == np.float32 and x.ndim == 4 and x.shape[3] % 16 == 0
+
+
+def pack_up_weights(weight: np.ndarray) -> np.ndarray:
+    """(Cin, Cout, 2, 2) -> (1, ceil(4 Cout / 8), Cin, 8): the up-step as one matrix product
+    whose rows are (o, kh, kw), row 4o + 2kh + kw, packed as winograd.products_f32 reads its
+    weights (one frequency): 8 rows side by side per input channel, zeros past 4 Cout."""
+    cin, cout = weight.shape[:2]
+    rows = 4 * cout
+    tiles = -(-rows // TILE)
+    padded = np.zeros((cin, tiles * TILE), np.float32)
+    padded[:, :rows] = weight.reshape(cin, rows)
+    return np.ascontiguousarray(padded.reshape(cin, tiles, TILE).transpose(1, 0, 2))[None]
+
+
+UP_BAND_BYTES = 1 << 18  # input rows per item of the up-step: its columns and products ~256 KiB
+
+
+def up_band_rows(cin: int, cout: int, height: int, width: int) -> int:
+    """Input rows per item: the copied rows and the products of a band about UP_BAND_BYTES."""
+    per_row = (cin + 4 * cout + TILE) * width * 4
+    return max(1, min(height, UP_BAND_BYTES // per_row))
+
+
+@njit(cache=True, nogil=True)
+def up_rows(x: np.ndarray, w_p: np.ndarray, bias: np.ndarray, y: np.ndarray,
+            counter: np.ndarray, probes: np.ndarray, rows_per_item: int, V: np.ndarray,
+            M: np.ndarray) -> None:
+    """y = the 2x2 stride-2 transposed convolution of x (+ bias): x (N, Cin, H, W) float32,
+    W a multiple of 16; w_p pack_up_weights's; bias (Cout,); y (N, Cout, 2H, 2W).
+
+    Items are (image, band of rows_per_item input rows), shared between the threads that
+    call this through `counter`. An item copies its band into V (1, Cin, T) (the NaN/inf
+    probe on the way: probes[item]), multiplies M = w^T V with winograd.products_f32 (8 rows
+    (o, kh, kw) x 48 pixels in registers), and writes each output channel's two rows per
+    input row from M's rows (o, 0, 0) and (o, 0, 1) interleaved (kw), and (o, 1, 0), (o, 1, 1),
+    with the bias. V, M: this thread's scratch, T >= rows_per_item W rounded up to 48."""
+    N, C, H, W = x.shape
+    cout = y.shape[1]
+    R = rows_per_item
+    bands = -(-H // R)
+    xr = x.reshape(-1, W)                                          # (N*C*H, W)
+    yr = y.reshape(-1, 2 * W)                                      # (N*Cout*2H, 2W)
+    Vr = V.reshape(-1, V.shape[2])                                 # (Cin, T)
+    Mr = M.reshape(-1, M.shape[2])                                 # (4 Cout', T)
+    while True:
+        index = fetch_add(counter, 0, 1)
+        if index >= N * bands:
+            return
+        n = index // bands
+        i0 = (index - n * bands) * R
+        rows = min(R, H - i0)
+        pixels = rows * W
+        padded = -(-pixels // 48) * 48
+        probe = vzero()
+        for c in range(C):
+            for r in range(rows):
+                src = (n * C + c) * H + i0 + r
+                for j in range(0, W, 16):
+                    v = vload(xr, src, j)
+                    probe = vadd(probe, vsub(v, v))
+                    vstore(Vr, c, r * W + j, v)
+            for t in range(pixels, padded):
+                Vr[c, t] = 0
+        probes[index] = vsum(probe)
+        products_f32(V, w_p, M, padded)
+        for o in range(cout):
+            b = bias[o]
+            for r in range(rows):
+                top = ((n * cout + o) * H + i0 + r) * 2                # output row 2i
+                for j in range(0, W, 16):
+                    t = r * W + j
+                    row = vinterleave2(vbias_relu(vload(Mr, 4 * o, t), b, False),
+                                       vbias_relu(vload(Mr, 4 * o + 1, t), b, False))
+                    vstore(yr, top, 2 * j, row[0])
+                    vstore(yr, top, 2 * j + 16, row[1])
+                    row = vinterleave2(vbias_relu(vload(Mr, 4 * o + 2, t), b, False),
+                                       vbias_relu(vload(Mr, 4 * o + 3, t), b, False))
+                    vstore(yr, top + 1, 2 * j, row[0])
+                    vstore(yr, top + 1, 2 * j + 16, row[1])
+
+
+def pack_head_weights(weight: np.ndarray) -> np.ndarray:
+    """(Cout, Cin, 1, 1) -> (ceil(Cout/4), Cin, 4): per group of 4 output channels and input
+    channel, the 4 weights side by side (zeros past Cout)."""
+    cout, cin = weight.shape[:2]
+    groups = -(-cout // OUT_GROUP)
+    padded = np.zeros((groups * OUT_GROUP, cin), np.float32)
+    padded[:cout] = weight.reshape(cout, cin)
+    return np.ascontiguousarray(padded.reshape(groups, OUT_GROUP, cin).transpose(0, 2, 1))
+
+
+HEAD_PIXELS = 4096  # pixels per item of the head: 16 channels x 4096 x 4 bytes = 256 KiB
+
+
+@njit(cache=True, nogil=True)
+def head_pixels(x: np.ndarray, w_p: np.ndarray, bias: np.ndarray, y: np.ndarray,
+                counter: np.ndarray, probes: np.ndarray) -> None:
+    """y = the 1x1 convolution of x (+ bias): x (N, Cin, H, W) float32, H*W a multiple of
+    16; w_p pack_head_weights's; y (N, Cout, H, W). Items: (image, run of HEAD_PIXELS
+    pixels), shared through `counter`; for 4 output channels x 32 pixels at a time, the 8
+    sums stay in registers over the input channels. probes: as up_rows's."""
+    N, C, H, W = x.shape
+    cout = y.shape[1]
+    P = H * W
+    xr = x.reshape(N * C, P)
+    yr = y.reshape(N * cout, P)
+    runs = -(-P // HEAD_PIXELS)
+    groups = w_p.shape[0]
+    while True:
+        index = fetch_add(counter, 0, 1)
+        if index >= N * runs:
+            return
+        n, run = index // runs, index % runs
+        first = run * HEAD_PIXELS
+        last = min(first + HEAD_PIXELS, P)
+        probe = vzero()
+        for g in range(groups):
+            o = g * OUT_GROUP
+            for p in range(first, last, 16):
+                a0 = vzero(); a1 = vzero(); a2 = vzero(); a3 = vzero()  # noqa: E702
+                for c in range(C):
+                    v = vload(xr, n * C + c, p)
+                    probe = vadd(probe, vsub(v, v))
+                    a0 = vfma(v, w_p[g, c, 0], a0)
+                    a1 = vfma(v, w_p[g, c, 1], a1)
+                    a2 = vfma(v, w_p[g, c, 2], a2)
+                    a3 = vfma(v, w_p[g, c, 3], a3)
+                vstore(yr, n * cout + o, p, vbias_relu(a0, bias[o], False))
+                if o + 1 < cout:
+                    vstore(yr, n * cout + o + 1, p, vbias_relu(a1, bias[o + 1], False))
+                if o + 2 < cout:
+                    vstore(yr, n * cout + o + 2, p, vbias_relu(a2, bias[o + 2], False))
+                if o + 3 < cout:
+                    vstore(yr, n * cout + o + 3, p, vbias_relu(a3, bias[o + 3], False))
+        probes[index] = vsum(probe)
+
+
+def _run(kernel: Callable, x: np.ndarray, w_p: np.ndarray, bias: np.ndarray | None, y: np.ndarray,
+         items: int, flops: float, who: str | None) -> np.ndarray:
+    """Run `kernel` on every thread until its items are done; NaN/inf in x raise (with who)."""
+    counter = np.zeros(1, np.int64)
+    probes = np.zeros(items)
+    b = np.zeros(y.shape[1], np.float32) if bias is None else np.ascontiguousarray(
+        bias, dtype=np.float32)
+
+    def worker(_: int, slot: int) -> None:
+        kernel(x, w_p, b, y, counter, probes)
+
+    parallel_for(worker, get_num_threads(), serial=flops < SERIAL_FLOPS, blas=False)
+    if who is not None and not np.isfinite(probes.sum()):
+        check_finite(who, x, name="input")                          # raises, with counts
+    return y
+
+
+def conv_transpose2x2_inference(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
+                                who: str | None = None) -> np.ndarray:
+    """The 2x2 stride-2 transposed convolution (no padding) of x (N, Cin, H, W) float32 with
+    weight (Cin, Cout, 2, 2) (+ bias) -> (N, Cout, 2H, 2W); W a multiple of 16 (`applies`)."""
+    x = np.ascontiguousarray(x)
+    N, C, H, W = x.shape
+    cout = weight.shape[1]
+    y = np.empty((N, cout, 2 * H, 2 * W), np.float32)
+    R = up_band_rows(C, cout, H, W)
+    T = -(-R * W // 48) * 48
+    rows = -(-4 * cout // TILE) * TILE
+    counter = np.zeros(1, np.int64)
+    probes = np.zeros(N * -(-H // R))
+    b = np.zeros(cout, np.float32) if bias is None else np.ascontiguousarray(bias, np.float32)
+    w_p = pack_up_weights(weight)
+
+    def worker(_: int, slot: int) -> None:
+        V = _aligned_scratch(slot, "up V", (1, C, T))
+        M = _aligned_scratch(slot, "up M", (1, rows, T))
+        up_rows(x, w_p, b, y, counter, probes, R, V, M)
+
+    parallel_for(worker, get_num_threads(), serial=8.0 * N * C * cout * H * W < SERIAL_FLOPS,
+                 blas=False)
+    if who is not None and not np.isfinite(probes.sum()):
+        check_finite(who, x, name="input")                          # raises, with counts
+    return y
+
+
+def _aligned_scratch(slot: int, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """conv.py's per-thread scratch (64-byte aligned, kept between calls), float32."""
+    from .conv import _scratch
+
+    return _scratch.get(slot, name, shape, np.float32)
+
+
+def conv1x1_inference(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
+                      who: str | None = None) -> np.ndarray:
+    """The 1x1 convolution of x (N, Cin, H, W) float32 with weight (Cout, Cin, 1, 1)
+    (+ bias) -> (N, Cout, H, W); W a multiple of 16 (`applies`)."""
+    x = np.ascontiguousarray(x)
+    N, C, H, W = x.shape
+    cout = weight.shape[0]
+    y = np.empty((N, cout, H, W), np.float32)
+    return _run(head_pixels, x, pack_head_weights(weight), bias, y,
+                N * -(-H * W // HEAD_PIXELS), 2.0 * N * C * cout * H * W, who)

@@ -1,0 +1,541 @@
+"""Winograd F(4x4, 3x3): a 3x3 stride-1 pad-1 convolution in 2.25 multiplies per output
+instead of 9, for inference (eval mode, gradients off) only.
+
+The idea (Lavin & Gray 2015, "Fast Algorithms for Convolutional Neural Networks"). Cut the
+output into 4x4 tiles; tile (i, j) reads the 6x6 input patch d starting at row 4i - 1,
+column 4j - 1 (zero outside the image). For one input channel c and output channel o,
+
+    y_tile = A^T [ (G w[o, c] G^T)  *  (B^T d B) ] A          (* element by element)
+
+is exactly the 4x4 block of the 3x3 correlation of d with w[o, c] (the matrices below; the
+identity holds in exact arithmetic). Summed over the input channels, the 36 element-by-element
+products become 36 independent matrix products, one per "frequency" f = (a, b) of the 6x6
+transformed tile:
+
+    V[f, c, t] = (B^T d_{c,t} B)[f]         input transform,  every channel c and tile t
+    U[f, c, o] = (G w[o, c] G^T)[f]         weight transform, once per call
+    M[f, o, t] = sum_c U[f, c, o] V[f, c, t]    36 products (Cout x Cin) @ (Cin x tiles)
+    y[o, tile t] = A^T M[:, o, t] A (+ bias, then ReLU)       output transform
+
+The products take 36 Cin Cout multiply-adds per tile of 16 outputs against 144 Cin Cout for
+the direct convolution: 4x fewer. The transforms are linear in Cin + Cout per tile, so they
+pay when the channels are many (the U-Net's levels with >= 16 input channels).
+
+`winograd_conv3x3_reference` below is the same computation in whole-array NumPy (the test
+oracle and the place to read it); `run_items` the fast one (called by
+conv.conv2d_inference): the image is cut into bands of tile rows, one item each on minunet's
+thread pool; an item transforms its band's input into V (kept in the core's caches),
+multiplies (float32: `products_f32`, 8 output channels x 48 tiles held in vector registers;
+float64: plain loops), and writes its output rows through the output transform, with the
+bias and ReLU on the way. In float32 the transforms work on 16 lanes at a time (simd.py),
+the stride-4 reads and writes of the tiles done as shuffles of contiguous vectors.
+
+Rounding. The transforms multiply by up to 5 (B^T) and 8 (A^T) and by 1/6 and 1/24 (G), so
+rounding errors are larger than the direct convolution's: in float32, a few 1e-6 of the
+output's scale against 4e-7 (tests/test_winograd.py bounds it); in float64, ~1e-15. A
+pixel's rounding depends on its whole 6x6 input patch, so on values up to 4 px beyond its
+3x3 window: two tilings of an image agree within that rounding, not to the bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, types
+from numba.extending import overload
+
+from .gemm import TILE
+from .simd import (
+    fetch_add,
+    vadd,
+    vbias_relu,
+    vdeinterleave4,
+    vfma,
+    vinterleave4,
+    vload,
+    vnext,
+    vstore,
+    vsub,
+    vsum,
+    vzero,
+)
+
+ALPHA = 6   # the transformed tile is 6 x 6
+M_OUT = 4   # ... for a 4 x 4 output tile
+
+# y_tile = AT (U * V) AT^T,  U = G w G^T,  V = BT d BT^T
+BT = np.array([[4, 0, -5, 0, 1, 0],
+               [0, -4, -4, 1, 1, 0],
+               [0, 4, -4, -1, 1, 0],
+               [0, -2, -1, 2, 1, 0],
+               [0, 2, -1, -2, 1, 0],
+               [0, 4, 0, -5, 0, 1]], dtype=np.float64)
+G = np.array([[1 / 4, 0, 0],
+              [-1 / 6, -1 / 6, -1 / 6],
+              [-1 / 6, 1 / 6, -1 / 6],
+              [1 / 24, 1 / 12, 1 / 6],
+              [1 / 24, -1 / 12, 1 / 6],
+              [0, 0, 1]], dtype=np.float64)
+AT = np.array([[1, 1, 1, 1, 1, 0],
+               [0, 1, -1, 2, -2, 0],
+               [0, 1, 1, 4, 4, 0],
+               [0, 1, -1, 8, -8, 1]], dtype=np.float64)
+
+BAND_BYTES = 8 << 20  # V and M of one item at most (each frequency's part is in L1/L2)
+# the U-Net's first convolution (1 input channel) stays direct: its transforms would
+# outweigh the products they save; no threshold between 1 and 16 channels was measured
+MIN_CHANNELS = 16
+
+
+def winograd_applies(dtype: np.dtype, kernel_size: int, stride: int, padding: int,
+                     height: int, width: int, in_channels: int) -> bool:
+    """Whether run_items takes this convolution: float32 or float64, 3x3, stride 1, padding
+    1, H a multiple of 4, W a multiple of 4 (float64) or 16 (float32: whole vectors), and at
+    least MIN_CHANNELS input channels (below that the transforms cost more than the
+    multiplies they save)."""
+    lanes = 16 if dtype == np.float32 else M_OUT
+    return (dtype in (np.float32, np.float64) and kernel_size == 3 and stride == 1
+            and padding == 1 and height % M_OUT == 0 and width % lanes == 0
+            and in_channels >= MIN_CHANNELS)
+
+
+# ------------------------------------------------------------------ the reference
+def winograd_conv3x3_reference(x: np.ndarray, weight: np.ndarray,
+                               bias: np.ndarray | None = None) -> np.ndarray:
+    """The 3x3 pad-1 convolution of x (N, Cin, H, W) with weight (Cout, Cin, 3, 3) (+ bias),
+    computed the Winograd way in whole-array NumPy. H, W multiples of 4."""
+    N, C, H, W = x.shape
+    th, tw = H // M_OUT, W // M_OUT
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))                  # (N, C, H+2, W+2)
+    # d[n, c, i, j, r, s] = xp[n, c, 4i + r, 4j + s]: the 6x6 patches of every tile
+    s0, s1, s2, s3 = xp.strides
+    d = np.lib.stride_tricks.as_strided(xp, (N, C, th, tw, ALPHA, ALPHA),
+                                        (s0, s1, 4 * s2, 4 * s3, s2, s3))
+    bt, g, at = (m.astype(x.dtype) for m in (BT, G, AT))
+    V = np.einsum("ar,ncijrs,bs->abcnij", bt, d, bt)                  # (6, 6, C, N, th, tw)
+    U = np.einsum("ar,ocrs,bs->abco", g, weight.astype(x.dtype), g)   # (6, 6, C, Cout)
+    M = np.einsum("abco,abcnij->abonij", U, V)                        # (6, 6, Cout, N, th, tw)
+    Y = np.einsum("pa,abonij,qb->noipjq", at, M, at)                  # (N, Cout, th, 4, tw, 4)
+    y = Y.reshape(N, -1, H, W)
+    return y if bias is None else y + bias.astype(x.dtype)[:, None, None]
+
+
+def transformed_weights(weight: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """U[f, c, o] = (G w[o, c] G^T)[f] (f = 6a + b), computed in float64 and rounded once,
+    packed for the products: (36, ceil(Cout/8), Cin, 8) (gemm.pack_weights per frequency)."""
+    U = np.einsum("ar,ocrs,bs->abco", G, weight.astype(np.float64), G)  # (6, 6, Cin, Cout)
+    F, Cin, Cout = ALPHA * ALPHA, weight.shape[1], weight.shape[0]
+    tiles = -(-Cout // TILE)
+    padded = np.zeros((F, Cin, tiles * TILE))
+    padded[:, :, :Cout] = U.reshape(F, Cin, Cout)
+    # packed[f, ot, c, i] = U[f, c, 8 ot + i], as gemm.pack_weights, in dtype
+    return np.ascontiguousarray(padded.reshape(F, Cin, tiles, TILE).transpose(0, 2, 1, 3),
+                                dtype=dtype)
+
+
+# ------------------------------------------------------------------ transforms
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
+def _probe(row: np.ndarray) -> float:
+    """sum(v - v) over a row: 0 when every value is finite, NaN otherwise (the layers'
+    NaN/inf check without a pass of its own; "reassoc" lets the sum vectorise)."""
+    probe = row.dtype.type(0)
+    for v in row:
+        probe += v - v
+    return probe
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _input_transform(x: np.ndarray, n: int, tile_row: int, local_row: int, tiles_wide: int,
+                     channel0: int, V: np.ndarray, rows: np.ndarray, zeros: np.ndarray) -> float:
+    """V[6a + b, channel0 + c, local_row * tiles_wide + j] = (B^T d B)[a, b] for every channel
+    c of x[n] and every tile j of tile row `tile_row`, in plain loops (any float dtype).
+    Returns the NaN/inf probe (sum of v - v over the values read). rows (6, >= W + 2)
+    scratch; zeros (1, >= W) zeros."""
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    zero = x.dtype.type(0)
+    four, five, two = x.dtype.type(4), x.dtype.type(5), x.dtype.type(2)
+    probe = zero
+    h0 = tile_row * M_OUT - 1
+    base = local_row * tiles_wide
+    for c in range(C):
+        # the columns first: rows[a, 1 + w] = sum_r BT[a, r] x[h0 + r, w], padding 0 at 0, W+1
+        d0 = x[n, c, h0] if h0 >= 0 else zeros[0]
+        d1 = x[n, c, h0 + 1]
+        d2 = x[n, c, h0 + 2]
+        d3 = x[n, c, h0 + 3]
+        d4 = x[n, c, h0 + 4]
+        d5 = x[n, c, h0 + 5] if h0 + 5 < H else zeros[0]
+        # every image row is row 1-4 of exactly one tile row: probed there
+        probe += _probe(d1) + _probe(d2) + _probe(d3) + _probe(d4)
+        for a in range(ALPHA):
+            rows[a, 0] = zero
+            rows[a, W + 1] = zero
+        for w in range(W):
+            a0, a1, a2, a3, a4, a5 = d0[w], d1[w], d2[w], d3[w], d4[w], d5[w]
+            rows[0, 1 + w] = four * a0 - five * a2 + a4
+            rows[1, 1 + w] = -four * (a1 + a2) + a3 + a4
+            rows[2, 1 + w] = four * (a1 - a2) - a3 + a4
+            rows[3, 1 + w] = two * (a3 - a1) - a2 + a4
+            rows[4, 1 + w] = two * (a1 - a3) - a2 + a4
+            rows[5, 1 + w] = four * a1 - five * a3 + a5
+        # then the rows: V[6a + b, c, tile j] = sum_s BT[b, s] rows[a, 4j + s]
+        for a in range(ALPHA):
+            r = rows[a]
+            out = V[a * ALPHA:(a + 1) * ALPHA, channel0 + c]           # (6, tiles)
+            for j in range(tiles_wide):
+                e0, e1, e2, e3, e4, e5 = (r[4 * j], r[4 * j + 1], r[4 * j + 2], r[4 * j + 3],
+                                          r[4 * j + 4], r[4 * j + 5])
+                t = base + j
+                out[0, t] = four * e0 - five * e2 + e4
+                out[1, t] = -four * (e1 + e2) + e3 + e4
+                out[2, t] = four * (e1 - e2) - e3 + e4
+                out[3, t] = two * (e3 - e1) - e2 + e4
+                out[4, t] = two * (e1 - e3) - e2 + e4
+                out[5, t] = four * e1 - five * e3 + e5
+    return probe
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _output_transform(M: np.ndarray, y: np.ndarray, n: int, tile_row: int, local_row: int,
+                      tiles_wide: int, bias: np.ndarray, relu: bool, rows: np.ndarray) -> None:
+    """y[n, o, 4 tile_row + p, 4j + q] = (A^T M[:, o, tile] A)[p, q] (+ bias[o], then ReLU)
+    for every output channel o and tile j of the tile row, in plain loops (any float dtype).
+    rows (6, >= W) scratch."""
+    K, W = y.shape[1], y.shape[3]
+    zero = y.dtype.type(0)
+    two, four, eight = y.dtype.type(2), y.dtype.type(4), y.dtype.type(8)
+    base = local_row * tiles_wide
+    h0 = tile_row * M_OUT
+    for o in range(K):
+        # the rows first: rows[a, 4j + q] = sum_b M[6a + b, o, tile j] AT[q, b]
+        for a in range(ALPHA):
+            m = M[a * ALPHA:(a + 1) * ALPHA, o]                          # (6, tiles)
+            r = rows[a]
+            for j in range(tiles_wide):
+                t = base + j
+                m0, m1, m2, m3, m4, m5 = m[0, t], m[1, t], m[2, t], m[3, t], m[4, t], m[5, t]
+                s12, d12, s34, d34 = m1 + m2, m1 - m2, m3 + m4, m3 - m4
+                r[4 * j] = m0 + s12 + s34
+                r[4 * j + 1] = d12 + two * d34
+                r[4 * j + 2] = s12 + four * s34
+                r[4 * j + 3] = d12 + eight * d34 + m5
+        # then the columns: y[h0 + p, w] = sum_a AT[p, a] rows[a, w]
+        b = bias[o] if bias.size > 0 else zero
+        y0, y1, y2, y3 = y[n, o, h0], y[n, o, h0 + 1], y[n, o, h0 + 2], y[n, o, h0 + 3]
+        r0, r1, r2, r3, r4, r5 = rows[0], rows[1], rows[2], rows[3], rows[4], rows[5]
+        for w in range(W):
+            s12, d12, s34, d34 = r1[w] + r2[w], r1[w] - r2[w], r3[w] + r4[w], r3[w] - r4[w]
+            v0 = r0[w] + s12 + s34 + b
+            v1 = d12 + two * d34 + b
+            v2 = s12 + four * s34 + b
+            v3 = d12 + eight * d34 + r5[w] + b
+            if relu:
+                v0 = v0 if v0 > zero else zero
+                v1 = v1 if v1 > zero else zero
+                v2 = v2 if v2 > zero else zero
+                v3 = v3 if v3 > zero else zero
+            y0[w], y1[w], y2[w], y3[w] = v0, v1, v2, v3
+
+
+# float32: the same transforms on 16 lanes at a time (simd.py). The rows are kept with an
+# offset, rows[a, PAD + w] = column w, zeros at column -1 and W; the strided reads and
+# writes of the tiles (4 columns apart) are vdeinterleave4 / vinterleave4 of 64 contiguous
+# values.
+PAD = 16
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _input_transform_f32(x: np.ndarray, n: int, tile_row: int, local_row: int,
+                         tiles_wide: int, channel0: int, V: np.ndarray, rows: np.ndarray,
+                         zeros: np.ndarray) -> float:
+    """_input_transform for float32, W a multiple of 16. rows (6, W + 160) scratch, zero
+    outside the part written here (run_items zeroes it).
+    Every array is handled as 2-D rows (x as (N*C*H, W), V as (36*Cin, T)): a view made
+    inside a loop costs two atomic reference counts."""
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    xr = x.reshape(-1, W)                                               # (N*C*H, W)
+    Cin = V.shape[1]
+    Vr = V.reshape(-1, V.shape[2])                                      # (36*Cin, T)
+    probe = vzero()
+    h0 = tile_row * M_OUT - 1
+    base = local_row * tiles_wide
+    for c in range(C):
+        first = (n * C + c) * H + h0                                    # row h0 of x[n, c]
+        top = xr if h0 >= 0 else zeros                                  # row h0: padding?
+        i0 = first if h0 >= 0 else 0
+        bottom = xr if h0 + 5 < H else zeros
+        i5 = first + 5 if h0 + 5 < H else 0
+        for w in range(0, W, 16):  # the columns: rows[a, PAD + w] = sum_r BT[a, r] x[h0 + r, w]
+            d0 = vload(top, i0, w)
+            d1 = vload(xr, first + 1, w)
+            d2 = vload(xr, first + 2, w)
+            d3 = vload(xr, first + 3, w)
+            d4 = vload(xr, first + 4, w)
+            d5 = vload(bottom, i5, w)
+            vstore(rows, 0, PAD + w, vfma(d0, np.float32(4), vfma(d2, np.float32(-5), d4)))
+            s12, s34 = vadd(d1, d2), vadd(d3, d4)
+            total = vadd(s12, s34)  # rows 1-4 are each probed in exactly one tile row
+            probe = vadd(probe, vsub(total, total))
+            vstore(rows, 1, PAD + w, vfma(s12, np.float32(-4), s34))
+            vstore(rows, 2, PAD + w, vfma(vsub(d1, d2), np.float32(4), vsub(d4, d3)))
+            vstore(rows, 3, PAD + w, vfma(vsub(d3, d1), np.float32(2), vsub(d4, d2)))
+            vstore(rows, 4, PAD + w, vfma(vsub(d1, d3), np.float32(2), vsub(d4, d2)))
+            vstore(rows, 5, PAD + w, vfma(d1, np.float32(4), vfma(d3, np.float32(-5), d5)))
+        for a in range(ALPHA):  # the rows: V[6a + b, c, tile j] = sum_s BT[b, s] rows[a, 4j + s]
+            v0 = a * ALPHA * Cin + channel0 + c                         # row of V[6a, c]
+            # p[k] = columns 4j + k - 1 of tiles j .. j + 15; columns 4j + 3 and 4j + 4 are
+            # p[0] and p[1] of the next 16 tiles, one lane along (vnext)
+            p = vdeinterleave4(vload(rows, a, PAD - 1), vload(rows, a, PAD + 15),
+                               vload(rows, a, PAD + 31), vload(rows, a, PAD + 47))
+            for j in range(0, tiles_wide, 16):
+                col = PAD - 1 + 4 * (j + 16)
+                q = vdeinterleave4(vload(rows, a, col), vload(rows, a, col + 16),
+                                   vload(rows, a, col + 32), vload(rows, a, col + 48))
+                e0, e1, e2, e3 = p[0], p[1], p[2], p[3]
+                e4 = vnext(p[0], q[0])
+                e5 = vnext(p[1], q[1])
+                t = base + j
+                vstore(Vr, v0, t, vfma(e0, np.float32(4), vfma(e2, np.float32(-5), e4)))
+                vstore(Vr, v0 + Cin, t, vfma(vadd(e1, e2), np.float32(-4), vadd(e3, e4)))
+                vstore(Vr, v0 + 2 * Cin, t, vfma(vsub(e1, e2), np.float32(4), vsub(e4, e3)))
+                vstore(Vr, v0 + 3 * Cin, t, vfma(vsub(e3, e1), np.float32(2), vsub(e4, e2)))
+                vstore(Vr, v0 + 4 * Cin, t, vfma(vsub(e1, e3), np.float32(2), vsub(e4, e2)))
+                vstore(Vr, v0 + 5 * Cin, t, vfma(e1, np.float32(4),
+                                                 vfma(e3, np.float32(-5), e5)))
+                p = q
+    return vsum(probe)  # NaN if some value was NaN or inf (or the sum of four overflowed)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _output_transform_f32(M: np.ndarray, y: np.ndarray, n: int, tile_row: int,
+                          local_row: int, tiles_wide: int, bias: np.ndarray, relu: bool,
+                          rows: np.ndarray) -> None:
+    """_output_transform for float32, W a multiple of 16; rows (6, W + 64) scratch. M as
+    (36*Cout', T) rows and y as (N*Cout*H, W) rows (see _input_transform_f32)."""
+    K, H, W = y.shape[1], y.shape[2], y.shape[3]
+    Cp = M.shape[1]
+    Mr = M.reshape(-1, M.shape[2])                                      # (36*Cout', T)
+    yr = y.reshape(-1, W)                                               # (N*Cout*H, W)
+    base = local_row * tiles_wide
+    for o in range(K):
+        for a in range(ALPHA):  # the rows: rows[a, 4j + q] = sum_b M[6a + b, o, tile j] AT[q, b]
+            m = a * ALPHA * Cp + o                                      # row of M[6a, o]
+            for j in range(0, tiles_wide, 16):
+                t = base + j
+                m0 = vload(Mr, m, t)
+                m1 = vload(Mr, m + Cp, t)
+                m2 = vload(Mr, m + 2 * Cp, t)
+                m3 = vload(Mr, m + 3 * Cp, t)
+                m4 = vload(Mr, m + 4 * Cp, t)
+                m5 = vload(Mr, m + 5 * Cp, t)
+                s12, d12, s34, d34 = vadd(m1, m2), vsub(m1, m2), vadd(m3, m4), vsub(m3, m4)
+                q = vinterleave4(vadd(vadd(m0, s12), s34), vfma(d34, np.float32(2), d12),
+                                 vfma(s34, np.float32(4), s12),
+                                 vfma(d34, np.float32(8), vadd(d12, m5)))
+                vstore(rows, a, 4 * j, q[0])
+                vstore(rows, a, 4 * j + 16, q[1])
+                vstore(rows, a, 4 * j + 32, q[2])
+                vstore(rows, a, 4 * j + 48, q[3])
+        b = bias[o] if bias.size > 0 else np.float32(0)
+        h = (n * K + o) * H + tile_row * M_OUT                          # row of y[n, o, 4 tr]
+        for w in range(0, W, 16):  # the columns: y[h0 + p, w] = sum_a AT[p, a] rows[a, w]
+            r0 = vload(rows, 0, w)
+            r1 = vload(rows, 1, w)
+            r2 = vload(rows, 2, w)
+            r3 = vload(rows, 3, w)
+            r4 = vload(rows, 4, w)
+            r5 = vload(rows, 5, w)
+            s12, d12, s34, d34 = vadd(r1, r2), vsub(r1, r2), vadd(r3, r4), vsub(r3, r4)
+            vstore(yr, h, w, vbias_relu(vadd(vadd(r0, s12), s34), b, relu))
+            vstore(yr, h + 1, w, vbias_relu(vfma(d34, np.float32(2), d12), b, relu))
+            vstore(yr, h + 2, w, vbias_relu(vfma(s34, np.float32(4), s12), b, relu))
+            vstore(yr, h + 3, w, vbias_relu(vfma(d34, np.float32(8), vadd(d12, r5)), b,
+                                            relu))
+
+
+def input_transform(x: np.ndarray, n: int, i: int, r: int, tw: int, c0: int, V: np.ndarray,
+                    rows: np.ndarray, zeros: np.ndarray) -> float:
+    """_input_transform_f32 for float32, _input_transform otherwise (chosen when compiled)."""
+
+
+@overload(input_transform)
+def _input_transform_overload(x, n, i, r, tw, c0, V, rows, zeros):  # noqa: ANN001
+    if x.dtype == types.float32:
+        return (lambda x, n, i, r, tw, c0, V, rows, zeros:
+                _input_transform_f32(x, n, i, r, tw, c0, V, rows, zeros))
+    return (lambda x, n, i, r, tw, c0, V, rows, zeros:
+            _input_transform(x, n, i, r, tw, c0, V, rows, zeros))
+
+
+def output_transform(M: np.ndarray, y: np.ndarray, n: int, i: int, r: int, tw: int,
+                     bias: np.ndarray, relu: bool, rows: np.ndarray) -> None:
+    """_output_transform_f32 for float32, _output_transform otherwise."""
+
+
+@overload(output_transform)
+def _output_transform_overload(M, y, n, i, r, tw, bias, relu, rows):  # noqa: ANN001
+    if y.dtype == types.float32:
+        return (lambda M, y, n, i, r, tw, bias, relu, rows:
+                _output_transform_f32(M, y, n, i, r, tw, bias, relu, rows))
+    return (lambda M, y, n, i, r, tw, bias, relu, rows:
+            _output_transform(M, y, n, i, r, tw, bias, relu, rows))
+
+
+# ------------------------------------------------------------------ the 36 products
+@njit(cache=True, nogil=True)
+def products_f32(V: np.ndarray, U: np.ndarray, M: np.ndarray, tiles: int) -> None:
+    """M[f, o, t] = sum_c U[f, c, o] V[f, c, t] for t < tiles (rounded up to 16), float32:
+    8 output channels x 48 tiles (three vectors of 16) in vector registers while the loop
+    runs over c (as gemm.direct_product). V (36, Cin, T), U packed (36, ceil(Cout/8), Cin, 8),
+    M (36, 8 ceil(Cout/8), T), T a multiple of 48."""
+    F, C, T = V.shape[0], V.shape[1], V.shape[2]
+    otiles = U.shape[1]
+    Vr = V.reshape(-1, T)                                               # (36*Cin, T)
+    Mr = M.reshape(-1, T)                                               # (36*Cout', T)
+    Ur = U.reshape(-1, TILE)                                            # (36*otiles*Cin, 8)
+    for f in range(F):
+        for t in range(0, tiles, 48):
+            for ot in range(otiles):
+                u = (f * otiles + ot) * C                               # row of U[f, ot, 0]
+                a0 = vzero(); a1 = vzero(); a2 = vzero(); a3 = vzero()  # noqa: E702
+                a4 = vzero(); a5 = vzero(); a6 = vzero(); a7 = vzero()  # noqa: E702
+                b0 = vzero(); b1 = vzero(); b2 = vzero(); b3 = vzero()  # noqa: E702
+                b4 = vzero(); b5 = vzero(); b6 = vzero(); b7 = vzero()  # noqa: E702
+                d0 = vzero(); d1 = vzero(); d2 = vzero(); d3 = vzero()  # noqa: E702
+                d4 = vzero(); d5 = vzero(); d6 = vzero(); d7 = vzero()  # noqa: E702
+                for c in range(C):
+                    v = f * C + c
+                    c0 = vload(Vr, v, t)
+                    c1 = vload(Vr, v, t + 16)
+                    c2 = vload(Vr, v, t + 32)
+                    w = Ur[u + c, 0]
+                    a0 = vfma(c0, w, a0); b0 = vfma(c1, w, b0); d0 = vfma(c2, w, d0)  # noqa: E702
+                    w = Ur[u + c, 1]
+                    a1 = vfma(c0, w, a1); b1 = vfma(c1, w, b1); d1 = vfma(c2, w, d1)  # noqa: E702
+                    w = Ur[u + c, 2]
+                    a2 = vfma(c0, w, a2); b2 = vfma(c1, w, b2); d2 = vfma(c2, w, d2)  # noqa: E702
+                    w = Ur[u + c, 3]
+                    a3 = vfma(c0, w, a3); b3 = vfma(c1, w, b3); d3 = vfma(c2, w, d3)  # noqa: E702
+                    w = Ur[u + c, 4]
+                    a4 = vfma(c0, w, a4); b4 = vfma(c1, w, b4); d4 = vfma(c2, w, d4)  # noqa: E702
+                    w = Ur[u + c, 5]
+                    a5 = vfma(c0, w, a5); b5 = vfma(c1, w, b5); d5 = vfma(c2, w, d5)  # noqa: E702
+                    w = Ur[u + c, 6]
+                    a6 = vfma(c0, w, a6); b6 = vfma(c1, w, b6); d6 = vfma(c2, w, d6)  # noqa: E702
+                    w = Ur[u + c, 7]
+                    a7 = vfma(c0, w, a7); b7 = vfma(c1, w, b7); d7 = vfma(c2, w, d7)  # noqa: E702
+                o = f * M.shape[1] + ot * TILE                          # row of M[f, 8 ot]
+                vstore(Mr, o, t, a0)
+                vstore(Mr, o, t + 16, b0)
+                vstore(Mr, o, t + 32, d0)
+                vstore(Mr, o + 1, t, a1)
+                vstore(Mr, o + 1, t + 16, b1)
+                vstore(Mr, o + 1, t + 32, d1)
+                vstore(Mr, o + 2, t, a2)
+                vstore(Mr, o + 2, t + 16, b2)
+                vstore(Mr, o + 2, t + 32, d2)
+                vstore(Mr, o + 3, t, a3)
+                vstore(Mr, o + 3, t + 16, b3)
+                vstore(Mr, o + 3, t + 32, d3)
+                vstore(Mr, o + 4, t, a4)
+                vstore(Mr, o + 4, t + 16, b4)
+                vstore(Mr, o + 4, t + 32, d4)
+                vstore(Mr, o + 5, t, a5)
+                vstore(Mr, o + 5, t + 16, b5)
+                vstore(Mr, o + 5, t + 32, d5)
+                vstore(Mr, o + 6, t, a6)
+                vstore(Mr, o + 6, t + 16, b6)
+                vstore(Mr, o + 6, t + 32, d6)
+                vstore(Mr, o + 7, t, a7)
+                vstore(Mr, o + 7, t + 16, b7)
+                vstore(Mr, o + 7, t + 32, d7)
+
+
+@njit(cache=True, nogil=True)
+def products_plain(V: np.ndarray, U: np.ndarray, M: np.ndarray, tiles: int) -> None:
+    """products_f32 in plain loops, for any float dtype (float64: the exactness tests)."""
+    F, C = V.shape[0], V.shape[1]
+    otiles = U.shape[1]
+    for f in range(F):
+        for ot in range(otiles):
+            for i in range(TILE):
+                row = M[f, ot * TILE + i]                                # (T,)
+                row[:tiles] = 0
+                for c in range(C):
+                    w = U[f, ot, c, i]
+                    v = V[f, c]
+                    for t in range(tiles):
+                        row[t] += w * v[t]
+
+
+def products(V: np.ndarray, U: np.ndarray, M: np.ndarray, tiles: int) -> None:
+    """products_f32 for float32 arrays, products_plain otherwise (chosen when compiled)."""
+    (products_f32 if V.dtype == np.float32 else products_plain)(V, U, M, tiles)
+
+
+@overload(products)
+def _products_overload(V, U, M, tiles):  # noqa: ANN001
+    if V.dtype == types.float32:
+        return lambda V, U, M, tiles: products_f32(V, U, M, tiles)
+    return lambda V, U, M, tiles: products_plain(V, U, M, tiles)
+
+
+# ------------------------------------------------------------------ the items
+@njit(cache=True, nogil=True)
+def run_items(x: np.ndarray, x2: np.ndarray, U: np.ndarray, y: np.ndarray, bias: np.ndarray,
+              relu: bool, tile_rows: int, counter: np.ndarray, probes: np.ndarray,
+              V: np.ndarray, M: np.ndarray, rows: np.ndarray, out_rows: np.ndarray,
+              zeros: np.ndarray) -> None:
+    """Run (image, band of tile rows) items until none are left (each thread of the region
+    calls this once; the items are shared through the atomic `counter`, as
+    conv._direct_items_py). The input is [x | x2] along channels (x2 may have 0 channels);
+    V, M, rows, out_rows: this thread's scratch (scratch_shapes); zeros (1, W + 16)
+    zeros."""
+    N, Ca, H, W = x.shape
+    th, tw = H // M_OUT, W // M_OUT
+    bands = -(-th // tile_rows)
+    count = N * bands
+    rows[:] = 0   # the padding columns stay zero (the input transform writes inside them)
+    while True:
+        index = fetch_add(counter, 0, 1)
+        if index >= count:
+            return
+        n = index // bands
+        first = (index - n * bands) * tile_rows
+        last = min(first + tile_rows, th)
+        tiles = (last - first) * tw
+        padded = -(-tiles // 48) * 48
+        probe = x.dtype.type(0)
+        for tr in range(first, last):
+            probe += input_transform(x, n, tr, tr - first, tw, 0, V, rows, zeros)
+            if x2.shape[1] > 0:
+                probe += input_transform(x2, n, tr, tr - first, tw, Ca, V, rows, zeros)
+        probes[index] = probe
+        V[:, :, tiles:padded] = 0  # the last block's unused tiles: no garbage, no denormals
+        products(V, U, M, padded)
+        for tr in range(first, last):
+            output_transform(M, y, n, tr, tr - first, tw, bias, relu, out_rows)
+
+
+def band_rows(tiles_wide: int, in_channels: int, out_channels: int, itemsize: int,
+              tile_rows: int) -> int:
+    """Tile rows per item: V and M of a band at most BAND_BYTES (at least one row), and of
+    those the count whose tiles fill the products' blocks of 48 best (on a 144-px level, 36
+    tiles a row: 4 rows fill 3 blocks, 1 row 3/4 of one), the fewest rows among equals (more
+    items to share between the threads)."""
+    per_row = ALPHA * ALPHA * (in_channels + out_channels) * tiles_wide * itemsize
+    most = max(1, min(tile_rows, BAND_BYTES // per_row))
+
+    def waste(R: int) -> tuple[float, int]:
+        return -(-R * tiles_wide // 48) * 48 / (R * tiles_wide), R
+    return min(range(1, most + 1), key=waste)
+
+
+def scratch_shapes(in_channels: int, out_channels: int, tiles_wide: int, rows_per_item: int,
+                   width: int) -> dict[str, tuple[int, ...]]:
+    """The per-thread scratch arrays of an item: V, M, the transforms' rows."""
+    # the vector stores of the last tile row run up to 15 tiles past it
+    tiles = -(-(rows_per_item * tiles_wide + 16) // 48) * 48
+    cout = -(-out_channels // TILE) * TILE
+    return {"V": (ALPHA * ALPHA, in_channels, tiles), "M": (ALPHA * ALPHA, cout, tiles),
+            "rows": (ALPHA, width + 160),
+            "out_rows": (ALPHA, width + 64)}

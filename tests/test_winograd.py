@@ -1,0 +1,107 @@
+"""Winograd F(4x4, 3x3) (kernels/winograd.py), inference's 3x3 convolutions, against the
+plain convolution: the NumPy reference of the algorithm, and the compiled kernel through
+conv.conv2d_inference, in float64 and float32, on odd sizes (H != W), batch 1 and 2, one
+input or the two parts of a concatenation, with bias and ReLU.
+
+Tolerances. float64: 1e-12 of the output's scale (the algorithm is exact in exact
+arithmetic; what is left is rounding, ~1e-15). float32: the transforms multiply values by
+up to 5 (B^T), 8 (A^T) and divide by 6 and 24 (G), and each transformed value is a sum of up
+to 36 terms, so the rounding error is some 10-30x the direct sum's: measured up to 3e-6 of
+the output's largest value on these random inputs (direct: 4e-7); the bound is 2e-5.
+"""
+
+import numpy as np
+import pytest
+
+from minunet.kernels import conv, winograd
+from minunet.kernels.reference import conv2d_forward_reference
+
+F32_TOLERANCE = 2e-5
+F64_TOLERANCE = 1e-12
+
+
+def _case(dtype, n, cin, cout, h, w, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, cin, h, w)).astype(dtype)
+    weight = rng.standard_normal((cout, cin, 3, 3)).astype(dtype)
+    bias = rng.standard_normal(cout).astype(dtype)
+    exact = conv2d_forward_reference(x.astype(np.float64), weight.astype(np.float64),
+                                     bias.astype(np.float64), 1, 1)
+    return x, weight, bias, exact
+
+
+def _error(y, exact):
+    return np.abs(y.astype(np.float64) - exact).max() / np.abs(exact).max()
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(np.float64, F64_TOLERANCE),
+                                              (np.float32, F32_TOLERANCE)])
+@pytest.mark.parametrize("n, h, w", [(1, 8, 20), (2, 12, 4)])
+def test_reference_is_the_convolution(dtype, tolerance, n, h, w):
+    x, weight, bias, exact = _case(dtype, n, 5, 7, h, w)
+    y = winograd.winograd_conv3x3_reference(x, weight, bias)
+    assert y.dtype == dtype and y.shape == exact.shape
+    assert _error(y, exact) < tolerance
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(np.float64, F64_TOLERANCE),
+                                              (np.float32, F32_TOLERANCE)])
+@pytest.mark.parametrize("n, cin, cout, h, w", [
+    (1, 16, 24, 12, 32),     # Cout not a multiple of 8 tiles; H != W
+    (2, 20, 16, 8, 48),      # batch 2
+    (1, 32, 8, 36, 144),     # several tile rows per item, tiles not a multiple of 48
+])
+def test_kernel_is_the_convolution(dtype, tolerance, n, cin, cout, h, w):
+    if not conv.USE_WINOGRAD:
+        pytest.skip("no AVX-512 or no JIT: conv2d_inference takes conv2d_forward")
+    x, weight, bias, exact = _case(dtype, n, cin, cout, h, w)
+    assert winograd.winograd_applies(np.dtype(dtype), 3, 1, 1, h, w, cin)
+    y = conv.conv2d_inference(x, weight, bias, 1, 1, who="Conv2d")
+    assert y.dtype == dtype and y.shape == exact.shape
+    assert _error(y, exact) < tolerance
+    # the two parts of a concatenation, and the ReLU on the way out
+    a, b = np.ascontiguousarray(x[:, :cin // 2]), np.ascontiguousarray(x[:, cin // 2:])
+    y2 = conv.conv2d_inference((a, b), weight, bias, 1, 1, who="Conv2d", relu=True)
+    assert _error(y2, np.maximum(exact, 0)) < tolerance
+    np.testing.assert_array_equal(y2, np.maximum(y, 0))   # the same sums, in the same order
+
+
+def test_kernel_without_bias_and_the_same_bits_every_run():
+    if not conv.USE_WINOGRAD:
+        pytest.skip("no AVX-512 or no JIT")
+    x, weight, _, _ = _case(np.float32, 2, 16, 16, 16, 32, seed=3)
+    exact = conv2d_forward_reference(x.astype(np.float64), weight.astype(np.float64), None, 1, 1)
+    y = conv.conv2d_inference(x, weight, None, 1, 1)
+    assert _error(y, exact) < F32_TOLERANCE
+    np.testing.assert_array_equal(y, conv.conv2d_inference(x, weight, None, 1, 1))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_kernel_finds_nan_and_inf(bad):
+    if not conv.USE_WINOGRAD:
+        pytest.skip("no AVX-512 or no JIT")
+    for dtype in (np.float32, np.float64):
+        x, weight, bias, _ = _case(dtype, 1, 16, 8, 8, 32)
+        x[0, 5, 7, 31] = bad        # the last row and column: read by one tile row only
+        with pytest.raises(FloatingPointError, match="Conv2d"):
+            conv.conv2d_inference(x, weight, bias, 1, 1, who="Conv2d")
+        a, b = np.ascontiguousarray(x[:, :4]), np.ascontiguousarray(x[:, 4:])
+        with pytest.raises(FloatingPointError, match="Conv2d"):
+            conv.conv2d_inference((a, b), weight, bias, 1, 1, who="Conv2d")
+
+
+def test_what_takes_winograd():
+    """3x3, stride 1, padding 1, H % 4 == 0, W % 16 == 0 (float32) or 4 (float64), and at
+    least 16 input channels; the rest goes to conv2d_forward (the same result as before)."""
+    f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
+    assert winograd.winograd_applies(f32, 3, 1, 1, 8, 32, 16)
+    assert not winograd.winograd_applies(f32, 3, 1, 1, 8, 36, 16)   # float32: whole vectors
+    assert winograd.winograd_applies(f64, 3, 1, 1, 8, 36, 16)
+    assert not winograd.winograd_applies(f32, 3, 1, 1, 10, 32, 16)  # rows
+    assert not winograd.winograd_applies(f32, 3, 1, 1, 8, 32, 8)    # too few channels
+    assert not winograd.winograd_applies(f32, 3, 2, 1, 8, 32, 16)
+    assert not winograd.winograd_applies(f32, 3, 1, 0, 8, 32, 16)
+    assert not winograd.winograd_applies(f32, 1, 1, 0, 8, 32, 16)
+    x, weight, bias, _ = _case(np.float32, 1, 8, 8, 8, 32)          # 8 channels: direct
+    np.testing.assert_array_equal(conv.conv2d_inference(x, weight, bias, 1, 1),
+                                  conv.conv2d_forward(x, weight, bias, 1, 1))
