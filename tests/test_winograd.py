@@ -105,3 +105,21 @@ def test_what_takes_winograd():
     x, weight, bias, _ = _case(np.float32, 1, 8, 8, 8, 32)          # 8 channels: direct
     np.testing.assert_array_equal(conv.conv2d_inference(x, weight, bias, 1, 1),
                                   conv.conv2d_forward(x, weight, bias, 1, 1))
+
+
+def test_packed_weights_are_remembered_by_content_not_by_array():
+    """A forward pass does not transform unchanged weights again, and weights changed in
+    place (training between two evaluations) are transformed anew."""
+    rng = np.random.default_rng(3)
+    weight = rng.standard_normal((24, 16, 3, 3)).astype(np.float32)
+    first = winograd.packed_weights(weight, np.float32)
+    assert np.array_equal(first, winograd.transformed_weights(weight, np.float32))
+    assert winograd.packed_weights(weight.copy(), np.float32) is first   # same contents
+    weight[0, 0, 1, 1] += 1.0                                            # changed in place
+    changed = winograd.packed_weights(weight, np.float32)
+    assert changed is not first
+    assert np.array_equal(changed, winograd.transformed_weights(weight, np.float32))
+    assert winograd.packed_weights(weight, np.float64).dtype == np.float64
+    x = rng.standard_normal((1, 16, 8, 12)).astype(np.float32)
+    exact = conv2d_forward_reference(x.astype(np.float64), weight.astype(np.float64), None, 1, 1)
+    assert _error(conv.conv2d_inference(x, weight, None, 1, 1), exact) < F32_TOLERANCE

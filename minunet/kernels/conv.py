@@ -57,7 +57,7 @@ from ..checks import check_finite
 from . import simd
 from .gemm import BLOCK, TILE, direct_product, direct_weight_product, pack_weights
 from .threads import SERIAL_FLOPS, get_num_threads, parallel_for
-from .winograd import band_rows, run_items, scratch_shapes, transformed_weights, winograd_applies
+from .winograd import band_rows, packed_weights, run_items, scratch_shapes, winograd_applies
 
 # float32 stride-1 convolutions use gemm.direct_product (and direct_weight_product) where
 # the CPU has AVX-512 (see _direct); MINUNET_GEMM=blas sends every product to BLAS instead.
@@ -710,7 +710,7 @@ def conv2d_inference(x: Parts, weight: np.ndarray, bias: np.ndarray | None, stri
                                               Cin)):
         return _forward(x, weight, stride, padding, bias, who=who, relu=relu)
     Cout = weight.shape[0]
-    U = transformed_weights(weight, dtype)              # (36, ceil(Cout/8), Cin, 8)
+    U = packed_weights(weight, dtype)                   # (36, ceil(Cout/8), Cin, 8)
     tile_bias = np.zeros(0, dtype) if bias is None else np.ascontiguousarray(bias, dtype=dtype)
     y = np.empty((N, Cout, H, W), dtype=dtype)          # (N, Cout, H, W)
     th, tw = H // 4, W // 4

@@ -39,6 +39,8 @@ pixel's rounding depends on its whole 6x6 input patch, so on values up to 4 px b
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 from numba import njit, types
 from numba.extending import overload
@@ -130,6 +132,28 @@ def transformed_weights(weight: np.ndarray, dtype: np.dtype) -> np.ndarray:
     # packed[f, ot, c, i] = U[f, c, 8 ot + i], as gemm.pack_weights, in dtype
     return np.ascontiguousarray(padded.reshape(F, Cin, tiles, TILE).transpose(0, 2, 1, 3),
                                 dtype=dtype)
+
+
+_PACKED: dict[tuple, np.ndarray] = {}   # weights' digest -> transformed_weights
+_PACKED_BYTES = 64 << 20   # kept at most (the bundled model's 13 convolutions: 7 MiB)
+
+
+def packed_weights(weight: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """transformed_weights, remembered by the weights' contents: a forward pass would
+    otherwise transform every layer's weights again (31 ms of a 152 ms 640-px forward of the
+    bundled model; bench/bench_inference.py --tile 640). Keyed by a digest of the bytes, not
+    by the array, so weights changed in place (training between two evaluations) or folded
+    anew into a fresh array each pass are transformed exactly when they differ."""
+    w = np.ascontiguousarray(weight)
+    key = (w.shape, w.dtype.str, np.dtype(dtype).str,
+           hashlib.blake2b(w.data, digest_size=16).digest())
+    U = _PACKED.get(key)
+    if U is None:
+        U = transformed_weights(w, dtype)
+        _PACKED[key] = U
+        while sum(u.nbytes for u in _PACKED.values()) > _PACKED_BYTES and len(_PACKED) > 1:
+            _PACKED.pop(next(iter(_PACKED)))           # the oldest first
+    return U
 
 
 # ------------------------------------------------------------------ transforms
