@@ -39,13 +39,23 @@ def main() -> None:
 
     ckpt = mu.load("nuclei")
     norm, post = stored_settings(ckpt)
-    fast_watershed, fast_finish = postprocess._watershed, postprocess._finish
+    fast = postprocess._seeds, postprocess._watershed, postprocess._finish
 
-    def skimage_watershed(elevation: np.ndarray, markers: np.ndarray,
-                          mask: np.ndarray) -> np.ndarray:
+    def ndimage_seeds(p_interior: np.ndarray, seed_thresh: float, min_seed_size: int,
+                      foreground: np.ndarray) -> np.ndarray:
+        from scipy import ndimage
+
+        seeds = ndimage.label(p_interior > seed_thresh, structure=postprocess.FOUR_CONNECTED)[0]
+        seeds = skimage_finish(seeds, min_seed_size)
+        seeds[~foreground] = 0
+        return seeds
+
+    def skimage_watershed(elevation: np.ndarray, markers: np.ndarray, mask: np.ndarray,
+                          keep_unseeded: bool) -> np.ndarray:
         from skimage.segmentation import watershed
 
-        return watershed(elevation, markers=markers, mask=mask)
+        labels = watershed(elevation, markers=markers, mask=mask)
+        return postprocess._add_unseeded(labels, mask) if keep_unseeded else labels
 
     def skimage_finish(labels: np.ndarray, min_size: int) -> np.ndarray:
         from skimage.segmentation import relabel_sequential
@@ -72,11 +82,12 @@ def main() -> None:
                                    normalized=True)
             finally:
                 conv.USE_WINOGRAD, upsample.ENABLED = switches
-            postprocess._watershed, postprocess._finish = skimage_watershed, skimage_finish
+            postprocess._seeds, postprocess._watershed, postprocess._finish = (
+                ndimage_seeds, skimage_watershed, skimage_finish)
             try:
                 old = mu.to_instances(p_old, **post)
             finally:
-                postprocess._watershed, postprocess._finish = fast_watershed, fast_finish
+                postprocess._seeds, postprocess._watershed, postprocess._finish = fast
             new, p_new = mu.segment(ckpt, raw, return_probs=True)
             dp = max(dp, float(np.abs(p_new - p_old).max()))
             differ += not np.array_equal(old, new)

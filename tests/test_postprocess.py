@@ -176,17 +176,9 @@ def _plain_finish(labels, min_size):
     return relabel_sequential(labels)[0].astype(np.int32)
 
 
-@pytest.mark.parametrize("seed", range(40))
-def test_compiled_watershed_and_relabelling_equal_skimage(seed):
-    """kernels/watershed.py gives skimage's watershed labels to the pixel, ties included (few
-    grey levels: many markers and pixels of equal value, where the heap's exact moves decide),
-    on masks with holes, markers outside the mask, negative values and thin images; the
-    one-lookup _finish equals zeroing small objects then relabel_sequential."""
-    from skimage.segmentation import watershed
-
-    from minunet.kernels.watershed import seeded_watershed
-    from minunet.postprocess import _finish
-
+def _watershed_case(seed):
+    """A random watershed problem: few grey levels (many markers and pixels of equal value),
+    masks with holes, markers outside the mask, negative values and thin images."""
     rng = np.random.default_rng(seed)
     H, W = (1, 40) if seed == 0 else (37, 1) if seed == 1 else rng.integers(2, 50, 2)
     levels = [2, 3, 5, 1000][seed % 4]
@@ -196,33 +188,176 @@ def test_compiled_watershed_and_relabelling_equal_skimage(seed):
     mask = rng.random((H, W)) < rng.uniform(0.3, 1.0)
     markers = np.where(rng.random((H, W)) < rng.uniform(0.01, 0.3),
                        rng.integers(1, 6, (H, W)), 0).astype(np.int32)
-    expected = watershed(image, markers=markers, mask=mask)
-    np.testing.assert_array_equal(seeded_watershed(image, markers, mask), expected)
+    return image, markers, mask
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_compiled_watershed_equals_the_reference_and_relabelling_equals_skimage(seed):
+    """kernels/watershed.py gives the plain heapq flood's labels to the pixel, ties included
+    (markers of equal value taken in raster order); the one-lookup _finish equals zeroing
+    small objects then relabel_sequential."""
+    from minunet.kernels.reference import seeded_watershed_reference
+    from minunet.kernels.watershed import seeded_watershed
+    from minunet.postprocess import _finish
+
+    image, markers, mask = _watershed_case(seed)
+    np.testing.assert_array_equal(seeded_watershed(image, markers, mask),
+                                  seeded_watershed_reference(image, markers, mask))
     labels = ndimage.label(mask)[0]
     for min_size in (0, 1, 3, 10):
         np.testing.assert_array_equal(_finish(labels, min_size), _plain_finish(labels, min_size))
 
 
-def test_to_instances_equals_the_skimage_path_on_the_bundled_model():
-    """On the bundled model's probabilities of a generated image, to_instances (compiled
-    watershed, one-lookup relabelling) gives the labels of the skimage path."""
+@pytest.mark.parametrize("seed", range(20))
+def test_compiled_watershed_equals_skimage_where_no_two_markers_tie(seed):
+    """Where every marker's value is its own (other pixels may still tie, -0.0 and 0.0
+    included), skimage's watershed and ours give the same labels: the raster-order rule for
+    tied markers is the only difference."""
     from skimage.segmentation import watershed
 
-    import minunet as mu
+    from minunet.kernels.watershed import seeded_watershed
+
+    image, markers, mask = _watershed_case(seed)
+    distinct = np.random.default_rng(seed).permutation(image.size).reshape(image.shape)
+    image = np.where(markers > 0, 2.0 + distinct / image.size, image).astype(np.float32)
+    if seed % 3 == 0:
+        image[image == 0] = -0.0
+    expected = watershed(image, markers=markers, mask=mask)
+    np.testing.assert_array_equal(seeded_watershed(image, markers, mask), expected)
+
+
+def test_compiled_watershed_takes_tied_markers_in_raster_order():
+    """The one rule that is ours: markers of equal value leave the queue in raster order, so
+    on a flat image marker 1 (first in raster order) floods before 2, and 2 before 3; the
+    pixel between 2 and 3 goes to 2. (skimage's heap pops 3 before 2 here and gives it 3.)"""
+    from minunet.kernels.reference import seeded_watershed_reference
+    from minunet.kernels.watershed import seeded_watershed
+
+    image = np.zeros((3, 3), np.float32)
+    markers = np.array([[0, 0, 1], [2, 0, 3], [0, 0, 0]], np.int32)
+    mask = np.ones((3, 3), bool)
+    expected = [[2, 1, 1], [2, 2, 3], [2, 2, 3]]
+    np.testing.assert_array_equal(seeded_watershed(image, markers, mask), expected)
+    np.testing.assert_array_equal(seeded_watershed_reference(image, markers, mask), expected)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_compiled_watershed_split_over_threads_gives_the_same_labels(threads, monkeypatch):
+    """Many pieces of mask handed to the pool's threads in groups: the labels of the plain
+    flood (the pieces never meet, so their order and grouping cannot matter)."""
+    from minunet.kernels import threads as pool
+    from minunet.kernels import watershed as ws
+    from minunet.kernels.reference import seeded_watershed_reference
+
+    rng = np.random.default_rng(5)
+    image = (rng.integers(0, 7, (90, 120)) / 7).astype(np.float32)
+    mask = ndimage.binary_opening(rng.random((90, 120)) < 0.6)
+    markers = np.where(rng.random((90, 120)) < 0.05, rng.integers(1, 9, (90, 120)), 0)
+    monkeypatch.setattr(ws, "SERIAL_PIXELS", 1)
+    before = pool.get_num_threads()
+    pool.set_num_threads(threads)
+    try:
+        got = ws.seeded_watershed(image, markers, mask)
+    finally:
+        pool.set_num_threads(before)
+    assert ndimage.label(mask)[1] > 20
+    np.testing.assert_array_equal(got, seeded_watershed_reference(image, markers, mask))
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_compiled_seeds_equal_ndimage_label_finish_and_mask(seed):
+    """kernels/watershed.py's seed_labels: ndimage.label of p > t (4-connected), small
+    regions dropped and ids made sequential (_finish), cleared outside the foreground; float32
+    and float64, values equal to the threshold (strict >), thin images."""
+    from minunet.kernels.watershed import seed_labels
+
+    rng = np.random.default_rng(seed)
+    H, W = (1, 30) if seed == 0 else (25, 1) if seed == 1 else rng.integers(2, 60, 2)
+    dtype = np.float32 if seed % 2 else np.float64
+    p = ndimage.gaussian_filter(rng.random((H, W)), rng.uniform(0, 2)).astype(dtype)
+    thresh = float(np.quantile(p, rng.uniform(0.2, 0.9)))
+    if seed % 3 == 0:
+        p[rng.random((H, W)) < 0.1] = dtype(thresh)
+    foreground = rng.random((H, W)) < rng.uniform(0.5, 1.0)
+    min_size = int(rng.integers(0, 8))
+    expected = _plain_finish(ndimage.label(p > thresh, structure=np.array(
+        [[0, 1, 0], [1, 1, 1], [0, 1, 0]]))[0], min_size)
+    expected[~foreground] = 0
+    got = seed_labels(p, thresh, min_size, foreground)
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_compiled_watershed_numbers_unseeded_pieces_as_ndimage_would(seed):
+    """seeded_watershed(unseeded=True) equals the plain flood followed by _add_unseeded
+    (ndimage.label of the pixels no flood reached, numbered after the largest label)."""
+    from minunet.kernels.reference import seeded_watershed_reference
+    from minunet.kernels.watershed import seeded_watershed
+    from minunet.postprocess import _add_unseeded
+
+    image, markers, mask = _watershed_case(seed)
+    markers[:, : markers.shape[1] // 2] = 0           # some pieces hold no marker
+    expected = _add_unseeded(seeded_watershed_reference(image, markers, mask), mask)
+    np.testing.assert_array_equal(seeded_watershed(image, markers, mask, unseeded=True),
+                                  expected)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_to_instances_equals_the_skimage_path_on_random_maps(seed):
+    """On random smooth three-class maps (no two seed pixels of equal value), float32 and
+    float64, with and without keep_unseeded: the compiled path's labels are the skimage
+    path's."""
+    rng = np.random.default_rng(seed)
+    H, W = rng.integers(20, 90, 2)
+    logits = ndimage.gaussian_filter(rng.standard_normal((3, H, W)), (0, 2, 2)) * 8
+    probs = np.exp(logits) / np.exp(logits).sum(axis=0)
+    probs = probs.astype(np.float32 if seed % 2 else np.float64)
+    settings = {"seed_thresh": 0.5, "min_size": int(rng.integers(0, 20)),
+                "keep_unseeded": bool(seed % 4 < 2)}
+    fast = to_instances(probs, **settings)
+    with pytest.MonkeyPatch.context() as patch:
+        _skimage_path(patch)
+        plain = to_instances(probs, **settings)
+    assert plain.max() > 1
+    np.testing.assert_array_equal(fast, plain)
+
+
+def _skimage_path(patch):
+    """Patch postprocess to the path before its compiled kernels: ndimage's labels for the
+    seeds, skimage's watershed, then ndimage's labels of the unseeded pieces, and skimage's
+    relabelling."""
+    from skimage.segmentation import watershed
+
     from minunet import postprocess
+
+    def ndimage_seeds(p_interior, seed_thresh, min_seed_size, foreground):
+        seeds = ndimage.label(p_interior > seed_thresh, structure=postprocess.FOUR_CONNECTED)[0]
+        seeds = _plain_finish(seeds, min_seed_size)
+        seeds[~foreground] = 0
+        return seeds
+
+    def skimage_watershed(elevation, markers, mask, keep_unseeded):
+        labels = watershed(elevation, markers=markers, mask=mask)
+        return postprocess._add_unseeded(labels, mask) if keep_unseeded else labels
+
+    patch.setattr(postprocess, "_seeds", ndimage_seeds)
+    patch.setattr(postprocess, "_watershed", skimage_watershed)
+    patch.setattr(postprocess, "_finish", _plain_finish)
+
+
+def test_to_instances_equals_the_skimage_path_on_the_bundled_model():
+    """On the bundled model's probabilities of a generated image, to_instances (compiled
+    seeds and watershed, one-lookup relabelling) gives the labels of the skimage path."""
+    import minunet as mu
 
     ckpt = mu.load("nuclei")
     images, _, _ = mu.data.generate(1, "broad", size=(384, 512), seed=11)
     probs = mu.predict(ckpt.model, images[0], normalization=ckpt.metadata["normalization"])
     post = ckpt.metadata["postprocess"]
     fast = mu.to_instances(probs, **post)
-
-    def skimage_watershed(elevation, markers, mask):
-        return watershed(elevation, markers=markers, mask=mask)
-
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(postprocess, "_watershed", skimage_watershed)
-        patch.setattr(postprocess, "_finish", _plain_finish)
+        _skimage_path(patch)
         plain = mu.to_instances(probs, **post)
     assert fast.max() > 20
     np.testing.assert_array_equal(fast, plain)

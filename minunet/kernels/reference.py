@@ -224,3 +224,30 @@ def batchnorm_relu_backward_input_reference(dout: np.ndarray, y: np.ndarray, x: 
     """batchnorm_backward_input_reference of the ReLU-masked gradient dout * (y > 0)."""
     return batchnorm_backward_input_reference(relu_backward_reference(dout, y), x, mean, a,
                                               mean_g, k)
+
+
+# ------------------------------------------------------------------ seeded watershed
+def seeded_watershed_reference(image: np.ndarray, markers: np.ndarray,
+                               mask: np.ndarray) -> np.ndarray:
+    """kernels.watershed.seeded_watershed as a plain priority flood on Python's heapq.
+
+    Queue items are (value, age, pixel): the markers (inside the mask) with age 0, so that
+    markers of equal value leave in raster order, and every later item with the next age. Each
+    popped pixel gives its label to its unlabelled neighbours in the mask (up, left, right,
+    down), which join the queue with value max(their own, the popped value)."""
+    import heapq
+
+    H, W = image.shape
+    labels = np.where(mask, markers, 0).astype(np.int32)           # (H, W)
+    queue = [(float(image.flat[p]), 0, int(p)) for p in np.flatnonzero(labels)]
+    heapq.heapify(queue)
+    age = 0
+    while queue:
+        value, _, p = heapq.heappop(queue)
+        i, j = divmod(p, W)
+        for ni, nj in ((i - 1, j), (i, j - 1), (i, j + 1), (i + 1, j)):
+            if 0 <= ni < H and 0 <= nj < W and mask[ni, nj] and labels[ni, nj] == 0:
+                labels[ni, nj] = labels[i, j]
+                age += 1
+                heapq.heappush(queue, (max(float(image[ni, nj]), value), age, ni * W + nj))
+    return labels
