@@ -125,15 +125,21 @@ def normalize(image: np.ndarray, normalization: dict[str, Any] | None = None, *,
     check_normalization(normalization, "normalize")  # a zero level would give blank images
     norm = dict(DEFAULT_NORMALIZATION if normalization is None else normalization)
     raw = np.asarray(image)
-    gray = to_gray(raw, who=who)
-    if not np.isfinite(gray).all():
-        raise ValueError(f"{who}: contains NaN or inf values ({int((~np.isfinite(gray)).sum())} "
-                         "pixels); fix or mask them before predicting")
-    check_pixel_range(who, gray)  # ±1.8e308 is finite, but its range is not
     method = norm.get("method")
     # 8/16-bit images: percentiles and medians by counting, the same values (kernels/ranks.py)
     ints = ranks.small_integers(raw) if method in ("foreground", "percentile") else None
     counts = None if ints is None else ranks.value_counts(ints)
+    if ints is not None:
+        # to_gray would only widen them to float64 (exactly), finite and in range: the steps
+        # below read the integers as they are, and no float64 copy is made
+        gray = ints
+    else:
+        gray = to_gray(raw, who=who)
+        if not np.isfinite(gray).all():
+            raise ValueError(f"{who}: contains NaN or inf values "
+                             f"({int((~np.isfinite(gray)).sum())} pixels); fix or mask them "
+                             "before predicting")
+        check_pixel_range(who, gray)  # ±1.8e308 is finite, but its range is not
     if method == "foreground":
         low = norm.get("low", 1.0)
         lo = np.percentile(gray, low) if ints is None else ranks.percentile(*counts, low)
@@ -191,19 +197,21 @@ def foreground_median(gray: np.ndarray, ints: np.ndarray | None = None) -> float
     from skimage.filters import threshold_otsu
 
     # scipy.ndimage.gaussian_filter(gray, FOREGROUND_SMOOTH), compiled: the same bits
-    smooth = smooth_kernels.gaussian_filter(np.ascontiguousarray(gray, dtype=np.float64),
+    smooth = smooth_kernels.gaussian_filter(gray,
                                             smooth_kernels.gaussian_weights(FOREGROUND_SMOOTH))
-    if smooth.max() <= smooth.min():
-        return float(smooth.max())
+    first, last = float(smooth.min()), float(smooth.max())
+    if last <= first:
+        return last
     # threshold_otsu(smooth) without its flattened copy of the image: the same np.histogram
     # call skimage makes (256 bins over [min, max]), on smooth itself (compiled, the same
     # counts and edges), handed to it
-    counts, edges = smooth_kernels.histogram(smooth, OTSU_BINS)
+    counts, edges = smooth_kernels.histogram(smooth, OTSU_BINS, first, last)
     mask = smooth > threshold_otsu(hist=(counts, (edges[:-1] + edges[1:]) / 2.0))
     del smooth
     if ints is not None:
         above = ints[mask]
-        return ranks.median(*ranks.value_counts(above)) if above.size else float(gray.max())
+        return (ranks.median(*ranks.value_counts(above)) if above.size
+                else float(gray.max()))
     above = gray[mask]
     # overwrite_input: the median partitions `above` (a copy already) instead of copying it
     return float(np.median(above, overwrite_input=True)) if above.size else float(gray.max())
@@ -218,7 +226,7 @@ def noise_sigma(gray: np.ndarray, ints: np.ndarray | None = None) -> float:
     if gray.shape[1] < 2:
         return 0.0
     if ints is not None:
-        counts = ranks.value_counts(np.diff(ints.astype(np.int32), axis=1))
+        counts = ranks.difference_counts(ints)
         mad = ranks.mad(*counts, ranks.median(*counts))
         return float(mad / (0.6745 * np.sqrt(2.0)))
     diff = np.diff(gray, axis=1).ravel()

@@ -110,21 +110,53 @@ def test_counting_gives_the_float_path_to_the_bit(dtype, shape, seed, method):
     assert ranks.mad(*even, centre) == np.median(np.abs(values[:-1] - centre))
 
 
+@pytest.mark.parametrize("threaded", [False, True])
 @pytest.mark.parametrize("shape", [(1, 7), (3, 3), (5, 200), (64, 97), (300, 41)])
-def test_compiled_gaussian_and_histogram_are_scipy_and_numpy_to_the_bit(shape):
+def test_compiled_gaussian_and_histogram_are_scipy_and_numpy_to_the_bit(shape, threaded,
+                                                                        monkeypatch):
     """foreground_median's smoothing and histogram (kernels/smooth.py) against
-    scipy.ndimage.gaussian_filter (mode "reflect", short lines included) and np.histogram."""
+    scipy.ndimage.gaussian_filter (mode "reflect", short lines included) and np.histogram;
+    16-bit images read as they are; in the calling thread and in bands of 64 rows on the
+    pool's threads."""
     from scipy.ndimage import gaussian_filter
 
     from minunet.kernels import smooth
     from minunet.predict import FOREGROUND_SMOOTH, OTSU_BINS
 
+    if threaded:
+        monkeypatch.setattr(smooth, "SERIAL_PIXELS", 0)
     rng = np.random.default_rng(shape[0] * 1000 + shape[1])
-    for gray in [(rng.random(shape) * 4000).round(), rng.standard_normal(shape)]:
+    counts16 = (rng.random(shape) * 4000).round()
+    for gray, given in [(counts16, counts16.copy()), (counts16, counts16.astype(np.uint16)),
+                        (rng.standard_normal(shape),) * 2]:
         expected = gaussian_filter(gray, FOREGROUND_SMOOTH)
-        got = smooth.gaussian_filter(gray.copy(), smooth.gaussian_weights(FOREGROUND_SMOOTH))
+        got = smooth.gaussian_filter(given, smooth.gaussian_weights(FOREGROUND_SMOOTH))
+        assert got.dtype == np.float64
         np.testing.assert_array_equal(got, expected)
         counts, edges = np.histogram(expected, bins=OTSU_BINS)
         got_counts, got_edges = smooth.histogram(expected, OTSU_BINS)
         np.testing.assert_array_equal(got_counts, counts)
         np.testing.assert_array_equal(got_edges, edges)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16, np.int64])
+def test_compiled_counts_equal_bincount(dtype):
+    """ranks.value_counts and difference_counts (compiled, no widened copies) against
+    np.bincount of the values (and of np.diff's neighbour differences) shifted by their
+    minimum; a single value and a one-row image included."""
+    from minunet.kernels import ranks
+
+    rng = np.random.default_rng(3)
+    info = np.iinfo(dtype)
+    for shape in [(1, 1), (1, 5), (37, 61)]:
+        image = rng.integers(max(info.min, -3000), min(info.max, 3000), shape, endpoint=True
+                             ).astype(dtype)
+        counts, offset = ranks.value_counts(image)
+        wide = image.astype(np.int64).ravel()
+        assert offset == wide.min()
+        np.testing.assert_array_equal(counts, np.bincount(wide - wide.min()))
+        if shape[1] > 1:
+            diffs = np.diff(image.astype(np.int64), axis=1).ravel()
+            counts, offset = ranks.difference_counts(image)
+            assert offset == diffs.min()
+            np.testing.assert_array_equal(counts, np.bincount(diffs - diffs.min()))

@@ -15,15 +15,49 @@ tests/test_normalize.py checks the results against the float path, bit for bit.
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 
 def value_counts(values: np.ndarray) -> tuple[np.ndarray, int]:
-    """(counts, offset) of an integer array: counts[v - offset] = how many values equal v."""
-    flat = values.ravel()
-    offset = int(flat.min())
-    if offset != 0:
-        flat = flat.astype(np.int64) - offset
-    return np.bincount(flat), offset
+    """(counts, offset) of an integer array (at least one value): counts[v - offset] = how
+    many values equal v, offset the smallest value. Compiled: one pass for the range, one to
+    count, no widened copy of the image (np.bincount would take an int64 copy)."""
+    return _value_counts(np.ascontiguousarray(values).ravel())
+
+
+@njit(cache=True, nogil=True)
+def _value_counts(flat: np.ndarray) -> tuple[np.ndarray, int]:
+    lo = hi = np.int64(flat[0])
+    for v in flat:
+        lo = min(lo, np.int64(v))
+        hi = max(hi, np.int64(v))
+    counts = np.zeros(hi - lo + 1, np.int64)
+    for v in flat:
+        counts[np.int64(v) - lo] += 1
+    return counts, lo
+
+
+def difference_counts(image: np.ndarray) -> tuple[np.ndarray, int]:
+    """value_counts of the differences between horizontal neighbours of an integer image
+    (H, W >= 2): value_counts(np.diff(image.astype(np.int64), axis=1)) without the two
+    full-size copies."""
+    return _difference_counts(np.ascontiguousarray(image))
+
+
+@njit(cache=True, nogil=True)
+def _difference_counts(image: np.ndarray) -> tuple[np.ndarray, int]:
+    H, W = image.shape
+    lo = hi = np.int64(image[0, 1]) - np.int64(image[0, 0])
+    for i in range(H):
+        for j in range(W - 1):
+            d = np.int64(image[i, j + 1]) - np.int64(image[i, j])
+            lo = min(lo, d)
+            hi = max(hi, d)
+    counts = np.zeros(hi - lo + 1, np.int64)
+    for i in range(H):
+        for j in range(W - 1):
+            counts[np.int64(image[i, j + 1]) - np.int64(image[i, j]) - lo] += 1
+    return counts, lo
 
 
 def _kth(cumulative: np.ndarray, offset: int, k: int) -> float:

@@ -14,6 +14,10 @@ x 2048 image. Both are short loops over float64 values whose exact arithmetic is
 
 Here the same operations run in the same order, vectorised across the other axis, so the
 results are the same bits (tests/test_normalize.py compares them with scipy's and NumPy's).
+Both work in bands of 64 rows shared between `kernels.threads`' threads (a band's smoothed
+rows need only its own and r more input rows on each side; the histogram's counts are added),
+and the smoothing reads 8- and 16-bit images as they are, each value widened to float64 (exact)
+as it is read: `normalize` needs no float64 copy of such an image.
 """
 
 from __future__ import annotations
@@ -40,50 +44,87 @@ def _mirror(index: int, n: int) -> int:
     return index if index < n else period - index - 1
 
 
-@njit(cache=True)
+BAND_ROWS = 64          # rows per work item of the smoothing and the histogram
+SERIAL_PIXELS = 1 << 20  # images smaller than this run in the calling thread
+
+
+def _bands(rows: int) -> list[tuple[int, int]]:
+    return [(r, min(rows, r + BAND_ROWS)) for r in range(0, rows, BAND_ROWS)]
+
+
 def gaussian_filter(image: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """scipy.ndimage.gaussian_filter(image, sigma) for float64 image (H, W), weights =
-    gaussian_weights(sigma): along axis 0, then axis 1, mode "reflect"."""
+    """scipy.ndimage.gaussian_filter(image, sigma) for a real image (H, W) whose values are
+    taken as float64 (8- and 16-bit integers exactly), weights = gaussian_weights(sigma):
+    along axis 0, then axis 1, mode "reflect"; float64 (H, W). Bands of rows are independent
+    (each output row needs input rows only), so they are shared between the pool's threads."""
+    from .threads import parallel_for
+
+    image = np.ascontiguousarray(image)
+    out = np.empty(image.shape)
+    bands = _bands(image.shape[0])
+
+    def item(k: int, slot: int) -> None:
+        _gaussian_rows(image, weights, out, *bands[k])
+
+    parallel_for(item, len(bands), serial=image.size < SERIAL_PIXELS, blas=False)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _gaussian_rows(image: np.ndarray, weights: np.ndarray, out: np.ndarray, first: int,
+                   stop: int) -> None:
+    """Rows first..stop-1 of the smoothed image into out."""
     H, W = image.shape
     r = weights.size - 1
     w0 = weights[0]
-    rows = np.empty((H, W))
-    for i in range(H):                           # axis 0: whole rows at a time
-        acc = rows[i]
+    line = np.empty(W + 2 * r)
+    for i in range(first, stop):
+        acc = out[i]                             # axis 0: whole rows at a time
         centre = image[i]
         for j in range(W):
-            acc[j] = centre[j] * w0
+            acc[j] = np.float64(centre[j]) * w0
         for k in range(r, 0, -1):
             up = image[_mirror(i - k, H)]
             down = image[_mirror(i + k, H)]
             wk = weights[k]
             for j in range(W):
-                acc[j] += (up[j] + down[j]) * wk
-    line = np.empty(W + 2 * r)
-    for i in range(H):                           # axis 1: each row, mirrored at its ends,
-        acc = rows[i]                            # copied out, then overwritten in place
-        for j in range(W + 2 * r):
-            line[j] = acc[_mirror(j - r, W)]
+                acc[j] += (np.float64(up[j]) + np.float64(down[j])) * wk
+        for j in range(W + 2 * r):               # axis 1: the row, mirrored at its ends,
+            line[j] = acc[_mirror(j - r, W)]     # copied out, then overwritten in place
         for j in range(W):
             acc[j] = line[j + r] * w0
         for k in range(r, 0, -1):
             wk = weights[k]
             for j in range(W):
                 acc[j] += (line[j + r - k] + line[j + r + k]) * wk
-    return rows
 
 
-def histogram(values: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
-    """np.histogram(values, bins) for a float64 array whose values are not all equal."""
-    first, last = float(values.min()), float(values.max())
+def histogram(values: np.ndarray, bins: int, first: float | None = None,
+              last: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """np.histogram(values, bins) for a float64 array (H, W) whose values are not all equal;
+    first, last: its min and max if already known; bands of rows counted on the pool's
+    threads, then added."""
+    from .threads import parallel_for
+
+    if first is None or last is None:
+        first, last = float(values.min()), float(values.max())
     edges = np.linspace(first, last, bins + 1, endpoint=True)
-    return _histogram(values.ravel(), edges, first, last - first), edges
+    values = np.ascontiguousarray(values).reshape(values.shape[0], -1)
+    bands = _bands(values.shape[0])
+    counts = np.zeros((len(bands), bins), np.int64)
+
+    def item(k: int, slot: int) -> None:
+        a, b = bands[k]
+        _histogram(values[a:b].ravel(), edges, first, last - first, counts[k])
+
+    parallel_for(item, len(bands), serial=values.size < SERIAL_PIXELS, blas=False)
+    return counts.sum(axis=0), edges
 
 
-@njit(cache=True)
-def _histogram(values: np.ndarray, edges: np.ndarray, first: float, span: float) -> np.ndarray:
+@njit(cache=True, nogil=True)
+def _histogram(values: np.ndarray, edges: np.ndarray, first: float, span: float,
+               counts: np.ndarray) -> None:
     bins = edges.size - 1
-    counts = np.zeros(bins, np.int64)
     for x in values:
         index = int((x - first) / span * bins)
         if index == bins:
@@ -93,4 +134,3 @@ def _histogram(values: np.ndarray, edges: np.ndarray, first: float, span: float)
         if x >= edges[index + 1] and index != bins - 1:
             index += 1
         counts[index] += 1
-    return counts
