@@ -7,11 +7,12 @@ each image twice, with its stored settings:
 - as before issue 26: 256-px tiles in batches of 4 with the receptive radius as margin (56 px:
   368-px tiles, whose deeper levels took the BLAS route), the direct convolutions and
   BLAS up-steps and head (no inference-only kernels: `kernels.conv.USE_WINOGRAD` and
-  `kernels.upsample.ENABLED` off for this side), and skimage's watershed and relabelling in
-  the post-processing;
+  `kernels.upsample.ENABLED` off for this side), and in the post-processing ndimage's labels
+  for the seeds and the unseeded pieces, skimage's watershed and relabelling;
 - as now: `mu.segment`'s defaults (1024-px tiles, one per pass, the widened margin), with
   Winograd convolutions, up-steps and head of kernels/winograd.py and upsample.py where they
-  apply, the compiled watershed and the one-lookup relabelling.
+  apply, the compiled seeds and watershed (kernels/watershed.py: the mask's pieces one at a
+  time, tied seeds in raster order) and the one-lookup relabelling.
 Printed per preset: images, objects, images whose labels differ at any pixel, the largest
 difference between the two probability maps, and object F1 at IoU 0.5 of both against the
 generated truth.
