@@ -96,9 +96,14 @@ def _finish(labels: np.ndarray, min_size: int) -> np.ndarray:
 
     One lookup: new_id[old] = how many kept ids are <= old (0 for the removed and absent
     ones), which is skimage's relabel_sequential after zeroing the small objects, in one pass
-    over the image instead of three."""
+    over the image instead of three (compiled for int32 labels: kernels/watershed.py's
+    relabel, without np.bincount's int64 copy)."""
+    if labels.dtype == np.int32 and labels.ndim == 2:
+        from .kernels.watershed import relabel
+
+        return relabel(labels, min_size)
     sizes = np.bincount(labels.ravel())
-    keep = sizes >= min_size
+    keep = (sizes >= min_size) & (sizes > 0)          # absent ids take no number
     keep[0] = False                                   # the background stays 0
     new_id = np.where(keep, np.cumsum(keep), 0).astype(np.int32)
     return new_id[labels]

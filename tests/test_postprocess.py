@@ -208,6 +208,22 @@ def test_compiled_watershed_equals_the_reference_and_relabelling_equals_skimage(
         np.testing.assert_array_equal(_finish(labels, min_size), _plain_finish(labels, min_size))
 
 
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_finish_numbers_ids_with_gaps_sequentially(dtype):
+    """_finish (compiled for int32, NumPy otherwise) equals zeroing the small objects then
+    skimage's relabel_sequential also where ids are missing (seeds cleared outside the
+    foreground leave gaps) and min_size is 0 or 1."""
+    from minunet.postprocess import _finish
+
+    rng = np.random.default_rng(2)
+    labels = rng.choice(np.array([0, 2, 3, 7, 9, 40]), (30, 40)).astype(dtype)
+    labels[:3, :3] = 11                               # 9 pixels
+    for min_size in (0, 1, 10, 200, 10_000):
+        got = _finish(labels, min_size)
+        assert got.dtype == np.int32
+        np.testing.assert_array_equal(got, _plain_finish(labels, min_size))
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_compiled_watershed_equals_skimage_where_no_two_markers_tie(seed):
     """Where every marker's value is its own (other pixels may still tie, -0.0 and 0.0

@@ -216,6 +216,34 @@ def _seeds(p: np.ndarray, thresh: float, min_size: int, foreground: np.ndarray,
                 flat[q] = next_id
 
 
+def relabel(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """Labels (H, W) int32 >= 0 with the objects under min_size pixels removed and the rest
+    numbered 1..n in the order of their old ids (`postprocess._finish`): int32 (H, W)."""
+    return _relabel(np.ascontiguousarray(labels), int(min_size))
+
+
+@njit(cache=True, nogil=True)
+def _relabel(labels: np.ndarray, min_size: int) -> np.ndarray:
+    flat = labels.ravel()
+    top = 0
+    for v in flat:
+        top = max(top, v)
+    sizes = np.zeros(top + 1, np.int64)
+    for v in flat:
+        sizes[v] += 1
+    new_id = np.zeros(top + 1, np.int32)
+    n = 0
+    for v in range(1, top + 1):
+        if sizes[v] >= min_size and sizes[v] > 0:
+            n += 1
+            new_id[v] = n
+    out = np.empty_like(labels)
+    out_flat = out.ravel()
+    for k in range(flat.size):
+        out_flat[k] = new_id[flat[k]]
+    return out
+
+
 @njit(cache=True, inline="always")
 def _order(bits: np.uint32) -> np.uint64:
     """A float32's bits as an unsigned integer in the floats' order: the sign bit flipped for
