@@ -374,5 +374,5 @@ def write_labels(path: str | Path, labels: np.ndarray, pixel_size: PixelSize | N
     for key, value in (info or {}).items():
         meta[f"minunet_{key}"] = "none" if value is None else value
     kwargs["description"] = tifffile.imagej_description(labels.shape, axes, **meta)
-    data = labels.astype(np.int32)
+    data = labels.astype(np.int32, copy=False)              # written as it is, not copied
     return write_atomic(Path(path), lambda tmp: tifffile.imwrite(tmp, data, **kwargs))
