@@ -55,7 +55,7 @@ def seeded_watershed(image: np.ndarray, markers: np.ndarray, mask: np.ndarray, *
         raise ValueError(f"seeded_watershed: at most {MAX_PIXELS} pixels, got {image.size}")
     out = np.ascontiguousarray(markers, dtype=np.int32).copy()
     mask = np.ascontiguousarray(mask, dtype=np.bool_)
-    pixels, starts = _pieces(mask, out)
+    pixels, starts, front, front_starts = _pieces(mask, out)
     if unseeded:
         _label_unseeded(out, pixels, starts)
     bits = image.view(np.uint32)
@@ -66,17 +66,20 @@ def seeded_watershed(image: np.ndarray, markers: np.ndarray, mask: np.ndarray, *
     bounds[-1] = starts.size - 1
 
     def item(k: int, slot: int) -> None:
-        _flood_pieces(bits, mask, out, pixels, starts, bounds[k], bounds[k + 1])
+        _flood_pieces(bits, mask, out, starts, front, front_starts, bounds[k], bounds[k + 1])
 
     parallel_for(item, bounds.size - 1, serial=serial, blas=False)
     return out
 
 
 @njit(cache=True, nogil=True)
-def _pieces(mask: np.ndarray, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _pieces(mask: np.ndarray, out: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                        np.ndarray]:
     """The mask's 4-connected pieces, found by breadth-first search from their first pixel in
     raster order: pixels (n_mask,) int32 (i * W + j), piece k's at pixels[starts[k]:starts[k +
-    1]]. Zeroes `out` outside the mask (skimage: markers * mask)."""
+    1]]; and each piece's front, the markers with an unlabelled neighbour in the mask (the
+    only ones a flood starts from), at front[front_starts[k]:front_starts[k + 1]] (in the
+    search's order). Zeroes `out` (the markers) outside the mask (skimage: markers * mask)."""
     H, W = mask.shape
     count = 0
     for i in range(H):
@@ -85,19 +88,23 @@ def _pieces(mask: np.ndarray, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                 count += 1
             else:
                 out[i, j] = 0
+    flat = out.ravel()
     pixels = np.empty(count, np.int32)
+    front = np.empty(count, np.int32)
     seen = np.zeros(H * W, np.bool_)
     starts = np.empty(1024, np.int64)
+    front_starts = np.empty(1024, np.int64)
     n_pieces = 0
     size = 0
+    n_front = 0
     for start in range(H * W):
         if seen[start] or not mask[start // W, start % W]:
             continue
         if n_pieces + 1 >= starts.size:
-            grown = np.empty(2 * starts.size, np.int64)
-            grown[:starts.size] = starts
-            starts = grown
+            starts = _grown(starts)
+            front_starts = _grown(front_starts)
         starts[n_pieces] = size
+        front_starts[n_pieces] = n_front
         n_pieces += 1
         seen[start] = True
         pixels[size] = start
@@ -107,24 +114,44 @@ def _pieces(mask: np.ndarray, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             p = pixels[head]
             head += 1
             i, j = p // W, p % W
-            if i > 0 and mask[i - 1, j] and not seen[p - W]:
-                seen[p - W] = True
-                pixels[size] = p - W
-                size += 1
-            if j > 0 and mask[i, j - 1] and not seen[p - 1]:
-                seen[p - 1] = True
-                pixels[size] = p - 1
-                size += 1
-            if j + 1 < W and mask[i, j + 1] and not seen[p + 1]:
-                seen[p + 1] = True
-                pixels[size] = p + 1
-                size += 1
-            if i + 1 < H and mask[i + 1, j] and not seen[p + W]:
-                seen[p + W] = True
-                pixels[size] = p + W
-                size += 1
+            open_side = False             # an unlabelled neighbour in the mask
+            if i > 0 and mask[i - 1, j]:
+                open_side |= flat[p - W] == 0
+                if not seen[p - W]:
+                    seen[p - W] = True
+                    pixels[size] = p - W
+                    size += 1
+            if j > 0 and mask[i, j - 1]:
+                open_side |= flat[p - 1] == 0
+                if not seen[p - 1]:
+                    seen[p - 1] = True
+                    pixels[size] = p - 1
+                    size += 1
+            if j + 1 < W and mask[i, j + 1]:
+                open_side |= flat[p + 1] == 0
+                if not seen[p + 1]:
+                    seen[p + 1] = True
+                    pixels[size] = p + 1
+                    size += 1
+            if i + 1 < H and mask[i + 1, j]:
+                open_side |= flat[p + W] == 0
+                if not seen[p + W]:
+                    seen[p + W] = True
+                    pixels[size] = p + W
+                    size += 1
+            if open_side and flat[p] != 0:
+                front[n_front] = p
+                n_front += 1
     starts[n_pieces] = size
-    return pixels, starts[:n_pieces + 1].copy()
+    front_starts[n_pieces] = n_front
+    return pixels, starts[:n_pieces + 1].copy(), front, front_starts[:n_pieces + 1].copy()
+
+
+@njit(cache=True, inline="always")
+def _grown(a: np.ndarray) -> np.ndarray:
+    b = np.empty(2 * a.size, a.dtype)
+    b[:a.size] = a
+    return b
 
 
 @njit(cache=True, nogil=True)
@@ -307,31 +334,24 @@ def _unlabelled(mask: np.ndarray, out: np.ndarray, i: int, j: int) -> bool:
 
 
 @njit(cache=True, nogil=True)
-def _flood_pieces(bits: np.ndarray, mask: np.ndarray, out: np.ndarray, pixels: np.ndarray,
-                  starts: np.ndarray, first: int, stop: int) -> None:
-    """Flood pieces first..stop-1: bits (H, W) uint32 (the float32 image), out (H, W) int32
-    holding the markers on entry and the labels on return (only these pieces' pixels)."""
+def _flood_pieces(bits: np.ndarray, mask: np.ndarray, out: np.ndarray, starts: np.ndarray,
+                  fronts: np.ndarray, front_starts: np.ndarray, first: int, stop: int) -> None:
+    """Flood pieces first..stop-1 (`_pieces`): bits (H, W) uint32 (the float32 image), out
+    (H, W) int32 holding the markers on entry and the labels on return (only these pieces'
+    pixels)."""
     W = bits.shape[1]
     largest = 0
     for k in range(first, stop):
         largest = max(largest, starts[k + 1] - starts[k])
     keys = np.empty(largest, np.uint64)
     where = np.empty(largest, np.int32)   # the pixel, as i * W + j
-    front = np.empty(largest, np.int32)
     for k in range(first, stop):
         # the markers with an unlabelled neighbour, in raster order: ages 0, 1, ...
-        n_front = 0
-        for p in pixels[starts[k]:starts[k + 1]]:
-            i, j = p // W, p % W
-            if out[i, j] != 0 and (_unlabelled(mask, out, i - 1, j)
-                                   or _unlabelled(mask, out, i, j - 1)
-                                   or _unlabelled(mask, out, i, j + 1)
-                                   or _unlabelled(mask, out, i + 1, j)):
-                front[n_front] = p
-                n_front += 1
+        front = fronts[front_starts[k]:front_starts[k + 1]]
+        n_front = front.size
         if n_front == 0:                  # no marker, or every pixel a marker
             continue
-        front[:n_front].sort()
+        front.sort()                      # in place: the slices are disjoint
         items = 0
         for age in range(n_front):
             p = front[age]
