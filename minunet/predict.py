@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from .kernels import ranks
+from .kernels import ranks, tiles
 from .kernels import smooth as smooth_kernels
 from .module import Module
 
@@ -362,17 +362,19 @@ def predict(model: Module, image: np.ndarray, *, tile: int = DEFAULT_TILE,
             if batch is None or len(batch) != len(batch_origins):   # one buffer, reused
                 batch = np.empty((len(batch_origins), n_in, side_h, side_w), dtype=dtype)
             for i, (r0, c0) in enumerate(batch_origins):              # batch: (N, Cin, h, w)
-                batch[i] = x[:, rows[r0:r0 + side_h, None], cols[None, c0:c0 + side_w]]
+                tiles.gather_tile(x, rows[r0:r0 + side_h], cols[c0:c0 + side_w], batch[i])
             logits = model(batch)                                           # (N, Kc, h, w)
-            p = softmax(logits[:, :, margin:margin + core_h, margin:margin + core_w])
-            del logits
             if probs is None:
-                probs = np.empty((p.shape[1], H, W), dtype=np.float32)     # (Kc, H, W)
+                probs = np.empty((logits.shape[1], H, W), dtype=np.float32)  # (Kc, H, W)
             for i, (r0, c0) in enumerate(batch_origins):
                 h = min(core_h, H - r0)
                 w = min(core_w, W - c0)
-                probs[:, r0:r0 + h, c0:c0 + w] = p[i, :, :h, :w]
-            del p
+                core = logits[i, :, margin:margin + h, margin:margin + w]
+                if core.dtype == np.float32:   # softmax(core) written into its place
+                    tiles.softmax_into(core, probs[:, r0:r0 + h, c0:c0 + w])
+                else:
+                    probs[:, r0:r0 + h, c0:c0 + w] = softmax(core[None])[0]
+            del logits
     finally:
         model.train(was_training)
         model.set_grad_enabled(had_grad)

@@ -174,3 +174,32 @@ def test_every_entry_point_uses_the_default_tiling():
             assert params["batch_size"].default == DEFAULT_BATCH_SIZE, fn.__qualname__
     args = _parser().parse_args(["predict", "m.npz", "x.tif", "--out", "o"])
     assert args.tile == DEFAULT_TILE
+
+
+@pytest.mark.parametrize("shape", [(1, 5, 7), (2, 300, 130)])
+def test_compiled_tile_gather_and_softmax_equal_numpy(shape):
+    """kernels/tiles.py: the gather through mirrored indices copies NumPy's fancy indexing
+    exactly; the softmax written into a view of the probability map equals predict.softmax
+    to the last bit or one ulp (Numba's exp), sums to 1, and leaves the rest of the map
+    alone; float32 and float64, a few rows (calling thread) and many (bands on the threads)."""
+    from minunet.kernels import tiles
+    from minunet.predict import _mirror_index, softmax
+
+    rng = np.random.default_rng(shape[1])
+    C, H, W = shape
+    x = rng.standard_normal((C, H, W)).astype(np.float32)
+    rows, cols = _mirror_index(H, 3, 6)[2:2 + H], _mirror_index(W, 4, 2)[1:W + 5]
+    out = np.empty((C, rows.size, cols.size), np.float32)
+    tiles.gather_tile(x, rows, cols, out)
+    np.testing.assert_array_equal(out, x[:, rows[:, None], cols[None, :]])
+    for dtype in (np.float32, np.float64):
+        logits = (rng.standard_normal((3, H + 4, W + 6)) * 20).astype(dtype)
+        core = logits[:, 2:2 + H, 3:3 + W]
+        probs = np.full((3, H + 1, W + 2), -1.0, dtype)
+        tiles.softmax_into(core, probs[:, 1:, 2:])
+        expected = softmax(core[None])[0]
+        np.testing.assert_allclose(probs[:, 1:, 2:], expected, rtol=3 * np.finfo(dtype).eps,
+                                   atol=np.finfo(dtype).tiny)
+        np.testing.assert_allclose(probs[:, 1:, 2:].sum(axis=0), 1.0,
+                                   rtol=4 * np.finfo(dtype).eps)
+        assert (probs[:, 0, :] == -1).all() and (probs[:, :, :2] == -1).all()
