@@ -33,7 +33,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 # The Data Science Bowl 2018 thresholds 0.50, 0.55, ..., 0.95, rounded so that 0.6 is 0.6
 # (np.arange would give 0.6000000000000001 and silently drop pairs at exactly IoU 0.6).
@@ -217,6 +216,8 @@ def _assign(table: IoUTable, thresh: float) -> tuple[np.ndarray, np.ndarray, np.
     bonus_scale = 1.0 / (2.0 * min(r_ids.size, c_ids.size))
     reward = np.zeros_like(iou_sub)
     reward[r, c] = 1.0 + iou[~alone] * bonus_scale
+    from scipy.optimize import linear_sum_assignment  # on use: scipy.optimize is slow to import
+
     ri, ci = linear_sum_assignment(reward, maximize=True)
     real = reward[ri, ci] > 0  # the solver pairs every row; pairs without a candidate are dropped
     ri, ci = ri[real], ci[real]

@@ -21,13 +21,13 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import hsv_to_rgb
-from matplotlib.figure import Figure
-from matplotlib.patches import Patch
 from skimage.segmentation import find_boundaries
+
+if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn: `minunet predict` never does
+    from matplotlib.figure import Figure
 
 from .metrics import DSB_THRESHOLDS, EvaluationResult, evaluate, match
 
@@ -105,6 +105,10 @@ def _save_picture(
     h, w = rgb.shape[:2]
     bottom = LEGEND_HEIGHT if legend else 0
     top = TITLE_HEIGHT if title else 0
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
     fig = Figure(figsize=(w / DPI, (h + bottom + top) / DPI), dpi=DPI, facecolor="white")
     FigureCanvasAgg(fig)
     fig.figimage(rgb, xo=0, yo=bottom, origin="upper")
@@ -243,6 +247,8 @@ def label_rgb(labels: np.ndarray) -> np.ndarray:
     ids = np.unique(lab)
     ids = ids[ids > 0]
     hsv = np.stack([(ids * GOLDEN) % 1.0, np.full(ids.size, 0.75), np.full(ids.size, 0.95)], -1)
+    from matplotlib.colors import hsv_to_rgb
+
     colors = (hsv_to_rgb(hsv) * 255).astype(np.uint8).reshape(-1, 3)  # (n, 3)
     rgb = np.zeros((*lab.shape, 3), np.uint8)
     rgb[...] = BACKGROUND_COLOR
@@ -318,6 +324,9 @@ def _draw_curves(ax_loss: object, ax_scores: object, log: dict[str, np.ndarray])
 
 
 def _plot_figure(size: tuple[int, int]) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(size[0] / DPI, size[1] / DPI), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -524,6 +533,8 @@ def learning_signals(feature_maps: Mapping[str, np.ndarray],
         ax.set_xticks([])
         ax.set_yticks([])
     ax = bottom.subplots()
+    from matplotlib.colors import hsv_to_rgb
+
     colors = [hsv_to_rgb((0.75 * k / max(len(grad_norms) - 1, 1), 0.8, 0.8))
               for k in range(len(grad_norms))]
     for color, (name, norms) in zip(colors, grad_norms.items(), strict=True):

@@ -203,3 +203,20 @@ def test_compiled_tile_gather_and_softmax_equal_numpy(shape):
         np.testing.assert_allclose(probs[:, 1:, 2:].sum(axis=0), 1.0,
                                    rtol=4 * np.finfo(dtype).eps)
         assert (probs[:, 0, :] == -1).all() and (probs[:, :, :2] == -1).all()
+
+
+def test_prediction_imports_no_plotting_or_optimisation(tmp_path):
+    """`minunet predict`'s path (the command's parser, reading, mu.segment, writing labels)
+    imports neither matplotlib nor scipy.optimize: each costs a few tenths of a second at
+    every start of the command."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np, minunet as mu, minunet.cli; minunet.cli._parser(); "
+            "from minunet.io import write_labels; "
+            "labels = mu.segment('nuclei', np.zeros((64, 64), np.uint16)); "
+            f"write_labels({str(tmp_path / 'l.tif')!r}, labels); "
+            "print([m for m in ('matplotlib', 'scipy.optimize') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from skimage.segmentation import find_boundaries
 
 from .generate import generate
@@ -21,6 +19,9 @@ def preview_grid(out_path: str | Path, presets: list[str] | None = None, n_per_p
                  size: tuple[int, int] = (256, 256), seed: int = 0) -> Path:
     """Write a PNG: one row per preset, `n_per_preset` examples with label contours in color."""
     presets = list(PRESETS) if presets is None else list(presets)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # on use: a second to import
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(TILE_INCHES * n_per_preset, TILE_INCHES * len(presets) + 0.3),
                  dpi=DPI)
     FigureCanvasAgg(fig)
@@ -49,6 +50,9 @@ def preview_images(out_path: str | Path, images: np.ndarray, labels: np.ndarray,
         raise ValueError("preview_images: no images to show")
     rows = -(-n // columns)
     cols = min(columns, n)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(TILE_INCHES * cols, TILE_INCHES * rows + 0.3), dpi=DPI)
     FigureCanvasAgg(fig)
     axes = fig.subplots(rows, cols, squeeze=False)
