@@ -4,6 +4,7 @@
     python bench/bench_segment.py --sizes 512,2048 --tiles 256:4,1024:1 --torch --onnx
     python bench/bench_segment.py --tiles 256:4:56,1024:1   # 256-px tiles with a 56-px margin
     python bench/bench_segment.py --quick                                     # smoke run
+    python bench/bench_segment.py --sizes 2048,4096 --tiles 1024:1 --folder 0 --command
 
 What `minunet predict --model nuclei` does to one image, timed stage by stage in a fresh
 subprocess per measurement (its peak resident memory is that subprocess's): read the uint16
@@ -17,6 +18,11 @@ tiling function, so only the network stage differs; `--onnx` the same through on
 (the graph of `mu.export_onnx` without its final softmax, 2 intra-op threads, all graph
 optimisations, which fold the batch norms). The sides alternate with minunet's, in the same run.
 A tile spec TILE:BATCH:MARGIN fixes the margin (default: predict's automatic one).
+
+`--command` also times the whole command, `minunet predict --model nuclei FILES --out DIR`, in
+a fresh process (Python's start, the imports, loading the compiled kernels and the model
+included), for each case with the first tile spec, and once on a 64 x 64 image: what a user
+waits for, start-up and all.
 
 Print: per image size, tile and backend, the seconds of each stage, the total, seconds per
 megapixel, the network's share, and peak memory. The CPU and BLAS kernel are printed first.
@@ -196,6 +202,17 @@ def measure(files: list[Path], tile: int, batch_size: int, margin: int | None, b
     return json.loads(out.strip().splitlines()[-1])
 
 
+def command(files: list[Path], tile: int, root: Path) -> float:
+    """Wall seconds of `minunet predict --model nuclei FILES --out DIR --tile TILE` in a fresh
+    process, into a fresh folder."""
+    out = Path(tempfile.mkdtemp(dir=root))
+    cmd = [sys.executable, "-m", "minunet.cli", "predict", "--model", "nuclei", *map(str, files),
+           "--out", str(out), "--tile", str(tile)]
+    started = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
 def make_images(folder: Path, size: int, n: int, seed: int) -> list[Path]:
     """n generated `broad` images of size x size as uint16 TIFFs (generated in 512 pieces for
     large sizes, so generation stays quick; the pieces' seams do not matter for timing)."""
@@ -230,6 +247,9 @@ def main() -> None:
     parser.add_argument("--torch", action="store_true", help="also the network in PyTorch")
     parser.add_argument("--onnx", action="store_true", help="also the network in onnxruntime")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--command", action="store_true",
+                        help="also the whole `minunet predict` command per case (a fresh "
+                             "process: start-up included), and on a 64 x 64 image")
     parser.add_argument("--quick", action="store_true", help="one 256^2 image, tile 128")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--tile", type=int, default=256, help=argparse.SUPPRESS)
@@ -277,6 +297,17 @@ def main() -> None:
                               + f" {total:>8.2f} {total / mpx:>6.2f} "
                               f"{100 * sec['network'] / total:>5.0f} {r['peak_mib']:>8.0f} "
                               f"{r['objects']:>7}", flush=True)
+                    if args.command and spec == args.tiles.split(",")[0]:
+                        seconds = command(files, tile, root)
+                        print(f"{name:>16} {spec:>8} {'command':>8} "
+                              + " ".join(f"{'':>9}" for _ in STAGES)
+                              + f" {seconds:>8.2f} {seconds / mpx:>6.2f}", flush=True)
+        if args.command:
+            tiny = make_images(root, 64, 1, seed=3)
+            print(f"{'64x64':>16} {'':>8} {'command':>8} "
+                  + " ".join(f"{'':>9}" for _ in STAGES)
+                  + f" {command(tiny, 1024, root):>8.2f}   (start-up: Python, imports, "
+                  "loading the compiled kernels, the model)", flush=True)
 
 
 def _cpu_name() -> str:
