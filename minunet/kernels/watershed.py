@@ -27,6 +27,12 @@ same labels as skimage on every image of `bench/segment_equal.py`).
 Each queue keeps one uint64 key per item, (the float32 value's bits mapped to an unsigned
 order) << 32 | age, so that one integer comparison orders (value, age), and the pixel's index
 beside it; the image stays float32 and the mask's edge is checked instead of padded.
+
+The steps around it, each one compiled pass with the labels of the NumPy/scipy steps it
+replaces (tests/test_postprocess.py): `seed_labels` (ndimage.label of the interior map over
+its threshold, small seeds dropped, cleared outside the foreground), the unseeded pieces'
+numbers (`seeded_watershed(..., unseeded=True)`) and `relabel` (small objects removed, ids
+made sequential, without np.bincount's int64 copy).
 """
 
 from __future__ import annotations
