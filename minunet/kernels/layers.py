@@ -32,7 +32,7 @@ import numpy as np
 
 from .. import layers
 from ..checks import check_array, check_finite
-from . import upsample
+from . import conv, upsample
 from .activation import relu_backward, relu_forward
 from .batchnorm import (
     batchnorm_backward_input,
@@ -55,6 +55,10 @@ from .conv import (
     conv_transpose2d_forward,
 )
 from .pool import maxpool2d_backward, maxpool2d_forward
+
+# training's up-steps take upsample.py's kernels up to this many weights per tap (Cin x Cout:
+# 128 x 64), BLAS beyond (see ConvTranspose2d._up_step)
+UP_STEP_MAX_WEIGHTS = 128 * 64
 
 __all__ = ["BatchNorm2d", "BatchNormReLU2d", "Concat", "Conv2d", "ConvTranspose2d",
            "MaxPool2d", "ReLU"]
@@ -155,20 +159,25 @@ class Conv2d(layers.Conv2d):
 
 class ConvTranspose2d(layers.ConvTranspose2d):
     """layers.ConvTranspose2d as matrix products: it is Conv2d's backward, and vice versa.
-    Forward adds the bias as it places the columns; backward computes dx, dw and db from one
-    im2col of dy (conv.conv_transpose2d_backward)."""
+    The U-Net's up-step (2x2, stride 2, float32) runs on upsample.py's kernels (see
+    `_up_step`): forward writes y straight from the products, backward computes dx, dw and
+    db from one read of dy. Elsewhere forward adds the bias as it places the columns, and
+    backward computes the three gradients from one im2col of dy
+    (conv.conv_transpose2d_backward)."""
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         self._check_input(x, finite=False)  # finiteness: checked by the kernel
         bias = None if self.bias is None else self.bias.data
-        if (self.kernel_size == 2 and self.stride == 2 and self.padding == 0
-                and not (self.training or self.grad_enabled) and upsample.applies(x)
-                and self.weight.dtype == np.float32):
-            # inference (the U-Net's up-step): written straight into y, no columns
-            return upsample.conv_transpose2x2_inference(x, self.weight.data, bias,
-                                                        who="ConvTranspose2d")
-        y = conv_transpose2d_forward(x, self.weight.data, bias, self.stride, self.padding,
-                                     who="ConvTranspose2d")
+        inference = not (self.training or self.grad_enabled)
+        if self._up_step(x, inference):
+            # the U-Net's up-step: written straight into y, no columns (upsample.py)
+            y = upsample.conv_transpose2x2_forward(x, self.weight.data, bias,
+                                                   who="ConvTranspose2d")
+            if inference:
+                return y
+        else:
+            y = conv_transpose2d_forward(x, self.weight.data, bias, self.stride, self.padding,
+                                         who="ConvTranspose2d")
         self.save_for_backward(x)  # backward needs x for dw
         return y  # (N, Cout, Ho, Wo)
 
@@ -178,14 +187,33 @@ class ConvTranspose2d(layers.ConvTranspose2d):
         K, S, P = self.kernel_size, self.stride, self.padding
         self._check_dout(dy, (N, self.out_channels, (H - 1) * S - 2 * P + K,
                               (W - 1) * S - 2 * P + K), finite=False)  # the probe below
-        # one im2col of dy for all three gradients; NaN/inf in dy raise before any is added
-        dx, dw, db = conv_transpose2d_backward(x, dy, self.weight.data, S, P,
-                                               bias=self.bias is not None,
-                                               who="ConvTranspose2d.backward")
+        if self._up_step(x, inference=False):  # one read of dy, no columns (upsample.py)
+            dx, dw, db = upsample.conv_transpose2x2_backward(x, dy, self.weight.data,
+                                                             bias=self.bias is not None,
+                                                             who="ConvTranspose2d.backward")
+        else:  # one im2col of dy for all three gradients
+            dx, dw, db = conv_transpose2d_backward(x, dy, self.weight.data, S, P,
+                                                   bias=self.bias is not None,
+                                                   who="ConvTranspose2d.backward")
+        # (NaN/inf in dy raise in either before any gradient is added)
         self.weight.grad += dw          # (Cin, Cout, K, K)
         if self.bias is not None:
             self.bias.grad += db        # (Cout,)
         return dx                       # (N, Cin, H, W)
+
+    def _up_step(self, x: np.ndarray, inference: bool) -> bool:
+        """Whether upsample.py's kernels compute this layer: a 2x2 stride-2 transposed
+        convolution of float32 rows a multiple of 16 wide; in inference wherever they apply
+        (upsample.applies), in training on the direct route's CPUs (conv.USE_DIRECT) and up
+        to UP_STEP_MAX_WEIGHTS weights per tap (with more, BLAS's packed products were faster
+        than theirs: C3's two deepest up-steps, bench/bench_fast_paths.py)."""
+        if not (self.kernel_size == 2 and self.stride == 2 and self.padding == 0
+                and self.weight.dtype == np.float32):
+            return False
+        if inference:
+            return upsample.applies(x)
+        return (conv.USE_DIRECT and upsample.fits(x)
+                and self.in_channels * self.out_channels <= UP_STEP_MAX_WEIGHTS)
 
 
 class MaxPool2d(layers.MaxPool2d):
