@@ -229,11 +229,17 @@ class MaxPool2d(layers.MaxPool2d):
         self.save_for_backward(argmax, H, W)  # argmax: uint8 offset kh*K + kw
         return out
 
-    def backward(self, dout: np.ndarray) -> np.ndarray:
+    def backward(self, dout: np.ndarray, plus: np.ndarray | None = None) -> np.ndarray:
+        """dx (N, C, H, W); fast-only: with `plus` (N, C, H, W), dx + plus in the same pass
+        (the fast U-Net adds the skip connection's gradient so)."""
         argmax, H, W = self.take_saved()  # argmax (N, C, Ho, Wo)
         self._check_dout(dout, argmax.shape)
-        return maxpool2d_backward(np.ascontiguousarray(dout), argmax, H, W,
-                                  self.kernel_size, self.stride)  # (N, C, H, W)
+        if plus is not None and (plus.shape != (*argmax.shape[:2], H, W)
+                                 or plus.dtype != dout.dtype):
+            raise ValueError(f"{self!r}.backward: plus must be {(*argmax.shape[:2], H, W)} "
+                             f"{dout.dtype}, got {plus.shape} {plus.dtype}")
+        return maxpool2d_backward(np.ascontiguousarray(dout), argmax, H, W, self.kernel_size,
+                                  self.stride, plus=plus)  # (N, C, H, W)
 
 
 class BatchNorm2d(layers.BatchNorm2d):
