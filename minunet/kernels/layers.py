@@ -107,13 +107,15 @@ class Conv2d(layers.Conv2d):
     def forward(self, x: np.ndarray, *more: np.ndarray) -> np.ndarray:
         x = self._check_parts(x, more)  # finiteness: the kernel's probe, same pass
         bias = None if self.bias is None else self.bias.data
-        if (self.kernel_size == 1 and self.stride == 1 and self.padding == 0 and not more
-                and not (self.training or self.grad_enabled) and upsample.applies(x)
-                and self.weight.dtype == np.float32):
-            # inference (the U-Net's head): the sums in registers, no BLAS (upsample.py)
-            return upsample.conv1x1_inference(x, self.weight.data, bias, who="Conv2d")
-        y = conv2d_forward(x, self.weight.data, bias, self.stride, self.padding,
-                           who="Conv2d")  # (N, Cout, Ho, Wo)
+        inference = not (self.training or self.grad_enabled)
+        if not more and self._head(x, inference):
+            # the U-Net's head: the sums in registers, no BLAS (upsample.py)
+            y = upsample.conv1x1_forward(x, self.weight.data, bias, who="Conv2d")
+            if inference:
+                return y
+        else:
+            y = conv2d_forward(x, self.weight.data, bias, self.stride, self.padding,
+                               who="Conv2d")  # (N, Cout, Ho, Wo)
         self.save_for_backward(x)  # backward needs x for dw
         return y
 
@@ -123,6 +125,15 @@ class Conv2d(layers.Conv2d):
         K, S, P = self.kernel_size, self.stride, self.padding
         self._check_dout(dy, (N, self.out_channels, (H + 2 * P - K) // S + 1,
                               (W + 2 * P - K) // S + 1), finite=False)  # the probe below
+        if not isinstance(x, tuple) and self._head(x, inference=False):
+            # one read of dy for dx, dw and db (upsample.py); NaN/inf in dy raise first
+            dx, dw, db = upsample.conv1x1_backward(x, dy, self.weight.data,
+                                                   bias=self.bias is not None,
+                                                   who="Conv2d.backward")
+            self.weight.grad += dw                                   # (Cout, Cin, 1, 1)
+            if self.bias is not None:
+                self.bias.grad += db                                 # (Cout,)
+            return dx
         # dx first: its pass over dy (band or im2col) checks dy for NaN/inf before any
         # gradient is touched
         split = x[0].shape[1] if isinstance(x, tuple) else None
@@ -132,6 +143,17 @@ class Conv2d(layers.Conv2d):
         if self.bias is not None:
             self.bias.grad += dy.sum(axis=(0, 2, 3))                 # (Cout,)
         return dx
+
+    def _head(self, x: np.ndarray, inference: bool) -> bool:
+        """Whether upsample.py's 1x1 kernels compute this layer: a 1x1 stride-1 convolution
+        without padding of float32 rows a multiple of 16 wide; in inference wherever they
+        apply (upsample.applies), in training on the direct route's CPUs (conv.USE_DIRECT:
+        there the BLAS route also paid a separate NaN/inf pass over x and over dy, its
+        columns being x itself)."""
+        if not (self.kernel_size == 1 and self.stride == 1 and self.padding == 0
+                and self.weight.dtype == np.float32):
+            return False
+        return upsample.applies(x) if inference else conv.USE_DIRECT and upsample.fits(x)
 
     def _check_parts(self, x: np.ndarray, more: tuple[np.ndarray, ...],
                      ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:

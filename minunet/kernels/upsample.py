@@ -231,9 +231,12 @@ def _up_weight_product(Dr: np.ndarray, xr: np.ndarray, row0: int, col0: int, pix
                        dwt: np.ndarray) -> None:
     """dwt[q, c] += sum_(t < pixels) Dr[q, t] xr[row0 + c, col0 + t]: 4 rows q x 4 channels c
     at a time, their 16 sums kept as 16-lane partial sums over t, the lanes added at the end
-    (channels past the last: computed, not kept)."""
+    (rows and channels past the last: computed, not kept)."""
     Q, C = dwt.shape
-    for q in range(0, Q, 4):                                       # 4 Cout: a multiple of 4
+    for q in range(0, Q, 4):
+        q1 = min(q + 1, Q - 1)
+        q2 = min(q + 2, Q - 1)
+        q3 = min(q + 3, Q - 1)
         for c in range(0, C, 4):
             c1 = min(c + 1, C - 1)
             c2 = min(c + 2, C - 1)
@@ -244,9 +247,9 @@ def _up_weight_product(Dr: np.ndarray, xr: np.ndarray, row0: int, col0: int, pix
             f0 = vzero(); f1 = vzero(); f2 = vzero(); f3 = vzero()  # noqa: E702
             for t in range(0, pixels, 16):
                 d0 = vload(Dr, q, t)
-                d1 = vload(Dr, q + 1, t)
-                d2 = vload(Dr, q + 2, t)
-                d3 = vload(Dr, q + 3, t)
+                d1 = vload(Dr, q1, t)
+                d2 = vload(Dr, q2, t)
+                d3 = vload(Dr, q3, t)
                 v = vload(xr, row0 + c, col0 + t)
                 a0 = vmul_add(d0, v, a0); b0 = vmul_add(d1, v, b0)  # noqa: E702
                 e0 = vmul_add(d2, v, e0); f0 = vmul_add(d3, v, f0)  # noqa: E702
@@ -259,17 +262,27 @@ def _up_weight_product(Dr: np.ndarray, xr: np.ndarray, row0: int, col0: int, pix
                 v = vload(xr, row0 + c3, col0 + t)
                 a3 = vmul_add(d0, v, a3); b3 = vmul_add(d1, v, b3)  # noqa: E702
                 e3 = vmul_add(d2, v, e3); f3 = vmul_add(d3, v, f3)  # noqa: E702
-            dwt[q, c] += vsum(a0); dwt[q + 1, c] += vsum(b0)  # noqa: E702
-            dwt[q + 2, c] += vsum(e0); dwt[q + 3, c] += vsum(f0)  # noqa: E702
+            _add_lanes(dwt, q, c, a0, b0, e0, f0)
             if c + 1 < C:
-                dwt[q, c1] += vsum(a1); dwt[q + 1, c1] += vsum(b1)  # noqa: E702
-                dwt[q + 2, c1] += vsum(e1); dwt[q + 3, c1] += vsum(f1)  # noqa: E702
+                _add_lanes(dwt, q, c1, a1, b1, e1, f1)
             if c + 2 < C:
-                dwt[q, c2] += vsum(a2); dwt[q + 1, c2] += vsum(b2)  # noqa: E702
-                dwt[q + 2, c2] += vsum(e2); dwt[q + 3, c2] += vsum(f2)  # noqa: E702
+                _add_lanes(dwt, q, c2, a2, b2, e2, f2)
             if c + 3 < C:
-                dwt[q, c3] += vsum(a3); dwt[q + 1, c3] += vsum(b3)  # noqa: E702
-                dwt[q + 2, c3] += vsum(e3); dwt[q + 3, c3] += vsum(f3)  # noqa: E702
+                _add_lanes(dwt, q, c3, a3, b3, e3, f3)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _add_lanes(dwt: np.ndarray, q: int, c: int, a: object, b: object, e: object,
+               f: object) -> None:
+    """dwt[q .. q + 3, c] += the lane sums of a, b, e, f (rows past the last: not kept)."""
+    Q = dwt.shape[0]
+    dwt[q, c] += vsum(a)
+    if q + 1 < Q:
+        dwt[q + 1, c] += vsum(b)
+    if q + 2 < Q:
+        dwt[q + 2, c] += vsum(e)
+    if q + 3 < Q:
+        dwt[q + 3, c] += vsum(f)
 
 
 def pack_head_weights(weight: np.ndarray) -> np.ndarray:
@@ -326,6 +339,59 @@ def head_pixels(x: np.ndarray, w_p: np.ndarray, bias: np.ndarray, y: np.ndarray,
                 if o + 3 < cout:
                     vstore(yr, n * cout + o + 3, p, vbias_relu(a3, bias[o + 3], False))
         probes[index] = vsum(probe)
+
+
+@njit(cache=True, nogil=True)
+def head_backward_pixels(x: np.ndarray, dy: np.ndarray, weight: np.ndarray, dx: np.ndarray,
+                         dw_parts: np.ndarray, db_parts: np.ndarray, counter: np.ndarray,
+                         probes: np.ndarray) -> None:
+    """The three gradients of head_pixels's 1x1 convolution, from one read of dy per item.
+    Forward was y[n, o, p] = b[o] + sum_c w[o, c] x[n, c, p], so
+
+        dx[n, c, p] = sum_o w[o, c] dy[n, o, p]
+        dw[o, c]   += sum_p dy[n, o, p] x[n, c, p]      (4 x 4 sums in registers)
+        db[o]      += sum_p dy[n, o, p]
+
+    x (N, Cin, H, W) float32, H*W a multiple of 16; dy (N, Cout, H, W); weight (Cout, Cin)
+    float32; dx (N, Cin, H, W) (written); dw_parts (G, Cout, Cin), db_parts (G, Cout) zeros
+    (added to). Items are (image, run of HEAD_PIXELS pixels), cut into G groups of
+    consecutive items; a thread takes a whole group through `counter` and sums its items in
+    order into that group's partials (the same bits whatever the threads did). probes[item]:
+    sum(v - v) over the dy values read."""
+    N, C, H, W = x.shape
+    cout = dy.shape[1]
+    P = H * W
+    xr = x.reshape(N * C, P)
+    dyr = dy.reshape(N * cout, P)
+    dxr = dx.reshape(N * C, P)
+    runs = -(-P // HEAD_PIXELS)
+    pieces = N * runs
+    groups = dw_parts.shape[0]
+    while True:
+        group = fetch_add(counter, 0, 1)
+        if group >= groups:
+            return
+        for index in range(group * pieces // groups, (group + 1) * pieces // groups):
+            n, run = index // runs, index % runs
+            first = run * HEAD_PIXELS
+            last = min(first + HEAD_PIXELS, P)
+            probe = vzero()
+            for o in range(cout):                                   # db, and the probe
+                total = vzero()
+                for p in range(first, last, 16):
+                    v = vload(dyr, n * cout + o, p)
+                    probe = vadd(probe, vsub(v, v))
+                    total = vadd(total, v)
+                db_parts[group, o] += vsum(total)
+            probes[index] = vsum(probe)
+            for p in range(first, last, 16):                        # dx
+                for c in range(C):
+                    acc = vzero()
+                    for o in range(cout):
+                        acc = vfma(vload(dyr, n * cout + o, p), weight[o, c], acc)
+                    vstore(dxr, n * C + c, p, acc)
+            _up_weight_product(dyr[n * cout:(n + 1) * cout, first:last], xr, n * C, first,
+                               last - first, dw_parts[group])        # dw
 
 
 def _run(kernel: Callable, x: np.ndarray, w_p: np.ndarray, bias: np.ndarray | None, y: np.ndarray,
@@ -425,7 +491,43 @@ def _aligned_scratch(slot: int, name: str, shape: tuple[int, ...]) -> np.ndarray
     return _scratch.get(slot, name, shape, np.float32)
 
 
-def conv1x1_inference(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
+def conv1x1_backward(x: np.ndarray, dy: np.ndarray, weight: np.ndarray, bias: bool,
+                     who: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(dx, dw, db) of the 1x1 convolution (head_backward_pixels): x (N, Cin, H, W) float32
+    (`fits`), dy (N, Cout, H, W), weight (Cout, Cin, 1, 1) -> dx (N, Cin, H, W), dw (Cout,
+    Cin, 1, 1), db (Cout,) (None without a bias). With `who`, NaN/inf in dy raise
+    FloatingPointError before anything is returned (found from the items' probes)."""
+    x = np.ascontiguousarray(x)
+    dy = np.ascontiguousarray(dy, dtype=np.float32)
+    N, C, H, W = x.shape
+    cout = weight.shape[0]
+    if dy.shape != (N, cout, H, W):
+        raise ValueError(f"conv1x1_backward: dy {dy.shape} does not match x {x.shape}")
+    dx = np.empty((N, C, H, W), np.float32)
+    pieces = N * -(-H * W // HEAD_PIXELS)
+    groups = min(pieces, UP_GRADIENT_GROUPS)
+    dw_parts = np.zeros((groups, cout, C), np.float32)
+    db_parts = np.zeros((groups, cout), np.float32)
+    counter = np.zeros(1, np.int64)
+    probes = np.zeros(pieces)
+    w = np.ascontiguousarray(weight.reshape(cout, C), dtype=np.float32)
+
+    def worker(_: int, slot: int) -> None:
+        head_backward_pixels(x, dy, w, dx, dw_parts, db_parts, counter, probes)
+
+    parallel_for(worker, min(get_num_threads(), groups),
+                 serial=4.0 * N * C * cout * H * W < SERIAL_FLOPS, blas=False)
+    if who is not None and not np.isfinite(probes.sum()):
+        check_finite(who, dy, name="dout")                          # raises, with counts
+    dw = dw_parts[0]
+    db = db_parts[0]
+    for group in range(1, groups):                                  # in order: the same bits
+        dw += dw_parts[group]
+        db += db_parts[group]
+    return dx, dw.reshape(cout, C, 1, 1), (db if bias else None)
+
+
+def conv1x1_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
                       who: str | None = None) -> np.ndarray:
     """The 1x1 convolution of x (N, Cin, H, W) float32 with weight (Cout, Cin, 1, 1)
     (+ bias) -> (N, Cout, H, W); W a multiple of 16 (`applies`)."""
