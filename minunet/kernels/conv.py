@@ -241,6 +241,50 @@ def _direct_items() -> Callable:
     return _direct_items_jit
 
 
+def _weight_items_py(x: np.ndarray, x2: np.ndarray, dy_rows: np.ndarray, out_height: int,
+                     out_width: int, padding: int, rows_per_band: int, bands: int, width: int,
+                     counter: np.ndarray, partial: np.ndarray,
+                     band_buffer: np.ndarray) -> None:
+    """Run groups of (image, band) pieces of the direct weight gradient until none are left:
+    each thread of a region calls this once and takes whole groups through `counter` (as
+    _direct_items_py takes items), so no Python runs between pieces. Group g sums its
+    consecutive pieces, in order, into partial[g] (Cout, Cin*9), zeros at the start: the
+    grouping depends only on the shapes (see _weight_gradient). The input is [x | x2] along
+    channels (x2 may have 0 channels), copied part by part into each piece's band."""
+    N, Ca, Cb = x.shape[0], x.shape[1], x2.shape[1]
+    R, P, Ho, Wo = rows_per_band, padding, out_height, out_width
+    pieces = N * bands
+    groups = partial.shape[0]
+    while True:
+        group = simd.fetch_add(counter, 0, 1)
+        if group >= groups:
+            return
+        for index in range(group * pieces // groups, (group + 1) * pieces // groups):
+            n = index // bands
+            r0 = (index - n * bands) * R
+            rows = min(R, Ho - r0)
+            plane = (rows + 2) * width  # one channel of the band: a 3x3 kernel's rows + 2
+            fill_band(x, n, P, r0, band_buffer[:Ca * plane].reshape(Ca, rows + 2, width))
+            if Cb > 0:
+                fill_band(x2, n, P, r0, band_buffer[Ca * plane:(Ca + Cb) * plane]
+                          .reshape(Cb, rows + 2, width))
+            _weight_product_jit(band_buffer[:(Ca + Cb) * plane].reshape(Ca + Cb, rows + 2,
+                                                                         width),
+                                dy_rows[n, :, r0 * Wo:(r0 + rows) * Wo], partial[group], Wo)
+
+
+_weight_items_jit = None
+
+
+def _weight_items() -> Callable:
+    """_weight_items_py compiled (once, on first use), with gemm.direct_weight_product inside."""
+    global _weight_items_jit, _weight_product_jit
+    if _weight_items_jit is None:
+        _weight_product_jit = direct_weight_product.compiled()
+        _weight_items_jit = njit(cache=True, nogil=True)(_weight_items_py)
+    return _weight_items_jit
+
+
 def band_shape(channels: int, width: int, rows: int, out_width: int, kernel_size: int,
                stride: int, padding: int) -> tuple[int, int, int]:
     """Shape of im2col_rows's `band`: the input rows that `rows` output rows read, padded.
@@ -650,28 +694,21 @@ def _direct_weight_gradient(parts: tuple[np.ndarray, ...], dy_rows: np.ndarray, 
     Cin = sum(p.shape[1] for p in parts)
     Cout = dy_rows.shape[1]
     R, bands = _weight_bands(Cin, W, Ho, 3, P, x.itemsize)
-    pieces = N * bands
-    groups = min(pieces, WEIGHT_GRADIENT_GROUPS)
-    partial = [None] * groups
+    groups = min(N * bands, WEIGHT_GRADIENT_GROUPS)
+    partial = np.zeros((groups, Cout, Cin * 9), dtype=x.dtype)       # (G, Cout, Cin*9)
+    shape = band_shape(Cin, W, R, Wo, 3, 1, P)
+    second = parts[1] if len(parts) > 1 else np.empty((N, 0, *x.shape[2:]), x.dtype)
+    run_groups = _weight_items()
+    counter = np.zeros(1, np.int64)
 
-    def item(group: int, slot: int) -> None:
-        first, last = group * pieces // groups, (group + 1) * pieces // groups
-        dw = np.zeros((Cout, Cin * 9), dtype=x.dtype)
-        for index in range(first, last):
-            n, band = divmod(index, bands)
-            rows = min(R, Ho - band * R)
-            g = dy_rows[n, :, band * R * Wo:(band * R + rows) * Wo]   # (Cout, rows*Wo)
-            padded = _scratch.get(slot, "band", band_shape(Cin, W, rows, Wo, 3, 1, P), x.dtype)
-            first = 0
-            for part in parts:  # each part's channels into their place in the band
-                fill_band(part, n, P, band * R, padded[first:first + part.shape[1]])
-                first += part.shape[1]
-            direct_weight_product(padded, g, dw, Wo)
-        partial[group] = dw
+    def worker(_: int, slot: int) -> None:
+        run_groups(x, second, dy_rows, Ho, Wo, P, R, bands, shape[2], counter, partial,
+                   _scratch.get(slot, "band", (math.prod(shape),), x.dtype))
 
-    parallel_for(item, groups, serial=_small(N, Cin, Cout, Ho, Wo, 3), blas=False)
+    parallel_for(worker, min(get_num_threads(), groups), serial=_small(N, Cin, Cout, Ho, Wo, 3),
+                 blas=False)
     dw = partial[0]
-    for group in range(1, groups):
+    for group in range(1, groups):                                     # in order: same bits
         dw += partial[group]
     return dw.reshape(Cout, Cin, 3, 3)
 
