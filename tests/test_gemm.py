@@ -271,7 +271,8 @@ def test_fast_conv2d_layer_takes_two_parts():
 def test_weight_packing_and_flip_are_the_numpy_copies(cout, cin):
     """pack_weights and conv._flipped (compiled passes) give the arrays of their NumPy
     definitions: tiles of 8 output channels side by side, zeros past the last; the weight
-    transposed and rotated by 180 degrees (float32 and the gradient checks' float64)."""
+    transposed and rotated by 180 degrees (float32 and the gradient checks' float64; 3x3 and
+    a non-contiguous 5x5)."""
     rng = np.random.default_rng(cout * 10 + cin)
     w = rng.standard_normal((cout, cin, 3, 3))
     w_t = w.reshape(cout, -1).astype(np.float32).T                  # (Cin*9, Cout)
@@ -280,8 +281,8 @@ def test_weight_packing_and_flip_are_the_numpy_copies(cout, cin):
     padded[:, :cout] = w_t
     np.testing.assert_array_equal(gemm.pack_weights(w_t),
                                   padded.reshape(cin * 9, tiles, 8).transpose(1, 0, 2))
-    for dtype in (np.float32, np.float64):
-        weight = w.astype(dtype)
+    other_sizes = rng.standard_normal((cin, cout, 5, 5)).transpose(1, 0, 2, 3)  # a 5x5 view
+    for weight in (w.astype(np.float32), w, other_sizes):
         flipped = kernels._flipped(weight)
-        assert flipped.dtype == dtype and flipped.flags.c_contiguous
+        assert flipped.dtype == weight.dtype and flipped.flags.c_contiguous
         np.testing.assert_array_equal(flipped, weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
