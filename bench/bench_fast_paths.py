@@ -95,8 +95,10 @@ def batchnorm_sides(shape: tuple[int, int, int, int], rng: np.random.Generator,
                                          (istd * (s2 * istd) / M).astype(np.float32))
 
     def by_channel() -> None:
-        y, mean, var = bn.batchnorm_relu_train_forward(x, gamma, beta, 1e-5)
-        bn.batchnorm_relu_train_backward(g, y, x, mean, 1.0 / np.sqrt(var + 1e-5), gamma)
+        _, mean, var = bn.batchnorm_relu_train_forward(x, gamma, beta, 1e-5)
+        bn.batchnorm_relu_train_backward(g, x, mean, 1.0 / np.sqrt(var + 1e-5), gamma,
+                                         *bn.train_coefficients(gamma, beta, mean, var, 1e-5,
+                                                                np.float32))
 
     return two_passes, by_channel
 

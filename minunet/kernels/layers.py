@@ -44,6 +44,7 @@ from .batchnorm import (
     batchnorm_relu_train_backward,
     batchnorm_relu_train_forward,
     batchnorm_stats,
+    train_coefficients,
 )
 from .concat import concat_channels
 from .conv import (
@@ -347,8 +348,10 @@ class BatchNormReLU2d(BatchNorm2d):
     activation in forward and in backward. Backward is BatchNorm2d's with the upstream gradient
     masked where the ReLU was off (g * (y > 0), gradient 0 at y == 0 as in ReLU).
 
-    Saved for backward: x, the output y (for the mask; the next layer holds it anyway), the
-    mean, istd (C,) and the mode.
+    Saved for backward: x, the mean, istd (C,), the mode, and for the ReLU's mask the output y
+    (eval mode; the next layer holds it anyway) or, in train mode, the forward's per-channel
+    (scale, shift), from which backward recomputes y > 0 as x * scale + shift > 0 (the same
+    operations, the same bits) instead of reading y.
     """
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -361,6 +364,10 @@ class BatchNormReLU2d(BatchNorm2d):
                 check_finite(repr(self), x)  # raises, naming how many NaN / inf values
             self._update_running_stats(mean, var, x)
             istd = 1.0 / np.sqrt(var + self.eps)
+            # y = max(x * scale + shift, 0) with these, as the kernel rounded them: backward
+            # recomputes the ReLU's mask from x and them instead of reading y
+            mask_from = train_coefficients(self.weight.data, self.bias.data, mean, var,
+                                           self.eps, x.dtype)
         else:
             x, mean, istd = self._statistics(x)  # x (N, C, H, W); mean, istd (C,) float64
             scale = self.weight.data * istd
@@ -368,20 +375,23 @@ class BatchNormReLU2d(BatchNorm2d):
             y, probe = batchnorm_relu_forward(x, scale.astype(x.dtype), shift.astype(x.dtype))
             if probe != 0:
                 check_finite(repr(self), x)
-        self.save_for_backward(x, y, mean, istd, self.training)
+            mask_from = y
+        self.save_for_backward(x, mask_from, mean, istd, self.training)
         return y  # (N, C, H, W)
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
-        x, y, mean, istd, batch_stats = self.take_saved()
+        # mask_from: the forward's (scale, shift) in train mode, y in eval mode
+        x, mask_from, mean, istd, batch_stats = self.take_saved()
         self._check_dout(dout, x)
         dout = np.ascontiguousarray(dout)
         # forward was y = max(bn(x), 0): BatchNorm2d's backward with g * (y > 0)
         if batch_stats:  # the sums and dx channel by channel: one pass over memory
-            dx, sum_g, sum_gxc = batchnorm_relu_train_backward(dout, y, x, mean, istd,
-                                                               self.weight.data)
+            dx, sum_g, sum_gxc = batchnorm_relu_train_backward(dout, x, mean, istd,
+                                                               self.weight.data, *mask_from)
             self.bias.grad += sum_g.astype(x.dtype)             # dbeta
             self.weight.grad += (sum_gxc * istd).astype(x.dtype)  # dgamma = sum(g * x̂)
             return dx  # (N, C, H, W)
+        y = mask_from
         sum_g, sum_gxc = batchnorm_relu_backward_reduce(dout, y, x, mean)  # (C,) float64
         coefficients = self._accumulate_and_coefficients(x, mean, istd, batch_stats, sum_g,
                                                          sum_gxc)
