@@ -767,29 +767,32 @@ def _flipped(weight: np.ndarray) -> np.ndarray:
     copy of the flipped, transposed view took 3 ms on C3's deepest weight, this 1.6)."""
     Cout, Cin, K, _ = weight.shape
     out = np.empty((Cin, Cout, K, K), dtype=weight.dtype)
-    _flip(np.ascontiguousarray(weight), out)
+    weight = np.ascontiguousarray(weight)
+    parts = min(Cout, 4 * get_num_threads())  # ranges of output channels, by thread
+    parallel_for(lambda i, slot: _flip(weight, out, i * Cout // parts, (i + 1) * Cout // parts),
+                 parts, serial=out.nbytes < SERIAL_BYTES, blas=False)
     return out
 
 
 @njit(cache=True, nogil=True)
-def _flip(weight: np.ndarray, out: np.ndarray) -> None:
-    """out[c, o, kh, kw] = weight[o, c, K-1-kh, K-1-kw]: _flipped's pass; 3x3 kernels get
-    their own compiled copy (the taps' loop unrolled)."""
+def _flip(weight: np.ndarray, out: np.ndarray, o_start: int, o_stop: int) -> None:
+    """out[c, o, kh, kw] = weight[o, c, K-1-kh, K-1-kw] for o in [o_start, o_stop): _flipped's
+    pass; 3x3 kernels get their own compiled copy (the taps' loop unrolled)."""
     if weight.shape[2] == 3:
-        _flip_taps(weight, out, 3)
+        _flip_taps(weight, out, 3, o_start, o_stop)
     else:
-        _flip_taps(weight, out, weight.shape[2])
+        _flip_taps(weight, out, weight.shape[2], o_start, o_stop)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _flip_taps(weight: np.ndarray, out: np.ndarray, K: int) -> None:
+def _flip_taps(weight: np.ndarray, out: np.ndarray, K: int, o_start: int, o_stop: int) -> None:
     """The body of _flip: tap t of (o, c) to tap K*K - 1 - t of (c, o), reading weight in
     order."""
     Cout, Cin = weight.shape[0], weight.shape[1]
     taps = K * K
     source = weight.reshape(Cout, Cin * taps)
     target = out.reshape(Cin, Cout * taps)
-    for o in range(Cout):
+    for o in range(o_start, o_stop):
         for c in range(Cin):
             for t in range(taps):
                 target[c, o * taps + t] = source[o, c * taps + taps - 1 - t]

@@ -33,6 +33,7 @@ import numpy as np
 from numba import njit
 
 from .simd import vbias_relu, vfma, vload, vmul_add, vstore, vsum, vzero
+from .threads import SERIAL_BYTES, get_num_threads, parallel_for
 
 BLOCK = 48   # output pixels per register tile of direct_product: three vectors of 16
 TILE = 8     # output channels per register tile of direct_product
@@ -78,17 +79,23 @@ def pack_weights(w_t: np.ndarray) -> np.ndarray:
     deepest weights are 9 MiB: NumPy's padded copy and transposed copy took 3-5 ms a layer,
     every forward and input gradient)."""
     k, m = w_t.shape
-    packed = np.empty((-(-m // TILE), k, TILE), np.float32)
-    _pack(np.ascontiguousarray(w_t.T, dtype=np.float32), packed)  # no copy for w_rows.T
+    tiles = -(-m // TILE)
+    packed = np.empty((tiles, k, TILE), np.float32)
+    w_rows = np.ascontiguousarray(w_t.T, dtype=np.float32)  # no copy for w_rows.T
+    parts = min(tiles, 4 * get_num_threads())  # tiles of output channels, by thread
+    parallel_for(lambda i, slot: _pack(w_rows, packed, i * tiles // parts,
+                                       (i + 1) * tiles // parts),
+                 parts, serial=packed.nbytes < SERIAL_BYTES, blas=False)
     return packed
 
 
 @njit(cache=True, nogil=True)
-def _pack(w_rows: np.ndarray, packed: np.ndarray) -> None:
-    """packed[t, k, i] = w_rows[8t + i, k], 0 past the last row: pack_weights's pass."""
+def _pack(w_rows: np.ndarray, packed: np.ndarray, t_start: int, t_stop: int) -> None:
+    """packed[t, k, i] = w_rows[8t + i, k], 0 past the last row, for tiles t in
+    [t_start, t_stop): pack_weights's pass."""
     M, K = w_rows.shape
     zero = np.float32(0)
-    for t in range(packed.shape[0]):
+    for t in range(t_start, t_stop):
         for k in range(K):
             for i in range(TILE):
                 o = t * TILE + i
