@@ -101,7 +101,8 @@ def direct_route(repeats: int, rng: np.random.Generator) -> None:
             forward, blas = alternate(
                 partial(gemm.direct_product, band, w_p, y, 3, size, spare, no_bias, False),
                 partial(np.matmul, w, col, out=y), repeats)
-            weight, _ = alternate(partial(gemm.direct_weight_product, band, g, dw, size),
+            weight, _ = alternate(partial(gemm.direct_weight_product, band[None], g[None], dw,
+                                          size, 0, cout, cin),
                                   lambda: None, repeats)
             flop = 2 * cout * cin * 9 * R * size
             print(f"   {cin:3d}->{cout:3d} {size:3d}^2, {R} rows: {flop / forward / 1e9:5.0f} | "

@@ -10,7 +10,10 @@ avoids, both in ONE process, interleaved (A B A B ...), median of the per-round 
   3. the decoder's concatenation: `Conv2d(a, b)` reading the two halves where they are,
      against building [a | b] with `Concat` and convolving that (forward and backward);
   4. regions that never call BLAS leaving its thread count alone (`parallel_for(blas=False)`)
-     against switching it to one thread and back around every region.
+     against switching it to one thread and back around every region;
+  5. training's up-step (2x2 stride-2 transposed convolution), forward + backward, on
+     upsample.py's kernels against the BLAS route (im2col of dy, np.matmul), on C2's and
+     C3's up-steps (`kernels.layers.UP_STEP_MAX_WEIGHTS` is chosen from this).
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/bench_fast_paths.py [--rounds 15]
 
@@ -92,8 +95,10 @@ def batchnorm_sides(shape: tuple[int, int, int, int], rng: np.random.Generator,
                                          (istd * (s2 * istd) / M).astype(np.float32))
 
     def by_channel() -> None:
-        y, mean, var = bn.batchnorm_relu_train_forward(x, gamma, beta, 1e-5)
-        bn.batchnorm_relu_train_backward(g, y, x, mean, 1.0 / np.sqrt(var + 1e-5), gamma)
+        _, mean, var = bn.batchnorm_relu_train_forward(x, gamma, beta, 1e-5)
+        bn.batchnorm_relu_train_backward(g, x, mean, 1.0 / np.sqrt(var + 1e-5), gamma,
+                                         *bn.train_coefficients(gamma, beta, mean, var, 1e-5,
+                                                                np.float32))
 
     return two_passes, by_channel
 
@@ -173,6 +178,33 @@ def blas_left_alone(rounds: int) -> None:
         print(f"   {name}  {t_always * 1e3:6.2f} | {t_only * 1e3:6.2f} | {ratio:.2f}x")
 
 
+def up_step(rounds: int) -> None:
+    print("5. training's up-step, forward + backward (ms): BLAS route | upsample kernels | "
+          "ratio")
+    rng = np.random.default_rng(4)
+    limit = fast.UP_STEP_MAX_WEIGHTS
+    for batch, cin, cout, size in [(8, 128, 64, 16), (8, 64, 32, 32), (8, 32, 16, 64),
+                                   (4, 512, 256, 16), (4, 256, 128, 32), (4, 128, 64, 64),
+                                   (4, 64, 32, 128)]:
+        layer = fast.ConvTranspose2d(cin, cout, 2, stride=2, rng=rng)
+        x = rng.standard_normal((batch, cin, size, size)).astype(np.float32)
+        dy = rng.standard_normal((batch, cout, 2 * size, 2 * size)).astype(np.float32)
+
+        def step(weights: int, layer: fast.ConvTranspose2d = layer, x: np.ndarray = x,
+                 dy: np.ndarray = dy) -> None:
+            fast.UP_STEP_MAX_WEIGHTS = weights
+            try:
+                layer(x)
+                layer.backward(dy)
+            finally:
+                fast.UP_STEP_MAX_WEIGHTS = limit
+
+        t_blas, t_kernel, ratio = interleaved(lambda step=step: step(0),
+                                              lambda step=step, w=cin * cout: step(w), rounds)
+        print(f"   batch {batch} {cin:3d} -> {cout:3d} {size:3d}^2  {t_blas * 1e3:6.2f} | "
+              f"{t_kernel * 1e3:6.2f} | {ratio:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=15)
@@ -182,6 +214,7 @@ def main() -> None:
     batchnorm_by_channel(args.rounds)
     two_part_convolution(args.rounds)
     blas_left_alone(args.rounds)
+    up_step(args.rounds)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from minunet.kernels.batchnorm import (
     batchnorm_relu_train_backward,
     batchnorm_relu_train_forward,
     batchnorm_stats,
+    train_coefficients,
 )
 from minunet.kernels.layers import BatchNormReLU2d
 from minunet.kernels.reference import (
@@ -71,7 +72,8 @@ def test_train_kernels_equal_the_two_pass_kernels(shape, dtype, tol):
     y2, _ = batchnorm_relu_forward(x, scale.astype(dtype), (beta - mean2 * scale).astype(dtype))
     assert y.dtype == dtype and rel(y, y2) <= tol
     assert 0 < (y > 0).mean() < 1  # the mask matters in this test
-    dx, sum_g, sum_gxc = batchnorm_relu_train_backward(dout, y, x, mean, istd, gamma)
+    dx, sum_g, sum_gxc = batchnorm_relu_train_backward(
+        dout, x, mean, istd, gamma, *train_coefficients(gamma, beta, mean, var, eps, dtype))
     s1, s2 = batchnorm_relu_backward_reduce(dout, y, x, mean2)
     assert np.array_equal(sum_g, s1) and np.array_equal(sum_gxc, s2)
     M = x.size // C
@@ -79,6 +81,44 @@ def test_train_kernels_equal_the_two_pass_kernels(shape, dtype, tol):
                                         (gamma * istd).astype(dtype), (s1 / M).astype(dtype),
                                         (istd * (s2 * istd) / M).astype(dtype))
     assert dx.dtype == dtype and rel(dx, dx2) <= tol
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_train_backward_recomputes_the_mask_of_the_forward_to_the_bit(dtype):
+    """The train-mode backward reads no y: its ReLU mask x * scale + shift > 0 must be the
+    forward's y > 0 exactly, also for inputs at the threshold, where one rounding more or
+    less flips it. x is put on and around -shift / scale (t = 0 and its neighbours); the
+    sums, which every flipped pixel would change, must equal those of the y-reading kernel to
+    the bit."""
+    rng = np.random.default_rng(11)
+    shape = (3, 4, 16, 32)
+    C = shape[1]
+    gamma = rng.uniform(0.5, 1.5, C).astype(dtype)
+    beta = rng.uniform(-0.3, 0.3, C).astype(dtype)
+    base = rng.standard_normal(shape).astype(dtype)
+    mean, var = batchnorm_stats(base)
+    scale, shift = train_coefficients(gamma, beta, mean, var, 1e-5, dtype)
+    threshold = (-shift / scale).astype(dtype)[None, :, None, None]
+    x = base.copy()
+    x[:, :, :8] = threshold  # half of each channel on the threshold, nudged by 0-2 ulps
+    x[:, :, :8] = np.nextafter(x[:, :, :8], rng.choice([-np.inf, np.inf], x[:, :, :8].shape))
+    x[:, :, :4] = threshold
+    y, mean, var = batchnorm_relu_train_forward(x, gamma, beta, 1e-5)
+    scale, shift = train_coefficients(gamma, beta, mean, var, 1e-5, dtype)
+    assert 0 < (y[:, :, :8] > 0).mean() < 1  # the threshold pixels fall on both sides
+    dout = rng.standard_normal(shape).astype(dtype)
+    istd = 1.0 / np.sqrt(var + 1e-5)
+    dx, sum_g, sum_gxc = batchnorm_relu_train_backward(dout, x, mean, istd, gamma, scale,
+                                                       shift)
+    s1, s2 = batchnorm_relu_backward_reduce(dout, y, x, mean)
+    np.testing.assert_array_equal(sum_g, s1)
+    np.testing.assert_array_equal(sum_gxc, s2)
+    M = x.size // C
+    dx2 = batchnorm_relu_backward_input(dout, y, x, mean.astype(dtype),
+                                        (gamma * istd).astype(dtype), (s1 / M).astype(dtype),
+                                        (istd * (s2 * istd) / M).astype(dtype))
+    np.testing.assert_allclose(dx, dx2, rtol=1e-5 if dtype == np.float32 else 1e-12,
+                               atol=0)  # (the coefficients rounded a little differently)
 
 
 def test_train_forward_reveals_nan_in_its_statistics():

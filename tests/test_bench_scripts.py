@@ -44,3 +44,10 @@ def test_finetune_quick_writes_the_table(tmp_path):
     table = (tmp_path / "table.md").read_text()
     assert "| lab | 1 |" in table and "| lab | 2 |" in table and "fine-tuned" in table
     assert "bundled nuclei F1" in stdout
+
+
+def test_train_layers_groups_every_layer():
+    """bench/bench_train_layers.py on C1 (seconds): every group of layers is timed."""
+    stdout = run("bench_train_layers.py", "--config", "C1", "--steps", "1", "--top", "3")
+    for group in ("conv F", "conv B", "bn F", "bn B", "up-step B", "pool F", "head B", "loss"):
+        assert group in stdout

@@ -68,9 +68,28 @@ def test_direct_weight_product_matches_float64(cout, C, rows, Wo):
     band = random_band(rng, C, 3, rows, Wo)
     g = rng.standard_normal((cout, rows * Wo)).astype(np.float32)
     dw = np.ones((cout, C * 9), np.float32)  # the kernel adds to what is there
-    gemm.direct_weight_product(band, g, dw, Wo)
+    gemm.direct_weight_product(band[None], g[None], dw, Wo, 0, cout, C)
     expected = 1 + g.astype(np.float64) @ windows(band, 3, rows, Wo).T.astype(np.float64)
     np.testing.assert_allclose(dw, expected, rtol=0, atol=1e-5 * np.sqrt(rows * Wo))
+
+
+@pytest.mark.parametrize("cout, o_start, o_stop, c_block", [(5, 0, 5, 2), (6, 2, 5, 1),
+                                                             (4, 1, 4, 3), (17, 0, 17, 7)])
+def test_direct_weight_product_over_images_channel_blocks_and_an_output_range(
+        cout, o_start, o_stop, c_block):
+    """B bands swept as one (the small-image route), input channels in blocks, and only
+    the output channels [o_start, o_stop) added to (the rest of dw untouched)."""
+    rng = np.random.default_rng(cout + 3 * o_start + 11 * c_block)
+    C, rows, Wo, B = 5, 4, 32, 3
+    bands = np.stack([random_band(rng, C, 3, rows, Wo) for _ in range(B)])
+    g = rng.standard_normal((B, cout, rows * Wo)).astype(np.float32)
+    dw = np.ones((cout, C * 9), np.float32)
+    gemm.direct_weight_product(bands, g, dw, Wo, o_start, o_stop, c_block)
+    expected = np.ones((cout, C * 9))
+    for b in range(B):
+        expected[o_start:o_stop] += (g[b, o_start:o_stop].astype(np.float64)
+                                     @ windows(bands[b], 3, rows, Wo).T.astype(np.float64))
+    np.testing.assert_allclose(dw, expected, rtol=0, atol=1e-5 * np.sqrt(B * rows * Wo))
 
 
 @pytest.fixture(params=["tall bands", "one row per band"])
@@ -81,15 +100,17 @@ def direct_route(monkeypatch, request):
     if request.param == "one row per band":
         monkeypatch.setattr(kernels, "COL_BYTES", 1)
         monkeypatch.setattr(kernels, "WEIGHT_BAND_BYTES", 1)
+        monkeypatch.setattr(kernels, "SMALL_BLOCK_BYTES", 1)  # one input channel per block
 
 
 # (N, Cin, Cout, H, W, K, P, weight gradient direct?): output widths multiples of 16 (the
-# direct route), Cout around the tiles of 8 and 3; the weight gradient is direct for 3x3
-# kernels on at least 32 x 32 output pixels
+# direct route), Cout around the tiles of 8 and 3; the weight gradient is direct for every
+# 3x3 kernel: the first three cases are small images (conv.SMALL_IMAGE_PIXELS: all images
+# swept at once), the last three are cut into bands
 DIRECT_CASES = [
-    (2, 3, 5, 7, 32, 3, 1, False),
-    (1, 16, 16, 9, 16, 3, 1, False),
-    (2, 4, 33, 5, 48, 3, 1, False),
+    (2, 3, 5, 7, 32, 3, 1, True),
+    (1, 16, 16, 9, 16, 3, 1, True),
+    (2, 4, 33, 5, 48, 3, 1, True),
     (1, 3, 5, 33, 32, 3, 1, True),
     (2, 1, 8, 32, 64, 3, 1, True),
     (1, 2, 3, 36, 30, 3, 2, True),   # P = 2: 38 x 32 output pixels
@@ -134,7 +155,7 @@ def test_the_route_is_chosen_by_dtype_stride_and_width(monkeypatch):
             np.zeros((8, 48), np.float32), np.zeros(0, np.float32), False)
     assert kernels._direct_weight(np.float32, 3, 1, 1, 32, 64)
     assert not kernels._direct_weight(np.float32, 5, 1, 2, 32, 64)   # 3x3 only
-    assert not kernels._direct_weight(np.float32, 3, 1, 1, 16, 48)   # under 32 x 32 pixels
+    assert kernels._direct_weight(np.float32, 3, 1, 1, 16, 16)   # small images too
     monkeypatch.setattr(kernels, "USE_DIRECT", False)
     assert not kernels._direct(np.float32, 3, 1, 1, 64)
 
@@ -244,3 +265,24 @@ def test_fast_conv2d_layer_takes_two_parts():
         two(a, b[:, :, :16])
     with pytest.raises(TypeError, match="one input or two parts"):
         two(a, a, a)
+
+
+@pytest.mark.parametrize("cout, cin", [(1, 3), (13, 5), (8, 16), (24, 7)])
+def test_weight_packing_and_flip_are_the_numpy_copies(cout, cin):
+    """pack_weights and conv._flipped (compiled passes) give the arrays of their NumPy
+    definitions: tiles of 8 output channels side by side, zeros past the last; the weight
+    transposed and rotated by 180 degrees (float32 and the gradient checks' float64; 3x3 and
+    a non-contiguous 5x5)."""
+    rng = np.random.default_rng(cout * 10 + cin)
+    w = rng.standard_normal((cout, cin, 3, 3))
+    w_t = w.reshape(cout, -1).astype(np.float32).T                  # (Cin*9, Cout)
+    tiles = -(-cout // 8)
+    padded = np.zeros((cin * 9, tiles * 8), np.float32)
+    padded[:, :cout] = w_t
+    np.testing.assert_array_equal(gemm.pack_weights(w_t),
+                                  padded.reshape(cin * 9, tiles, 8).transpose(1, 0, 2))
+    other_sizes = rng.standard_normal((cin, cout, 5, 5)).transpose(1, 0, 2, 3)  # a 5x5 view
+    for weight in (w.astype(np.float32), w, other_sizes):
+        flipped = kernels._flipped(weight)
+        assert flipped.dtype == weight.dtype and flipped.flags.c_contiguous
+        np.testing.assert_array_equal(flipped, weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])

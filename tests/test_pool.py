@@ -47,6 +47,26 @@ def test_kernels_match_reference(N, C, H, W, K, S, dtype, tol):
     assert dx.dtype == dtype and rel(dx, dx_ref) <= tol
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N, C, H, W, K, S", [*CASES, (2, 40, 128, 128, 2, 2)])
+def test_backward_plus_is_the_sum_in_one_pass(N, C, H, W, K, S, dtype):
+    """maxpool2d_backward(..., plus=p) == maxpool2d_backward(...) + p to the bit (each value
+    is one addition), on one thread and on the pool's threads (the last case is over
+    threads.SERIAL_BYTES); the fast layer checks plus's shape."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    _, argmax, _ = maxpool2d_forward(x, K, S)
+    dout = rng.standard_normal(argmax.shape).astype(dtype)
+    plus = rng.standard_normal((N, C, H, W)).astype(dtype)
+    expected = maxpool2d_backward(dout, argmax, H, W, K, S) + plus
+    np.testing.assert_array_equal(maxpool2d_backward(dout, argmax, H, W, K, S, plus=plus),
+                                  expected)
+    pool = fast_layers.MaxPool2d(K, S)
+    pool(x)
+    with pytest.raises(ValueError, match="plus must be"):
+        pool.backward(dout, plus=plus[:, :, :-1])
+
+
 @pytest.mark.parametrize("N, C, H, W, K, S", CASES)
 def test_kernels_break_ties_like_argmax(N, C, H, W, K, S):
     """Values from {0, 1, 2}: most windows hold ties; the winner must be np.argmax's (first)."""

@@ -183,16 +183,18 @@ def test_conv_in_bands_of_one_row_matches_reference(monkeypatch, n_threads, dtyp
         threads.set_num_threads(before)
 
 
-@pytest.mark.parametrize("route", ["blas", "direct"])
+@pytest.mark.parametrize("route", ["blas", "direct", "direct, small images"])
 def test_weight_gradient_does_not_depend_on_which_thread_ran_what(monkeypatch, route):
     """Training must be reproducible: dw may not depend on the order items ran in or on
     which thread (slot) ran each one. A stand-in pool runs the items in a scrambled order on
     changing slots and must give the same bits as running them in order on one slot."""
     monkeypatch.setattr(kernels, "COL_BYTES", 64)  # many (image, band) pieces
     monkeypatch.setattr(kernels, "WEIGHT_BAND_BYTES", 64)
-    monkeypatch.setattr(kernels, "USE_DIRECT", route == "direct")
-    W = 96 if route == "direct" else 11  # the direct route wants rows of 16k pixels
-    assert kernels._direct_weight(np.float32, 3, 1, 1, 13, W) == (route == "direct")
+    monkeypatch.setattr(kernels, "USE_DIRECT", route != "blas")
+    W = {"blas": 11, "direct": 96, "direct, small images": 32}[route]  # direct: 16k pixels
+    assert kernels._direct_weight(np.float32, 3, 1, 1, 13, W) == (route != "blas")
+    if route != "blas":
+        assert (13 * W <= kernels.SMALL_IMAGE_PIXELS) == (route == "direct, small images")
     rng = np.random.default_rng(0)
     x = rng.standard_normal((5, 3, 13, W)).astype(np.float32)
     dy = rng.standard_normal((5, 4, 13, W)).astype(np.float32)

@@ -7,7 +7,7 @@
     batchnorm_relu_*: the same three with a ReLU after the normalisation (BatchNormReLU2d):
     forward clamps y at 0, backward uses dout * (y > 0) in place of dout
     batchnorm_relu_train_forward(x, gamma, beta, eps)    -> y, mean, var (train mode)
-    batchnorm_relu_train_backward(dout, y, x, mean, istd, gamma)
+    batchnorm_relu_train_backward(dout, x, mean, istd, gamma, scale, shift)
                                                          -> dx, sum dout', sum dout'*(x - mean)
     the two passes of each direction in one, channel by channel (what BatchNormReLU2d runs
     when training): a channel's values are read a second time while they are still in the
@@ -318,21 +318,26 @@ def _bn_relu_train_forward_channels(x: np.ndarray, gamma: np.ndarray, beta: np.n
                 yf[n, c, p] = t if t > zero else zero
 
 
-def batchnorm_relu_train_backward(dout: np.ndarray, y: np.ndarray, x: np.ndarray,
-                                  mean: np.ndarray, istd: np.ndarray, gamma: np.ndarray,
+def batchnorm_relu_train_backward(dout: np.ndarray, x: np.ndarray, mean: np.ndarray,
+                                  istd: np.ndarray, gamma: np.ndarray, scale: np.ndarray,
+                                  shift: np.ndarray,
                                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Train-mode BatchNormReLU2d backward, per channel: the sums, then dx.
 
-    dout, y, x (N, C, H, W) contiguous; mean, istd (C,) float64; gamma (C,) in x's dtype.
-    With g = dout * (y > 0): returns dx (N, C, H, W) and, in float64, sum_g = sum(g) and
-    sum_gxc = sum(g * (x - mean)) per channel (for dbeta and dgamma), where
+    dout, x (N, C, H, W) contiguous; mean, istd (C,) float64; gamma (C,) in x's dtype; scale,
+    shift (C,) in x's dtype: the forward's y = max(x * scale + shift, 0) coefficients, as
+    batchnorm_relu_train_forward rounded them (`train_coefficients`). The ReLU's mask y > 0
+    is recomputed as x * scale + shift > 0, the very operations of the forward, so y itself
+    is not read (one array less per pass). With g = dout * (y > 0): returns dx (N, C, H, W)
+    and, in float64, sum_g = sum(g) and sum_gxc = sum(g * (x - mean)) per channel (for dbeta
+    and dgamma), where
 
         dx = a * (g - mean_g - (x - mean) * k),  a = gamma * istd, mean_g = sum_g / M,
         k = istd * (sum_gxc * istd) / M          (M = N*H*W; coefficients rounded to x's
                                                    dtype)
 
     the values of batchnorm_relu_backward_reduce, BatchNorm2d's coefficients and
-    batchnorm_relu_backward_input, to the bit.
+    batchnorm_relu_backward_input (given y), to the bit.
     """
     C = x.shape[1]
     dx = np.empty_like(x)   # (N, C, H, W)
@@ -340,22 +345,76 @@ def batchnorm_relu_train_backward(dout: np.ndarray, y: np.ndarray, x: np.ndarray
     sum_gxc = np.empty(C)   # (C,) float64
     per, items = _channel_groups(C, x.nbytes)
     parallel_for(lambda i, slot: _bn_relu_train_backward_channels(
-        dout, y, x, mean, istd, gamma, i * per, min(C, (i + 1) * per), dx, sum_g, sum_gxc),
-        items, blas=False)
+        dout, x, mean, istd, gamma, scale, shift, i * per, min(C, (i + 1) * per), dx, sum_g,
+        sum_gxc), items, blas=False)
     return dx, sum_g, sum_gxc
 
 
+def train_coefficients(gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray, var: np.ndarray,
+                       eps: float, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, shift) in `dtype` as batchnorm_relu_train_forward computed them per channel:
+    istd = 1 / sqrt(var + eps), scale = gamma * istd, shift = beta - mean * scale in float64,
+    then rounded (the same operations, so the same bits)."""
+    istd = 1.0 / np.sqrt(var + eps)
+    scale = gamma.astype(np.float64) * istd
+    return scale.astype(dtype), (beta.astype(np.float64) - mean * scale).astype(dtype)
+
+
 @njit(cache=True, nogil=True, fastmath=REASSOCIATE)
-def _bn_relu_train_backward_channels(dout: np.ndarray, y: np.ndarray, x: np.ndarray,
-                                     mean: np.ndarray, istd: np.ndarray, gamma: np.ndarray,
-                                     c_start: int, c_stop: int, dx: np.ndarray,
-                                     sum_g: np.ndarray, sum_gxc: np.ndarray) -> None:
+def _bn_relu_train_backward_channels(dout: np.ndarray, x: np.ndarray, mean: np.ndarray,
+                                     istd: np.ndarray, gamma: np.ndarray, scale: np.ndarray,
+                                     shift: np.ndarray, c_start: int, c_stop: int,
+                                     dx: np.ndarray, sum_g: np.ndarray,
+                                     sum_gxc: np.ndarray) -> None:
     """batchnorm_relu_train_backward for channels [c_start, c_stop)."""
     N, _, H, W = x.shape
     M = N * H * W
     dtype = x.dtype.type
     for c in range(c_start, c_stop):
-        _bn_relu_reduce_channels(dout, y, x, mean, c, c + 1, sum_g, sum_gxc)
+        _bn_relu_reduce_affine(dout, x, mean, scale[c], shift[c], c, sum_g, sum_gxc)
         s = istd[c]  # the coefficients as the layer's Python rounds them: float64, then dtype
-        _bn_relu_input_channel(dout, y, x, c, dtype(mean[c]), dtype(np.float64(gamma[c]) * s),
-                               dtype(sum_g[c] / M), dtype(s * (sum_gxc[c] * s) / M), dx)
+        _bn_relu_input_affine(dout, x, c, scale[c], shift[c], dtype(mean[c]),
+                              dtype(np.float64(gamma[c]) * s), dtype(sum_g[c] / M),
+                              dtype(s * (sum_gxc[c] * s) / M), dx)
+
+
+@njit(cache=True, nogil=True, fastmath=REASSOCIATE, inline="always")
+def _bn_relu_reduce_affine(dout: np.ndarray, x: np.ndarray, mean: np.ndarray, scale: float,
+                           shift: float, c: int, sum_g: np.ndarray,
+                           sum_gxc: np.ndarray) -> None:
+    """_bn_relu_reduce_channels for channel c, the mask y > 0 as x * scale + shift > 0."""
+    N, C, H, W = x.shape
+    HW = H * W
+    xf = x.reshape(N, C, HW)
+    gf = dout.reshape(N, C, HW)
+    zero = x.dtype.type(0)
+    m = mean[c]
+    s1 = 0.0  # float64 on purpose: see the module docstring
+    s2 = 0.0
+    for n in range(N):
+        for p in range(HW):
+            v = xf[n, c, p]
+            g = np.float64(gf[n, c, p]) if v * scale + shift > zero else 0.0
+            s1 += g
+            s2 += g * (np.float64(v) - m)
+    sum_g[c] = s1
+    sum_gxc[c] = s2
+
+
+@njit(cache=True, nogil=True)
+def _bn_relu_input_affine(dout: np.ndarray, x: np.ndarray, c: int, scale: float,
+                          shift: float, mean: float, a: float, mean_g: float, k: float,
+                          dx: np.ndarray) -> None:
+    """_bn_relu_input_channel with the mask y > 0 as x * scale + shift > 0. No fastmath:
+    the same rounding wherever it is called from."""
+    N, C, H, W = x.shape
+    HW = H * W
+    xf = x.reshape(N, C, HW)
+    gf = dout.reshape(N, C, HW)
+    df = dx.reshape(N, C, HW)
+    zero = x.dtype.type(0)
+    for n in range(N):
+        for p in range(HW):
+            v = xf[n, c, p]
+            g = gf[n, c, p] if v * scale + shift > zero else zero
+            df[n, c, p] = a * (g - mean_g - (v - mean) * k)

@@ -56,7 +56,7 @@ from numba import njit
 from ..checks import check_finite
 from . import simd
 from .gemm import BLOCK, TILE, direct_product, direct_weight_product, pack_weights
-from .threads import SERIAL_FLOPS, get_num_threads, parallel_for
+from .threads import SERIAL_BYTES, SERIAL_FLOPS, get_num_threads, parallel_for
 from .winograd import band_rows, packed_weights, run_items, scratch_shapes, winograd_applies
 
 # float32 stride-1 convolutions use gemm.direct_product (and direct_weight_product) where
@@ -241,6 +241,50 @@ def _direct_items() -> Callable:
     return _direct_items_jit
 
 
+def _weight_items_py(x: np.ndarray, x2: np.ndarray, dy_rows: np.ndarray, out_height: int,
+                     out_width: int, padding: int, rows_per_band: int, bands: int, width: int,
+                     counter: np.ndarray, partial: np.ndarray,
+                     band_buffer: np.ndarray) -> None:
+    """Run groups of (image, band) pieces of the direct weight gradient until none are left:
+    each thread of a region calls this once and takes whole groups through `counter` (as
+    _direct_items_py takes items), so no Python runs between pieces. Group g sums its
+    consecutive pieces, in order, into partial[g] (Cout, Cin*9), zeros at the start: the
+    grouping depends only on the shapes (see _weight_gradient). The input is [x | x2] along
+    channels (x2 may have 0 channels), copied part by part into each piece's band."""
+    N, Ca, Cb = x.shape[0], x.shape[1], x2.shape[1]
+    R, P, Ho, Wo = rows_per_band, padding, out_height, out_width
+    pieces = N * bands
+    groups = partial.shape[0]
+    while True:
+        group = simd.fetch_add(counter, 0, 1)
+        if group >= groups:
+            return
+        for index in range(group * pieces // groups, (group + 1) * pieces // groups):
+            n = index // bands
+            r0 = (index - n * bands) * R
+            rows = min(R, Ho - r0)
+            plane = (rows + 2) * width  # one channel of the band: a 3x3 kernel's rows + 2
+            fill_band(x, n, P, r0, band_buffer[:Ca * plane].reshape(Ca, rows + 2, width))
+            if Cb > 0:
+                fill_band(x2, n, P, r0, band_buffer[Ca * plane:(Ca + Cb) * plane]
+                          .reshape(Cb, rows + 2, width))
+            band = band_buffer[:(Ca + Cb) * plane].reshape(1, Ca + Cb, rows + 2, width)
+            _weight_product_jit(band, dy_rows[n:n + 1, :, r0 * Wo:(r0 + rows) * Wo],
+                                partial[group], Wo, 0, dy_rows.shape[1], Ca + Cb)
+
+
+_weight_items_jit = None
+
+
+def _weight_items() -> Callable:
+    """_weight_items_py compiled (once, on first use), with gemm.direct_weight_product inside."""
+    global _weight_items_jit, _weight_product_jit
+    if _weight_items_jit is None:
+        _weight_product_jit = direct_weight_product.compiled()
+        _weight_items_jit = njit(cache=True, nogil=True)(_weight_items_py)
+    return _weight_items_jit
+
+
 def band_shape(channels: int, width: int, rows: int, out_width: int, kernel_size: int,
                stride: int, padding: int) -> tuple[int, int, int]:
     """Shape of im2col_rows's `band`: the input rows that `rows` output rows read, padded.
@@ -395,11 +439,9 @@ def _direct(dtype: np.dtype, K: int, S: int, P: int, Wo: int) -> bool:
 
 
 def _direct_weight(dtype: np.dtype, K: int, S: int, P: int, Ho: int, Wo: int) -> bool:
-    """Whether a weight gradient goes to gemm.direct_weight_product: as
-    _direct, for 3x3 kernels (its 9 taps are spelled out) and images of at least 32 x 32
-    output pixels (on smaller ones its per-channel sweeps are too short to beat BLAS:
-    bench/bench_conv_parts.py)."""
-    return _direct(dtype, K, S, P, Wo) and K == 3 and Ho * Wo >= 1024
+    """Whether a weight gradient goes to gemm.direct_weight_product: as _direct, for 3x3
+    kernels (its 9 taps are spelled out)."""
+    return _direct(dtype, K, S, P, Wo) and K == 3
 
 
 WEIGHT_BAND_BYTES = 1 << 20  # input rows per weight-gradient item: ~1 MiB of padded band
@@ -640,46 +682,120 @@ def _weight_gradient(x: Parts, dy: np.ndarray, kernel_size: int, stride: int,
 
 def _direct_weight_gradient(parts: tuple[np.ndarray, ...], dy_rows: np.ndarray, Ho: int,
                             Wo: int, P: int) -> np.ndarray:
-    """_weight_gradient of a float32 3x3 stride-1 convolution by gemm.direct_weight_product:
-    the same grouping into WEIGHT_GRADIENT_GROUPS runs of (image, band) pieces, summed in order
-    into its own partial dw (Cout, Cin*9), the partials added in run order: the same bits on
-    every run. The input is the channel concatenation of `parts`, copied part by part into
-    each band."""
+    """_weight_gradient of a float32 3x3 stride-1 convolution by gemm.direct_weight_product.
+    The input is the channel concatenation of `parts`, copied part by part into the bands.
+
+    Images of more than SMALL_IMAGE_PIXELS: the same grouping into WEIGHT_GRADIENT_GROUPS
+    runs of (image, band) pieces as the BLAS route, each summed in order into its own partial
+    dw (Cout, Cin*9), the partials added in run order. Smaller ones: _small_images_weight.
+    Either way the same bits on every run, whatever the threads did."""
     x = parts[0]
     N, _, _, W = x.shape
     Cin = sum(p.shape[1] for p in parts)
     Cout = dy_rows.shape[1]
+    second = parts[1] if len(parts) > 1 else np.empty((N, 0, *x.shape[2:]), x.dtype)
+    if Ho * Wo <= SMALL_IMAGE_PIXELS:
+        return _small_images_weight(x, second, dy_rows, Ho, Wo, P)
     R, bands = _weight_bands(Cin, W, Ho, 3, P, x.itemsize)
-    pieces = N * bands
-    groups = min(pieces, WEIGHT_GRADIENT_GROUPS)
-    partial = [None] * groups
+    groups = min(N * bands, WEIGHT_GRADIENT_GROUPS)
+    partial = np.zeros((groups, Cout, Cin * 9), dtype=x.dtype)       # (G, Cout, Cin*9)
+    shape = band_shape(Cin, W, R, Wo, 3, 1, P)
+    run_groups = _weight_items()
+    counter = np.zeros(1, np.int64)
 
-    def item(group: int, slot: int) -> None:
-        first, last = group * pieces // groups, (group + 1) * pieces // groups
-        dw = np.zeros((Cout, Cin * 9), dtype=x.dtype)
-        for index in range(first, last):
-            n, band = divmod(index, bands)
-            rows = min(R, Ho - band * R)
-            g = dy_rows[n, :, band * R * Wo:(band * R + rows) * Wo]   # (Cout, rows*Wo)
-            padded = _scratch.get(slot, "band", band_shape(Cin, W, rows, Wo, 3, 1, P), x.dtype)
-            first = 0
-            for part in parts:  # each part's channels into their place in the band
-                fill_band(part, n, P, band * R, padded[first:first + part.shape[1]])
-                first += part.shape[1]
-            direct_weight_product(padded, g, dw, Wo)
-        partial[group] = dw
+    def worker(_: int, slot: int) -> None:
+        run_groups(x, second, dy_rows, Ho, Wo, P, R, bands, shape[2], counter, partial,
+                   _scratch.get(slot, "band", (math.prod(shape),), x.dtype))
 
-    parallel_for(item, groups, serial=_small(N, Cin, Cout, Ho, Wo, 3), blas=False)
+    parallel_for(worker, min(get_num_threads(), groups), serial=_small(N, Cin, Cout, Ho, Wo, 3),
+                 blas=False)
     dw = partial[0]
-    for group in range(1, groups):
+    for group in range(1, groups):                                     # in order: same bits
         dw += partial[group]
+    return dw.reshape(Cout, Cin, 3, 3)
+
+
+# Images of at most this many output pixels (32 x 32) take _small_images_weight: there a
+# band of one image gives each channel pair's sweep few pixels for the lanes added at its end
+# (18 sums of 16 lanes), and the BLAS route was no faster
+SMALL_IMAGE_PIXELS = 1024
+SWEEP_GRADIENT_BYTES = 16 << 10  # the output gradient of a channel pair in one sweep: in L1
+SMALL_BLOCK_BYTES = 256 << 10    # the bands of one block of input channels in a sweep: in L2
+
+
+def _small_images_weight(x: np.ndarray, x2: np.ndarray, dy_rows: np.ndarray, Ho: int, Wo: int,
+                         P: int) -> np.ndarray:
+    """The direct weight gradient of small images: every image padded once into one array of
+    bands (N, Cin, Ho + 2, width); then items of output channels, each computing its rows of
+    dw whole, B images per sweep (gemm.direct_weight_product: as many images as keep a channel
+    pair's output gradient within SWEEP_GRADIENT_BYTES), input channels in blocks of about
+    SMALL_BLOCK_BYTES. Each dw value is summed by one item in an order fixed by the shapes:
+    the same bits whatever the threads did, and no partial sums to add."""
+    N, Ca = x.shape[:2]
+    Cin = Ca + x2.shape[1]
+    Cout = dy_rows.shape[1]
+    shape = band_shape(Cin, x.shape[3], Ho, Wo, 3, 1, P)             # (Cin, Ho + 2, width)
+    bands = _scratch.get(0, "weight bands", (N, *shape), x.dtype)     # (N, Cin, Ho+2, width)
+    small = _small(N, Cin, Cout, Ho, Wo, 3)
+
+    def fill(n: int, slot: int) -> None:                              # one image
+        fill_band(x, n, P, 0, bands[n, :Ca])
+        if Cin > Ca:
+            fill_band(x2, n, P, 0, bands[n, Ca:])
+
+    parallel_for(fill, N, serial=small or bands.nbytes < SERIAL_BYTES, blas=False)
+    dw = np.zeros((Cout, Cin * 9), dtype=x.dtype)                     # (Cout, Cin*9)
+    B = max(1, min(N, SWEEP_GRADIENT_BYTES // (2 * Ho * Wo * x.itemsize)))
+    c_block = max(1, SMALL_BLOCK_BYTES // (B * shape[1] * shape[2] * x.itemsize))
+    pairs = -(-Cout // 2)
+    items = min(pairs, 4 * get_num_threads())
+    product = direct_weight_product.compiled()
+
+    def item(i: int, slot: int) -> None:  # output channels [2 * first, 2 * last) of dw
+        first, last = i * pairs // items, (i + 1) * pairs // items
+        for b in range(0, N, B):          # B images per sweep, in order
+            product(bands[b:b + B], dy_rows[b:b + B], dw, Wo, 2 * first, min(Cout, 2 * last),
+                    c_block)
+
+    parallel_for(item, items, serial=small, blas=False)
     return dw.reshape(Cout, Cin, 3, 3)
 
 
 def _flipped(weight: np.ndarray) -> np.ndarray:
     """(Cout, Cin, K, K) -> (Cin, Cout, K, K) rotated by 180 degrees: the weight of the
-    convolution that maps dy back to dx when the stride is 1."""
-    return np.ascontiguousarray(weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+    convolution that maps dy back to dx when the stride is 1. One compiled pass (NumPy's
+    copy of the flipped, transposed view took 3 ms on C3's deepest weight, this 1.6)."""
+    Cout, Cin, K, _ = weight.shape
+    out = np.empty((Cin, Cout, K, K), dtype=weight.dtype)
+    weight = np.ascontiguousarray(weight)
+    parts = min(Cout, 4 * get_num_threads())  # ranges of output channels, by thread
+    parallel_for(lambda i, slot: _flip(weight, out, i * Cout // parts, (i + 1) * Cout // parts),
+                 parts, serial=out.nbytes < SERIAL_BYTES, blas=False)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _flip(weight: np.ndarray, out: np.ndarray, o_start: int, o_stop: int) -> None:
+    """out[c, o, kh, kw] = weight[o, c, K-1-kh, K-1-kw] for o in [o_start, o_stop): _flipped's
+    pass; 3x3 kernels get their own compiled copy (the taps' loop unrolled)."""
+    if weight.shape[2] == 3:
+        _flip_taps(weight, out, 3, o_start, o_stop)
+    else:
+        _flip_taps(weight, out, weight.shape[2], o_start, o_stop)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _flip_taps(weight: np.ndarray, out: np.ndarray, K: int, o_start: int, o_stop: int) -> None:
+    """The body of _flip: tap t of (o, c) to tap K*K - 1 - t of (c, o), reading weight in
+    order."""
+    Cout, Cin = weight.shape[0], weight.shape[1]
+    taps = K * K
+    source = weight.reshape(Cout, Cin * taps)
+    target = out.reshape(Cin, Cout * taps)
+    for o in range(o_start, o_stop):
+        for c in range(Cin):
+            for t in range(taps):
+                target[c, o * taps + t] = source[o, c * taps + taps - 1 - t]
 
 
 # ------------------------------------------------------------------ the public pairs

@@ -33,6 +33,7 @@ import numpy as np
 from numba import njit
 
 from .simd import vbias_relu, vfma, vload, vmul_add, vstore, vsum, vzero
+from .threads import SERIAL_BYTES, get_num_threads, parallel_for
 
 BLOCK = 48   # output pixels per register tile of direct_product: three vectors of 16
 TILE = 8     # output channels per register tile of direct_product
@@ -44,7 +45,8 @@ TILE = 8     # output channels per register tile of direct_product
 # output gradients with any strides (a C-contiguous array converts to that type).
 _PRODUCT = ("void(float32[:, :, ::1], float32[:, :, ::1], float32[:, :], int64, int64, "
             "float32[:, ::1], float32[::1], boolean)")
-_WEIGHT_PRODUCT = "void(float32[:, :, ::1], float32[:, :], float32[:, ::1], int64)"
+_WEIGHT_PRODUCT = ("void(float32[:, :, :, ::1], float32[:, :, :], float32[:, ::1], int64, "
+                   "int64, int64, int64)")
 
 
 def _compiled_on_first_call(signature: str) -> Callable[[Callable], Callable]:
@@ -73,14 +75,31 @@ def _compiled_on_first_call(signature: str) -> Callable[[Callable], Callable]:
 def pack_weights(w_t: np.ndarray) -> np.ndarray:
     """w_t (K, M) -> (ceil(M / 8), K, 8), zero-padded: the weights of each tile of 8 output
     channels next to each other, so that direct_product's 8 broadcasts per step read one
-    run of 32 bytes instead of 8 rows' worth of cache lines."""
+    run of 32 bytes instead of 8 rows' worth of cache lines. In one compiled pass (C3's
+    deepest weights are 9 MiB: NumPy's padded copy and transposed copy took 3-5 ms a layer,
+    every forward and input gradient)."""
     k, m = w_t.shape
     tiles = -(-m // TILE)
-    packed = np.zeros((tiles, k, TILE), np.float32)
-    padded = np.zeros((k, tiles * TILE), np.float32)
-    padded[:, :m] = w_t
-    packed[:] = padded.reshape(k, tiles, TILE).transpose(1, 0, 2)
+    packed = np.empty((tiles, k, TILE), np.float32)
+    w_rows = np.ascontiguousarray(w_t.T, dtype=np.float32)  # no copy for w_rows.T
+    parts = min(tiles, 4 * get_num_threads())  # tiles of output channels, by thread
+    parallel_for(lambda i, slot: _pack(w_rows, packed, i * tiles // parts,
+                                       (i + 1) * tiles // parts),
+                 parts, serial=packed.nbytes < SERIAL_BYTES, blas=False)
     return packed
+
+
+@njit(cache=True, nogil=True)
+def _pack(w_rows: np.ndarray, packed: np.ndarray, t_start: int, t_stop: int) -> None:
+    """packed[t, k, i] = w_rows[8t + i, k], 0 past the last row, for tiles t in
+    [t_start, t_stop): pack_weights's pass."""
+    M, K = w_rows.shape
+    zero = np.float32(0)
+    for t in range(t_start, t_stop):
+        for k in range(K):
+            for i in range(TILE):
+                o = t * TILE + i
+                packed[t, k, i] = w_rows[o, k] if o < M else zero
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -207,112 +226,120 @@ def _direct_product(band: np.ndarray, w_p: np.ndarray, y: np.ndarray, kernel_siz
 
 
 @_compiled_on_first_call(_WEIGHT_PRODUCT)
-def direct_weight_product(band: np.ndarray, g: np.ndarray, dw: np.ndarray,
-                          out_width: int) -> None:
-    """dw[o, (c*3 + kh)*3 + kw] += sum_{r,j} g[o, r*Wo + j] band[c, r + kh, j + kw]: a 3x3
-    stride-1 convolution's weight gradient over one band, read straight from the band.
+def direct_weight_product(band: np.ndarray, g: np.ndarray, dw: np.ndarray, out_width: int,
+                          o_start: int, o_stop: int, c_block: int) -> None:
+    """dw[o, (c*3 + kh)*3 + kw] += sum_{b,r,j} g[b, o, r*Wo + j] band[b, c, r + kh, j + kw]
+    for o in [o_start, o_stop): a 3x3 stride-1 convolution's weight gradient over B bands
+    (one per image, or B = 1), read straight from the bands.
 
-    band (Cin, rows_in, padded_width) float32 (conv.fill_band's); g (Cout, R*Wo) float32,
-    the output gradient there, unit stride along pixels, Wo a multiple of 16; dw (Cout, Cin*9)
-    float32 (added to). For 2 output channels and one input channel at a time, the 18 sums
-    (2 x 9 taps) stay in registers as 16-lane partial sums while the loop runs over the
-    band's pixels, three output rows per step: an input row loaded once serves every output
-    row that reads it (row r + 2 is tap kh = 2 of output row r, 1 of r + 1, 0 of r + 2), so
-    a step makes 15 input loads and 6 output-gradient loads for 54 multiply-adds. (The
-    kernel this replaced, three channels and one row per step, 12 loads for 27, was slower
-    on every U-Net layer it was timed on; 3 channels x 2 rows spill registers.) The lanes are
-    added at the end; bench/bench_conv_parts.py times the kernel.
+    band (B, Cin, rows_in, padded_width) float32 (conv.fill_band's, per image); g (B, Cout,
+    R*Wo) float32, the output gradient there, unit stride along pixels, Wo a multiple of 16;
+    dw (Cout, Cin*9) float32 (added to). For 2 output channels and one input channel at a
+    time, the 18 sums (2 x 9 taps) stay in registers as 16-lane partial sums while the loop
+    runs over the pixels of all B bands, three output rows per step: an input row loaded once
+    serves every output row that reads it (row r + 2 is tap kh = 2 of output row r, 1 of
+    r + 1, 0 of r + 2), so a step makes 15 input loads and 6 output-gradient loads for 54
+    multiply-adds. (The kernel this replaced, three channels and one row per step, 12 loads
+    for 27, was slower on every U-Net layer it was timed on; 3 channels x 2 rows spill
+    registers.) The lanes are added once per channel pair and input channel, so the longer
+    the sweep, the less that costs: small images are swept B at a time
+    (conv._direct_weight_gradient). The input channels go in blocks of c_block, every output
+    channel of a block before the next block, so that the block's bands stay in the core's
+    L2 cache while the output gradient streams past. bench/bench_conv_parts.py times it.
     """
-    C = band.shape[0]
-    cout, pixels = g.shape
+    B, C = band.shape[0], band.shape[1]
+    pixels = g.shape[2]
     Wo = out_width
     R = pixels // Wo
-    for o in range(0, cout, 2):
-        o1 = min(o + 1, cout - 1)               # past the last channel: computed, not kept
-        for c in range(C):
-            rows = band[c]                      # (rows_in, padded_width)
-            a0 = vzero(); a1 = vzero(); a2 = vzero(); a3 = vzero(); a4 = vzero()  # noqa: E702
-            a5 = vzero(); a6 = vzero(); a7 = vzero(); a8 = vzero()  # noqa: E702
-            b0 = vzero(); b1 = vzero(); b2 = vzero(); b3 = vzero(); b4 = vzero()  # noqa: E702
-            b5 = vzero(); b6 = vzero(); b7 = vzero(); b8 = vzero()  # noqa: E702
-            r = 0
-            while r + 3 <= R:                   # three output rows r, r + 1, r + 2
-                for j in range(0, Wo, 16):
-                    p = r * Wo + j
-                    e0 = vload(g, o, p); f0 = vload(g, o1, p)  # noqa: E702
-                    e1 = vload(g, o, p + 1 * Wo); f1 = vload(g, o1, p + 1 * Wo)  # noqa: E702
-                    e2 = vload(g, o, p + 2 * Wo); f2 = vload(g, o1, p + 2 * Wo)  # noqa: E702
-                    x = vload(rows, r, j)
-                    a0 = vmul_add(x, e0, a0); b0 = vmul_add(x, f0, b0)  # noqa: E702
-                    x = vload(rows, r, j + 1)
-                    a1 = vmul_add(x, e0, a1); b1 = vmul_add(x, f0, b1)  # noqa: E702
-                    x = vload(rows, r, j + 2)
-                    a2 = vmul_add(x, e0, a2); b2 = vmul_add(x, f0, b2)  # noqa: E702
-                    x = vload(rows, r + 1, j)
-                    a3 = vmul_add(x, e0, a3); b3 = vmul_add(x, f0, b3)  # noqa: E702
-                    a0 = vmul_add(x, e1, a0); b0 = vmul_add(x, f1, b0)  # noqa: E702
-                    x = vload(rows, r + 1, j + 1)
-                    a4 = vmul_add(x, e0, a4); b4 = vmul_add(x, f0, b4)  # noqa: E702
-                    a1 = vmul_add(x, e1, a1); b1 = vmul_add(x, f1, b1)  # noqa: E702
-                    x = vload(rows, r + 1, j + 2)
-                    a5 = vmul_add(x, e0, a5); b5 = vmul_add(x, f0, b5)  # noqa: E702
-                    a2 = vmul_add(x, e1, a2); b2 = vmul_add(x, f1, b2)  # noqa: E702
-                    x = vload(rows, r + 2, j)
-                    a6 = vmul_add(x, e0, a6); b6 = vmul_add(x, f0, b6)  # noqa: E702
-                    a3 = vmul_add(x, e1, a3); b3 = vmul_add(x, f1, b3)  # noqa: E702
-                    a0 = vmul_add(x, e2, a0); b0 = vmul_add(x, f2, b0)  # noqa: E702
-                    x = vload(rows, r + 2, j + 1)
-                    a7 = vmul_add(x, e0, a7); b7 = vmul_add(x, f0, b7)  # noqa: E702
-                    a4 = vmul_add(x, e1, a4); b4 = vmul_add(x, f1, b4)  # noqa: E702
-                    a1 = vmul_add(x, e2, a1); b1 = vmul_add(x, f2, b1)  # noqa: E702
-                    x = vload(rows, r + 2, j + 2)
-                    a8 = vmul_add(x, e0, a8); b8 = vmul_add(x, f0, b8)  # noqa: E702
-                    a5 = vmul_add(x, e1, a5); b5 = vmul_add(x, f1, b5)  # noqa: E702
-                    a2 = vmul_add(x, e2, a2); b2 = vmul_add(x, f2, b2)  # noqa: E702
-                    x = vload(rows, r + 3, j)
-                    a6 = vmul_add(x, e1, a6); b6 = vmul_add(x, f1, b6)  # noqa: E702
-                    a3 = vmul_add(x, e2, a3); b3 = vmul_add(x, f2, b3)  # noqa: E702
-                    x = vload(rows, r + 3, j + 1)
-                    a7 = vmul_add(x, e1, a7); b7 = vmul_add(x, f1, b7)  # noqa: E702
-                    a4 = vmul_add(x, e2, a4); b4 = vmul_add(x, f2, b4)  # noqa: E702
-                    x = vload(rows, r + 3, j + 2)
-                    a8 = vmul_add(x, e1, a8); b8 = vmul_add(x, f1, b8)  # noqa: E702
-                    a5 = vmul_add(x, e2, a5); b5 = vmul_add(x, f2, b5)  # noqa: E702
-                    x = vload(rows, r + 4, j)
-                    a6 = vmul_add(x, e2, a6); b6 = vmul_add(x, f2, b6)  # noqa: E702
-                    x = vload(rows, r + 4, j + 1)
-                    a7 = vmul_add(x, e2, a7); b7 = vmul_add(x, f2, b7)  # noqa: E702
-                    x = vload(rows, r + 4, j + 2)
-                    a8 = vmul_add(x, e2, a8); b8 = vmul_add(x, f2, b8)  # noqa: E702
-                r += 3
-            while r < R:                        # the rows left over, one at a time
-                for j in range(0, Wo, 16):
-                    p = r * Wo + j
-                    e0 = vload(g, o, p); f0 = vload(g, o1, p)  # noqa: E702
-                    x = vload(rows, r, j)
-                    a0 = vmul_add(x, e0, a0); b0 = vmul_add(x, f0, b0)  # noqa: E702
-                    x = vload(rows, r, j + 1)
-                    a1 = vmul_add(x, e0, a1); b1 = vmul_add(x, f0, b1)  # noqa: E702
-                    x = vload(rows, r, j + 2)
-                    a2 = vmul_add(x, e0, a2); b2 = vmul_add(x, f0, b2)  # noqa: E702
-                    x = vload(rows, r + 1, j)
-                    a3 = vmul_add(x, e0, a3); b3 = vmul_add(x, f0, b3)  # noqa: E702
-                    x = vload(rows, r + 1, j + 1)
-                    a4 = vmul_add(x, e0, a4); b4 = vmul_add(x, f0, b4)  # noqa: E702
-                    x = vload(rows, r + 1, j + 2)
-                    a5 = vmul_add(x, e0, a5); b5 = vmul_add(x, f0, b5)  # noqa: E702
-                    x = vload(rows, r + 2, j)
-                    a6 = vmul_add(x, e0, a6); b6 = vmul_add(x, f0, b6)  # noqa: E702
-                    x = vload(rows, r + 2, j + 1)
-                    a7 = vmul_add(x, e0, a7); b7 = vmul_add(x, f0, b7)  # noqa: E702
-                    x = vload(rows, r + 2, j + 2)
-                    a8 = vmul_add(x, e0, a8); b8 = vmul_add(x, f0, b8)  # noqa: E702
-                r += 1
-            k = c * 9
-            dw[o, k] += vsum(a0); dw[o, k + 1] += vsum(a1); dw[o, k + 2] += vsum(a2)  # noqa: E702
-            dw[o, k + 3] += vsum(a3); dw[o, k + 4] += vsum(a4); dw[o, k + 5] += vsum(a5)  # noqa: E702
-            dw[o, k + 6] += vsum(a6); dw[o, k + 7] += vsum(a7); dw[o, k + 8] += vsum(a8)  # noqa: E702
-            if o1 > o:
-                dw[o1, k] += vsum(b0); dw[o1, k + 1] += vsum(b1); dw[o1, k + 2] += vsum(b2)  # noqa: E702
-                dw[o1, k + 3] += vsum(b3); dw[o1, k + 4] += vsum(b4); dw[o1, k + 5] += vsum(b5)  # noqa: E702
-                dw[o1, k + 6] += vsum(b6); dw[o1, k + 7] += vsum(b7); dw[o1, k + 8] += vsum(b8)  # noqa: E702
+    for c0 in range(0, C, c_block):
+        for o in range(o_start, o_stop, 2):
+            o1 = min(o + 1, o_stop - 1)         # past the last channel: computed, not kept
+            for c in range(c0, min(C, c0 + c_block)):
+                a0 = vzero(); a1 = vzero(); a2 = vzero(); a3 = vzero(); a4 = vzero()  # noqa: E702
+                a5 = vzero(); a6 = vzero(); a7 = vzero(); a8 = vzero()  # noqa: E702
+                b0 = vzero(); b1 = vzero(); b2 = vzero(); b3 = vzero(); b4 = vzero()  # noqa: E702
+                b5 = vzero(); b6 = vzero(); b7 = vzero(); b8 = vzero()  # noqa: E702
+                for i in range(B):              # the images' bands: one sweep
+                    rows = band[i, c]           # (rows_in, padded_width)
+                    gi = g[i]                   # (Cout, R*Wo)
+                    r = 0
+                    while r + 3 <= R:                   # three output rows r, r + 1, r + 2
+                        for j in range(0, Wo, 16):
+                            p = r * Wo + j
+                            e0 = vload(gi, o, p); f0 = vload(gi, o1, p)  # noqa: E702
+                            e1 = vload(gi, o, p + 1 * Wo); f1 = vload(gi, o1, p + 1 * Wo)  # noqa: E702
+                            e2 = vload(gi, o, p + 2 * Wo); f2 = vload(gi, o1, p + 2 * Wo)  # noqa: E702
+                            x = vload(rows, r, j)
+                            a0 = vmul_add(x, e0, a0); b0 = vmul_add(x, f0, b0)  # noqa: E702
+                            x = vload(rows, r, j + 1)
+                            a1 = vmul_add(x, e0, a1); b1 = vmul_add(x, f0, b1)  # noqa: E702
+                            x = vload(rows, r, j + 2)
+                            a2 = vmul_add(x, e0, a2); b2 = vmul_add(x, f0, b2)  # noqa: E702
+                            x = vload(rows, r + 1, j)
+                            a3 = vmul_add(x, e0, a3); b3 = vmul_add(x, f0, b3)  # noqa: E702
+                            a0 = vmul_add(x, e1, a0); b0 = vmul_add(x, f1, b0)  # noqa: E702
+                            x = vload(rows, r + 1, j + 1)
+                            a4 = vmul_add(x, e0, a4); b4 = vmul_add(x, f0, b4)  # noqa: E702
+                            a1 = vmul_add(x, e1, a1); b1 = vmul_add(x, f1, b1)  # noqa: E702
+                            x = vload(rows, r + 1, j + 2)
+                            a5 = vmul_add(x, e0, a5); b5 = vmul_add(x, f0, b5)  # noqa: E702
+                            a2 = vmul_add(x, e1, a2); b2 = vmul_add(x, f1, b2)  # noqa: E702
+                            x = vload(rows, r + 2, j)
+                            a6 = vmul_add(x, e0, a6); b6 = vmul_add(x, f0, b6)  # noqa: E702
+                            a3 = vmul_add(x, e1, a3); b3 = vmul_add(x, f1, b3)  # noqa: E702
+                            a0 = vmul_add(x, e2, a0); b0 = vmul_add(x, f2, b0)  # noqa: E702
+                            x = vload(rows, r + 2, j + 1)
+                            a7 = vmul_add(x, e0, a7); b7 = vmul_add(x, f0, b7)  # noqa: E702
+                            a4 = vmul_add(x, e1, a4); b4 = vmul_add(x, f1, b4)  # noqa: E702
+                            a1 = vmul_add(x, e2, a1); b1 = vmul_add(x, f2, b1)  # noqa: E702
+                            x = vload(rows, r + 2, j + 2)
+                            a8 = vmul_add(x, e0, a8); b8 = vmul_add(x, f0, b8)  # noqa: E702
+                            a5 = vmul_add(x, e1, a5); b5 = vmul_add(x, f1, b5)  # noqa: E702
+                            a2 = vmul_add(x, e2, a2); b2 = vmul_add(x, f2, b2)  # noqa: E702
+                            x = vload(rows, r + 3, j)
+                            a6 = vmul_add(x, e1, a6); b6 = vmul_add(x, f1, b6)  # noqa: E702
+                            a3 = vmul_add(x, e2, a3); b3 = vmul_add(x, f2, b3)  # noqa: E702
+                            x = vload(rows, r + 3, j + 1)
+                            a7 = vmul_add(x, e1, a7); b7 = vmul_add(x, f1, b7)  # noqa: E702
+                            a4 = vmul_add(x, e2, a4); b4 = vmul_add(x, f2, b4)  # noqa: E702
+                            x = vload(rows, r + 3, j + 2)
+                            a8 = vmul_add(x, e1, a8); b8 = vmul_add(x, f1, b8)  # noqa: E702
+                            a5 = vmul_add(x, e2, a5); b5 = vmul_add(x, f2, b5)  # noqa: E702
+                            x = vload(rows, r + 4, j)
+                            a6 = vmul_add(x, e2, a6); b6 = vmul_add(x, f2, b6)  # noqa: E702
+                            x = vload(rows, r + 4, j + 1)
+                            a7 = vmul_add(x, e2, a7); b7 = vmul_add(x, f2, b7)  # noqa: E702
+                            x = vload(rows, r + 4, j + 2)
+                            a8 = vmul_add(x, e2, a8); b8 = vmul_add(x, f2, b8)  # noqa: E702
+                        r += 3
+                    while r < R:                        # the rows left over, one at a time
+                        for j in range(0, Wo, 16):
+                            p = r * Wo + j
+                            e0 = vload(gi, o, p); f0 = vload(gi, o1, p)  # noqa: E702
+                            x = vload(rows, r, j)
+                            a0 = vmul_add(x, e0, a0); b0 = vmul_add(x, f0, b0)  # noqa: E702
+                            x = vload(rows, r, j + 1)
+                            a1 = vmul_add(x, e0, a1); b1 = vmul_add(x, f0, b1)  # noqa: E702
+                            x = vload(rows, r, j + 2)
+                            a2 = vmul_add(x, e0, a2); b2 = vmul_add(x, f0, b2)  # noqa: E702
+                            x = vload(rows, r + 1, j)
+                            a3 = vmul_add(x, e0, a3); b3 = vmul_add(x, f0, b3)  # noqa: E702
+                            x = vload(rows, r + 1, j + 1)
+                            a4 = vmul_add(x, e0, a4); b4 = vmul_add(x, f0, b4)  # noqa: E702
+                            x = vload(rows, r + 1, j + 2)
+                            a5 = vmul_add(x, e0, a5); b5 = vmul_add(x, f0, b5)  # noqa: E702
+                            x = vload(rows, r + 2, j)
+                            a6 = vmul_add(x, e0, a6); b6 = vmul_add(x, f0, b6)  # noqa: E702
+                            x = vload(rows, r + 2, j + 1)
+                            a7 = vmul_add(x, e0, a7); b7 = vmul_add(x, f0, b7)  # noqa: E702
+                            x = vload(rows, r + 2, j + 2)
+                            a8 = vmul_add(x, e0, a8); b8 = vmul_add(x, f0, b8)  # noqa: E702
+                        r += 1
+                k = c * 9
+                dw[o, k] += vsum(a0); dw[o, k + 1] += vsum(a1); dw[o, k + 2] += vsum(a2)  # noqa: E702
+                dw[o, k + 3] += vsum(a3); dw[o, k + 4] += vsum(a4); dw[o, k + 5] += vsum(a5)  # noqa: E702
+                dw[o, k + 6] += vsum(a6); dw[o, k + 7] += vsum(a7); dw[o, k + 8] += vsum(a8)  # noqa: E702
+                if o1 > o:
+                    dw[o1, k] += vsum(b0); dw[o1, k + 1] += vsum(b1); dw[o1, k + 2] += vsum(b2)  # noqa: E702
+                    dw[o1, k + 3] += vsum(b3); dw[o1, k + 4] += vsum(b4); dw[o1, k + 5] += vsum(b5)  # noqa: E702
+                    dw[o1, k + 6] += vsum(b6); dw[o1, k + 7] += vsum(b7); dw[o1, k + 8] += vsum(b8)  # noqa: E702

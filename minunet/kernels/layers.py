@@ -32,7 +32,7 @@ import numpy as np
 
 from .. import layers
 from ..checks import check_array, check_finite
-from . import upsample
+from . import conv, upsample
 from .activation import relu_backward, relu_forward
 from .batchnorm import (
     batchnorm_backward_input,
@@ -44,6 +44,7 @@ from .batchnorm import (
     batchnorm_relu_train_backward,
     batchnorm_relu_train_forward,
     batchnorm_stats,
+    train_coefficients,
 )
 from .concat import concat_channels
 from .conv import (
@@ -55,6 +56,10 @@ from .conv import (
     conv_transpose2d_forward,
 )
 from .pool import maxpool2d_backward, maxpool2d_forward
+
+# training's up-steps take upsample.py's kernels up to this many weights per tap (Cin x Cout:
+# 128 x 64), BLAS beyond (see ConvTranspose2d._up_step)
+UP_STEP_MAX_WEIGHTS = 128 * 64
 
 __all__ = ["BatchNorm2d", "BatchNormReLU2d", "Concat", "Conv2d", "ConvTranspose2d",
            "MaxPool2d", "ReLU"]
@@ -103,13 +108,15 @@ class Conv2d(layers.Conv2d):
     def forward(self, x: np.ndarray, *more: np.ndarray) -> np.ndarray:
         x = self._check_parts(x, more)  # finiteness: the kernel's probe, same pass
         bias = None if self.bias is None else self.bias.data
-        if (self.kernel_size == 1 and self.stride == 1 and self.padding == 0 and not more
-                and not (self.training or self.grad_enabled) and upsample.applies(x)
-                and self.weight.dtype == np.float32):
-            # inference (the U-Net's head): the sums in registers, no BLAS (upsample.py)
-            return upsample.conv1x1_inference(x, self.weight.data, bias, who="Conv2d")
-        y = conv2d_forward(x, self.weight.data, bias, self.stride, self.padding,
-                           who="Conv2d")  # (N, Cout, Ho, Wo)
+        inference = not (self.training or self.grad_enabled)
+        if not more and self._head(x, inference):
+            # the U-Net's head: the sums in registers, no BLAS (upsample.py)
+            y = upsample.conv1x1_forward(x, self.weight.data, bias, who="Conv2d")
+            if inference:
+                return y
+        else:
+            y = conv2d_forward(x, self.weight.data, bias, self.stride, self.padding,
+                               who="Conv2d")  # (N, Cout, Ho, Wo)
         self.save_for_backward(x)  # backward needs x for dw
         return y
 
@@ -119,6 +126,15 @@ class Conv2d(layers.Conv2d):
         K, S, P = self.kernel_size, self.stride, self.padding
         self._check_dout(dy, (N, self.out_channels, (H + 2 * P - K) // S + 1,
                               (W + 2 * P - K) // S + 1), finite=False)  # the probe below
+        if not isinstance(x, tuple) and self._head(x, inference=False):
+            # one read of dy for dx, dw and db (upsample.py); NaN/inf in dy raise first
+            dx, dw, db = upsample.conv1x1_backward(x, dy, self.weight.data,
+                                                   bias=self.bias is not None,
+                                                   who="Conv2d.backward")
+            self.weight.grad += dw                                   # (Cout, Cin, 1, 1)
+            if self.bias is not None:
+                self.bias.grad += db                                 # (Cout,)
+            return dx
         # dx first: its pass over dy (band or im2col) checks dy for NaN/inf before any
         # gradient is touched
         split = x[0].shape[1] if isinstance(x, tuple) else None
@@ -128,6 +144,17 @@ class Conv2d(layers.Conv2d):
         if self.bias is not None:
             self.bias.grad += dy.sum(axis=(0, 2, 3))                 # (Cout,)
         return dx
+
+    def _head(self, x: np.ndarray, inference: bool) -> bool:
+        """Whether upsample.py's 1x1 kernels compute this layer: a 1x1 stride-1 convolution
+        without padding of float32 rows a multiple of 16 wide; in inference wherever they
+        apply (upsample.applies), in training on the direct route's CPUs (conv.USE_DIRECT:
+        there the BLAS route also paid a separate NaN/inf pass over x and over dy, its
+        columns being x itself)."""
+        if not (self.kernel_size == 1 and self.stride == 1 and self.padding == 0
+                and self.weight.dtype == np.float32):
+            return False
+        return upsample.applies(x) if inference else conv.USE_DIRECT and upsample.fits(x)
 
     def _check_parts(self, x: np.ndarray, more: tuple[np.ndarray, ...],
                      ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
@@ -155,20 +182,25 @@ class Conv2d(layers.Conv2d):
 
 class ConvTranspose2d(layers.ConvTranspose2d):
     """layers.ConvTranspose2d as matrix products: it is Conv2d's backward, and vice versa.
-    Forward adds the bias as it places the columns; backward computes dx, dw and db from one
-    im2col of dy (conv.conv_transpose2d_backward)."""
+    The U-Net's up-step (2x2, stride 2, float32) runs on upsample.py's kernels (see
+    `_up_step`): forward writes y straight from the products, backward computes dx, dw and
+    db from one read of dy. Elsewhere forward adds the bias as it places the columns, and
+    backward computes the three gradients from one im2col of dy
+    (conv.conv_transpose2d_backward)."""
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         self._check_input(x, finite=False)  # finiteness: checked by the kernel
         bias = None if self.bias is None else self.bias.data
-        if (self.kernel_size == 2 and self.stride == 2 and self.padding == 0
-                and not (self.training or self.grad_enabled) and upsample.applies(x)
-                and self.weight.dtype == np.float32):
-            # inference (the U-Net's up-step): written straight into y, no columns
-            return upsample.conv_transpose2x2_inference(x, self.weight.data, bias,
-                                                        who="ConvTranspose2d")
-        y = conv_transpose2d_forward(x, self.weight.data, bias, self.stride, self.padding,
-                                     who="ConvTranspose2d")
+        inference = not (self.training or self.grad_enabled)
+        if self._up_step(x, inference):
+            # the U-Net's up-step: written straight into y, no columns (upsample.py)
+            y = upsample.conv_transpose2x2_forward(x, self.weight.data, bias,
+                                                   who="ConvTranspose2d")
+            if inference:
+                return y
+        else:
+            y = conv_transpose2d_forward(x, self.weight.data, bias, self.stride, self.padding,
+                                         who="ConvTranspose2d")
         self.save_for_backward(x)  # backward needs x for dw
         return y  # (N, Cout, Ho, Wo)
 
@@ -178,14 +210,33 @@ class ConvTranspose2d(layers.ConvTranspose2d):
         K, S, P = self.kernel_size, self.stride, self.padding
         self._check_dout(dy, (N, self.out_channels, (H - 1) * S - 2 * P + K,
                               (W - 1) * S - 2 * P + K), finite=False)  # the probe below
-        # one im2col of dy for all three gradients; NaN/inf in dy raise before any is added
-        dx, dw, db = conv_transpose2d_backward(x, dy, self.weight.data, S, P,
-                                               bias=self.bias is not None,
-                                               who="ConvTranspose2d.backward")
+        if self._up_step(x, inference=False):  # one read of dy, no columns (upsample.py)
+            dx, dw, db = upsample.conv_transpose2x2_backward(x, dy, self.weight.data,
+                                                             bias=self.bias is not None,
+                                                             who="ConvTranspose2d.backward")
+        else:  # one im2col of dy for all three gradients
+            dx, dw, db = conv_transpose2d_backward(x, dy, self.weight.data, S, P,
+                                                   bias=self.bias is not None,
+                                                   who="ConvTranspose2d.backward")
+        # (NaN/inf in dy raise in either before any gradient is added)
         self.weight.grad += dw          # (Cin, Cout, K, K)
         if self.bias is not None:
             self.bias.grad += db        # (Cout,)
         return dx                       # (N, Cin, H, W)
+
+    def _up_step(self, x: np.ndarray, inference: bool) -> bool:
+        """Whether upsample.py's kernels compute this layer: a 2x2 stride-2 transposed
+        convolution of float32 rows a multiple of 16 wide; in inference wherever they apply
+        (upsample.applies), in training on the direct route's CPUs (conv.USE_DIRECT) and up
+        to UP_STEP_MAX_WEIGHTS weights per tap (with more, BLAS's packed products were faster
+        than theirs: C3's two deepest up-steps, bench/bench_fast_paths.py)."""
+        if not (self.kernel_size == 2 and self.stride == 2 and self.padding == 0
+                and self.weight.dtype == np.float32):
+            return False
+        if inference:
+            return upsample.applies(x)
+        return (conv.USE_DIRECT and upsample.fits(x)
+                and self.in_channels * self.out_channels <= UP_STEP_MAX_WEIGHTS)
 
 
 class MaxPool2d(layers.MaxPool2d):
@@ -201,11 +252,17 @@ class MaxPool2d(layers.MaxPool2d):
         self.save_for_backward(argmax, H, W)  # argmax: uint8 offset kh*K + kw
         return out
 
-    def backward(self, dout: np.ndarray) -> np.ndarray:
+    def backward(self, dout: np.ndarray, plus: np.ndarray | None = None) -> np.ndarray:
+        """dx (N, C, H, W); fast-only: with `plus` (N, C, H, W), dx + plus in the same pass
+        (the fast U-Net adds the skip connection's gradient so)."""
         argmax, H, W = self.take_saved()  # argmax (N, C, Ho, Wo)
         self._check_dout(dout, argmax.shape)
-        return maxpool2d_backward(np.ascontiguousarray(dout), argmax, H, W,
-                                  self.kernel_size, self.stride)  # (N, C, H, W)
+        if plus is not None and (plus.shape != (*argmax.shape[:2], H, W)
+                                 or plus.dtype != dout.dtype):
+            raise ValueError(f"{self!r}.backward: plus must be {(*argmax.shape[:2], H, W)} "
+                             f"{dout.dtype}, got {plus.shape} {plus.dtype}")
+        return maxpool2d_backward(np.ascontiguousarray(dout), argmax, H, W, self.kernel_size,
+                                  self.stride, plus=plus)  # (N, C, H, W)
 
 
 class BatchNorm2d(layers.BatchNorm2d):
@@ -291,8 +348,10 @@ class BatchNormReLU2d(BatchNorm2d):
     activation in forward and in backward. Backward is BatchNorm2d's with the upstream gradient
     masked where the ReLU was off (g * (y > 0), gradient 0 at y == 0 as in ReLU).
 
-    Saved for backward: x, the output y (for the mask; the next layer holds it anyway), the
-    mean, istd (C,) and the mode.
+    Saved for backward: x, the mean, istd (C,), the mode, and for the ReLU's mask the output y
+    (eval mode; the next layer holds it anyway) or, in train mode, the forward's per-channel
+    (scale, shift), from which backward recomputes y > 0 as x * scale + shift > 0 (the same
+    operations, the same bits) instead of reading y.
     """
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -305,6 +364,10 @@ class BatchNormReLU2d(BatchNorm2d):
                 check_finite(repr(self), x)  # raises, naming how many NaN / inf values
             self._update_running_stats(mean, var, x)
             istd = 1.0 / np.sqrt(var + self.eps)
+            # y = max(x * scale + shift, 0) with these, as the kernel rounded them: backward
+            # recomputes the ReLU's mask from x and them instead of reading y
+            mask_from = train_coefficients(self.weight.data, self.bias.data, mean, var,
+                                           self.eps, x.dtype)
         else:
             x, mean, istd = self._statistics(x)  # x (N, C, H, W); mean, istd (C,) float64
             scale = self.weight.data * istd
@@ -312,20 +375,23 @@ class BatchNormReLU2d(BatchNorm2d):
             y, probe = batchnorm_relu_forward(x, scale.astype(x.dtype), shift.astype(x.dtype))
             if probe != 0:
                 check_finite(repr(self), x)
-        self.save_for_backward(x, y, mean, istd, self.training)
+            mask_from = y
+        self.save_for_backward(x, mask_from, mean, istd, self.training)
         return y  # (N, C, H, W)
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
-        x, y, mean, istd, batch_stats = self.take_saved()
+        # mask_from: the forward's (scale, shift) in train mode, y in eval mode
+        x, mask_from, mean, istd, batch_stats = self.take_saved()
         self._check_dout(dout, x)
         dout = np.ascontiguousarray(dout)
         # forward was y = max(bn(x), 0): BatchNorm2d's backward with g * (y > 0)
         if batch_stats:  # the sums and dx channel by channel: one pass over memory
-            dx, sum_g, sum_gxc = batchnorm_relu_train_backward(dout, y, x, mean, istd,
-                                                               self.weight.data)
+            dx, sum_g, sum_gxc = batchnorm_relu_train_backward(dout, x, mean, istd,
+                                                               self.weight.data, *mask_from)
             self.bias.grad += sum_g.astype(x.dtype)             # dbeta
             self.weight.grad += (sum_gxc * istd).astype(x.dtype)  # dgamma = sum(g * x̂)
             return dx  # (N, C, H, W)
+        y = mask_from
         sum_g, sum_gxc = batchnorm_relu_backward_reduce(dout, y, x, mean)  # (C,) float64
         coefficients = self._accumulate_and_coefficients(x, mean, istd, batch_stats, sum_g,
                                                          sum_gxc)

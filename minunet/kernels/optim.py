@@ -5,6 +5,12 @@ over every parameter (each `m *= beta1`, `m += ...`, `np.sqrt`, ... reads and wr
 array). `adam_update` reads p, g, m, v once and writes p, m, v once, doing the same arithmetic
 in the same order, element by element, in the parameters' dtype (the scalars come in that
 dtype too: a float64 scalar would turn a float32 loop into a float64 one).
+
+`error_model="numpy"`: Numba's default ("python") tests every division for a zero divisor,
+to raise ZeroDivisionError, and that test keeps LLVM from vectorising the loop; with NumPy's
+model a division by zero gives inf or NaN, as NumPy's own arrays do (Adam's divisor is
+sqrt(v) / bias2_sqrt + eps > 0 anyway). The same bits, 4.5x faster: 7.3 -> 1.6 ms for
+C3's deepest weight (2.4 M values), one thread.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def adam_update(p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, beta1: float,
                 one_minus_beta1: float, beta2: float, one_minus_beta2: float,
                 bias2_sqrt: float, eps: float, step_size: float, weight_decay: float,

@@ -9,12 +9,17 @@ is also what `np.argmax` over a flattened window returns (see `reference.py`).
 
 The kernels are single-threaded: they read and write each byte once and one core already
 saturates memory bandwidth on this machine class (bench/bench_bn_relu_pool.py times them).
+One exception, `maxpool2d_backward(..., plus=skip)`: the fast U-Net's backward adds the skip
+connection's gradient to the pool's as it places it (one pass over the activation instead of
+a second for `d += dskip`), on the thread pool by groups of channels.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
+
+from .threads import SERIAL_BYTES, get_num_threads, parallel_for
 
 MAX_KERNEL_SIZE = 16  # the window offset kh*K + kw is stored in one byte: K*K <= 256
 REASSOCIATE = {"reassoc"}  # lets the finiteness probe sum vectorise; NaN still propagates
@@ -35,15 +40,62 @@ def maxpool2d_forward(x: np.ndarray, K: int, S: int) -> tuple[np.ndarray, np.nda
 
 
 def maxpool2d_backward(dout: np.ndarray, argmax: np.ndarray, H: int, W: int, K: int,
-                       S: int) -> np.ndarray:
+                       S: int, plus: np.ndarray | None = None) -> np.ndarray:
     """dx[n, c, i*S + kh, j*S + kw] += dout[n, c, i, j] where (kh, kw) won window (i, j).
 
     forward was `out[i, j] = x[i*S + kh*, j*S + kw*]`, so d out / d x is 1 at the winner and 0
     elsewhere. dout, argmax: (N, C, Ho, Wo). Returns dx (N, C, H, W), zero where no window won.
+    With `plus` (N, C, H, W) in dout's dtype, returns dx + plus, computed in the same pass
+    (the U-Net's skip gradient joining: exactly the sum `dx + plus`, each value one addition).
     """
+    if plus is not None:
+        if K == 2 and S == 2:
+            return _maxpool2x2_backward_plus(dout, argmax, np.ascontiguousarray(plus))
+        return _maxpool2d_backward_general(dout, argmax, H, W, K, S) + plus
     if K == 2 and S == 2:
         return _maxpool2x2_backward(dout, argmax, H, W)
     return _maxpool2d_backward_general(dout, argmax, H, W, K, S)
+
+
+def _maxpool2x2_backward_plus(dout: np.ndarray, argmax: np.ndarray,
+                              plus: np.ndarray) -> np.ndarray:
+    """_maxpool2x2_backward(...) + plus, in one pass, by groups of channels on the thread pool
+    (one group, in the calling thread, under threads.SERIAL_BYTES)."""
+    C = plus.shape[1]
+    dx = np.empty_like(plus)  # (N, C, H, W)
+    items = 1 if plus.nbytes < SERIAL_BYTES else min(C, 4 * get_num_threads())
+    per = -(-C // items)
+    parallel_for(lambda i, slot: _maxpool2x2_backward_plus_channels(
+        dout, argmax, plus, dx, i * per, min(C, (i + 1) * per)), -(-C // per), blas=False)
+    return dx
+
+
+@njit(cache=True, nogil=True)
+def _maxpool2x2_backward_plus_channels(dout: np.ndarray, argmax: np.ndarray, plus: np.ndarray,
+                                       dx: np.ndarray, c_start: int, c_stop: int) -> None:
+    """dx[:, c] = _maxpool2x2_backward's dx[:, c] + plus[:, c] for c in [c_start, c_stop)."""
+    N, _, Ho, Wo = dout.shape
+    H, W = plus.shape[2], plus.shape[3]
+    zero = dout.dtype.type(0)
+    for n in range(N):
+        for c in range(c_start, c_stop):
+            for i in range(Ho):
+                for j in range(Wo):
+                    g = dout[n, c, i, j]
+                    where = np.int32(argmax[n, c, i, j])
+                    dx[n, c, 2 * i, 2 * j] = (g if where == 0 else zero) + plus[n, c, 2 * i, 2 * j]
+                    dx[n, c, 2 * i, 2 * j + 1] = ((g if where == 1 else zero)
+                                                  + plus[n, c, 2 * i, 2 * j + 1])
+                    dx[n, c, 2 * i + 1, 2 * j] = ((g if where == 2 else zero)
+                                                  + plus[n, c, 2 * i + 1, 2 * j])
+                    dx[n, c, 2 * i + 1, 2 * j + 1] = ((g if where == 3 else zero)
+                                                      + plus[n, c, 2 * i + 1, 2 * j + 1])
+            for h in range(2 * Ho, H):  # trailing row / column: in no window, plus alone
+                for w in range(W):
+                    dx[n, c, h, w] = plus[n, c, h, w]
+            for h in range(2 * Ho):
+                for w in range(2 * Wo, W):
+                    dx[n, c, h, w] = plus[n, c, h, w]
 
 
 @njit(cache=True, fastmath=REASSOCIATE)

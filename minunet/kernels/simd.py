@@ -21,6 +21,7 @@ more for the Winograd transforms (winograd.py) and the up-step (upsample.py):
     vdeinterleave4(v0, v1, v2, v3)    -> (p0, p1, p2, p3), p_k[l] = [v0 | v1 | v2 | v3][4l + k]
     vinterleave4(p0, p1, p2, p3)      -> (v0, v1, v2, v3), the inverse
     vinterleave2(p0, p1)              -> (v0, v1), value 2l + k of [v0 | v1] = p_k[l]
+    vdeinterleave2(v0, v1)            -> (p0, p1), the inverse
     vnext(a, b)                       -> [a[1], ..., a[15], b[0]] (one lane along)
 
 and one more for the threads that run the direct route's items (conv.py):
@@ -300,6 +301,22 @@ def vinterleave2(typingctx, p0, p1):  # noqa: ANN001, ANN201
         vectors = [_pick32(builder, wide, i) for i in range(2)]
         return context.make_tuple(builder, signature.return_type, vectors)
     return types.UniTuple(float32x16, 2)(p0, p1), codegen
+
+
+@intrinsic
+def vdeinterleave2(typingctx, v0, v1):  # noqa: ANN001, ANN201
+    """The inverse of vinterleave2: (p0, p1) with p_k[l] = value 2l + k of [v0 | v1] (two
+    vectors read at stride 2, the up-step's columns kw = 0, 1, from contiguous loads)."""
+    if not (v0 == float32x16 and v1 == float32x16):
+        return None
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001
+        vectors = [builder.shuffle_vector(
+            args[0], args[1], ir.Constant(ir.VectorType(ir.IntType(32), LANES),
+                                          [2 * lane + k for lane in range(LANES)]))
+            for k in range(2)]
+        return context.make_tuple(builder, signature.return_type, vectors)
+    return types.UniTuple(float32x16, 2)(v0, v1), codegen
 
 
 def _pick32(builder, wide, half):  # noqa: ANN001

@@ -1,4 +1,4 @@
-"""The fast U-Net: `minunet.unet.UNet`'s structure, built from the fast layers, with three
+"""The fast U-Net: `minunet.unet.UNet`'s structure, built from the fast layers, with four
 speed-ups that have no place in the network a learner reads.
 
 `mu.UNet(..., readable=False)` (the default, unless MINUNET_READABLE=1) returns this file's
@@ -12,7 +12,9 @@ is `layers.Conv2d`'s): same parameters, buffers and state-dict names, the same r
 2. No concatenation built: up.i's first convolution reads the skip and the up-step's output
    where they are (`kernels.layers.Conv2d(a, b)`), and its backward returns their two
    gradients, (dskip, dup): the readable network's `concat.i` and its backward, without the copy.
-3. Inference (eval mode, gradients off): each batch norm + ReLU is folded into the convolution
+3. The skip's gradient added by the pool's backward as it places its own (one pass over the
+   activation instead of two), unless hooks are on (a trace records the pool's gradient).
+4. Inference (eval mode, gradients off): each batch norm + ReLU is folded into the convolution
    before it (`BatchNormReLU2d.after_conv`), which then runs as a Winograd F(4x4, 3x3)
    convolution where it applies (`conv.conv2d_inference`, winograd.py: the levels with >= 16
    input channels), and the batch is split over threads, one slice per thread
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import module
 from .. import unet as readable_unet
 from ..checks import check_array
 from ..module import Module
@@ -72,7 +75,7 @@ def _back(relu: Module | None, dout: np.ndarray) -> np.ndarray:
 
 
 class UNet(readable_unet.UNet):
-    """The readable UNet with the fast layers and the three speed-ups of the module docstring."""
+    """The readable UNet with the fast layers and the four speed-ups of the module docstring."""
 
     layers = fast_layers
     readable = False
@@ -114,8 +117,11 @@ class UNet(readable_unet.UNet):
             d = self.upconv[i].backward(d)         # (N, c_{i+1}, H/2**(i+1), W/2**(i+1))
         d = self.bottom.backward(d)                # (N, c_{depth-1}, H/2**depth, W/2**depth)
         for i in reversed(range(self.depth)):      # encoder, bottom to top
-            d = self.pool[i].backward(d)           # (N, c_i, H/2**i, W/2**i)
-            d += dskip[i]                          # the skip's gradient joins (UNet.backward)
+            if module._hooks_on:  # a trace records the pool's own gradient: two steps
+                d = self.pool[i].backward(d)       # (N, c_i, H/2**i, W/2**i)
+                d += dskip[i]                      # the skip's gradient joins (UNet.backward)
+            else:  # the same sum, added by the pool as it places its gradient: one pass
+                d = self.pool[i].backward(d, plus=dskip[i])  # (N, c_i, H/2**i, W/2**i)
             dskip[i] = None
             d = self.down[i].backward(d)           # (N, c_{i-1} or Cin, H/2**i, W/2**i)
         return d
