@@ -15,7 +15,8 @@ other item in the heap. With this rule the queue's order is total, and that make
 possible without changing a single label the rule decides:
 - the mask's 4-connected pieces are flooded one at a time, each with a queue of its own (a
   flood never leaves its piece, and within a piece the items keep their order), small enough to
-  stay in the core's cache: 2.5x faster than one queue over a 4096 x 4096 image;
+  stay in the core's cache: on one core the bundled model's 4096 x 4096 map took 0.67 s
+  against 2.45-2.6 s with one queue over the image (both under another job's load);
 - a marker whose 4 neighbours are all labelled or outside the mask is never queued (popping it
   would label nothing);
 - the pieces are handed to `kernels.threads.parallel_for`'s threads.
