@@ -270,3 +270,20 @@ def test_a_finished_region_keeps_nothing_alive(two_threads):
     while alive() is not None and time.monotonic() < deadline:
         time.sleep(0.01)
     assert alive() is None
+
+
+@pytest.mark.parametrize("rows, band, serial", [(0, 4, False), (1, 4, False), (130, 32, False),
+                                                (130, 32, True), (64, 64, False)])
+def test_parallel_rows_covers_every_row_once(rows, band, serial):
+    """parallel_rows hands out [first, stop) bands of at most `band` rows that cover
+    range(rows) exactly once, threaded or in the calling thread."""
+    seen = np.zeros(rows, np.int64)
+    spans = []
+
+    def fn(first, stop):
+        assert 0 <= first < stop <= rows and stop - first <= band
+        seen[first:stop] += 1
+        spans.append((first, stop))
+
+    threads.parallel_rows(fn, rows, band, serial=serial)
+    assert (seen == 1).all() and len(spans) == -(-rows // band)

@@ -48,25 +48,17 @@ BAND_ROWS = 64          # rows per work item of the smoothing and the histogram
 SERIAL_PIXELS = 1 << 20  # images smaller than this run in the calling thread
 
 
-def _bands(rows: int) -> list[tuple[int, int]]:
-    return [(r, min(rows, r + BAND_ROWS)) for r in range(0, rows, BAND_ROWS)]
-
-
 def gaussian_filter(image: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """scipy.ndimage.gaussian_filter(image, sigma) for a real image (H, W) whose values are
     taken as float64 (8- and 16-bit integers exactly), weights = gaussian_weights(sigma):
     along axis 0, then axis 1, mode "reflect"; float64 (H, W). Bands of rows are independent
     (each output row needs input rows only), so they are shared between the pool's threads."""
-    from .threads import parallel_for
+    from .threads import parallel_rows
 
     image = np.ascontiguousarray(image)
     out = np.empty(image.shape)
-    bands = _bands(image.shape[0])
-
-    def item(k: int, slot: int) -> None:
-        _gaussian_rows(image, weights, out, *bands[k])
-
-    parallel_for(item, len(bands), serial=image.size < SERIAL_PIXELS, blas=False)
+    parallel_rows(lambda first, stop: _gaussian_rows(image, weights, out, first, stop),
+                  image.shape[0], BAND_ROWS, serial=image.size < SERIAL_PIXELS)
     return out
 
 
@@ -104,20 +96,18 @@ def histogram(values: np.ndarray, bins: int, first: float | None = None,
     """np.histogram(values, bins) for a float64 array (H, W) whose values are not all equal;
     first, last: its min and max if already known; bands of rows counted on the pool's
     threads, then added."""
-    from .threads import parallel_for
+    from .threads import parallel_rows
 
     if first is None or last is None:
         first, last = float(values.min()), float(values.max())
     edges = np.linspace(first, last, bins + 1, endpoint=True)
     values = np.ascontiguousarray(values).reshape(values.shape[0], -1)
-    bands = _bands(values.shape[0])
-    counts = np.zeros((len(bands), bins), np.int64)
+    counts = np.zeros((-(-values.shape[0] // BAND_ROWS), bins), np.int64)   # one row a band
 
-    def item(k: int, slot: int) -> None:
-        a, b = bands[k]
-        _histogram(values[a:b].ravel(), edges, first, last - first, counts[k])
+    def band(a: int, b: int) -> None:
+        _histogram(values[a:b].ravel(), edges, first, last - first, counts[a // BAND_ROWS])
 
-    parallel_for(item, len(bands), serial=values.size < SERIAL_PIXELS, blas=False)
+    parallel_rows(band, values.shape[0], BAND_ROWS, serial=values.size < SERIAL_PIXELS)
     return counts.sum(axis=0), edges
 
 

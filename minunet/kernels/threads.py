@@ -275,6 +275,19 @@ def parallel_for(fn: Callable[[int, int], None], count: int, *, serial: bool = F
     _pool.run(fn, count, 1 if serial else _num_threads, blas)
 
 
+def parallel_rows(fn: Callable[[int, int], None], rows: int, band: int, *,
+                  serial: bool = False) -> None:
+    """Call fn(first, stop) for the bands [first, stop) of `band` rows that cover range(rows),
+    as `parallel_for`'s items (BLAS left alone: the bands run compiled loops). For passes over
+    an image whose output rows are independent (smoothing, a tile's gather and softmax)."""
+    starts = range(0, rows, band)
+
+    def item(k: int, slot: int) -> None:
+        fn(starts[k], min(rows, starts[k] + band))
+
+    parallel_for(item, len(starts), serial=serial, blas=False)
+
+
 SPLIT_FLOPS = 0.5e9  # map_batch splits only when each slice is at least this much work
 
 

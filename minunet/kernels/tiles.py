@@ -17,18 +17,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .threads import parallel_rows
+
 BAND_ROWS = 32
-
-
-def _run(fn, rows: int) -> None:  # noqa: ANN001  (a kernel call per band)
-    from .threads import parallel_for
-
-    bands = [(r, min(rows, r + BAND_ROWS)) for r in range(0, rows, BAND_ROWS)]
-
-    def item(k: int, slot: int) -> None:
-        fn(*bands[k])
-
-    parallel_for(item, len(bands), serial=len(bands) < 4, blas=False)
+SERIAL_ROWS = 4 * BAND_ROWS   # fewer rows than this run in the calling thread
 
 
 def gather_tile(x: np.ndarray, rows: np.ndarray, cols: np.ndarray, out: np.ndarray) -> None:
@@ -36,7 +28,8 @@ def gather_tile(x: np.ndarray, rows: np.ndarray, cols: np.ndarray, out: np.ndarr
     range, out (C, h, w) of x's dtype, C-contiguous."""
     rows = np.ascontiguousarray(rows, dtype=np.int64)
     cols = np.ascontiguousarray(cols, dtype=np.int64)
-    _run(lambda a, b: _gather_rows(x, rows, cols, out, a, b), out.shape[1])
+    parallel_rows(lambda a, b: _gather_rows(x, rows, cols, out, a, b), out.shape[1],
+                  BAND_ROWS, serial=out.shape[1] < SERIAL_ROWS)
 
 
 @njit(cache=True, nogil=True)
@@ -53,7 +46,8 @@ def _gather_rows(x: np.ndarray, rows: np.ndarray, cols: np.ndarray, out: np.ndar
 def softmax_into(logits: np.ndarray, out: np.ndarray) -> None:
     """out = softmax over axis 0 of logits (Kc, h, w) (any strides; a view of a tile's core),
     out (Kc, h, w) of the same float dtype (a view of the probability map)."""
-    _run(lambda a, b: _softmax_rows(logits, out, a, b), out.shape[1])
+    parallel_rows(lambda a, b: _softmax_rows(logits, out, a, b), out.shape[1], BAND_ROWS,
+                  serial=out.shape[1] < SERIAL_ROWS)
 
 
 @njit(cache=True, nogil=True)
