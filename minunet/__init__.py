@@ -12,10 +12,12 @@ Arrays are NCHW: (N, C, H, W). Training runs in float32; every layer also runs i
 which is what the gradient checker uses.
 """
 
+import importlib
+from typing import Any
+
 # _startup first: a Ctrl-C while the `minunet` command is still importing (see there)
-from . import _startup, data, io, metrics, runs, viz  # noqa: F401
+from . import _startup, io, metrics  # noqa: F401
 from .checkpoint import Checkpoint, CheckpointError, load, save
-from .export import export_bioimageio, export_onnx
 from .gradcheck import GradcheckError, GradcheckReport, gradcheck
 from .inference import segment
 from .layers.activation import ReLU
@@ -29,11 +31,32 @@ from .module import Module, Parameter, Sequential
 from .optim import SGD, Adam, CosineSchedule, StepSchedule
 from .postprocess import to_instances
 from .predict import normalize, predict
-from .rois import to_rois, write_rois
-from .runs import Run, fit
 from .trace import trace
 from .train import History, TrainingDiverged, evaluate, train
 from .unet import UNet
+
+# Imported on first use (`mu.data`, `mu.fit`, ...): the generator, the runs, the plots and the
+# export pull in scipy.ndimage and more, ~0.4 s that `minunet predict` would pay at every start.
+_LAZY = {"data": ("data", None), "runs": ("runs", None), "viz": ("viz", None),
+         "Run": ("runs", "Run"), "fit": ("runs", "fit"),
+         "export_onnx": ("export", "export_onnx"),
+         "export_bioimageio": ("export", "export_bioimageio"),
+         "to_rois": ("rois", "to_rois"), "write_rois": ("rois", "write_rois")}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'minunet' has no attribute {name!r}")
+    module_name, attribute = _LAZY[name]
+    module = importlib.import_module(f".{module_name}", __name__)
+    value = module if attribute is None else getattr(module, attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 

@@ -32,8 +32,6 @@ Thresholds are strict (`>`). Shapes: (Kc, H, W) -> (H, W); (N, Kc, H, W) -> (N, 
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
-from skimage.segmentation import watershed
 
 from .checks import check_finite, check_postprocess
 
@@ -42,10 +40,14 @@ SEED_THRESH = 0.5  # a seed pixel is more likely interior than not
 MIN_SEED_SIZE = 4  # seeds of 1-3 pixels are mostly noise on the interior map, not cells
 MIN_SIZE = 16  # objects under 16 pixels (a disc of radius ~2) are below any cell we segment
 SPLIT_DEPTH = 2.0  # pixels: a neck must be 2 px narrower (in radius) than both blobs to split
-# scipy's 4-neighbourhood: objects touching only at a corner stay apart
-FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
+# scipy's 4-neighbourhood (generate_binary_structure(2, 1)): objects touching only at a
+# corner stay apart
+FOUR_CONNECTED = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool)
 # h-maxima plateaus come from a 3x3 dilation, so they are 8-connected: one plateau, one seed
-EIGHT_CONNECTED = ndimage.generate_binary_structure(2, 2)
+EIGHT_CONNECTED = np.ones((3, 3), bool)
+# scipy.ndimage and skimage are imported where they are used: the default path (float32
+# probabilities) runs compiled code only, and importing scipy.ndimage costs ~0.4 s at every
+# start of `minunet predict`
 # softmax in float32 can overshoot 1 (or undershoot 0) by a few ulp; more than this is a bug
 PROB_TOLERANCE = 1e-5
 MODES = ("auto", "three_class", "binary")
@@ -121,6 +123,8 @@ def _watershed(elevation: np.ndarray, markers: np.ndarray, mask: np.ndarray,
 
     if elevation.dtype == np.float32 and elevation.ndim == 2 and elevation.size <= MAX_PIXELS:
         return seeded_watershed(elevation, markers, mask, unseeded=keep_unseeded)
+    from skimage.segmentation import watershed
+
     labels = watershed(elevation, markers=markers, mask=mask)
     return _add_unseeded(labels, mask) if keep_unseeded else labels
 
@@ -134,6 +138,8 @@ def _seeds(p_interior: np.ndarray, seed_thresh: float, min_seed_size: int,
 
     if p_interior.dtype.kind == "f" and p_interior.ndim == 2:
         return seed_labels(p_interior, seed_thresh, min_seed_size, foreground)
+    from scipy import ndimage
+
     seeds, _ = ndimage.label(p_interior > seed_thresh, structure=FOUR_CONNECTED)
     seeds = _finish(seeds, min_seed_size)
     seeds[~foreground] = 0  # a seed outside the foreground cannot grow
@@ -143,6 +149,8 @@ def _seeds(p_interior: np.ndarray, seed_thresh: float, min_seed_size: int,
 def _add_unseeded(labels: np.ndarray, foreground: np.ndarray) -> np.ndarray:
     """Give each foreground component that the watershed did not reach an id of its own
     (in place: labels, a watershed's fresh output, is changed and returned)."""
+    from scipy import ndimage
+
     rest, n_rest = ndimage.label(foreground & (labels == 0), structure=FOUR_CONNECTED)
     if n_rest:
         unseeded = rest > 0
@@ -157,6 +165,8 @@ def reconstruct_by_dilation(marker: np.ndarray, mask: np.ndarray) -> np.ndarray:
     stops after a few passes on distance maps (each pass only has to climb the domes that are
     higher than marker), where skimage's general algorithm sorts every pixel.
     """
+    from scipy import ndimage
+
     rec = marker
     while True:
         grown = np.minimum(ndimage.grey_dilation(rec, size=(3, 3)), mask)
@@ -200,6 +210,9 @@ def three_class_instances(
 def _distance_regions(foreground: np.ndarray, split_depth: float) -> np.ndarray:
     """Regions (H, W) of the watershed of the foreground's distance transform from its
     h-maxima: one region per blob, split where a neck is split_depth px narrower than both."""
+    from scipy import ndimage
+    from skimage.segmentation import watershed
+
     distance = ndimage.distance_transform_edt(foreground)  # (H, W) pixels to background
     markers, _ = ndimage.label(h_maxima_mask(distance, split_depth), EIGHT_CONNECTED)
     return _add_unseeded(watershed(-distance, markers=markers, mask=foreground), foreground)
@@ -239,6 +252,8 @@ def binary_instances(
     split_depth: float = SPLIT_DEPTH,
 ) -> np.ndarray:
     """Labels (H, W) from a foreground probability (H, W); see the module doc."""
+    from scipy import ndimage
+
     foreground = p_foreground > fg_thresh  # (H, W)
     labels, _ = ndimage.label(foreground, structure=FOUR_CONNECTED)
     if split and foreground.any():

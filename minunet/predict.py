@@ -191,22 +191,41 @@ def normalize_channels(image: np.ndarray, normalization: dict[str, Any] | None =
                      for c in range(image.shape[-1])])
 
 
+def otsu_threshold(counts: np.ndarray, centers: np.ndarray) -> float:
+    """Otsu's threshold of a histogram: the bin centre that maximises the between-class
+    variance w1 * w2 * (m1 - m2)^2 of the pixels at or below it (class 1) and above it.
+    The same arithmetic as skimage.filters.threshold_otsu(hist=(counts, centers)) (empty end
+    bins trimmed, counts in float32; tested equal), without importing skimage.filters, which
+    imports scipy.ndimage: ~0.4 s at every start of `minunet predict`."""
+    filled = np.flatnonzero(counts)
+    counts, centers = counts[filled[0]:filled[-1] + 1], centers[filled[0]:filled[-1] + 1]
+    if counts.size == 1:
+        return centers[0]
+    counts = counts.astype(np.float32)
+    w1 = np.cumsum(counts)                                  # pixels in class 1, per split
+    w2 = np.cumsum(counts[::-1])[::-1]                      # pixels in class 2
+    m1 = np.cumsum(counts * centers) / w1                   # class 1's mean
+    m2 = (np.cumsum((counts * centers)[::-1]) / w2[::-1])[::-1]
+    between = w1[:-1] * w2[1:] * (m1[:-1] - m2[1:]) ** 2    # split after bin i
+    # a NumPy scalar, not a Python float: `smooth > threshold` then compares in float64 as
+    # with skimage's value (a Python float would be rounded to smooth's float32 first)
+    return centers[np.argmax(between)]
+
+
 def foreground_median(gray: np.ndarray, ints: np.ndarray | None = None) -> float:
     """Median of the pixels of gray (H, W) above Otsu's threshold of its smoothed copy.
     ints: gray's values as small integers (ranks.small_integers), to count instead of sort."""
-    from skimage.filters import threshold_otsu
-
     # scipy.ndimage.gaussian_filter(gray, FOREGROUND_SMOOTH), compiled: the same bits
     smooth = smooth_kernels.gaussian_filter(gray,
                                             smooth_kernels.gaussian_weights(FOREGROUND_SMOOTH))
     first, last = float(smooth.min()), float(smooth.max())
     if last <= first:
         return last
-    # threshold_otsu(smooth) without its flattened copy of the image: the same np.histogram
-    # call skimage makes (256 bins over [min, max]), on smooth itself (compiled, the same
-    # counts and edges), handed to it
+    # skimage's threshold_otsu(smooth) without its flattened copy of the image: the same
+    # np.histogram call skimage makes (256 bins over [min, max]), on smooth itself (compiled,
+    # the same counts and edges)
     counts, edges = smooth_kernels.histogram(smooth, OTSU_BINS, first, last)
-    mask = smooth > threshold_otsu(hist=(counts, (edges[:-1] + edges[1:]) / 2.0))
+    mask = smooth > otsu_threshold(counts, (edges[:-1] + edges[1:]) / 2.0)
     del smooth
     if ints is not None:
         above = ints[mask]

@@ -23,7 +23,6 @@ slow background trend on the largest. On 4 images of each of 13 generated preset
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 SIGMAS = 1.5 * 1.18 ** np.arange(20)   # px: scales tried, 1.5 .. 34 (diameters ~4 .. 100 px)
 # a disc of radius r peaks at s = r / sqrt(2); blurred cells with dimmer rims peak 10 % lower
@@ -68,6 +67,8 @@ def estimate_diameter(image: np.ndarray) -> float:
 
     Works on the raw or the normalised image (the estimate ignores the intensity scale). Raises
     ValueError when no blob stands out (an empty or flat image): then give the diameter."""
+    from scipy import ndimage  # on use: ~0.4 s to import, and only --diameter auto needs it
+
     x = np.asarray(image, dtype=np.float32)
     if x.ndim != 2:
         raise ValueError(f"estimate_diameter: expected one (H, W) gray image, got {x.shape}")
@@ -101,6 +102,8 @@ def diameter_from_probs(probs: np.ndarray, min_size: int = MIN_OBJECT_SIZE
       a split nucleus still sees the nucleus' whole width, as the foreground is not split).
     Relies on the network's foreground, not on the raw intensity, so chromatin texture,
     uneven brightness and crowding change it little."""
+    from scipy import ndimage
+
     from .postprocess import to_instances
 
     labels = to_instances(probs, min_size=min_size)                     # (H, W)

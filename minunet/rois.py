@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 INT16_MAX = 32767  # ImageJ's ROI header and offsets are signed 16-bit
 # (dx, dy) of a step east, south, west, north: directions 0..3, clockwise on the screen
@@ -138,6 +137,7 @@ def to_rois(labels: np.ndarray) -> list[Any]:
                 rois.append(roi)
         return rois
     import roifile
+    from scipy import ndimage
 
     if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"to_rois: expected a 2-D integer label image (or a (Z, H, W) stack), "

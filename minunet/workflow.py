@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from . import data as mudata
 from . import metrics
 from .module import Module
 from .postprocess import to_instances
@@ -34,6 +33,8 @@ def training_arrays(images: np.ndarray | Sequence[np.ndarray], labels: np.ndarra
     paper's weight maps (n, H, W) float32 (balance: its class-balancing term, see
     `mu.data.weight_map`).
     """
+    from . import data as mudata  # on use: the generator's package is not on predict's path
+
     norm = DEFAULT_NORMALIZATION if normalization is None else normalization
     x = np.stack([normalize(im, norm) for im in images])[:, None]   # (n, 1, H, W)
     targets = mudata.three_class(labels)                             # (n, H, W)
@@ -47,6 +48,8 @@ def training_samples(images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
                      ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
     """`training_arrays` for images of different sizes (gray or RGB): per-sample lists of
     x (1, H, W) float32, targets (H, W) int64 and weight maps (H, W) float32."""
+    from . import data as mudata
+
     norm = DEFAULT_NORMALIZATION if normalization is None else normalization
     names = names or [f"image {i}" for i in range(len(images))]
     xs, ts, ws = [], [], []
@@ -128,6 +131,7 @@ def make_augment(**knobs: Any) -> Callable:
 
     knobs are passed to `mu.data.augment` (e.g. elastic=False).
     """
+    from . import data as mudata
 
     def augment(image: np.ndarray, target: np.ndarray, weight: np.ndarray | None,
                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

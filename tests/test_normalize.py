@@ -160,3 +160,27 @@ def test_compiled_counts_equal_bincount(dtype):
             counts, offset = ranks.difference_counts(image)
             assert offset == diffs.min()
             np.testing.assert_array_equal(counts, np.bincount(diffs - diffs.min()))
+
+
+def test_otsu_threshold_equals_skimage():
+    """predict.otsu_threshold (no skimage import on predict's path) gives skimage's threshold,
+    value and type, on histograms with empty ends, one-sided mass and random counts."""
+    from skimage.filters import threshold_otsu
+
+    from minunet.predict import otsu_threshold
+
+    rng = np.random.default_rng(4)
+    centers = np.linspace(-1.5, 7.25, 256)
+    cases = [rng.integers(0, 1000, 256), np.r_[np.zeros(10, int), rng.integers(1, 50, 200),
+                                               np.zeros(46, int)]]
+    two = np.zeros(256, int)
+    two[[20, 30, 200, 240]] = [500, 20, 7, 900]
+    cases.append(two)
+    for _ in range(20):
+        counts = rng.poisson(rng.uniform(0, 30, 256)).astype(np.int64)
+        counts[rng.integers(0, 256, 40)] = 0
+        cases.append(counts)
+    for counts in cases:
+        expected = threshold_otsu(hist=(counts, centers))
+        got = otsu_threshold(counts, centers)
+        assert got == expected and type(got) is type(expected)

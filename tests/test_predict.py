@@ -207,8 +207,8 @@ def test_compiled_tile_gather_and_softmax_equal_numpy(shape):
 
 def test_prediction_imports_no_plotting_or_optimisation(tmp_path):
     """`minunet predict`'s path (the command's parser, reading, mu.segment, writing labels)
-    imports neither matplotlib nor scipy.optimize: each costs a few tenths of a second at
-    every start of the command."""
+    imports neither matplotlib, scipy.optimize, scipy.ndimage, nor the generator's package
+    (minunet.data): each costs a few tenths of a second at every start of the command."""
     import subprocess
     import sys
 
@@ -216,7 +216,8 @@ def test_prediction_imports_no_plotting_or_optimisation(tmp_path):
             "from minunet.io import write_labels; "
             "labels = mu.segment('nuclei', np.zeros((64, 64), np.uint16)); "
             f"write_labels({str(tmp_path / 'l.tif')!r}, labels); "
-            "print([m for m in ('matplotlib', 'scipy.optimize') if m in sys.modules])")
+            "print([m for m in ('matplotlib', 'scipy.optimize', 'scipy.ndimage', 'minunet.data') "
+            "if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
