@@ -286,6 +286,23 @@ def test_sizes_range_from_fragments_to_large_cells():
     assert wide.min() >= preset_params("shift-sizes")["min_size"]
 
 
+def test_radius_spread_sizes_each_image_and_keeps_the_covered_share():
+    """radius_spread: all cells of an image larger together (per image, not per cell), never
+    smaller, the density falling with their area, so the cells cover about the same share."""
+    from minunet.rescale import object_diameter
+
+    def per_image(**knobs):
+        _, labels, _ = mu.data.generate(12, "standard", size=(192, 192), seed=8, **knobs)
+        return (np.array([object_diameter(lab) for lab in labels]),
+                np.array([(lab > 0).mean() for lab in labels]))
+
+    fixed, fixed_cover = per_image()
+    spread, spread_cover = per_image(radius_spread=0.6)
+    assert fixed.max() / fixed.min() < 1.2
+    assert spread.max() / spread.min() > 1.45 and spread.min() > 0.9 * fixed.min()
+    assert 0.75 < spread_cover.mean() / fixed_cover.mean() < 1.3
+
+
 def test_broad_is_noisier_and_varies_per_image():
     # the camera's signal-to-noise (the interiors' foci and chromatin left out: they move
     # the cells' median brightness, not the noise)

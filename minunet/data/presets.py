@@ -19,6 +19,8 @@ STANDARD: dict[str, float] = {
     # outlines
     "radius": 11.0,            # mean cell radius, px
     "radius_std": 1.5,         # spread of radii, px
+    "radius_spread": 0.0,      # per-image larger cells: radius and radius_std x exp(U(0, s)),
+                               # density / that^2 (about the same share of the image covered)
     "elongation": 0.2,         # aspect ratio = 1 + |N(0, elongation)|
     "max_aspect": 2.5,         # ... capped at this ratio
     "irregularity": 0.05,      # amplitude of the outline's harmonic wiggles
@@ -73,6 +75,7 @@ STANDARD: dict[str, float] = {
 # "train wide, test narrow": what `broad` changes relative to `standard`
 BROAD_CHANGES: dict[str, float] = {
     "radius": 12.0, "radius_std": 3.0, "fragments": 0.08,          # fragments to large cells
+    "radius_spread": 0.4,                                           # images of 12-18 px radius
     "elongation": 0.7, "max_aspect": 3.0, "irregularity": 0.08,     # elongated, up to 3 : 1
     "touching": 0.3, "edge_falloff": 0.1,                           # touching, no dark gap
     "brightness_sigma": 0.5, "bright_fraction": 0.04,               # a few very bright cells

@@ -3,8 +3,9 @@ noisy microscope. One call draws one image and its exact instance labels.
 
 The model, in the order it is drawn (every knob lives in `presets.STANDARD`):
 
-1. Outlines. Each cell is an ellipse of mean radius `radius` (px, std `radius_std`) with aspect
-   ratio 1 + |N(0, elongation)| (at most `max_aspect`) and a random orientation; with
+1. Outlines. Each cell is an ellipse of mean radius `radius` (px, std `radius_std`; both
+   grow per image by exp(U(0, radius_spread)), the density falling with the area) with aspect ratio 1 + |N(0, elongation)| (at most `max_aspect`) and a random
+   orientation; with
    probability `fragments` it is a small fragment instead, its radius times U(FRAGMENT_SCALE).
    The ellipse's radius is multiplied by
    1 + sum_j a_j cos(j psi + phase_j), j = 2..5, a_j ~ U(0, irregularity) * 2 / j: a star-convex
@@ -78,6 +79,8 @@ def synth_image(rng: np.random.Generator, p: dict, size: tuple[int, int]
     """Draw one image (H, W) float32 in [0, 1] and its instance labels (H, W) int32."""
     H, W = size
     area_ratio = H * W / REFERENCE_AREA
+    if p["radius_spread"] > 0:                           # drawn only when on (see _cell_gains)
+        p = _image_cell_size(rng, p)
     table = _place_cells(rng, p, H, W, area_ratio)
     labels, rho = _paint(table, H, W)
     labels = make_connected(labels, min_size=int(p["min_size"]))
@@ -105,6 +108,17 @@ def synth_image(rng: np.random.Generator, p: dict, size: tuple[int, int]
         scene = gaussian_filter(scene, blur, mode="reflect")
     image = _camera(rng, scene, photons, float(p["read_noise"]))
     return np.clip(image, 0.0, 1.0, out=image), labels
+
+
+def _image_cell_size(rng: np.random.Generator, p: dict) -> dict:
+    """This image's cells, all larger together (images differ in magnification and cell
+    type): radius and radius_std times f = exp(U(0, radius_spread)), and density / f^2, so
+    that the cells cover about the same share of the image. Only larger: debris and nucleoli
+    keep their sizes in pixels, and smaller cells would look like debris (a model trained on
+    sizes spread both ways took debris for cells: not kept, see docs/accuracy.md)."""
+    f = float(np.exp(rng.uniform(0.0, p["radius_spread"])))
+    return {**p, "radius": p["radius"] * f, "radius_std": p["radius_std"] * f,
+            "density": p["density"] / f**2}
 
 
 # ---- outlines --------------------------------------------------------------------------------
