@@ -102,7 +102,8 @@ def test_auto_diameter_is_printed_stored_and_equals_segment(tmp_path, capsys):
 
 def test_auto_diameter_grows_the_size_filter_for_larger_objects_only():
     """Objects wider than the trained ones leave larger fragments: `auto` grows min_size with
-    their area (and stores it), never lowers it, and keeps a user's --min-size."""
+    their area (and stores it); smaller ones are enlarged and keep the stored filter in the
+    image's pixels, up to half their area; a user's --min-size is kept."""
     ckpt = mu.load("nuclei")
     stored = ckpt.metadata["postprocess"]["min_size"]
     large, _, _ = mu.data.generate(1, "shift-large", size=(160, 160), seed=3)
@@ -115,9 +116,27 @@ def test_auto_diameter_grows_the_size_filter_for_larger_objects_only():
     assert grown["diameter_scale"] == 1.0          # within the trained range: not resized
     expected = round(stored * (grown["diameter_estimate"] / ckpt.metadata["diameter"]) ** 2)
     assert grown["min_size"] == expected > stored
-    assert found["small"]["min_size"] == stored
+    small = found["small"]
+    assert small["diameter_scale"] > 1.0            # shift-small: enlarged
+    cap = round(0.5 * np.pi / 4 * small["diameter_estimate"] ** 2)
+    assert small["min_size"] == min(stored, cap) > round(stored / small["diameter_scale"] ** 2)
     # not resized: `auto` is the plain command with the grown filter
     assert np.array_equal(mu.segment(ckpt, large[0], diameter="auto"),
                           mu.segment(ckpt, large[0], min_size=expected))
     _, _, _, used = mu.inference.segment_image(ckpt, large[0], diameter="auto", min_size=7)
     assert used["min_size"] == 7
+
+
+def test_enlarged_images_keep_the_plain_size_filter_up_to_half_the_objects_area():
+    """`auto` on small objects: the enlarged pass's size filter, in the image's own pixels, is
+    the plain pass's (debris keeps its size), capped at half the objects' estimated area;
+    shrunk images still get the filter mapped by scale**2."""
+    from minunet.rescale import auto_settings, grown_min_size, postprocess_at
+
+    post = {"min_size": 82, "seed_thresh": 0.7}
+    assert auto_settings(post, 15.0, 1.4, 26.4)["min_size"] == 82          # 82 / 1.96 = 42
+    assert auto_settings(post, 11.0, 1.9, 26.4)["min_size"] == round(0.5 * np.pi / 4 * 121)
+    assert auto_settings(post, 15.0, 1.4, 26.4)["seed_thresh"] == 0.7
+    assert auto_settings(post, None, 1.0, 26.4) == post
+    shrunk = auto_settings(post, 60.0, 0.77, 26.4)
+    assert shrunk == postprocess_at(grown_min_size(post, 60.0, 0.77, 26.4), 0.77)

@@ -143,9 +143,9 @@ def test_auto_scale_believes_a_probe_that_sees_objects_whole():
     probe sees them whole and is taken when it disagrees by over PROBE_DISAGREEMENT."""
     pieces = disc_probs(disc_labels((100, 150), CENTRES, 5))           # ~10 px objects
     whole = disc_probs(disc_labels((100, 150), CENTRES, 22))           # ~45 px: 4.5x larger
-    scale, estimate = rescale.auto_scale(pieces, 24.0, probe=whole)
+    scale, estimate = rescale.auto_scale(pieces, 20.0, probe=whole)
     assert estimate == pytest.approx(rescale.diameter_from_probs(whole)[0])
     assert scale < 1                                                    # shrink, not enlarge
     near = disc_probs(disc_labels((100, 150), CENTRES, 6))             # agrees within 2x
-    scale, estimate = rescale.auto_scale(pieces, 24.0, probe=near)
+    scale, estimate = rescale.auto_scale(pieces, 20.0, probe=near)
     assert estimate == pytest.approx(rescale.diameter_from_probs(pieces)[0]) and scale > 1
