@@ -51,3 +51,9 @@ def test_train_layers_groups_every_layer():
     stdout = run("bench_train_layers.py", "--config", "C1", "--steps", "1", "--top", "3")
     for group in ("conv F", "conv B", "bn F", "bn B", "up-step B", "pool F", "head B", "loss"):
         assert group in stdout
+
+
+def test_stress_quick_prints_its_cases():
+    """bench/stress.py --quick: plain and auto object F1 per case (seconds)."""
+    stdout = run("stress.py", "--quick")
+    assert "| broad | " in stdout and "| bright spread | " in stdout
