@@ -18,7 +18,7 @@ def nuclei():
 @pytest.fixture(scope="module")
 def scene():
     """Nuclei (one channel) and larger cytoplasm-like cells (another), 16-bit."""
-    images, labels, _ = mu.data.generate(1, "standard", seed=3, size=(160, 192))
+    images, labels, _ = mu.data.generate(1, "standard", seed=5, size=(160, 192))
     other = mu.data.generate(1, "shift-large", seed=9, size=(160, 192))[0][0]
     return ((images[0] * 3000 + 200).astype(np.uint16), (other * 3000 + 200).astype(np.uint16),
             labels[0])
