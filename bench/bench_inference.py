@@ -10,9 +10,7 @@ TILE x TILE pixels (1152: the default 1024-px core with its margins). Each round
 forward with minunet's inference kernels (Winograd 3x3 convolutions, the up-step and head
 kernels) and one without (`kernels.conv.USE_WINOGRAD` and `kernels.upsample.ENABLED` off:
 the routes of MINUNET_WINOGRAD=0), alternating, and prints per layer call the milliseconds
-of both (the best of the rounds) and each block's share of the forward. In inference an
-encoder block and its pool are one call (`down.i+pool`: the pool taken from the block's last
-convolution, kernels/unet.py), on both sides.
+of both (the best of the rounds) and each block's share of the forward.
 
 --first-forward: in fresh processes, alternating, the first and second forward of such a
 tile with NumPy's huge-page requests off (minunet's default, kernels/memory.py) and on
@@ -81,9 +79,7 @@ def layers(tile: int, rounds: int) -> None:
         def call(*args: object) -> object:
             t0 = time.perf_counter()
             y = fn(*args)
-            arrays = [a for a in args if isinstance(a, np.ndarray)]
-            out = y[0] if isinstance(y, tuple) else y   # forward_pooled: (y, pooled)
-            key = (name, tuple(a.shape[1] for a in arrays), out.shape[1], out.shape[2])
+            key = (name, tuple(a.shape[1] for a in args), y.shape[1], y.shape[2])
             calls.append((key, time.perf_counter() - t0))
             return y
         return call
@@ -91,8 +87,6 @@ def layers(tile: int, rounds: int) -> None:
     for name in ("down", "up"):
         for i, block in enumerate(getattr(model, name)):
             block.forward = timed(block, f"{name}.{i}", block.forward)
-            if name == "down":  # with the inference kernels: the block and its pool in one
-                block.forward_pooled = timed(block, f"down.{i}+pool", block.forward_pooled)
     model.bottom.forward = timed(model.bottom, "bottom", model.bottom.forward)
     for name in ("upconv", "pool"):
         for i, layer in enumerate(getattr(model, name)):
