@@ -843,10 +843,10 @@ def conv2d_inference(x: Parts, weight: np.ndarray, bias: np.ndarray | None, stri
     Cout = weight.shape[0]
     U = packed_weights(weight, dtype)                   # (36, ceil(Cout/8), Cin, 8)
     tile_bias = np.zeros(0, dtype) if bias is None else np.ascontiguousarray(bias, dtype=dtype)
+    y = np.empty((N, Cout, H, W), dtype=dtype)          # (N, Cout, H, W)
     fused = pool and dtype == np.float32 and W % 32 == 0
     pooled = (np.empty((N, Cout, H // 2, W // 2), dtype) if fused    # (N, Cout, H/2, W/2)
               else np.empty((0, 0, 0, 1), dtype))
-    y = np.empty((N, Cout, H, W), dtype=dtype)          # (N, Cout, H, W)
     th, tw = H // 4, W // 4
     cols = band_cols(tw, Cin, Cout, parts[0].itemsize)
     R = band_rows(cols, Cin, Cout, parts[0].itemsize, th)
