@@ -104,53 +104,6 @@ def test_blocks_of_a_row_give_the_same_bits(monkeypatch, dtype, cin, h, w):
         conv.conv2d_inference(x, weight, bias, 1, 1, who="Conv2d")
 
 
-@pytest.mark.parametrize("w, blocks", [(64, False), (416, True), (448, True), (48, False)])
-def test_the_pool_from_the_output_transform_is_maxpool(monkeypatch, w, blocks):
-    """conv2d_inference(..., pool=True): y and its 2x2 max pool, the pool taken from the
-    output transform's registers where W is a multiple of 32 (float32), else by
-    maxpool2d_forward: exactly maxpool2d_forward's values either way, y unchanged. 416 px:
-    blocks of 48 + 48 + 8 tiles (a last block of 32 px: half a pooled vector pair); 48 px:
-    not a multiple of 32 (pooled apart)."""
-    from minunet.kernels.pool import maxpool2d_forward
-    if not conv.USE_WINOGRAD:
-        pytest.skip("no AVX-512 or no JIT")
-    if blocks:
-        monkeypatch.setattr(winograd, "ITEM_BYTES", 1)
-    x, weight, bias, _ = _case(np.float32, 2, 16, 24, 12, w, seed=7)
-    a, b = np.ascontiguousarray(x[:, :6]), np.ascontiguousarray(x[:, 6:])
-    y = conv.conv2d_inference((a, b), weight, bias, 1, 1, relu=True)
-    y2, pooled = conv.conv2d_inference((a, b), weight, bias, 1, 1, relu=True, pool=True)
-    np.testing.assert_array_equal(y2, y)
-    assert pooled.shape == (2, 24, 6, w // 2)
-    np.testing.assert_array_equal(pooled, maxpool2d_forward(y, 2, 2)[0])
-
-
-def test_the_fused_pool_is_taken_in_the_unet(monkeypatch):
-    """The fast U-Net in inference pools its encoder blocks inside their last convolution
-    (no MaxPool2d.forward runs), with the logits of the separate pools (hooks on: a trace
-    needs each module's own call)."""
-    from minunet.kernels import layers as fast_layers
-    from minunet.unet import UNet
-    if not conv.USE_WINOGRAD:
-        pytest.skip("no AVX-512 or no JIT")
-    model = UNet(1, 3, depth=2, base_channels=16, rng=2, readable=False)
-    model.eval().set_grad_enabled(False)
-    x = np.random.default_rng(1).standard_normal((1, 1, 32, 128)).astype(np.float32)
-    pools = []
-    real = fast_layers.MaxPool2d.forward
-    monkeypatch.setattr(fast_layers.MaxPool2d, "forward",
-                        lambda self, v: pools.append(v.shape) or real(self, v))
-    fused = model(x)
-    assert pools == []
-    handle = model.pool[0].register_forward_hook(lambda *args: None)
-    try:
-        apart = model(x)
-    finally:
-        handle.remove()
-    assert len(pools) == 2
-    np.testing.assert_array_equal(fused, apart)
-
-
 def test_blocks_are_whole_products_and_evened_out():
     """band_cols: the whole row when it fits ITEM_BYTES, else blocks of whole 48s (the
     products' block), as few as fit, evened out."""

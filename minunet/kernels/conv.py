@@ -56,7 +56,6 @@ from numba import njit
 from ..checks import check_finite
 from . import simd
 from .gemm import BLOCK, TILE, direct_product, direct_weight_product, pack_weights
-from .pool import maxpool2d_forward
 from .threads import SERIAL_BYTES, SERIAL_FLOPS, get_num_threads, parallel_for
 from .winograd import (
     band_cols,
@@ -820,33 +819,23 @@ def conv2d_forward(x: Parts, weight: np.ndarray, bias: np.ndarray | None, stride
 
 
 def conv2d_inference(x: Parts, weight: np.ndarray, bias: np.ndarray | None, stride: int,
-                     padding: int, who: str | None = None, relu: bool = False,
-                     pool: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+                     padding: int, who: str | None = None, relu: bool = False) -> np.ndarray:
     """conv2d_forward for inference only (no gradient ever flows through it): the same
     contract, computed by Winograd F(4x4, 3x3) where winograd.winograd_applies (3x3, stride
     1, padding 1, sizes multiples of 4, >= 16 input channels), by conv2d_forward elsewhere.
     Winograd rounds differently from the direct sum (winograd.py: a few 1e-6 relative in
-    float32), so training, whose gradients must match its forward, never takes it.
-
-    With pool, returns (y, its 2x2 stride-2 max pool) (N, Cout, H/2, W/2), H and W even: in
-    float32 with W a multiple of 32 on the Winograd route, the pool is taken from the output
-    transform's registers (the U-Net's encoder blocks: no pass over y of its own); elsewhere
-    by pool.maxpool2d_forward. The same values either way."""
+    float32), so training, whose gradients must match its forward, never takes it."""
     parts = _parts(x)
     N, _, H, W = parts[0].shape
     Cin = sum(p.shape[1] for p in parts)
     dtype = parts[0].dtype
     if not (USE_WINOGRAD and winograd_applies(dtype, weight.shape[2], stride, padding, H, W,
                                               Cin)):
-        y = _forward(x, weight, stride, padding, bias, who=who, relu=relu)
-        return (y, maxpool2d_forward(y, 2, 2)[0]) if pool else y
+        return _forward(x, weight, stride, padding, bias, who=who, relu=relu)
     Cout = weight.shape[0]
     U = packed_weights(weight, dtype)                   # (36, ceil(Cout/8), Cin, 8)
     tile_bias = np.zeros(0, dtype) if bias is None else np.ascontiguousarray(bias, dtype=dtype)
     y = np.empty((N, Cout, H, W), dtype=dtype)          # (N, Cout, H, W)
-    fused = pool and dtype == np.float32 and W % 32 == 0
-    pooled = (np.empty((N, Cout, H // 2, W // 2), dtype) if fused    # (N, Cout, H/2, W/2)
-              else np.empty((0, 0, 0, 1), dtype))
     th, tw = H // 4, W // 4
     cols = band_cols(tw, Cin, Cout, parts[0].itemsize)
     R = band_rows(cols, Cin, Cout, parts[0].itemsize, th)
@@ -859,13 +848,11 @@ def conv2d_inference(x: Parts, weight: np.ndarray, bias: np.ndarray | None, stri
     def worker(_: int, slot: int) -> None:
         run_items(parts[0], second, U, y, tile_bias, relu, R, cols, counter, probes,
                   *(_scratch.get(slot, "winograd " + name, shape, dtype)
-                    for name, shape in shapes.items()), zeros, pooled)
+                    for name, shape in shapes.items()), zeros)
 
     parallel_for(worker, get_num_threads(), serial=_small(N, Cin, Cout, H, W, 3), blas=False)
     if who is not None and not np.isfinite(probes.sum()):
         _check_parts(who, parts, "input")                              # raises, with counts
-    if pool:
-        return y, pooled if fused else maxpool2d_forward(y, 2, 2)[0]
     return y
 
 

@@ -397,12 +397,9 @@ class BatchNormReLU2d(BatchNorm2d):
                                                          sum_gxc)
         return batchnorm_relu_backward_input(dout, y, x, *coefficients)  # (N, C, H, W)
 
-    def after_conv(self, conv: Conv2d, x: np.ndarray, *more: np.ndarray,
-                   pool: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    def after_conv(self, conv: Conv2d, x: np.ndarray, *more: np.ndarray) -> np.ndarray:
         """self(conv(x)) for inference (eval mode, gradients off), as ONE convolution
-        (`after_conv(conv, a, b)`: of the two parts, as conv(a, b)). With pool, returns
-        (that, its 2x2 stride-2 max pool) (conv2d_inference's pool: the fast U-Net's encoder
-        blocks and the pooling after them).
+        (`after_conv(conv, a, b)`: of the two parts, as conv(a, b)).
 
         With the running statistics, the batch norm is an affine map per channel, so it folds
         into the convolution before it:
@@ -433,7 +430,7 @@ class BatchNormReLU2d(BatchNorm2d):
             raise FloatingPointError(f"{self!r}: its parameters folded into {conv!r} are not "
                                      f"finite: check the model's weights")
         y = conv2d_inference(x, weight, shift.astype(dtype), conv.stride, conv.padding,
-                             who="Conv2d", relu=True, pool=pool)
+                             who="Conv2d", relu=True)
         for module in (conv, self):  # as Module.__call__ does with gradients off
             module._saved = None
             module._forward_state = "no_grad"

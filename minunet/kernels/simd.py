@@ -239,19 +239,6 @@ def vsub(typingctx, x, y):  # noqa: ANN001, ANN201
     return float32x16(x, y), codegen
 
 
-@intrinsic
-def vmax(typingctx, x, y):  # noqa: ANN001, ANN201
-    """max(x, y) lane by lane: x where x > y, else y (y where either is NaN; the 2x2 max
-    pool fused into the Winograd output transform applies it to ReLU outputs, never NaN)."""
-    if not (x == float32x16 and y == float32x16):
-        return None
-
-    def codegen(context, builder, signature, args):  # noqa: ANN001
-        a, b = args
-        return builder.select(builder.fcmp_ordered(">", a, b), a, b)
-    return float32x16(x, y), codegen
-
-
 def _concat4(builder, vectors):  # noqa: ANN001
     """Four 16-lane vectors as one 64-lane vector, in order."""
     def join(a, b, lanes):  # noqa: ANN001

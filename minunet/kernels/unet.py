@@ -54,18 +54,6 @@ class DoubleConv(readable_unet.DoubleConv):
         x = _then(self.relu1, self.bn1(self.conv1(x, *more)))  # (N, Cout, H, W)
         return _then(self.relu2, self.bn2(self.conv2(x)))      # (N, Cout, H, W)
 
-    def forward_pooled(self, x: np.ndarray, pool: Module) -> tuple[np.ndarray, np.ndarray]:
-        """(self(x), pool(self(x))) for inference with the folded batch norms, `pool` a 2x2
-        stride-2 MaxPool2d: the pool taken from the last convolution's output transform
-        (conv.conv2d_inference's pool), not in a pass of its own. Both modules end as their
-        calls would leave them with gradients off."""
-        x = self.bn1.after_conv(self.conv1, x)               # (N, Cout, H, W)
-        y, pooled = self.bn2.after_conv(self.conv2, x, pool=True)  # and (N, Cout, H/2, W/2)
-        for called in (self, pool):  # as Module.__call__ does with gradients off
-            called._saved = None
-            called._forward_state = "no_grad"
-        return y, pooled
-
     def _folded(self) -> bool:
         """Inference (eval mode, gradients off) with the fused batch norm: folded into the
         convolutions (BatchNormReLU2d.after_conv), the same result without their pass."""
@@ -109,11 +97,6 @@ class UNet(readable_unet.UNet):
         """UNet.forward's layers, in order (x checked already), without the concatenations."""
         skips = []
         for i in range(self.depth):                # encoder, top to bottom
-            if self._pool_fused(i):                # inference: the pool from down.i's stores
-                x, pooled = self.down[i].forward_pooled(x, self.pool[i])
-                skips.append(x)                    # (N, c_i, H/2**i, W/2**i)
-                x = pooled                         # (N, c_i, H/2**(i+1), W/2**(i+1))
-                continue
             x = self.down[i](x)                    # (N, c_i, H/2**i, W/2**i)
             skips.append(x)
             x = self.pool[i](x)                    # (N, c_i, H/2**(i+1), W/2**(i+1))
@@ -124,15 +107,6 @@ class UNet(readable_unet.UNet):
             # as soon as up.i is done with it (not kept until the head: memory at inference)
             x = self.up[i](skips.pop(), x)
         return self.head(x)                        # (N, Kc, H, W)
-
-    def _pool_fused(self, i: int) -> bool:
-        """Whether pool.i is taken inside down.i's last convolution: inference with the
-        folded batch norms, the U-Net's own 2x2 MaxPool2d, and no hooks (a trace records
-        each module's own output)."""
-        pool = self.pool[i]
-        return (self.down[i]._folded() and not module._hooks_on
-                and type(pool) is fast_layers.MaxPool2d
-                and pool.kernel_size == 2 and pool.stride == 2)
 
     def backward(self, dlogits: np.ndarray) -> np.ndarray:
         """UNet.backward, where up.i's backward returns the two halves (dskip, dup) itself."""

@@ -54,12 +54,10 @@ from .simd import (
     fetch_add,
     vadd,
     vbias_relu,
-    vdeinterleave2,
     vdeinterleave4,
     vfma,
     vinterleave4,
     vload,
-    vmax,
     vnext,
     vstore,
     vsub,
@@ -351,50 +349,29 @@ def _at(m0, m1, m2, m3, m4, m5):  # noqa: ANN001 (vectors)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _across(c0, c1, c2, c3, c4, c5, b: np.float32, relu: bool):  # noqa: ANN001
-    """One output row of 16 tiles, 64 consecutive pixels as four vectors: the horizontal
-    half of the output transform (c0..c5 the tiles' six columns, A^T M already applied
-    down), the four outputs of each tile interleaved into place, then the bias and ReLU."""
+def _store_row(yr: np.ndarray, h: int, w: int, w_end: int, c0, c1, c2, c3, c4, c5,  # noqa: ANN001
+               b: np.float32, relu: bool) -> None:
+    """y row h, columns w .. w + 63 (those < w_end): the horizontal half of the output
+    transform of 16 tiles, c0..c5 their six columns (A^T M already applied down), then the
+    bias and the ReLU. The four outputs of each tile are interleaved into place."""
     q = _at(c0, c1, c2, c3, c4, c5)
     v = vinterleave4(q[0], q[1], q[2], q[3])
-    return (vbias_relu(v[0], b, relu), vbias_relu(v[1], b, relu),
-            vbias_relu(v[2], b, relu), vbias_relu(v[3], b, relu))
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _store_row(yr: np.ndarray, h: int, w: int, w_end: int, v) -> None:  # noqa: ANN001
-    """yr[h, w .. w + 63] = the four vectors v, those whose columns are < w_end."""
-    vstore(yr, h, w, v[0])
+    vstore(yr, h, w, vbias_relu(v[0], b, relu))
     if w + 16 < w_end:
-        vstore(yr, h, w + 16, v[1])
+        vstore(yr, h, w + 16, vbias_relu(v[1], b, relu))
     if w + 32 < w_end:
-        vstore(yr, h, w + 32, v[2])
+        vstore(yr, h, w + 32, vbias_relu(v[2], b, relu))
     if w + 48 < w_end:
-        vstore(yr, h, w + 48, v[3])
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _store_pooled(pr: np.ndarray, h: int, w: int, w_end: int, upper, lower) -> None:  # noqa: ANN001
-    """pr[h, w/2 .. w/2 + 31] = the 2x2 max pool of two output rows (`upper`, `lower`: 64
-    pixels each, as _across gives them), those whose columns are < w_end / 2 (w_end - w a
-    multiple of 32)."""
-    even, odd = vdeinterleave2(vmax(upper[0], lower[0]), vmax(upper[1], lower[1]))
-    vstore(pr, h, w // 2, vmax(even, odd))
-    if w + 32 < w_end:
-        even, odd = vdeinterleave2(vmax(upper[2], lower[2]), vmax(upper[3], lower[3]))
-        vstore(pr, h, w // 2 + 16, vmax(even, odd))
+        vstore(yr, h, w + 48, vbias_relu(v[3], b, relu))
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _output_transform_f32(M: np.ndarray, y: np.ndarray, n: int, tile_row: int, base: int,
                           j0: int, j1: int, bias: np.ndarray, relu: bool,
-                          rows: np.ndarray, pooled: np.ndarray) -> None:
+                          rows: np.ndarray) -> None:
     """_output_transform for float32, W a multiple of 16, j0 and j1 as in
     _input_transform_f32; M as (36*Cout', T) rows and y as (N*Cout*H, W) rows (see
-    _input_transform_f32); `rows` is not used. With a non-empty `pooled` (N, Cout, H/2, W/2;
-    W a multiple of 32), also pooled[n, o, 2 tr + i, :] = the 2x2 max pool of the output rows
-    4 tr + 2i, 4 tr + 2i + 1 (maxpool2d_forward's values, from registers: the U-Net's pooling
-    after its encoder blocks without a pass of its own). Down first, then across: for 16 tiles, the
+    _input_transform_f32); `rows` is not used. Down first, then across: for 16 tiles, the
     six M vectors of each column b give (A^T M)[p, b] (registers, no scratch), then each
     output row p is A^T across b, interleaved into 64 consecutive pixels and stored straight
     into y (the other order, across first, stores six rows of scratch and interleaves six
@@ -403,13 +380,10 @@ def _output_transform_f32(M: np.ndarray, y: np.ndarray, n: int, tile_row: int, b
     Cp = M.shape[1]
     Mr = M.reshape(-1, M.shape[2])                                      # (36*Cout', T)
     yr = y.reshape(-1, W)                                               # (N*Cout*H, W)
-    pool = pooled.size > 0
-    pr = pooled.reshape(-1, pooled.shape[3])                            # (N*Cout*H/2, W/2)
     w_end = M_OUT * j1
     for o in range(K):
         b = bias[o] if bias.size > 0 else np.float32(0)
         h = (n * K + o) * H + tile_row * M_OUT                          # row of y[n, o, 4 tr]
-        hp = (n * K + o) * (H // 2) + tile_row * 2                      # pooled[n, o, 2 tr]
         for j in range(j0, j1, 16):
             t = base + j - j0
             # down: cb[p] = sum_a AT[p, a] M[6a + b, o, tiles t..t+15], column b of each tile
@@ -433,18 +407,10 @@ def _output_transform_f32(M: np.ndarray, y: np.ndarray, n: int, tile_row: int, b
                      vload(Mr, 29 * Cp + o, t), vload(Mr, 35 * Cp + o, t))
             # across: y[4 tr + p, 4j .. 4j + 63] = A^T (c0[p], .., c5[p]) per tile
             w = M_OUT * j
-            v0 = _across(c0[0], c1[0], c2[0], c3[0], c4[0], c5[0], b, relu)
-            v1 = _across(c0[1], c1[1], c2[1], c3[1], c4[1], c5[1], b, relu)
-            _store_row(yr, h, w, w_end, v0)
-            _store_row(yr, h + 1, w, w_end, v1)
-            if pool:
-                _store_pooled(pr, hp, w, w_end, v0, v1)
-            v2 = _across(c0[2], c1[2], c2[2], c3[2], c4[2], c5[2], b, relu)
-            v3 = _across(c0[3], c1[3], c2[3], c3[3], c4[3], c5[3], b, relu)
-            _store_row(yr, h + 2, w, w_end, v2)
-            _store_row(yr, h + 3, w, w_end, v3)
-            if pool:
-                _store_pooled(pr, hp + 1, w, w_end, v2, v3)
+            _store_row(yr, h, w, w_end, c0[0], c1[0], c2[0], c3[0], c4[0], c5[0], b, relu)
+            _store_row(yr, h + 1, w, w_end, c0[1], c1[1], c2[1], c3[1], c4[1], c5[1], b, relu)
+            _store_row(yr, h + 2, w, w_end, c0[2], c1[2], c2[2], c3[2], c4[2], c5[2], b, relu)
+            _store_row(yr, h + 3, w, w_end, c0[3], c1[3], c2[3], c3[3], c4[3], c5[3], b, relu)
 
 
 def input_transform(x: np.ndarray, n: int, i: int, base: int, j0: int, j1: int, c0: int,
@@ -462,17 +428,16 @@ def _input_transform_overload(x, n, i, base, j0, j1, c0, V, rows, zeros):  # noq
 
 
 def output_transform(M: np.ndarray, y: np.ndarray, n: int, i: int, base: int, j0: int, j1: int,
-                     bias: np.ndarray, relu: bool, rows: np.ndarray, pooled: np.ndarray) -> None:
-    """_output_transform_f32 for float32 (with the pooling), _output_transform otherwise
-    (`pooled` must then be empty: run_items's caller pools float64 apart)."""
+                     bias: np.ndarray, relu: bool, rows: np.ndarray) -> None:
+    """_output_transform_f32 for float32, _output_transform otherwise."""
 
 
 @overload(output_transform)
-def _output_transform_overload(M, y, n, i, base, j0, j1, bias, relu, rows, pooled):  # noqa: ANN001
+def _output_transform_overload(M, y, n, i, base, j0, j1, bias, relu, rows):  # noqa: ANN001
     if y.dtype == types.float32:
-        return (lambda M, y, n, i, base, j0, j1, bias, relu, rows, pooled:
-                _output_transform_f32(M, y, n, i, base, j0, j1, bias, relu, rows, pooled))
-    return (lambda M, y, n, i, base, j0, j1, bias, relu, rows, pooled:
+        return (lambda M, y, n, i, base, j0, j1, bias, relu, rows:
+                _output_transform_f32(M, y, n, i, base, j0, j1, bias, relu, rows))
+    return (lambda M, y, n, i, base, j0, j1, bias, relu, rows:
             _output_transform(M, y, n, i, base, j0, j1, bias, relu, rows))
 
 
@@ -580,15 +545,14 @@ def _products_overload(V, U, M, tiles):  # noqa: ANN001
 def run_items(x: np.ndarray, x2: np.ndarray, U: np.ndarray, y: np.ndarray, bias: np.ndarray,
               relu: bool, tile_rows: int, tile_cols: int, counter: np.ndarray,
               probes: np.ndarray, V: np.ndarray, M: np.ndarray, rows: np.ndarray,
-              out_rows: np.ndarray, zeros: np.ndarray, pooled: np.ndarray) -> None:
+              out_rows: np.ndarray, zeros: np.ndarray) -> None:
     """Run items (image, band of tile_rows tile rows, block of tile_cols tiles of each row)
     until none are left (each thread of the region calls this once; the items are shared
     through the atomic `counter`, as conv._direct_items_py). tile_cols is a multiple of 16
     or the whole row; the last block of a row may be narrower. The input is [x | x2] along
     channels (x2 may have 0 channels); V, M, rows, out_rows: this thread's scratch
-    (scratch_shapes); zeros (1, W + 16) zeros; pooled: empty, or (float32, W a multiple of
-    32) the array (N, Cout, H/2, W/2) that receives y's 2x2 max pool too. Every tile is
-    computed the same way whatever the items: the same bits for any tile_rows and tile_cols."""
+    (scratch_shapes); zeros (1, W + 16) zeros. Every tile is computed the same way whatever
+    the items: the same bits for any tile_rows and tile_cols."""
     N, Ca, H, W = x.shape
     th, tw = H // M_OUT, W // M_OUT
     bands = -(-th // tile_rows)
@@ -618,8 +582,7 @@ def run_items(x: np.ndarray, x2: np.ndarray, U: np.ndarray, y: np.ndarray, bias:
         V[:, :, tiles:padded] = 0  # the last block's unused tiles: no garbage, no denormals
         products(V, U, M, padded)
         for tr in range(first, last):
-            output_transform(M, y, n, tr, (tr - first) * wide, j0, j1, bias, relu, out_rows,
-                             pooled)
+            output_transform(M, y, n, tr, (tr - first) * wide, j0, j1, bias, relu, out_rows)
 
 
 def band_cols(tiles_wide: int, in_channels: int, out_channels: int, itemsize: int) -> int:
