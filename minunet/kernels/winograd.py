@@ -26,7 +26,7 @@ oracle and the place to read it); `run_items` the fast one (called by
 conv.conv2d_inference): the image is cut into bands of tile rows, and wide rows into blocks
 of tiles (`band_cols`: V and M of an item within ITEM_BYTES, 1 MiB, so that they stay in the
 core's L2 between the three steps: on 1152-px tiles, 288 tiles a row, whole rows of 16-32
-channels took 2 MiB), one item each on minunet's thread pool; an item transforms its input
+channels took 1.3-2 MiB), one item each on minunet's thread pool; an item transforms its input
 into V, multiplies (float32: `products_f32`, 8 output channels x 48 tiles held in vector
 registers; float64: plain loops), and writes its output pixels through the output
 transform, with the bias and ReLU on the way. In float32 the transforms work on 16 lanes at
