@@ -152,6 +152,35 @@ def test_fast_unet_equals_readable_unet():
             assert rel(a, b) < tol, name
 
 
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 1e-5)])
+def test_fast_inference_equals_readable_unet_on_winograd_sizes(monkeypatch, dtype, tol):
+    """Inference (eval, gradients off) at sizes where the fast network's 3x3 convolutions
+    with >= 16 input channels take Winograd (kernels/winograd.py) and its rows are cut into
+    blocks of tiles (448 px: 112 tiles a row; ITEM_BYTES made tiny: blocks of 48): the
+    readable network's numbers, and the same bits as whole rows."""
+    from minunet.kernels import conv, winograd
+    if not conv.USE_WINOGRAD:
+        pytest.skip("no AVX-512 or no JIT: inference takes conv2d_forward")
+    rng = np.random.default_rng(11)
+    readable = UNet(1, 3, depth=2, base_channels=16, rng=3, readable=True).astype(dtype)
+    fast = UNet(1, 3, depth=2, base_channels=16, rng=3, readable=False).astype(dtype)
+    for model in (readable, fast):   # the same running statistics, not the trivial ones
+        stats = np.random.default_rng(5)
+        for _, m in model.named_modules():
+            if hasattr(m, "running_var"):
+                m.running_mean[:] = stats.standard_normal(m.running_mean.shape)
+                m.running_var[:] = stats.uniform(0.5, 2.0, m.running_var.shape)
+        model.eval().set_grad_enabled(False)
+    x = rng.standard_normal((1, 1, 32, 448)).astype(dtype)
+    monkeypatch.setattr(winograd, "ITEM_BYTES", 1 << 40)            # whole rows
+    whole = fast(x)
+    monkeypatch.setattr(winograd, "ITEM_BYTES", 1)                  # blocks of 48 tiles
+    assert winograd.band_cols(448 // 4, 16, 16, x.itemsize) == 48
+    blocks = fast(x)
+    np.testing.assert_array_equal(blocks, whole)
+    assert rel(blocks, readable(x)) < tol
+
+
 def test_fast_inference_splits_the_batch_over_threads_with_the_same_bits(monkeypatch):
     """Eval mode, gradients off, enough work: one slice of the batch per thread, and exactly
     the logits of the unsplit forward (no image's result depends on the others)."""

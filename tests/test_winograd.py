@@ -76,6 +76,51 @@ def test_kernel_without_bias_and_the_same_bits_every_run():
     np.testing.assert_array_equal(y, conv.conv2d_inference(x, weight, None, 1, 1))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cin, h, w", [(16, 12, 448), (24, 8, 400)])
+def test_blocks_of_a_row_give_the_same_bits(monkeypatch, dtype, cin, h, w):
+    """Rows cut into blocks of tiles (winograd.band_cols, when a row's V and M exceed
+    ITEM_BYTES) compute every tile as a whole row does: the same bits, the blocks' edges
+    (the columns read from the neighbour block, the image's last columns) included. 448 px =
+    112 tiles (blocks 48 + 48 + 16); 400 px = 100 tiles (48 + 48 + 4: a last block that is
+    not whole vectors)."""
+    if not conv.USE_WINOGRAD:
+        pytest.skip("no AVX-512 or no JIT")
+    if not winograd.winograd_applies(np.dtype(dtype), 3, 1, 1, h, w, cin):
+        pytest.skip("not a Winograd size for this dtype")
+    x, weight, bias, exact = _case(dtype, 2, cin, 16, h, w, seed=5)
+    a, b = np.ascontiguousarray(x[:, :cin // 2]), np.ascontiguousarray(x[:, cin // 2:])
+    monkeypatch.setattr(winograd, "ITEM_BYTES", 1 << 40)   # whole rows
+    assert winograd.band_cols(w // 4, cin, 16, x.itemsize) == w // 4
+    whole = conv.conv2d_inference((a, b), weight, bias, 1, 1, who="Conv2d", relu=True)
+    monkeypatch.setattr(winograd, "ITEM_BYTES", 1)   # blocks of 48 tiles
+    assert winograd.band_cols(w // 4, cin, 16, x.itemsize) == 48
+    blocks = conv.conv2d_inference((a, b), weight, bias, 1, 1, who="Conv2d", relu=True)
+    np.testing.assert_array_equal(blocks, whole)
+    assert _error(blocks, np.maximum(exact, 0)) < (F32_TOLERANCE if dtype == np.float32
+                                                   else F64_TOLERANCE)
+    x[1, 3, h - 1, 4 * 48] = np.nan   # the second block's first column, the last row
+    with pytest.raises(FloatingPointError, match="Conv2d"):
+        conv.conv2d_inference(x, weight, bias, 1, 1, who="Conv2d")
+
+
+def test_blocks_are_whole_products_and_evened_out():
+    """band_cols: the whole row when it fits ITEM_BYTES, else blocks of whole 48s (the
+    products' block), as few as fit, evened out."""
+    per_tile = 36 * (32 + 16) * 4
+    assert winograd.band_cols(288, 32, 16, 4) == (288 if 288 * per_tile <= winograd.ITEM_BYTES
+                                                   else winograd.band_cols(288, 32, 16, 4))
+    for tiles in (36, 100, 144, 288, 1000):
+        for cin in (16, 32, 64, 128):
+            cols = winograd.band_cols(tiles, cin, 16, 4)
+            assert cols == tiles or (cols % 48 == 0 and cols < tiles)
+            if cols < tiles:
+                blocks = -(-tiles // cols)
+                assert cols * 36 * (cin + 16) * 4 <= max(48 * 36 * (cin + 16) * 4,
+                                                         winograd.ITEM_BYTES)
+                assert (blocks - 1) * cols < tiles
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_kernel_finds_nan_and_inf(bad):
     if not conv.USE_WINOGRAD:

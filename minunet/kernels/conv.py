@@ -57,7 +57,14 @@ from ..checks import check_finite
 from . import simd
 from .gemm import BLOCK, TILE, direct_product, direct_weight_product, pack_weights
 from .threads import SERIAL_BYTES, SERIAL_FLOPS, get_num_threads, parallel_for
-from .winograd import band_rows, packed_weights, run_items, scratch_shapes, winograd_applies
+from .winograd import (
+    band_cols,
+    band_rows,
+    packed_weights,
+    run_items,
+    scratch_shapes,
+    winograd_applies,
+)
 
 # float32 stride-1 convolutions use gemm.direct_product (and direct_weight_product) where
 # the CPU has AVX-512 (see _direct); MINUNET_GEMM=blas sends every product to BLAS instead.
@@ -830,15 +837,16 @@ def conv2d_inference(x: Parts, weight: np.ndarray, bias: np.ndarray | None, stri
     tile_bias = np.zeros(0, dtype) if bias is None else np.ascontiguousarray(bias, dtype=dtype)
     y = np.empty((N, Cout, H, W), dtype=dtype)          # (N, Cout, H, W)
     th, tw = H // 4, W // 4
-    R = band_rows(tw, Cin, Cout, parts[0].itemsize, th)
-    probes = np.zeros(N * -(-th // R))                  # one per item
+    cols = band_cols(tw, Cin, Cout, parts[0].itemsize)
+    R = band_rows(cols, Cin, Cout, parts[0].itemsize, th)
+    probes = np.zeros(N * -(-th // R) * -(-tw // cols))  # one per item
     counter = np.zeros(1, np.int64)
-    shapes = scratch_shapes(Cin, Cout, tw, R, W)
+    shapes = scratch_shapes(Cin, Cout, cols, R, W)
     second = parts[1] if len(parts) > 1 else np.empty((N, 0, H, W), dtype)
     zeros = np.zeros((1, W + 16), dtype)
 
     def worker(_: int, slot: int) -> None:
-        run_items(parts[0], second, U, y, tile_bias, relu, R, counter, probes,
+        run_items(parts[0], second, U, y, tile_bias, relu, R, cols, counter, probes,
                   *(_scratch.get(slot, "winograd " + name, shape, dtype)
                     for name, shape in shapes.items()), zeros)
 

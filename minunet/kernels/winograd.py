@@ -23,12 +23,16 @@ pay when the channels are many (the U-Net's levels with >= 16 input channels).
 
 `winograd_conv3x3_reference` below is the same computation in whole-array NumPy (the test
 oracle and the place to read it); `run_items` the fast one (called by
-conv.conv2d_inference): the image is cut into bands of tile rows, one item each on minunet's
-thread pool; an item transforms its band's input into V (kept in the core's caches),
-multiplies (float32: `products_f32`, 8 output channels x 48 tiles held in vector registers;
-float64: plain loops), and writes its output rows through the output transform, with the
-bias and ReLU on the way. In float32 the transforms work on 16 lanes at a time (simd.py),
-the stride-4 reads and writes of the tiles done as shuffles of contiguous vectors.
+conv.conv2d_inference): the image is cut into bands of tile rows, and wide rows into blocks
+of tiles (`band_cols`: V and M of an item within ITEM_BYTES, 1 MiB, so that they stay in the
+core's L2 between the three steps: on 1152-px tiles, 288 tiles a row, whole rows of 16-32
+channels took 1.3-2 MiB), one item each on minunet's thread pool; an item transforms its input
+into V, multiplies (float32: `products_f32`, 8 output channels x 48 tiles held in vector
+registers; float64: plain loops), and writes its output pixels through the output
+transform, with the bias and ReLU on the way. In float32 the transforms work on 16 lanes at
+a time (simd.py), the stride-4 reads and writes of the tiles done as shuffles of contiguous
+vectors; the output transform goes down the tile's columns first, in registers, then across
+each output row, stored straight into y (`_output_transform_f32`).
 
 Rounding. The transforms multiply by up to 5 (B^T) and 8 (A^T) and by 1/6 and 1/24 (G), so
 rounding errors are larger than the direct convolution's: in float32, a few 1e-6 of the
@@ -83,6 +87,7 @@ AT = np.array([[1, 1, 1, 1, 1, 0],
                [0, 1, -1, 8, -8, 1]], dtype=np.float64)
 
 BAND_BYTES = 8 << 20  # V and M of one item at most (each frequency's part is in L1/L2)
+ITEM_BYTES = 1 << 20  # ... and of one row's block of tiles: rows wider than that are split
 # the U-Net's first convolution (1 input channel) stays direct: its transforms would
 # outweigh the products they save; no threshold between 1 and 16 channels was measured
 MIN_CHANNELS = 16
@@ -168,10 +173,10 @@ def _probe(row: np.ndarray) -> float:
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _input_transform(x: np.ndarray, n: int, tile_row: int, local_row: int, tiles_wide: int,
+def _input_transform(x: np.ndarray, n: int, tile_row: int, base: int, j0: int, j1: int,
                      channel0: int, V: np.ndarray, rows: np.ndarray, zeros: np.ndarray) -> float:
-    """V[6a + b, channel0 + c, local_row * tiles_wide + j] = (B^T d B)[a, b] for every channel
-    c of x[n] and every tile j of tile row `tile_row`, in plain loops (any float dtype).
+    """V[6a + b, channel0 + c, base + j - j0] = (B^T d B)[a, b] for every channel c of x[n]
+    and every tile j in [j0, j1) of tile row `tile_row`, in plain loops (any float dtype).
     Returns the NaN/inf probe (sum of v - v over the values read). rows (6, >= W + 2)
     scratch; zeros (1, >= W) zeros."""
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
@@ -179,7 +184,7 @@ def _input_transform(x: np.ndarray, n: int, tile_row: int, local_row: int, tiles
     four, five, two = x.dtype.type(4), x.dtype.type(5), x.dtype.type(2)
     probe = zero
     h0 = tile_row * M_OUT - 1
-    base = local_row * tiles_wide
+    w_lo, w_hi = max(0, M_OUT * j0 - 1), min(W, M_OUT * j1 + 1)  # the columns tiles j0.. read
     for c in range(C):
         # the columns first: rows[a, 1 + w] = sum_r BT[a, r] x[h0 + r, w], padding 0 at 0, W+1
         d0 = x[n, c, h0] if h0 >= 0 else zeros[0]
@@ -189,11 +194,12 @@ def _input_transform(x: np.ndarray, n: int, tile_row: int, local_row: int, tiles
         d4 = x[n, c, h0 + 4]
         d5 = x[n, c, h0 + 5] if h0 + 5 < H else zeros[0]
         # every image row is row 1-4 of exactly one tile row: probed there
-        probe += _probe(d1) + _probe(d2) + _probe(d3) + _probe(d4)
+        probe += (_probe(d1[w_lo:w_hi]) + _probe(d2[w_lo:w_hi]) + _probe(d3[w_lo:w_hi])
+                  + _probe(d4[w_lo:w_hi]))
         for a in range(ALPHA):
             rows[a, 0] = zero
             rows[a, W + 1] = zero
-        for w in range(W):
+        for w in range(w_lo, w_hi):
             a0, a1, a2, a3, a4, a5 = d0[w], d1[w], d2[w], d3[w], d4[w], d5[w]
             rows[0, 1 + w] = four * a0 - five * a2 + a4
             rows[1, 1 + w] = -four * (a1 + a2) + a3 + a4
@@ -205,10 +211,10 @@ def _input_transform(x: np.ndarray, n: int, tile_row: int, local_row: int, tiles
         for a in range(ALPHA):
             r = rows[a]
             out = V[a * ALPHA:(a + 1) * ALPHA, channel0 + c]           # (6, tiles)
-            for j in range(tiles_wide):
+            for j in range(j0, j1):
                 e0, e1, e2, e3, e4, e5 = (r[4 * j], r[4 * j + 1], r[4 * j + 2], r[4 * j + 3],
                                           r[4 * j + 4], r[4 * j + 5])
-                t = base + j
+                t = base + j - j0
                 out[0, t] = four * e0 - five * e2 + e4
                 out[1, t] = -four * (e1 + e2) + e3 + e4
                 out[2, t] = four * (e1 - e2) - e3 + e4
@@ -219,23 +225,22 @@ def _input_transform(x: np.ndarray, n: int, tile_row: int, local_row: int, tiles
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _output_transform(M: np.ndarray, y: np.ndarray, n: int, tile_row: int, local_row: int,
-                      tiles_wide: int, bias: np.ndarray, relu: bool, rows: np.ndarray) -> None:
-    """y[n, o, 4 tile_row + p, 4j + q] = (A^T M[:, o, tile] A)[p, q] (+ bias[o], then ReLU)
-    for every output channel o and tile j of the tile row, in plain loops (any float dtype).
-    rows (6, >= W) scratch."""
-    K, W = y.shape[1], y.shape[3]
+def _output_transform(M: np.ndarray, y: np.ndarray, n: int, tile_row: int, base: int,
+                      j0: int, j1: int, bias: np.ndarray, relu: bool, rows: np.ndarray) -> None:
+    """y[n, o, 4 tile_row + p, 4j + q] = (A^T M[:, o, base + j - j0] A)[p, q] (+ bias[o], then
+    ReLU) for every output channel o and tile j in [j0, j1) of the tile row, in plain loops
+    (any float dtype). rows (6, >= W) scratch."""
+    K = y.shape[1]
     zero = y.dtype.type(0)
     two, four, eight = y.dtype.type(2), y.dtype.type(4), y.dtype.type(8)
-    base = local_row * tiles_wide
     h0 = tile_row * M_OUT
     for o in range(K):
         # the rows first: rows[a, 4j + q] = sum_b M[6a + b, o, tile j] AT[q, b]
         for a in range(ALPHA):
             m = M[a * ALPHA:(a + 1) * ALPHA, o]                          # (6, tiles)
             r = rows[a]
-            for j in range(tiles_wide):
-                t = base + j
+            for j in range(j0, j1):
+                t = base + j - j0
                 m0, m1, m2, m3, m4, m5 = m[0, t], m[1, t], m[2, t], m[3, t], m[4, t], m[5, t]
                 s12, d12, s34, d34 = m1 + m2, m1 - m2, m3 + m4, m3 - m4
                 r[4 * j] = m0 + s12 + s34
@@ -246,7 +251,7 @@ def _output_transform(M: np.ndarray, y: np.ndarray, n: int, tile_row: int, local
         b = bias[o] if bias.size > 0 else zero
         y0, y1, y2, y3 = y[n, o, h0], y[n, o, h0 + 1], y[n, o, h0 + 2], y[n, o, h0 + 3]
         r0, r1, r2, r3, r4, r5 = rows[0], rows[1], rows[2], rows[3], rows[4], rows[5]
-        for w in range(W):
+        for w in range(M_OUT * j0, M_OUT * j1):
             s12, d12, s34, d34 = r1[w] + r2[w], r1[w] - r2[w], r3[w] + r4[w], r3[w] - r4[w]
             v0 = r0[w] + s12 + s34 + b
             v1 = d12 + two * d34 + b
@@ -268,11 +273,15 @@ PAD = 16
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _input_transform_f32(x: np.ndarray, n: int, tile_row: int, local_row: int,
-                         tiles_wide: int, channel0: int, V: np.ndarray, rows: np.ndarray,
+def _input_transform_f32(x: np.ndarray, n: int, tile_row: int, base: int, j0: int, j1: int,
+                         channel0: int, V: np.ndarray, rows: np.ndarray,
                          zeros: np.ndarray) -> float:
-    """_input_transform for float32, W a multiple of 16. rows (6, W + 160) scratch, zero
-    outside the part written here (run_items zeroes it).
+    """_input_transform for float32, W a multiple of 16, j0 a multiple of 16 and j1 one too
+    or the row's last tile. rows (6, W + 160) scratch, zero in its columns -1 and W (run_items
+    zeroes it; nothing writes there). Only the image columns [4 j0 - 16, 4 j1 + 16) (within
+    the image) are transformed into rows, so the tiles j0.. read fresh values: the 16 around
+    are the neighbours' columns -1 and 4 j1 rounded out to whole vectors; the stores of a last
+    block of 16 past j1 are garbage tiles, which run_items overwrites or zeroes.
     Every array is handled as 2-D rows (x as (N*C*H, W), V as (36*Cin, T)): a view made
     inside a loop costs two atomic reference counts."""
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
@@ -281,14 +290,14 @@ def _input_transform_f32(x: np.ndarray, n: int, tile_row: int, local_row: int,
     Vr = V.reshape(-1, V.shape[2])                                      # (36*Cin, T)
     probe = vzero()
     h0 = tile_row * M_OUT - 1
-    base = local_row * tiles_wide
+    w_lo, w_hi = max(0, M_OUT * j0 - 16), min(W, M_OUT * j1 + 16)
     for c in range(C):
         first = (n * C + c) * H + h0                                    # row h0 of x[n, c]
         top = xr if h0 >= 0 else zeros                                  # row h0: padding?
         i0 = first if h0 >= 0 else 0
         bottom = xr if h0 + 5 < H else zeros
         i5 = first + 5 if h0 + 5 < H else 0
-        for w in range(0, W, 16):  # the columns: rows[a, PAD + w] = sum_r BT[a, r] x[h0 + r, w]
+        for w in range(w_lo, w_hi, 16):  # columns: rows[a, PAD + w] = sum_r BT[a, r] x[h0 + r, w]
             d0 = vload(top, i0, w)
             d1 = vload(xr, first + 1, w)
             d2 = vload(xr, first + 2, w)
@@ -308,16 +317,17 @@ def _input_transform_f32(x: np.ndarray, n: int, tile_row: int, local_row: int,
             v0 = a * ALPHA * Cin + channel0 + c                         # row of V[6a, c]
             # p[k] = columns 4j + k - 1 of tiles j .. j + 15; columns 4j + 3 and 4j + 4 are
             # p[0] and p[1] of the next 16 tiles, one lane along (vnext)
-            p = vdeinterleave4(vload(rows, a, PAD - 1), vload(rows, a, PAD + 15),
-                               vload(rows, a, PAD + 31), vload(rows, a, PAD + 47))
-            for j in range(0, tiles_wide, 16):
+            col = PAD - 1 + 4 * j0
+            p = vdeinterleave4(vload(rows, a, col), vload(rows, a, col + 16),
+                               vload(rows, a, col + 32), vload(rows, a, col + 48))
+            for j in range(j0, j1, 16):
                 col = PAD - 1 + 4 * (j + 16)
                 q = vdeinterleave4(vload(rows, a, col), vload(rows, a, col + 16),
                                    vload(rows, a, col + 32), vload(rows, a, col + 48))
                 e0, e1, e2, e3 = p[0], p[1], p[2], p[3]
                 e4 = vnext(p[0], q[0])
                 e5 = vnext(p[1], q[1])
-                t = base + j
+                t = base + j - j0
                 vstore(Vr, v0, t, vfma(e0, np.float32(4), vfma(e2, np.float32(-5), e4)))
                 vstore(Vr, v0 + Cin, t, vfma(vadd(e1, e2), np.float32(-4), vadd(e3, e4)))
                 vstore(Vr, v0 + 2 * Cin, t, vfma(vsub(e1, e2), np.float32(4), vsub(e4, e3)))
@@ -330,78 +340,105 @@ def _input_transform_f32(x: np.ndarray, n: int, tile_row: int, local_row: int,
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _output_transform_f32(M: np.ndarray, y: np.ndarray, n: int, tile_row: int,
-                          local_row: int, tiles_wide: int, bias: np.ndarray, relu: bool,
+def _at(m0, m1, m2, m3, m4, m5):  # noqa: ANN001 (vectors)
+    """A^T (m0, .., m5) for six vectors (16 tiles each): the four sums of the output
+    transform's 1-D step, grouped as in _output_transform's loops."""
+    s12, d12, s34, d34 = vadd(m1, m2), vsub(m1, m2), vadd(m3, m4), vsub(m3, m4)
+    return (vadd(vadd(m0, s12), s34), vfma(d34, np.float32(2), d12),
+            vfma(s34, np.float32(4), s12), vfma(d34, np.float32(8), vadd(d12, m5)))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _store_row(yr: np.ndarray, h: int, w: int, w_end: int, c0, c1, c2, c3, c4, c5,  # noqa: ANN001
+               b: np.float32, relu: bool) -> None:
+    """y row h, columns w .. w + 63 (those < w_end): the horizontal half of the output
+    transform of 16 tiles, c0..c5 their six columns (A^T M already applied down), then the
+    bias and the ReLU. The four outputs of each tile are interleaved into place."""
+    q = _at(c0, c1, c2, c3, c4, c5)
+    v = vinterleave4(q[0], q[1], q[2], q[3])
+    vstore(yr, h, w, vbias_relu(v[0], b, relu))
+    if w + 16 < w_end:
+        vstore(yr, h, w + 16, vbias_relu(v[1], b, relu))
+    if w + 32 < w_end:
+        vstore(yr, h, w + 32, vbias_relu(v[2], b, relu))
+    if w + 48 < w_end:
+        vstore(yr, h, w + 48, vbias_relu(v[3], b, relu))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _output_transform_f32(M: np.ndarray, y: np.ndarray, n: int, tile_row: int, base: int,
+                          j0: int, j1: int, bias: np.ndarray, relu: bool,
                           rows: np.ndarray) -> None:
-    """_output_transform for float32, W a multiple of 16; rows (6, W + 64) scratch. M as
-    (36*Cout', T) rows and y as (N*Cout*H, W) rows (see _input_transform_f32)."""
+    """_output_transform for float32, W a multiple of 16, j0 and j1 as in
+    _input_transform_f32; M as (36*Cout', T) rows and y as (N*Cout*H, W) rows (see
+    _input_transform_f32); `rows` is not used. Down first, then across: for 16 tiles, the
+    six M vectors of each column b give (A^T M)[p, b] (registers, no scratch), then each
+    output row p is A^T across b, interleaved into 64 consecutive pixels and stored straight
+    into y (the other order, across first, stores six rows of scratch and interleaves six
+    times instead of four)."""
     K, H, W = y.shape[1], y.shape[2], y.shape[3]
     Cp = M.shape[1]
     Mr = M.reshape(-1, M.shape[2])                                      # (36*Cout', T)
     yr = y.reshape(-1, W)                                               # (N*Cout*H, W)
-    base = local_row * tiles_wide
+    w_end = M_OUT * j1
     for o in range(K):
-        for a in range(ALPHA):  # the rows: rows[a, 4j + q] = sum_b M[6a + b, o, tile j] AT[q, b]
-            m = a * ALPHA * Cp + o                                      # row of M[6a, o]
-            for j in range(0, tiles_wide, 16):
-                t = base + j
-                m0 = vload(Mr, m, t)
-                m1 = vload(Mr, m + Cp, t)
-                m2 = vload(Mr, m + 2 * Cp, t)
-                m3 = vload(Mr, m + 3 * Cp, t)
-                m4 = vload(Mr, m + 4 * Cp, t)
-                m5 = vload(Mr, m + 5 * Cp, t)
-                s12, d12, s34, d34 = vadd(m1, m2), vsub(m1, m2), vadd(m3, m4), vsub(m3, m4)
-                q = vinterleave4(vadd(vadd(m0, s12), s34), vfma(d34, np.float32(2), d12),
-                                 vfma(s34, np.float32(4), s12),
-                                 vfma(d34, np.float32(8), vadd(d12, m5)))
-                vstore(rows, a, 4 * j, q[0])
-                vstore(rows, a, 4 * j + 16, q[1])
-                vstore(rows, a, 4 * j + 32, q[2])
-                vstore(rows, a, 4 * j + 48, q[3])
         b = bias[o] if bias.size > 0 else np.float32(0)
         h = (n * K + o) * H + tile_row * M_OUT                          # row of y[n, o, 4 tr]
-        for w in range(0, W, 16):  # the columns: y[h0 + p, w] = sum_a AT[p, a] rows[a, w]
-            r0 = vload(rows, 0, w)
-            r1 = vload(rows, 1, w)
-            r2 = vload(rows, 2, w)
-            r3 = vload(rows, 3, w)
-            r4 = vload(rows, 4, w)
-            r5 = vload(rows, 5, w)
-            s12, d12, s34, d34 = vadd(r1, r2), vsub(r1, r2), vadd(r3, r4), vsub(r3, r4)
-            vstore(yr, h, w, vbias_relu(vadd(vadd(r0, s12), s34), b, relu))
-            vstore(yr, h + 1, w, vbias_relu(vfma(d34, np.float32(2), d12), b, relu))
-            vstore(yr, h + 2, w, vbias_relu(vfma(s34, np.float32(4), s12), b, relu))
-            vstore(yr, h + 3, w, vbias_relu(vfma(d34, np.float32(8), vadd(d12, r5)), b,
-                                            relu))
+        for j in range(j0, j1, 16):
+            t = base + j - j0
+            # down: cb[p] = sum_a AT[p, a] M[6a + b, o, tiles t..t+15], column b of each tile
+            c0 = _at(vload(Mr, o, t), vload(Mr, 6 * Cp + o, t), vload(Mr, 12 * Cp + o, t),
+                     vload(Mr, 18 * Cp + o, t), vload(Mr, 24 * Cp + o, t),
+                     vload(Mr, 30 * Cp + o, t))
+            c1 = _at(vload(Mr, Cp + o, t), vload(Mr, 7 * Cp + o, t), vload(Mr, 13 * Cp + o, t),
+                     vload(Mr, 19 * Cp + o, t), vload(Mr, 25 * Cp + o, t),
+                     vload(Mr, 31 * Cp + o, t))
+            c2 = _at(vload(Mr, 2 * Cp + o, t), vload(Mr, 8 * Cp + o, t),
+                     vload(Mr, 14 * Cp + o, t), vload(Mr, 20 * Cp + o, t),
+                     vload(Mr, 26 * Cp + o, t), vload(Mr, 32 * Cp + o, t))
+            c3 = _at(vload(Mr, 3 * Cp + o, t), vload(Mr, 9 * Cp + o, t),
+                     vload(Mr, 15 * Cp + o, t), vload(Mr, 21 * Cp + o, t),
+                     vload(Mr, 27 * Cp + o, t), vload(Mr, 33 * Cp + o, t))
+            c4 = _at(vload(Mr, 4 * Cp + o, t), vload(Mr, 10 * Cp + o, t),
+                     vload(Mr, 16 * Cp + o, t), vload(Mr, 22 * Cp + o, t),
+                     vload(Mr, 28 * Cp + o, t), vload(Mr, 34 * Cp + o, t))
+            c5 = _at(vload(Mr, 5 * Cp + o, t), vload(Mr, 11 * Cp + o, t),
+                     vload(Mr, 17 * Cp + o, t), vload(Mr, 23 * Cp + o, t),
+                     vload(Mr, 29 * Cp + o, t), vload(Mr, 35 * Cp + o, t))
+            # across: y[4 tr + p, 4j .. 4j + 63] = A^T (c0[p], .., c5[p]) per tile
+            w = M_OUT * j
+            _store_row(yr, h, w, w_end, c0[0], c1[0], c2[0], c3[0], c4[0], c5[0], b, relu)
+            _store_row(yr, h + 1, w, w_end, c0[1], c1[1], c2[1], c3[1], c4[1], c5[1], b, relu)
+            _store_row(yr, h + 2, w, w_end, c0[2], c1[2], c2[2], c3[2], c4[2], c5[2], b, relu)
+            _store_row(yr, h + 3, w, w_end, c0[3], c1[3], c2[3], c3[3], c4[3], c5[3], b, relu)
 
 
-def input_transform(x: np.ndarray, n: int, i: int, r: int, tw: int, c0: int, V: np.ndarray,
-                    rows: np.ndarray, zeros: np.ndarray) -> float:
+def input_transform(x: np.ndarray, n: int, i: int, base: int, j0: int, j1: int, c0: int,
+                    V: np.ndarray, rows: np.ndarray, zeros: np.ndarray) -> float:
     """_input_transform_f32 for float32, _input_transform otherwise (chosen when compiled)."""
 
 
 @overload(input_transform)
-def _input_transform_overload(x, n, i, r, tw, c0, V, rows, zeros):  # noqa: ANN001
+def _input_transform_overload(x, n, i, base, j0, j1, c0, V, rows, zeros):  # noqa: ANN001
     if x.dtype == types.float32:
-        return (lambda x, n, i, r, tw, c0, V, rows, zeros:
-                _input_transform_f32(x, n, i, r, tw, c0, V, rows, zeros))
-    return (lambda x, n, i, r, tw, c0, V, rows, zeros:
-            _input_transform(x, n, i, r, tw, c0, V, rows, zeros))
+        return (lambda x, n, i, base, j0, j1, c0, V, rows, zeros:
+                _input_transform_f32(x, n, i, base, j0, j1, c0, V, rows, zeros))
+    return (lambda x, n, i, base, j0, j1, c0, V, rows, zeros:
+            _input_transform(x, n, i, base, j0, j1, c0, V, rows, zeros))
 
 
-def output_transform(M: np.ndarray, y: np.ndarray, n: int, i: int, r: int, tw: int,
+def output_transform(M: np.ndarray, y: np.ndarray, n: int, i: int, base: int, j0: int, j1: int,
                      bias: np.ndarray, relu: bool, rows: np.ndarray) -> None:
     """_output_transform_f32 for float32, _output_transform otherwise."""
 
 
 @overload(output_transform)
-def _output_transform_overload(M, y, n, i, r, tw, bias, relu, rows):  # noqa: ANN001
+def _output_transform_overload(M, y, n, i, base, j0, j1, bias, relu, rows):  # noqa: ANN001
     if y.dtype == types.float32:
-        return (lambda M, y, n, i, r, tw, bias, relu, rows:
-                _output_transform_f32(M, y, n, i, r, tw, bias, relu, rows))
-    return (lambda M, y, n, i, r, tw, bias, relu, rows:
-            _output_transform(M, y, n, i, r, tw, bias, relu, rows))
+        return (lambda M, y, n, i, base, j0, j1, bias, relu, rows:
+                _output_transform_f32(M, y, n, i, base, j0, j1, bias, relu, rows))
+    return (lambda M, y, n, i, base, j0, j1, bias, relu, rows:
+            _output_transform(M, y, n, i, base, j0, j1, bias, relu, rows))
 
 
 # ------------------------------------------------------------------ the 36 products
@@ -506,38 +543,58 @@ def _products_overload(V, U, M, tiles):  # noqa: ANN001
 # ------------------------------------------------------------------ the items
 @njit(cache=True, nogil=True)
 def run_items(x: np.ndarray, x2: np.ndarray, U: np.ndarray, y: np.ndarray, bias: np.ndarray,
-              relu: bool, tile_rows: int, counter: np.ndarray, probes: np.ndarray,
-              V: np.ndarray, M: np.ndarray, rows: np.ndarray, out_rows: np.ndarray,
-              zeros: np.ndarray) -> None:
-    """Run (image, band of tile rows) items until none are left (each thread of the region
-    calls this once; the items are shared through the atomic `counter`, as
-    conv._direct_items_py). The input is [x | x2] along channels (x2 may have 0 channels);
-    V, M, rows, out_rows: this thread's scratch (scratch_shapes); zeros (1, W + 16)
-    zeros."""
+              relu: bool, tile_rows: int, tile_cols: int, counter: np.ndarray,
+              probes: np.ndarray, V: np.ndarray, M: np.ndarray, rows: np.ndarray,
+              out_rows: np.ndarray, zeros: np.ndarray) -> None:
+    """Run items (image, band of tile_rows tile rows, block of tile_cols tiles of each row)
+    until none are left (each thread of the region calls this once; the items are shared
+    through the atomic `counter`, as conv._direct_items_py). tile_cols is a multiple of 16
+    or the whole row; the last block of a row may be narrower. The input is [x | x2] along
+    channels (x2 may have 0 channels); V, M, rows, out_rows: this thread's scratch
+    (scratch_shapes); zeros (1, W + 16) zeros. Every tile is computed the same way whatever
+    the items: the same bits for any tile_rows and tile_cols."""
     N, Ca, H, W = x.shape
     th, tw = H // M_OUT, W // M_OUT
     bands = -(-th // tile_rows)
-    count = N * bands
+    blocks = -(-tw // tile_cols)
+    count = N * bands * blocks
     rows[:] = 0   # the padding columns stay zero (the input transform writes inside them)
     while True:
         index = fetch_add(counter, 0, 1)
         if index >= count:
             return
-        n = index // bands
-        first = (index - n * bands) * tile_rows
+        n = index // (bands * blocks)
+        band, block = divmod(index - n * bands * blocks, blocks)
+        first = band * tile_rows
         last = min(first + tile_rows, th)
-        tiles = (last - first) * tw
+        j0 = block * tile_cols
+        j1 = min(j0 + tile_cols, tw)
+        wide = j1 - j0
+        tiles = (last - first) * wide
         padded = -(-tiles // 48) * 48
         probe = x.dtype.type(0)
         for tr in range(first, last):
-            probe += input_transform(x, n, tr, tr - first, tw, 0, V, rows, zeros)
+            base = (tr - first) * wide
+            probe += input_transform(x, n, tr, base, j0, j1, 0, V, rows, zeros)
             if x2.shape[1] > 0:
-                probe += input_transform(x2, n, tr, tr - first, tw, Ca, V, rows, zeros)
+                probe += input_transform(x2, n, tr, base, j0, j1, Ca, V, rows, zeros)
         probes[index] = probe
         V[:, :, tiles:padded] = 0  # the last block's unused tiles: no garbage, no denormals
         products(V, U, M, padded)
         for tr in range(first, last):
-            output_transform(M, y, n, tr, tr - first, tw, bias, relu, out_rows)
+            output_transform(M, y, n, tr, (tr - first) * wide, j0, j1, bias, relu, out_rows)
+
+
+def band_cols(tiles_wide: int, in_channels: int, out_channels: int, itemsize: int) -> int:
+    """Tiles per item along a row: the whole row when its V and M take at most ITEM_BYTES,
+    else the fewest blocks of a multiple of 48 tiles (the products' block) that do (at least
+    48)."""
+    per_tile = ALPHA * ALPHA * (in_channels + out_channels) * itemsize
+    most = max(48, ITEM_BYTES // per_tile // 48 * 48)
+    if tiles_wide <= most:
+        return tiles_wide
+    blocks = -(-tiles_wide // most)
+    return -(-tiles_wide // (48 * blocks)) * 48  # the blocks evened out, whole 48s
 
 
 def band_rows(tiles_wide: int, in_channels: int, out_channels: int, itemsize: int,
