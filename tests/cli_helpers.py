@@ -29,13 +29,14 @@ def snapshot(folder: Path) -> dict[str, str]:
 
 def blob_image(rng: np.random.Generator, shape: tuple[int, int], n: int = 4
                ) -> tuple[np.ndarray, np.ndarray]:
-    """A gray uint16 image of `n` bright discs and its labels."""
+    """A gray uint16 image of `n` bright discs (radius 6: the bundled model's size filter,
+    82 px, removes the 69-px discs of radius 5) and its labels."""
     H, W = shape
     yy, xx = np.mgrid[:H, :W]
     labels = np.zeros(shape, np.uint16)
     for k in range(1, n + 1):
-        cy, cx = rng.integers(6, H - 6), rng.integers(6, W - 6)
-        labels[(yy - cy) ** 2 + (xx - cx) ** 2 < 25] = k
+        cy, cx = rng.integers(7, H - 7), rng.integers(7, W - 7)
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 < 36] = k
     image = (labels > 0) * 3000 + rng.normal(500, 50, shape)
     return image.astype(np.uint16), labels
 

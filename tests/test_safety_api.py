@@ -223,6 +223,9 @@ def test_13_a_wrong_thread_count_is_named_not_a_traceback(value):
 
 # ---------------------------------------------------------- 14. Ctrl-C while starting
 def test_14_ctrl_c_while_the_command_starts_says_interrupted(tmp_path):
+    # an image to segment: a Ctrl-C that a loaded machine delivers after the imports (they
+    # take under a second now) still lands in the command's work, not after its end
+    np.save(tmp_path / "a.npy", np.random.default_rng(0).random((512, 512), np.float32))
     process = subprocess.Popen([sys.executable, "-m", "minunet.cli", "predict", "nuclei",
                                 str(tmp_path), "--out", str(tmp_path / "out")],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
