@@ -4,8 +4,8 @@ noisy microscope. One call draws one image and its exact instance labels.
 The model, in the order it is drawn (every knob lives in `presets.STANDARD`):
 
 1. Outlines. Each cell is an ellipse of mean radius `radius` (px, std `radius_std`; both
-   grow per image by exp(U(0, radius_spread)), the density falling with the area) with aspect ratio 1 + |N(0, elongation)| (at most `max_aspect`) and a random
-   orientation; with
+   grow per image by exp(U(0, radius_spread)), the density falling with the area) with
+   aspect ratio 1 + |N(0, elongation)| (at most `max_aspect`) and a random orientation; with
    probability `fragments` it is a small fragment instead, its radius times U(FRAGMENT_SCALE).
    The ellipse's radius is multiplied by
    1 + sum_j a_j cos(j psi + phase_j), j = 2..5, a_j ~ U(0, irregularity) * 2 / j: a star-convex
