@@ -257,6 +257,30 @@ def test_fine_tuning_on_few_objects_keeps_the_starts_seed_threshold(tiny_run, tm
         assert run.config["from"]["seed_thresh"] == thresh
 
 
+def test_fine_tuning_keeps_the_starts_size_filter_within_half_the_cells(tiny_run, tmp_path):
+    """A fine-tuned model's min_size: the start's, unless the labels teach a larger one (15 %
+    of their median cell) or it exceeds half their median cell; recorded in the run."""
+    from minunet.workflow import finetune_min_size, postprocess_settings
+
+    _, first = tiny_run
+    root = few_images(tmp_path / "few")
+    labels = [np.asarray(tifffile.imread(f)) for f in sorted(root.glob("*_masks.tif"))]
+    areas = np.concatenate([np.bincount(lab.ravel())[1:] for lab in labels])
+    half, own = int(0.5 * np.median(areas[areas > 0])), postprocess_settings(labels)["min_size"]
+    assert own < half
+    assert finetune_min_size(labels, own + 1) == own + 1        # the start's, kept
+    assert finetune_min_size(labels, 10 * half) == half         # capped at half a cell
+    assert finetune_min_size(labels, 1) == own                  # the labels' own, larger
+    start = mu.load(first / "best.npz")
+    model = tmp_path / "start.npz"
+    mu.save(start.model, model, **{**start.metadata, "postprocess": {
+        **start.metadata["postprocess"], "min_size": own + 2}})
+    run = mu.fit(root, tmp_path / "ft", from_=model, epochs=1, batch_size=2, crop=64,
+                 samples_per_epoch=8, progress=False)
+    assert run.best.metadata["postprocess"]["min_size"] == own + 2
+    assert run.config["from"]["min_size"] == own + 2
+
+
 # ------------------------------------------------------------------- #28 findings
 def test_finding_2_predict_out_is_locked(tiny_run, tmp_path, capsys):
     data_dir, run = tiny_run

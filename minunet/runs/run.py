@@ -503,10 +503,13 @@ def _with_validation(config: dict[str, Any], names: list[str], val_idx: list[int
     else:
         tune_x = _Images([_crop_to(sample(i)[0], mult) for i in train_idx])
         tune_labels = [_crop_to(lab, mult) for lab in train_labels]
+    post = workflow.postprocess_settings(train_labels)
+    start_min_size = (config.get("from") or {}).get("min_size")
+    if start_min_size is not None:      # fine-tuning: the start's filter, within your cells
+        post["min_size"] = workflow.finetune_min_size(train_labels, start_min_size)
     return Prepared(names=names, val_idx=val_idx, train_data=train_data, val_data=val_data,
                     val_labels=val_labels, tune_x=tune_x, tune_labels=tune_labels,
-                    post=workflow.postprocess_settings(train_labels),
-                    diameter=_diameter(train_labels, config), digests=digests)
+                    post=post, diameter=_diameter(train_labels, config), digests=digests)
 
 
 def _held_out_bands(config: dict[str, Any], names: list[str], band: float, x: list,
@@ -677,7 +680,8 @@ def _starting_model(spec: str | os.PathLike, config: dict[str, Any],
     config["from"] = {"model": str(spec), "checkpoint": str(path.resolve()),
                       "sha256": rundata.file_digest(path),
                       "diameter": start.metadata.get("diameter"),
-                      "seed_thresh": (start.metadata.get("postprocess") or {}).get("seed_thresh")}
+                      "seed_thresh": (start.metadata.get("postprocess") or {}).get("seed_thresh"),
+                      "min_size": (start.metadata.get("postprocess") or {}).get("min_size")}
     return start
 
 
