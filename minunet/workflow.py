@@ -77,11 +77,16 @@ def postprocess_settings(labels: np.ndarray) -> dict[str, int]:
     training sets with small fragments.) Cells of 150 px give 22 px; the notebook's 13-px
     blobs give the floor of 4 px.
     """
-    areas = np.concatenate([np.bincount(np.asarray(lab).ravel())[1:] for lab in labels])
-    areas = areas[areas > 0]
+    areas = _cell_areas(labels)
     if areas.size == 0:
         return {"min_size": MIN_SIZE_FLOOR}
     return {"min_size": max(MIN_SIZE_FLOOR, int(MIN_SIZE_FRACTION * np.median(areas)))}
+
+
+def _cell_areas(labels: np.ndarray | list[np.ndarray]) -> np.ndarray:
+    """Pixels of every object of the label images (ids present only)."""
+    areas = np.concatenate([np.bincount(np.asarray(lab).ravel())[1:] for lab in labels])
+    return areas[areas > 0]
 
 
 FINETUNE_MIN_SIZE_CAP = 0.5  # a fine-tuned model's filter stays under half the median cell
@@ -99,8 +104,7 @@ def finetune_min_size(labels: np.ndarray | list[np.ndarray], start_min_size: int
     Large cells still raise the filter (15 % of their area), and objects half a cell's size
     are kept whatever the start's filter was."""
     own = postprocess_settings(labels)["min_size"]
-    areas = np.concatenate([np.bincount(np.asarray(lab).ravel())[1:] for lab in labels])
-    areas = areas[areas > 0]
+    areas = _cell_areas(labels)
     if areas.size == 0:
         return own
     cap = int(FINETUNE_MIN_SIZE_CAP * np.median(areas))
