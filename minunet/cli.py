@@ -871,7 +871,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--depth", type=int, help=f"poolings ({d['depth']})")
     t.add_argument("--base", type=int, help=f"channels of the first level ({d['base']})")
     t.add_argument("--crop", type=int,
-                   help=f"train on random crops of this side ({d['crop']})")
+                   help=f"train on random crops of this side ({d['crop']}, or the smallest "
+                        f"training image's side when that is smaller)")
     t.add_argument("--patience", type=int, help="stop after this many epochs without a better "
                    "val_f1 (never)")
     t.add_argument("--lazy", action="store_true", default=None,

@@ -168,6 +168,28 @@ def test_fine_tuning_a_handful_holds_out_a_band_of_each_image(tiny_run, tmp_path
     assert json.loads((run / "config.json").read_text())["val_band"] == config["val_band"]
 
 
+def test_a_default_crop_shrinks_to_small_annotated_images(tiny_run, tmp_path, capsys):
+    # two 101 x 103 annotated crops: the default crop (128) would refuse them
+    _, first = tiny_run
+    root = few_images(tmp_path / "few", shape=(101, 103))
+    code, _, err = run_cli(capsys, ["train", "--data", root, "--from", first, "--out",
+                                    tmp_path / "ft", "--epochs", "1", "--batch-size", "2",
+                                    *FAST])
+    assert code == 0, err
+    assert json.loads((tmp_path / "ft" / "config.json").read_text())["crop"] == 100
+    assert "crop 100" in err and "101" in err, err
+    # the same from scratch, read lazily
+    code, _, err = run_cli(capsys, ["train", "--data", root, "--lazy", "--out", tmp_path / "lz",
+                                    "--epochs", "1", "--batch-size", "2", "--depth", "2",
+                                    "--base", "4", *FAST])
+    assert code == 0, err
+    assert json.loads((tmp_path / "lz" / "config.json").read_text())["crop"] == 100
+    # a crop the user gives is theirs: refused, named, nothing written
+    code, _, err = run_cli(capsys, ["train", "--data", root, "--from", first, "--out",
+                                    tmp_path / "given", "--crop", "128", *FAST])
+    assert code == 2 and "--crop" in err and not (tmp_path / "given").exists(), err
+
+
 def test_fine_tuning_keeps_the_start_when_it_scores_better_on_the_bands(tmp_path):
     root = few_images(tmp_path / "few")
     start = mu.fit(root, tmp_path / "start", epochs=12, batch_size=2, depth=2, base=4,

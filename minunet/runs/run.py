@@ -40,6 +40,7 @@ from ..io.locks import LOCK_NAME, FolderLock
 from . import data as rundata
 from .settings import (
     HELD_OUT_BAND,
+    MIN_FITTED_CROP,
     MIN_VALIDATION_OBJECTS,
     REPLAY_IMAGES,
     REPLAY_SEED,
@@ -149,7 +150,10 @@ def fit(data: str | os.PathLike | None = None, out: str | os.PathLike | None = N
         config["normalization"] = DEFAULT_NORMALIZATION
     check(config)
     prepared = _prepare(config, run, resuming=False,          # reads and checks every file
-                        chosen=settings.get("val_fraction") is not None)
+                        chosen=settings.get("val_fraction") is not None,
+                        fit_crop=settings.get("crop") is None)
+    if prepared.crop_note:
+        _say(progress, prepared.crop_note)
     config["image_names"] = prepared.names
     config["val_images"] = ([] if prepared.band else
                             [prepared.names[i] for i in prepared.val_idx])
@@ -246,6 +250,7 @@ class Prepared:
     digests: dict[str, str] | None
     band: float | None = None         # validation on held-out bands (`_held_out_bands`)
     n_user: int | None = None         # the user's training samples, when replay adds others
+    crop_note: str | None = None      # the default crop shrank to the images (`_fit_crop`)
 
 
 def _train(run: Path, config: dict[str, Any], prepared: Prepared, start: Any, *,
@@ -401,13 +406,16 @@ def _read_position(path: Path) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------- the data
 def _prepare(config: dict[str, Any], run: Path, *, resuming: bool,
-             chosen: bool = False) -> Prepared:
+             chosen: bool = False, fit_crop: bool = False) -> Prepared:
     """Read (or scan, --lazy) the data, draw the validation images, check sizes, learn the
-    post-processing and diameter from the training labels. Nothing is written."""
+    post-processing and diameter from the training labels. Nothing is written.
+
+    fit_crop: the crop was not given, so a default crop larger than the smallest training
+    image shrinks to fit it (`_fit_crop`) instead of refusing the data."""
     from .. import workflow
 
     if config.get("data") and _is_lazy(config):
-        return _prepare_lazy(config, run, resuming, chosen)
+        return _prepare_lazy(config, run, resuming, chosen, fit_crop)
     if config.get("data"):
         root = rundata.data_folder(config, run)
         pairs = rundata.find(root, config, run)
@@ -424,6 +432,7 @@ def _prepare(config: dict[str, Any], run: Path, *, resuming: bool,
     held_out = set(val_idx)
     train_idx = [i for i in range(len(names)) if i not in held_out]
     shapes = [im.shape[:2] for im in images]
+    note = _fit_crop(config, [shapes[i] for i in train_idx]) if fit_crop else None
     rundata.check_sizes(config["crop"], config["depth"],
                         [(shapes[i], names[i]) for i in train_idx],
                         [(shapes[i], names[i]) for i in val_idx])
@@ -444,11 +453,28 @@ def _prepare(config: dict[str, Any], run: Path, *, resuming: bool,
     if config.get("replay"):
         prepared.n_user = len(prepared.train_data[0])
         prepared.train_data = _with_replay(config, prepared.train_data)
+    prepared.crop_note = note
     return prepared
 
 
+def _fit_crop(config: dict[str, Any], shapes: list[tuple[int, int]]) -> str | None:
+    """Shrink the default crop to the smallest training image (on the pooling grid), so that
+    a few small annotated crops (say 100 x 100) train as they are; returns the note to print,
+    or None when the crop fits. Below MIN_FITTED_CROP the data are left to `check_sizes`,
+    which refuses them by name. A crop given by the user is never changed."""
+    mult = 2 ** config["depth"]
+    side = min((min(shape) for shape in shapes), default=config["crop"])
+    fitted = side // mult * mult
+    if side >= config["crop"] or fitted < MIN_FITTED_CROP:
+        return None
+    note = (f"crop {fitted}: the smallest training image has a side of {side} px, less than "
+            f"the default crop {config['crop']}; --crop N sets it")
+    config["crop"] = fitted
+    return note
+
+
 def _prepare_lazy(config: dict[str, Any], run: Path, resuming: bool,
-                  chosen: bool) -> Prepared:
+                  chosen: bool, fit_crop: bool = False) -> Prepared:
     """--lazy (or a .zarr store): every file is read and checked once here, one at a time;
     training reads each sample from disk as it is used."""
     from ..io import lazy
@@ -479,11 +505,15 @@ def _prepare_lazy(config: dict[str, Any], run: Path, resuming: bool,
     val_idx = _validation(config, names, resuming, chosen)
     held_out = set(val_idx)
     train_idx = [i for i in range(len(names)) if i not in held_out]
+    note = _fit_crop(config, [shapes[i] for i in train_idx]) if fit_crop else None
     rundata.check_sizes(config["crop"], config["depth"],
                         [(shapes[i], names[i]) for i in train_idx],
                         [(shapes[i], names[i]) for i in val_idx])
-    return _with_validation(config, names, val_idx, train_idx, lazy.subset(whole, train_idx),
-                            lambda i: whole.sample(i)[:3], whole.read_labels, digests)
+    prepared = _with_validation(config, names, val_idx, train_idx,
+                                lazy.subset(whole, train_idx), lambda i: whole.sample(i)[:3],
+                                whole.read_labels, digests)
+    prepared.crop_note = note
+    return prepared
 
 
 def _with_validation(config: dict[str, Any], names: list[str], val_idx: list[int],

@@ -51,6 +51,8 @@ MIN_VALIDATION_IMAGES = 5   # fewer images: none held out (every image trains; s
 # side) is held out. The seed threshold is tuned on the bands, and the run keeps the model it
 # started from when that scores better there than the fine-tuned one (`run._finish`)
 HELD_OUT_BAND = 0.25
+# A default crop shrinks to training images smaller than it (`run._fit_crop`), down to this
+MIN_FITTED_CROP = 32
 # Validation picks the best epoch only when it holds this many objects: with ~10 (one image of
 # large nuclei) one object decides between epochs, and bench/finetune.py's first run with 8
 # `lab` images kept epoch 5 of 12 (F1 1.0 on 10 nuclei) and scored 0.858 against 0.931 with 4.
