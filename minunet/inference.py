@@ -358,7 +358,6 @@ def write_prediction(model: Checkpoint | Module, path: Path, out: Path, *,
     exclude_edges, postprocess (to_instances overrides): as in `segment`; say: where a note
     (a guessed channel, RGB made gray) goes (default: a warning); `info`: filled as by
     `segment` (diameter="auto": the estimate, also stored in the label file)."""
-    from . import viz
     from .io import write_atomic, write_labels
     from .io.images import image_from_array, read_image_file, read_metadata
 
@@ -388,6 +387,8 @@ def write_prediction(model: Checkpoint | Module, path: Path, out: Path, *,
 
         writers.append(lambda: write_rois(labels, out / f"{output_stem(path)}{ROIS_SUFFIX}"))
     if overlays:
+        from . import viz  # matplotlib and skimage: only for the overlay
+
         norm, _ = stored_settings(model)
         inputs = model_channels(model, channel)     # a multi-channel model: show its first
         raw, _ = image.select(inputs[0] if inputs else channel, plane)

@@ -206,18 +206,22 @@ def test_compiled_tile_gather_and_softmax_equal_numpy(shape):
 
 
 def test_prediction_imports_no_plotting_or_optimisation(tmp_path):
-    """`minunet predict`'s path (the command's parser, reading, mu.segment, writing labels)
-    imports neither matplotlib, scipy.optimize, scipy.ndimage, nor the generator's package
-    (minunet.data): each costs a few tenths of a second at every start of the command."""
+    """`minunet predict IMAGE --out OUT` (the command itself: parsing, reading, segmenting,
+    writing the labels) imports neither matplotlib, scipy.optimize, scipy.ndimage,
+    skimage.segmentation, the plots (minunet.viz) nor the generator's package (minunet.data):
+    each costs a few tenths of a second at every start of the command."""
     import subprocess
     import sys
 
-    code = ("import sys, numpy as np, minunet as mu, minunet.cli; minunet.cli._parser(); "
-            "from minunet.io import write_labels; "
-            "labels = mu.segment('nuclei', np.zeros((64, 64), np.uint16)); "
-            f"write_labels({str(tmp_path / 'l.tif')!r}, labels); "
-            "print([m for m in ('matplotlib', 'scipy.optimize', 'scipy.ndimage', 'minunet.data') "
-            "if m in sys.modules])")
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "a.tif", np.zeros((64, 64), np.uint16))
+    code = ("import sys, minunet.cli; "
+            f"code = minunet.cli.main(['predict', {str(tmp_path / 'a.tif')!r}, '--model', "
+            f"'nuclei', '--out', {str(tmp_path / 'out')!r}]); "
+            "print(code, [m for m in ('matplotlib', 'scipy.optimize', 'scipy.ndimage', "
+            "'skimage.segmentation', 'minunet.viz', 'minunet.data') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
-    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert out.stdout.strip().splitlines()[-1] == "0 []", out.stdout + out.stderr
+    assert (tmp_path / "out" / "a.tif").is_file()
