@@ -825,7 +825,7 @@ def conv2d_forward(x: Parts, weight: np.ndarray, bias: np.ndarray | None, stride
     With `winograd`, Winograd F(4x4, 3x3) computes it where it applies (see `_winograd`),
     rounded differently from the direct sums.
     """
-    if winograd and _winograd_pays(x, weight, stride, padding):
+    if winograd and _winograd_pays(x, weight.shape[2], stride, padding):
         return _winograd(_parts(x), weight, bias, relu, who, "input", remember=False)
     return _forward(x, weight, stride, padding, bias, who=who, relu=relu)
 
@@ -835,18 +835,18 @@ def conv2d_inference(x: Parts, weight: np.ndarray, bias: np.ndarray | None, stri
     """conv2d_forward for inference: Winograd where it applies, its transformed weights
     remembered between calls (winograd.packed_weights: an evaluation runs the same weights
     again and again)."""
-    if _winograd_applies(x, weight, stride, padding):
+    if _winograd_applies(x, weight.shape[2], stride, padding):
         return _winograd(_parts(x), weight, bias, relu, who, "input", remember=True)
     return _forward(x, weight, stride, padding, bias, who=who, relu=relu)
 
 
-def _winograd_applies(x: Parts, weight: np.ndarray, stride: int, padding: int) -> bool:
+def _winograd_applies(x: Parts, kernel_size: int, stride: int, padding: int) -> bool:
     """Whether _winograd takes this convolution: USE_WINOGRAD and winograd.winograd_applies
     (3x3, stride 1, padding 1, H a multiple of 4, W of 16 in float32, >= 16 input
     channels)."""
     first = x[0] if isinstance(x, tuple) else x
     Cin = sum(p.shape[1] for p in x) if isinstance(x, tuple) else x.shape[1]
-    return USE_WINOGRAD and winograd_applies(first.dtype, weight.shape[2], stride, padding,
+    return USE_WINOGRAD and winograd_applies(first.dtype, kernel_size, stride, padding,
                                              first.shape[2], first.shape[3], Cin)
 
 
@@ -857,11 +857,11 @@ def _winograd_applies(x: Parts, weight: np.ndarray, stride: int, padding: int) -
 MIN_TRAIN_TILES = 48
 
 
-def _winograd_pays(x: Parts, weight: np.ndarray, stride: int, padding: int) -> bool:
+def _winograd_pays(x: Parts, kernel_size: int, stride: int, padding: int) -> bool:
     """Training's rule: _winograd_applies, in float32 (float64 is for the gradient checks:
     there the direct sums stay), on images of at least MIN_TRAIN_TILES tiles."""
     first = x[0] if isinstance(x, tuple) else x
-    return (first.dtype == np.float32 and _winograd_applies(x, weight, stride, padding)
+    return (first.dtype == np.float32 and _winograd_applies(x, kernel_size, stride, padding)
             and (first.shape[2] // 4) * (first.shape[3] // 4) >= MIN_TRAIN_TILES)
 
 
@@ -913,7 +913,7 @@ def conv2d_backward_input(dy: np.ndarray, weight: np.ndarray, stride: int, paddi
     3x3 stride-1 pad-1 one is Winograd's convolution of dy with the flipped weight where
     that applies (see conv2d_forward)."""
     if (winograd and stride == 1 and (height, width) == dy.shape[2:]
-            and _winograd_pays(dy, weight, 1, padding)):
+            and _winograd_pays(dy, weight.shape[2], 1, padding)):
         return _winograd((np.ascontiguousarray(dy),), _flipped(weight), None, False, who,
                          "dout", remember=False, split=split)
     return _adjoint(dy, weight, stride, padding, height, width, who=who, split=split)
