@@ -187,8 +187,8 @@ def test_transformed_weights_are_g_w_gt():
 
 
 @pytest.mark.parametrize("n, ca, cb, cout, h, w", [
-    (1, 16, 0, 24, 12, 64),    # one input, Cout not a multiple of 8
-    (2, 8, 12, 16, 16, 48),    # two parts
+    (1, 16, 0, 20, 64, 80),    # one input, Cout not a multiple of 8, 320 tiles
+    (2, 24, 24, 48, 16, 48),   # two parts, 48 tiles: channels enough for a small image
 ])
 def test_training_forward_and_input_gradient_by_winograd(n, ca, cb, cout, h, w):
     """conv2d_forward(winograd=True) and conv2d_backward_input(winograd=True) (training's
@@ -202,7 +202,8 @@ def test_training_forward_and_input_gradient_by_winograd(n, ca, cb, cout, h, w):
     weight = rng.standard_normal((cout, ca + cb, 3, 3)).astype(np.float32)
     dy = rng.standard_normal((n, cout, h, w)).astype(np.float32)
     joined = np.concatenate([a, b], axis=1)
-    assert conv._winograd_pays(dy, 3, 1, 1) and conv._winograd_pays(joined, 3, 1, 1)
+    assert conv._winograd_pays(dy, 3, 1, 1, ca + cb) and conv._winograd_pays(joined, 3, 1, 1,
+                                                                              cout)
     joined = joined.astype(np.float64)
     x = (a, b) if cb else a
     y = conv.conv2d_forward(x, weight, None, 1, 1, who="Conv2d", winograd=True)
@@ -229,12 +230,13 @@ def test_training_forward_and_input_gradient_by_winograd(n, ca, cb, cout, h, w):
 
 
 def test_training_takes_winograd_only_where_it_pays():
-    """Images of fewer than MIN_TRAIN_TILES 4x4 tiles (16 x 16: the deepest levels), float64
-    and too few channels keep the direct sums: the same bits as winograd=False."""
+    """Images of fewer than SMALL_TRAIN_TILES 4x4 tiles (16 x 16: the deepest levels), small
+    images with few channel pairs (C1's 32 x 32 levels), float64 and too few input channels
+    keep the direct sums: the same bits as winograd=False."""
     rng = np.random.default_rng(6)
-    for dtype, cin, h, w in [(np.float32, 16, 16, 16), (np.float64, 16, 12, 64),
-                             (np.float32, 8, 12, 64)]:
+    for dtype, cin, cout, h, w in [(np.float32, 64, 64, 16, 16), (np.float32, 32, 16, 32, 32),
+                                   (np.float64, 16, 8, 64, 64), (np.float32, 8, 8, 64, 64)]:
         x = rng.standard_normal((1, cin, h, w)).astype(dtype)
-        weight = rng.standard_normal((8, cin, 3, 3)).astype(dtype)
+        weight = rng.standard_normal((cout, cin, 3, 3)).astype(dtype)
         np.testing.assert_array_equal(conv.conv2d_forward(x, weight, None, 1, 1, winograd=True),
                                       conv.conv2d_forward(x, weight, None, 1, 1))

@@ -27,7 +27,7 @@ thread pool (threads.py); each item writes its rows of y directly. Two routes:
 (winograd.py, `_winograd`): 4x fewer multiply-adds, rounded differently (a few 1e-6 of the
 output's scale in float32). Inference takes it (`conv2d_inference`), and so do training's
 float32 forward and input gradient (`winograd=True`, as the fast Conv2d passes it) on images
-of at least MIN_TRAIN_TILES tiles: as in cuDNN's and oneDNN's Winograd convolutions, the
+large enough (`_winograd_pays`): as in cuDNN's and oneDNN's Winograd convolutions, the
 backward pass is then the exact gradient of the direct sums, which the forward computed up to
 that rounding. The weight gradient stays the direct sum.
 
@@ -825,7 +825,7 @@ def conv2d_forward(x: Parts, weight: np.ndarray, bias: np.ndarray | None, stride
     With `winograd`, Winograd F(4x4, 3x3) computes it where it applies (see `_winograd`),
     rounded differently from the direct sums.
     """
-    if winograd and _winograd_pays(x, weight.shape[2], stride, padding):
+    if winograd and _winograd_pays(x, weight.shape[2], stride, padding, weight.shape[0]):
         return _winograd(_parts(x), weight, bias, relu, who, "input", remember=False)
     return _forward(x, weight, stride, padding, bias, who=who, relu=relu)
 
@@ -850,19 +850,30 @@ def _winograd_applies(x: Parts, kernel_size: int, stride: int, padding: int) -> 
                                              first.shape[2], first.shape[3], Cin)
 
 
-# training's convolutions take Winograd only on images of at least this many 4x4 tiles: its
-# products run over blocks of 48 tiles, and an item is one image's band, so a 16 x 16 image
-# (16 tiles) fills a third of its block; there, and with the weights transformed anew at each
-# step, it was no faster than the direct route (C2's and C3's deepest levels)
-MIN_TRAIN_TILES = 48
+# Training's convolutions take Winograd on images of at least MIN_TRAIN_TILES 4x4 tiles, and
+# on images of fewer (down to SMALL_TRAIN_TILES) only with at least SMALL_TRAIN_PAIRS channel
+# pairs (Cin x Cout). Its products run over blocks of 48 tiles and an item is one image's
+# band, so a 32 x 32 image (64 tiles) fills 2/3 of two blocks and a 16 x 16 one a third of
+# one; there, with its weights transformed anew at each step, Winograd was slower than the
+# direct route for 16 x 16 and 32 x 16 channel pairs at 32 x 32 (C1) and no faster at 16 x 16
+# (C2's and C3's deepest levels), faster from 32 x 64 pairs at 32 x 32 (/tmp timings of
+# conv2d_forward and conv2d_backward_input, 2026-12-07, Intel Xeon, 2 vCPUs under load).
+MIN_TRAIN_TILES = 256          # 64 x 64 images
+SMALL_TRAIN_TILES = 48         # 32 x 32 images (64 tiles) ...
+SMALL_TRAIN_PAIRS = 1024       # ... with at least this many channel pairs
 
 
-def _winograd_pays(x: Parts, kernel_size: int, stride: int, padding: int) -> bool:
+def _winograd_pays(x: Parts, kernel_size: int, stride: int, padding: int,
+                   out_channels: int) -> bool:
     """Training's rule: _winograd_applies, in float32 (float64 is for the gradient checks:
-    there the direct sums stay), on images of at least MIN_TRAIN_TILES tiles."""
+    there the direct sums stay), on images large enough for the channels (see above)."""
     first = x[0] if isinstance(x, tuple) else x
-    return (first.dtype == np.float32 and _winograd_applies(x, kernel_size, stride, padding)
-            and (first.shape[2] // 4) * (first.shape[3] // 4) >= MIN_TRAIN_TILES)
+    if not (first.dtype == np.float32 and _winograd_applies(x, kernel_size, stride, padding)):
+        return False
+    Cin = sum(p.shape[1] for p in x) if isinstance(x, tuple) else x.shape[1]
+    tiles = (first.shape[2] // 4) * (first.shape[3] // 4)
+    return tiles >= MIN_TRAIN_TILES or (tiles >= SMALL_TRAIN_TILES
+                                        and Cin * out_channels >= SMALL_TRAIN_PAIRS)
 
 
 def _winograd(parts: tuple[np.ndarray, ...], weight: np.ndarray, bias: np.ndarray | None,
@@ -913,7 +924,7 @@ def conv2d_backward_input(dy: np.ndarray, weight: np.ndarray, stride: int, paddi
     3x3 stride-1 pad-1 one is Winograd's convolution of dy with the flipped weight where
     that applies (see conv2d_forward)."""
     if (winograd and stride == 1 and (height, width) == dy.shape[2:]
-            and _winograd_pays(dy, weight.shape[2], 1, padding)):
+            and _winograd_pays(dy, weight.shape[2], 1, padding, weight.shape[1])):
         return _winograd((np.ascontiguousarray(dy),), _flipped(weight), None, False, who,
                          "dout", remember=False, split=split)
     return _adjoint(dy, weight, stride, padding, height, width, who=who, split=split)
