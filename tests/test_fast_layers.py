@@ -75,6 +75,32 @@ def test_conv2d(case, dtype, bias):
                       [(N, Cin, H, W)], dtype)
 
 
+def test_conv2d_training_by_winograd():
+    """A float32 3x3 convolution with >= 16 input channels on a large enough image (conv.py's
+    _winograd_pays): forward and input gradient by Winograd F(4x4, 3x3)
+    (conv.TRAIN_WINOGRAD), still the readable layer's results within float32's tolerance;
+    in two parts too (the U-Net's skip)."""
+    from minunet.kernels import conv
+    if not conv.TRAIN_WINOGRAD:
+        pytest.skip("no AVX-512, no JIT, or MINUNET_WINOGRAD set")
+    rng = np.random.default_rng(0)
+    assert conv._winograd_pays(np.zeros((1, 16, 64, 64), np.float32), 3, 1, 1, 12)
+    assert_same_layer(lambda L: L.Conv2d(16, 12, 3, padding=1, bias=True, rng=rng),
+                      [(1, 16, 64, 64)], np.float32)
+    readable = readable_layers.Conv2d(24, 16, 3, padding=1, rng=np.random.default_rng(1))
+    fast = fast_layers.Conv2d(24, 16, 3, padding=1, rng=np.random.default_rng(1))
+    a = rng.standard_normal((2, 8, 64, 64)).astype(np.float32)
+    b = rng.standard_normal((2, 16, 64, 64)).astype(np.float32)
+    assert conv._winograd_pays((a, b), 3, 1, 1, 16)
+    y = fast.forward(a, b)
+    assert rel(y, readable.forward(np.concatenate([a, b], axis=1))) <= TOL[np.float32]
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    da, db = fast.backward(dy)
+    dx = readable.backward(dy)
+    assert rel(da, dx[:, :8]) <= TOL[np.float32] and rel(db, dx[:, 8:]) <= TOL[np.float32]
+    assert rel(fast.weight.grad, readable.weight.grad) <= TOL[np.float32]
+
+
 # (N, Cin, Cout, H, W, K, S, P)
 CONV_TRANSPOSE_CASES = [
     (2, 3, 4, 5, 4, 2, 2, 0),

@@ -168,3 +168,75 @@ def test_packed_weights_are_remembered_by_content_not_by_array():
     x = rng.standard_normal((1, 16, 8, 12)).astype(np.float32)
     exact = conv2d_forward_reference(x.astype(np.float64), weight.astype(np.float64), None, 1, 1)
     assert _error(conv.conv2d_inference(x, weight, None, 1, 1), exact) < F32_TOLERANCE
+
+
+# ------------------------------------------------------------------ training's routes
+def test_transformed_weights_are_g_w_gt():
+    """The compiled weight transform against the formula U[f, c, o] = (G w[o, c] G^T)[f],
+    packed (36, ceil(Cout/8), Cin, 8) with zeros past Cout; Cout 13: a partial last tile."""
+    rng = np.random.default_rng(4)
+    weight = rng.standard_normal((13, 5, 3, 3))
+    U = np.einsum("ar,ocrs,bs->abco", winograd.G, weight, winograd.G).reshape(36, 5, 13)
+    padded = np.zeros((36, 5, 16))
+    padded[:, :, :13] = U
+    expected = padded.reshape(36, 5, 2, 8).transpose(0, 2, 1, 3)
+    for dtype in (np.float64, np.float32):
+        packed = winograd.transformed_weights(weight.astype(dtype), dtype)
+        assert packed.dtype == dtype and packed.shape == (36, 2, 5, 8)
+        assert np.abs(packed - expected).max() <= (1e-14 if dtype == np.float64 else 1e-6)
+
+
+@pytest.mark.parametrize("n, ca, cb, cout, h, w", [
+    (1, 16, 0, 20, 64, 80),    # one input, Cout not a multiple of 8, 320 tiles
+    (2, 24, 24, 48, 16, 48),   # two parts, 48 tiles: channels enough for a small image
+])
+def test_training_forward_and_input_gradient_by_winograd(n, ca, cb, cout, h, w):
+    """conv2d_forward(winograd=True) and conv2d_backward_input(winograd=True) (training's
+    float32 routes) equal the exact convolution and its input gradient, the gradient in its
+    two parts (split) when the input was two; and they did take Winograd."""
+    if not conv.TRAIN_WINOGRAD:
+        pytest.skip("no AVX-512, no JIT, or MINUNET_WINOGRAD set")
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((n, ca, h, w)).astype(np.float32)
+    b = rng.standard_normal((n, cb, h, w)).astype(np.float32)
+    weight = rng.standard_normal((cout, ca + cb, 3, 3)).astype(np.float32)
+    dy = rng.standard_normal((n, cout, h, w)).astype(np.float32)
+    joined = np.concatenate([a, b], axis=1)
+    assert conv._winograd_pays(dy, 3, 1, 1, ca + cb) and conv._winograd_pays(joined, 3, 1, 1,
+                                                                              cout)
+    joined = joined.astype(np.float64)
+    x = (a, b) if cb else a
+    y = conv.conv2d_forward(x, weight, None, 1, 1, who="Conv2d", winograd=True)
+    exact = conv2d_forward_reference(joined, weight.astype(np.float64), None, 1, 1)
+    assert _error(y, exact) < F32_TOLERANCE
+    assert not np.array_equal(y, conv.conv2d_forward(x, weight, None, 1, 1))  # not direct
+    from minunet.kernels.reference import conv2d_backward_input_reference
+    dx_exact = conv2d_backward_input_reference(dy.astype(np.float64), weight.astype(np.float64),
+                                               1, 1, h, w)
+    dx = conv.conv2d_backward_input(dy, weight, 1, 1, h, w, split=ca if cb else None,
+                                    winograd=True)
+    if cb:
+        da, db = dx
+        assert da.shape == a.shape and db.shape == b.shape
+        assert _error(da, dx_exact[:, :ca]) < F32_TOLERANCE
+        assert _error(db, dx_exact[:, ca:]) < F32_TOLERANCE
+    else:
+        assert dx.shape == a.shape and _error(dx, dx_exact) < F32_TOLERANCE
+    bad = dy.copy()
+    bad[-1, 3, h - 1, w - 1] = np.nan
+    with pytest.raises(FloatingPointError, match="Conv2d.backward"):
+        conv.conv2d_backward_input(bad, weight, 1, 1, h, w, who="Conv2d.backward",
+                                   winograd=True)
+
+
+def test_training_takes_winograd_only_where_it_pays():
+    """Images of fewer than SMALL_TRAIN_TILES 4x4 tiles (16 x 16: the deepest levels), small
+    images with few channel pairs (C1's 32 x 32 levels), float64 and too few input channels
+    keep the direct sums: the same bits as winograd=False."""
+    rng = np.random.default_rng(6)
+    for dtype, cin, cout, h, w in [(np.float32, 64, 64, 16, 16), (np.float32, 32, 16, 32, 32),
+                                   (np.float64, 16, 8, 64, 64), (np.float32, 8, 8, 64, 64)]:
+        x = rng.standard_normal((1, cin, h, w)).astype(dtype)
+        weight = rng.standard_normal((cout, cin, 3, 3)).astype(dtype)
+        np.testing.assert_array_equal(conv.conv2d_forward(x, weight, None, 1, 1, winograd=True),
+                                      conv.conv2d_forward(x, weight, None, 1, 1))

@@ -23,9 +23,13 @@ thread pool (threads.py); each item writes its rows of y directly. Two routes:
   as constants) stay in the core's cache and go to np.matmul with single-threaded BLAS.
   A 1x1 convolution's columns are x itself.
 
-Inference's 3x3 convolutions with >= 16 input channels take a third route,
-`conv2d_inference`: Winograd F(4x4, 3x3) (winograd.py), 4x fewer multiply-adds, rounded
-differently; training never takes it (its gradients are those of the direct sums).
+3x3 convolutions with >= 16 input channels take a third route, Winograd F(4x4, 3x3)
+(winograd.py, `_winograd`): 4x fewer multiply-adds, rounded differently (a few 1e-6 of the
+output's scale in float32). Inference takes it (`conv2d_inference`), and so do training's
+float32 forward and input gradient (`winograd=True`, as the fast Conv2d passes it) on images
+large enough (`_winograd_pays`): as in cuDNN's and oneDNN's Winograd convolutions, the
+backward pass is then the exact gradient of the direct sums, which the forward computed up to
+that rounding. The weight gradient stays the direct sum.
 
 The input gradient of a stride-1 convolution is the stride-1 convolution of dy with the
 flipped weight (no scatter-add); other geometries scatter-add one image per item
@@ -63,6 +67,7 @@ from .winograd import (
     packed_weights,
     run_items,
     scratch_shapes,
+    transformed_weights,
     winograd_applies,
 )
 
@@ -71,11 +76,13 @@ from .winograd import (
 USE_DIRECT = (simd.HAVE_AVX512 and simd.AVAILABLE
                and os.environ.get("MINUNET_GEMM", "").strip().lower() != "blas")
 
-# inference's 3x3 convolutions use Winograd F(4x4, 3x3) (winograd.py) where it applies;
-# MINUNET_WINOGRAD=0 sends them to conv2d_forward's routes instead (and inference's up-step
-# and head to training's routes: upsample.ENABLED).
-USE_WINOGRAD = (simd.HAVE_AVX512 and simd.AVAILABLE
-                and os.environ.get("MINUNET_WINOGRAD", "").strip() != "0")
+# 3x3 convolutions use Winograd F(4x4, 3x3) (winograd.py) where it applies: inference's,
+# and training's float32 forward and input gradient (layers.Conv2d). MINUNET_WINOGRAD=0 sends
+# them all to the direct routes instead (and inference's up-step and head to training's
+# routes: upsample.ENABLED); MINUNET_WINOGRAD=infer keeps Winograd for inference only.
+_WINOGRAD_ENV = os.environ.get("MINUNET_WINOGRAD", "").strip().lower()
+USE_WINOGRAD = simd.HAVE_AVX512 and simd.AVAILABLE and _WINOGRAD_ENV != "0"
+TRAIN_WINOGRAD = USE_WINOGRAD and _WINOGRAD_ENV != "infer"
 
 
 def conv_output_size(size: int, kernel_size: int, stride: int, padding: int) -> int:
@@ -807,35 +814,86 @@ def _flip_taps(weight: np.ndarray, out: np.ndarray, K: int, o_start: int, o_stop
 
 # ------------------------------------------------------------------ the public pairs
 def conv2d_forward(x: Parts, weight: np.ndarray, bias: np.ndarray | None, stride: int,
-                   padding: int, who: str | None = None, relu: bool = False) -> np.ndarray:
+                   padding: int, who: str | None = None, relu: bool = False,
+                   winograd: bool = False) -> np.ndarray:
     """y[n, o, i, j] = b[o] + sum_{c,kh,kw} w[o, c, kh, kw] x[n, c, i*S - P + kh, j*S - P + kw].
 
     x (N, Cin, H, W), weight (Cout, Cin, K, K), bias (Cout,) or None -> y (N, Cout, Ho, Wo).
     With `who` (a name for messages), NaN or inf in x raise FloatingPointError. With relu,
     the result is max(y, 0). x may be two arrays (a, b): the convolution of their
     concatenation along channels, which is never built (the U-Net's skip and up-step).
+    With `winograd`, Winograd F(4x4, 3x3) computes it where it applies (see `_winograd`),
+    rounded differently from the direct sums.
     """
+    if winograd and _winograd_pays(x, weight.shape[2], stride, padding, weight.shape[0]):
+        return _winograd(_parts(x), weight, bias, relu, who, "input", remember=False)
     return _forward(x, weight, stride, padding, bias, who=who, relu=relu)
 
 
 def conv2d_inference(x: Parts, weight: np.ndarray, bias: np.ndarray | None, stride: int,
                      padding: int, who: str | None = None, relu: bool = False) -> np.ndarray:
-    """conv2d_forward for inference only (no gradient ever flows through it): the same
-    contract, computed by Winograd F(4x4, 3x3) where winograd.winograd_applies (3x3, stride
-    1, padding 1, sizes multiples of 4, >= 16 input channels), by conv2d_forward elsewhere.
-    Winograd rounds differently from the direct sum (winograd.py: a few 1e-6 relative in
-    float32), so training, whose gradients must match its forward, never takes it."""
-    parts = _parts(x)
+    """conv2d_forward for inference: Winograd where it applies, its transformed weights
+    remembered between calls (winograd.packed_weights: an evaluation runs the same weights
+    again and again)."""
+    if _winograd_applies(x, weight.shape[2], stride, padding):
+        return _winograd(_parts(x), weight, bias, relu, who, "input", remember=True)
+    return _forward(x, weight, stride, padding, bias, who=who, relu=relu)
+
+
+def _winograd_applies(x: Parts, kernel_size: int, stride: int, padding: int) -> bool:
+    """Whether _winograd takes this convolution: USE_WINOGRAD and winograd.winograd_applies
+    (3x3, stride 1, padding 1, H a multiple of 4, W of 16 in float32, >= 16 input
+    channels)."""
+    first = x[0] if isinstance(x, tuple) else x
+    Cin = sum(p.shape[1] for p in x) if isinstance(x, tuple) else x.shape[1]
+    return USE_WINOGRAD and winograd_applies(first.dtype, kernel_size, stride, padding,
+                                             first.shape[2], first.shape[3], Cin)
+
+
+# Training's convolutions take Winograd on images of at least MIN_TRAIN_TILES 4x4 tiles, and
+# on images of fewer (down to SMALL_TRAIN_TILES) only with at least SMALL_TRAIN_PAIRS channel
+# pairs (Cin x Cout). Its products run over blocks of 48 tiles and an item is one image's
+# band, so a 32 x 32 image (64 tiles) fills 2/3 of two blocks and a 16 x 16 one a third of
+# one; there, with its weights transformed anew at each step, Winograd was slower than the
+# direct route for 16 x 16 and 32 x 16 channel pairs at 32 x 32 (C1) and no faster at 16 x 16
+# (C2's and C3's deepest levels), faster from 32 x 64 pairs at 32 x 32 (/tmp timings of
+# conv2d_forward and conv2d_backward_input, 2026-12-07, Intel Xeon, 2 vCPUs under load).
+MIN_TRAIN_TILES = 256          # 64 x 64 images
+SMALL_TRAIN_TILES = 48         # 32 x 32 images (64 tiles) ...
+SMALL_TRAIN_PAIRS = 1024       # ... with at least this many channel pairs
+
+
+def _winograd_pays(x: Parts, kernel_size: int, stride: int, padding: int,
+                   out_channels: int) -> bool:
+    """Training's rule: _winograd_applies, in float32 (float64 is for the gradient checks:
+    there the direct sums stay), on images large enough for the channels (see above)."""
+    first = x[0] if isinstance(x, tuple) else x
+    if not (first.dtype == np.float32 and _winograd_applies(x, kernel_size, stride, padding)):
+        return False
+    Cin = sum(p.shape[1] for p in x) if isinstance(x, tuple) else x.shape[1]
+    tiles = (first.shape[2] // 4) * (first.shape[3] // 4)
+    return tiles >= MIN_TRAIN_TILES or (tiles >= SMALL_TRAIN_TILES
+                                        and Cin * out_channels >= SMALL_TRAIN_PAIRS)
+
+
+def _winograd(parts: tuple[np.ndarray, ...], weight: np.ndarray, bias: np.ndarray | None,
+              relu: bool, who: str | None, name: str, remember: bool,
+              split: int | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """The 3x3 pad-1 stride-1 convolution of the parts by Winograd F(4x4, 3x3) (winograd.py):
+    4x fewer multiply-adds than the direct sum, rounded differently (float32: a few 1e-6 of
+    the output's scale against 4e-7; tests/test_winograd.py). With `split`, the output comes
+    back as two arrays, channels [0, split) and [split, Cout) (no bias then). `remember`:
+    keep the transformed weights for the next call with the same weights (inference)."""
     N, _, H, W = parts[0].shape
     Cin = sum(p.shape[1] for p in parts)
     dtype = parts[0].dtype
-    if not (USE_WINOGRAD and winograd_applies(dtype, weight.shape[2], stride, padding, H, W,
-                                              Cin)):
-        return _forward(x, weight, stride, padding, bias, who=who, relu=relu)
     Cout = weight.shape[0]
-    U = packed_weights(weight, dtype)                   # (36, ceil(Cout/8), Cin, 8)
+    # (36, ceil(Cout/8), Cin, 8); training's weights change every step: nothing to remember
+    U = packed_weights(weight, dtype) if remember else transformed_weights(weight, dtype)
     tile_bias = np.zeros(0, dtype) if bias is None else np.ascontiguousarray(bias, dtype=dtype)
-    y = np.empty((N, Cout, H, W), dtype=dtype)          # (N, Cout, H, W)
+    cut = Cout if split is None else split
+    y = np.empty((N, cut, H, W), dtype=dtype)           # (N, Cout, H, W), or its first part
+    y2 = np.empty((N, Cout - cut, H, W), dtype=dtype)   # the second part (or no channels)
     th, tw = H // 4, W // 4
     cols = band_cols(tw, Cin, Cout, parts[0].itemsize)
     R = band_rows(cols, Cin, Cout, parts[0].itemsize, th)
@@ -846,22 +904,29 @@ def conv2d_inference(x: Parts, weight: np.ndarray, bias: np.ndarray | None, stri
     zeros = np.zeros((1, W + 16), dtype)
 
     def worker(_: int, slot: int) -> None:
-        run_items(parts[0], second, U, y, tile_bias, relu, R, cols, counter, probes,
+        run_items(parts[0], second, U, y, y2, tile_bias, relu, R, cols, counter, probes,
                   *(_scratch.get(slot, "winograd " + name, shape, dtype)
                     for name, shape in shapes.items()), zeros)
 
     parallel_for(worker, get_num_threads(), serial=_small(N, Cin, Cout, H, W, 3), blas=False)
     if who is not None and not np.isfinite(probes.sum()):
-        _check_parts(who, parts, "input")                              # raises, with counts
-    return y
+        _check_parts(who, parts, name)                                 # raises, with counts
+    return y if split is None else (y, y2)
 
 
 def conv2d_backward_input(dy: np.ndarray, weight: np.ndarray, stride: int, padding: int,
                           height: int, width: int, who: str | None = None,
-                          split: int | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+                          split: int | None = None, winograd: bool = False,
+                          ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """dx = col2im(w^T @ dy): dy (N, Cout, Ho, Wo) -> dx (N, Cin, H, W); H, W are x's size.
     With `who`, NaN or inf in dy raise FloatingPointError. With `split` (x was two parts),
-    dx comes back as two arrays, channels [0, split) and [split, Cin)."""
+    dx comes back as two arrays, channels [0, split) and [split, Cin). With `winograd`, a
+    3x3 stride-1 pad-1 one is Winograd's convolution of dy with the flipped weight where
+    that applies (see conv2d_forward)."""
+    if (winograd and stride == 1 and (height, width) == dy.shape[2:]
+            and _winograd_pays(dy, weight.shape[2], 1, padding, weight.shape[1])):
+        return _winograd((np.ascontiguousarray(dy),), _flipped(weight), None, False, who,
+                         "dout", remember=False, split=split)
     return _adjoint(dy, weight, stride, padding, height, width, who=who, split=split)
 
 

@@ -20,7 +20,10 @@ What the kernels do differently, each for a reason:
 - Convolutions go one of two routes (see `conv.py`): float32 stride-1 ones on an AVX-512 CPU
   read a zero-padded band of the input directly (register-tiled loops, no im2col); the rest
   are matrix products over im2col columns (BLAS). The NaN/inf check of their input (and of
-  dout in backward) is a probe summed while the band or the columns are built.
+  dout in backward) is a probe summed while the band or the columns are built. In float32,
+  3x3 ones with >= 16 input channels on images of >= 48 4x4 tiles compute forward and the
+  input gradient by Winograd F(4x4, 3x3) instead (conv.py; `MINUNET_WINOGRAD=infer` or `0`
+  turns that off): a few 1e-6 of rounding, 4x fewer multiply-adds.
 
 `BatchNormReLU2d` (BatchNorm2d then ReLU in one pass each way) lives here only: the fast
 U-Net's DoubleConv uses it in place of each BatchNorm2d + ReLU pair.
@@ -116,7 +119,7 @@ class Conv2d(layers.Conv2d):
                 return y
         else:
             y = conv2d_forward(x, self.weight.data, bias, self.stride, self.padding,
-                               who="Conv2d")  # (N, Cout, Ho, Wo)
+                               who="Conv2d", winograd=self._winograd())  # (N, Cout, Ho, Wo)
         self.save_for_backward(x)  # backward needs x for dw
         return y
 
@@ -139,11 +142,20 @@ class Conv2d(layers.Conv2d):
         # gradient is touched
         split = x[0].shape[1] if isinstance(x, tuple) else None
         dx = conv2d_backward_input(dy, self.weight.data, S, P, H, W, who="Conv2d.backward",
-                                   split=split)  # (N, Cin, H, W), or (da, db)
+                                   split=split, winograd=self._winograd())
+        #                                                  (N, Cin, H, W), or (da, db)
         self.weight.grad += conv2d_backward_weight(x, dy, K, S, P)  # (Cout, Cin, K, K)
         if self.bias is not None:
             self.bias.grad += dy.sum(axis=(0, 2, 3))                 # (Cout,)
         return dx
+
+    def _winograd(self) -> bool:
+        """Whether forward and the input gradient may take Winograd F(4x4, 3x3) (conv.py's
+        `_winograd_pays`: float32 3x3 stride-1 pad-1 convolutions of >= 16 input channels on
+        images of >= 48 tiles): unless MINUNET_WINOGRAD is 0 or `infer`. It rounds
+        differently from the direct sums (a few 1e-6 of a layer's scale), as the Winograd
+        convolutions of cuDNN and oneDNN do; the weight gradient stays the direct sum."""
+        return conv.TRAIN_WINOGRAD
 
     def _head(self, x: np.ndarray, inference: bool) -> bool:
         """Whether upsample.py's 1x1 kernels compute this layer: a 1x1 stride-1 convolution

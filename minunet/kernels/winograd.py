@@ -128,15 +128,44 @@ def winograd_conv3x3_reference(x: np.ndarray, weight: np.ndarray,
 
 def transformed_weights(weight: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """U[f, c, o] = (G w[o, c] G^T)[f] (f = 6a + b), computed in float64 and rounded once,
-    packed for the products: (36, ceil(Cout/8), Cin, 8) (gemm.pack_weights per frequency)."""
-    U = np.einsum("ar,ocrs,bs->abco", G, weight.astype(np.float64), G)  # (6, 6, Cin, Cout)
-    F, Cin, Cout = ALPHA * ALPHA, weight.shape[1], weight.shape[0]
-    tiles = -(-Cout // TILE)
-    padded = np.zeros((F, Cin, tiles * TILE))
-    padded[:, :, :Cout] = U.reshape(F, Cin, Cout)
-    # packed[f, ot, c, i] = U[f, c, 8 ot + i], as gemm.pack_weights, in dtype
-    return np.ascontiguousarray(padded.reshape(F, Cin, tiles, TILE).transpose(0, 2, 1, 3),
-                                dtype=dtype)
+    packed for the products: (36, ceil(Cout/8), Cin, 8) (gemm.pack_weights per frequency),
+    zero for the channels past Cout. Compiled loops: training transforms its changing weights
+    at every step (NumPy's einsum took 5-30 ms for 128 x 128 channels, this well under 1)."""
+    Cout, Cin = weight.shape[:2]
+    packed = np.zeros((ALPHA * ALPHA, -(-Cout // TILE), Cin, TILE), dtype=dtype)
+    _transform_weights(np.ascontiguousarray(weight), G, packed)
+    return packed
+
+
+@njit(cache=True, nogil=True)
+def _transform_weights(weight: np.ndarray, g: np.ndarray, packed: np.ndarray) -> None:
+    """packed[6a + b, o // 8, c, o % 8] = sum_{r,s} g[a, r] w[o, c, r, s] g[b, s], the sums in
+    float64 (transformed_weights's loops), one input channel at a time, the output channels
+    innermost (vector lanes)."""
+    Cout, Cin = weight.shape[0], weight.shape[1]
+    w = np.empty((Cin, 9, Cout))                   # w[c, 3r + s, o] in float64
+    for o in range(Cout):
+        for c in range(Cin):
+            for k in range(9):
+                w[c, k, o] = weight[o, c, k // 3, k % 3]
+    t = np.empty((ALPHA, 3, Cout))                 # (G w[:, c])[a, s, o]
+    u = np.empty((ALPHA * ALPHA, Cout))            # (G w[:, c] G^T)[f, o]
+    for c in range(Cin):
+        wc = w[c]                                  # (9, Cout)
+        for a in range(ALPHA):
+            for s in range(3):
+                g0, g1, g2 = g[a, 0], g[a, 1], g[a, 2]
+                for o in range(Cout):
+                    t[a, s, o] = g0 * wc[s, o] + g1 * wc[3 + s, o] + g2 * wc[6 + s, o]
+        for a in range(ALPHA):
+            for b in range(ALPHA):
+                g0, g1, g2 = g[b, 0], g[b, 1], g[b, 2]
+                for o in range(Cout):
+                    u[a * ALPHA + b, o] = t[a, 0, o] * g0 + t[a, 1, o] * g1 + t[a, 2, o] * g2
+        for f in range(ALPHA * ALPHA):
+            for ot in range(packed.shape[1]):
+                for i in range(min(TILE, Cout - ot * TILE)):
+                    packed[f, ot, c, i] = u[f, ot * TILE + i]
 
 
 _PACKED: dict[tuple, np.ndarray] = {}   # weights' digest -> transformed_weights
@@ -226,10 +255,12 @@ def _input_transform(x: np.ndarray, n: int, tile_row: int, base: int, j0: int, j
 
 @njit(cache=True, nogil=True, inline="always")
 def _output_transform(M: np.ndarray, y: np.ndarray, n: int, tile_row: int, base: int,
-                      j0: int, j1: int, bias: np.ndarray, relu: bool, rows: np.ndarray) -> None:
-    """y[n, o, 4 tile_row + p, 4j + q] = (A^T M[:, o, base + j - j0] A)[p, q] (+ bias[o], then
-    ReLU) for every output channel o and tile j in [j0, j1) of the tile row, in plain loops
-    (any float dtype). rows (6, >= W) scratch."""
+                      j0: int, j1: int, bias: np.ndarray, relu: bool, rows: np.ndarray,
+                      o0: int) -> None:
+    """y[n, o, 4 tile_row + p, 4j + q] = (A^T M[:, o0 + o, base + j - j0] A)[p, q] (+ bias[o],
+    then ReLU) for every output channel o of y and tile j in [j0, j1) of the tile row, in
+    plain loops (any float dtype). rows (6, >= W) scratch. o0: y's first channel in M (a
+    second output part, see run_items)."""
     K = y.shape[1]
     zero = y.dtype.type(0)
     two, four, eight = y.dtype.type(2), y.dtype.type(4), y.dtype.type(8)
@@ -237,7 +268,7 @@ def _output_transform(M: np.ndarray, y: np.ndarray, n: int, tile_row: int, base:
     for o in range(K):
         # the rows first: rows[a, 4j + q] = sum_b M[6a + b, o, tile j] AT[q, b]
         for a in range(ALPHA):
-            m = M[a * ALPHA:(a + 1) * ALPHA, o]                          # (6, tiles)
+            m = M[a * ALPHA:(a + 1) * ALPHA, o0 + o]                     # (6, tiles)
             r = rows[a]
             for j in range(j0, j1):
                 t = base + j - j0
@@ -368,14 +399,14 @@ def _store_row(yr: np.ndarray, h: int, w: int, w_end: int, c0, c1, c2, c3, c4, c
 @njit(cache=True, nogil=True, inline="always")
 def _output_transform_f32(M: np.ndarray, y: np.ndarray, n: int, tile_row: int, base: int,
                           j0: int, j1: int, bias: np.ndarray, relu: bool,
-                          rows: np.ndarray) -> None:
+                          rows: np.ndarray, o0: int) -> None:
     """_output_transform for float32, W a multiple of 16, j0 and j1 as in
     _input_transform_f32; M as (36*Cout', T) rows and y as (N*Cout*H, W) rows (see
-    _input_transform_f32); `rows` is not used. Down first, then across: for 16 tiles, the
-    six M vectors of each column b give (A^T M)[p, b] (registers, no scratch), then each
-    output row p is A^T across b, interleaved into 64 consecutive pixels and stored straight
-    into y (the other order, across first, stores six rows of scratch and interleaves six
-    times instead of four)."""
+    _input_transform_f32); `rows` is not used; y's channel o is M's o0 + o. Down first,
+    then across: for 16 tiles, the six M vectors of each column b give (A^T M)[p, b]
+    (registers, no scratch), then each output row p is A^T across b, interleaved into 64
+    consecutive pixels and stored straight into y (the other order, across first, stores six
+    rows of scratch and interleaves six times instead of four)."""
     K, H, W = y.shape[1], y.shape[2], y.shape[3]
     Cp = M.shape[1]
     Mr = M.reshape(-1, M.shape[2])                                      # (36*Cout', T)
@@ -383,28 +414,29 @@ def _output_transform_f32(M: np.ndarray, y: np.ndarray, n: int, tile_row: int, b
     w_end = M_OUT * j1
     for o in range(K):
         b = bias[o] if bias.size > 0 else np.float32(0)
+        mo = o0 + o                                                     # o's row in M
         h = (n * K + o) * H + tile_row * M_OUT                          # row of y[n, o, 4 tr]
         for j in range(j0, j1, 16):
             t = base + j - j0
             # down: cb[p] = sum_a AT[p, a] M[6a + b, o, tiles t..t+15], column b of each tile
-            c0 = _at(vload(Mr, o, t), vload(Mr, 6 * Cp + o, t), vload(Mr, 12 * Cp + o, t),
-                     vload(Mr, 18 * Cp + o, t), vload(Mr, 24 * Cp + o, t),
-                     vload(Mr, 30 * Cp + o, t))
-            c1 = _at(vload(Mr, Cp + o, t), vload(Mr, 7 * Cp + o, t), vload(Mr, 13 * Cp + o, t),
-                     vload(Mr, 19 * Cp + o, t), vload(Mr, 25 * Cp + o, t),
-                     vload(Mr, 31 * Cp + o, t))
-            c2 = _at(vload(Mr, 2 * Cp + o, t), vload(Mr, 8 * Cp + o, t),
-                     vload(Mr, 14 * Cp + o, t), vload(Mr, 20 * Cp + o, t),
-                     vload(Mr, 26 * Cp + o, t), vload(Mr, 32 * Cp + o, t))
-            c3 = _at(vload(Mr, 3 * Cp + o, t), vload(Mr, 9 * Cp + o, t),
-                     vload(Mr, 15 * Cp + o, t), vload(Mr, 21 * Cp + o, t),
-                     vload(Mr, 27 * Cp + o, t), vload(Mr, 33 * Cp + o, t))
-            c4 = _at(vload(Mr, 4 * Cp + o, t), vload(Mr, 10 * Cp + o, t),
-                     vload(Mr, 16 * Cp + o, t), vload(Mr, 22 * Cp + o, t),
-                     vload(Mr, 28 * Cp + o, t), vload(Mr, 34 * Cp + o, t))
-            c5 = _at(vload(Mr, 5 * Cp + o, t), vload(Mr, 11 * Cp + o, t),
-                     vload(Mr, 17 * Cp + o, t), vload(Mr, 23 * Cp + o, t),
-                     vload(Mr, 29 * Cp + o, t), vload(Mr, 35 * Cp + o, t))
+            c0 = _at(vload(Mr, mo, t), vload(Mr, 6 * Cp + mo, t), vload(Mr, 12 * Cp + mo, t),
+                     vload(Mr, 18 * Cp + mo, t), vload(Mr, 24 * Cp + mo, t),
+                     vload(Mr, 30 * Cp + mo, t))
+            c1 = _at(vload(Mr, Cp + mo, t), vload(Mr, 7 * Cp + mo, t), vload(Mr, 13 * Cp + mo, t),
+                     vload(Mr, 19 * Cp + mo, t), vload(Mr, 25 * Cp + mo, t),
+                     vload(Mr, 31 * Cp + mo, t))
+            c2 = _at(vload(Mr, 2 * Cp + mo, t), vload(Mr, 8 * Cp + mo, t),
+                     vload(Mr, 14 * Cp + mo, t), vload(Mr, 20 * Cp + mo, t),
+                     vload(Mr, 26 * Cp + mo, t), vload(Mr, 32 * Cp + mo, t))
+            c3 = _at(vload(Mr, 3 * Cp + mo, t), vload(Mr, 9 * Cp + mo, t),
+                     vload(Mr, 15 * Cp + mo, t), vload(Mr, 21 * Cp + mo, t),
+                     vload(Mr, 27 * Cp + mo, t), vload(Mr, 33 * Cp + mo, t))
+            c4 = _at(vload(Mr, 4 * Cp + mo, t), vload(Mr, 10 * Cp + mo, t),
+                     vload(Mr, 16 * Cp + mo, t), vload(Mr, 22 * Cp + mo, t),
+                     vload(Mr, 28 * Cp + mo, t), vload(Mr, 34 * Cp + mo, t))
+            c5 = _at(vload(Mr, 5 * Cp + mo, t), vload(Mr, 11 * Cp + mo, t),
+                     vload(Mr, 17 * Cp + mo, t), vload(Mr, 23 * Cp + mo, t),
+                     vload(Mr, 29 * Cp + mo, t), vload(Mr, 35 * Cp + mo, t))
             # across: y[4 tr + p, 4j .. 4j + 63] = A^T (c0[p], .., c5[p]) per tile
             w = M_OUT * j
             _store_row(yr, h, w, w_end, c0[0], c1[0], c2[0], c3[0], c4[0], c5[0], b, relu)
@@ -428,17 +460,17 @@ def _input_transform_overload(x, n, i, base, j0, j1, c0, V, rows, zeros):  # noq
 
 
 def output_transform(M: np.ndarray, y: np.ndarray, n: int, i: int, base: int, j0: int, j1: int,
-                     bias: np.ndarray, relu: bool, rows: np.ndarray) -> None:
+                     bias: np.ndarray, relu: bool, rows: np.ndarray, o0: int) -> None:
     """_output_transform_f32 for float32, _output_transform otherwise."""
 
 
 @overload(output_transform)
-def _output_transform_overload(M, y, n, i, base, j0, j1, bias, relu, rows):  # noqa: ANN001
+def _output_transform_overload(M, y, n, i, base, j0, j1, bias, relu, rows, o0):  # noqa: ANN001
     if y.dtype == types.float32:
-        return (lambda M, y, n, i, base, j0, j1, bias, relu, rows:
-                _output_transform_f32(M, y, n, i, base, j0, j1, bias, relu, rows))
-    return (lambda M, y, n, i, base, j0, j1, bias, relu, rows:
-            _output_transform(M, y, n, i, base, j0, j1, bias, relu, rows))
+        return (lambda M, y, n, i, base, j0, j1, bias, relu, rows, o0:
+                _output_transform_f32(M, y, n, i, base, j0, j1, bias, relu, rows, o0))
+    return (lambda M, y, n, i, base, j0, j1, bias, relu, rows, o0:
+            _output_transform(M, y, n, i, base, j0, j1, bias, relu, rows, o0))
 
 
 # ------------------------------------------------------------------ the 36 products
@@ -542,15 +574,17 @@ def _products_overload(V, U, M, tiles):  # noqa: ANN001
 
 # ------------------------------------------------------------------ the items
 @njit(cache=True, nogil=True)
-def run_items(x: np.ndarray, x2: np.ndarray, U: np.ndarray, y: np.ndarray, bias: np.ndarray,
-              relu: bool, tile_rows: int, tile_cols: int, counter: np.ndarray,
+def run_items(x: np.ndarray, x2: np.ndarray, U: np.ndarray, y: np.ndarray, y2: np.ndarray,
+              bias: np.ndarray, relu: bool, tile_rows: int, tile_cols: int, counter: np.ndarray,
               probes: np.ndarray, V: np.ndarray, M: np.ndarray, rows: np.ndarray,
               out_rows: np.ndarray, zeros: np.ndarray) -> None:
     """Run items (image, band of tile_rows tile rows, block of tile_cols tiles of each row)
     until none are left (each thread of the region calls this once; the items are shared
     through the atomic `counter`, as conv._direct_items_py). tile_cols is a multiple of 16
     or the whole row; the last block of a row may be narrower. The input is [x | x2] along
-    channels (x2 may have 0 channels); V, M, rows, out_rows: this thread's scratch
+    channels (x2 may have 0 channels); the output is [y | y2] along channels (y2 may have 0
+    channels: the input gradient of a convolution of two parts, returned as two arrays;
+    bias then covers y's channels only); V, M, rows, out_rows: this thread's scratch
     (scratch_shapes); zeros (1, W + 16) zeros. Every tile is computed the same way whatever
     the items: the same bits for any tile_rows and tile_cols."""
     N, Ca, H, W = x.shape
@@ -582,7 +616,10 @@ def run_items(x: np.ndarray, x2: np.ndarray, U: np.ndarray, y: np.ndarray, bias:
         V[:, :, tiles:padded] = 0  # the last block's unused tiles: no garbage, no denormals
         products(V, U, M, padded)
         for tr in range(first, last):
-            output_transform(M, y, n, tr, (tr - first) * wide, j0, j1, bias, relu, out_rows)
+            output_transform(M, y, n, tr, (tr - first) * wide, j0, j1, bias, relu, out_rows, 0)
+            if y2.shape[1] > 0:
+                output_transform(M, y2, n, tr, (tr - first) * wide, j0, j1, bias[:0], relu,
+                                 out_rows, y.shape[1])
 
 
 def band_cols(tiles_wide: int, in_channels: int, out_channels: int, itemsize: int) -> int:
