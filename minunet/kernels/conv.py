@@ -856,8 +856,9 @@ def _winograd_applies(x: Parts, kernel_size: int, stride: int, padding: int) -> 
 # band, so a 32 x 32 image (64 tiles) fills 2/3 of two blocks and a 16 x 16 one a third of
 # one; there, with its weights transformed anew at each step, Winograd was slower than the
 # direct route for 16 x 16 and 32 x 16 channel pairs at 32 x 32 (C1) and no faster at 16 x 16
-# (C2's and C3's deepest levels), faster from 32 x 64 pairs at 32 x 32 (/tmp timings of
-# conv2d_forward and conv2d_backward_input, 2026-12-07, Intel Xeon, 2 vCPUs under load).
+# (C2's and C3's deepest levels), faster from 32 x 64 pairs at 32 x 32 (timings of
+# conv2d_forward and conv2d_backward_input alone, 2026-12-07, Intel Xeon, 2 vCPUs under load,
+# not kept as a command; the whole steps: bench/bench_unet.py, docs/speed.md).
 MIN_TRAIN_TILES = 256          # 64 x 64 images
 SMALL_TRAIN_TILES = 48         # 32 x 32 images (64 tiles) ...
 SMALL_TRAIN_PAIRS = 1024       # ... with at least this many channel pairs
