@@ -468,6 +468,23 @@ def test_finding_21_a_negative_seed_names_the_flag(tiny_run, tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+def test_a_mistyped_data_folder_is_named_as_given(tiny_run, tmp_path, capsys):
+    """--data that does not exist: said as the user's --data, on a new run, fine-tuning and a
+    resume alike, not as a run whose data moved ("give --data" to one who gave it)."""
+    _, run = tiny_run
+    missing = tmp_path / "annotaded"
+    for argv in (["train", "--data", missing, "--out", tmp_path / "r"],
+                 ["train", "--data", missing, "--from", run, "--out", tmp_path / "r"],
+                 ["train", "--resume", run, "--data", missing, "--epochs", "2"]):
+        code, _, err = run_cli(capsys, argv)
+        assert code == 2 and f"--data {missing}: no such folder" in err, err
+        assert "is gone" not in err and "Traceback" not in err, err
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(mu.runs.RunError, match="no such folder"):
+        mu.fit(missing, tmp_path / "r", epochs=1)
+    assert not (tmp_path / "r").exists()
+
+
 def test_the_api_refuses_what_the_command_refuses(tiny_run, tmp_path):
     data_dir, run = tiny_run
     with pytest.raises(mu.runs.RunError, match="existing run"):

@@ -13,6 +13,7 @@ and refuses data that changed under the same names.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,14 @@ from ..io import folders
 from .settings import MIN_VALIDATION_IMAGES, RunError
 
 CHUNK = 1 << 20  # bytes hashed at a time
+
+
+def check_given(data: str | os.PathLike) -> None:
+    """A --data the user gave this time must exist: say so in their words, not as a run whose
+    data moved (data_folder's message, for a run resumed without --data)."""
+    if not Path(data).exists():
+        raise RunError(f"--data {data}: no such folder or .zarr store; give the training "
+                       f"folder: {folders.LAYOUTS}")
 
 
 def data_folder(config: dict[str, Any], run: Path) -> Path:

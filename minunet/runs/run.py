@@ -137,6 +137,7 @@ def fit(data: str | os.PathLike | None = None, out: str | os.PathLike | None = N
                         finetune=from_ is not None)
     config["data"] = None
     if data is not None:
+        rundata.check_given(data)
         config["data"] = os.path.abspath(data)
         # also relative to the run, so that moving the run and its data together still works
         config["data_relative_to_run"] = os.path.relpath(config["data"], os.path.abspath(run))
@@ -214,6 +215,7 @@ def resume(run: str | os.PathLike, *, epochs: int | None = None, patience: int |
                            f"improvement, --patience {config['patience']}); to go on, give a "
                            f"larger --patience")
         if data is not None:
+            rundata.check_given(data)
             config["data"] = os.path.abspath(data)
             config["data_relative_to_run"] = os.path.relpath(config["data"],
                                                              os.path.abspath(run))
