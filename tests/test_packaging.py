@@ -54,3 +54,16 @@ def test_the_wheel_carries_the_bundled_model():
     files = {f.distribution_path for f in WheelBuilder(str(ROOT)).recurse_included_files()}
     assert os.path.join("minunet", "models", "nuclei.npz") in files
     assert not [f for f in files if "__pycache__" in f or not f.startswith("minunet")]
+
+
+def test_python_dash_m_minunet_is_the_command(tmp_path):
+    """`python -m minunet` runs the same command as the `minunet` script (its exit codes too)."""
+    done = subprocess.run([sys.executable, "-m", "minunet", "predict", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "--model" in done.stdout, done.stderr
+    done = subprocess.run([sys.executable, "-m", "minunet", "predict", "--model", "nuclei",
+                           str(tmp_path / "none.tif"),
+                           "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and "none.tif" in done.stderr, done.stderr
+    assert not (tmp_path / "out").exists()
