@@ -185,18 +185,19 @@ def object_score_fn(val_labels: np.ndarray, thresh: float = 0.5, *, loss: bool =
                     ) -> Callable[[Module, tuple], dict[str, float]]:
     """A `score_fn` for `mu.train`: validation loss plus object F1 / DSB AP of the instances.
 
-    val_labels: the instance labels (n, H, W) of the validation images, whose normalised
-    pixels are the first array of `val_data`; postprocess: `to_instances` settings.
+    val_labels: the instance labels (n, H, W) of the validation images, or a list of (H, W) of
+    different sizes, whose normalised pixels are the first array of `val_data`; postprocess:
+    `to_instances` settings.
     """
     settings = postprocess or {}
-    val_labels = np.asarray(val_labels)
+    val_labels = [np.asarray(v) for v in val_labels]
 
     def score(model: Module, val_data: tuple) -> dict[str, float]:
         scores = evaluate_loss(model, val_data) if loss else {}
         x = val_data[0]  # (n, 1, H, W), or a list of (1, H, W) of different sizes
         preds = [segment(model, x[i], normalized=True, **settings)[0]   # x[i]: (Cin, H, W)
                  for i in range(len(x))]
-        result = metrics.evaluate(list(val_labels), preds)
+        result = metrics.evaluate(val_labels, preds)
         scores["val_f1"] = result.at(thresh).f1
         scores["val_ap"] = result.dsb_ap
         scores["val_pixel_f1"] = result.pixel_pooled.f1

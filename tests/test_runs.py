@@ -141,10 +141,10 @@ def test_freeze_norm_keeps_the_running_statistics_and_trains_the_rest(tmp_path):
         assert stats_kept == freeze and gamma_moved, freeze
 
 
-def few_images(root, n=2, shape=(96, 96)):
+def few_images(root, n=2, shape=(96, 96), shapes=None):
     rng = np.random.default_rng(0)
-    for i in range(n):
-        image, labels = blob_image(rng, shape, n=8)
+    for i, size in enumerate(shapes or [shape] * n):
+        image, labels = blob_image(rng, size, n=8)
         write_tif(root / f"a{i}.tif", image)
         write_tif(root / f"a{i}_masks.tif", labels)
     return root
@@ -166,6 +166,21 @@ def test_fine_tuning_a_handful_holds_out_a_band_of_each_image(tiny_run, tmp_path
     code, _, err = run_cli(capsys, ["train", "--resume", run, "--epochs", "2"])
     assert code == 0, err
     assert json.loads((run / "config.json").read_text())["val_band"] == config["val_band"]
+
+
+def test_fine_tuning_two_crops_of_different_sizes(tiny_run, tmp_path, capsys):
+    """Two annotated crops as a user cuts them (different sizes): their held-out bands differ
+    in size too, and validation, tuning and resume take them as they are."""
+    _, first = tiny_run
+    root = few_images(tmp_path / "few", shapes=[(96, 112), (104, 136)])
+    run = tmp_path / "run"
+    code, _, err = run_cli(capsys, ["train", "--data", root, "--from", first, "--out", run,
+                                    "--epochs", "1", "--batch-size", "2", "--crop", "64", *FAST])
+    assert code == 0, err
+    assert "tuned on the held-out bands" in err, err
+    assert "val_f1" in json.loads((run / "log.jsonl").read_text().splitlines()[0])
+    code, _, err = run_cli(capsys, ["train", "--resume", run, "--epochs", "2"])
+    assert code == 0, err
 
 
 def test_a_default_crop_shrinks_to_small_annotated_images(tiny_run, tmp_path, capsys):
