@@ -57,3 +57,9 @@ def test_stress_quick_prints_its_cases():
     """bench/stress.py --quick: plain and auto object F1 per case (seconds)."""
     stdout = run("stress.py", "--quick")
     assert "| broad | " in stdout and "| bright spread | " in stdout
+
+
+def test_bench_start_segment_names_every_stage():
+    stdout = run("bench_start.py", "--segment", "--repeats", "1")
+    for stage in ("numpy", "numba", "minunet", "model", "numba set-up", "kernels", "segment"):
+        assert f"{stage} " in stdout, stdout
