@@ -65,6 +65,26 @@ def test_command_and_api_make_the_same_run_file_for_file(tiny_run, tmp_path, cap
     assert logs[0] == logs[1] and len(logs[0]) == 2
 
 
+def test_command_and_api_fine_tune_the_bundled_model_alike(tmp_path, capsys):
+    """`minunet train --from nuclei` and `mu.fit(from_="nuclei")` with the fine-tuning
+    defaults (held-out bands, replay of the model's recipe, its size filter) on two crops of
+    different sizes: the same files, bit for bit, and the same log but for the seconds."""
+    data = few_images(tmp_path / "few", shapes=[(96, 112), (104, 136)])
+    code, _, err = run_cli(capsys, ["train", "--data", data, "--from", "nuclei", "--out",
+                                    tmp_path / "cli", "--epochs", "1", *FAST])
+    assert code == 0, err
+    mu.fit(data, tmp_path / "api", from_="nuclei", epochs=1, samples_per_epoch=8,
+           progress=False)
+    cli, api = snapshot(tmp_path / "cli"), snapshot(tmp_path / "api")
+    assert sorted(cli) == sorted(api) == sorted(mu.runs.RUN_FILES)
+    for name in ("last.npz", "best.npz", "curves.png", "config.json"):
+        assert cli[name] == api[name], name
+    logs = [[{k: v for k, v in json.loads(line).items() if k != "seconds"}
+             for line in (tmp_path / r / "log.jsonl").read_text().splitlines()]
+            for r in ("cli", "api")]
+    assert logs[0] == logs[1] and len(logs[0]) == 1
+
+
 def test_a_folder_run_records_no_generator_fields_and_tunes_the_seed_threshold(tiny_run):
     _, run = tiny_run
     config = json.loads((run / "config.json").read_text())
