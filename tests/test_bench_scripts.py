@@ -63,3 +63,9 @@ def test_bench_start_segment_names_every_stage():
     stdout = run("bench_start.py", "--segment", "--repeats", "1")
     for stage in ("numpy", "numba", "minunet", "model", "numba set-up", "kernels", "segment"):
         assert f"{stage} " in stdout, stdout
+
+
+def test_ab_steps_times_two_trees_and_prints_the_ratio():
+    root = str(BENCH.parent)
+    stdout = run("ab_steps.py", root, root, "--configs", "C1", "--rounds", "1", "--steps", "1")
+    assert "round 1 A: C1 fastest" in stdout and "C1 idle: A" in stdout, stdout

@@ -1,0 +1,101 @@
+"""Two versions of minunet side by side: the training step of each, alternated in fresh
+processes, idle or under a competing load.
+
+    git worktree add /tmp/before <commit>
+    python bench/ab_steps.py /tmp/before . [--configs C2,C3] [--rounds 4] [--steps 8] [--load]
+
+Each round runs one subprocess per version (A then B), with that version's folder first on
+`sys.path`; a subprocess builds each configuration's U-Net, takes two warm-up steps, then
+times `--steps` steps and reports the fastest and the median. The last lines give, per
+configuration, the fastest step of each version over all rounds and B ÷ A. With `--load`, a
+process of two threads of matrix products runs throughout (as `bench_unet.py --load`).
+Run it with the machine's OpenBLAS overrides unset: `env -u OPENBLAS_CORETYPE -u
+OPENBLAS_L2_SIZE`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from bench_unet import CONFIGS, LOAD_SCRIPT
+
+WORKER = r"""
+import json, sys, time
+sys.path.insert(0, {root!r})
+import numpy as np
+import minunet as mu
+assert mu.__file__.startswith({root!r}), mu.__file__
+result = {{}}
+for name, (depth, base, batch, size) in {configs!r}.items():
+    rng = np.random.default_rng(0)
+    model = mu.UNet(1, 3, depth=depth, base_channels=base, rng=rng)
+    x = rng.standard_normal((batch, 1, size, size)).astype(np.float32)
+    target = rng.integers(0, 3, size=(batch, size, size))
+    loss_fn, optimizer = mu.CrossEntropyLoss(), mu.Adam(model.parameters(), lr=1e-3)
+
+    def step():
+        loss_fn.forward(model.forward(x), target)
+        optimizer.zero_grad()
+        model.backward(loss_fn.backward())
+        optimizer.step()
+
+    step(); step()
+    times = []
+    for _ in range({steps}):
+        start = time.perf_counter(); step(); times.append(time.perf_counter() - start)
+    result[name] = (min(times), float(np.median(times)))
+print(json.dumps(result))
+"""
+
+
+def run(root: Path, configs: dict, steps: int) -> dict:
+    code = WORKER.format(root=str(root.resolve()), configs=configs, steps=steps)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=root, env=dict(os.environ, PYTHONPATH=str(root.resolve())))
+    if done.returncode:
+        raise SystemExit(f"{root}: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("a", type=Path, help="the first version's source folder (before)")
+    parser.add_argument("b", type=Path, help="the second version's source folder (after)")
+    parser.add_argument("--configs", default="C2,C3")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--load", action="store_true", help="under a competing 2-thread load")
+    args = parser.parse_args()
+    configs = {name: CONFIGS[name] for name in args.configs.split(",")}
+    for root in (args.a, args.b):
+        if not (root / "minunet" / "__init__.py").is_file():
+            raise SystemExit(f"{root}: not a minunet source folder (no minunet/__init__.py)")
+    load = (subprocess.Popen([sys.executable, "-c", LOAD_SCRIPT],
+                             env=dict(os.environ, OPENBLAS_NUM_THREADS="1"))
+            if args.load else None)
+    best: dict[str, dict[str, float]] = {"A": {}, "B": {}}
+    try:
+        for r in range(args.rounds):
+            for side, root in (("A", args.a), ("B", args.b)):
+                result = run(root, configs, args.steps)
+                print(f"round {r + 1} {side}: " + " | ".join(
+                    f"{name} fastest {1e3 * t[0]:.1f} ms, median {1e3 * t[1]:.1f} ms"
+                    for name, t in result.items()), flush=True)
+                for name, (fastest, _) in result.items():
+                    best[side][name] = min(best[side].get(name, fastest), fastest)
+    finally:
+        if load is not None:
+            load.kill()
+    state = "under load" if args.load else "idle"
+    for name in configs:
+        a, b = best["A"][name], best["B"][name]
+        print(f"{name} {state}: A {1e3 * a:.1f} ms, B {1e3 * b:.1f} ms, B / A {b / a:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
