@@ -180,8 +180,8 @@ def segment(model: Module, image: np.ndarray, normalization: dict[str, Any] | No
     return to_instances(probs, **postprocess), probs
 
 
-def object_score_fn(val_labels: np.ndarray, thresh: float = 0.5, *, loss: bool = True,
-                    postprocess: dict[str, Any] | None = None,
+def object_score_fn(val_labels: np.ndarray | Sequence[np.ndarray], thresh: float = 0.5, *,
+                    loss: bool = True, postprocess: dict[str, Any] | None = None,
                     ) -> Callable[[Module, tuple], dict[str, float]]:
     """A `score_fn` for `mu.train`: validation loss plus object F1 / DSB AP of the instances.
 

@@ -21,9 +21,10 @@ What the kernels do differently, each for a reason:
   read a zero-padded band of the input directly (register-tiled loops, no im2col); the rest
   are matrix products over im2col columns (BLAS). The NaN/inf check of their input (and of
   dout in backward) is a probe summed while the band or the columns are built. In float32,
-  3x3 ones with >= 16 input channels on images of >= 48 4x4 tiles compute forward and the
-  input gradient by Winograd F(4x4, 3x3) instead (conv.py; `MINUNET_WINOGRAD=infer` or `0`
-  turns that off): a few 1e-6 of rounding, 4x fewer multiply-adds.
+  3x3 ones with >= 16 input channels on large enough images (conv.py's `_winograd_pays`)
+  compute forward and the input gradient by Winograd F(4x4, 3x3) instead
+  (`MINUNET_WINOGRAD=infer` or `0` turns that off): a few 1e-6 of rounding, 4x fewer
+  multiply-adds.
 
 `BatchNormReLU2d` (BatchNorm2d then ReLU in one pass each way) lives here only: the fast
 U-Net's DoubleConv uses it in place of each BatchNorm2d + ReLU pair.
@@ -152,7 +153,7 @@ class Conv2d(layers.Conv2d):
     def _winograd(self) -> bool:
         """Whether forward and the input gradient may take Winograd F(4x4, 3x3) (conv.py's
         `_winograd_pays`: float32 3x3 stride-1 pad-1 convolutions of >= 16 input channels on
-        images of >= 48 tiles): unless MINUNET_WINOGRAD is 0 or `infer`. It rounds
+        images large enough for their channels): unless MINUNET_WINOGRAD is 0 or `infer`. It rounds
         differently from the direct sums (a few 1e-6 of a layer's scale), as the Winograd
         convolutions of cuDNN and oneDNN do; the weight gradient stays the direct sum."""
         return conv.TRAIN_WINOGRAD
