@@ -6,7 +6,7 @@ import pytest
 import minunet as mu
 from minunet import layers as readable_layers
 from minunet.kernels import layers as fast_layers
-from minunet.kernels.pool import maxpool2d_backward, maxpool2d_forward
+from minunet.kernels.pool import maxpool2d_backward, maxpool2d_forward, maxpool2x2_values
 from minunet.kernels.reference import (
     maxpool2d_backward_reference,
     maxpool2d_forward_reference,
@@ -45,6 +45,36 @@ def test_kernels_match_reference(N, C, H, W, K, S, dtype, tol):
     dx = maxpool2d_backward(dout, argmax, H, W, K, S)
     dx_ref = maxpool2d_backward_reference(dout, argmax_ref, H, W, K, S)
     assert dx.dtype == dtype and rel(dx, dx_ref) <= tol
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 1, 4, 6), (2, 3, 7, 5), (1, 2, 9, 9), (2, 40, 128, 128),
+                                   (1, 17, 130, 66)])
+def test_inference_pool_is_the_forward_without_winners(shape, dtype, monkeypatch):
+    """maxpool2x2_values == maxpool2d_forward(x, 2, 2)'s output to the bit (ties, -0.0 against
+    0.0, odd sizes), on one thread and on the pool's (the last two shapes are over
+    threads.SERIAL_BYTES in float32 or float64, with an odd number of planes per item), and its
+    probe is NaN where the forward's is; the fast layer takes it when gradients are off."""
+    rng = np.random.default_rng(3)
+    x = np.round(rng.standard_normal(shape), 1).astype(dtype)   # many ties
+    x.reshape(-1)[::7] = -0.0
+    x.reshape(-1)[::11] = 0.0
+    out, _, probe = maxpool2d_forward(x, 2, 2)
+    fast, fast_probe = maxpool2x2_values(x)
+    assert fast.dtype == dtype and fast.shape == out.shape
+    assert np.array_equal(fast.view(np.uint8), out.view(np.uint8))   # the same bits
+    assert probe == fast_probe == 0
+    x.reshape(-1)[-1] = np.nan   # the last pixel (a trailing row's or column's if H or W is odd)
+    assert np.isnan(maxpool2x2_values(x)[1]) and np.isnan(maxpool2d_forward(x, 2, 2)[2])
+    calls = []
+    monkeypatch.setattr(fast_layers, "maxpool2x2_values",
+                        lambda a: calls.append(a.shape) or maxpool2x2_values(a))
+    pool = fast_layers.MaxPool2d(2).set_grad_enabled(False)
+    with pytest.raises(FloatingPointError):
+        pool(x)
+    x.reshape(-1)[-1] = 0.5
+    assert np.array_equal(pool(x), maxpool2d_forward(x, 2, 2)[0])
+    assert calls == [shape, shape]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

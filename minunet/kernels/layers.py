@@ -59,7 +59,7 @@ from .conv import (
     conv_transpose2d_backward,
     conv_transpose2d_forward,
 )
-from .pool import maxpool2d_backward, maxpool2d_forward
+from .pool import maxpool2d_backward, maxpool2d_forward, maxpool2x2_values
 
 # training's up-steps take upsample.py's kernels up to this many weights per tap (Cin x Cout:
 # 128 x 64), BLAS beyond (see ConvTranspose2d._up_step)
@@ -258,8 +258,13 @@ class MaxPool2d(layers.MaxPool2d):
     def forward(self, x: np.ndarray) -> np.ndarray:
         self._check_input(x, finite=False)  # finiteness: the kernel's probe, same pass
         H, W = x.shape[2:]
-        out, argmax, probe = maxpool2d_forward(np.ascontiguousarray(x), self.kernel_size,
-                                               self.stride)  # (N, C, Ho, Wo)
+        if not self.grad_enabled and self.kernel_size == self.stride == 2:
+            # inference: no winners to keep, the planes shared between the threads
+            out, probe = maxpool2x2_values(np.ascontiguousarray(x))  # (N, C, Ho, Wo)
+            argmax = None
+        else:
+            out, argmax, probe = maxpool2d_forward(np.ascontiguousarray(x), self.kernel_size,
+                                                   self.stride)  # (N, C, Ho, Wo)
         if probe != 0:  # sum(x - x) is NaN exactly when some x is NaN or inf
             check_finite(repr(self), x)  # raises, naming how many
         self.save_for_backward(argmax, H, W)  # argmax: uint8 offset kh*K + kw

@@ -7,11 +7,14 @@ Backward then routes each upstream gradient to that one input pixel and never lo
 Ties go to the FIRST maximum in row-major window order (the comparison is a strict `>`), which
 is also what `np.argmax` over a flattened window returns (see `reference.py`).
 
-The kernels are single-threaded: they read and write each byte once and one core already
-saturates memory bandwidth on this machine class (bench/bench_bn_relu_pool.py times them).
-One exception, `maxpool2d_backward(..., plus=skip)`: the fast U-Net's backward adds the skip
-connection's gradient to the pool's as it places it (one pass over the activation instead of
-a second for `d += dskip`), on the thread pool by groups of channels.
+The training kernels are single-threaded: they read and write each byte once and one core
+already saturates memory bandwidth on this machine class (bench/bench_bn_relu_pool.py times
+them). Two exceptions. Inference's 2x2 pooling (`maxpool2x2_values`) keeps no winners and
+shares the planes between the threads (the pools of a large inference tile: about half the
+training kernel's time; the whole pass: bench/bench_segment.py). And
+`maxpool2d_backward(..., plus=skip)`: the fast U-Net's backward adds the skip connection's
+gradient to the pool's as it places it (one pass over the activation instead of a second for
+`d += dskip`), on the thread pool by groups of channels.
 """
 
 from __future__ import annotations
@@ -182,6 +185,58 @@ def _maxpool2x2_forward(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
                 for w in range(2 * Wo, W):
                     probe += x[n, c, h, w] - x[n, c, h, w]
     return out, argmax, probe
+
+
+def maxpool2x2_values(x: np.ndarray) -> tuple[np.ndarray, float]:
+    """Inference's 2x2 / stride 2 pooling: _maxpool2x2_forward's `out` and `probe` (the same
+    values: the same comparisons in the same order) without the winners, which only a backward
+    would read, by groups of planes (n, c) on the thread pool. x (N, C, H, W) contiguous."""
+    N, C, H, W = x.shape
+    out = np.empty((N, C, H // 2, W // 2), dtype=x.dtype)  # (N, C, Ho, Wo)
+    planes = N * C
+    items = 1 if x.nbytes < SERIAL_BYTES else min(planes, 4 * get_num_threads())
+    per = -(-planes // items)
+    count = -(-planes // per)
+    probes = np.zeros(count, dtype=x.dtype)  # one per item: summed below
+    parallel_for(lambda i, slot: _maxpool2x2_planes(x, out, probes, i, i * per,
+                                                    min(planes, (i + 1) * per)),
+                 count, blas=False)
+    return out, probes.sum()
+
+
+@njit(cache=True, nogil=True, fastmath=REASSOCIATE)
+def _maxpool2x2_planes(x: np.ndarray, out: np.ndarray, probes: np.ndarray, item: int,
+                       p_start: int, p_stop: int) -> None:
+    """out's planes [p_start, p_stop) of the N*C planes, as _maxpool2x2_forward computes
+    them; probes[item] = the sum of v - v over those planes of x."""
+    H, W = x.shape[2], x.shape[3]
+    Ho, Wo = out.shape[2], out.shape[3]
+    xr = x.reshape(-1, H, W)              # (N*C, H, W)
+    outr = out.reshape(-1, Ho, Wo)        # (N*C, Ho, Wo)
+    probe = x.dtype.type(0)
+    for p in range(p_start, p_stop):
+        for i in range(Ho):
+            top = xr[p, 2 * i]            # (W,)
+            bottom = xr[p, 2 * i + 1]     # (W,)
+            row = outr[p, i]              # (Wo,)
+            for j in range(Wo):
+                a = top[2 * j]
+                b = top[2 * j + 1]
+                c = bottom[2 * j]
+                d = bottom[2 * j + 1]
+                probe += (a - a) + (b - b) + (c - c) + (d - d)
+                best = a
+                best = b if b > best else best   # strict `>`: ties keep the first
+                best = c if c > best else best
+                best = d if d > best else best
+                row[j] = best
+        for h in range(2 * Ho, H):  # a trailing row no window covers (odd H)
+            for w in range(W):
+                probe += xr[p, h, w] - xr[p, h, w]
+        for h in range(2 * Ho):     # a trailing column (odd W)
+            for w in range(2 * Wo, W):
+                probe += xr[p, h, w] - xr[p, h, w]
+    probes[item] = probe
 
 
 @njit(cache=True)
