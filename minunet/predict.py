@@ -30,7 +30,6 @@ import sys
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from .kernels import ranks, tiles
 from .kernels import smooth as smooth_kernels
@@ -372,11 +371,14 @@ def predict(model: Module, image: np.ndarray, *, tile: int = DEFAULT_TILE,
     try:
         origins = [(r * core_h, c * core_w) for r in range(n_rows) for c in range(n_cols)]
         starts = range(0, len(origins), batch_size)
-        show = progress and len(starts) > 1 and sys.stderr.isatty()
+        if progress and len(starts) > 1 and sys.stderr.isatty():
+            from tqdm import tqdm  # only for a bar on screen: its import takes 30 ms
+
+            starts = tqdm(starts, desc=f"tiles of {H}x{W}", unit="batch", leave=False,
+                          file=sys.stderr)
         side_h, side_w = core_h + 2 * margin, core_w + 2 * margin
         batch = None
-        for start in tqdm(starts, desc=f"tiles of {H}x{W}", unit="batch", leave=False,
-                          file=sys.stderr, disable=not show):
+        for start in starts:
             batch_origins = origins[start:start + batch_size]
             if batch is None or len(batch) != len(batch_origins):   # one buffer, reused
                 batch = np.empty((len(batch_origins), n_in, side_h, side_w), dtype=dtype)

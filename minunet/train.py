@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from .checkpoint import load, save
 from .io.files import remove_stale_temps, write_atomic
@@ -260,6 +259,8 @@ def _train_one_epoch(model: Module, optimizer: Any, loss_fn: Any,
     n_batches = math.ceil(len(order) / batch_size)
     started = time.perf_counter()
     loss_sum, seen = 0.0, 0
+    from tqdm import tqdm  # here, not at import: `minunet predict` never trains
+
     bar = tqdm(total=n_batches, desc=title, unit="batch", file=sys.stderr, leave=False,
                disable=not (progress and sys.stderr.isatty()))
     with bar:
@@ -485,4 +486,6 @@ def _epoch_line(record: dict[str, Any], epochs: int, improved: bool) -> str:
 
 def _say(progress: bool, line: str) -> None:
     if progress:
+        from tqdm import tqdm
+
         tqdm.write(line, file=sys.stderr)  # does not break a progress bar on screen
