@@ -1,15 +1,19 @@
-"""Two versions of minunet side by side: the training step of each, alternated in fresh
-processes, idle or under a competing load.
+"""Two versions of minunet side by side: the training step of each (or `mu.segment` with the
+bundled model), alternated in fresh processes, idle or under a competing load.
 
     git worktree add /tmp/before <commit>
     python bench/ab_steps.py /tmp/before . [--configs C2,C3] [--rounds 4] [--steps 8] [--load]
+    python bench/ab_steps.py /tmp/before . --segment 2048 [--rounds 4] [--steps 3] [--load]
 
 Each round runs one subprocess per version (A then B), with that version's folder first on
 `sys.path`; a subprocess builds each configuration's U-Net, takes two warm-up steps, then
-times `--steps` steps and reports the fastest and the median. The last lines give, per
-configuration, the fastest step of each version over all rounds and B ÷ A. With `--load`, a
-process of two threads of matrix products runs throughout (as `bench_unet.py --load`).
-Run it with the machine's OpenBLAS overrides unset: `env -u OPENBLAS_CORETYPE -u
+times `--steps` steps and reports the fastest and the median. With `--segment SIZE`, the
+step is `mu.segment("nuclei", image)` (the command's defaults: normalisation, the network in
+1024-px tiles, post-processing; no file I/O) on one generated `broad` image of SIZE x SIZE
+(bench_segment.make_images, written once and read by both versions). The last lines give,
+per configuration, the fastest step of each version over all rounds and B ÷ A. With
+`--load`, a process of two threads of matrix products runs throughout (as `bench_unet.py
+--load`). Run it with the machine's OpenBLAS overrides unset: `env -u OPENBLAS_CORETYPE -u
 OPENBLAS_L2_SIZE`.
 """
 
@@ -18,8 +22,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from bench_unet import CONFIGS, LOAD_SCRIPT
@@ -53,8 +59,28 @@ print(json.dumps(result))
 """
 
 
-def run(root: Path, configs: dict, steps: int) -> dict:
-    code = WORKER.format(root=str(root.resolve()), configs=configs, steps=steps)
+SEGMENT_WORKER = r"""
+import json, sys, time
+sys.path.insert(0, {root!r})
+import numpy as np
+import tifffile
+import minunet as mu
+assert mu.__file__.startswith({root!r}), mu.__file__
+model = mu.load("nuclei")
+image = tifffile.imread({image!r})
+mu.segment(model, image); mu.segment(model, image)
+times = []
+for _ in range({steps}):
+    start = time.perf_counter(); mu.segment(model, image); times.append(time.perf_counter() - start)
+print(json.dumps({{{name!r}: (min(times), float(np.median(times)))}}))
+"""
+
+
+def run(root: Path, configs: dict, steps: int, image: Path | None = None) -> dict:
+    code = (WORKER.format(root=str(root.resolve()), configs=configs, steps=steps)
+            if image is None else
+            SEGMENT_WORKER.format(root=str(root.resolve()), image=str(image), steps=steps,
+                                  name=next(iter(configs))))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=root, env=dict(os.environ, PYTHONPATH=str(root.resolve())))
     if done.returncode:
@@ -70,8 +96,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--load", action="store_true", help="under a competing 2-thread load")
+    parser.add_argument("--segment", type=int, default=0, metavar="SIZE",
+                        help="time mu.segment with the bundled model on a SIZE x SIZE image")
     args = parser.parse_args()
     configs = {name: CONFIGS[name] for name in args.configs.split(",")}
+    image = None
+    if args.segment:
+        from bench_segment import make_images
+
+        folder = Path(tempfile.mkdtemp(prefix="ab_segment_"))
+        image = make_images(folder, args.segment, 1, seed=0)[0]
+        configs = {f"segment {args.segment}^2": None}
     for root in (args.a, args.b):
         if not (root / "minunet" / "__init__.py").is_file():
             raise SystemExit(f"{root}: not a minunet source folder (no minunet/__init__.py)")
@@ -82,7 +117,7 @@ def main() -> None:
     try:
         for r in range(args.rounds):
             for side, root in (("A", args.a), ("B", args.b)):
-                result = run(root, configs, args.steps)
+                result = run(root, configs, args.steps, image)
                 print(f"round {r + 1} {side}: " + " | ".join(
                     f"{name} fastest {1e3 * t[0]:.1f} ms, median {1e3 * t[1]:.1f} ms"
                     for name, t in result.items()), flush=True)
@@ -91,6 +126,8 @@ def main() -> None:
     finally:
         if load is not None:
             load.kill()
+        if image is not None:
+            shutil.rmtree(image.parent, ignore_errors=True)
     state = "under load" if args.load else "idle"
     for name in configs:
         a, b = best["A"][name], best["B"][name]
