@@ -69,3 +69,10 @@ def test_ab_steps_times_two_trees_and_prints_the_ratio():
     root = str(BENCH.parent)
     stdout = run("ab_steps.py", root, root, "--configs", "C1", "--rounds", "1", "--steps", "1")
     assert "round 1 A: C1 fastest" in stdout and "C1 idle: A" in stdout, stdout
+
+
+def test_ab_steps_segment_times_both_versions_on_one_image():
+    root = str(BENCH.parent)
+    stdout = run("ab_steps.py", root, root, "--segment", "256", "--rounds", "1", "--steps", "1")
+    assert "round 1 B: segment 256^2 fastest" in stdout, stdout
+    assert "segment 256^2 idle: A" in stdout and "B / A" in stdout, stdout
