@@ -10,11 +10,11 @@ Each round runs one subprocess per version (A then B), with that version's folde
 times `--steps` steps and reports the fastest and the median. With `--segment SIZE`, the
 step is `mu.segment("nuclei", image)` (the command's defaults: normalisation, the network in
 1024-px tiles, post-processing; no file I/O) on one generated `broad` image of SIZE x SIZE
-(bench_segment.make_images, written once and read by both versions). The last lines give,
-per configuration, the fastest step of each version over all rounds and B ÷ A. With
-`--load`, a process of two threads of matrix products runs throughout (as `bench_unet.py
---load`). Run it with the machine's OpenBLAS overrides unset: `env -u OPENBLAS_CORETYPE -u
-OPENBLAS_L2_SIZE`.
+(bench_segment.make_images, written once and read by both versions), and the last round's
+labels of A and B are compared. The last lines give, per configuration, the fastest step of
+each version over all rounds and B ÷ A. With `--load`, a process of two threads of matrix
+products runs throughout (as `bench_unet.py --load`). Run it with the machine's OpenBLAS
+overrides unset: `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE`.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from bench_unet import CONFIGS, LOAD_SCRIPT
 
 WORKER = r"""
@@ -68,7 +69,8 @@ import minunet as mu
 assert mu.__file__.startswith({root!r}), mu.__file__
 model = mu.load("nuclei")
 image = tifffile.imread({image!r})
-mu.segment(model, image); mu.segment(model, image)
+labels = mu.segment(model, image); mu.segment(model, image)
+np.save({labels_out!r}, labels)
 times = []
 for _ in range({steps}):
     start = time.perf_counter(); mu.segment(model, image); times.append(time.perf_counter() - start)
@@ -80,7 +82,8 @@ def run(root: Path, configs: dict, steps: int, image: Path | None = None) -> dic
     code = (WORKER.format(root=str(root.resolve()), configs=configs, steps=steps)
             if image is None else
             SEGMENT_WORKER.format(root=str(root.resolve()), image=str(image), steps=steps,
-                                  name=next(iter(configs))))
+                                  name=next(iter(configs)),
+                                  labels_out=str(image.with_name("labels_last.npy"))))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=root, env=dict(os.environ, PYTHONPATH=str(root.resolve())))
     if done.returncode:
@@ -118,11 +121,17 @@ def main() -> None:
         for r in range(args.rounds):
             for side, root in (("A", args.a), ("B", args.b)):
                 result = run(root, configs, args.steps, image)
+                if image is not None:  # the labels of this side, kept for the comparison
+                    (image.parent / "labels_last.npy").replace(
+                        image.parent / f"labels_{side}.npy")
                 print(f"round {r + 1} {side}: " + " | ".join(
                     f"{name} fastest {1e3 * t[0]:.1f} ms, median {1e3 * t[1]:.1f} ms"
                     for name, t in result.items()), flush=True)
                 for name, (fastest, _) in result.items():
                     best[side][name] = min(best[side].get(name, fastest), fastest)
+        if image is not None:
+            a, b = (np.load(image.parent / f"labels_{side}.npy") for side in "AB")
+            print(f"labels of A and B: {'identical' if np.array_equal(a, b) else 'DIFFERENT'}")
     finally:
         if load is not None:
             load.kill()

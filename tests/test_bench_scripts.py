@@ -72,7 +72,10 @@ def test_ab_steps_times_two_trees_and_prints_the_ratio():
 
 
 def test_ab_steps_segment_times_both_versions_on_one_image():
+    """ab_steps.py --segment: mu.segment of both versions on one generated image, their labels
+    compared (one version against itself: identical)."""
     root = str(BENCH.parent)
     stdout = run("ab_steps.py", root, root, "--segment", "256", "--rounds", "1", "--steps", "1")
     assert "round 1 B: segment 256^2 fastest" in stdout, stdout
     assert "segment 256^2 idle: A" in stdout and "B / A" in stdout, stdout
+    assert "labels of A and B: identical" in stdout, stdout
