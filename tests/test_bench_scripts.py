@@ -79,3 +79,11 @@ def test_ab_steps_segment_times_both_versions_on_one_image():
     assert "round 1 B: segment 256^2 fastest" in stdout, stdout
     assert "segment 256^2 idle: A" in stdout and "B / A" in stdout, stdout
     assert "labels of A and B: identical" in stdout, stdout
+
+
+def test_winograd_phases_times_every_step():
+    """bench/bench_winograd_phases.py: each of the three steps, alone and chained, for the
+    bundled model's shapes (seconds)."""
+    stdout = run("bench_winograd_phases.py", "--repeats", "1", "--rounds", "1")
+    assert "input  products    output       all" in stdout, stdout
+    assert "  16   16  1152 " in stdout and " 128  128   144 " in stdout, stdout
