@@ -2,6 +2,7 @@
 output transform, on one thread, at the bundled model's shapes in a 1152-px inference tile.
 
     python bench/bench_winograd_phases.py [--repeats 5] [--rounds 2]
+    python bench/bench_winograd_phases.py --items [--repeats 3] [--rounds 3]
 
 For each shape (input channels, output channels, side) of the bundled `nuclei` model's
 Winograd convolutions (its 16- and 32-channel levels at 1152 px and 576 px, 64 at 288, 128
@@ -12,6 +13,13 @@ three as run_items chains them. Printed: the fastest of --repeats calls of each,
 milliseconds, the input's nanoseconds per value read in the input transform, and the
 products' GFLOP/s (2 x 36 Cin Cout multiply-adds per 4 x 4 tile). The rounds alternate
 the shapes, so a busy moment of a shared machine shows as a round out of line.
+
+--items: the whole convolution (`conv.conv2d_inference`, on the pool's threads) with the
+item sizes the layer takes ("1 x auto": band_cols, band_rows) against items of more tile rows
+(R) and narrower blocks of tiles (the row's block split in 2), the outputs checked equal to
+the bit (every tile is computed the same way whatever the items). More rows per item would
+read each input row fewer times (a tile row reads 6 image rows, 2 of them its neighbour's
+too), but V and M then outgrow the core's L2.
 """
 
 from __future__ import annotations
@@ -89,11 +97,67 @@ def measure(cin: int, cout: int, side: int, repeats: int) -> dict[str, float]:
     return ms
 
 
+ITEMS = [(1, 0), (1, 2), (1, 4), (2, 2), (2, 4)]   # (split each block in, tile rows; 0: auto)
+
+
+def measure_items(cin: int, cout: int, side: int, repeats: int) -> dict[tuple, float]:
+    """Milliseconds of conv2d_inference (ReLU, no bias) for each of ITEMS."""
+    from minunet.kernels import conv
+
+    rng = np.random.default_rng(0)
+    x = rng.random((1, cin, side, side), dtype=np.float32)
+    w = rng.standard_normal((cout, cin, 3, 3)).astype(np.float32)
+    auto_cols, auto_rows = conv.band_cols, conv.band_rows
+    ms, first = {}, None
+    try:
+        for split, rows in ITEMS:
+            def cols_of(tw: int, ci: int, co: int, size: int, split: int = split) -> int:
+                cols = auto_cols(tw, ci, co, size)
+                return cols if split == 1 else max(48, -(-cols // (48 * split)) * 48)
+
+            def rows_of(cols: int, ci: int, co: int, size: int, th: int,
+                        row_tiles: int | None = None, rows: int = rows) -> int:
+                return min(th, rows) if rows else auto_rows(cols, ci, co, size, th, row_tiles)
+
+            conv.band_cols, conv.band_rows = cols_of, rows_of
+            y = conv.conv2d_inference(x, w, None, 1, 1, relu=True)
+            if first is None:
+                first = y
+            elif not np.array_equal(y, first):
+                raise SystemExit(f"items {split, rows}: a different output for {cin, cout, side}")
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                conv.conv2d_inference(x, w, None, 1, 1, relu=True)
+                times.append(time.perf_counter() - start)
+            ms[(split, rows)] = 1e3 * min(times)
+    finally:
+        conv.band_cols, conv.band_rows = auto_cols, auto_rows
+    return ms
+
+
+def items_main(repeats: int, rounds: int) -> None:
+    names = [f"{split}/{rows or 'auto'}" for split, rows in ITEMS]
+    print(f"{'Cin':>4} {'Cout':>4} {'side':>5} " + " ".join(f"{n:>8}" for n in names)
+          + "   (ms, the pool's threads; block split in / tile rows per item)")
+    for r in range(rounds):
+        print(f"round {r + 1}")
+        for cin, cout, side in SHAPES:
+            ms = measure_items(cin, cout, side, repeats)
+            print(f"{cin:>4} {cout:>4} {side:>5} "
+                  + " ".join(f"{ms[item]:>8.2f}" for item in ITEMS), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--items", action="store_true",
+                        help="the whole convolution with other item sizes")
     args = parser.parse_args()
+    if args.items:
+        items_main(args.repeats, args.rounds)
+        return
     print(f"{'Cin':>4} {'Cout':>4} {'side':>5} " + " ".join(f"{s:>9}" for s in STEPS)
           + f" {'ns/value in':>11} {'GFLOP/s prod':>12}   (ms, one thread)")
     for r in range(args.rounds):

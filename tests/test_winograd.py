@@ -240,3 +240,21 @@ def test_training_takes_winograd_only_where_it_pays():
         weight = rng.standard_normal((cout, cin, 3, 3)).astype(dtype)
         np.testing.assert_array_equal(conv.conv2d_forward(x, weight, None, 1, 1, winograd=True),
                                       conv.conv2d_forward(x, weight, None, 1, 1))
+
+
+def test_band_rows_count_a_rows_last_narrower_block(monkeypatch):
+    """A 288-px level of 64 channels: 72 tiles a row, cut into blocks of 48 + 24. One tile row
+    an item pads the 24 to a whole 48 (a third of the products wasted); two rows fill both
+    blocks. band_rows takes two when told the row's width, and the output is the same bits as
+    with one row an item."""
+    assert winograd.band_cols(72, 64, 64, 4) == 48
+    assert winograd.band_rows(48, 64, 64, 4, 72) == 1            # the block alone: whole
+    assert winograd.band_rows(48, 64, 64, 4, 72, 72) == 2        # with its 24-tile remainder
+    assert winograd.band_rows(36, 128, 128, 4, 36, 36) == 4      # 144 px: 4 rows = 3 x 48
+    assert winograd.band_rows(144, 16, 16, 4, 288, 288) == 1     # 144 + 144: whole already
+    if not conv.USE_WINOGRAD:
+        pytest.skip("no AVX-512 or no JIT")
+    x, weight, bias, _ = _case(np.float32, 1, 64, 64, 40, 288, seed=2)
+    auto = conv.conv2d_inference(x, weight, bias, 1, 1, relu=True)
+    monkeypatch.setattr(conv, "band_rows", lambda *args: 1)
+    np.testing.assert_array_equal(auto, conv.conv2d_inference(x, weight, bias, 1, 1, relu=True))

@@ -897,7 +897,7 @@ def _winograd(parts: tuple[np.ndarray, ...], weight: np.ndarray, bias: np.ndarra
     y2 = np.empty((N, Cout - cut, H, W), dtype=dtype)   # the second part (or no channels)
     th, tw = H // 4, W // 4
     cols = band_cols(tw, Cin, Cout, parts[0].itemsize)
-    R = band_rows(cols, Cin, Cout, parts[0].itemsize, th)
+    R = band_rows(cols, Cin, Cout, parts[0].itemsize, th, tw)
     probes = np.zeros(N * -(-th // R) * -(-tw // cols))  # one per item
     counter = np.zeros(1, np.int64)
     shapes = scratch_shapes(Cin, Cout, cols, R, W)

@@ -635,16 +635,23 @@ def band_cols(tiles_wide: int, in_channels: int, out_channels: int, itemsize: in
 
 
 def band_rows(tiles_wide: int, in_channels: int, out_channels: int, itemsize: int,
-              tile_rows: int) -> int:
+              tile_rows: int, row_tiles: int | None = None) -> int:
     """Tile rows per item: V and M of a band at most BAND_BYTES (at least one row), and of
-    those the count whose tiles fill the products' blocks of 48 best (on a 144-px level, 36
-    tiles a row: 4 rows fill 3 blocks, 1 row 3/4 of one), the fewest rows among equals (more
-    items to share between the threads)."""
+    those the count whose tiles fill the products' blocks of 48 best, the fewest rows among
+    equals (more items to share between the threads). tiles_wide: an item's block of tiles
+    (band_cols); row_tiles: the whole row's, when the row is cut into blocks, whose last one
+    may be narrower and counts too. On a 144-px level (36 tiles a row) 4 rows fill 3 blocks
+    of 48, 1 row 3/4 of one; a 288-px level of 64 channels (72 tiles a row, blocks of 48 +
+    24) wastes a third of its products at 1 row a band and none at 2 (`python
+    bench/bench_winograd_phases.py --items`)."""
     per_row = ALPHA * ALPHA * (in_channels + out_channels) * tiles_wide * itemsize
     most = max(1, min(tile_rows, BAND_BYTES // per_row))
+    row = tiles_wide if row_tiles is None else row_tiles
+    widths = [tiles_wide] * (row // tiles_wide) + ([row % tiles_wide] if row % tiles_wide
+                                                    else [])
 
     def waste(R: int) -> tuple[float, int]:
-        return -(-R * tiles_wide // 48) * 48 / (R * tiles_wide), R
+        return sum(-(-R * w // 48) * 48 for w in widths) / (R * row), R
     return min(range(1, most + 1), key=waste)
 
 
