@@ -97,7 +97,7 @@ def measure(cin: int, cout: int, side: int, repeats: int) -> dict[str, float]:
     return ms
 
 
-ITEMS = [(1, 0), (1, 2), (1, 4), (2, 2), (2, 4)]   # (split each block in, tile rows; 0: auto)
+ITEMS = [(1, 0), (1, 1), (1, 2), (1, 4), (2, 2), (2, 4)]   # (split blocks in, tile rows; 0: auto)
 
 
 def measure_items(cin: int, cout: int, side: int, repeats: int) -> dict[tuple, float]:
