@@ -147,6 +147,28 @@ def _maxpool2d_backward_general(dout: np.ndarray, argmax: np.ndarray, H: int, W:
     return dx
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _window(top: np.ndarray, bottom: np.ndarray, j: int) -> tuple[float, int, float]:
+    """Window j of the row pair (top, bottom): its four values a b / c d compared in
+    row-major order; returns (the maximum, the winner's offset 2*kh + kw, the sum of v - v
+    over the four: 0 when all are finite, NaN otherwise)."""
+    a = top[2 * j]
+    b = top[2 * j + 1]
+    c = bottom[2 * j]
+    d = bottom[2 * j + 1]
+    finite = (a - a) + (b - b) + (c - c) + (d - d)
+    # selects, not branches: random data would mispredict half of them
+    best = a
+    where = 0
+    where = 1 if b > best else where  # strict `>`: ties keep the first
+    best = b if b > best else best
+    where = 2 if c > best else where
+    best = c if c > best else best
+    where = 3 if d > best else where
+    best = d if d > best else best
+    return best, where, finite
+
+
 @njit(cache=True, fastmath=REASSOCIATE)
 def _maxpool2x2_forward(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """K = S = 2: the four values a b / c d of each window compared in row-major order."""
@@ -162,20 +184,8 @@ def _maxpool2x2_forward(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
                 top = x[n, c, 2 * i]         # (W,)
                 bottom = x[n, c, 2 * i + 1]  # (W,)
                 for j in range(Wo):
-                    a = top[2 * j]
-                    b = top[2 * j + 1]
-                    c_ = bottom[2 * j]
-                    d = bottom[2 * j + 1]
-                    probe += (a - a) + (b - b) + (c_ - c_) + (d - d)
-                    # selects, not branches: random data would mispredict half of them
-                    best = a
-                    where = 0
-                    where = 1 if b > best else where  # strict `>`: ties keep the first
-                    best = b if b > best else best
-                    where = 2 if c_ > best else where
-                    best = c_ if c_ > best else best
-                    where = 3 if d > best else where
-                    best = d if d > best else best
+                    best, where, finite = _window(top, bottom, j)
+                    probe += finite
                     out[n, c, i, j] = best
                     argmax[n, c, i, j] = where
             for h in range(2 * Ho, H):  # a trailing row no window covers (odd H)
@@ -220,15 +230,8 @@ def _maxpool2x2_planes(x: np.ndarray, out: np.ndarray, probes: np.ndarray, item:
             bottom = xr[p, 2 * i + 1]     # (W,)
             row = outr[p, i]              # (Wo,)
             for j in range(Wo):
-                a = top[2 * j]
-                b = top[2 * j + 1]
-                c = bottom[2 * j]
-                d = bottom[2 * j + 1]
-                probe += (a - a) + (b - b) + (c - c) + (d - d)
-                best = a
-                best = b if b > best else best   # strict `>`: ties keep the first
-                best = c if c > best else best
-                best = d if d > best else best
+                best, _, finite = _window(top, bottom, j)   # the winner: unused, compiled out
+                probe += finite
                 row[j] = best
         for h in range(2 * Ho, H):  # a trailing row no window covers (odd H)
             for w in range(W):
