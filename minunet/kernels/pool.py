@@ -10,8 +10,8 @@ is also what `np.argmax` over a flattened window returns (see `reference.py`).
 The training kernels are single-threaded: they read and write each byte once and one core
 already saturates memory bandwidth on this machine class (bench/bench_bn_relu_pool.py times
 them). Two exceptions. Inference's 2x2 pooling (`maxpool2x2_values`) keeps no winners and
-shares the planes between the threads (the pools of a large inference tile: about half the
-training kernel's time; the whole pass: bench/bench_segment.py). And
+shares the planes between the threads (the whole pass before and after: bench/ab_steps.py
+--segment). And
 `maxpool2d_backward(..., plus=skip)`: the fast U-Net's backward adds the skip connection's
 gradient to the pool's as it places it (one pass over the activation instead of a second for
 `d += dskip`), on the thread pool by groups of channels.
@@ -230,7 +230,7 @@ def _maxpool2x2_planes(x: np.ndarray, out: np.ndarray, probes: np.ndarray, item:
             bottom = xr[p, 2 * i + 1]     # (W,)
             row = outr[p, i]              # (Wo,)
             for j in range(Wo):
-                best, _, finite = _window(top, bottom, j)   # the winner: unused, compiled out
+                best, _, finite = _window(top, bottom, j)   # the winner is not kept
                 probe += finite
                 row[j] = best
         for h in range(2 * Ho, H):  # a trailing row no window covers (odd H)

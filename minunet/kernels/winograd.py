@@ -642,8 +642,8 @@ def band_rows(tiles_wide: int, in_channels: int, out_channels: int, itemsize: in
     (band_cols); row_tiles: the whole row's, when the row is cut into blocks, whose last one
     may be narrower and counts too. On a 144-px level (36 tiles a row) 4 rows fill 3 blocks
     of 48, 1 row 3/4 of one; a 288-px level of 64 channels (72 tiles a row, blocks of 48 +
-    24) wastes a third of its products at 1 row a band and none at 2 (`python
-    bench/bench_winograd_phases.py --items`)."""
+    24) computes a third more products than it needs at 1 row a band (the 24 tiles padded to
+    48), none at 2 (`python bench/bench_winograd_phases.py --items`)."""
     per_row = ALPHA * ALPHA * (in_channels + out_channels) * tiles_wide * itemsize
     most = max(1, min(tile_rows, BAND_BYTES // per_row))
     row = tiles_wide if row_tiles is None else row_tiles
