@@ -5,6 +5,7 @@
     python bench/bench_segment.py --tiles 256:4:56,1024:1   # 256-px tiles with a 56-px margin
     python bench/bench_segment.py --quick                                     # smoke run
     python bench/bench_segment.py --sizes 2048,4096 --tiles 1024:1 --folder 0 --command
+    python bench/bench_segment.py --sizes 2048 --tiles 1024:1 --folder 0 --torch --onnx --load
 
 What `minunet predict --model nuclei` does to one image, timed stage by stage in a fresh
 subprocess per measurement (its peak resident memory is that subprocess's): read the uint16
@@ -23,6 +24,10 @@ A tile spec TILE:BATCH:MARGIN fixes the margin (default: predict's automatic one
 a fresh process (Python's start, the imports, loading the compiled kernels and the model
 included), for each case with the first tile spec, and once on a 64 x 64 image: what a user
 waits for, start-up and all.
+
+`--load` runs every measurement under a competing load: a separate process whose two threads
+loop on single-threaded float32 matrix products (bench_unet.py's, like another job on the
+machine), started before the first measurement and stopped after the last.
 
 Print: per image size, tile and backend, the seconds of each stage, the total, seconds per
 megapixel, the network's share, and peak memory. The CPU and BLAS kernel are printed first.
@@ -251,6 +256,8 @@ def main() -> None:
                         help="also the whole `minunet predict` command per case (a fresh "
                              "process: start-up included), and on a 64 x 64 image")
     parser.add_argument("--quick", action="store_true", help="one 256^2 image, tile 128")
+    parser.add_argument("--load", action="store_true",
+                        help="everything under a competing 2-thread load")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--tile", type=int, default=256, help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, default=4, help=argparse.SUPPRESS)
@@ -271,6 +278,22 @@ def main() -> None:
             if i.get("user_api") == "blas"]
     print(f"CPU: {_cpu_name()}; BLAS: {', '.join(blas)}")
     backends = ["minunet"] + (["torch"] if args.torch else []) + (["onnx"] if args.onnx else [])
+    load = None
+    if args.load:
+        from bench_unet import LOAD_SCRIPT
+
+        load = subprocess.Popen([sys.executable, "-c", LOAD_SCRIPT],
+                                env=dict(os.environ, OPENBLAS_NUM_THREADS="1"))
+        print("under a competing load: 2 threads of float32 matrix products")
+    try:
+        run_cases(args, backends)
+    finally:
+        if load is not None:
+            load.kill()
+
+
+def run_cases(args: argparse.Namespace, backends: list[str]) -> None:
+    """Generate the images, then time every case, tiling and backend (main's table)."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         cases = [(f"{s}x{s}", make_images(root, s, 1, seed=1)) for s in map(int,

@@ -19,3 +19,15 @@ def test_bench_segment_quick_reports_every_stage():
     seconds = [float(c) for c in cells[3:8]]
     assert all(s >= 0 for s in seconds) and seconds[2] > 0     # the network did run
     assert int(cells[-1]) > 0                                   # and found objects
+
+
+def test_bench_segment_load_runs_under_a_load_it_stops():
+    """--load: the measurements run while a competing process does, and that process is gone
+    when the script ends."""
+    result = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--load"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "under a competing load" in result.stdout
+    assert result.stdout.strip().splitlines()[-1].split()[:3] == ["256x256", "128:4", "minunet"]
+    gone = subprocess.run(["pgrep", "-f", "threading.Event().wait()"], capture_output=True)
+    assert gone.returncode == 1, gone.stdout     # no process of that name is left
