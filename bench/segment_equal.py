@@ -53,7 +53,7 @@ def main() -> None:
         return seeds
 
     def skimage_watershed(elevation: np.ndarray, markers: np.ndarray, mask: np.ndarray,
-                          keep_unseeded: bool) -> np.ndarray:
+                          keep_unseeded: bool, pieces: object = None) -> np.ndarray:
         from skimage.segmentation import watershed
 
         labels = watershed(elevation, markers=markers, mask=mask)

@@ -113,20 +113,46 @@ def _finish(labels: np.ndarray, min_size: int) -> np.ndarray:
 
 
 def _watershed(elevation: np.ndarray, markers: np.ndarray, mask: np.ndarray,
-               keep_unseeded: bool) -> np.ndarray:
+               keep_unseeded: bool, pieces: tuple[np.ndarray, np.ndarray] | None = None,
+               ) -> np.ndarray:
     """skimage's watershed(elevation, markers=markers, mask=mask), then (keep_unseeded) the
     mask's pieces that hold no marker as objects of their own. For a float32 elevation
     through kernels/watershed.py, which floods the mask's connected pieces one at a time on
     the pool's threads, markers of equal elevation in raster order (skimage: in its heap's
-    order), 3.5x faster on one core on the bundled model's 4096^2 probabilities."""
+    order), 3.5x faster on one core on the bundled model's 4096^2 probabilities. pieces: the
+    mask's pieces if already found (`_seeds_and_pieces`)."""
     from .kernels.watershed import MAX_PIXELS, seeded_watershed
 
     if elevation.dtype == np.float32 and elevation.ndim == 2 and elevation.size <= MAX_PIXELS:
-        return seeded_watershed(elevation, markers, mask, unseeded=keep_unseeded)
+        return seeded_watershed(elevation, markers, mask, unseeded=keep_unseeded, pieces=pieces)
     from skimage.segmentation import watershed
 
     labels = watershed(elevation, markers=markers, mask=mask)
     return _add_unseeded(labels, mask) if keep_unseeded else labels
+
+
+def _seeds_and_pieces(p_interior: np.ndarray, seed_thresh: float, min_seed_size: int,
+                      foreground: np.ndarray,
+                      ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+    """`_seeds`, and the foreground's pieces for the compiled watershed (which takes a float32
+    elevation, 1 - p_interior; None where it does not apply): two searches over the image,
+    independent of each other, run at the same time on two of the pool's threads (one after
+    the other for small images)."""
+    from .kernels.threads import get_num_threads, parallel_for
+    from .kernels.watershed import MAX_PIXELS, SERIAL_PIXELS, mask_pieces
+
+    if not (p_interior.dtype == np.float32 and p_interior.ndim == 2
+            and p_interior.size <= MAX_PIXELS):
+        return _seeds(p_interior, seed_thresh, min_seed_size, foreground), None
+    found: list = [None, None]
+
+    def item(k: int, slot: int) -> None:
+        found[k] = (_seeds(p_interior, seed_thresh, min_seed_size, foreground) if k == 0
+                    else mask_pieces(foreground))
+
+    parallel_for(item, 2, serial=foreground.size < SERIAL_PIXELS or get_num_threads() == 1,
+                 blas=False)
+    return found[0], found[1]
 
 
 def _seeds(p_interior: np.ndarray, seed_thresh: float, min_seed_size: int,
@@ -199,8 +225,8 @@ def three_class_instances(
 ) -> np.ndarray:
     """Labels (H, W) from background and interior probabilities (H, W); see the module doc."""
     foreground = (1.0 - p_background) > fg_thresh  # (H, W)
-    seeds = _seeds(p_interior, seed_thresh, min_seed_size, foreground)
-    labels = _watershed(1.0 - p_interior, seeds, foreground, keep_unseeded)
+    seeds, pieces = _seeds_and_pieces(p_interior, seed_thresh, min_seed_size, foreground)
+    labels = _watershed(1.0 - p_interior, seeds, foreground, keep_unseeded, pieces)
     del seeds  # (H, W) int32: its memory goes to the steps below
     if split and foreground.any():
         labels = _cut(labels, _distance_regions(labels > 0, split_depth))

@@ -353,7 +353,7 @@ def _skimage_path(patch):
         seeds[~foreground] = 0
         return seeds
 
-    def skimage_watershed(elevation, markers, mask, keep_unseeded):
+    def skimage_watershed(elevation, markers, mask, keep_unseeded, pieces=None):
         labels = watershed(elevation, markers=markers, mask=mask)
         return postprocess._add_unseeded(labels, mask) if keep_unseeded else labels
 
@@ -377,3 +377,41 @@ def test_to_instances_equals_the_skimage_path_on_the_bundled_model():
         plain = mu.to_instances(probs, **post)
     assert fast.max() > 20
     np.testing.assert_array_equal(fast, plain)
+
+
+def test_mask_pieces_are_the_4_connected_components_in_raster_order():
+    from minunet.kernels.watershed import mask_pieces
+    from minunet.postprocess import FOUR_CONNECTED
+
+    rng = np.random.default_rng(11)
+    mask = ndimage.gaussian_filter(rng.standard_normal((70, 90)), 2) > 0.1
+    pixels, starts = mask_pieces(mask)
+    labels, n = ndimage.label(mask, structure=FOUR_CONNECTED)   # numbered in raster order
+    assert starts.size == n + 1 and starts[-1] == pixels.size == mask.sum()
+    for k in range(n):
+        piece = np.sort(pixels[starts[k]:starts[k + 1]])
+        np.testing.assert_array_equal(piece, np.flatnonzero(labels.ravel() == k + 1))
+
+
+def test_pieces_found_beside_the_seeds_give_the_same_labels(monkeypatch):
+    """On an image of at least SERIAL_PIXELS, the foreground's pieces are found on a second
+    thread while the seeds are labelled, and handed to the watershed: the labels are those of
+    the watershed finding them itself."""
+    from minunet import postprocess
+    from minunet.kernels import watershed
+
+    rng = np.random.default_rng(7)
+    logits = ndimage.gaussian_filter(rng.standard_normal((3, 512, 512)), (0, 3, 3)) * 10
+    probs = (np.exp(logits) / np.exp(logits).sum(axis=0)).astype(np.float32)
+    assert 512 * 512 >= watershed.SERIAL_PIXELS
+    given = []
+    real = watershed.seeded_watershed
+    monkeypatch.setattr(watershed, "seeded_watershed",
+                        lambda *a, **k: given.append(k["pieces"] is not None) or real(*a, **k))
+    together = to_instances(probs, seed_thresh=0.5)
+    monkeypatch.setattr(postprocess, "_seeds_and_pieces",
+                        lambda p, t, m, fg: (postprocess._seeds(p, t, m, fg), None))
+    alone = to_instances(probs, seed_thresh=0.5)
+    assert given == [True, False]
+    assert together.max() > 10
+    np.testing.assert_array_equal(together, alone)

@@ -47,14 +47,18 @@ ITEMS_PER_THREAD = 4     # pieces are grouped into about this many work items pe
 
 
 def seeded_watershed(image: np.ndarray, markers: np.ndarray, mask: np.ndarray, *,
-                     unseeded: bool = False) -> np.ndarray:
+                     unseeded: bool = False,
+                     pieces: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """The seeded watershed for float32 image (H, W), integer markers (H, W) (0: none), bool
     mask (H, W) -> int32 labels (H, W); markers outside the mask are dropped.
 
     unseeded=True: each piece of the mask that holds no marker (which no flood reaches) also
     becomes an object, numbered after the largest marker in the mask in the raster order of
     the pieces' first pixels: what `ndimage.label` of the unreached pixels, added on top, gives
-    (`postprocess._add_unseeded`)."""
+    (`postprocess._add_unseeded`).
+
+    pieces: `mask_pieces(mask)`, if already found (`postprocess` finds them while it labels
+    the seeds)."""
     from .threads import get_num_threads, parallel_for
 
     image = np.ascontiguousarray(image, dtype=np.float32)
@@ -62,7 +66,8 @@ def seeded_watershed(image: np.ndarray, markers: np.ndarray, mask: np.ndarray, *
         raise ValueError(f"seeded_watershed: at most {MAX_PIXELS} pixels, got {image.size}")
     out = np.ascontiguousarray(markers, dtype=np.int32).copy()
     mask = np.ascontiguousarray(mask, dtype=np.bool_)
-    pixels, starts, front, front_starts = _pieces(mask, out)
+    pixels, starts = _mask_pieces(mask) if pieces is None else pieces
+    front, front_starts = _fronts(mask, out, pixels, starts)
     if unseeded:
         _label_unseeded(out, pixels, starts)
     bits = image.view(np.uint32)
@@ -79,39 +84,32 @@ def seeded_watershed(image: np.ndarray, markers: np.ndarray, mask: np.ndarray, *
     return out
 
 
+def mask_pieces(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 4-connected pieces of a bool mask (H, W), for `seeded_watershed(..., pieces=)`."""
+    return _mask_pieces(np.ascontiguousarray(mask, dtype=np.bool_))
+
+
 @njit(cache=True, nogil=True)
-def _pieces(mask: np.ndarray, out: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
-                                                        np.ndarray]:
+def _mask_pieces(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The mask's 4-connected pieces, found by breadth-first search from their first pixel in
     raster order: pixels (n_mask,) int32 (i * W + j), piece k's at pixels[starts[k]:starts[k +
-    1]]; and each piece's front, the markers with an unlabelled neighbour in the mask (the
-    only ones a flood starts from), at front[front_starts[k]:front_starts[k + 1]] (in the
-    search's order). Zeroes `out` (the markers) outside the mask (skimage: markers * mask)."""
+    1]], in the search's order."""
     H, W = mask.shape
     count = 0
     for i in range(H):
         for j in range(W):
-            if mask[i, j]:
-                count += 1
-            else:
-                out[i, j] = 0
-    flat = out.ravel()
+            count += mask[i, j]
     pixels = np.empty(count, np.int32)
-    front = np.empty(count, np.int32)
     seen = np.zeros(H * W, np.bool_)
     starts = np.empty(1024, np.int64)
-    front_starts = np.empty(1024, np.int64)
     n_pieces = 0
     size = 0
-    n_front = 0
     for start in range(H * W):
         if seen[start] or not mask[start // W, start % W]:
             continue
         if n_pieces + 1 >= starts.size:
             starts = _grown(starts)
-            front_starts = _grown(front_starts)
         starts[n_pieces] = size
-        front_starts[n_pieces] = n_front
         n_pieces += 1
         seen[start] = True
         pixels[size] = start
@@ -121,37 +119,55 @@ def _pieces(mask: np.ndarray, out: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
             p = pixels[head]
             head += 1
             i, j = p // W, p % W
-            open_side = False             # an unlabelled neighbour in the mask
-            if i > 0 and mask[i - 1, j]:
-                open_side |= flat[p - W] == 0
-                if not seen[p - W]:
-                    seen[p - W] = True
-                    pixels[size] = p - W
-                    size += 1
-            if j > 0 and mask[i, j - 1]:
-                open_side |= flat[p - 1] == 0
-                if not seen[p - 1]:
-                    seen[p - 1] = True
-                    pixels[size] = p - 1
-                    size += 1
-            if j + 1 < W and mask[i, j + 1]:
-                open_side |= flat[p + 1] == 0
-                if not seen[p + 1]:
-                    seen[p + 1] = True
-                    pixels[size] = p + 1
-                    size += 1
-            if i + 1 < H and mask[i + 1, j]:
-                open_side |= flat[p + W] == 0
-                if not seen[p + W]:
-                    seen[p + W] = True
-                    pixels[size] = p + W
-                    size += 1
-            if open_side and flat[p] != 0:
+            if i > 0 and mask[i - 1, j] and not seen[p - W]:
+                seen[p - W] = True
+                pixels[size] = p - W
+                size += 1
+            if j > 0 and mask[i, j - 1] and not seen[p - 1]:
+                seen[p - 1] = True
+                pixels[size] = p - 1
+                size += 1
+            if j + 1 < W and mask[i, j + 1] and not seen[p + 1]:
+                seen[p + 1] = True
+                pixels[size] = p + 1
+                size += 1
+            if i + 1 < H and mask[i + 1, j] and not seen[p + W]:
+                seen[p + W] = True
+                pixels[size] = p + W
+                size += 1
+    starts[n_pieces] = size
+    return pixels, starts[:n_pieces + 1].copy()
+
+
+@njit(cache=True, nogil=True)
+def _fronts(mask: np.ndarray, out: np.ndarray, pixels: np.ndarray,
+            starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Zero `out` (the markers) outside the mask (skimage: markers * mask), then each piece's
+    front, the markers with an unlabelled neighbour in the mask (the only ones a flood starts
+    from), at front[front_starts[k]:front_starts[k + 1]], in the order of the piece's pixels."""
+    H, W = mask.shape
+    flat = out.ravel()
+    flat_mask = mask.ravel()
+    for p in range(H * W):
+        if not flat_mask[p]:
+            flat[p] = 0
+    front = np.empty(pixels.size, np.int32)
+    front_starts = np.empty(starts.size, np.int64)
+    n_front = 0
+    for k in range(starts.size - 1):
+        front_starts[k] = n_front
+        for p in pixels[starts[k]:starts[k + 1]]:
+            if flat[p] == 0:
+                continue
+            i, j = p // W, p % W
+            if ((i > 0 and flat_mask[p - W] and flat[p - W] == 0)
+                    or (j > 0 and flat_mask[p - 1] and flat[p - 1] == 0)
+                    or (j + 1 < W and flat_mask[p + 1] and flat[p + 1] == 0)
+                    or (i + 1 < H and flat_mask[p + W] and flat[p + W] == 0)):
                 front[n_front] = p
                 n_front += 1
-    starts[n_pieces] = size
-    front_starts[n_pieces] = n_front
-    return pixels, starts[:n_pieces + 1].copy(), front, front_starts[:n_pieces + 1].copy()
+    front_starts[starts.size - 1] = n_front
+    return front, front_starts
 
 
 @njit(cache=True, inline="always")
@@ -343,9 +359,9 @@ def _unlabelled(mask: np.ndarray, out: np.ndarray, i: int, j: int) -> bool:
 @njit(cache=True, nogil=True)
 def _flood_pieces(bits: np.ndarray, mask: np.ndarray, out: np.ndarray, starts: np.ndarray,
                   fronts: np.ndarray, front_starts: np.ndarray, first: int, stop: int) -> None:
-    """Flood pieces first..stop-1 (`_pieces`): bits (H, W) uint32 (the float32 image), out
-    (H, W) int32 holding the markers on entry and the labels on return (only these pieces'
-    pixels)."""
+    """Flood pieces first..stop-1 (`_mask_pieces`, their fronts `_fronts`): bits (H, W)
+    uint32 (the float32 image), out (H, W) int32 holding the markers on entry and the labels
+    on return (only these pieces' pixels)."""
     W = bits.shape[1]
     largest = 0
     for k in range(first, stop):
