@@ -226,3 +226,43 @@ def test_prediction_imports_no_plotting_or_optimisation(tmp_path):
                          check=True)
     assert out.stdout.strip().splitlines()[-1] == "0 []", out.stdout + out.stderr
     assert (tmp_path / "out" / "a.tif").is_file()
+
+
+def test_prediction_shows_a_bar_on_a_terminal(tmp_path):
+    """`minunet predict A B` with stderr on a terminal: the progress bar over the images
+    (tqdm, imported only then), each image's line on stdout, both label files written."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    import tifffile
+
+    for name in ("a.tif", "b.tif"):
+        tifffile.imwrite(tmp_path / name, np.zeros((64, 64), np.uint16))
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 100 columns
+    try:
+        done = subprocess.run([sys.executable, "-m", "minunet", "predict",
+                               str(tmp_path / "a.tif"), str(tmp_path / "b.tif"),
+                               "--model", "nuclei", "--out", str(tmp_path / "out")],
+                              stdout=subprocess.PIPE, stderr=slave, text=True, timeout=300)
+        os.close(slave)
+        screen = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:         # EIO: the terminal's other end is closed and read out
+                break
+            if not chunk:
+                break
+            screen += chunk
+    finally:
+        os.close(master)
+    assert done.returncode == 0, screen.decode(errors="replace")
+    assert "a.tif ->" in done.stdout and "b.tif ->" in done.stdout, done.stdout
+    assert b"predict:" in screen and b"2/2" in screen, screen   # the bar, on the terminal
+    assert (tmp_path / "out" / "a.tif").is_file() and (tmp_path / "out" / "b.tif").is_file()
