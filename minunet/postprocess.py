@@ -227,7 +227,7 @@ def three_class_instances(
     foreground = (1.0 - p_background) > fg_thresh  # (H, W)
     seeds, pieces = _seeds_and_pieces(p_interior, seed_thresh, min_seed_size, foreground)
     labels = _watershed(1.0 - p_interior, seeds, foreground, keep_unseeded, pieces)
-    del seeds  # (H, W) int32: its memory goes to the steps below
+    del seeds, pieces  # (H, W) int32 and the pieces' pixels: their memory goes to the steps below
     if split and foreground.any():
         labels = _cut(labels, _distance_regions(labels > 0, split_depth))
     return _finish(labels, min_size)
