@@ -7,7 +7,7 @@ import pytest
 import tifffile
 
 import minunet as mu
-from minunet.inference import remove_edge_objects, stitch_planes, unique_ids
+from minunet.inference import count_objects, remove_edge_objects, stitch_planes, unique_ids
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +85,19 @@ def test_remove_edge_objects():
     labels[6:8, 7:9] = 3        # the corner
     out = remove_edge_objects(labels)
     assert out.max() == 1 and (out[3:5, 3:5] == 1).all() and out.sum() == 4
+
+
+@pytest.mark.parametrize("shape, top, low", [((64, 80), 40, 0), ((3, 20, 30), 500, 0),
+                                              ((16, 16), 7, 3), ((10, 12), 5, -4),
+                                              ((5, 5), 0, 0), ((0, 4), 1, 0)])
+def test_count_objects_is_the_number_of_distinct_nonzero_ids(shape, top, low):
+    """The count the command prints and stores, by counting ids, equals np.unique's: ids with
+    gaps, a stack, no background, negative ids (counted as np.unique would), all background,
+    an empty image."""
+    labels = np.random.default_rng(top).integers(low, top + 1, size=shape).astype(np.int32)
+    expected = len(np.unique(labels)) - int((labels == 0).any())
+    assert count_objects(labels) == expected
+    assert count_objects(labels.astype(np.uint16) if low >= 0 else labels) == expected
 
 
 def test_stored_settings_can_be_overridden(nuclei, scene):

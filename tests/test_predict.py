@@ -210,7 +210,9 @@ def test_prediction_imports_no_plotting_or_optimisation(tmp_path):
     writing the labels) imports neither matplotlib, scipy.optimize, scipy.ndimage,
     skimage.segmentation, the plots (minunet.viz) nor the generator's package (minunet.data):
     each costs a few tenths of a second at every start of the command; nor tqdm, without a
-    progress bar to show (30 ms: its version lookup imports importlib.metadata)."""
+    progress bar to show (30 ms: its version lookup imports importlib.metadata); nor
+    xml.etree (15 ms, for OME-XML only) or the training runs' module (minunet.runs.run, 13 ms
+    with its imports)."""
     import subprocess
     import sys
 
@@ -221,7 +223,8 @@ def test_prediction_imports_no_plotting_or_optimisation(tmp_path):
             f"code = minunet.cli.main(['predict', {str(tmp_path / 'a.tif')!r}, '--model', "
             f"'nuclei', '--out', {str(tmp_path / 'out')!r}]); "
             "print(code, [m for m in ('matplotlib', 'scipy.optimize', 'scipy.ndimage', "
-            "'skimage.segmentation', 'minunet.viz', 'minunet.data', 'tqdm') if m in sys.modules])")
+            "'skimage.segmentation', 'minunet.viz', 'minunet.data', 'tqdm', 'xml.etree', "
+            "'minunet.runs.run') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip().splitlines()[-1] == "0 []", out.stdout + out.stderr

@@ -16,7 +16,6 @@ int32 and not ImageJ's own uint16).
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -311,6 +310,8 @@ def _tag_pixel_size(tif: tifffile.TiffFile) -> PixelSize | None:
 
 def _ome_metadata(xml: str) -> dict[str, Any]:
     """Pixel size, z spacing and channel names of the first image in OME-XML."""
+    import xml.etree.ElementTree as ElementTree  # on use: 15 ms to import, OME files only
+
     root = ElementTree.fromstring(xml)
     pixels = next((e for e in root.iter() if e.tag.endswith("}Pixels") or e.tag == "Pixels"),
                   None)

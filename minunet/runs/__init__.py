@@ -9,8 +9,22 @@ from Python and from `minunet train` (which only parses arguments and calls thes
     run.py        `fit`, `resume`, `Run`: the training, the tuning, the folder's rules
 """
 
-from .run import RUN_FILES, Run, fit, position, resume
+from typing import Any
+
 from .settings import DEFAULTS, FINETUNE_DEFAULTS, RESUME_MAY_CHANGE, RunError
+
+_IN_RUN = ("RUN_FILES", "Run", "fit", "position", "resume")
+
+
+def __getattr__(name: str) -> Any:
+    """run.py's names, imported on first use: `minunet predict` reads only the settings (its
+    parser's help shows train's defaults), and run.py with what it imports takes 13 ms."""
+    if name in _IN_RUN:
+        from . import run
+
+        return getattr(run, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["DEFAULTS", "FINETUNE_DEFAULTS", "RESUME_MAY_CHANGE", "RUN_FILES", "Run", "RunError",
            "fit", "position", "resume"]
