@@ -51,7 +51,21 @@ class InputError(Exception):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from ._startup import end_start_up
+    """The `minunet` command: its exit code. As the console script (argv None, this process
+    the command), the process ends here, without Python's teardown (_startup.exit_now)."""
+    from ._startup import exit_now, resume_gc
+
+    try:
+        code = _main(argv)
+    finally:
+        resume_gc()  # paused during the start-up (_startup); on again whatever happened
+    if argv is None:
+        exit_now(code)
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    from ._startup import end_start_up, resume_gc
 
     end_start_up()  # Ctrl-C raises KeyboardInterrupt again, caught below
     try:
@@ -65,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return EXIT_BAD_INPUT
+    if args.command != "predict":  # predict resumes it once its model is set up (cmd_predict)
+        resume_gc()
     try:
         return _run_releasing_locks(args)
     except BrokenPipeError:  # `minunet ... | head` closed the pipe: stop quietly, as cat does
@@ -178,6 +194,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------- predict
 def cmd_predict(args: argparse.Namespace) -> int:
+    from ._startup import resume_gc
     from .inference import (
         OVERLAY_DIR,
         PROBS_DIR,
@@ -205,6 +222,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                              "image first, or predict without --diameter")
         from .scaleout.large import predict_command
 
+        resume_gc()
         return predict_command(args, _resolve_model(model_spec), inputs)
     files = _collect_images(inputs, skip_masks=True)
     out = Path(args.out)
@@ -212,7 +230,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                for path in files}
     _check_outputs(inputs, files, outputs, out, args.overwrite)
     ckpt = _load_model(model_spec)
-    _dry_run(ckpt, segment)
+    _dry_run(ckpt, segment)  # also sets Numba up and loads the compiled kernels
+    resume_gc()  # the start-up is over (_startup: the collector was paused for it)
     if args.diameter is not None and "diameter" not in ckpt.metadata:
         raise InputError(f"--diameter: {ckpt.path} does not record the object diameter it was "
                          "trained on; predict without --diameter, or retrain the model")

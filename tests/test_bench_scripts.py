@@ -81,6 +81,16 @@ def test_ab_steps_segment_times_both_versions_on_one_image():
     assert "labels of A and B: identical" in stdout, stdout
 
 
+def test_ab_steps_command_times_both_versions_start_to_exit():
+    """ab_steps.py --command: the whole `minunet predict` of both versions, alternated, their
+    label files compared (one version against itself: identical)."""
+    root = str(BENCH.parent)
+    stdout = run("ab_steps.py", root, root, "--command", "128", "--rounds", "1")
+    assert "round 1 A: " in stdout and "round 1 B: " in stdout, stdout
+    assert "label files of A and B: identical" in stdout, stdout
+    assert "B / A" in stdout and "(median)" in stdout, stdout
+
+
 def test_winograd_phases_times_every_step():
     """bench/bench_winograd_phases.py: each of the three steps, alone and chained, for the
     bundled model's shapes (seconds)."""

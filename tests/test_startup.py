@@ -1,0 +1,108 @@
+"""The command's start-up and exit (minunet/_startup.py): the garbage collector paused while
+it starts and resumed, frozen, once it is set up; the process ended without Python's teardown
+once the command is done, after the atexit handlers and a flush, but never under a thread
+that is still running. Each case is a fresh process that is (or is not) the command."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+
+@pytest.fixture
+def image(tmp_path):
+    path = tmp_path / "a.tif"
+    tifffile.imwrite(path, (np.random.default_rng(0).random((64, 64)) * 4000).astype(np.uint16))
+    return path
+
+
+def _python(code: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+def test_the_command_pauses_the_collector_while_starting_and_resumes_it_frozen(image,
+                                                                               tmp_path):
+    out = tmp_path / "out"
+    code = f"""
+import gc, sys
+sys.argv = ["minunet", "predict"]      # this process is the command
+import minunet
+paused = not gc.isenabled()
+import minunet.cli as cli
+code = cli.main(["predict", "--model", "nuclei", {str(image)!r}, "--out", {str(out)!r}])
+print("result", paused, gc.isenabled(), gc.get_freeze_count() > 0, code)
+"""
+    done = _python(code, tmp_path)
+    assert done.stdout.strip().splitlines()[-1] == "result True True True 0", done.stderr
+    assert (out / "a.tif").is_file()
+
+
+def test_a_program_that_imports_minunet_keeps_its_collector(tmp_path):
+    done = _python("import gc, minunet; print(gc.isenabled(), gc.get_freeze_count())",
+                   tmp_path)
+    assert done.stdout.split() == ["True", "0"], done.stderr
+
+
+def test_other_commands_run_with_the_collector_on(tmp_path):
+    code = """
+import gc, sys
+sys.argv = ["minunet", "generate"]
+import minunet.cli as cli
+cli.cmd_generate = lambda args: print("collector on:", gc.isenabled()) or 0
+print("code", cli.main(["generate", "--n", "1", "--out", "x"]))
+"""
+    done = _python(code, tmp_path)
+    assert "collector on: True" in done.stdout and "code 0" in done.stdout, done.stderr
+
+
+def test_the_command_ends_the_process_after_atexit_and_a_flush(image, tmp_path):
+    out = tmp_path / "out"
+    code = f"""
+import atexit, sys
+sys.argv = ["minunet", "predict", "--model", "nuclei", {str(image)!r}, "--out", {str(out)!r}]
+atexit.register(lambda: print("atexit ran"))   # stdout to a pipe: buffered until flushed
+import minunet.cli as cli
+cli.main()
+print("main returned")
+"""
+    done = _python(code, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "a.tif (" in done.stdout and "atexit ran" in done.stdout, done.stdout
+    assert "main returned" not in done.stdout        # the process ended inside main
+    assert (out / "a.tif").is_file()
+
+
+def test_the_command_exits_with_its_code(tmp_path):
+    code = """
+import sys
+sys.argv = ["minunet", "predict", "--model", "nuclei", "missing.tif", "--out", "out"]
+import minunet.cli as cli
+cli.main()
+print("main returned")
+"""
+    done = _python(code, tmp_path)
+    assert done.returncode == 2 and "missing.tif" in done.stderr, done.stderr
+    assert "main returned" not in done.stdout
+
+
+def test_the_command_leaves_the_exit_to_python_while_a_thread_runs(image, tmp_path):
+    out, marker = tmp_path / "out", tmp_path / "marker"
+    code = f"""
+import os, sys, threading, time
+sys.argv = ["minunet", "predict", "--model", "nuclei", {str(image)!r}, "--out", {str(out)!r}]
+import minunet.cli as cli
+def late():   # still running when the command is done: it waits for its output first
+    while not os.path.exists({str(out / "a.tif")!r}):
+        time.sleep(0.01)
+    time.sleep(0.5)
+    open({str(marker)!r}, "w").write("done")
+threading.Thread(target=late).start()
+code = cli.main()
+print("main returned", code)
+"""
+    done = _python(code, tmp_path)
+    assert done.returncode == 0 and "main returned 0" in done.stdout, done.stderr
+    assert marker.read_text() == "done"              # Python waited for the thread
