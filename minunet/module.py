@@ -279,6 +279,7 @@ class Module:
                 f"{' ...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
                 f"{' ...' if len(unexpected) > 5 else ''}"
             )
+        modules = dict(self.named_modules())  # name -> module, for the buffers' owners
         for name, value in state.items():
             if name not in expected:
                 continue
@@ -287,8 +288,7 @@ class Module:
                 target = params[name].data
             else:
                 owner_name, _, attr = name.rpartition(".")
-                owner = dict(self.named_modules())[owner_name]
-                target = getattr(owner, attr)
+                target = getattr(modules[owner_name], attr)
             if target.shape != value.shape:
                 raise ValueError(
                     f"{type(self).__name__}.load_state_dict: '{name}' has shape {value.shape} "
