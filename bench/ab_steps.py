@@ -15,8 +15,9 @@ step is `mu.segment("nuclei", image)` (the command's defaults: normalisation, th
 labels of A and B are compared. With `--command SIZE`, the step is the whole command a user
 waits for, `python -m minunet.cli predict --model nuclei IMAGE --out DIR` into a fresh
 folder, in a fresh process from start to exit (one per round and version; one untimed run of
-each first, which also fills that version's Numba cache), and the last round's label files of
-A and B are compared. The last lines give, per configuration, the fastest step of each
+each first, which also fills that version's Numba cache, after its bytecode is compiled as an
+installation has it: bench_segment.compile_bytecode), and the last round's label files of A
+and B are compared. The last lines give, per configuration, the fastest step of each
 version over all rounds and B ÷ A (with --command also the medians). With `--load`, a
 process of two threads of matrix products runs throughout (as `bench_unet.py --load`). Run
 it with the machine's OpenBLAS overrides unset: `env -u OPENBLAS_CORETYPE -u
@@ -114,9 +115,11 @@ def run_command(root: Path, image: Path, out: Path) -> float:
 def compare_commands(a: Path, b: Path, image: Path, rounds: int) -> None:
     """--command: the rounds of A and B, then the fastest and median of each, and B / A."""
     import tifffile
+    from bench_segment import compile_bytecode
 
     work = image.parent
     for side, root in (("A", a), ("B", b)):
+        compile_bytecode(root / "minunet")   # as installed: no source compiled at each start
         run_command(root, image, work / f"warm_{side}")
     times: dict[str, list[float]] = {"A": [], "B": []}
     for r in range(rounds):

@@ -3,6 +3,7 @@ output transform, on one thread, at the bundled model's shapes in a 1152-px infe
 
     python bench/bench_winograd_phases.py [--repeats 5] [--rounds 2]
     python bench/bench_winograd_phases.py --items [--repeats 3] [--rounds 3]
+    python bench/bench_winograd_phases.py --strips [--repeats 5] [--rounds 3]
 
 For each shape (input channels, output channels, side) of the bundled `nuclei` model's
 Winograd convolutions (its 16- and 32-channel levels at 1152 px and 576 px, 64 at 288, 128
@@ -20,6 +21,14 @@ item sizes the layer takes ("1 x auto": band_cols, band_rows) against items of m
 the bit (every tile is computed the same way whatever the items). More rows per item would
 read each input row fewer times (a tile row reads 6 image rows, 2 of them its neighbour's
 too), but V and M then outgrow the core's L2.
+
+--strips: how much of a full-resolution convolution's time is memory's, the question a kernel
+taking a band of rows through a whole level (while it is in cache) would answer. The whole
+convolution (`conv.conv2d_inference`, the pool's threads, ReLU) of the 1152-px shapes on the
+full 1152 x 1152 image (its input and output, 85 MB each at 16 channels, far beyond the
+caches) against the same convolution on strips of 256, 128 and 64 rows of it (9.4 MB at 128
+rows), called once per strip's worth of the image and repeated on the same strip, so that
+its input and output stay in cache: nanoseconds per output pixel, the fastest of --repeats.
 """
 
 from __future__ import annotations
@@ -148,13 +157,49 @@ def items_main(repeats: int, rounds: int) -> None:
                   + " ".join(f"{ms[item]:>8.2f}" for item in ITEMS), flush=True)
 
 
+STRIP_ROWS = (256, 128, 64)
+
+
+def strips_main(repeats: int, rounds: int) -> None:
+    from minunet.kernels import conv
+
+    print(f"{'Cin':>4} {'Cout':>4} {'whole':>8} " + " ".join(f"{r:>8}" for r in STRIP_ROWS)
+          + "   (ns per output pixel: the whole 1152 x 1152 image, strips of R rows)")
+    rng = np.random.default_rng(0)
+    for r in range(rounds):
+        print(f"round {r + 1}")
+        for cin, cout, side in SHAPES:
+            if side != 1152:
+                continue
+            image = rng.random((1, cin, side, side), dtype=np.float32)
+            w = rng.standard_normal((cout, cin, 3, 3)).astype(np.float32)
+            ns = []
+            for rows in (side, *STRIP_ROWS):
+                x = np.ascontiguousarray(image[:, :, :rows])
+                calls = side // rows          # the whole image's worth of strips
+                conv.conv2d_inference(x, w, None, 1, 1, relu=True)
+                best = np.inf
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    for _ in range(calls):
+                        conv.conv2d_inference(x, w, None, 1, 1, relu=True)
+                    best = min(best, (time.perf_counter() - start) / (calls * rows * side))
+                ns.append(1e9 * best)
+            print(f"{cin:>4} {cout:>4} " + " ".join(f"{v:>8.2f}" for v in ns), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--items", action="store_true",
                         help="the whole convolution with other item sizes")
+    parser.add_argument("--strips", action="store_true",
+                        help="the whole image against strips of it that stay in cache")
     args = parser.parse_args()
+    if args.strips:
+        strips_main(args.repeats, args.rounds)
+        return
     if args.items:
         items_main(args.repeats, args.rounds)
         return

@@ -91,6 +91,12 @@ def test_ab_steps_command_times_both_versions_start_to_exit():
     assert "B / A" in stdout and "(median)" in stdout, stdout
 
 
+def test_winograd_phases_strips_compare_the_whole_image_with_strips_in_cache():
+    stdout = run("bench_winograd_phases.py", "--strips", "--repeats", "1", "--rounds", "1")
+    assert "whole      256      128       64" in stdout, stdout
+    assert "  16   16 " in stdout and "  32   16 " in stdout, stdout
+
+
 def test_winograd_phases_times_every_step():
     """bench/bench_winograd_phases.py: each of the three steps, alone and chained, for the
     bundled model's shapes (seconds)."""
