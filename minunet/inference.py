@@ -205,8 +205,8 @@ def model_channels(model: Checkpoint | Module, channel: int | str | None
 
 def count_objects(labels: np.ndarray) -> int:
     """How many distinct non-zero ids an integer label image holds: len(np.unique(labels))
-    less the background, by counting the ids instead of sorting the pixels (a 4096^2 image:
-    25 ms instead of 0.5 s)."""
+    less the background, by counting the ids instead of sorting the pixels (the bundled
+    model's 4096^2 label image: 0.05 s instead of 0.2)."""
     if labels.size == 0:
         return 0
     counts, lowest = ranks.value_counts(labels)   # counts[v - lowest]: pixels of id v
