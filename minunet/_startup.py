@@ -25,7 +25,8 @@ Python's own behaviour):
 
 Both together took `minunet predict` of a 2048 x 2048 image from 2.63 to 2.43 s (fastest of
 six, medians 3.08 and 2.67 s; `python bench/ab_steps.py BEFORE . --command 2048 --rounds 6`,
-2026-12-07, Intel Xeon, 2 vCPUs, labels identical).
+BEFORE a worktree of c290695, run at 7e3094e, 2026-12-07, Intel Xeon, 2 vCPUs, labels
+identical; docs/speed.md, seventh round, has the later runs).
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from ._startup import end_start_up, exit_now, resume_gc
 from .runs import settings as _run_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -53,8 +54,6 @@ class InputError(Exception):
 def main(argv: Sequence[str] | None = None) -> int:
     """The `minunet` command: its exit code. As the console script (argv None, this process
     the command), the process ends here, without Python's teardown (_startup.exit_now)."""
-    from ._startup import exit_now, resume_gc
-
     try:
         code = _main(argv)
     finally:
@@ -65,8 +64,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    from ._startup import end_start_up, resume_gc
-
     end_start_up()  # Ctrl-C raises KeyboardInterrupt again, caught below
     try:
         from .train import TrainingDiverged
@@ -194,7 +191,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------- predict
 def cmd_predict(args: argparse.Namespace) -> int:
-    from ._startup import resume_gc
     from .inference import (
         OVERLAY_DIR,
         PROBS_DIR,
