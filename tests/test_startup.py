@@ -1,7 +1,9 @@
 """The command's start-up and exit (minunet/_startup.py): the garbage collector paused while
 it starts and resumed, frozen, once it is set up; the process ended without Python's teardown
 once the command is done, after the atexit handlers and a flush, but never under a thread
-that is still running. Each case is a fresh process that is (or is not) the command."""
+that is still running; Numba's BLAS check made without importing scipy.linalg, whose real
+module still comes when asked for. Each case is a fresh process that is (or is not) the
+command."""
 
 import subprocess
 import sys
@@ -106,3 +108,59 @@ print("main returned", code)
     done = _python(code, tmp_path)
     assert done.returncode == 0 and "main returned 0" in done.stdout, done.stderr
     assert marker.read_text() == "done"              # Python waited for the thread
+
+
+def test_the_command_never_imports_scipy_linalg(image, tmp_path):
+    """Numba's BLAS check (`import scipy.linalg.cython_blas` as Numba sets itself up) cost
+    the command 0.1-0.18 s of its start; nothing else on predict's path needs scipy.linalg."""
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "minunet", "predict",
+                           "--model", "nuclei", str(image), "--out", str(out)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / "a.tif").is_file()
+    imported = [line.split("|")[-1].strip() for line in done.stderr.splitlines()
+                if line.startswith("import time:")]
+    assert "numba.np.arraymath" in imported  # Numba was set up in this process ...
+    assert not [name for name in imported if name.startswith("scipy.linalg")]  # ... without it
+
+
+def test_numba_blas_check_passes_and_compiled_dot_still_gets_scipys_blas(tmp_path):
+    code = """
+import sys
+import numpy as np
+from minunet import _startup
+assert "numba.np.arraymath" not in sys.modules     # not the command: nothing done on import
+print("deferred", _startup.defer_scipy_linalg(), _startup.defer_scipy_linalg())
+print("linalg", "scipy.linalg" in sys.modules, _startup.BLAS_MODULE in sys.modules)
+from numba import njit
+from numba.np import arraymath
+print("blas", arraymath._HAVE_BLAS)
+
+@njit
+def dot(a, b):
+    return np.dot(a, b)
+
+a = np.arange(6.0).reshape(2, 3)
+print("dot", np.array_equal(dot(a, a.T), a @ a.T))
+blas = sys.modules[_startup.BLAS_MODULE]
+print("real", not isinstance(blas, _startup._Deferred), hasattr(blas, "__pyx_capi__"))
+"""
+    done = _python(code, tmp_path)
+    assert done.stdout.split("\n")[:5] == ["deferred True False", "linalg False False",
+                                           "blas True", "dot True", "real True True"], \
+        done.stdout + done.stderr
+
+
+def test_the_stand_in_hands_on_the_real_module_when_touched(tmp_path):
+    code = """
+import sys
+from minunet._startup import _Deferred
+stand_in = sys.modules["colorsys"] = _Deferred("colorsys")
+print(stand_in.rgb_to_hsv(1.0, 0.0, 0.0), sys.modules["colorsys"] is not stand_in)
+import colorsys
+print(type(colorsys).__name__, colorsys.hsv_to_rgb(0.0, 0.0, 1.0))
+"""
+    done = _python(code, tmp_path)
+    assert done.stdout.split("\n")[:2] == ["(0.0, 1.0, 1.0) True", "module (1.0, 1.0, 1.0)"], \
+        done.stdout + done.stderr
