@@ -308,3 +308,34 @@ def test_bad_input():
         model.forward(np.zeros((8, 8), np.float32))
     with pytest.raises(ValueError, match="positive integer"):
         UNet(depth=0)
+
+
+def test_fast_inference_frees_up_steps_inputs_before_their_second_convolution():
+    """Memory at inference: up.i's first convolution's inputs, the skip and the up-step's
+    output (full-size activations at level 0), are freed as soon as it is done, before the
+    second convolution allocates its output (DoubleConv.forward_parts), and the logits are
+    those of the readable network."""
+    import weakref
+
+    rng = np.random.default_rng(3)
+    fast = UNet(1, 3, depth=2, base_channels=4, rng=1, readable=False)
+    readable = UNet(1, 3, depth=2, base_channels=4, rng=1, readable=True)
+    for model in (fast, readable):
+        model.eval().set_grad_enabled(False)
+    inputs_alive = []   # per up-step: whether conv1's inputs are alive as conv2 starts
+    for up in fast.up:
+        refs = []
+
+        def conv1(conv, *parts, first=up.bn1.after_conv, refs=refs):
+            refs[:] = [weakref.ref(p) for p in parts]
+            return first(conv, *parts)
+
+        def conv2(conv, x, second=up.bn2.after_conv, refs=refs):
+            inputs_alive.append([r() is not None for r in refs])
+            return second(conv, x)
+
+        up.bn1.after_conv, up.bn2.after_conv = conv1, conv2   # this model's instances only
+    x = rng.standard_normal((1, 1, 32, 32)).astype(np.float32)
+    logits = fast(x)
+    assert inputs_alive == [[False, False]] * fast.depth
+    assert rel(logits, readable(x)) < 1e-5

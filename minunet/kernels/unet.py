@@ -54,6 +54,20 @@ class DoubleConv(readable_unet.DoubleConv):
         x = _then(self.relu1, self.bn1(self.conv1(x, *more)))  # (N, Cout, H, W)
         return _then(self.relu2, self.bn2(self.conv2(x)))      # (N, Cout, H, W)
 
+    def forward_parts(self, parts: list[np.ndarray]) -> np.ndarray:
+        """self(*parts), emptying the list. In inference (folded, no hooks to see the inputs),
+        conv1's inputs are freed as soon as conv1 is done, before conv2 runs: the decoder
+        then holds three full-size activations at its peak instead of four (the caller must
+        hold no other reference to them)."""
+        if not self._folded() or module._hooks_on:
+            inputs = tuple(parts)
+            parts.clear()
+            return self(*inputs)
+        self._saved, self._forward_state = None, "no_grad"  # what Module.__call__ records
+        x = self.bn1.after_conv(self.conv1, *parts)          # (N, Cout, H, W)
+        parts.clear()                                        # the skip and the up-step's output
+        return self.bn2.after_conv(self.conv2, x)            # (N, Cout, H, W)
+
     def _folded(self) -> bool:
         """Inference (eval mode, gradients off) with the fused batch norm: folded into the
         convolutions (BatchNormReLU2d.after_conv), the same result without their pass."""
@@ -103,9 +117,12 @@ class UNet(readable_unet.UNet):
         x = self.bottom(x)                         # (N, c_depth, H/2**depth, W/2**depth)
         for i in reversed(range(self.depth)):      # decoder, bottom to top
             x = self.upconv[i](x)                  # (N, c_i, H/2**i, W/2**i)
-            # concat.i and up.i in one: (N, c_i, ...); the skip is popped, so that it is freed
-            # as soon as up.i is done with it (not kept until the head: memory at inference)
-            x = self.up[i](skips.pop(), x)
+            # concat.i and up.i in one: (N, c_i, ...); the skip is popped and this frame lets
+            # go of x, so that both are freed as soon as up.i's conv1 is done with them
+            # (DoubleConv.forward_parts: memory at inference)
+            parts = [skips.pop(), x]
+            del x
+            x = self.up[i].forward_parts(parts)
         return self.head(x)                        # (N, Kc, H, W)
 
     def backward(self, dlogits: np.ndarray) -> np.ndarray:
