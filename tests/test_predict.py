@@ -205,6 +205,63 @@ def test_compiled_tile_gather_and_softmax_equal_numpy(shape):
         assert (probs[:, 0, :] == -1).all() and (probs[:, :, :2] == -1).all()
 
 
+def test_vexp_is_exp_correctly_rounded_to_float32():
+    """simd.vexp (the softmax's exp, 16 lanes): e**x in float64 rounded once to float32, on
+    float32 values spread over the softmax's range [-110, 0] and past it, and the edges: 0
+    and -0 give 1, NaN stays NaN, -inf and anything under EXP_FLOOR gives 0."""
+    from numba import njit
+
+    from minunet.kernels import simd
+    if not simd.AVAILABLE:
+        pytest.skip("the vector intrinsics need the JIT")
+
+    @njit
+    def vexp_rows(x, y):
+        for i in range(x.shape[0]):
+            for j in range(0, x.shape[1], 16):
+                simd.vstore(y, i, j, simd.vexp(simd.vload(x, i, j)))
+
+    rng = np.random.default_rng(0)
+    spread = np.concatenate([-rng.uniform(0, 110, 1 << 18), -rng.uniform(0, 1e-3, 1 << 14),
+                             -np.exp(-rng.uniform(0, 90, 1 << 14)), rng.uniform(0, 88, 1 << 12)])
+    edges = np.array([0.0, -0.0, np.nan, -np.inf, -1e30, -200.0, simd.EXP_FLOOR, -103.97,
+                      -103.9, -87.4, -1e-45, 1e-7, 1.0, 88.0, -0.5, -np.log(2.0)])
+    x = np.concatenate([spread, edges]).astype(np.float32)
+    x = np.concatenate([x, np.zeros(-x.size % 16, np.float32)]).reshape(1, -1)
+    y = np.empty_like(x)
+    vexp_rows(x, y)
+    with np.errstate(over="ignore"):
+        exact = np.exp(x.astype(np.float64)).astype(np.float32)
+    np.testing.assert_array_max_ulp(y, exact, maxulp=1)
+    finite = ~np.isnan(exact)
+    assert np.count_nonzero(y[finite] != exact[finite]) <= 1
+    tail = y[0, spread.size:spread.size + edges.size]
+    assert tail[0] == tail[1] == 1.0 and np.isnan(tail[2]) and (tail[3:7] == 0).all()
+
+
+@pytest.mark.parametrize("width", [5, 16, 31, 130])
+def test_vector_softmax_rows_equal_the_scalar_ones_within_rounding(width):
+    """tiles._softmax_rows_f32 (16 lanes, vexp; rows whose width is not a multiple of 16 end
+    in a padded tail) against tiles._softmax_rows (scalar, the C library's expf): the same
+    probabilities to 2 ulp (one ulp from each exp, and the sum), summing to 1; rows outside
+    [first, stop) untouched."""
+    from minunet.kernels import simd, tiles
+    if not simd.AVAILABLE:
+        pytest.skip("the vector intrinsics need the JIT")
+    rng = np.random.default_rng(width)
+    tile = (rng.standard_normal((3, 40, width + 9)) * 25).astype(np.float32)
+    tile[1, 3, :] = tile[0, 3, :]                          # ties for the largest logit
+    core = tile[:, 4:36, 5:5 + width]                      # a tile's core: a strided view
+    fast = np.full((3, 34, width + 3), -1.0, np.float32)
+    plain = fast.copy()
+    tiles._softmax_rows_f32(core, fast[:, 1:33, 2:2 + width], 2, 30)
+    tiles._softmax_rows(core, plain[:, 1:33, 2:2 + width], 2, 30)
+    np.testing.assert_array_max_ulp(fast, plain, maxulp=2)
+    np.testing.assert_allclose(fast[:, 3:31, 2:2 + width].sum(axis=0), 1.0, rtol=3e-7)
+    assert (fast[:, :3] == -1).all() and (fast[:, 31:] == -1).all()
+    assert (fast[:, :, :2] == -1).all() and (fast[:, :, 2 + width:] == -1).all()
+
+
 def test_prediction_imports_no_plotting_or_optimisation(tmp_path):
     """`minunet predict IMAGE --out OUT` (the command itself: parsing, reading, segmenting,
     writing the labels) imports neither matplotlib, scipy.optimize, scipy.ndimage,

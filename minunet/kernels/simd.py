@@ -24,6 +24,12 @@ more for the Winograd transforms (winograd.py) and the up-step (upsample.py):
     vdeinterleave2(v0, v1)            -> (p0, p1), the inverse
     vnext(a, b)                       -> [a[1], ..., a[15], b[0]] (one lane along)
 
+three for the softmax of predict's tiles (tiles.py):
+
+    vmax(x, y)                        -> y where y > x, else x, lane by lane (Python's max)
+    vdiv(x, y)                        -> x / y lane by lane (IEEE division)
+    vexp(x)                           -> e**x lane by lane, in float64 inside (see vexp)
+
 and one more for the threads that run the direct route's items (conv.py):
 
     fetch_add(a, i, v) -> old a[i], a[i] += v        (atomic, on a 1-D int64 array)
@@ -34,6 +40,8 @@ BLAS there instead.
 """
 
 from __future__ import annotations
+
+import math
 
 from llvmlite import binding as llvm_binding
 from llvmlite import ir
@@ -336,3 +344,77 @@ def vnext(typingctx, a, b):  # noqa: ANN001, ANN201
         mask = ir.Constant(ir.VectorType(ir.IntType(32), LANES), list(range(1, LANES + 1)))
         return builder.shuffle_vector(args[0], args[1], mask)
     return float32x16(a, b), codegen
+
+
+@intrinsic
+def vmax(typingctx, x, y):  # noqa: ANN001, ANN201
+    """Lane by lane y if y > x else x: Python's max(x, y) (x kept on ties and where y is NaN)."""
+    if not (x == float32x16 and y == float32x16):
+        return None
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001
+        x, y = args
+        return builder.select(builder.fcmp_ordered(">", y, x), y, x)
+    return float32x16(x, y), codegen
+
+
+@intrinsic
+def vdiv(typingctx, x, y):  # noqa: ANN001, ANN201
+    """x / y lane by lane (IEEE division: each lane the same bits as a scalar division)."""
+    if not (x == float32x16 and y == float32x16):
+        return None
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001
+        return builder.fdiv(*args)
+    return float32x16(x, y), codegen
+
+
+_DOUBLES = ir.VectorType(ir.DoubleType(), LANES)
+_LONGS = ir.VectorType(ir.IntType(64), LANES)
+EXP_FLOOR = -110.0  # e**-110 = 1.7e-48, under half of float32's least subnormal: rounds to 0
+_LN2_HI = 6.93147180369123816490e-01   # ln 2 = _LN2_HI + _LN2_LO, _LN2_HI with 32 bits: n
+_LN2_LO = 1.90821492927058770002e-10   # * _LN2_HI is exact for the |n| <= 159 used here
+_TAYLOR = [1.0 / math.factorial(k) for k in range(12)]   # e**r = sum r**k / k!, k <= 11
+
+
+def _doubles(value: float) -> ir.Constant:
+    return ir.Constant(_DOUBLES, [value] * LANES)
+
+
+@intrinsic
+def vexp(typingctx, x):  # noqa: ANN001, ANN201
+    """e**x lane by lane, computed in float64 and rounded once to float32. x = n ln2 + r with
+    n = round(x / ln2) and |r| <= ln2 / 2 (r by two fused multiply-adds, Cody and Waite's
+    split of ln2); e**r by its Taylor series to r**11 / 11! (Horner, fused; the first term
+    left out is 3e-15 of e**r); e**x = e**r * 2**n, 2**n built from its exponent bits. The
+    float64 value is within 1e-14 of e**x relatively, so the float32 result is e**x correctly
+    rounded but for values within 1e-14 of a rounding midpoint (C libraries' expf differ from
+    it by one ulp more often: glibc's is documented to 0.502 ulp). NaN stays NaN; x below
+    EXP_FLOOR gives 0 (the exact value underflows float32 there); for x <= 88 (+inf above is
+    not handled: the softmax's x are <= 0)."""
+    if x != float32x16:
+        return None
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001
+        def intrinsic_fn(name: str, arity: int):
+            return cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(_DOUBLES, [_DOUBLES] * arity), name)
+        fma = intrinsic_fn(f"llvm.fma.v{LANES}f64", 3)
+        nearest = intrinsic_fn(f"llvm.roundeven.v{LANES}f64", 1)
+        xd = builder.fpext(args[0], _DOUBLES)
+        nan = builder.fcmp_unordered("uno", xd, xd)
+        xd = builder.select(nan, _doubles(0.0), xd)             # NaN lanes: put back at the end
+        low = builder.fcmp_ordered("<", xd, _doubles(EXP_FLOOR))
+        xd = builder.select(low, _doubles(EXP_FLOOR), xd)
+        n = builder.call(nearest, [builder.fmul(xd, _doubles(1.0 / math.log(2.0)))])
+        r = builder.call(fma, [n, _doubles(-_LN2_HI), xd])     # x - n ln2, in two steps
+        r = builder.call(fma, [n, _doubles(-_LN2_LO), r])
+        p = _doubles(_TAYLOR[-1])
+        for coefficient in reversed(_TAYLOR[:-1]):               # e**r, Horner
+            p = builder.call(fma, [p, r, _doubles(coefficient)])
+        exponent = builder.add(builder.fptosi(n, _LONGS), ir.Constant(_LONGS, [1023] * LANES))
+        two_n = builder.bitcast(builder.shl(exponent, ir.Constant(_LONGS, [52] * LANES)),
+                                _DOUBLES)                        # 2**n, n >= -159
+        y = builder.fptrunc(builder.fmul(p, two_n), _VECTOR)
+        return builder.select(builder.fcmp_unordered("uno", args[0], args[0]), args[0], y)
+    return float32x16(x), codegen
