@@ -16,7 +16,11 @@ automatic margin is also widened (by 8 px a side for a 1024-px core of a depth-3
 most 7 * 2**depth px for small cores) so that each tile is a multiple of FAST_WIDTH * 2**depth
 px wide: then every level's rows are a multiple of 16 px, which the
 direct AVX-512 convolutions need (`kernels/conv.py`, `_direct`); otherwise the deeper levels
-take the BLAS route. A wider margin only adds context, so the result stays seamless.
+take the BLAS route. A wider margin only adds context, so the result stays seamless. The core
+also grows (by rows past the image's, mirrored and dropped) until each tile is a multiple of
+FAST_HEIGHT * 2**depth px tall: every level's height is then a multiple of 4, which Winograd's
+4 x 4 tiles need (`kernels/winograd.py`); a 1000 x 1000 image's tile was 1144 px tall, and its
+levels 2 and 3 (286 and 143 rows) took the direct sums, 2-3x slower there.
 
 Normalisation (`normalize`) turns whatever a user's file holds (8-/16-bit integers, floats, RGB)
 into one float32 gray image. Its settings are a small dict stored in the checkpoint, so training
@@ -74,6 +78,8 @@ DEFAULT_BATCH_SIZE = 1
 # the direct convolution kernels take rows a multiple of this many pixels (one AVX-512 vector
 # of float32; kernels/conv.py `_direct`); the automatic margin makes every level's rows so
 FAST_WIDTH = 16
+# and Winograd's convolutions (kernels/winograd.py) rows a multiple of its 4 x 4 output tiles
+FAST_HEIGHT = 4
 
 
 def to_gray(image: np.ndarray, *, who: str = "image") -> np.ndarray:
@@ -293,7 +299,8 @@ def predict(model: Module, image: np.ndarray, *, tile: int = DEFAULT_TILE,
                   width shrink apart); the automatic margin may widen it by 2**depth px
     margin:       context added on each side of a tile (default: the receptive radius, rounded
                   up to a multiple of 2**depth, which makes tiling seamless, and widened so
-                  that tiles are a multiple of FAST_WIDTH * 2**depth px wide)
+                  that tiles are a multiple of FAST_WIDTH * 2**depth px wide; the core then
+                  grows until they are a multiple of FAST_HEIGHT * 2**depth px tall)
     batch_size:   tiles per forward pass (default 1; memory grows with it)
     normalization: the settings stored in the checkpoint (default DEFAULT_NORMALIZATION)
     scale:        resize the normalised image by this factor before the network and the
@@ -347,6 +354,7 @@ def predict(model: Module, image: np.ndarray, *, tile: int = DEFAULT_TILE,
     core_w = min(_round_up(tile, mult), _round_up(W, mult))   # and columns
     if fast:
         core_w, margin = fast_tile_width(core_w, margin, mult)
+        core_h = _round_up(core_h + 2 * margin, FAST_HEIGHT * mult) - 2 * margin
     n_rows, n_cols = math.ceil(H / core_h), math.ceil(W / core_w)
 
     # Mirror the image beyond its edges: margin on every side, and up to a whole number of

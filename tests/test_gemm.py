@@ -286,3 +286,32 @@ def test_weight_packing_and_flip_are_the_numpy_copies(cout, cin):
         flipped = kernels._flipped(weight)
         assert flipped.dtype == weight.dtype and flipped.flags.c_contiguous
         np.testing.assert_array_equal(flipped, weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+
+
+@pytest.mark.parametrize("N, C, H, W, cout, bias, relu", [
+    (1, 1, 37, 64, 16, True, True), (2, 3, 20, 48, 10, False, False),
+    (1, 2, 5, 16, 16, True, False), (1, 4, 7, 32, 3, False, True), (3, 1, 1, 16, 9, True, True)])
+def test_few_channel_inference_convolution_is_the_direct_route_to_the_bit(
+        direct_route, N, C, H, W, cout, bias, relu):
+    """conv._few_channels (inference's route for a 3x3 convolution of a few input channels,
+    the U-Net's first) gives the direct route's sums bit for bit (the same taps, order and
+    fused multiply-adds, the bias and ReLU as its epilogue), and conv2d_inference takes it."""
+    rng = np.random.default_rng(N * 100 + C * 10 + H)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    w = rng.standard_normal((cout, C, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(cout).astype(np.float32) if bias else None
+    expected = kernels._forward(x, w, 1, 1, b, who="layer", relu=relu)
+    np.testing.assert_array_equal(kernels._few_channels(x, w, b, relu, "layer"), expected)
+    assert kernels._few_channels_apply(x, w, 1, 1)
+    np.testing.assert_array_equal(kernels.conv2d_inference(x, w, b, 1, 1, relu=relu), expected)
+    assert not kernels._few_channels_apply(x[..., :W - 1], w, 1, 1)  # rows not whole vectors
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_few_channel_convolution_finds_a_non_finite_value_anywhere(direct_route, bad):
+    w = np.ones((4, 2, 3, 3), np.float32)
+    for position in np.ndindex(1, 2, 5, 16):
+        x = np.ones((1, 2, 5, 16), np.float32)
+        x[position] = bad
+        with pytest.raises(FloatingPointError, match=r"layer: input .* contains"):
+            kernels._few_channels(x, w, None, True, "layer")

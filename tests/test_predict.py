@@ -1,5 +1,8 @@
 """Overlap-tile prediction: seamless, any size, bounded, with normalisation stored and reused."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -140,14 +143,16 @@ class ShapeSpy:
 @pytest.mark.parametrize("shape, tile", [((100, 77), 8), ((300, 700), 256), ((90, 90), 1024)])
 def test_automatic_margin_makes_tile_widths_fast(shape, tile):
     """Every tile is a multiple of FAST_WIDTH * 2**depth px wide (the direct kernels' rows at
-    every level), its margin still covers the receptive radius, and the result is seamless."""
-    from minunet.predict import FAST_WIDTH, fast_tile_width
+    every level) and of FAST_HEIGHT * 2**depth px tall (Winograd's 4 x 4 tiles at every
+    level), its margin still covers the receptive radius, and the result is seamless."""
+    from minunet.predict import FAST_HEIGHT, FAST_WIDTH, fast_tile_width
 
     depth = 2
     spy = ShapeSpy(small_unet(depth))
     image = np.random.default_rng(3).random(shape).astype(np.float32)
     tiled = mu.predict(spy, image, tile=tile, batch_size=2)
     assert spy.shapes and all(w % (FAST_WIDTH * 2**depth) == 0 for *_, w in spy.shapes)
+    assert all(h % (FAST_HEIGHT * 2**depth) == 0 for *_, h, _ in spy.shapes)
     whole = mu.predict(small_unet(depth), image, tile=4096)   # one tile
     np.testing.assert_allclose(tiled, whole, rtol=0, atol=2e-5)
     assert fast_tile_width(1024, 56, 8) == (1024, 64)      # 1152 px = 9 * 128
@@ -260,6 +265,29 @@ def test_vector_softmax_rows_equal_the_scalar_ones_within_rounding(width):
     np.testing.assert_allclose(fast[:, 3:31, 2:2 + width].sum(axis=0), 1.0, rtol=3e-7)
     assert (fast[:, :3] == -1).all() and (fast[:, 31:] == -1).all()
     assert (fast[:, :, :2] == -1).all() and (fast[:, :, 2 + width:] == -1).all()
+
+
+def test_the_bundled_model_predicts_without_the_direct_routes_kernels(tmp_path):
+    """Segmenting with the bundled model, even an image whose size fits no tile (70 x 90, and
+    the command's blank 8 x 8 check), never compiles or loads the direct convolution's
+    kernels (40-60 ms of Numba's cache at every start of `minunet predict`): the tiles are
+    tall enough for Winograd at every level, and the first convolution (one input channel)
+    takes conv._few_channels."""
+    code = """
+import numpy as np
+import minunet as mu
+from minunet.kernels import conv
+model = mu.load("nuclei")
+for shape in [(8, 8), (70, 90)]:
+    mu.segment(model, np.random.default_rng(0).random(shape).astype(np.float32))
+print("direct route loaded:", conv._direct_items_jit is not None)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=300)
+    from minunet.kernels import conv
+    if not conv.USE_WINOGRAD:
+        pytest.skip("no AVX-512 or no JIT: the direct route and Winograd are off")
+    assert "direct route loaded: False" in done.stdout, done.stdout + done.stderr[-3000:]
 
 
 def test_prediction_imports_no_plotting_or_optimisation(tmp_path):

@@ -23,6 +23,12 @@ thread pool (threads.py); each item writes its rows of y directly. Two routes:
   as constants) stay in the core's cache and go to np.matmul with single-threaded BLAS.
   A 1x1 convolution's columns are x itself.
 
+At inference, a 3x3 convolution of a few input channels (the U-Net's first, on the image)
+that would take the direct route takes `_few_channels` instead: the same multiply-adds in the
+same order (the same bits), from a zero-padded copy of the input, in a loop small enough to
+load from Numba's cache in a few milliseconds where the direct route's two kernels take
+40-60 ms, which every `minunet predict` paid at its start for this one layer.
+
 3x3 convolutions with >= 16 input channels take a third route, Winograd F(4x4, 3x3)
 (winograd.py, `_winograd`): 4x fewer multiply-adds, rounded differently (a few 1e-6 of the
 output's scale in float32). Inference takes it (`conv2d_inference`), and so do training's
@@ -60,6 +66,7 @@ from numba import njit
 from ..checks import check_finite
 from . import simd
 from .gemm import BLOCK, TILE, direct_product, direct_weight_product, pack_weights
+from .simd import vadd, vbias_relu, vfma, vload, vstore, vsub, vsum, vzero
 from .threads import SERIAL_BYTES, SERIAL_FLOPS, get_num_threads, parallel_for
 from .winograd import (
     band_cols,
@@ -837,7 +844,85 @@ def conv2d_inference(x: Parts, weight: np.ndarray, bias: np.ndarray | None, stri
     again and again)."""
     if _winograd_applies(x, weight.shape[2], stride, padding):
         return _winograd(_parts(x), weight, bias, relu, who, "input", remember=True)
+    if _few_channels_apply(x, weight, stride, padding):
+        return _few_channels(x, weight, bias, relu, who)
     return _forward(x, weight, stride, padding, bias, who=who, relu=relu)
+
+
+FEW_CHANNELS = 4  # inference convolutions of at most this many input channels: _few_channels
+FEW_BAND_ROWS = 16  # output rows per item of _few_channels
+
+
+def _few_channels_apply(x: Parts, weight: np.ndarray, stride: int, padding: int) -> bool:
+    """Whether conv2d_inference takes _few_channels: one input array of at most FEW_CHANNELS
+    channels, a 3x3 kernel, padding 1, and the direct route's conditions (float32, stride
+    1, rows a multiple of 16 wide, AVX-512), so that it replaces exactly the direct sums."""
+    return (not isinstance(x, tuple) and x.shape[1] <= FEW_CHANNELS and weight.shape[2] == 3
+            and padding == 1 and _direct(x.dtype, 3, stride, padding, x.shape[3]))
+
+
+def _few_channels(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, relu: bool,
+                  who: str | None) -> np.ndarray:
+    """The 3x3 pad-1 stride-1 convolution of x (N, Cin, H, W) float32 (+ bias, then ReLU with
+    relu), Cin small, W a multiple of 16 -> (N, Cout, H, W): gemm.direct_product's sums (the
+    9 Cin taps in order (c, kh, kw), fused multiply-adds from zero, then the bias and the
+    ReLU as its epilogue applies them), read from a zero-padded copy of x. With `who`, NaN/inf
+    in x raise (found from the items' probes)."""
+    N, Cin, H, W = x.shape
+    Cout = weight.shape[0]
+    padded = np.zeros((N, Cin, H + 2, W + 2), np.float32)          # (N, Cin, H+2, W+2)
+    padded[:, :, 1:H + 1, 1:W + 1] = x
+    w_rows = np.ascontiguousarray(weight.reshape(Cout, Cin * 9), dtype=np.float32)
+    tile_bias = _NO_BIAS if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
+    y = np.empty((N, Cout, H, W), np.float32)
+    bands = -(-(N * H) // FEW_BAND_ROWS)
+    probes = np.zeros(bands)
+
+    def item(k: int, slot: int) -> None:
+        first = k * FEW_BAND_ROWS
+        probes[k] = _few_channel_rows(padded.reshape(-1, W + 2), w_rows, tile_bias, relu,
+                                      y.reshape(-1, W), Cin, H, first,
+                                      min(N * H, first + FEW_BAND_ROWS))
+
+    parallel_for(item, bands, serial=_small(N, Cin, Cout, H, W, 3), blas=False)
+    if who is not None and not np.isfinite(probes.sum()):
+        _check_parts(who, (x,), "input")                               # raises, with counts
+    return y
+
+
+@njit(cache=True, nogil=True)
+def _few_channel_rows(padded: np.ndarray, w_rows: np.ndarray, bias: np.ndarray, relu: bool,
+                      y: np.ndarray, channels: int, height: int, first: int,
+                      stop: int) -> float:
+    """Rows [first, stop) of _few_channels's output (row r: image r // height, row r %
+    height), 16 pixels at a time: padded (N*Cin*(H+2), W+2) the zero-padded input's rows,
+    w_rows (Cout, Cin*9), bias (Cout,) or empty, y (N*Cout*H, W). Returns the NaN/inf probe
+    (sum of v - v over the input values of these rows)."""
+    cout = w_rows.shape[0]
+    W = y.shape[1]
+    epilogue = relu or bias.size > 0
+    probe = vzero()
+    for r in range(first, stop):
+        n, i = r // height, r % height
+        for c in range(channels):  # each input value is the centre tap of one output pixel
+            centre = (n * channels + c) * (height + 2) + i + 1
+            for j in range(0, W, 16):
+                v = vload(padded, centre, j + 1)
+                probe = vadd(probe, vsub(v, v))
+        for o in range(cout):
+            b = bias[o] if bias.size > 0 else np.float32(0)
+            out = (n * cout + o) * height + i
+            for j in range(0, W, 16):
+                acc = vzero()
+                k = 0
+                for c in range(channels):
+                    top = (n * channels + c) * (height + 2) + i        # padded row of row i - 1
+                    for kh in range(3):
+                        for kw in range(3):
+                            acc = vfma(vload(padded, top + kh, j + kw), w_rows[o, k], acc)
+                            k += 1
+                vstore(y, out, j, vbias_relu(acc, b, relu) if epilogue else acc)
+    return vsum(probe)
 
 
 def _winograd_applies(x: Parts, kernel_size: int, stride: int, padding: int) -> bool:
