@@ -165,6 +165,10 @@ def test_packed_weights_are_remembered_by_content_not_by_array():
     assert changed is not first
     assert np.array_equal(changed, winograd.transformed_weights(weight, np.float32))
     assert winograd.packed_weights(weight, np.float64).dtype == np.float64
+    zero, negative_zero = np.zeros((8, 16, 3, 3), np.float32), np.full((8, 16, 3, 3), -0.0,
+                                                                       np.float32)
+    assert winograd.packed_weights(zero, np.float32) is not winograd.packed_weights(
+        negative_zero, np.float32)                                       # bit for bit
     x = rng.standard_normal((1, 16, 8, 12)).astype(np.float32)
     exact = conv2d_forward_reference(x.astype(np.float64), weight.astype(np.float64), None, 1, 1)
     assert _error(conv.conv2d_inference(x, weight, None, 1, 1), exact) < F32_TOLERANCE
