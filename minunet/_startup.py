@@ -28,6 +28,10 @@ Python's own behaviour):
   `minunet predict` of a 64 x 64 image: 0.65 s against 0.76 s (fastest of 12, medians 0.70 and
   0.79 s; `python bench/ab_steps.py BEFORE . --command 64 --rounds 12`, BEFORE a worktree of
   600e4ff, 2026-12-07, Intel Xeon, 2 vCPUs, labels identical).
+  The same for YAML: Numba's import imports it (about 20 ms) to read a `.numba_config.yaml`
+  that it looks for in the working directory only when it reads its settings; while Numba is
+  imported, `yaml` is a stand-in too when PyYAML is installed (when it is not, Numba sees it
+  missing, as before), so YAML is imported only where such a file is read.
 - **The exit** (`exit_now`): once the command is done, its files written, flushed to disk and
   closed, and its locks released, Python would still tear down every module and object
   (Numba's compiled code among them) before the process ends: about 0.2 s after a
@@ -46,6 +50,7 @@ from __future__ import annotations
 import atexit
 import gc
 import importlib
+import importlib.util
 import itertools
 import os
 import signal
@@ -91,6 +96,7 @@ def guard_start_up() -> None:
 
 
 BLAS_MODULE = "scipy.linalg.cython_blas"  # what Numba's BLAS check imports
+YAML_MODULE = "yaml"                        # what Numba's settings import, for a file of them
 
 
 class _Deferred(types.ModuleType):
@@ -104,19 +110,26 @@ class _Deferred(types.ModuleType):
 
 
 def defer_scipy_linalg() -> bool:
-    """Import Numba's array functions (`numba.np.arraymath`, which runs Numba's BLAS check on
-    import) with a stand-in for `scipy.linalg.cython_blas`, so that the check does not import
-    scipy.linalg (see the module docstring); the stand-in is gone when this returns. True if
-    done, False where there was nothing to do (Numba's check has run, or SciPy's module is
-    loaded already). Without SciPy the check fails as it would have (importing `scipy`)."""
+    """Import Numba and its array functions (`numba.np.arraymath`, which runs Numba's BLAS
+    check on import) with stand-ins for `scipy.linalg.cython_blas` and, if installed, `yaml`
+    in sys.modules, so that neither scipy.linalg nor YAML is imported for nothing (see the
+    module docstring); the stand-ins are gone when this returns. True if done, False where
+    there was nothing to do (Numba's check has run, or SciPy's module is loaded already).
+    Without SciPy the check fails as it would have (importing `scipy`)."""
     if "numba.np.arraymath" in sys.modules or BLAS_MODULE in sys.modules:
         return False
-    sys.modules[BLAS_MODULE] = _Deferred(BLAS_MODULE)
+    names = [BLAS_MODULE]
+    if (YAML_MODULE not in sys.modules and "numba" not in sys.modules
+            and importlib.util.find_spec(YAML_MODULE) is not None):
+        names.append(YAML_MODULE)
+    for name in names:
+        sys.modules[name] = _Deferred(name)
     try:
         import numba.np.arraymath  # noqa: F401  (its BLAS check runs now, on the stand-in)
     finally:
-        if isinstance(sys.modules.get(BLAS_MODULE), _Deferred):
-            del sys.modules[BLAS_MODULE]
+        for name in names:
+            if isinstance(sys.modules.get(name), _Deferred):
+                del sys.modules[name]
     return True
 
 

@@ -110,9 +110,10 @@ print("main returned", code)
     assert marker.read_text() == "done"              # Python waited for the thread
 
 
-def test_the_command_never_imports_scipy_linalg(image, tmp_path):
+def test_the_command_never_imports_scipy_linalg_or_yaml(image, tmp_path):
     """Numba's BLAS check (`import scipy.linalg.cython_blas` as Numba sets itself up) cost
-    the command 0.1-0.18 s of its start; nothing else on predict's path needs scipy.linalg."""
+    the command 0.1-0.18 s of its start, and its settings' `import yaml` 20 ms; nothing else
+    on predict's path needs scipy.linalg or YAML."""
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, "-X", "importtime", "-m", "minunet", "predict",
                            "--model", "nuclei", str(image), "--out", str(out)],
@@ -123,6 +124,7 @@ def test_the_command_never_imports_scipy_linalg(image, tmp_path):
                 if line.startswith("import time:")]
     assert "numba.np.arraymath" in imported  # Numba was set up in this process ...
     assert not [name for name in imported if name.startswith("scipy.linalg")]  # ... without it
+    assert "yaml" not in imported
 
 
 def test_numba_blas_check_passes_and_compiled_dot_still_gets_scipys_blas(tmp_path):
@@ -163,4 +165,22 @@ print(type(colorsys).__name__, colorsys.hsv_to_rgb(0.0, 0.0, 1.0))
 """
     done = _python(code, tmp_path)
     assert done.stdout.split("\n")[:2] == ["(0.0, 1.0, 1.0) True", "module (1.0, 1.0, 1.0)"], \
+        done.stdout + done.stderr
+
+
+def test_numbas_settings_file_is_still_read_through_the_yaml_stand_in(tmp_path):
+    """A `.numba_config.yaml` in the working directory (Numba reads it as it is imported)
+    still sets Numba's settings when the command defers YAML: the stand-in imports the real
+    module when Numba asks it to parse the file."""
+    (tmp_path / ".numba_config.yaml").write_text("opt: '2'\n")   # Numba's default: 3
+    code = """
+import sys
+from minunet import _startup
+print("deferred", _startup.defer_scipy_linalg())
+from numba.core import config
+print("opt", int(config.OPT), "yaml real", type(sys.modules["yaml"]).__name__ == "module"
+      and hasattr(sys.modules["yaml"], "safe_load"))
+"""
+    done = _python(code, tmp_path)
+    assert done.stdout.split("\n")[:2] == ["deferred True", "opt 2 yaml real True"], \
         done.stdout + done.stderr
