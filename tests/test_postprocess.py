@@ -415,3 +415,24 @@ def test_pieces_found_beside_the_seeds_give_the_same_labels(monkeypatch):
     assert given == [True, False]
     assert together.max() > 10
     np.testing.assert_array_equal(together, alone)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_compiled_relabelling_over_pixel_ranges_equals_numpys(threads, monkeypatch):
+    """kernels/watershed.relabel (the object sizes counted over ranges of pixels on the
+    pool's threads, then the new ids looked up) gives _finish's NumPy labels on an image
+    large enough to be split (ids missing, small objects, the largest id small), whatever
+    the number of threads."""
+    from minunet.kernels import threads as pool
+    from minunet.kernels.watershed import SERIAL_PIXELS, relabel
+    from minunet.postprocess import _finish
+
+    monkeypatch.setattr(pool, "get_num_threads", lambda: threads)
+    rng = np.random.default_rng(threads)
+    labels = rng.integers(0, 700, (600, 400)).astype(np.int32)
+    labels[labels % 7 == 3] = 0                      # ids missing
+    labels[:5, :5] = 701                             # a small object with the largest id
+    assert labels.size > SERIAL_PIXELS
+    for min_size in (0, 1, 40, 380):
+        np.testing.assert_array_equal(relabel(labels, min_size),
+                                      _finish(labels.astype(np.int64), min_size))

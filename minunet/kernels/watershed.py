@@ -266,32 +266,48 @@ def _seeds(p: np.ndarray, thresh: float, min_size: int, foreground: np.ndarray,
                 flat[q] = next_id
 
 
+RELABEL_PARTS = 8  # pixel ranges of relabel's passes, shared by the pool's threads
+
+
 def relabel(labels: np.ndarray, min_size: int) -> np.ndarray:
     """Labels (H, W) int32 >= 0 with the objects under min_size pixels removed and the rest
-    numbered 1..n in the order of their old ids (`postprocess._finish`): int32 (H, W)."""
-    return _relabel(np.ascontiguousarray(labels), int(min_size))
+    numbered 1..n in the order of their old ids (`postprocess._finish`): int32 (H, W). Two
+    passes over ranges of pixels on the pool's threads: each range's object sizes, then the
+    new ids looked up (the sizes summed and the lookup built between them)."""
+    from .threads import get_num_threads, parallel_for
+
+    flat = np.ascontiguousarray(labels).ravel()
+    serial = flat.size < SERIAL_PIXELS or get_num_threads() == 1
+    parts = 1 if serial else RELABEL_PARTS
+    bounds = np.linspace(0, flat.size, parts + 1).astype(np.int64)
+    top = int(flat.max()) if flat.size else 0
+    sizes = np.zeros((parts, top + 1), np.int64)
+    parallel_for(lambda k, slot: _count(flat, bounds[k], bounds[k + 1], sizes[k]), parts,
+                 serial=serial, blas=False)
+    total = sizes.sum(axis=0)
+    keep = total >= max(min_size, 1)
+    keep[0] = False                                           # the background stays 0
+    new_id = np.where(keep, np.cumsum(keep), 0).astype(np.int32)
+    out = np.empty(labels.shape, np.int32)
+    out_flat = out.ravel()
+    parallel_for(lambda k, slot: _lookup(flat, new_id, bounds[k], bounds[k + 1], out_flat),
+                 parts, serial=serial, blas=False)
+    return out
 
 
 @njit(cache=True, nogil=True)
-def _relabel(labels: np.ndarray, min_size: int) -> np.ndarray:
-    flat = labels.ravel()
-    top = 0
-    for v in flat:
-        top = max(top, v)
-    sizes = np.zeros(top + 1, np.int64)
-    for v in flat:
-        sizes[v] += 1
-    new_id = np.zeros(top + 1, np.int32)
-    n = 0
-    for v in range(1, top + 1):
-        if sizes[v] >= min_size and sizes[v] > 0:
-            n += 1
-            new_id[v] = n
-    out = np.empty_like(labels)
-    out_flat = out.ravel()
-    for k in range(flat.size):
-        out_flat[k] = new_id[flat[k]]
-    return out
+def _count(flat: np.ndarray, start: int, stop: int, sizes: np.ndarray) -> None:
+    """sizes[v] += the number of pixels of flat[start:stop] equal to v."""
+    for k in range(start, stop):
+        sizes[flat[k]] += 1
+
+
+@njit(cache=True, nogil=True)
+def _lookup(flat: np.ndarray, new_id: np.ndarray, start: int, stop: int,
+            out: np.ndarray) -> None:
+    """out[k] = new_id[flat[k]] for k in [start, stop)."""
+    for k in range(start, stop):
+        out[k] = new_id[flat[k]]
 
 
 @njit(cache=True, inline="always")
