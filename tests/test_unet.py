@@ -339,3 +339,35 @@ def test_fast_inference_frees_up_steps_inputs_before_their_second_convolution():
     logits = fast(x)
     assert inputs_alive == [[False, False]] * fast.depth
     assert rel(logits, readable(x)) < 1e-5
+
+
+def test_fast_inference_takes_the_heads_sums_from_the_last_convolution(monkeypatch):
+    """Inference of a U-Net whose last convolution Winograd takes: up.0's second
+    convolution and the 1x1 head run as one pass (BatchNormReLU2d.after_conv_head), the
+    16-channel activation between them never stored, and the logits are those of the two
+    layers one after the other (with a hook on, which sees every layer's output) to the bit."""
+    from minunet.kernels import conv, upsample
+    if not conv.USE_WINOGRAD:
+        pytest.skip("no AVX-512 or no JIT: inference takes the direct sums")
+    rng = np.random.default_rng(7)
+    model = UNet(1, 3, depth=2, base_channels=16, rng=2, readable=False)
+    for _, m in model.named_modules():
+        if hasattr(m, "running_var"):
+            m.running_mean[:] = rng.standard_normal(m.running_mean.shape)
+            m.running_var[:] = rng.uniform(0.5, 2.0, m.running_var.shape)
+    model.eval().set_grad_enabled(False)
+    x = rng.standard_normal((2, 1, 32, 48)).astype(np.float32)
+    heads = []
+    original = upsample.conv1x1_forward
+    monkeypatch.setattr(upsample, "conv1x1_forward",
+                        lambda *a, **k: heads.append(a[0].shape) or original(*a, **k))
+    fused = model(x)
+    assert heads == []                                   # the head never ran on its own
+    seen = []
+    handle = model.head.register_forward_hook(lambda m, inputs, out: seen.append(out.shape))
+    try:
+        separate = model(x)
+    finally:
+        handle.remove()
+    assert heads and seen == [separate.shape]            # ... but it does with a hook on
+    np.testing.assert_array_equal(fused, separate)

@@ -262,3 +262,48 @@ def test_band_rows_count_a_rows_last_narrower_block(monkeypatch):
     auto = conv.conv2d_inference(x, weight, bias, 1, 1, relu=True)
     monkeypatch.setattr(conv, "band_rows", lambda *args: 1)
     np.testing.assert_array_equal(auto, conv.conv2d_inference(x, weight, bias, 1, 1, relu=True))
+
+
+@pytest.mark.parametrize("N, C, H, W, cout, kc", [(1, 16, 64, 64, 16, 3), (2, 16, 40, 48, 16, 2),
+                                                 (1, 24, 8, 16, 13, 5), (1, 16, 12, 112, 8, 1)])
+@pytest.mark.parametrize("item_bytes", [winograd.ITEM_BYTES, 1])
+def test_convolution_and_head_in_one_pass_are_the_two_layers_to_the_bit(
+        monkeypatch, N, C, H, W, cout, kc, item_bytes):
+    """conv.conv2d_inference_head (winograd.run_items_head: the 3x3 convolution's values go
+    into the 1x1 head's sums as they are made) against conv2d_inference then the head's own
+    kernel (upsample.conv1x1_forward): the same logits bit for bit, in whole rows and in
+    blocks of 48 tiles (ITEM_BYTES tiny), with and without the head's bias."""
+    from minunet.kernels import upsample
+    if not conv.USE_WINOGRAD:
+        pytest.skip("no AVX-512 or no JIT")
+    monkeypatch.setattr(winograd, "ITEM_BYTES", item_bytes)
+    rng = np.random.default_rng(H * W + kc)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    w = (rng.standard_normal((cout, C, 3, 3)) * 0.3).astype(np.float32)
+    b = rng.standard_normal(cout).astype(np.float32)
+    hw = rng.standard_normal((kc, cout, 1, 1)).astype(np.float32)
+    for hb in (rng.standard_normal(kc).astype(np.float32), None):
+        assert conv.head_fuses(x, w, 1, 1, hw)
+        expected = upsample.conv1x1_forward(conv.conv2d_inference(x, w, b, 1, 1, relu=True),
+                                            hw, hb)
+        np.testing.assert_array_equal(conv.conv2d_inference_head(x, w, b, True, hw, hb),
+                                      expected)
+
+
+def test_convolution_and_head_in_one_pass_name_what_is_not_finite():
+    if not conv.USE_WINOGRAD:
+        pytest.skip("no AVX-512 or no JIT")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 16, 8, 16)).astype(np.float32)
+    w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    hw = rng.standard_normal((3, 16, 1, 1)).astype(np.float32)
+    bad = x.copy()
+    bad[0, 3, 5, 7] = np.nan
+    with pytest.raises(FloatingPointError, match=r"Conv2d: input .* contains"):
+        conv.conv2d_inference_head(bad, w, None, True, hw, None, "Conv2d", "the head")
+    overflowing = np.zeros(16, np.float32)
+    overflowing[4] = np.inf                      # finite input, an infinite value after it
+    with pytest.raises(FloatingPointError, match=r"the head: input contains NaN or inf"):
+        conv.conv2d_inference_head(x, w, overflowing, True, hw, None, "Conv2d", "the head")
+    assert not conv.head_fuses(x, w, 1, 1, hw.astype(np.float64))
+    assert not conv.head_fuses(x[..., :12], w, 1, 1, hw)            # rows not whole vectors

@@ -73,6 +73,7 @@ from .winograd import (
     band_rows,
     packed_weights,
     run_items,
+    run_items_head,
     scratch_shapes,
     transformed_weights,
     winograd_applies,
@@ -998,6 +999,62 @@ def _winograd(parts: tuple[np.ndarray, ...], weight: np.ndarray, bias: np.ndarra
     if who is not None and not np.isfinite(probes.sum()):
         _check_parts(who, parts, name)                                 # raises, with counts
     return y if split is None else (y, y2)
+
+
+def head_fuses(x: np.ndarray, weight: np.ndarray, stride: int, padding: int,
+               head_weight: np.ndarray) -> bool:
+    """Whether conv2d_inference_head may run this convolution and the 1x1 convolution after
+    it as one (`winograd.run_items_head`): one float32 input that Winograd takes, and a 1x1
+    head of float32 weights."""
+    return (not isinstance(x, tuple) and x.dtype == np.float32
+            and _winograd_applies(x, weight.shape[2], stride, padding)
+            and head_weight.dtype == np.float32
+            and head_weight.shape[1:] == (weight.shape[0], 1, 1))
+
+
+def conv2d_inference_head(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
+                          relu: bool, head_weight: np.ndarray, head_bias: np.ndarray | None,
+                          who: str | None = None, head_who: str | None = None) -> np.ndarray:
+    """conv1x1(ReLU(conv3x3(x) + bias)) for inference, as one pass (`head_fuses` must hold):
+    the 3x3 convolution's output is never stored; each of its values goes into the head's
+    sums as the Winograd output transform makes it, in the order of upsample.head_pixels's
+    sums (the same logits to the bit). x (N, Cin, H, W), weight (Cout, Cin, 3, 3),
+    head_weight (Kc, Cout, 1, 1) -> logits (N, Kc, H, W). The U-Net's last convolution and
+    head: 85 MB of a 1152-px tile's 16-channel activation neither written nor read again.
+    NaN/inf in x raise (with who); values of the 3x3 convolution that are not finite raise
+    (with head_who), as the head's own check of its input would."""
+    N, Cin, H, W = x.shape
+    Cout, Kc = weight.shape[0], head_weight.shape[0]
+    U = packed_weights(weight, np.float32)
+    tile_bias = _NO_BIAS if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
+    head_w = np.ascontiguousarray(head_weight.reshape(Kc, Cout), dtype=np.float32)
+    head_b = (np.zeros(Kc, np.float32) if head_bias is None
+              else np.ascontiguousarray(head_bias, dtype=np.float32))
+    logits = np.empty((N, Kc, H, W), np.float32)
+    th, tw = H // 4, W // 4
+    cols = band_cols(tw, Cin, Cout, 4)
+    R = band_rows(cols, Cin, Cout, 4, th, tw)
+    probes = np.zeros(N * -(-th // R) * -(-tw // cols))
+    counter = np.zeros(1, np.int64)
+    shapes = scratch_shapes(Cin, Cout, cols, R, W)
+    zeros = np.zeros((1, W + 16), np.float32)
+
+    def worker(_: int, slot: int) -> None:
+        run_items_head(x, U, tile_bias, relu, R, cols, counter, probes,
+                       *(_scratch.get(slot, "winograd " + name, shapes[name], np.float32)
+                         for name in ("V", "M", "rows")),
+                       zeros, head_w, head_b, logits,
+                       _scratch.get(slot, "winograd head", (4 * Kc, W + 64), np.float32))
+
+    parallel_for(worker, get_num_threads(), serial=_small(N, Cin, Cout, H, W, 3), blas=False)
+    if not np.isfinite(probes.sum()):
+        if who is not None:
+            _check_parts(who, (x,), "input")                           # raises, with counts
+        if head_who is not None:
+            raise FloatingPointError(f"{head_who}: input contains NaN or inf values (the "
+                                     "convolution before it gave them, from finite inputs: "
+                                     "check the model's weights)")
+    return logits
 
 
 def conv2d_backward_input(dy: np.ndarray, weight: np.ndarray, stride: int, padding: int,

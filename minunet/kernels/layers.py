@@ -37,6 +37,7 @@ import numpy as np
 from .. import layers
 from ..checks import check_array, check_finite
 from . import conv, upsample
+from . import conv as conv_kernels  # where a parameter named conv (a layer) hides the module
 from .activation import relu_backward, relu_forward
 from .batchnorm import (
     batchnorm_backward_input,
@@ -435,6 +436,38 @@ class BatchNormReLU2d(BatchNorm2d):
             raise RuntimeError(f"{self!r}.after_conv is for inference only: call .eval() and "
                                f".set_grad_enabled(False) first, or call the two layers")
         x = conv._check_parts(x, more)  # finiteness: the convolution's probe
+        weight, shift = self._folded_into(conv)
+        y = conv2d_inference(x, weight, shift, conv.stride, conv.padding, who="Conv2d",
+                             relu=True)
+        for module in (conv, self):  # as Module.__call__ does with gradients off
+            module._saved = None
+            module._forward_state = "no_grad"
+        return y
+
+    def after_conv_head(self, conv: Conv2d, x: np.ndarray, head: Conv2d) -> np.ndarray:
+        """head(self(conv(x))) for inference, where the head is a 1x1 convolution: as
+        after_conv, and the head's sums taken from the convolution's output as it is computed
+        (`conv.conv2d_inference_head`: the same logits to the bit, without storing that
+        output or reading it again); the three layers one after the other where that does
+        not apply (`conv.head_fuses`)."""
+        if not (head.kernel_size == 1 and head.stride == 1 and head.padding == 0
+                and not self.training and not self.grad_enabled
+                and conv_kernels.head_fuses(x, conv.weight.data, conv.stride, conv.padding,
+                                            head.weight.data)):
+            return head(self.after_conv(conv, x))
+        x = conv._check_parts(x, ())
+        weight, shift = self._folded_into(conv)
+        logits = conv_kernels.conv2d_inference_head(
+            x, weight, shift, True, head.weight.data,
+            None if head.bias is None else head.bias.data, who="Conv2d", head_who=repr(head))
+        for module in (conv, self, head):  # as Module.__call__ does with gradients off
+            module._saved = None
+            module._forward_state = "no_grad"
+        return logits
+
+    def _folded_into(self, conv: Conv2d) -> tuple[np.ndarray, np.ndarray]:
+        """(weight, bias) of conv with this batch norm folded in (see after_conv), in conv's
+        dtype; FloatingPointError if they are not finite."""
         istd = 1.0 / np.sqrt(self.running_var.astype(np.float64) + self.eps)   # (C,)
         scale = self.weight.data * istd                                        # (C,)
         bias = 0.0 if conv.bias is None else conv.bias.data
@@ -447,12 +480,7 @@ class BatchNormReLU2d(BatchNorm2d):
             check_finite(repr(conv), conv.weight.data, name="weight")
             raise FloatingPointError(f"{self!r}: its parameters folded into {conv!r} are not "
                                      f"finite: check the model's weights")
-        y = conv2d_inference(x, weight, shift.astype(dtype), conv.stride, conv.padding,
-                             who="Conv2d", relu=True)
-        for module in (conv, self):  # as Module.__call__ does with gradients off
-            module._saved = None
-            module._forward_state = "no_grad"
-        return y
+        return weight, shift.astype(dtype)
 
     def __repr__(self) -> str:
         return f"BatchNormReLU2d({self.num_features})"

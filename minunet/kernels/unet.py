@@ -54,19 +54,24 @@ class DoubleConv(readable_unet.DoubleConv):
         x = _then(self.relu1, self.bn1(self.conv1(x, *more)))  # (N, Cout, H, W)
         return _then(self.relu2, self.bn2(self.conv2(x)))      # (N, Cout, H, W)
 
-    def forward_parts(self, parts: list[np.ndarray]) -> np.ndarray:
-        """self(*parts), emptying the list. In inference (folded, no hooks to see the inputs),
-        conv1's inputs are freed as soon as conv1 is done, before conv2 runs: the decoder
-        then holds three full-size activations at its peak instead of four (the caller must
-        hold no other reference to them)."""
+    def forward_parts(self, parts: list[np.ndarray], head: Module | None = None) -> np.ndarray:
+        """self(*parts), emptying the list; with `head`, head(self(*parts)). In inference
+        (folded, no hooks to see the inputs or outputs), conv1's inputs are freed as soon as
+        conv1 is done, before conv2 runs: the decoder then holds three full-size activations
+        at its peak instead of four (the caller must hold no other reference to them); and a
+        1x1 head takes its sums straight from conv2's output as it is computed
+        (`BatchNormReLU2d.after_conv_head`), which is then never stored."""
         if not self._folded() or module._hooks_on:
             inputs = tuple(parts)
             parts.clear()
-            return self(*inputs)
+            x = self(*inputs)
+            return x if head is None else head(x)
         self._saved, self._forward_state = None, "no_grad"  # what Module.__call__ records
         x = self.bn1.after_conv(self.conv1, *parts)          # (N, Cout, H, W)
         parts.clear()                                        # the skip and the up-step's output
-        return self.bn2.after_conv(self.conv2, x)            # (N, Cout, H, W)
+        if head is None:
+            return self.bn2.after_conv(self.conv2, x)        # (N, Cout, H, W)
+        return self.bn2.after_conv_head(self.conv2, x, head)  # (N, Kc, H, W)
 
     def _folded(self) -> bool:
         """Inference (eval mode, gradients off) with the fused batch norm: folded into the
@@ -122,8 +127,10 @@ class UNet(readable_unet.UNet):
             # (DoubleConv.forward_parts: memory at inference)
             parts = [skips.pop(), x]
             del x
+            if i == 0:                             # up.0 and the head: (N, Kc, H, W)
+                return self.up[0].forward_parts(parts, self.head)
             x = self.up[i].forward_parts(parts)
-        return self.head(x)                        # (N, Kc, H, W)
+        return self.head(x)                        # (N, Kc, H, W) (depth 0)
 
     def backward(self, dlogits: np.ndarray) -> np.ndarray:
         """UNet.backward, where up.i's backward returns the two halves (dskip, dup) itself."""

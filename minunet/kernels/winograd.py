@@ -623,6 +623,124 @@ def run_items(x: np.ndarray, x2: np.ndarray, U: np.ndarray, y: np.ndarray, y2: n
                                  out_rows, y.shape[1])
 
 
+@njit(cache=True, nogil=True)
+def run_items_head(x: np.ndarray, U: np.ndarray, bias: np.ndarray, relu: bool,
+                   tile_rows: int, tile_cols: int, counter: np.ndarray, probes: np.ndarray,
+                   V: np.ndarray, M: np.ndarray, rows: np.ndarray, zeros: np.ndarray,
+                   head_w: np.ndarray, head_b: np.ndarray, logits: np.ndarray,
+                   acc: np.ndarray) -> None:
+    """run_items (float32, one input part) for a convolution whose output goes straight into
+    a 1x1 convolution, the U-Net's last one and its head: logits = head_w @ y + head_b with
+    y = this convolution (+ bias, ReLU), never stored. For each tile row of an item, each
+    output value of y, as the output transform makes it, is multiplied into `acc` (Kc*4,
+    >= W) row by row, channel after channel: acc[4k + p] = fma(y[o], head_w[k, o], acc)
+    for o = 0, 1, .. (upsample.head_pixels's sums, in its order), and then the tile row's
+    logits are acc + head_b. head_w (Kc, Cout) float32, head_b (Kc,); logits (N, Kc, H, W).
+    probes[item]: the input's NaN/inf probe plus y's (sum of v - v over the values)."""
+    N, _, H, W = x.shape
+    th, tw = H // M_OUT, W // M_OUT
+    bands = -(-th // tile_rows)
+    blocks = -(-tw // tile_cols)
+    count = N * bands * blocks
+    rows[:] = 0
+    while True:
+        index = fetch_add(counter, 0, 1)
+        if index >= count:
+            return
+        n = index // (bands * blocks)
+        band, block = divmod(index - n * bands * blocks, blocks)
+        first = band * tile_rows
+        last = min(first + tile_rows, th)
+        j0 = block * tile_cols
+        j1 = min(j0 + tile_cols, tw)
+        wide = j1 - j0
+        tiles = (last - first) * wide
+        padded = -(-tiles // 48) * 48
+        probe = np.float32(0)
+        for tr in range(first, last):
+            probe += _input_transform_f32(x, n, tr, (tr - first) * wide, j0, j1, 0, V, rows,
+                                          zeros)
+        V[:, :, tiles:padded] = 0
+        products_f32(V, U, M, padded)
+        for tr in range(first, last):
+            probe += _output_head_f32(M, n, tr, (tr - first) * wide, j0, j1, bias, relu,
+                                      head_w, head_b, logits, acc)
+        probes[index] = probe
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _output_head_f32(M: np.ndarray, n: int, tile_row: int, base: int, j0: int, j1: int,
+                     bias: np.ndarray, relu: bool, head_w: np.ndarray, head_b: np.ndarray,
+                     logits: np.ndarray, acc: np.ndarray) -> float:
+    """_output_transform_f32's values of tile row `tile_row`, tiles j0..j1, channel after
+    channel, into the head's sums in acc, then logits = acc + head_b (see run_items_head).
+    Returns the probe of the values (sum of v - v)."""
+    Kc, H, W = logits.shape[1], logits.shape[2], logits.shape[3]
+    K = head_w.shape[1]
+    Cp = M.shape[1]
+    Mr = M.reshape(-1, M.shape[2])                                      # (36*Cout', T)
+    lr = logits.reshape(-1, W)                                          # (N*Kc*H, W)
+    w_end = M_OUT * j1
+    probe = vzero()
+    for o in range(K):
+        b = bias[o] if bias.size > 0 else np.float32(0)
+        for j in range(j0, j1, 16):
+            t = base + j - j0
+            c0 = _at(vload(Mr, o, t), vload(Mr, 6 * Cp + o, t), vload(Mr, 12 * Cp + o, t),
+                     vload(Mr, 18 * Cp + o, t), vload(Mr, 24 * Cp + o, t),
+                     vload(Mr, 30 * Cp + o, t))
+            c1 = _at(vload(Mr, Cp + o, t), vload(Mr, 7 * Cp + o, t), vload(Mr, 13 * Cp + o, t),
+                     vload(Mr, 19 * Cp + o, t), vload(Mr, 25 * Cp + o, t),
+                     vload(Mr, 31 * Cp + o, t))
+            c2 = _at(vload(Mr, 2 * Cp + o, t), vload(Mr, 8 * Cp + o, t),
+                     vload(Mr, 14 * Cp + o, t), vload(Mr, 20 * Cp + o, t),
+                     vload(Mr, 26 * Cp + o, t), vload(Mr, 32 * Cp + o, t))
+            c3 = _at(vload(Mr, 3 * Cp + o, t), vload(Mr, 9 * Cp + o, t),
+                     vload(Mr, 15 * Cp + o, t), vload(Mr, 21 * Cp + o, t),
+                     vload(Mr, 27 * Cp + o, t), vload(Mr, 33 * Cp + o, t))
+            c4 = _at(vload(Mr, 4 * Cp + o, t), vload(Mr, 10 * Cp + o, t),
+                     vload(Mr, 16 * Cp + o, t), vload(Mr, 22 * Cp + o, t),
+                     vload(Mr, 28 * Cp + o, t), vload(Mr, 34 * Cp + o, t))
+            c5 = _at(vload(Mr, 5 * Cp + o, t), vload(Mr, 11 * Cp + o, t),
+                     vload(Mr, 17 * Cp + o, t), vload(Mr, 23 * Cp + o, t),
+                     vload(Mr, 29 * Cp + o, t), vload(Mr, 35 * Cp + o, t))
+            w = M_OUT * j
+            probe = _head_row(acc, 0, o, w, w_end, c0[0], c1[0], c2[0], c3[0], c4[0], c5[0],
+                              b, relu, head_w, probe)
+            probe = _head_row(acc, 1, o, w, w_end, c0[1], c1[1], c2[1], c3[1], c4[1], c5[1],
+                              b, relu, head_w, probe)
+            probe = _head_row(acc, 2, o, w, w_end, c0[2], c1[2], c2[2], c3[2], c4[2], c5[2],
+                              b, relu, head_w, probe)
+            probe = _head_row(acc, 3, o, w, w_end, c0[3], c1[3], c2[3], c3[3], c4[3], c5[3],
+                              b, relu, head_w, probe)
+    for k in range(Kc):
+        for p in range(M_OUT):
+            h = (n * Kc + k) * H + tile_row * M_OUT + p                 # row of logits[n, k]
+            for col in range(M_OUT * j0, w_end, 16):
+                vstore(lr, h, col, vbias_relu(vload(acc, k * M_OUT + p, col), head_b[k],
+                                              False))
+    return vsum(probe)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _head_row(acc: np.ndarray, p: int, o: int, w: int, w_end: int, c0, c1, c2, c3, c4, c5,  # noqa: ANN001
+              b: np.float32, relu: bool, head_w: np.ndarray, probe):  # noqa: ANN001
+    """_store_row's values of output row p of 16 tiles (columns w .. w + 63, those < w_end),
+    multiplied into the head's sums acc[4k + p] instead of stored; returns the probe."""
+    q = _at(c0, c1, c2, c3, c4, c5)
+    v = vinterleave4(q[0], q[1], q[2], q[3])
+    for s in range(4):
+        col = w + 16 * s
+        if col < w_end:
+            value = vbias_relu(v[s], b, relu)
+            probe = vadd(probe, vsub(value, value))
+            for k in range(head_w.shape[0]):
+                row = k * M_OUT + p
+                previous = vzero() if o == 0 else vload(acc, row, col)
+                vstore(acc, row, col, vfma(value, head_w[k, o], previous))
+    return probe
+
+
 def band_cols(tiles_wide: int, in_channels: int, out_channels: int, itemsize: int) -> int:
     """Tiles per item along a row: the whole row when its V and M take at most ITEM_BYTES,
     else the fewest blocks of a multiple of 48 tiles (the products' block) that do (at least
