@@ -371,31 +371,3 @@ def test_fast_inference_takes_the_heads_sums_from_the_last_convolution(monkeypat
         handle.remove()
     assert heads and seen == [separate.shape]            # ... but it does with a hook on
     np.testing.assert_array_equal(fused, separate)
-
-
-def test_fast_inference_pools_as_the_encoder_stores(monkeypatch):
-    """Inference: each down-step's output is pooled as it is stored
-    (BatchNormReLU2d.after_conv_pool), the pool's own kernel never runs, and the logits are
-    those of the layers one after the other (a hook on) to the bit."""
-    from minunet.kernels import conv, pool
-    if not conv.USE_WINOGRAD:
-        pytest.skip("no AVX-512 or no JIT: inference takes the direct sums")
-    rng = np.random.default_rng(8)
-    model = UNet(1, 3, depth=2, base_channels=16, rng=4, readable=False)
-    model.eval().set_grad_enabled(False)
-    x = rng.standard_normal((1, 1, 64, 128)).astype(np.float32)
-    pools = []
-    original = pool.maxpool2x2_values
-    monkeypatch.setattr(pool, "maxpool2x2_values",
-                        lambda a: pools.append(a.shape) or original(a))
-    from minunet.kernels import layers as fast_layers
-    monkeypatch.setattr(fast_layers, "maxpool2x2_values", pool.maxpool2x2_values)
-    fused = model(x)
-    assert pools == []
-    handle = model.pool[0].register_forward_hook(lambda m, inputs, out: None)
-    try:
-        separate = model(x)
-    finally:
-        handle.remove()
-    assert len(pools) == model.depth
-    np.testing.assert_array_equal(fused, separate)

@@ -307,29 +307,3 @@ def test_convolution_and_head_in_one_pass_name_what_is_not_finite():
         conv.conv2d_inference_head(x, w, overflowing, True, hw, None, "Conv2d", "the head")
     assert not conv.head_fuses(x, w, 1, 1, hw.astype(np.float64))
     assert not conv.head_fuses(x[..., :12], w, 1, 1, hw)            # rows not whole vectors
-
-
-@pytest.mark.parametrize("N, C, H, W, cout", [(1, 16, 64, 64, 16), (2, 16, 40, 96, 24),
-                                              (1, 16, 8, 32, 13), (1, 32, 12, 160, 8)])
-@pytest.mark.parametrize("item_bytes", [winograd.ITEM_BYTES, 1])
-def test_convolution_pooled_as_it_is_stored_equals_the_two_layers(monkeypatch, N, C, H, W,
-                                                                  cout, item_bytes):
-    """conv.conv2d_inference_pool (run_items pooling from the output transform's vectors)
-    gives conv2d_inference's output and pool.py's 2x2 max pooling of it, bit for bit, in
-    whole rows and in blocks of 48 tiles (a row of 40 tiles: its last block of 8 ends half
-    way through a pair of vectors)."""
-    from minunet.kernels import pool
-    if not conv.USE_WINOGRAD:
-        pytest.skip("no AVX-512 or no JIT")
-    monkeypatch.setattr(winograd, "ITEM_BYTES", item_bytes)
-    rng = np.random.default_rng(H * W + cout)
-    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
-    w = (rng.standard_normal((cout, C, 3, 3)) * 0.3).astype(np.float32)
-    b = rng.standard_normal(cout).astype(np.float32)
-    assert conv.pool_fuses(x, w, 1, 1, True)
-    y = conv.conv2d_inference(x, w, b, 1, 1, relu=True)
-    fused, pooled = conv.conv2d_inference_pool(x, w, b, who="Conv2d")
-    np.testing.assert_array_equal(fused, y)
-    np.testing.assert_array_equal(pooled, pool.maxpool2x2_values(y)[0])
-    assert not conv.pool_fuses(x, w, 1, 1, False)                    # no ReLU: no fusing
-    assert not conv.pool_fuses(x[..., :W - 16], w, 1, 1, True)       # rows not pairs of 16

@@ -965,15 +965,12 @@ def _winograd_pays(x: Parts, kernel_size: int, stride: int, padding: int,
 
 def _winograd(parts: tuple[np.ndarray, ...], weight: np.ndarray, bias: np.ndarray | None,
               relu: bool, who: str | None, name: str, remember: bool,
-              split: int | None = None, pool: bool = False,
-              ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+              split: int | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """The 3x3 pad-1 stride-1 convolution of the parts by Winograd F(4x4, 3x3) (winograd.py):
     4x fewer multiply-adds than the direct sum, rounded differently (float32: a few 1e-6 of
     the output's scale against 4e-7; tests/test_winograd.py). With `split`, the output comes
     back as two arrays, channels [0, split) and [split, Cout) (no bias then). `remember`:
-    keep the transformed weights for the next call with the same weights (inference). With
-    `pool` (`pool_fuses` must hold), (y, y's 2x2 max pooling), the pooling made from the
-    output transform's values (winograd.run_items)."""
+    keep the transformed weights for the next call with the same weights (inference)."""
     N, _, H, W = parts[0].shape
     Cin = sum(p.shape[1] for p in parts)
     dtype = parts[0].dtype
@@ -984,8 +981,6 @@ def _winograd(parts: tuple[np.ndarray, ...], weight: np.ndarray, bias: np.ndarra
     cut = Cout if split is None else split
     y = np.empty((N, cut, H, W), dtype=dtype)           # (N, Cout, H, W), or its first part
     y2 = np.empty((N, Cout - cut, H, W), dtype=dtype)   # the second part (or no channels)
-    pooled = (np.empty((N, Cout, H // 2, W // 2), dtype=dtype) if pool    # (N, Cout, H/2, W/2)
-              else np.empty((0, 0, 0, 0), dtype=dtype))
     th, tw = H // 4, W // 4
     cols = band_cols(tw, Cin, Cout, parts[0].itemsize)
     R = band_rows(cols, Cin, Cout, parts[0].itemsize, th, tw)
@@ -996,34 +991,14 @@ def _winograd(parts: tuple[np.ndarray, ...], weight: np.ndarray, bias: np.ndarra
     zeros = np.zeros((1, W + 16), dtype)
 
     def worker(_: int, slot: int) -> None:
-        run_items(parts[0], second, U, y, y2, pooled, tile_bias, relu, R, cols, counter, probes,
+        run_items(parts[0], second, U, y, y2, tile_bias, relu, R, cols, counter, probes,
                   *(_scratch.get(slot, "winograd " + name, shape, dtype)
                     for name, shape in shapes.items()), zeros)
 
     parallel_for(worker, get_num_threads(), serial=_small(N, Cin, Cout, H, W, 3), blas=False)
     if who is not None and not np.isfinite(probes.sum()):
         _check_parts(who, parts, name)                                 # raises, with counts
-    if pool:
-        return y, pooled
     return y if split is None else (y, y2)
-
-
-def pool_fuses(x: Parts, weight: np.ndarray, stride: int, padding: int, relu: bool) -> bool:
-    """Whether conv2d_inference_pool may pool as it convolves: one float32 input that
-    Winograd takes, rows a multiple of 32 wide (whole pairs of vectors to pool), and the
-    ReLU after the convolution (its values then hold no NaN and no -0.0, so that any order
-    of the maxima gives pool.py's values)."""
-    return (relu and not isinstance(x, tuple) and x.dtype == np.float32
-            and x.shape[3] % 32 == 0 and _winograd_applies(x, weight.shape[2], stride, padding))
-
-
-def conv2d_inference_pool(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
-                          who: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(y, its 2x2 stride-2 max pooling) for y = ReLU(conv3x3(x) + bias), inference, in one
-    pass (`pool_fuses` must hold): the pooled values are made from the Winograd output
-    transform's vectors as y is stored, so the pooling never reads y back (the U-Net's
-    encoder: a 1152-px tile's three skips, 150 MB, read once less)."""
-    return _winograd((x,), weight, bias, True, who, "input", remember=True, pool=True)
 
 
 def head_fuses(x: np.ndarray, weight: np.ndarray, stride: int, padding: int,

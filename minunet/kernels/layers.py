@@ -465,26 +465,6 @@ class BatchNormReLU2d(BatchNorm2d):
             module._forward_state = "no_grad"
         return logits
 
-    def after_conv_pool(self, conv: Conv2d, x: np.ndarray,
-                        pool: MaxPool2d) -> tuple[np.ndarray, np.ndarray]:
-        """(y, pool(y)) for y = self(conv(x)) in inference, where the pool is 2x2 with stride
-        2: as after_conv, and the pooling made from the convolution's output as it is stored
-        (`conv.conv2d_inference_pool`: the same values, without reading y back); the layers
-        one after the other where that does not apply (`conv.pool_fuses`)."""
-        weight = conv.weight.data
-        if not (pool.kernel_size == pool.stride == 2 and not self.training
-                and not self.grad_enabled and not pool.grad_enabled
-                and conv_kernels.pool_fuses(x, weight, conv.stride, conv.padding, True)):
-            y = self.after_conv(conv, x)
-            return y, pool(y)
-        x = conv._check_parts(x, ())
-        weight, shift = self._folded_into(conv)
-        y, pooled = conv_kernels.conv2d_inference_pool(x, weight, shift, who="Conv2d")
-        for module in (conv, self, pool):  # as Module.__call__ does with gradients off
-            module._saved = None
-            module._forward_state = "no_grad"
-        return y, pooled
-
     def _folded_into(self, conv: Conv2d) -> tuple[np.ndarray, np.ndarray]:
         """(weight, bias) of conv with this batch norm folded in (see after_conv), in conv's
         dtype; FloatingPointError if they are not finite."""

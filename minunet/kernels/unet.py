@@ -73,16 +73,6 @@ class DoubleConv(readable_unet.DoubleConv):
             return self.bn2.after_conv(self.conv2, x)        # (N, Cout, H, W)
         return self.bn2.after_conv_head(self.conv2, x, head)  # (N, Kc, H, W)
 
-    def forward_pooled(self, x: np.ndarray, pool: Module) -> tuple[np.ndarray, np.ndarray]:
-        """(self(x), pool(self(x))): in inference (folded, no hooks), the pooling made as
-        conv2's output is stored (`BatchNormReLU2d.after_conv_pool`), without reading it back."""
-        if not self._folded() or module._hooks_on:
-            y = self(x)
-            return y, pool(y)
-        self._saved, self._forward_state = None, "no_grad"  # what Module.__call__ records
-        y = self.bn1.after_conv(self.conv1, x)               # (N, Cout, H, W)
-        return self.bn2.after_conv_pool(self.conv2, y, pool)  # (N, Cout, H, W), (.., H/2, W/2)
-
     def _folded(self) -> bool:
         """Inference (eval mode, gradients off) with the fused batch norm: folded into the
         convolutions (BatchNormReLU2d.after_conv), the same result without their pass."""
@@ -126,10 +116,9 @@ class UNet(readable_unet.UNet):
         """UNet.forward's layers, in order (x checked already), without the concatenations."""
         skips = []
         for i in range(self.depth):                # encoder, top to bottom
-            # down.i and pool.i: (N, c_i, H/2**i, W/2**i), (N, c_i, H/2**(i+1), W/2**(i+1));
-            # at inference the pooling is made as down.i's output is stored
-            skips.append(None)                     # (no other reference: freed when used)
-            skips[i], x = self.down[i].forward_pooled(x, self.pool[i])
+            x = self.down[i](x)                    # (N, c_i, H/2**i, W/2**i)
+            skips.append(x)
+            x = self.pool[i](x)                    # (N, c_i, H/2**(i+1), W/2**(i+1))
         x = self.bottom(x)                         # (N, c_depth, H/2**depth, W/2**depth)
         for i in reversed(range(self.depth)):      # decoder, bottom to top
             x = self.upconv[i](x)                  # (N, c_i, H/2**i, W/2**i)

@@ -52,12 +52,10 @@ from .simd import (
     fetch_add,
     vadd,
     vbias_relu,
-    vdeinterleave2,
     vdeinterleave4,
     vfma,
     vinterleave4,
     vload,
-    vmax,
     vnext,
     vstore,
     vsub,
@@ -384,58 +382,36 @@ def _at(m0, m1, m2, m3, m4, m5):  # noqa: ANN001 (vectors)
 
 @njit(cache=True, nogil=True, inline="always")
 def _store_row(yr: np.ndarray, h: int, w: int, w_end: int, c0, c1, c2, c3, c4, c5,  # noqa: ANN001
-               b: np.float32, relu: bool):
+               b: np.float32, relu: bool) -> None:
     """y row h, columns w .. w + 63 (those < w_end): the horizontal half of the output
     transform of 16 tiles, c0..c5 their six columns (A^T M already applied down), then the
-    bias and the ReLU. The four outputs of each tile are interleaved into place. Returns the
-    four vectors of the row (those past w_end too, unstored)."""
+    bias and the ReLU. The four outputs of each tile are interleaved into place."""
     q = _at(c0, c1, c2, c3, c4, c5)
     v = vinterleave4(q[0], q[1], q[2], q[3])
-    v0, v1 = vbias_relu(v[0], b, relu), vbias_relu(v[1], b, relu)
-    v2, v3 = vbias_relu(v[2], b, relu), vbias_relu(v[3], b, relu)
-    vstore(yr, h, w, v0)
+    vstore(yr, h, w, vbias_relu(v[0], b, relu))
     if w + 16 < w_end:
-        vstore(yr, h, w + 16, v1)
+        vstore(yr, h, w + 16, vbias_relu(v[1], b, relu))
     if w + 32 < w_end:
-        vstore(yr, h, w + 32, v2)
+        vstore(yr, h, w + 32, vbias_relu(v[2], b, relu))
     if w + 48 < w_end:
-        vstore(yr, h, w + 48, v3)
-    return v0, v1, v2, v3
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _store_pooled(pr: np.ndarray, h: int, w: int, w_end: int, upper, lower) -> None:  # noqa: ANN001
-    """The 2x2 max pooling of two output rows' 64 columns from w (upper and lower: their
-    four vectors each, as _store_row returns them) into row h of the pooled rows, columns
-    w / 2 .. w / 2 + 31 (those of the columns < w_end; w_end - w a multiple of 32). The
-    same maxima as pool.py's (the values are ReLU's: no NaN, no -0.0)."""
-    for s in range(2):
-        if w + 32 * s < w_end:
-            a = vmax(upper[2 * s], lower[2 * s])                         # columns 32s ..
-            b = vmax(upper[2 * s + 1], lower[2 * s + 1])                 # .. 32s + 31
-            pairs = vdeinterleave2(a, b)                                 # even, odd columns
-            vstore(pr, h, w // 2 + 16 * s, vmax(pairs[0], pairs[1]))
+        vstore(yr, h, w + 48, vbias_relu(v[3], b, relu))
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _output_transform_f32(M: np.ndarray, y: np.ndarray, n: int, tile_row: int, base: int,
                           j0: int, j1: int, bias: np.ndarray, relu: bool,
-                          rows: np.ndarray, o0: int, pool: np.ndarray) -> None:
+                          rows: np.ndarray, o0: int) -> None:
     """_output_transform for float32, W a multiple of 16, j0 and j1 as in
     _input_transform_f32; M as (36*Cout', T) rows and y as (N*Cout*H, W) rows (see
     _input_transform_f32); `rows` is not used; y's channel o is M's o0 + o. Down first,
     then across: for 16 tiles, the six M vectors of each column b give (A^T M)[p, b]
     (registers, no scratch), then each output row p is A^T across b, interleaved into 64
     consecutive pixels and stored straight into y (the other order, across first, stores six
-    rows of scratch and interleaves six times instead of four). With `pool` (N, Cout, H/2,
-    W/2), not (0, 0, 0, 0): y's 2x2 max pooling too, from the same vectors (W a multiple of
-    32)."""
+    rows of scratch and interleaves six times instead of four)."""
     K, H, W = y.shape[1], y.shape[2], y.shape[3]
     Cp = M.shape[1]
     Mr = M.reshape(-1, M.shape[2])                                      # (36*Cout', T)
     yr = y.reshape(-1, W)                                               # (N*Cout*H, W)
-    pooling = pool.shape[1] > 0
-    pr = pool.reshape(-1, pool.shape[3])                                # (N*Cout*H/2, W/2)
     w_end = M_OUT * j1
     for o in range(K):
         b = bias[o] if bias.size > 0 else np.float32(0)
@@ -464,17 +440,10 @@ def _output_transform_f32(M: np.ndarray, y: np.ndarray, n: int, tile_row: int, b
                      vload(Mr, 29 * Cp + mo, t), vload(Mr, 35 * Cp + mo, t))
             # across: y[4 tr + p, 4j .. 4j + 63] = A^T (c0[p], .., c5[p]) per tile
             w = M_OUT * j
-            r0 = _store_row(yr, h, w, w_end, c0[0], c1[0], c2[0], c3[0], c4[0], c5[0], b, relu)
-            r1 = _store_row(yr, h + 1, w, w_end, c0[1], c1[1], c2[1], c3[1], c4[1], c5[1], b,
-                            relu)
-            r2 = _store_row(yr, h + 2, w, w_end, c0[2], c1[2], c2[2], c3[2], c4[2], c5[2], b,
-                            relu)
-            r3 = _store_row(yr, h + 3, w, w_end, c0[3], c1[3], c2[3], c3[3], c4[3], c5[3], b,
-                            relu)
-            if pooling:                 # pooled rows 2 tr and 2 tr + 1 of channel o
-                ph = (n * K + o) * (H // 2) + tile_row * 2
-                _store_pooled(pr, ph, w, w_end, r0, r1)
-                _store_pooled(pr, ph + 1, w, w_end, r2, r3)
+            _store_row(yr, h, w, w_end, c0[0], c1[0], c2[0], c3[0], c4[0], c5[0], b, relu)
+            _store_row(yr, h + 1, w, w_end, c0[1], c1[1], c2[1], c3[1], c4[1], c5[1], b, relu)
+            _store_row(yr, h + 2, w, w_end, c0[2], c1[2], c2[2], c3[2], c4[2], c5[2], b, relu)
+            _store_row(yr, h + 3, w, w_end, c0[3], c1[3], c2[3], c3[3], c4[3], c5[3], b, relu)
 
 
 def input_transform(x: np.ndarray, n: int, i: int, base: int, j0: int, j1: int, c0: int,
@@ -492,18 +461,16 @@ def _input_transform_overload(x, n, i, base, j0, j1, c0, V, rows, zeros):  # noq
 
 
 def output_transform(M: np.ndarray, y: np.ndarray, n: int, i: int, base: int, j0: int, j1: int,
-                     bias: np.ndarray, relu: bool, rows: np.ndarray, o0: int,
-                     pool: np.ndarray) -> None:
-    """_output_transform_f32 for float32 (which also pools), _output_transform otherwise
-    (run_items pools only in float32)."""
+                     bias: np.ndarray, relu: bool, rows: np.ndarray, o0: int) -> None:
+    """_output_transform_f32 for float32, _output_transform otherwise."""
 
 
 @overload(output_transform)
-def _output_transform_overload(M, y, n, i, base, j0, j1, bias, relu, rows, o0, pool):  # noqa: ANN001
+def _output_transform_overload(M, y, n, i, base, j0, j1, bias, relu, rows, o0):  # noqa: ANN001
     if y.dtype == types.float32:
-        return (lambda M, y, n, i, base, j0, j1, bias, relu, rows, o0, pool:
-                _output_transform_f32(M, y, n, i, base, j0, j1, bias, relu, rows, o0, pool))
-    return (lambda M, y, n, i, base, j0, j1, bias, relu, rows, o0, pool:
+        return (lambda M, y, n, i, base, j0, j1, bias, relu, rows, o0:
+                _output_transform_f32(M, y, n, i, base, j0, j1, bias, relu, rows, o0))
+    return (lambda M, y, n, i, base, j0, j1, bias, relu, rows, o0:
             _output_transform(M, y, n, i, base, j0, j1, bias, relu, rows, o0))
 
 
@@ -609,18 +576,16 @@ def _products_overload(V, U, M, tiles):  # noqa: ANN001
 # ------------------------------------------------------------------ the items
 @njit(cache=True, nogil=True)
 def run_items(x: np.ndarray, x2: np.ndarray, U: np.ndarray, y: np.ndarray, y2: np.ndarray,
-              pool: np.ndarray, bias: np.ndarray, relu: bool, tile_rows: int, tile_cols: int,
-              counter: np.ndarray, probes: np.ndarray, V: np.ndarray, M: np.ndarray,
-              rows: np.ndarray, out_rows: np.ndarray, zeros: np.ndarray) -> None:
+              bias: np.ndarray, relu: bool, tile_rows: int, tile_cols: int, counter: np.ndarray,
+              probes: np.ndarray, V: np.ndarray, M: np.ndarray, rows: np.ndarray,
+              out_rows: np.ndarray, zeros: np.ndarray) -> None:
     """Run items (image, band of tile_rows tile rows, block of tile_cols tiles of each row)
     until none are left (each thread of the region calls this once; the items are shared
     through the atomic `counter`, as conv._direct_items_py). tile_cols is a multiple of 16
     or the whole row; the last block of a row may be narrower. The input is [x | x2] along
     channels (x2 may have 0 channels); the output is [y | y2] along channels (y2 may have 0
     channels: the input gradient of a convolution of two parts, returned as two arrays;
-    bias then covers y's channels only); pool: y's 2x2 max pooling (N, Cout, H/2, W/2), made
-    from the output transform's values (float32, y2 empty, W a multiple of 32), or (0, 0, 0,
-    0) for none; V, M, rows, out_rows: this thread's scratch
+    bias then covers y's channels only); V, M, rows, out_rows: this thread's scratch
     (scratch_shapes); zeros (1, W + 16) zeros. Every tile is computed the same way whatever
     the items: the same bits for any tile_rows and tile_cols."""
     N, Ca, H, W = x.shape
@@ -652,11 +617,10 @@ def run_items(x: np.ndarray, x2: np.ndarray, U: np.ndarray, y: np.ndarray, y2: n
         V[:, :, tiles:padded] = 0  # the last block's unused tiles: no garbage, no denormals
         products(V, U, M, padded)
         for tr in range(first, last):
-            output_transform(M, y, n, tr, (tr - first) * wide, j0, j1, bias, relu, out_rows, 0,
-                             pool)
+            output_transform(M, y, n, tr, (tr - first) * wide, j0, j1, bias, relu, out_rows, 0)
             if y2.shape[1] > 0:
                 output_transform(M, y2, n, tr, (tr - first) * wide, j0, j1, bias[:0], relu,
-                                 out_rows, y.shape[1], pool)   # (0, 0, 0, 0): y2 is no pool's
+                                 out_rows, y.shape[1])
 
 
 @njit(cache=True, nogil=True)
