@@ -14,6 +14,16 @@ def rel(a, b):
     return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300)
 
 
+def evaluating(model, rng):
+    """The model in inference (eval mode, gradients off), its batch norms given running
+    statistics drawn from rng, not the trivial ones."""
+    for _, m in model.named_modules():
+        if hasattr(m, "running_var"):
+            m.running_mean[:] = rng.standard_normal(m.running_mean.shape)
+            m.running_var[:] = rng.uniform(0.5, 2.0, m.running_var.shape)
+    return model.eval().set_grad_enabled(False)
+
+
 @pytest.mark.parametrize("readable", [True, False])
 def test_gradcheck_depth2_train_mode(readable):
     model = UNet(1, 3, depth=2, base_channels=2, rng=0, readable=readable)
@@ -186,12 +196,7 @@ def test_fast_inference_splits_the_batch_over_threads_with_the_same_bits(monkeyp
     the logits of the unsplit forward (no image's result depends on the others)."""
     from minunet.kernels import threads
     rng = np.random.default_rng(0)
-    model = UNet(1, 3, depth=2, base_channels=16, rng=rng, readable=False)
-    for _, m in model.named_modules():
-        if hasattr(m, "running_var"):
-            m.running_mean[:] = rng.standard_normal(m.running_mean.shape)
-            m.running_var[:] = rng.uniform(0.5, 2.0, m.running_var.shape)
-    model.eval().set_grad_enabled(False)
+    model = evaluating(UNet(1, 3, depth=2, base_channels=16, rng=rng, readable=False), rng)
     x = rng.standard_normal((3, 1, 128, 128)).astype(np.float32)
     before = threads.get_num_threads()
     threads.set_num_threads(1)
@@ -350,12 +355,7 @@ def test_fast_inference_takes_the_heads_sums_from_the_last_convolution(monkeypat
     if not conv.USE_WINOGRAD:
         pytest.skip("no AVX-512 or no JIT: inference takes the direct sums")
     rng = np.random.default_rng(7)
-    model = UNet(1, 3, depth=2, base_channels=16, rng=2, readable=False)
-    for _, m in model.named_modules():
-        if hasattr(m, "running_var"):
-            m.running_mean[:] = rng.standard_normal(m.running_mean.shape)
-            m.running_var[:] = rng.uniform(0.5, 2.0, m.running_var.shape)
-    model.eval().set_grad_enabled(False)
+    model = evaluating(UNet(1, 3, depth=2, base_channels=16, rng=2, readable=False), rng)
     x = rng.standard_normal((2, 1, 32, 48)).astype(np.float32)
     heads = []
     original = upsample.conv1x1_forward

@@ -381,6 +381,16 @@ def _at(m0, m1, m2, m3, m4, m5):  # noqa: ANN001 (vectors)
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _down(Mr: np.ndarray, Cp: int, o: int, t: int, b: int):
+    """The output transform's vertical half for column b of 16 tiles t.. of channel o:
+    (A^T M)[p, b] for p = 0..3, from M's rows 6a + b (a = 0..5), M as (36*Cout', T) rows with
+    Cp channels a frequency."""
+    return _at(vload(Mr, b * Cp + o, t), vload(Mr, (6 + b) * Cp + o, t),
+               vload(Mr, (12 + b) * Cp + o, t), vload(Mr, (18 + b) * Cp + o, t),
+               vload(Mr, (24 + b) * Cp + o, t), vload(Mr, (30 + b) * Cp + o, t))
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _store_row(yr: np.ndarray, h: int, w: int, w_end: int, c0, c1, c2, c3, c4, c5,  # noqa: ANN001
                b: np.float32, relu: bool) -> None:
     """y row h, columns w .. w + 63 (those < w_end): the horizontal half of the output
@@ -420,24 +430,9 @@ def _output_transform_f32(M: np.ndarray, y: np.ndarray, n: int, tile_row: int, b
         for j in range(j0, j1, 16):
             t = base + j - j0
             # down: cb[p] = sum_a AT[p, a] M[6a + b, o, tiles t..t+15], column b of each tile
-            c0 = _at(vload(Mr, mo, t), vload(Mr, 6 * Cp + mo, t), vload(Mr, 12 * Cp + mo, t),
-                     vload(Mr, 18 * Cp + mo, t), vload(Mr, 24 * Cp + mo, t),
-                     vload(Mr, 30 * Cp + mo, t))
-            c1 = _at(vload(Mr, Cp + mo, t), vload(Mr, 7 * Cp + mo, t), vload(Mr, 13 * Cp + mo, t),
-                     vload(Mr, 19 * Cp + mo, t), vload(Mr, 25 * Cp + mo, t),
-                     vload(Mr, 31 * Cp + mo, t))
-            c2 = _at(vload(Mr, 2 * Cp + mo, t), vload(Mr, 8 * Cp + mo, t),
-                     vload(Mr, 14 * Cp + mo, t), vload(Mr, 20 * Cp + mo, t),
-                     vload(Mr, 26 * Cp + mo, t), vload(Mr, 32 * Cp + mo, t))
-            c3 = _at(vload(Mr, 3 * Cp + mo, t), vload(Mr, 9 * Cp + mo, t),
-                     vload(Mr, 15 * Cp + mo, t), vload(Mr, 21 * Cp + mo, t),
-                     vload(Mr, 27 * Cp + mo, t), vload(Mr, 33 * Cp + mo, t))
-            c4 = _at(vload(Mr, 4 * Cp + mo, t), vload(Mr, 10 * Cp + mo, t),
-                     vload(Mr, 16 * Cp + mo, t), vload(Mr, 22 * Cp + mo, t),
-                     vload(Mr, 28 * Cp + mo, t), vload(Mr, 34 * Cp + mo, t))
-            c5 = _at(vload(Mr, 5 * Cp + mo, t), vload(Mr, 11 * Cp + mo, t),
-                     vload(Mr, 17 * Cp + mo, t), vload(Mr, 23 * Cp + mo, t),
-                     vload(Mr, 29 * Cp + mo, t), vload(Mr, 35 * Cp + mo, t))
+            c0, c1 = _down(Mr, Cp, mo, t, 0), _down(Mr, Cp, mo, t, 1)
+            c2, c3 = _down(Mr, Cp, mo, t, 2), _down(Mr, Cp, mo, t, 3)
+            c4, c5 = _down(Mr, Cp, mo, t, 4), _down(Mr, Cp, mo, t, 5)
             # across: y[4 tr + p, 4j .. 4j + 63] = A^T (c0[p], .., c5[p]) per tile
             w = M_OUT * j
             _store_row(yr, h, w, w_end, c0[0], c1[0], c2[0], c3[0], c4[0], c5[0], b, relu)
@@ -686,24 +681,9 @@ def _output_head_f32(M: np.ndarray, n: int, tile_row: int, base: int, j0: int, j
         b = bias[o] if bias.size > 0 else np.float32(0)
         for j in range(j0, j1, 16):
             t = base + j - j0
-            c0 = _at(vload(Mr, o, t), vload(Mr, 6 * Cp + o, t), vload(Mr, 12 * Cp + o, t),
-                     vload(Mr, 18 * Cp + o, t), vload(Mr, 24 * Cp + o, t),
-                     vload(Mr, 30 * Cp + o, t))
-            c1 = _at(vload(Mr, Cp + o, t), vload(Mr, 7 * Cp + o, t), vload(Mr, 13 * Cp + o, t),
-                     vload(Mr, 19 * Cp + o, t), vload(Mr, 25 * Cp + o, t),
-                     vload(Mr, 31 * Cp + o, t))
-            c2 = _at(vload(Mr, 2 * Cp + o, t), vload(Mr, 8 * Cp + o, t),
-                     vload(Mr, 14 * Cp + o, t), vload(Mr, 20 * Cp + o, t),
-                     vload(Mr, 26 * Cp + o, t), vload(Mr, 32 * Cp + o, t))
-            c3 = _at(vload(Mr, 3 * Cp + o, t), vload(Mr, 9 * Cp + o, t),
-                     vload(Mr, 15 * Cp + o, t), vload(Mr, 21 * Cp + o, t),
-                     vload(Mr, 27 * Cp + o, t), vload(Mr, 33 * Cp + o, t))
-            c4 = _at(vload(Mr, 4 * Cp + o, t), vload(Mr, 10 * Cp + o, t),
-                     vload(Mr, 16 * Cp + o, t), vload(Mr, 22 * Cp + o, t),
-                     vload(Mr, 28 * Cp + o, t), vload(Mr, 34 * Cp + o, t))
-            c5 = _at(vload(Mr, 5 * Cp + o, t), vload(Mr, 11 * Cp + o, t),
-                     vload(Mr, 17 * Cp + o, t), vload(Mr, 23 * Cp + o, t),
-                     vload(Mr, 29 * Cp + o, t), vload(Mr, 35 * Cp + o, t))
+            c0, c1 = _down(Mr, Cp, o, t, 0), _down(Mr, Cp, o, t, 1)
+            c2, c3 = _down(Mr, Cp, o, t, 2), _down(Mr, Cp, o, t, 3)
+            c4, c5 = _down(Mr, Cp, o, t, 4), _down(Mr, Cp, o, t, 5)
             w = M_OUT * j
             probe = _head_row(acc, 0, o, w, w_end, c0[0], c1[0], c2[0], c3[0], c4[0], c5[0],
                               b, relu, head_w, probe)
