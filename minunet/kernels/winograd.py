@@ -593,12 +593,7 @@ def run_items(x: np.ndarray, x2: np.ndarray, U: np.ndarray, y: np.ndarray, y2: n
         index = fetch_add(counter, 0, 1)
         if index >= count:
             return
-        n = index // (bands * blocks)
-        band, block = divmod(index - n * bands * blocks, blocks)
-        first = band * tile_rows
-        last = min(first + tile_rows, th)
-        j0 = block * tile_cols
-        j1 = min(j0 + tile_cols, tw)
+        n, first, last, j0, j1 = _item(index, bands, blocks, tile_rows, tile_cols, th, tw)
         wide = j1 - j0
         tiles = (last - first) * wide
         padded = -(-tiles // 48) * 48
@@ -642,12 +637,7 @@ def run_items_head(x: np.ndarray, U: np.ndarray, bias: np.ndarray, relu: bool,
         index = fetch_add(counter, 0, 1)
         if index >= count:
             return
-        n = index // (bands * blocks)
-        band, block = divmod(index - n * bands * blocks, blocks)
-        first = band * tile_rows
-        last = min(first + tile_rows, th)
-        j0 = block * tile_cols
-        j1 = min(j0 + tile_cols, tw)
+        n, first, last, j0, j1 = _item(index, bands, blocks, tile_rows, tile_cols, th, tw)
         wide = j1 - j0
         tiles = (last - first) * wide
         padded = -(-tiles // 48) * 48
@@ -719,6 +709,18 @@ def _head_row(acc: np.ndarray, p: int, o: int, w: int, w_end: int, c0, c1, c2, c
                 previous = vzero() if o == 0 else vload(acc, row, col)
                 vstore(acc, row, col, vfma(value, head_w[k, o], previous))
     return probe
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _item(index: int, bands: int, blocks: int, tile_rows: int, tile_cols: int, th: int,
+          tw: int) -> tuple[int, int, int, int, int]:
+    """Item `index`'s image n, tile rows [first, last) and tiles [j0, j1) of each (items in
+    the order image, band of tile_rows rows, block of tile_cols tiles)."""
+    n = index // (bands * blocks)
+    band, block = divmod(index - n * bands * blocks, blocks)
+    first = band * tile_rows
+    j0 = block * tile_cols
+    return n, first, min(first + tile_rows, th), j0, min(j0 + tile_cols, tw)
 
 
 def band_cols(tiles_wide: int, in_channels: int, out_channels: int, itemsize: int) -> int:
