@@ -16,8 +16,8 @@ Python's own behaviour):
   and Python's collector would scan them again and again while they are made. No garbage is
   lost: the collector runs as usual afterwards, and the start-up's objects are moved to its
   permanent generation first (`gc.freeze`), so that its later passes skip them.
-- **Numba's BLAS check** (`defer_scipy_linalg`). When Numba sets itself up (the first
-  compiled kernel loaded), it checks that SciPy's BLAS wrappers can be imported, for the
+- **Numba's unused imports** (`defer_unused_numba_imports`). When Numba sets itself up (the
+  first compiled kernel loaded), it checks that SciPy's BLAS wrappers can be imported, for the
   matrix products its own compiled code may call: `import scipy.linalg.cython_blas`, which
   imports all of `scipy.linalg`, 0.1-0.18 s, though minunet's kernels never call BLAS from
   compiled code (they call NumPy's `matmul` from Python). The command lets that check see a
@@ -80,7 +80,7 @@ _gc_paused = False  # guard_start_up paused the collector, and resume_gc has not
 
 def guard_start_up() -> None:
     """Install the start-up Ctrl-C handler, pause the garbage collector and defer Numba's
-    import of scipy.linalg when this process is the command."""
+    unused imports (scipy.linalg, YAML) when this process is the command."""
     global _gc_paused
     if not is_the_command():
         return
@@ -92,7 +92,7 @@ def guard_start_up() -> None:
     if gc.isenabled():
         gc.disable()
         _gc_paused = True
-    defer_scipy_linalg()
+    defer_unused_numba_imports()
 
 
 BLAS_MODULE = "scipy.linalg.cython_blas"  # what Numba's BLAS check imports
@@ -109,7 +109,7 @@ class _Deferred(types.ModuleType):
         return getattr(importlib.import_module(self.__name__), name)
 
 
-def defer_scipy_linalg() -> bool:
+def defer_unused_numba_imports() -> bool:
     """Import Numba and its array functions (`numba.np.arraymath`, which runs Numba's BLAS
     check on import) with stand-ins for `scipy.linalg.cython_blas` and, if installed, `yaml`
     in sys.modules, so that neither scipy.linalg nor YAML is imported for nothing (see the

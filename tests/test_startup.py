@@ -133,7 +133,7 @@ import sys
 import numpy as np
 from minunet import _startup
 assert "numba.np.arraymath" not in sys.modules     # not the command: nothing done on import
-print("deferred", _startup.defer_scipy_linalg(), _startup.defer_scipy_linalg())
+print("deferred", _startup.defer_unused_numba_imports(), _startup.defer_unused_numba_imports())
 print("linalg", "scipy.linalg" in sys.modules, _startup.BLAS_MODULE in sys.modules)
 from numba import njit
 from numba.np import arraymath
@@ -176,7 +176,7 @@ def test_numbas_settings_file_is_still_read_through_the_yaml_stand_in(tmp_path):
     code = """
 import sys
 from minunet import _startup
-print("deferred", _startup.defer_scipy_linalg())
+print("deferred", _startup.defer_unused_numba_imports())
 from numba.core import config
 print("opt", int(config.OPT), "yaml real", type(sys.modules["yaml"]).__name__ == "module"
       and hasattr(sys.modules["yaml"], "safe_load"))

@@ -981,14 +981,8 @@ def _winograd(parts: tuple[np.ndarray, ...], weight: np.ndarray, bias: np.ndarra
     cut = Cout if split is None else split
     y = np.empty((N, cut, H, W), dtype=dtype)           # (N, Cout, H, W), or its first part
     y2 = np.empty((N, Cout - cut, H, W), dtype=dtype)   # the second part (or no channels)
-    th, tw = H // 4, W // 4
-    cols = band_cols(tw, Cin, Cout, parts[0].itemsize)
-    R = band_rows(cols, Cin, Cout, parts[0].itemsize, th, tw)
-    probes = np.zeros(N * -(-th // R) * -(-tw // cols))  # one per item
-    counter = np.zeros(1, np.int64)
-    shapes = scratch_shapes(Cin, Cout, cols, R, W)
+    R, cols, probes, counter, shapes, zeros = _winograd_items(N, Cin, Cout, H, W, dtype)
     second = parts[1] if len(parts) > 1 else np.empty((N, 0, H, W), dtype)
-    zeros = np.zeros((1, W + 16), dtype)
 
     def worker(_: int, slot: int) -> None:
         run_items(parts[0], second, U, y, y2, tile_bias, relu, R, cols, counter, probes,
@@ -999,6 +993,20 @@ def _winograd(parts: tuple[np.ndarray, ...], weight: np.ndarray, bias: np.ndarra
     if who is not None and not np.isfinite(probes.sum()):
         _check_parts(who, parts, name)                                 # raises, with counts
     return y if split is None else (y, y2)
+
+
+def _winograd_items(N: int, Cin: int, Cout: int, H: int, W: int, dtype: np.dtype,
+                    ) -> tuple[int, int, np.ndarray, np.ndarray, dict, np.ndarray]:
+    """How run_items and run_items_head cut a convolution into items, and what the items
+    share: (tile rows per item, tiles per item's block, one NaN/inf probe per item, the
+    items' counter, the per-thread scratch shapes, a row of zeros for the padding)."""
+    itemsize = np.dtype(dtype).itemsize
+    th, tw = H // 4, W // 4
+    cols = band_cols(tw, Cin, Cout, itemsize)
+    R = band_rows(cols, Cin, Cout, itemsize, th, tw)
+    probes = np.zeros(N * -(-th // R) * -(-tw // cols))  # one per item
+    return (R, cols, probes, np.zeros(1, np.int64), scratch_shapes(Cin, Cout, cols, R, W),
+            np.zeros((1, W + 16), dtype))
 
 
 def head_fuses(x: np.ndarray, weight: np.ndarray, stride: int, padding: int,
@@ -1031,13 +1039,7 @@ def conv2d_inference_head(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | 
     head_b = (np.zeros(Kc, np.float32) if head_bias is None
               else np.ascontiguousarray(head_bias, dtype=np.float32))
     logits = np.empty((N, Kc, H, W), np.float32)
-    th, tw = H // 4, W // 4
-    cols = band_cols(tw, Cin, Cout, 4)
-    R = band_rows(cols, Cin, Cout, 4, th, tw)
-    probes = np.zeros(N * -(-th // R) * -(-tw // cols))
-    counter = np.zeros(1, np.int64)
-    shapes = scratch_shapes(Cin, Cout, cols, R, W)
-    zeros = np.zeros((1, W + 16), np.float32)
+    R, cols, probes, counter, shapes, zeros = _winograd_items(N, Cin, Cout, H, W, np.float32)
 
     def worker(_: int, slot: int) -> None:
         run_items_head(x, U, tile_bias, relu, R, cols, counter, probes,
