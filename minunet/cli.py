@@ -226,7 +226,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
                for path in files}
     _check_outputs(inputs, files, outputs, out, args.overwrite)
     ckpt = _load_model(model_spec)
-    _dry_run(ckpt, segment)  # also sets Numba up and loads the compiled kernels
+    local = args.workers is None and not args.scheduler
+    ahead = _read_ahead(files[0], args.axes) if local else {}   # {first file: image or error}
+    mapping = _map_ahead(ckpt, ahead.get(files[0]), args.tile)
+    try:
+        _dry_run(ckpt, segment, ahead.get(files[0]))  # also sets Numba up, loads the kernels
+    finally:
+        if mapping is not None:
+            mapping.release()
     resume_gc()  # the start-up is over (_startup: the collector was paused for it)
     if args.diameter is not None and "diameter" not in ckpt.metadata:
         raise InputError(f"--diameter: {ckpt.path} does not record the object diameter it was "
@@ -252,8 +259,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         for path in bar:
             found: dict = {}  # --diameter auto: the estimate, printed below
             try:
-                labels_path, n = write_prediction(ckpt, path, out,
-                                                  image=_read_any(path, args.axes),
+                image = ahead.pop(path) if path in ahead else _read_any(path, args.axes)
+                if isinstance(image, Exception):   # the first file, read ahead, failed
+                    raise image
+                labels_path, n = write_prediction(ckpt, path, out, image=image,
                                                   tile=args.tile, probs=args.probs,
                                                   overlays=args.overlays, progress=True,
                                                   diameter=args.diameter, **options,
@@ -261,7 +270,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                                   say=lambda line: write(
                                                       f"minunet predict: note: {line}",
                                                       file=sys.stderr))
-            except (InputError, ValueError, TypeError, OSError, MemoryError) as err:
+            except READ_ERRORS as err:
                 message = str(err) if str(path) in str(err) else f"{path}: {err}"
                 failures.append(message)
                 write(f"minunet predict: error: {message}", file=sys.stderr)
@@ -277,6 +286,32 @@ def cmd_predict(args: argparse.Namespace) -> int:
              f"complete in {out}); run the same command {again}to start again")
         return EXIT_INTERRUPTED
     return _batch_summary("predict", len(files), failures)
+
+
+READ_ERRORS = (InputError, ValueError, TypeError, OSError, MemoryError)  # one file's failure
+
+
+def _read_ahead(path: Path, axes: str | None) -> dict[Path, Any]:
+    """{path: its image, or the error reading it}: the first file, read while the command
+    sets itself up, so that the memory its prediction needs can be mapped meanwhile
+    (`_map_ahead`); the loop over the files reports an error as it would have."""
+    try:
+        return {path: _read_any(path, axes)}
+    except READ_ERRORS as err:
+        return {path: err}
+
+
+def _map_ahead(ckpt: Any, image: Any, tile: int) -> Any:
+    """A `kernels.memory.Prefault` of about the memory that predicting `image` (an ImageFile)
+    with the checkpoint's model takes, mapped on another core while this one sets Numba up;
+    None where there is nothing to map (no image, a model of unknown size)."""
+    from .kernels.memory import Prefault
+    from .predict import memory_estimate
+
+    if not hasattr(image, "data"):
+        return None
+    nbytes = memory_estimate(ckpt.model, image.data.shape[1:3], tile)
+    return Prefault(nbytes) if nbytes else None
 
 
 def _image_bar(files: list[Path]) -> tuple[Any, Callable[..., None]]:
@@ -362,16 +397,22 @@ def _batch_summary(command: str, n: int, failures: list[str]) -> int:
     return EXIT_BAD_INPUT
 
 
-def _dry_run(ckpt: Any, segment: Any) -> None:
+def _dry_run(ckpt: Any, segment: Any, like: Any = None) -> None:
     """Segment a small blank image once, so that a model or stored settings that cannot work
-    are reported once, with the checkpoint's name, instead of once per image."""
+    are reported once, with the checkpoint's name, instead of once per image. `like`: the
+    first image (an ImageFile), whose type of numbers the blank takes, so that the kernels
+    this loads are those its images use (8-/16-bit integers are normalised by counting)."""
     from .io.images import image_from_array
     from .predict import size_multiple
 
+    dtype = getattr(getattr(like, "data", None), "dtype", None)
+    if dtype is None or not (np.issubdtype(dtype, np.integer)
+                             or np.issubdtype(dtype, np.floating)):
+        dtype = np.float32
     try:
         side = size_multiple(ckpt.model)
         channels = ckpt.metadata.get("channels") or [0]   # a model of several input channels
-        blank = np.zeros((side, side, max(channels) + 1), np.float32)
+        blank = np.zeros((side, side, max(channels) + 1), dtype)
         segment(ckpt, image_from_array(blank, "YXC"))
     except (ValueError, TypeError, KeyError, AttributeError) as err:
         raise InputError(f"{ckpt.path}: this model or its stored settings cannot segment "

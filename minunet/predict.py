@@ -80,6 +80,8 @@ DEFAULT_BATCH_SIZE = 1
 FAST_WIDTH = 16
 # and Winograd's convolutions (kernels/winograd.py) rows a multiple of its 4 x 4 output tiles
 FAST_HEIGHT = 4
+# bytes per tile pixel and top-level channel of a U-Net's forward pass (`memory_estimate`)
+WORKING_SET_PER_CHANNEL = 19
 
 
 def to_gray(image: np.ndarray, *, who: str = "image") -> np.ndarray:
@@ -343,18 +345,8 @@ def predict(model: Module, image: np.ndarray, *, tile: int = DEFAULT_TILE,
         raise ValueError("predict: the image contains NaN or inf values")
     if tile < 1 or batch_size < 1:
         raise ValueError(f"predict: tile ({tile}) and batch_size ({batch_size}) must be >= 1")
-    mult = size_multiple(model)
-    depth = int(math.log2(mult))
-    fast = margin is None
-    if margin is None:
-        margin = receptive_radius(depth)
-    margin = _round_up(margin, mult)
     H, W = x.shape[-2:]
-    core_h = min(_round_up(tile, mult), _round_up(H, mult))   # a tile's kept rows
-    core_w = min(_round_up(tile, mult), _round_up(W, mult))   # and columns
-    if fast:
-        core_w, margin = fast_tile_width(core_w, margin, mult)
-        core_h = _round_up(core_h + 2 * margin, FAST_HEIGHT * mult) - 2 * margin
+    core_h, core_w, margin = tile_plan(model, (H, W), tile, margin)
     n_rows, n_cols = math.ceil(H / core_h), math.ceil(W / core_w)
 
     # Mirror the image beyond its edges: margin on every side, and up to a whole number of
@@ -409,6 +401,50 @@ def predict(model: Module, image: np.ndarray, *, tile: int = DEFAULT_TILE,
         model.set_grad_enabled(had_grad)
     assert probs is not None
     return probs
+
+
+def tile_plan(model: Module, shape: tuple[int, int], tile: int = DEFAULT_TILE,
+              margin: int | None = None) -> tuple[int, int, int]:
+    """(core_h, core_w, margin): the tiles `predict` cuts an (H, W) image into, with the
+    tile and margin arguments of `predict`: each tile is (core_h + 2 margin, core_w + 2 margin)
+    px and keeps its core."""
+    mult = size_multiple(model)
+    fast = margin is None
+    if margin is None:
+        margin = receptive_radius(int(math.log2(mult)))
+    margin = _round_up(margin, mult)
+    H, W = shape
+    core_h = min(_round_up(tile, mult), _round_up(H, mult))   # a tile's kept rows
+    core_w = min(_round_up(tile, mult), _round_up(W, mult))   # and columns
+    if fast:
+        core_w, margin = fast_tile_width(core_w, margin, mult)
+        core_h = _round_up(core_h + 2 * margin, FAST_HEIGHT * mult) - 2 * margin
+    return core_h, core_w, margin
+
+
+def memory_estimate(model: Module, shape: tuple[int, int], tile: int = DEFAULT_TILE,
+                    batch_size: int = DEFAULT_BATCH_SIZE) -> int | None:
+    """About how many bytes `predict` of one (H, W) image allocates at its peak (the default
+    margin): the network's working set on a batch of tiles, and the image-sized
+    arrays (the normalised image, the probabilities). None for a model that is not a U-Net of
+    known width. An estimate, for `minunet predict` to map that much memory ahead
+    (`kernels.memory.Prefault`), not a limit.
+
+    The U-Net's inference working set is about WORKING_SET_PER_CHANNEL bytes per tile pixel
+    and top-level channel: malloc's heap grew by 18.5-22 bytes (20.4 for the bundled model) on
+    one tile of 1152 x 1152 or 384 x 1152 px, of depth 2-4, 8-32 base channels, 1 or 3 inputs
+    (measured with mallinfo2, 2026-12-07). Over a whole `predict` of a 1100 x 1100 image the
+    estimate was 0.95-1.03x the heap's growth for depth 3 (8 or 16 channels) and depth 2 (16),
+    1.18x for depth 4 (16) and 1.34x for depth 2 with 8 channels (`tests/test_memory.py`)."""
+    base = getattr(model, "base_channels", None)
+    if not isinstance(base, int) or len(shape) != 2 or min(shape) < 1:
+        return None
+    core_h, core_w, margin = tile_plan(model, shape, tile)
+    tile_px = (core_h + 2 * margin) * (core_w + 2 * margin) * batch_size
+    wide = np.dtype(getattr(model, "dtype", np.float32)).itemsize // 4   # float64: twice
+    classes = int(getattr(model, "num_classes", 3))
+    return (wide * WORKING_SET_PER_CHANNEL * base * tile_px
+            + 4 * (1 + classes) * shape[0] * shape[1])
 
 
 def fast_tile_width(core: int, margin: int, mult: int) -> tuple[int, int]:

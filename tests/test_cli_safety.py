@@ -200,6 +200,69 @@ def test_6_a_bad_file_is_named_and_the_rest_still_run(tiny_run, tmp_path, capsys
     assert sorted(p.name for p in out.glob("*.tif")) == ["a.tif", "c.tif"]
 
 
+def test_6_a_bad_first_file_is_named_and_the_rest_still_run(tiny_run, tmp_path, capsys):
+    """The first file is read while the command sets itself up (`cli._read_ahead`); a file
+    that cannot be read is still reported in its turn, and the others are segmented."""
+    _, run = tiny_run
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    (folder / "a.tif").write_bytes(b"not a TIFF at all")
+    np.save(folder / "b.npy", np.random.default_rng(1).random((32, 32)).astype(np.float32))
+    out = tmp_path / "pred"
+    code, stdout, err = run_cli(capsys, ["predict", run, folder, "--out", out])
+    assert code == 2, err
+    assert "a.tif" in err and "1 of 2" in err, err
+    assert "b.npy" in stdout, stdout
+    assert sorted(p.name for p in out.glob("*.tif")) == ["b.tif"]
+
+
+def test_6_the_first_image_is_read_once_and_its_memory_mapped_ahead(tiny_run, tmp_path,
+                                                                    capsys, monkeypatch):
+    """The command reads the first file once, maps about the memory its prediction takes
+    (`predict.memory_estimate`) on another thread while Numba sets up, and frees that before
+    the first image; its dry run takes the images' type of numbers (16-bit here)."""
+    import minunet.cli as cli
+    import minunet.inference as inference
+    from minunet.kernels import memory
+    from minunet.predict import memory_estimate
+
+    _, run = tiny_run
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    rng = np.random.default_rng(2)
+    for name in ("a", "b"):
+        tifffile.imwrite(folder / f"{name}.tif", rng.integers(0, 4000, (48, 80), np.uint16))
+    events, reads, blanks = [], [], []
+
+    class Recorded(memory.Prefault):
+        def __init__(self, nbytes):
+            events.append(("map", nbytes))
+            super().__init__(nbytes)
+
+        def release(self):
+            events.append(("release",))
+            super().release()
+
+    def read(path, axes=None):
+        reads.append(Path(path).name)
+        return read_any(path, axes)
+
+    def segment(model, image, **kwargs):
+        blanks.append(image.data.dtype)
+        return segment_real(model, image, **kwargs)
+
+    read_any, segment_real = cli._read_any, inference.segment
+    monkeypatch.setattr(memory, "Prefault", Recorded)
+    monkeypatch.setattr(cli, "_read_any", read)
+    monkeypatch.setattr(inference, "segment", segment)
+    code, _, err = run_cli(capsys, ["predict", run, folder, "--out", tmp_path / "pred"])
+    assert code == 0, err
+    assert reads == ["a.tif", "b.tif"]
+    expected = memory_estimate(mu.load(run).model, (48, 80), 1024)
+    assert expected and events == [("map", expected), ("release",)]
+    assert blanks == [np.uint16]
+
+
 # ------------------------------------------------------------------- 7./8. crafted checkpoints
 def test_7_crafted_checkpoint_is_refused_by_the_command(tiny_run, images, tmp_path, capsys):
     _, run = tiny_run

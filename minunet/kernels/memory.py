@@ -40,6 +40,21 @@ and never when you chose yourself: `MINUNET_MALLOC=default` leaves both alone;
 `NUMPY_MADVISE_HUGEPAGE` (NumPy's own switch) set to anything keeps NumPy's choice of pages;
 any `MALLOC_*_` variable of your own (e.g. `MALLOC_MMAP_THRESHOLD_`) or a `glibc.malloc`
 tunable in `GLIBC_TUNABLES` leaves malloc alone.
+
+Mapping ahead (`Prefault`). Even with malloc keeping freed memory, the first forward of a
+process meets every page of its working set fresh: the bundled model's first 1152 x 1152 tile
+faulted in about 500 MiB, page by page, 0.13-0.16 s of the first tile's 0.45 s. `minunet
+predict` knows the size of its first image while it is still setting itself up (importing
+Numba, loading the model and its compiled kernels: Python on one core, the other idle), so it
+has that much of malloc's heap mapped then, on the idle core: `Prefault(n)` mallocs an n-byte
+block from the calling thread (the main thread, so the block comes from the heap the network's
+arrays come from) and a background thread has the kernel map all of its pages
+(`madvise(MADV_POPULATE_WRITE)`, Linux 5.14 and later; elsewhere a write to each page);
+`release()` waits for the thread and frees the block, which malloc keeps (above) for the arrays
+that follow. A forward of that tile after a 420 MiB `Prefault`: 8 MiB of page faults instead
+of 495 MiB, 0.32-0.43 s instead of 0.49 s (ad-hoc, 2026-12-07, Intel Xeon, 2 vCPUs). Only
+where malloc keeps freed memory (`applied`); otherwise the freed block would go straight back
+to the operating system.
 """
 
 from __future__ import annotations
@@ -47,6 +62,11 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 ENV_MALLOC = "MINUNET_MALLOC"
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -2, -3, -4  # mallopt's
@@ -100,3 +120,65 @@ def small_pages() -> bool:
 
 applied = keep_freed_memory()
 huge_pages_off = small_pages()
+
+
+MADV_POPULATE_WRITE = 23          # Linux 5.14+: map a range's pages as if written, in one call
+PREFAULT_MAX = TRIM_THRESHOLD // 2  # never more than this (freed, it must stay in the heap)
+PREFAULT_STEP = 8 * 2**20         # bytes mapped per madvise call
+
+
+class Prefault:
+    """`nbytes` of malloc's heap mapped by a background thread while the caller goes on (see
+    "Mapping ahead" above). Call `release()` before the work that needs the memory: it waits
+    for the thread and frees the block. Does nothing (no block, no thread) for nbytes <= 0
+    or where malloc does not keep freed memory (`applied`); at most PREFAULT_MAX bytes, and
+    at most half the memory free now."""
+
+    def __init__(self, nbytes: int) -> None:
+        import numpy as np
+
+        self.nbytes = min(int(nbytes), PREFAULT_MAX, _free_memory() // 2) if applied else 0
+        self._block: np.ndarray | None = None
+        self._thread: threading.Thread | None = None
+        if self.nbytes > 0:
+            self._block = np.empty(self.nbytes, np.uint8)   # from this thread's (main) heap
+            self._thread = threading.Thread(target=_map_pages, args=(self._block,),
+                                            name="minunet-prefault", daemon=True)
+            self._thread.start()
+
+    def release(self) -> None:
+        """Wait until the pages are mapped, then free the block (malloc keeps its pages)."""
+        if self._thread is not None:
+            self._thread.join()
+        self._thread = self._block = None
+
+
+def _map_pages(block: np.ndarray) -> None:
+    """Have every page of `block` (a uint8 array) mapped: one madvise call, or one write per
+    page where the kernel lacks MADV_POPULATE_WRITE. Both run without the GIL."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    address, size = block.ctypes.data, block.size
+    start, end = -(-address // page) * page, (address + size) // page * page
+    if end <= start:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    libc.madvise.restype = ctypes.c_int
+    for at in range(start, end, PREFAULT_STEP):   # in steps: the call holds a lock on the
+        length = min(PREFAULT_STEP, end - at)     # process's memory map that others wait for
+        if libc.madvise(at, length, MADV_POPULATE_WRITE) != 0:
+            block[at - address::page] = 0
+            return
+
+
+def _free_memory() -> int:
+    """Bytes of memory available now without swapping (Linux's MemAvailable; 0 where
+    unknown)."""
+    try:
+        with open("/proc/meminfo") as info:
+            for line in info:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
