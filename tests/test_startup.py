@@ -5,6 +5,7 @@ that is still running; Numba's BLAS check made without importing scipy.linalg, w
 module still comes when asked for. Each case is a fresh process that is (or is not) the
 command."""
 
+import os
 import subprocess
 import sys
 
@@ -184,3 +185,69 @@ print("opt", int(config.OPT), "yaml real", type(sys.modules["yaml"]).__name__ ==
     done = _python(code, tmp_path)
     assert done.stdout.split("\n")[:2] == ["deferred True", "opt 2 yaml real True"], \
         done.stdout + done.stderr
+
+
+def test_the_command_loads_its_kernels_without_numbas_compiler_tables(tmp_path):
+    """The command loads its compiled kernels straight from Numba's cache: the modules that
+    only Numba's compiler needs (its NumPy implementations, imported by the refresh of its
+    tables) are never imported, and the labels are those `mu.segment` gives in a process
+    that refreshed them (this one)."""
+    import minunet as mu
+
+    rng = np.random.default_rng(4)
+    yy, xx = np.mgrid[:96, :96]
+    image = np.full((96, 96), 400.0)
+    for _ in range(6):
+        cy, cx = rng.integers(12, 84, 2)
+        image[(yy - cy) ** 2 + (xx - cx) ** 2 < 64] = 3000
+    image = (image + rng.normal(0, 40, image.shape)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "a.tif", image)
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "minunet", "predict",
+                           "--model", "nuclei", str(tmp_path / "a.tif"), "--out", str(out)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    imported = [line.split("|")[-1].strip() for line in done.stderr.splitlines()
+                if line.startswith("import time:")]
+    assert "numba.np.arraymath" in imported and "numba.np.npyimpl" not in imported
+    labels = tifffile.imread(out / "a.tif")
+    expected = mu.segment("nuclei", image)
+    assert labels.max() >= 4 and np.array_equal(labels, expected)
+
+
+def test_kernels_loaded_directly_and_then_compiled_ones_both_work(tmp_path):
+    """After a kernel was loaded from the cache without the refresh, compiling a new one
+    (which needs Numba's tables) still works: Numba refreshes them before it compiles."""
+    (tmp_path / "kern.py").write_text(
+        "import numpy as np\nfrom numba import njit\n\n"
+        "@njit(cache=True)\ndef twice_sum(x):\n    total = 0.0\n    for v in x:\n"
+        "        total += 2.0 * v\n    return total\n")
+    fill = "import numpy as np, kern; print(kern.twice_sum(np.arange(4.0)))"
+    use = """
+import sys
+import numpy as np
+from minunet import _startup
+print("installed", _startup.load_cached_kernels_directly(),
+      _startup.load_cached_kernels_directly())
+import kern
+from numba import njit
+print("loaded", kern.twice_sum(np.arange(4.0)), sum(kern.twice_sum.stats.cache_hits.values()),
+      "numba.np.npyimpl" in sys.modules)
+
+@njit
+def running(x):
+    return np.cumsum(x)[-1] + np.linalg.norm(x)
+
+print("compiled", running(np.array([3.0, 4.0])), "numba.np.npyimpl" in sys.modules)
+"""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(tmp_path)}
+    first = subprocess.run([sys.executable, "-c", fill], capture_output=True, text=True,
+                           cwd=tmp_path, env=env, timeout=300)
+    assert first.returncode == 0 and first.stdout.strip() == "12.0", first.stderr
+    done = subprocess.run([sys.executable, "-c", use], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines[0] == "installed True False"
+    assert lines[1] == "loaded 12.0 1 False"      # from the cache, without the tables
+    assert lines[2] == "compiled 12.0 True"
