@@ -47,14 +47,13 @@ faulted in about 500 MiB, page by page, 0.13-0.16 s of the first tile's 0.45 s. 
 predict` knows the size of its first image while it is still setting itself up (importing
 Numba, loading the model and its compiled kernels: Python on one core, the other idle), so it
 has that much of malloc's heap mapped then, on the idle core: `Prefault(n)` mallocs an n-byte
-block from the calling thread (the main thread, so the block comes from the heap the network's
-arrays come from) and a background thread has the kernel map all of its pages
-(`madvise(MADV_POPULATE_WRITE)`, Linux 5.14 and later; elsewhere a write to each page);
-`release()` waits for the thread and frees the block, which malloc keeps (above) for the arrays
-that follow. A forward of that tile after a 420 MiB `Prefault`: 8 MiB of page faults instead
-of 495 MiB, 0.32-0.43 s instead of 0.49 s (ad-hoc, 2026-12-07, Intel Xeon, 2 vCPUs). Only
-where malloc keeps freed memory (`applied`); otherwise the freed block would go straight back
-to the operating system.
+block from the calling thread (the main thread, so the block comes from the heap the
+network's arrays come from), and a background thread writes to each of its pages, which has
+the kernel map them; `release()` waits for the thread and frees the block, which malloc keeps
+(above) for the arrays that follow. A forward of that tile after 420 MiB were mapped ahead: 8
+MiB of page faults instead of 495 MiB, 0.32-0.43 s instead of 0.49 s (ad-hoc, 2026-12-07,
+Intel Xeon, 2 vCPUs). Only where malloc keeps freed memory (`applied`); otherwise the freed
+block would go straight back to the operating system.
 """
 
 from __future__ import annotations
@@ -122,9 +121,7 @@ applied = keep_freed_memory()
 huge_pages_off = small_pages()
 
 
-MADV_POPULATE_WRITE = 23          # Linux 5.14+: map a range's pages as if written, in one call
 PREFAULT_MAX = TRIM_THRESHOLD // 2  # never more than this (freed, it must stay in the heap)
-PREFAULT_STEP = 8 * 2**20         # bytes mapped per madvise call
 
 
 class Prefault:
@@ -154,21 +151,13 @@ class Prefault:
 
 
 def _map_pages(block: np.ndarray) -> None:
-    """Have every page of `block` (a uint8 array) mapped: one madvise call, or one write per
-    page where the kernel lacks MADV_POPULATE_WRITE. Both run without the GIL."""
-    page = os.sysconf("SC_PAGE_SIZE")
-    address, size = block.ctypes.data, block.size
-    start, end = -(-address // page) * page, (address + size) // page * page
-    if end <= start:
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    libc.madvise.restype = ctypes.c_int
-    for at in range(start, end, PREFAULT_STEP):   # in steps: the call holds a lock on the
-        length = min(PREFAULT_STEP, end - at)     # process's memory map that others wait for
-        if libc.madvise(at, length, MADV_POPULATE_WRITE) != 0:
-            block[at - address::page] = 0
-            return
+    """Have every page of `block` (a uint8 array) mapped: one write per page, each a page
+    fault that the kernel serves under the lock of that one memory area. (Linux's
+    madvise(MADV_POPULATE_WRITE) maps a range in one call, but holds the lock on the
+    process's whole memory map while it does, which Numba's JIT needs to map the kernels it
+    loads meanwhile: the first kernel load took 54-147 ms against 28-40 ms, ad-hoc, 5 runs
+    each.) NumPy's strided fill runs without the GIL."""
+    block[::os.sysconf("SC_PAGE_SIZE")] = 0
 
 
 def _free_memory() -> int:
