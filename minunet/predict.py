@@ -392,7 +392,7 @@ def predict(model: Module, image: np.ndarray, *, tile: int = DEFAULT_TILE,
                 w = min(core_w, W - c0)
                 core = logits[i, :, margin:margin + h, margin:margin + w]
                 if core.dtype == np.float32:   # softmax(core) written into its place
-                    tiles.softmax_into(core, probs[:, r0:r0 + h, c0:c0 + w])
+                    tiles.softmax_into(core, probs, r0, c0)
                 else:
                     probs[:, r0:r0 + h, c0:c0 + w] = softmax(core[None])[0]
             del logits

@@ -49,42 +49,48 @@ def _gather_rows(x: np.ndarray, rows: np.ndarray, cols: np.ndarray, out: np.ndar
                 dst[j] = src[cols[j]]
 
 
-def softmax_into(logits: np.ndarray, out: np.ndarray) -> None:
-    """out = softmax over axis 0 of logits (Kc, h, w) (any strides; a view of a tile's core),
-    out (Kc, h, w) of the same float dtype (a view of the probability map)."""
+def softmax_into(logits: np.ndarray, out: np.ndarray, top: int = 0, left: int = 0) -> None:
+    """out[:, top:top + h, left:left + w] = softmax over axis 0 of logits (Kc, h, w) (any
+    strides; a view of a tile's core), out (Kc, H, W) of the same float dtype (the
+    probability map, C-contiguous: the kernels' types are then the same for every tile and
+    image, one compiled kernel loaded, whether the core spans the map's width or not)."""
+    if not out.flags.c_contiguous:
+        raise ValueError("softmax_into: out must be C-contiguous (the whole probability map)")
     rows = (_softmax_rows_f32 if simd.AVAILABLE and logits.dtype == np.float32
-            and out.dtype == np.float32 and logits.strides[2] == out.strides[2] == 4
+            and out.dtype == np.float32 and logits.strides[2] == 4
             else _softmax_rows)
-    parallel_rows(lambda a, b: rows(logits, out, a, b), out.shape[1], BAND_ROWS,
-                  serial=out.shape[1] < SERIAL_ROWS)
+    parallel_rows(lambda a, b: rows(logits, out, top, left, a, b), logits.shape[1], BAND_ROWS,
+                  serial=logits.shape[1] < SERIAL_ROWS)
 
 
 @njit(cache=True, nogil=True)
-def _softmax_rows(logits: np.ndarray, out: np.ndarray, first: int, stop: int) -> None:
+def _softmax_rows(logits: np.ndarray, out: np.ndarray, top: int, left: int, first: int,
+                  stop: int) -> None:
     kc, _, w = logits.shape
-    top = np.empty(w, logits.dtype)               # each pixel's largest logit
+    big = np.empty(w, logits.dtype)               # each pixel's largest logit
     total = np.empty(w, logits.dtype)             # and its sum of exponentials
     for i in range(first, stop):
-        top[:] = logits[0, i]
+        big[:] = logits[0, i]
         for k in range(1, kc):
             row = logits[k, i]
             for j in range(w):
-                top[j] = max(top[j], row[j])
+                big[j] = max(big[j], row[j])
         total[:] = 0
         for k in range(kc):
-            row, dst = logits[k, i], out[k, i]
+            row, dst = logits[k, i], out[k, top + i, left:left + w]
             for j in range(w):
-                e = np.exp(row[j] - top[j])
+                e = np.exp(row[j] - big[j])
                 dst[j] = e
                 total[j] += e
         for k in range(kc):
-            dst = out[k, i]
+            dst = out[k, top + i, left:left + w]
             for j in range(w):
                 dst[j] = dst[j] / total[j]
 
 
 @njit(cache=True, nogil=True)
-def _softmax_rows_f32(logits: np.ndarray, out: np.ndarray, first: int, stop: int) -> None:
+def _softmax_rows_f32(logits: np.ndarray, out: np.ndarray, top: int, left: int, first: int,
+                      stop: int) -> None:
     """_softmax_rows for float32 rows of unit stride, 16 pixels at a time, in three passes
     over the band of rows [first, stop) (which stays in the core's cache): the largest logit
     of each pixel, then exp(logit - largest) into out and their sum, then out / sum; the same
@@ -93,7 +99,7 @@ def _softmax_rows_f32(logits: np.ndarray, out: np.ndarray, first: int, stop: int
     kc, _, w = logits.shape
     full = w - w % 16                              # pixels in whole vectors
     rows = stop - first
-    top = np.empty((rows, full + 16), np.float32)  # each pixel's largest logit
+    big = np.empty((rows, full + 16), np.float32)  # each pixel's largest logit
     total = np.empty((rows, full + 16), np.float32)  # and its sum of exponentials
     tails = np.empty((kc * rows, 16), np.float32)  # exp of the tails, per class and row
     spare = np.empty((1, 16), np.float32)
@@ -103,22 +109,22 @@ def _softmax_rows_f32(logits: np.ndarray, out: np.ndarray, first: int, stop: int
             t = i - first
             for j in range(0, full, 16):
                 v = vload(lk, i, j)
-                vstore(top, t, j, v if k == 0 else vmax(vload(top, t, j), v))
+                vstore(big, t, j, v if k == 0 else vmax(vload(big, t, j), v))
             if full < w:
                 _tail(lk, i, full, spare)
                 v = vload(spare, 0, 0)
-                vstore(top, t, full, v if k == 0 else vmax(vload(top, t, full), v))
+                vstore(big, t, full, v if k == 0 else vmax(vload(big, t, full), v))
     for k in range(kc):
-        lk, ok = logits[k], out[k]                                   # (h, w) each
+        lk, ok = logits[k], out[k]                                   # (h, w), (H, W)
         for i in range(first, stop):
             t = i - first
             for j in range(0, full, 16):
-                e = vexp(vsub(vload(lk, i, j), vload(top, t, j)))
-                vstore(ok, i, j, e)
+                e = vexp(vsub(vload(lk, i, j), vload(big, t, j)))
+                vstore(ok, top + i, left + j, e)
                 vstore(total, t, j, e if k == 0 else vadd(vload(total, t, j), e))
             if full < w:
                 _tail(lk, i, full, spare)
-                e = vexp(vsub(vload(spare, 0, 0), vload(top, t, full)))
+                e = vexp(vsub(vload(spare, 0, 0), vload(big, t, full)))
                 vstore(tails, k * rows + t, 0, e)
                 vstore(total, t, full, e if k == 0 else vadd(vload(total, t, full), e))
     for k in range(kc):
@@ -126,11 +132,12 @@ def _softmax_rows_f32(logits: np.ndarray, out: np.ndarray, first: int, stop: int
         for i in range(first, stop):
             t = i - first
             for j in range(0, full, 16):
-                vstore(ok, i, j, vdiv(vload(ok, i, j), vload(total, t, j)))
+                vstore(ok, top + i, left + j, vdiv(vload(ok, top + i, left + j),
+                                                   vload(total, t, j)))
             if full < w:
                 vstore(spare, 0, 0, vdiv(vload(tails, k * rows + t, 0), vload(total, t, full)))
                 for j in range(full, w):
-                    ok[i, j] = spare[0, j - full]
+                    ok[top + i, left + j] = spare[0, j - full]
 
 
 @njit(cache=True, nogil=True, inline="always")
