@@ -383,7 +383,7 @@ def write_prediction(model: Checkpoint | Module, path: Path, out: Path, *,
         tile=tile, progress=progress, diameter=diameter, **(postprocess or {}))
     if note:
         (say or (lambda line: warnings.warn(line, UserWarning, stacklevel=2)))(note)
-    n = count_objects(labels)
+    n = int(labels.max(initial=0))  # segment_image numbers the objects 1..n (count_objects)
     targets = prediction_outputs(path, out, probs, overlays, rois)
     if info is not None and "diameter_estimate" in used:
         info.update(diameter_estimate=used["diameter_estimate"], scale=used["diameter_scale"])

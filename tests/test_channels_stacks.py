@@ -100,6 +100,18 @@ def test_count_objects_is_the_number_of_distinct_nonzero_ids(shape, top, low):
     assert count_objects(labels.astype(np.uint16) if low >= 0 else labels) == expected
 
 
+@pytest.mark.parametrize("stack, stitch, edges", [(False, None, False), (False, None, True),
+                                                   (True, None, False), (True, 0.5, True)])
+def test_segment_numbers_the_objects_1_to_n(nuclei, scene, stack, stitch, edges):
+    """Every path of segment numbers its objects 1..n (to_instances, remove_edge_objects,
+    unique_ids and stitch_planes renumber them), so that the largest id is the number of
+    objects: `write_prediction` (and the command's "N objects") takes it so."""
+    nuc = scene[0]
+    image = np.stack([nuc, nuc[::-1], nuc]) if stack else nuc
+    labels = mu.segment(nuclei, image, stitch=stitch, exclude_edges=edges)
+    assert labels.max() > 3 and labels.max() == count_objects(labels)
+
+
 def test_stored_settings_can_be_overridden(nuclei, scene):
     nuc, _, _ = scene
     everything = mu.segment(nuclei, nuc, min_size=1)
