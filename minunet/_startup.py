@@ -44,7 +44,11 @@ Python's own behaviour):
   miss, a new signature) refreshes the tables first, as Numba always does before it
   compiles. The first `minunet predict` kernels: 0.20-0.23 s against 0.31-0.33 s to load
   (the dry run on a blank image, 6 alternated runs each, ad-hoc, 2026-12-07, Intel Xeon);
-  labels identical.
+  labels identical. Nor does the command import Numba's array functions then (the module
+  that makes the BLAS check above, 28 ms with the modules it imports): it imports Numba
+  itself only, with YAML's stand-in; a compile imports them through the refresh, and the
+  check then imports scipy.linalg for real. Where this Numba lacks what the direct loading
+  replaces, the command imports the array functions with the BLAS stand-in, as above.
 - **The exit** (`exit_now`): once the command is done, its files written, flushed to disk and
   closed, and its locks released, Python would still tear down every module and object
   (Numba's compiled code among them) before the process ends: about 0.2 s after a
@@ -107,8 +111,9 @@ def guard_start_up() -> None:
     if gc.isenabled():
         gc.disable()
         _gc_paused = True
-    defer_unused_numba_imports()
-    load_cached_kernels_directly()
+    defer_unused_numba_imports(array_functions=False)
+    if not load_cached_kernels_directly():   # Numba's refresh imports its array functions
+        defer_unused_numba_imports()
 
 
 BLAS_MODULE = "scipy.linalg.cython_blas"  # what Numba's BLAS check imports
@@ -125,23 +130,29 @@ class _Deferred(types.ModuleType):
         return getattr(importlib.import_module(self.__name__), name)
 
 
-def defer_unused_numba_imports() -> bool:
-    """Import Numba and its array functions (`numba.np.arraymath`, which runs Numba's BLAS
-    check on import) with stand-ins for `scipy.linalg.cython_blas` and, if installed, `yaml`
-    in sys.modules, so that neither scipy.linalg nor YAML is imported for nothing (see the
-    module docstring); the stand-ins are gone when this returns. True if done, False where
-    there was nothing to do (Numba's check has run, or SciPy's module is loaded already).
-    Without SciPy the check fails as it would have (importing `scipy`)."""
-    if "numba.np.arraymath" in sys.modules or BLAS_MODULE in sys.modules:
+def defer_unused_numba_imports(array_functions: bool = True) -> bool:
+    """Import Numba and, with `array_functions`, its array functions (`numba.np.arraymath`,
+    which runs Numba's BLAS check on import) with stand-ins for `scipy.linalg.cython_blas`
+    and, if installed and Numba is not imported yet, `yaml` in sys.modules, so that neither
+    scipy.linalg nor YAML is imported for nothing (see the module docstring); the stand-ins
+    are gone when this returns. True if done, False where there was nothing to do (Numba's
+    check has run, or SciPy's module is loaded already; without array_functions: Numba is
+    imported already). Without SciPy the check fails as it would have (importing `scipy`)."""
+    if array_functions and ("numba.np.arraymath" in sys.modules
+                            or BLAS_MODULE in sys.modules):
         return False
-    names = [BLAS_MODULE]
+    if not array_functions and "numba" in sys.modules:
+        return False
+    names = [BLAS_MODULE] if array_functions else []
     if (YAML_MODULE not in sys.modules and "numba" not in sys.modules
             and importlib.util.find_spec(YAML_MODULE) is not None):
         names.append(YAML_MODULE)
     for name in names:
         sys.modules[name] = _Deferred(name)
     try:
-        import numba.np.arraymath  # noqa: F401  (its BLAS check runs now, on the stand-in)
+        # numba.np.arraymath's BLAS check runs now, on the stand-in; Numba's settings read
+        # YAML's stand-in
+        importlib.import_module("numba.np.arraymath" if array_functions else "numba")
     finally:
         for name in names:
             if isinstance(sys.modules.get(name), _Deferred):
