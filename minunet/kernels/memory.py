@@ -49,11 +49,11 @@ Numba, loading the model and its compiled kernels: Python on one core, the other
 has that much of malloc's heap mapped then, on the idle core: `Prefault(n)` mallocs an n-byte
 block from the calling thread (the main thread, so the block comes from the heap the
 network's arrays come from), and a background thread writes to each of its pages, which has
-the kernel map them; `release()` waits for the thread and frees the block, which malloc keeps
-(above) for the arrays that follow. A forward of that tile after 420 MiB were mapped ahead: 8
-MiB of page faults instead of 495 MiB, 0.32-0.43 s instead of 0.49 s (ad-hoc, 2026-12-07,
-Intel Xeon, 2 vCPUs). Only where malloc keeps freed memory (`applied`); otherwise the freed
-block would go straight back to the operating system.
+the kernel map them; `release()` stops the thread where it is and frees the block, which
+malloc keeps (above) for the arrays that follow. A forward of that tile after 420 MiB were
+mapped ahead: 8 MiB of page faults instead of 495 MiB, 0.32-0.43 s instead of 0.49 s
+(ad-hoc, 2026-12-07, Intel Xeon, 2 vCPUs). Only where malloc keeps freed memory (`applied`);
+otherwise the freed block would go straight back to the operating system.
 """
 
 from __future__ import annotations
@@ -122,42 +122,52 @@ huge_pages_off = small_pages()
 
 
 PREFAULT_MAX = TRIM_THRESHOLD // 2  # never more than this (freed, it must stay in the heap)
+PREFAULT_STEP = 8 * 2**20         # bytes mapped between two looks at whether to stop
 
 
 class Prefault:
     """`nbytes` of malloc's heap mapped by a background thread while the caller goes on (see
-    "Mapping ahead" above). Call `release()` before the work that needs the memory: it waits
-    for the thread and frees the block. Does nothing (no block, no thread) for nbytes <= 0
-    or where malloc does not keep freed memory (`applied`); at most PREFAULT_MAX bytes, and
-    at most half the memory free now."""
+    "Mapping ahead" above). Call `release()` before the work that needs the memory: it stops
+    the thread where it is (the pages not mapped yet are mapped as the work meets them, as
+    without this) and frees the block. Does nothing (no block, no thread) for nbytes <= 0 or
+    where malloc does not keep freed memory (`applied`); at most PREFAULT_MAX bytes, and at
+    most half the memory free now. `mapped`: the bytes mapped when it was released."""
 
     def __init__(self, nbytes: int) -> None:
         import numpy as np
 
         self.nbytes = min(int(nbytes), PREFAULT_MAX, _free_memory() // 2) if applied else 0
+        self.mapped = 0
+        self._stop = threading.Event()
         self._block: np.ndarray | None = None
         self._thread: threading.Thread | None = None
         if self.nbytes > 0:
             self._block = np.empty(self.nbytes, np.uint8)   # from this thread's (main) heap
-            self._thread = threading.Thread(target=_map_pages, args=(self._block,),
+            self._thread = threading.Thread(target=self._map_pages, args=(self._block,),
                                             name="minunet-prefault", daemon=True)
             self._thread.start()
 
+    def _map_pages(self, block: np.ndarray) -> None:
+        """Have the pages of `block` (a uint8 array) mapped, from its start (where malloc
+        serves the next blocks from), PREFAULT_STEP bytes at a time until done or stopped:
+        one write per page, each a page fault that the kernel serves under the lock of that
+        one memory area. (Linux's madvise(MADV_POPULATE_WRITE) maps a range in one call, but
+        holds the lock on the process's whole memory map while it does, which Numba's JIT
+        needs to map the kernels it loads meanwhile: the first kernel load took 54-147 ms
+        against 28-40 ms, ad-hoc, 5 runs each.) NumPy's strided fill runs without the GIL."""
+        page = os.sysconf("SC_PAGE_SIZE")
+        for start in range(0, block.size, PREFAULT_STEP):
+            if self._stop.is_set():
+                return
+            block[start:start + PREFAULT_STEP:page] = 0
+            self.mapped = min(block.size, start + PREFAULT_STEP)
+
     def release(self) -> None:
-        """Wait until the pages are mapped, then free the block (malloc keeps its pages)."""
+        """Stop mapping (within one step), then free the block (malloc keeps its pages)."""
+        self._stop.set()
         if self._thread is not None:
             self._thread.join()
         self._thread = self._block = None
-
-
-def _map_pages(block: np.ndarray) -> None:
-    """Have every page of `block` (a uint8 array) mapped: one write per page, each a page
-    fault that the kernel serves under the lock of that one memory area. (Linux's
-    madvise(MADV_POPULATE_WRITE) maps a range in one call, but holds the lock on the
-    process's whole memory map while it does, which Numba's JIT needs to map the kernels it
-    loads meanwhile: the first kernel load took 54-147 ms against 28-40 ms, ad-hoc, 5 runs
-    each.) NumPy's strided fill runs without the GIL."""
-    block[::os.sysconf("SC_PAGE_SIZE")] = 0
 
 
 def _free_memory() -> int:
