@@ -253,3 +253,25 @@ print("compiled", running(np.array([3.0, 4.0])), "numba.np.npyimpl" in sys.modul
     assert lines[0] == "installed True False"
     assert lines[1] == "loaded 12.0 1 False"      # from the cache, without the tables
     assert lines[2] == "compiled 12.0 True"
+
+
+def test_the_command_drops_numbas_llvm_lock_events_and_compiles_without_them(tmp_path):
+    """In the command (and only there), Numba's callbacks around llvmlite's lock are taken
+    off; compiling still works without them."""
+    code = """
+import sys
+sys.argv = [{argv0!r}]
+import minunet
+from llvmlite.binding import ffi
+from numba import njit
+
+@njit
+def add(a, b):
+    return a + b
+
+print(len(ffi.lib._lock._cblist), add(2, 3))
+"""
+    for argv0, callbacks in (("minunet", "0"), ("other", "1")):
+        done = _python(code.format(argv0=argv0), tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.split() == [callbacks, "5"], (argv0, done.stdout)
