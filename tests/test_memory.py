@@ -40,13 +40,17 @@ def test_users_own_malloc_settings_win(name, value):
     assert applied(**{name: value}) == "False"
 
 
-LARGE_BLOCK_PROBE = """
+# glibc's mallinfo2(): what malloc holds (its heap: arena; blocks mapped on their own: hblkhd)
+MALLINFO = """
 import ctypes
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in ("arena ordblks smblks hblks hblkhd "
                 "usmblks fsmblks uordblks fordblks keepcost").split()]
 libc = ctypes.CDLL(None)
 libc.mallinfo2.restype = MallInfo2
+"""
+
+LARGE_BLOCK_PROBE = MALLINFO + """
 import numpy as np
 import minunet  # noqa: F401
 before = libc.mallinfo2().hblkhd     # bytes malloc holds in blocks mapped on their own
@@ -149,16 +153,11 @@ def test_prefault_does_nothing_where_malloc_is_left_alone():
     assert out.stdout.strip() == "0"
 
 
-ESTIMATE_PROBE = """
-import ctypes, sys
+ESTIMATE_PROBE = MALLINFO + """
+import sys
 import numpy as np
 import minunet as mu
 from minunet.predict import memory_estimate, predict
-class MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in ("arena ordblks smblks hblks hblkhd "
-                "usmblks fsmblks uordblks fordblks keepcost").split()]
-libc = ctypes.CDLL(None)
-libc.mallinfo2.restype = MallInfo2
 depth, base, size = (int(v) for v in sys.argv[1:4])
 model = mu.UNet(1, 3, depth=depth, base_channels=base, rng=0)
 x = np.random.default_rng(0).random((size, size)).astype(np.float32)
