@@ -583,20 +583,15 @@ def run_items(x: np.ndarray, x2: np.ndarray, U: np.ndarray, y: np.ndarray, y2: n
     bias then covers y's channels only); V, M, rows, out_rows: this thread's scratch
     (scratch_shapes); zeros (1, W + 16) zeros. Every tile is computed the same way whatever
     the items: the same bits for any tile_rows and tile_cols."""
-    N, Ca, H, W = x.shape
-    th, tw = H // M_OUT, W // M_OUT
-    bands = -(-th // tile_rows)
-    blocks = -(-tw // tile_cols)
-    count = N * bands * blocks
+    Ca = x.shape[1]
+    th, tw, bands, blocks, count = _plan(x.shape, tile_rows, tile_cols)
     rows[:] = 0   # the padding columns stay zero (the input transform writes inside them)
     while True:
         index = fetch_add(counter, 0, 1)
         if index >= count:
             return
         n, first, last, j0, j1 = _item(index, bands, blocks, tile_rows, tile_cols, th, tw)
-        wide = j1 - j0
-        tiles = (last - first) * wide
-        padded = -(-tiles // 48) * 48
+        wide, tiles, padded = _sizes(first, last, j0, j1)
         probe = x.dtype.type(0)
         for tr in range(first, last):
             base = (tr - first) * wide
@@ -627,20 +622,14 @@ def run_items_head(x: np.ndarray, U: np.ndarray, bias: np.ndarray, relu: bool,
     for o = 0, 1, .. (upsample.head_pixels's sums, in its order), and then the tile row's
     logits are acc + head_b. head_w (Kc, Cout) float32, head_b (Kc,); logits (N, Kc, H, W).
     probes[item]: the input's NaN/inf probe plus y's (sum of v - v over the values)."""
-    N, _, H, W = x.shape
-    th, tw = H // M_OUT, W // M_OUT
-    bands = -(-th // tile_rows)
-    blocks = -(-tw // tile_cols)
-    count = N * bands * blocks
+    th, tw, bands, blocks, count = _plan(x.shape, tile_rows, tile_cols)
     rows[:] = 0
     while True:
         index = fetch_add(counter, 0, 1)
         if index >= count:
             return
         n, first, last, j0, j1 = _item(index, bands, blocks, tile_rows, tile_cols, th, tw)
-        wide = j1 - j0
-        tiles = (last - first) * wide
-        padded = -(-tiles // 48) * 48
+        wide, tiles, padded = _sizes(first, last, j0, j1)
         probe = np.float32(0)
         for tr in range(first, last):
             probe += _input_transform_f32(x, n, tr, (tr - first) * wide, j0, j1, 0, V, rows,
@@ -709,6 +698,23 @@ def _head_row(acc: np.ndarray, p: int, o: int, w: int, w_end: int, c0, c1, c2, c
                 previous = vzero() if o == 0 else vload(acc, row, col)
                 vstore(acc, row, col, vfma(value, head_w[k, o], previous))
     return probe
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _plan(shape: tuple, tile_rows: int, tile_cols: int) -> tuple[int, int, int, int, int]:
+    """The items of an input of `shape` (N, C, H, W): (tile rows th, tiles a row tw, bands
+    of tile_rows rows, blocks of tile_cols tiles, items N * bands * blocks)."""
+    th, tw = shape[2] // M_OUT, shape[3] // M_OUT
+    bands, blocks = -(-th // tile_rows), -(-tw // tile_cols)
+    return th, tw, bands, blocks, shape[0] * bands * blocks
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _sizes(first: int, last: int, j0: int, j1: int) -> tuple[int, int, int]:
+    """An item's (tiles a row, tiles, tiles rounded up to the products' 48)."""
+    wide = j1 - j0
+    tiles = (last - first) * wide
+    return wide, tiles, -(-tiles // 48) * 48
 
 
 @njit(cache=True, nogil=True, inline="always")
