@@ -377,6 +377,7 @@ def predict(model: Module, image: np.ndarray, *, tile: int = DEFAULT_TILE,
             starts = tqdm(starts, desc=f"tiles of {H}x{W}", unit="batch", leave=False,
                           file=sys.stderr)
         side_h, side_w = core_h + 2 * margin, core_w + 2 * margin
+        keep = getattr(model, "forward_window", None)   # kernels/unet.py's UNet
         batch = None
         for start in starts:
             batch_origins = origins[start:start + batch_size]
@@ -384,7 +385,9 @@ def predict(model: Module, image: np.ndarray, *, tile: int = DEFAULT_TILE,
                 batch = np.empty((len(batch_origins), n_in, side_h, side_w), dtype=dtype)
             for i, (r0, c0) in enumerate(batch_origins):              # batch: (N, Cin, h, w)
                 tiles.gather_tile(x, rows[r0:r0 + side_h], cols[c0:c0 + side_w], batch[i])
-            logits = model(batch)                                           # (N, Kc, h, w)
+            # the cores only: the fast U-Net's decoder then skips most of the margins
+            logits = (model(batch) if keep is None                          # (N, Kc, h, w)
+                      else keep(batch, (margin, margin, core_h, core_w)))
             if probs is None:
                 probs = np.empty((logits.shape[1], H, W), dtype=np.float32)  # (Kc, H, W)
             for i, (r0, c0) in enumerate(batch_origins):

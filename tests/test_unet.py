@@ -331,13 +331,13 @@ def test_fast_inference_frees_up_steps_inputs_before_their_second_convolution():
     for up in fast.up:
         refs = []
 
-        def conv1(conv, *parts, first=up.bn1.after_conv, refs=refs):
+        def conv1(conv, *parts, first=up.bn1.after_conv, refs=refs, window=None):
             refs[:] = [weakref.ref(p) for p in parts]
-            return first(conv, *parts)
+            return first(conv, *parts, window=window)
 
-        def conv2(conv, x, second=up.bn2.after_conv, refs=refs):
+        def conv2(conv, x, second=up.bn2.after_conv, refs=refs, window=None):
             inputs_alive.append([r() is not None for r in refs])
-            return second(conv, x)
+            return second(conv, x, window=window)
 
         up.bn1.after_conv, up.bn2.after_conv = conv1, conv2   # this model's instances only
     x = rng.standard_normal((1, 1, 32, 32)).astype(np.float32)
@@ -371,3 +371,106 @@ def test_fast_inference_takes_the_heads_sums_from_the_last_convolution(monkeypat
         handle.remove()
     assert heads and seen == [separate.shape]            # ... but it does with a hook on
     np.testing.assert_array_equal(fused, separate)
+
+
+def _inside(outer, inner):
+    """Whether window inner (top, left, height, width) lies inside window outer."""
+    return (outer[0] <= inner[0] and outer[1] <= inner[1]
+            and inner[0] + inner[2] <= outer[0] + outer[2]
+            and inner[1] + inner[3] <= outer[1] + outer[3])
+
+
+def _reads(window, size):
+    """What a Winograd convolution of that output window reads of its input: 1 row and 16
+    columns (a vector) around it, within the image."""
+    top, left, h, w = window
+    t, lft = max(0, top - 1), max(0, left - 16)
+    return t, lft, min(size[0], top + h + 1) - t, min(size[1], left + w + 16) - lft
+
+
+@pytest.mark.parametrize("depth, height, width", [(3, 1152, 1152), (3, 384, 640),
+                                                  (2, 64, 256), (4, 512, 768)])
+def test_decoder_windows_cover_what_each_layer_reads(depth, height, width):
+    """kernels.unet.decoder_windows: every window on its kernel's grid, and each layer's
+    window covering what the layer after it reads (a 3x3 convolution: 1 row and 16 columns
+    around its window; the up-step: the half of its window), for kept windows anywhere."""
+    from minunet.kernels.unet import decoder_windows
+    rng = np.random.default_rng(depth * height)
+    for _ in range(20):
+        top = int(rng.integers(0, height // 2)) // 8 * 8
+        left = int(rng.integers(0, width // 2)) // 8 * 8
+        keep = (top, left, int(rng.integers(8, height - top + 1)),
+                int(rng.integers(8, width - left + 1)))
+        plan = decoder_windows(depth, height, width, keep)
+        need = keep
+        for i, (first, second, up) in enumerate(plan):
+            size = (height >> i, width >> i)
+            assert all(v % 4 == 0 for v in (first[0], first[2], second[0], second[2]))
+            assert all(v % 16 == 0 for v in (first[1], first[3], second[1], second[3]))
+            assert up[0] % 2 == up[2] % 2 == up[1] % 32 == up[3] % 32 == 0
+            assert _inside(second, need)
+            assert _inside(first, _reads(second, size))
+            assert _inside(up, _reads(first, size))
+            assert _inside((0, 0, *size), up)
+            need = tuple(v // 2 for v in up)
+
+
+@pytest.mark.parametrize("depth, base, shape, keep", [
+    (3, 16, (2, 1, 384, 512), (64, 64, 256, 384)),
+    (2, 16, (1, 1, 192, 320), (40, 24, 112, 272)),
+    (3, 16, (1, 1, 256, 128), (0, 0, 256, 128)),
+])
+def test_forward_window_is_the_forward_on_its_window_with_less_work(monkeypatch, depth, base,
+                                                                    shape, keep):
+    """UNet.forward_window (inference, the kept window of the logits): those logits to the
+    bit, the decoder's layers given the windows of decoder_windows (the work they skip),
+    and the whole forward where a layer's kernel cannot compute a window (base 8: level 0's
+    second convolution has 8 input channels, below Winograd's 16)."""
+    from minunet.kernels import conv, layers, unet
+    if not conv.USE_WINOGRAD:
+        pytest.skip("no AVX-512 or no JIT")
+    rng = np.random.default_rng(depth + base)
+    model = evaluating(UNet(1, 3, depth=depth, base_channels=base, rng=1, readable=False), rng)
+    x = rng.standard_normal(shape).astype(np.float32)
+    whole = model(x)
+    given = []
+    real_conv, real_head = conv.conv2d_inference, conv.conv2d_inference_head
+    monkeypatch.setattr(layers, "conv2d_inference", lambda *a, window=None, **k: (
+        given.append(window), real_conv(*a, window=window, **k))[1])
+    monkeypatch.setattr(conv, "conv2d_inference_head", lambda *a, window=None, **k: (
+        given.append(window), real_head(*a, window=window, **k))[1])
+    part = model.forward_window(x, keep)
+    top, left, h, w = keep
+    np.testing.assert_array_equal(part[..., top:top + h, left:left + w],
+                                  whole[..., top:top + h, left:left + w])
+    plan = unet.decoder_windows(depth, shape[2], shape[3], keep)
+    # the encoder's and the bottom's convolutions whole, the decoder's on their windows (per
+    # slice of the batch: the threads' calls interleave)
+    expected = [None] * (2 * depth + 2) + [win for i in range(depth) for win in plan[i][:2]]
+    copies = len(given) // len(expected)
+    assert copies >= 1 and sorted(given, key=str) == sorted(expected * copies, key=str)
+    if keep != (0, 0, *shape[2:]):
+        assert any(win[2] * win[3] < (shape[2] >> i) * (shape[3] >> i)
+                   for i in range(depth) for win in plan[i])
+    small = evaluating(UNet(1, 3, depth=2, base_channels=8, rng=1, readable=False), rng)
+    assert small.window_plan(128, 128, np.float32, (8, 8, 112, 112)) is None
+    assert model.window_plan(shape[2], shape[3], np.float64, keep) is None
+
+
+def test_predict_keeps_the_cores_of_forward_window_the_same_probabilities(monkeypatch):
+    """mu.predict takes the fast U-Net's forward_window on each tile's core: the same
+    probabilities, to the bit, as the whole forward of every tile."""
+    from minunet.kernels import conv
+    if not conv.USE_WINOGRAD:
+        pytest.skip("no AVX-512 or no JIT")
+    rng = np.random.default_rng(8)
+    model = evaluating(UNet(1, 3, depth=2, base_channels=16, rng=2, readable=False), rng)
+    image = rng.random((300, 420)).astype(np.float32)
+    calls = []
+    real = model.forward_window
+    monkeypatch.setattr(model, "forward_window",
+                        lambda x, window: calls.append(window) or real(x, window))
+    kept = mu.predict(model, image, tile=128, normalized=True)
+    assert calls and all(w[0] == w[1] > 0 for w in calls)
+    monkeypatch.setattr(model, "forward_window", None)
+    np.testing.assert_array_equal(kept, mu.predict(model, image, tile=128, normalized=True))

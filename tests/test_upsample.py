@@ -212,3 +212,26 @@ def test_training_head_matches_the_blas_route(monkeypatch):
         results.append((y, dx, layer.weight.grad.copy(), layer.bias.grad.copy()))
     for kernel, blas in zip(*results, strict=True):
         np.testing.assert_allclose(kernel, blas, rtol=0, atol=1e-5 * np.abs(blas).max())
+
+
+def test_up_step_computes_only_its_window():
+    """conv_transpose2x2_forward(..., window=): the output window's values to the bit, from
+    the input pixels under it only (a NaN elsewhere is not met); windows off the 32-px
+    column grid are refused."""
+    if not upsample.ENABLED:
+        pytest.skip("no AVX-512 or no JIT")
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 24, 20, 64)).astype(np.float32)
+    w = rng.standard_normal((24, 16, 2, 2)).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    window = (6, 32, 20, 64)  # input rows 3..12, columns 16..47
+    whole = upsample.conv_transpose2x2_forward(x, w, b)
+    x[1, 2, 0, 0] = np.nan
+    x[0, 7, 19, 63] = np.inf
+    part = upsample.conv_transpose2x2_forward(x, w, b, who="up", window=window)
+    np.testing.assert_array_equal(part[..., 6:26, 32:96], whole[..., 6:26, 32:96])
+    with pytest.raises(FloatingPointError):
+        upsample.conv_transpose2x2_forward(x, w, b, who="up")
+    for bad in ((1, 32, 20, 64), (6, 16, 20, 64), (6, 32, 20, 48), (6, 96, 20, 64)):
+        with pytest.raises(ValueError, match="window"):
+            upsample.conv_transpose2x2_forward(x, w, b, window=bad)

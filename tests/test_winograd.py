@@ -307,3 +307,63 @@ def test_convolution_and_head_in_one_pass_name_what_is_not_finite():
         conv.conv2d_inference_head(x, w, overflowing, True, hw, None, "Conv2d", "the head")
     assert not conv.head_fuses(x, w, 1, 1, hw.astype(np.float64))
     assert not conv.head_fuses(x[..., :12], w, 1, 1, hw)            # rows not whole vectors
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("parts, window", [(1, (4, 16, 20, 48)), (2, (0, 0, 12, 32)),
+                                           (1, (20, 48, 8, 32)), (2, (8, 32, 20, 48))])
+def test_a_window_of_the_output_is_the_same_bits_and_reads_only_around_it(dtype, parts,
+                                                                          window):
+    """conv2d_inference(..., window=): the window's values are the whole output's to the bit
+    (the same 4 x 4 tiles), in blocks of a row too; and only the window and 1 row, 16
+    columns around it are read: a NaN further away is not met (the whole output raises)."""
+    if not conv.USE_WINOGRAD:
+        pytest.skip("no AVX-512 or no JIT")
+    rng = np.random.default_rng(sum(window))
+    x = rng.standard_normal((2, 16, 28, 80)).astype(dtype)
+    w = (rng.standard_normal((24, 16 * parts, 3, 3)) * 0.2).astype(dtype)
+    b = rng.standard_normal(24).astype(dtype)
+    inputs = (x,) if parts == 1 else (x, rng.standard_normal(x.shape).astype(dtype))
+    top, left, h, wide = window
+    whole = conv.conv2d_inference(inputs if parts == 2 else x, w, b, 1, 1, relu=True)
+    part = conv.conv2d_inference(inputs if parts == 2 else x, w, b, 1, 1, relu=True,
+                                 window=window)
+    np.testing.assert_array_equal(part[..., top:top + h, left:left + wide],
+                                  whole[..., top:top + h, left:left + wide])
+    far = [(r, c) for r in range(28) for c in range(80)
+           if not (top - 1 <= r <= top + h and left - 16 <= c < left + wide + 16)]
+    r, c = far[len(far) // 2]
+    inputs[-1][1, 3, r, c] = np.nan
+    given = inputs if parts == 2 else x
+    assert np.isfinite(conv.conv2d_inference(given, w, b, 1, 1, who="conv", relu=True,
+                                             window=window)[..., top:top + h,
+                                                            left:left + wide]).all()
+    with pytest.raises(FloatingPointError):
+        conv.conv2d_inference(given, w, b, 1, 1, who="conv", relu=True)
+
+
+@pytest.mark.parametrize("window", [(1, 0, 8, 16), (0, 8, 8, 16), (0, 0, 6, 16),
+                                    (0, 0, 8, 24), (-4, 0, 8, 16), (24, 0, 8, 16)])
+def test_a_window_off_the_grid_or_the_output_is_refused(window):
+    with pytest.raises(ValueError, match="window"):
+        winograd.window_tiles(28, 80, window)
+
+
+def test_the_head_in_one_pass_computes_only_its_window():
+    """conv2d_inference_head(..., window=): the logits of the window to the bit, and a NaN
+    out of its reach is not met."""
+    if not conv.USE_WINOGRAD:
+        pytest.skip("no AVX-512 or no JIT")
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 16, 40, 96)).astype(np.float32)
+    w = (rng.standard_normal((16, 16, 3, 3)) * 0.3).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    hw = rng.standard_normal((3, 16, 1, 1)).astype(np.float32)
+    hb = rng.standard_normal(3).astype(np.float32)
+    window = (8, 32, 24, 32)
+    whole = conv.conv2d_inference_head(x, w, b, True, hw, hb)
+    x[0, 5, 39, 0] = np.inf
+    part = conv.conv2d_inference_head(x, w, b, True, hw, hb, who="conv", window=window)
+    np.testing.assert_array_equal(part[..., 8:32, 32:64], whole[..., 8:32, 32:64])
+    with pytest.raises(FloatingPointError):
+        conv.conv2d_inference_head(x, w, b, True, hw, hb, who="conv")

@@ -76,6 +76,7 @@ from .winograd import (
     run_items_head,
     scratch_shapes,
     transformed_weights,
+    window_tiles,
     winograd_applies,
 )
 
@@ -499,6 +500,7 @@ _NO_BIAS = np.zeros(0, np.float32)  # direct_product's "no bias"
 
 
 Parts = np.ndarray | tuple[np.ndarray, np.ndarray]  # an array, or two joined along channels
+Window = tuple[int, int, int, int]  # (top, left, height, width) px of an output
 
 
 def _parts(x: Parts) -> tuple[np.ndarray, ...]:
@@ -839,12 +841,16 @@ def conv2d_forward(x: Parts, weight: np.ndarray, bias: np.ndarray | None, stride
 
 
 def conv2d_inference(x: Parts, weight: np.ndarray, bias: np.ndarray | None, stride: int,
-                     padding: int, who: str | None = None, relu: bool = False) -> np.ndarray:
+                     padding: int, who: str | None = None, relu: bool = False,
+                     window: Window | None = None) -> np.ndarray:
     """conv2d_forward for inference: Winograd where it applies, its transformed weights
     remembered between calls (winograd.packed_weights: an evaluation runs the same weights
-    again and again)."""
+    again and again). window (top, left, height, width): the part of the output needed
+    (winograd.window_tiles's grid); Winograd computes only that, the same bits, and leaves
+    the rest of the output unset; the other routes compute it all."""
     if _winograd_applies(x, weight.shape[2], stride, padding):
-        return _winograd(_parts(x), weight, bias, relu, who, "input", remember=True)
+        return _winograd(_parts(x), weight, bias, relu, who, "input", remember=True,
+                         window=window)
     if _few_channels_apply(x, weight, stride, padding):
         return _few_channels(x, weight, bias, relu, who)
     return _forward(x, weight, stride, padding, bias, who=who, relu=relu)
@@ -965,12 +971,14 @@ def _winograd_pays(x: Parts, kernel_size: int, stride: int, padding: int,
 
 def _winograd(parts: tuple[np.ndarray, ...], weight: np.ndarray, bias: np.ndarray | None,
               relu: bool, who: str | None, name: str, remember: bool,
-              split: int | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+              split: int | None = None, window: Window | None = None,
+              ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """The 3x3 pad-1 stride-1 convolution of the parts by Winograd F(4x4, 3x3) (winograd.py):
     4x fewer multiply-adds than the direct sum, rounded differently (float32: a few 1e-6 of
     the output's scale against 4e-7; tests/test_winograd.py). With `split`, the output comes
     back as two arrays, channels [0, split) and [split, Cout) (no bias then). `remember`:
-    keep the transformed weights for the next call with the same weights (inference)."""
+    keep the transformed weights for the next call with the same weights (inference).
+    window: only that part of the output computed (conv2d_inference)."""
     N, _, H, W = parts[0].shape
     Cin = sum(p.shape[1] for p in parts)
     dtype = parts[0].dtype
@@ -981,13 +989,15 @@ def _winograd(parts: tuple[np.ndarray, ...], weight: np.ndarray, bias: np.ndarra
     cut = Cout if split is None else split
     y = np.empty((N, cut, H, W), dtype=dtype)           # (N, Cout, H, W), or its first part
     y2 = np.empty((N, Cout - cut, H, W), dtype=dtype)   # the second part (or no channels)
-    R, cols, probes, counter, shapes, zeros = _winograd_items(N, Cin, Cout, H, W, dtype)
+    tiles = window_tiles(H, W, window)
+    R, cols, probes, counter, shapes, zeros = _winograd_items(N, Cin, Cout, H, W, dtype,
+                                                              tiles)
     second = parts[1] if len(parts) > 1 else np.empty((N, 0, H, W), dtype)
 
     def worker(_: int, slot: int) -> None:
         run_items(parts[0], second, U, y, y2, tile_bias, relu, R, cols, counter, probes,
                   *(_scratch.get(slot, "winograd " + name, shape, dtype)
-                    for name, shape in shapes.items()), zeros)
+                    for name, shape in shapes.items()), zeros, tiles)
 
     parallel_for(worker, get_num_threads(), serial=_small(N, Cin, Cout, H, W, 3), blas=False)
     if who is not None and not np.isfinite(probes.sum()):
@@ -996,14 +1006,19 @@ def _winograd(parts: tuple[np.ndarray, ...], weight: np.ndarray, bias: np.ndarra
 
 
 def _winograd_items(N: int, Cin: int, Cout: int, H: int, W: int, dtype: np.dtype,
-                    ) -> tuple[int, int, np.ndarray, np.ndarray, dict, np.ndarray]:
-    """How run_items and run_items_head cut a convolution into items, and what the items
-    share: (tile rows per item, tiles per item's block, one NaN/inf probe per item, the
-    items' counter, the per-thread scratch shapes, a row of zeros for the padding)."""
+                    tiles: np.ndarray) -> tuple[int, int, np.ndarray, np.ndarray, dict,
+                                                np.ndarray]:
+    """How run_items and run_items_head cut a convolution of an (H, W) output's window of
+    tiles (winograd.window_tiles) into items, and what the items share: (tile rows per item,
+    tiles per item's block, one NaN/inf probe per item, the items' counter, the per-thread
+    scratch shapes, a row of zeros for the padding). The items' size is the whole output's,
+    a window's items no larger: band_rows's choice for a window's narrower rows took up to
+    3 rows a band where the whole output takes 1, and outgrew the cache (a 16-channel
+    convolution 1024 px wide: 44 against 32 ms for 1152 px, ad-hoc, 2026-12-07)."""
     itemsize = np.dtype(dtype).itemsize
-    th, tw = H // 4, W // 4
-    cols = band_cols(tw, Cin, Cout, itemsize)
-    R = band_rows(cols, Cin, Cout, itemsize, th, tw)
+    cols = band_cols(W // 4, Cin, Cout, itemsize)
+    R = band_rows(cols, Cin, Cout, itemsize, H // 4, W // 4)
+    th, tw = int(tiles[2]), int(tiles[3])
     probes = np.zeros(N * -(-th // R) * -(-tw // cols))  # one per item
     return (R, cols, probes, np.zeros(1, np.int64), scratch_shapes(Cin, Cout, cols, R, W),
             np.zeros((1, W + 16), dtype))
@@ -1022,7 +1037,8 @@ def head_fuses(x: np.ndarray, weight: np.ndarray, stride: int, padding: int,
 
 def conv2d_inference_head(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
                           relu: bool, head_weight: np.ndarray, head_bias: np.ndarray | None,
-                          who: str | None = None, head_who: str | None = None) -> np.ndarray:
+                          who: str | None = None, head_who: str | None = None,
+                          window: Window | None = None) -> np.ndarray:
     """conv1x1(ReLU(conv3x3(x) + bias)) for inference, as one pass (`head_fuses` must hold):
     the 3x3 convolution's output is never stored; each of its values goes into the head's
     sums as the Winograd output transform makes it, in the order of upsample.head_pixels's
@@ -1030,7 +1046,8 @@ def conv2d_inference_head(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | 
     head_weight (Kc, Cout, 1, 1) -> logits (N, Kc, H, W). The U-Net's last convolution and
     head: 85 MB of a 1152-px tile's 16-channel activation neither written nor read again.
     NaN/inf in x raise (with who); values of the 3x3 convolution that are not finite raise
-    (with head_who), as the head's own check of its input would."""
+    (with head_who), as the head's own check of its input would. window: only that part of
+    the logits computed (conv2d_inference)."""
     N, Cin, H, W = x.shape
     Cout, Kc = weight.shape[0], head_weight.shape[0]
     U = packed_weights(weight, np.float32)
@@ -1039,14 +1056,17 @@ def conv2d_inference_head(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | 
     head_b = (np.zeros(Kc, np.float32) if head_bias is None
               else np.ascontiguousarray(head_bias, dtype=np.float32))
     logits = np.empty((N, Kc, H, W), np.float32)
-    R, cols, probes, counter, shapes, zeros = _winograd_items(N, Cin, Cout, H, W, np.float32)
+    tiles = window_tiles(H, W, window)
+    R, cols, probes, counter, shapes, zeros = _winograd_items(N, Cin, Cout, H, W, np.float32,
+                                                              tiles)
 
     def worker(_: int, slot: int) -> None:
         run_items_head(x, U, tile_bias, relu, R, cols, counter, probes,
                        *(_scratch.get(slot, "winograd " + name, shapes[name], np.float32)
                          for name in ("V", "M", "rows")),
                        zeros, head_w, head_b, logits,
-                       _scratch.get(slot, "winograd head", (4 * Kc, W + 64), np.float32))
+                       _scratch.get(slot, "winograd head", (4 * Kc, W + 64), np.float32),
+                       tiles)
 
     parallel_for(worker, get_num_threads(), serial=_small(N, Cin, Cout, H, W, 3), blas=False)
     if not np.isfinite(probes.sum()):

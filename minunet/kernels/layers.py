@@ -218,6 +218,22 @@ class ConvTranspose2d(layers.ConvTranspose2d):
         self.save_for_backward(x)  # backward needs x for dw
         return y  # (N, Cout, Ho, Wo)
 
+    def forward_window(self, x: np.ndarray, window: conv_kernels.Window) -> np.ndarray:
+        """self(x) for inference (eval mode, gradients off), of which only the output window
+        (top, left, height, width) is needed: where upsample.py's up-step runs, only that part
+        is computed (`upsample.up_window`: even, columns on a 32-px grid), the same bits, and
+        the rest of the output is left unset; elsewhere all of it."""
+        if self.training or self.grad_enabled:
+            raise RuntimeError(f"{self!r}.forward_window is for inference only: call .eval() "
+                               "and .set_grad_enabled(False) first")
+        if not self._up_step(x, inference=True):
+            return self(x)
+        self._check_input(x, finite=False)  # finiteness: checked by the kernel
+        self._saved, self._forward_state = None, "no_grad"  # as Module.__call__ records
+        return upsample.conv_transpose2x2_forward(
+            x, self.weight.data, None if self.bias is None else self.bias.data,
+            who="ConvTranspose2d", window=window)
+
     def backward(self, dy: np.ndarray) -> np.ndarray:
         (x,) = self.take_saved()  # (N, Cin, H, W)
         N, _, H, W = x.shape
@@ -416,7 +432,8 @@ class BatchNormReLU2d(BatchNorm2d):
                                                          sum_gxc)
         return batchnorm_relu_backward_input(dout, y, x, *coefficients)  # (N, C, H, W)
 
-    def after_conv(self, conv: Conv2d, x: np.ndarray, *more: np.ndarray) -> np.ndarray:
+    def after_conv(self, conv: Conv2d, x: np.ndarray, *more: np.ndarray,
+                   window: conv_kernels.Window | None = None) -> np.ndarray:
         """self(conv(x)) for inference (eval mode, gradients off), as ONE convolution
         (`after_conv(conv, a, b)`: of the two parts, as conv(a, b)).
 
@@ -431,6 +448,9 @@ class BatchNormReLU2d(BatchNorm2d):
         The same result as the two layers, up to float rounding, without the batch norm's
         pass over the whole activation. Nothing is kept for backward, so the convolution may
         be computed another way: conv2d_inference, Winograd F(4x4, 3x3) where it applies.
+        window (top, left, height, width): the part of the output that is needed
+        (conv2d_inference: where Winograd runs, only that part is computed, the same bits,
+        and the rest of the output is left unset).
         """
         if self.training or self.grad_enabled:
             raise RuntimeError(f"{self!r}.after_conv is for inference only: call .eval() and "
@@ -438,28 +458,30 @@ class BatchNormReLU2d(BatchNorm2d):
         x = conv._check_parts(x, more)  # finiteness: the convolution's probe
         weight, shift = self._folded_into(conv)
         y = conv2d_inference(x, weight, shift, conv.stride, conv.padding, who="Conv2d",
-                             relu=True)
+                             relu=True, window=window)
         for module in (conv, self):  # as Module.__call__ does with gradients off
             module._saved = None
             module._forward_state = "no_grad"
         return y
 
-    def after_conv_head(self, conv: Conv2d, x: np.ndarray, head: Conv2d) -> np.ndarray:
+    def after_conv_head(self, conv: Conv2d, x: np.ndarray, head: Conv2d,
+                        window: conv_kernels.Window | None = None) -> np.ndarray:
         """head(self(conv(x))) for inference, where the head is a 1x1 convolution: as
         after_conv, and the head's sums taken from the convolution's output as it is computed
         (`conv.conv2d_inference_head`: the same logits to the bit, without storing that
         output or reading it again); the three layers one after the other where that does
-        not apply (`conv.head_fuses`)."""
+        not apply (`conv.head_fuses`). window: the part of the logits needed (after_conv)."""
         if not (head.kernel_size == 1 and head.stride == 1 and head.padding == 0
                 and not self.training and not self.grad_enabled
                 and conv_kernels.head_fuses(x, conv.weight.data, conv.stride, conv.padding,
                                             head.weight.data)):
-            return head(self.after_conv(conv, x))
+            return head(self.after_conv(conv, x))  # all of it: the head reads all of it
         x = conv._check_parts(x, ())
         weight, shift = self._folded_into(conv)
         logits = conv_kernels.conv2d_inference_head(
             x, weight, shift, True, head.weight.data,
-            None if head.bias is None else head.bias.data, who="Conv2d", head_who=repr(head))
+            None if head.bias is None else head.bias.data, who="Conv2d", head_who=repr(head),
+            window=window)
         for module in (conv, self, head):  # as Module.__call__ does with gradients off
             module._saved = None
             module._forward_state = "no_grad"

@@ -95,7 +95,7 @@ def up_band_rows(cin: int, cout: int, height: int, width: int) -> int:
 @njit(cache=True, nogil=True)
 def up_rows(x: np.ndarray, w_p: np.ndarray, bias: np.ndarray, y: np.ndarray,
             counter: np.ndarray, probes: np.ndarray, rows_per_item: int, V: np.ndarray,
-            M: np.ndarray) -> None:
+            M: np.ndarray, window: np.ndarray) -> None:
     """y = the 2x2 stride-2 transposed convolution of x (+ bias): x (N, Cin, H, W) float32,
     W a multiple of 16; w_p pack_up_weights's; bias (Cout,); y (N, Cout, 2H, 2W).
 
@@ -104,11 +104,14 @@ def up_rows(x: np.ndarray, w_p: np.ndarray, bias: np.ndarray, y: np.ndarray,
     probe on the way: probes[item]), multiplies M = w^T V with winograd.products_f32 (8 rows
     (o, kh, kw) x 48 pixels in registers), and writes each output channel's two rows per
     input row from M's rows (o, 0, 0) and (o, 0, 1) interleaved (kw), and (o, 1, 0), (o, 1, 1),
-    with the bias. V, M: this thread's scratch, T >= rows_per_item W rounded up to 48."""
+    with the bias. V, M: this thread's scratch, T >= rows_per_item W rounded up to 48.
+    window (4,) int64: the input pixels taken, rows [i0, i0 + h), columns [j0, j0 + w) (j0
+    and w multiples of 16; `up_window`); only their output pixels are written."""
     N, C, H, W = x.shape
     cout = y.shape[1]
     R = rows_per_item
-    bands = -(-H // R)
+    top, left, height, width = window[0], window[1], window[2], window[3]
+    bands = -(-height // R)
     xr = x.reshape(-1, W)                                          # (N*C*H, W)
     yr = y.reshape(-1, 2 * W)                                      # (N*Cout*2H, 2W)
     Vr = V.reshape(-1, V.shape[2])                                 # (Cin, T)
@@ -119,17 +122,18 @@ def up_rows(x: np.ndarray, w_p: np.ndarray, bias: np.ndarray, y: np.ndarray,
             return
         n = index // bands
         i0 = (index - n * bands) * R
-        rows = min(R, H - i0)
-        pixels = rows * W
+        rows = min(R, height - i0)
+        i0 += top
+        pixels = rows * width
         padded = -(-pixels // 48) * 48
         probe = vzero()
         for c in range(C):
             for r in range(rows):
                 src = (n * C + c) * H + i0 + r
-                for j in range(0, W, 16):
-                    v = vload(xr, src, j)
+                for j in range(0, width, 16):
+                    v = vload(xr, src, left + j)
                     probe = vadd(probe, vsub(v, v))
-                    vstore(Vr, c, r * W + j, v)
+                    vstore(Vr, c, r * width + j, v)
             for t in range(pixels, padded):
                 Vr[c, t] = 0
         probes[index] = vsum(probe)
@@ -137,17 +141,18 @@ def up_rows(x: np.ndarray, w_p: np.ndarray, bias: np.ndarray, y: np.ndarray,
         for o in range(cout):
             b = bias[o]
             for r in range(rows):
-                top = ((n * cout + o) * H + i0 + r) * 2                # output row 2i
-                for j in range(0, W, 16):
-                    t = r * W + j
+                out = ((n * cout + o) * H + i0 + r) * 2                # output row 2i
+                for j in range(0, width, 16):
+                    t = r * width + j
+                    col = 2 * (left + j)
                     row = vinterleave2(vbias_relu(vload(Mr, 4 * o, t), b, False),
                                        vbias_relu(vload(Mr, 4 * o + 1, t), b, False))
-                    vstore(yr, top, 2 * j, row[0])
-                    vstore(yr, top, 2 * j + 16, row[1])
+                    vstore(yr, out, col, row[0])
+                    vstore(yr, out, col + 16, row[1])
                     row = vinterleave2(vbias_relu(vload(Mr, 4 * o + 2, t), b, False),
                                        vbias_relu(vload(Mr, 4 * o + 3, t), b, False))
-                    vstore(yr, top + 1, 2 * j, row[0])
-                    vstore(yr, top + 1, 2 * j + 16, row[1])
+                    vstore(yr, out + 1, col, row[0])
+                    vstore(yr, out + 1, col + 16, row[1])
 
 
 UP_GRADIENT_GROUPS = 8  # partial sums of dw and db, a fixed number (conv.py's rule)
@@ -411,29 +416,49 @@ def _run(kernel: Callable, x: np.ndarray, w_p: np.ndarray, bias: np.ndarray | No
     return y
 
 
+def up_window(height: int, width: int,
+              window: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """The output window (top, left, height, width) px of the up-step of an (height, width)
+    input as up_rows takes it: the input's (top, left, height, width) int64, half of each;
+    None: all of it. ValueError unless the window is even and its input columns start and
+    end on whole vectors of 16 px."""
+    if window is None:
+        return np.array([0, 0, height, width], np.int64)
+    top, left, h, w = (int(v) for v in window)
+    if (top % 2 or h % 2 or left % 32 or w % 32 or top < 0 or left < 0 or h < 2 or w < 32
+            or top + h > 2 * height or left + w > 2 * width):
+        raise ValueError(f"window {window} of the up-step's {2 * height} x {2 * width} output: "
+                         "expected even rows and columns on a grid of 32 px inside it")
+    return np.array([top // 2, left // 2, h // 2, w // 2], np.int64)
+
+
 def conv_transpose2x2_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
-                                who: str | None = None) -> np.ndarray:
+                                who: str | None = None,
+                                window: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """The 2x2 stride-2 transposed convolution (no padding) of x (N, Cin, H, W) float32 with
-    weight (Cin, Cout, 2, 2) (+ bias) -> (N, Cout, 2H, 2W); W a multiple of 16 (`applies`)."""
+    weight (Cin, Cout, 2, 2) (+ bias) -> (N, Cout, 2H, 2W); W a multiple of 16 (`applies`).
+    window (top, left, height, width): the part of the output needed (`up_window`); only
+    that is computed (from the input pixels under it), and the rest of y is left unset."""
     x = np.ascontiguousarray(x)
     N, C, H, W = x.shape
     cout = weight.shape[1]
     y = np.empty((N, cout, 2 * H, 2 * W), np.float32)
-    R = up_band_rows(C, cout, H, W)
-    T = -(-R * W // 48) * 48
+    part = up_window(H, W, window)
+    R = up_band_rows(C, cout, int(part[2]), int(part[3]))
+    T = -(-R * int(part[3]) // 48) * 48
     rows = -(-4 * cout // TILE) * TILE
     counter = np.zeros(1, np.int64)
-    probes = np.zeros(N * -(-H // R))
+    probes = np.zeros(N * -(-int(part[2]) // R))
     b = np.zeros(cout, np.float32) if bias is None else np.ascontiguousarray(bias, np.float32)
     w_p = pack_up_weights(weight)
 
     def worker(_: int, slot: int) -> None:
         V = _aligned_scratch(slot, "up V", (1, C, T))
         M = _aligned_scratch(slot, "up M", (1, rows, T))
-        up_rows(x, w_p, b, y, counter, probes, R, V, M)
+        up_rows(x, w_p, b, y, counter, probes, R, V, M, part)
 
-    parallel_for(worker, get_num_threads(), serial=8.0 * N * C * cout * H * W < SERIAL_FLOPS,
-                 blas=False)
+    parallel_for(worker, get_num_threads(),
+                 serial=8.0 * N * C * cout * part[2] * part[3] < SERIAL_FLOPS, blas=False)
     if who is not None and not np.isfinite(probes.sum()):
         check_finite(who, x, name="input")                          # raises, with counts
     return y

@@ -103,6 +103,28 @@ def winograd_applies(dtype: np.dtype, kernel_size: int, stride: int, padding: in
             and in_channels >= MIN_CHANNELS)
 
 
+# A window of a convolution's output: (top, left, height, width) px, the part computed (the
+# rest of the output array is left as it was). Rows on the 4 x 4 tiles' grid, columns on
+# whole vectors of 16, so the window's tiles are the whole output's tiles: the same bits.
+WINDOW_ROWS = M_OUT
+WINDOW_COLS = 16
+
+
+def window_tiles(height: int, width: int,
+                 window: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """The window (top, left, height, width) px of an (height, width) output as run_items
+    takes it: (tile row r0, tile c0, tile rows th, tiles a row tw) int64; None: the whole
+    output. ValueError for a window off the grid (WINDOW_ROWS, WINDOW_COLS) or the output."""
+    if window is None:
+        return np.array([0, 0, height // M_OUT, width // M_OUT], np.int64)
+    top, left, h, w = (int(v) for v in window)
+    if (top % WINDOW_ROWS or h % WINDOW_ROWS or left % WINDOW_COLS or w % WINDOW_COLS
+            or top < 0 or left < 0 or h < 1 or w < 1 or top + h > height or left + w > width):
+        raise ValueError(f"window {window} of a {height} x {width} output: expected rows on a "
+                         f"grid of {WINDOW_ROWS} and columns of {WINDOW_COLS} px inside it")
+    return np.array([top // M_OUT, left // M_OUT, h // M_OUT, w // M_OUT], np.int64)
+
+
 # ------------------------------------------------------------------ the reference
 def winograd_conv3x3_reference(x: np.ndarray, weight: np.ndarray,
                                bias: np.ndarray | None = None) -> np.ndarray:
@@ -573,7 +595,7 @@ def _products_overload(V, U, M, tiles):  # noqa: ANN001
 def run_items(x: np.ndarray, x2: np.ndarray, U: np.ndarray, y: np.ndarray, y2: np.ndarray,
               bias: np.ndarray, relu: bool, tile_rows: int, tile_cols: int, counter: np.ndarray,
               probes: np.ndarray, V: np.ndarray, M: np.ndarray, rows: np.ndarray,
-              out_rows: np.ndarray, zeros: np.ndarray) -> None:
+              out_rows: np.ndarray, zeros: np.ndarray, window: np.ndarray) -> None:
     """Run items (image, band of tile_rows tile rows, block of tile_cols tiles of each row)
     until none are left (each thread of the region calls this once; the items are shared
     through the atomic `counter`, as conv._direct_items_py). tile_cols is a multiple of 16
@@ -582,15 +604,21 @@ def run_items(x: np.ndarray, x2: np.ndarray, U: np.ndarray, y: np.ndarray, y2: n
     channels: the input gradient of a convolution of two parts, returned as two arrays;
     bias then covers y's channels only); V, M, rows, out_rows: this thread's scratch
     (scratch_shapes); zeros (1, W + 16) zeros. Every tile is computed the same way whatever
-    the items: the same bits for any tile_rows and tile_cols."""
+    the items: the same bits for any tile_rows and tile_cols.
+
+    window (4,) int64: the output tiles computed, tile rows [r0, r0 + th) and tiles [c0, c0 +
+    tw) of each (`full_window`, or `tile_window`: c0 and tw multiples of 4, 16-px columns);
+    the rest of y is left as it was. Each tile reads the input around it wherever it is, so
+    the window's tiles are the same bits as the whole output's."""
     Ca = x.shape[1]
-    th, tw, bands, blocks, count = _plan(x.shape, tile_rows, tile_cols)
+    th, tw, bands, blocks, count = _plan(x.shape[0], window, tile_rows, tile_cols)
     rows[:] = 0   # the padding columns stay zero (the input transform writes inside them)
     while True:
         index = fetch_add(counter, 0, 1)
         if index >= count:
             return
-        n, first, last, j0, j1 = _item(index, bands, blocks, tile_rows, tile_cols, th, tw)
+        n, first, last, j0, j1 = _item(index, bands, blocks, tile_rows, tile_cols, th, tw,
+                                       window)
         wide, tiles, padded = _sizes(first, last, j0, j1)
         probe = x.dtype.type(0)
         for tr in range(first, last):
@@ -613,7 +641,7 @@ def run_items_head(x: np.ndarray, U: np.ndarray, bias: np.ndarray, relu: bool,
                    tile_rows: int, tile_cols: int, counter: np.ndarray, probes: np.ndarray,
                    V: np.ndarray, M: np.ndarray, rows: np.ndarray, zeros: np.ndarray,
                    head_w: np.ndarray, head_b: np.ndarray, logits: np.ndarray,
-                   acc: np.ndarray) -> None:
+                   acc: np.ndarray, window: np.ndarray) -> None:
     """run_items (float32, one input part) for a convolution whose output goes straight into
     a 1x1 convolution, the U-Net's last one and its head: logits = head_w @ y + head_b with
     y = this convolution (+ bias, ReLU), never stored. For each tile row of an item, each
@@ -621,14 +649,16 @@ def run_items_head(x: np.ndarray, U: np.ndarray, bias: np.ndarray, relu: bool,
     >= W) row by row, channel after channel: acc[4k + p] = fma(y[o], head_w[k, o], acc)
     for o = 0, 1, .. (upsample.head_pixels's sums, in its order), and then the tile row's
     logits are acc + head_b. head_w (Kc, Cout) float32, head_b (Kc,); logits (N, Kc, H, W).
-    probes[item]: the input's NaN/inf probe plus y's (sum of v - v over the values)."""
-    th, tw, bands, blocks, count = _plan(x.shape, tile_rows, tile_cols)
+    probes[item]: the input's NaN/inf probe plus y's (sum of v - v over the values).
+    window: the logits' tiles computed, as run_items's (the rest of logits left as it was)."""
+    th, tw, bands, blocks, count = _plan(x.shape[0], window, tile_rows, tile_cols)
     rows[:] = 0
     while True:
         index = fetch_add(counter, 0, 1)
         if index >= count:
             return
-        n, first, last, j0, j1 = _item(index, bands, blocks, tile_rows, tile_cols, th, tw)
+        n, first, last, j0, j1 = _item(index, bands, blocks, tile_rows, tile_cols, th, tw,
+                                       window)
         wide, tiles, padded = _sizes(first, last, j0, j1)
         probe = np.float32(0)
         for tr in range(first, last):
@@ -701,12 +731,14 @@ def _head_row(acc: np.ndarray, p: int, o: int, w: int, w_end: int, c0, c1, c2, c
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _plan(shape: tuple, tile_rows: int, tile_cols: int) -> tuple[int, int, int, int, int]:
-    """The items of an input of `shape` (N, C, H, W): (tile rows th, tiles a row tw, bands
-    of tile_rows rows, blocks of tile_cols tiles, items N * bands * blocks)."""
-    th, tw = shape[2] // M_OUT, shape[3] // M_OUT
+def _plan(images: int, window: np.ndarray, tile_rows: int,
+          tile_cols: int) -> tuple[int, int, int, int, int]:
+    """The items of a window (r0, c0, th, tw) of tiles in each of `images` images: (tile rows
+    th, tiles a row tw, bands of tile_rows rows, blocks of tile_cols tiles, items
+    images * bands * blocks)."""
+    th, tw = window[2], window[3]
     bands, blocks = -(-th // tile_rows), -(-tw // tile_cols)
-    return th, tw, bands, blocks, shape[0] * bands * blocks
+    return th, tw, bands, blocks, images * bands * blocks
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -719,14 +751,17 @@ def _sizes(first: int, last: int, j0: int, j1: int) -> tuple[int, int, int]:
 
 @njit(cache=True, nogil=True, inline="always")
 def _item(index: int, bands: int, blocks: int, tile_rows: int, tile_cols: int, th: int,
-          tw: int) -> tuple[int, int, int, int, int]:
+          tw: int, window: np.ndarray) -> tuple[int, int, int, int, int]:
     """Item `index`'s image n, tile rows [first, last) and tiles [j0, j1) of each (items in
-    the order image, band of tile_rows rows, block of tile_cols tiles)."""
+    the order image, band of tile_rows rows, block of tile_cols tiles; the window's th rows
+    of tw tiles start at tile row window[0], tile window[1])."""
     n = index // (bands * blocks)
     band, block = divmod(index - n * bands * blocks, blocks)
     first = band * tile_rows
     j0 = block * tile_cols
-    return n, first, min(first + tile_rows, th), j0, min(j0 + tile_cols, tw)
+    r0, c0 = window[0], window[1]
+    return (n, r0 + first, r0 + min(first + tile_rows, th), c0 + j0,
+            c0 + min(j0 + tile_cols, tw))
 
 
 def band_cols(tiles_wide: int, in_channels: int, out_channels: int, itemsize: int) -> int:
