@@ -83,7 +83,7 @@ def _check_probs(probs: object, mode: str) -> np.ndarray:
             f"{who}: expected Kc=1, 2 or 3 class channels on axis -3, got {kc} (shape "
             f"{probs.shape}); a batch of single-channel maps is (N, 1, H, W)"
         )
-    lo, hi = float(probs.min()), float(probs.max())    # NaN and inf show in these two
+    lo, hi = _probability_range(probs)                 # NaN and inf show in these two
     if not (np.isfinite(lo) and np.isfinite(hi)):
         check_finite(who, probs, name="probs")         # raises, counting them
     if lo < -PROB_TOLERANCE or hi > 1 + PROB_TOLERANCE:
@@ -92,6 +92,51 @@ def _check_probs(probs: object, mode: str) -> np.ndarray:
             f"apply softmax (or sigmoid) to the logits first"
         )
     return probs
+
+
+def _probability_range(probs: np.ndarray) -> tuple[float, float]:
+    """(probs.min(), probs.max()) as floats, NaN and inf included as NumPy reports them.
+
+    Over chunks of RANGE_CHUNK elements on the pool's threads, each chunk's min then max
+    (NumPy's own SIMD loops, which release the GIL): the max reads the chunk from the core's
+    L2 cache, so the image is read from memory once, by both cores, instead of twice by
+    one. The min of the chunks' mins is the min (NaN propagates through np.min as through
+    the whole array's). (3, 2048, 2048) float32, 2 threads of an Intel Xeon, min of 11 in
+    one process: `_check_probs` 7.5 -> 2.8 ms."""
+    from .kernels.threads import get_num_threads, parallel_for
+
+    if probs.size < RANGE_CHUNK or get_num_threads() == 1 or not probs.flags.c_contiguous:
+        return float(probs.min()), float(probs.max())
+    flat = probs.reshape(-1)
+    n_chunks = -(-flat.size // RANGE_CHUNK)
+    found = np.empty((2, n_chunks), flat.dtype)           # each chunk's min and max
+
+    def item(k: int, slot: int) -> None:
+        chunk = flat[k * RANGE_CHUNK:(k + 1) * RANGE_CHUNK]
+        found[0, k] = chunk.min()
+        found[1, k] = chunk.max()
+
+    parallel_for(item, n_chunks, blas=False)
+    return float(found[0].min()), float(found[1].max())
+
+
+RANGE_CHUNK = 1 << 17  # elements: 512 KiB of float32, within any core's L2 cache
+
+
+def _foreground_and_elevation(p_background: np.ndarray, p_interior: np.ndarray,
+                              fg_thresh: float) -> tuple[np.ndarray, np.ndarray]:
+    """(1 - p_background > fg_thresh, 1 - p_interior): the foreground mask and the
+    watershed's elevation, for float32/float64 maps in one compiled pass on the pool's
+    threads with NumPy's float arithmetic (kernels/watershed.py's
+    foreground_and_elevation: 6.3 -> 2.4 ms at 2048^2, 2 threads). A NumPy scalar threshold
+    (np.float64 is strong in NEP 50: the comparison runs in float64) takes NumPy's path."""
+    if (type(fg_thresh) in (float, int) and p_background.dtype == p_interior.dtype
+            and p_background.dtype in (np.float32, np.float64)
+            and p_background.ndim == 2 and p_background.shape == p_interior.shape):
+        from .kernels.watershed import foreground_and_elevation
+
+        return foreground_and_elevation(p_background, p_interior, fg_thresh)
+    return (1.0 - p_background) > fg_thresh, 1.0 - p_interior
 
 
 def _finish(labels: np.ndarray, min_size: int) -> np.ndarray:
@@ -224,10 +269,10 @@ def three_class_instances(
     split_depth: float = SPLIT_DEPTH,
 ) -> np.ndarray:
     """Labels (H, W) from background and interior probabilities (H, W); see the module doc."""
-    foreground = (1.0 - p_background) > fg_thresh  # (H, W)
+    foreground, elevation = _foreground_and_elevation(p_background, p_interior, fg_thresh)
     seeds, pieces = _seeds_and_pieces(p_interior, seed_thresh, min_seed_size, foreground)
-    labels = _watershed(1.0 - p_interior, seeds, foreground, keep_unseeded, pieces)
-    del seeds, pieces  # (H, W) int32 and the pieces' pixels: their memory goes to the steps below
+    labels = _watershed(elevation, seeds, foreground, keep_unseeded, pieces)  # (H, W)
+    del seeds, pieces, elevation  # their memory goes to the steps below
     if split and foreground.any():
         labels = _cut(labels, _distance_regions(labels > 0, split_depth))
     return _finish(labels, min_size)

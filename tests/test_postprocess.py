@@ -436,3 +436,100 @@ def test_compiled_relabelling_over_pixel_ranges_equals_numpys(threads, monkeypat
     for min_size in (0, 1, 40, 380):
         np.testing.assert_array_equal(relabel(labels, min_size),
                                       _finish(labels.astype(np.int64), min_size))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("seed", range(6))
+def test_compiled_watershed_over_threads_numbers_unseeded_pieces_as_ndimage_would(
+        seed, threads, monkeypatch):
+    """seeded_watershed(unseeded=True) with the markers copied in row bands and each group of
+    pieces finding its own fronts on the pool's threads: the plain flood followed by
+    _add_unseeded (markers outside the mask dropped, pieces without markers numbered after
+    the largest marker in the mask, in raster order)."""
+    from minunet.kernels import threads as pool
+    from minunet.kernels import watershed as ws
+    from minunet.kernels.reference import seeded_watershed_reference
+    from minunet.postprocess import _add_unseeded
+
+    rng = np.random.default_rng(seed)
+    H, W = rng.integers(60, 130, 2)
+    image = (rng.integers(0, 4, (H, W)) / 4).astype(np.float32)
+    mask = ndimage.binary_opening(rng.random((H, W)) < 0.6)
+    markers = np.where(rng.random((H, W)) < 0.03, rng.integers(1, 9, (H, W)), 0)
+    markers[:, : W // 3] = 0                          # pieces without a marker
+    markers[~mask & (rng.random((H, W)) < 0.2)] = 50  # the largest marker, outside the mask
+    monkeypatch.setattr(ws, "SERIAL_PIXELS", 1)
+    monkeypatch.setattr(ws, "BAND_PIXELS", 7 * W)     # several bands of 7 rows
+    monkeypatch.setattr(pool, "_num_threads", threads)
+    expected = _add_unseeded(seeded_watershed_reference(image, markers, mask), mask)
+    got = ws.seeded_watershed(image, markers, mask, unseeded=True)
+    assert ndimage.label(mask)[1] > 20 and expected.max() > markers[mask].max() > 0
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_compiled_foreground_and_elevation_equal_numpys_arithmetic(dtype, threads,
+                                                                   monkeypatch):
+    """kernels/watershed.foreground_and_elevation in row bands: NumPy's (1.0 - p_background)
+    > fg_thresh and 1.0 - p_interior to the bit, float32 and float64, odd sizes, values with
+    1 - p equal to the threshold (strict >), and thresholds a float32 cannot hold (NumPy
+    rounds them to float32 before comparing, so 0.49999999 is 0.5 there)."""
+    from minunet.kernels import threads as pool
+    from minunet.kernels import watershed as ws
+    from minunet.postprocess import _foreground_and_elevation
+
+    monkeypatch.setattr(ws, "SERIAL_PIXELS", 1)
+    monkeypatch.setattr(ws, "BAND_PIXELS", 5 * 61)
+    monkeypatch.setattr(pool, "_num_threads", threads)
+    rng = np.random.default_rng(3)
+    p_background = rng.random((47, 61)).astype(dtype)
+    p_background[rng.random((47, 61)) < 0.2] = 0.5    # 1 - p == 0.5 exactly
+    p_background[:3] = np.nextafter(dtype(0.5), dtype(0))   # 1 - p rounds to 0.5 in float32
+    p_interior = rng.random((47, 61)).astype(dtype)
+    for fg_thresh in (0.5, 0.49999999, 0.50000001, 0.3, 0.0, 1.0, float("nan"), 1,
+                      np.float64(0.49999999)):          # NumPy compares this one in float64
+        foreground, elevation = _foreground_and_elevation(p_background, p_interior, fg_thresh)
+        np.testing.assert_array_equal(foreground, (1.0 - p_background) > fg_thresh)
+        assert elevation.dtype == dtype
+        np.testing.assert_array_equal(elevation.view(np.uint8),
+                                      (1.0 - p_interior).view(np.uint8))
+
+
+def test_probability_range_over_chunks_equals_numpys_min_and_max(monkeypatch):
+    """_probability_range over chunks on the pool's threads: probs.min() and probs.max(),
+    a NaN or inf in any one chunk showing as NumPy shows it, float32 and float64,
+    non-contiguous arrays and a last chunk shorter than the rest."""
+    from minunet import postprocess
+    from minunet.kernels import threads as pool
+
+    monkeypatch.setattr(postprocess, "RANGE_CHUNK", 1000)
+    monkeypatch.setattr(pool, "_num_threads", 2)
+    rng = np.random.default_rng(4)
+    for dtype in (np.float32, np.float64):
+        probs = rng.random((3, 41, 53)).astype(dtype)
+        probs[1, 20, 7] = -0.25                       # the min, in a middle chunk
+        probs[2, 40, 52] = 1.75                       # the max, in the short last chunk
+        for x in (probs, probs[:, ::2, 1:]):
+            assert postprocess._probability_range(x) == (float(x.min()), float(x.max()))
+        for value in (np.nan, np.inf, -np.inf):
+            bad = probs.copy()
+            bad[1, 30, 30] = value
+            lo, hi = postprocess._probability_range(bad)
+            assert not (np.isfinite(lo) and np.isfinite(hi))
+            np.testing.assert_array_equal([lo, hi], [bad.min(), bad.max()])
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "words"),
+    [(np.nan, FloatingPointError, "1 NaN and 0 inf"), (-np.inf, FloatingPointError, "1 inf"),
+     (1.5, ValueError, r"\[0, 1.5\]"), (-0.2, ValueError, r"\[-0.2, 1\]")],
+)
+def test_clear_errors_for_one_bad_value_in_a_large_image(value, error, words):
+    """One bad value among 3 x 512 x 512 probabilities (checked in chunks on the pool's
+    threads) gives the error the whole array's min and max give."""
+    probs = np.zeros((3, 512, 512), np.float32)
+    probs[0] = 1.0
+    probs[2, 300, 401] = value
+    with pytest.raises(error, match=words):
+        to_instances(probs)
