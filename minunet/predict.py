@@ -66,7 +66,6 @@ FOREGROUND_SMOOTH = 1.0   # px: Gaussian smoothing before Otsu's threshold, so n
 # same with and without (standard 0.982, shift-noise 0.978, shift-contrast 0.953).
 MIN_SIGNAL_TO_NOISE = 6.0
 OTSU_BINS = 256           # skimage.filters.threshold_otsu's default number of bins
-STRETCH_BLOCK = 1 << 18   # pixels per block of the stretch to float32 (2 MiB of float64)
 
 # Tiling defaults (`predict`, `mu.segment`, `minunet predict --tile`). 1024-px cores, one tile
 # per forward pass: with the bundled model on a 4096^2 image, 0.56x the network time of 256-px
@@ -178,13 +177,10 @@ def normalize(image: np.ndarray, normalization: dict[str, Any] | None = None, *,
 
 
 def _stretch(gray: np.ndarray, lo: float, scale: float) -> np.ndarray:
-    """((gray - lo) / scale) as float32, computed in float64 block by block: the same values
-    as the whole-array expression without its two full-size float64 temporaries."""
-    out = np.empty(gray.shape, dtype=np.float32)
-    rows = max(1, STRETCH_BLOCK // max(1, gray.shape[1]))
-    for r in range(0, gray.shape[0], rows):
-        out[r:r + rows] = (gray[r:r + rows] - lo) / scale
-    return out
+    """((gray - lo) / scale) as float32: computed in float64 and rounded once, as the
+    whole-array expression, without its two full-size float64 temporaries (compiled, on the
+    pool's threads: kernels/smooth.py)."""
+    return smooth_kernels.stretch(gray, lo, scale)
 
 
 def normalize_channels(image: np.ndarray, normalization: dict[str, Any] | None = None, *,
@@ -222,22 +218,23 @@ def otsu_threshold(counts: np.ndarray, centers: np.ndarray) -> float:
 def foreground_median(gray: np.ndarray, ints: np.ndarray | None = None) -> float:
     """Median of the pixels of gray (H, W) above Otsu's threshold of its smoothed copy.
     ints: gray's values as small integers (ranks.small_integers), to count instead of sort."""
-    # scipy.ndimage.gaussian_filter(gray, FOREGROUND_SMOOTH), compiled: the same bits
-    smooth = smooth_kernels.gaussian_filter(gray,
-                                            smooth_kernels.gaussian_weights(FOREGROUND_SMOOTH))
-    first, last = float(smooth.min()), float(smooth.max())
+    # scipy.ndimage.gaussian_filter(gray, FOREGROUND_SMOOTH), compiled: the same bits; its
+    # min and max come from the same pass
+    smooth, first, last = smooth_kernels.gaussian_filter_range(
+        gray, smooth_kernels.gaussian_weights(FOREGROUND_SMOOTH))
     if last <= first:
         return last
     # skimage's threshold_otsu(smooth) without its flattened copy of the image: the same
     # np.histogram call skimage makes (256 bins over [min, max]), on smooth itself (compiled,
     # the same counts and edges)
     counts, edges = smooth_kernels.histogram(smooth, OTSU_BINS, first, last)
-    mask = smooth > otsu_threshold(counts, (edges[:-1] + edges[1:]) / 2.0)
-    del smooth
+    threshold = otsu_threshold(counts, (edges[:-1] + edges[1:]) / 2.0)
     if ints is not None:
-        above = ints[mask]
-        return (ranks.median(*ranks.value_counts(above)) if above.size
-                else float(gray.max()))
+        # the counts of ints[smooth > threshold] in one pass, without the mask and the copy
+        above = ranks.value_counts_above(ints, smooth, threshold)
+        return ranks.median(*above) if above[0].size else float(gray.max())
+    mask = smooth > threshold
+    del smooth
     above = gray[mask]
     # overwrite_input: the median partitions `above` (a copy already) instead of copying it
     return float(np.median(above, overwrite_input=True)) if above.size else float(gray.max())

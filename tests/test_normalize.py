@@ -184,3 +184,169 @@ def test_otsu_threshold_equals_skimage():
         expected = threshold_otsu(hist=(counts, centers))
         got = otsu_threshold(counts, centers)
         assert got == expected and type(got) is type(expected)
+
+
+def _force_threads(monkeypatch):
+    """Run the kernels of kernels/smooth.py and kernels/ranks.py on the pool's threads (and
+    the counting in one pass per possible value) even for small images."""
+    from minunet.kernels import ranks, smooth
+
+    monkeypatch.setattr(smooth, "SERIAL_PIXELS", 0)
+    monkeypatch.setattr(ranks, "SERIAL_PIXELS", 0)
+
+
+def _plain_percentile_normalize(image):
+    gray = image.astype(np.float64)
+    lo, hi = np.percentile(gray, [1.0, 99.8])
+    return ((gray - lo) / (hi - lo)).astype(np.float32)
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.float32, np.float64])
+def test_normalize_equals_the_whole_array_formulas_to_the_bit(dtype, threaded, monkeypatch):
+    """Both methods, every input type, on an odd-sized image (H != W, neither a multiple of
+    the bands), in the calling thread and on the pool's threads: the same bits as the
+    formulas written out whole-array with scipy, skimage and NumPy."""
+    if threaded:
+        _force_threads(monkeypatch)
+    rng = np.random.default_rng(11)
+    shape = (131, 77)
+    cells = rng.normal(0.3, 0.1, shape) + 0.4 * (rng.random(shape) > 0.7)
+    if np.issubdtype(dtype, np.integer):
+        image = np.clip(cells * 200 if dtype == np.uint8 else cells * 5000 - 900,
+                        np.iinfo(dtype).min, np.iinfo(dtype).max).astype(dtype)
+    else:
+        image = (cells * 3.7 - 1.1).astype(dtype)
+    np.testing.assert_array_equal(normalize(image), _plain_foreground_normalize(image))
+    np.testing.assert_array_equal(normalize(image, {"method": "percentile"}),
+                                  _plain_percentile_normalize(image))
+
+
+def test_an_image_with_nan_or_inf_is_refused():
+    for bad in (np.nan, np.inf):
+        image = np.ones((40, 30))
+        image[3, 4] = bad
+        with pytest.raises(ValueError, match="NaN or inf"):
+            normalize(image)
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+@pytest.mark.parametrize("sigma", [0.5, 1.0, 1.3, 2.2])
+def test_smoothing_and_its_range_are_scipys_for_every_radius(sigma, threaded, monkeypatch):
+    """gaussian_filter_range: scipy's gaussian_filter to the bit and its min and max, for
+    radii under 4 taps (sigma 0.5: r = 2), 4 (one pass of four), 5 (four, then one) and 9,
+    on short and odd-sized images."""
+    from scipy.ndimage import gaussian_filter
+
+    from minunet.kernels import smooth
+
+    if threaded:
+        _force_threads(monkeypatch)
+    rng = np.random.default_rng(int(sigma * 10))
+    weights = smooth.gaussian_weights(sigma)
+    for shape in [(1, 1), (2, 9), (70, 3), (129, 66)]:
+        for image in (rng.integers(0, 60000, shape).astype(np.uint16),
+                      rng.integers(-128, 127, shape).astype(np.int8),
+                      rng.standard_normal(shape) * 1e3):
+            expected = gaussian_filter(image.astype(np.float64), sigma)
+            got, lo, hi = smooth.gaussian_filter_range(image, weights)
+            np.testing.assert_array_equal(got, expected)
+            assert (lo, hi) == (expected.min(), expected.max())
+
+
+def _numpy_histogram_rule(values, bins):
+    """np.histogram's equal-bin rule written out (numpy/lib/_histograms_impl.py): the guess
+    int((x - first) / span * bins), the last bin closed, then one step down where x is below
+    the guessed bin's edge, one up where it is at or above the next. np.histogram itself
+    refuses edges that are not all distinct; this rule still counts there."""
+    values = values.ravel()
+    first, last = values.min(), values.max()
+    edges = np.linspace(first, last, bins + 1)
+    index = ((values - first) / (last - first) * bins).astype(np.intp)
+    index[index == bins] -= 1
+    index[values < edges[index]] -= 1
+    index[(values >= edges[index + 1]) & (index != bins - 1)] += 1
+    return np.bincount(index, minlength=bins), edges
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+def test_histogram_puts_values_on_the_edges_in_numpys_bins(threaded, monkeypatch):
+    """smooth.histogram against np.histogram's rule where the bin is decided by the edge
+    test: values exactly on every edge and one float64 step either side of it, the last edge
+    (closed), a huge offset with a tiny span (edges a few ulps apart, several equal: there
+    np.histogram raises), and a span so small that np.linspace's step is 0 (its other
+    formula for the edges)."""
+    from minunet.kernels import smooth
+
+    if threaded:
+        _force_threads(monkeypatch)
+    rng = np.random.default_rng(5)
+    for first, last in [(-3.7, 1234.5), (0.0, 1.0), (1e9, 1e9 + 3e-6), (0.0, 5e-322)]:
+        edges = np.linspace(first, last, 257)
+        values = np.concatenate([edges, np.nextafter(edges, np.inf),
+                                 np.nextafter(edges, -np.inf), rng.uniform(first, last, 2000)])
+        values = np.clip(values, first, last)[:2765].reshape(-1, 7)    # (395, 7)
+        expected_counts, expected_edges = _numpy_histogram_rule(values, 256)
+        if last - first >= 1.0:                 # distinct edges: NumPy itself agrees
+            np.testing.assert_array_equal(np.histogram(values, 256)[0], expected_counts)
+        counts, got_edges = smooth.histogram(values, 256)
+        np.testing.assert_array_equal(counts, expected_counts)
+        np.testing.assert_array_equal(got_edges, expected_edges)
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+def test_compiled_stretch_is_numpys_float64_expression(threaded, monkeypatch):
+    """smooth.stretch: ((gray - lo) / scale).astype(np.float32) to the bit (one rounding, from
+    float64) for 8-/16-bit integers and float64, on odd sizes; float32, which NumPy would
+    compute in float32, is refused rather than rounded differently."""
+    from minunet.kernels import smooth
+
+    if threaded:
+        _force_threads(monkeypatch)
+    rng = np.random.default_rng(6)
+    for shape in [(1, 1), (3, 70), (67, 33)]:
+        for gray in (rng.integers(0, 255, shape).astype(np.uint8),
+                     rng.integers(0, 65535, shape).astype(np.uint16),
+                     rng.integers(-30000, 30000, shape).astype(np.int16),
+                     rng.standard_normal(shape) * 1e4):
+            for lo, scale in [(3.0, 100.0), (np.float64(-1.25), np.float64(0.3717)),
+                              (1e-3, 1e-300)]:                    # the last: float32 inf
+                expected = ((gray - lo) / scale).astype(np.float32)
+                np.testing.assert_array_equal(smooth.stretch(gray, lo, scale), expected)
+    with pytest.raises(TypeError, match="float32"):
+        smooth.stretch(np.ones((2, 2), np.float32), 0.0, 1.0)
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16])
+def test_counts_of_the_values_above_a_threshold(dtype, threaded, monkeypatch):
+    """ranks.value_counts_above(values, key, t) == value_counts(values[key > t]) (the
+    comparison in float64, ties at t excluded), an empty selection included; and the
+    one-pass value_counts / difference_counts of large images equal np.bincount."""
+    from minunet.kernels import ranks
+
+    if threaded:
+        _force_threads(monkeypatch)
+    rng = np.random.default_rng(7)
+    info = np.iinfo(dtype)
+    for shape in [(1, 1), (5, 1), (97, 41)]:
+        values = rng.integers(info.min, info.max, shape, endpoint=True).astype(dtype)
+        key = rng.integers(0, 5, shape) + 0.5 * rng.random(shape)
+        for threshold in (np.float64(2.0), 2.25, key.max(), -1.0):
+            chosen = values[key > threshold]
+            counts, offset = ranks.value_counts_above(values, key, threshold)
+            if chosen.size == 0:
+                assert counts.size == 0
+                continue
+            wide = chosen.astype(np.int64)
+            assert offset == wide.min()
+            np.testing.assert_array_equal(counts, np.bincount(wide - wide.min()))
+        wide = values.astype(np.int64)
+        counts, offset = ranks.value_counts(values)
+        assert offset == wide.min()
+        np.testing.assert_array_equal(counts, np.bincount(wide.ravel() - wide.min()))
+        if shape[1] > 1:
+            diffs = np.diff(wide, axis=1).ravel()
+            counts, offset = ranks.difference_counts(values)
+            assert offset == diffs.min()
+            np.testing.assert_array_equal(counts, np.bincount(diffs - diffs.min()))
