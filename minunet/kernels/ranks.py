@@ -37,8 +37,10 @@ def value_counts(values: np.ndarray) -> tuple[np.ndarray, int]:
     into a count per possible value (`_counted`), parts of the array on the pool's threads;
     others in two (the range, then the counts)."""
     flat = np.ascontiguousarray(values).ravel()
-    if flat.dtype.itemsize > 2 or flat.size < SERIAL_PIXELS:   # (a small array: no count
-        return _value_counts(flat)                           # per possible value to clear)
+    if flat.dtype.itemsize > 2:
+        return _value_counts(flat)
+    # small arrays too (in the calling thread): the same kernel as a large image's, one
+    # kernel fewer to load at the command's start (its blank-image check is small)
     parts = -(-flat.size // PART_VALUES)
 
     def count(part: int, counts: np.ndarray) -> None:
@@ -135,7 +137,7 @@ def difference_counts(image: np.ndarray) -> tuple[np.ndarray, int]:
     full-size copies; large 8- and 16-bit images in one pass, bands of rows on the pool's
     threads, as value_counts."""
     image = np.ascontiguousarray(image)
-    if image.dtype.itemsize > 2 or image.size < SERIAL_PIXELS:
+    if image.dtype.itemsize > 2:
         return _difference_counts(image)
     rows = image.shape[0]
     band = max(1, PART_VALUES // image.shape[1])              # rows per work item

@@ -94,8 +94,10 @@ def _gaussian_rows(image: np.ndarray, weights: np.ndarray, out: np.ndarray, firs
     r = weights.size - 1
     line = np.empty(W + 2 * r)          # one row smoothed along axis 0, mirrored r past each end
     mid = line[r:r + W]                 # the row itself
-    lows = np.full(W, np.inf)           # each column's running min and max over the band
-    highs = np.full(W, -np.inf)
+    lows = np.empty(W)                  # each column's running min and max over the band
+    highs = np.empty(W)
+    for j in range(W):
+        lows[j], highs[j] = np.inf, -np.inf
     for i in range(first, stop):
         # axis 0: x[i] w[0], then the pairs of rows i -/+ k, four k a pass (k = r, r - 1, ..;
         # the first pass starts from the centre row)
@@ -160,8 +162,13 @@ def _gaussian_rows(image: np.ndarray, weights: np.ndarray, out: np.ndarray, firs
             v = row[j]
             lows[j] = v if v < lows[j] else lows[j]
             highs[j] = v if v > highs[j] else highs[j]
-    extremes[0] = lows.min()
-    extremes[1] = highs.max()
+    # the band's extremes by hand: lows.min() would have loading this kernel import Numba's
+    # array functions (arraymath, 0.16 s of the command's start)
+    low, high = lows[0], highs[0]
+    for j in range(1, W):
+        low = min(low, lows[j])
+        high = max(high, highs[j])
+    extremes[0], extremes[1] = low, high
 
 
 def histogram(values: np.ndarray, bins: int, first: float | None = None,
@@ -174,7 +181,7 @@ def histogram(values: np.ndarray, bins: int, first: float | None = None,
     if first is None or last is None:
         first, last = float(values.min()), float(values.max())
     edges = np.linspace(first, last, bins + 1, endpoint=True)
-    if not np.array_equal(edges[:-1], _edges(np.arange(bins), first, last - first, bins)):
+    if not np.array_equal(edges[:-1], _edges_of(bins, first, last - first)):
         # the kernel's edges are np.linspace's arithmetic (_edges); should NumPy ever change
         # it, its own histogram
         return np.histogram(values, bins, (first, last))
@@ -191,6 +198,14 @@ def histogram(values: np.ndarray, bins: int, first: float | None = None,
 
 
 HISTOGRAM_CHUNK = 512   # values whose bins are computed (vectorised) before they are counted
+
+
+def _edges_of(bins: int, first: float, span: float) -> np.ndarray:
+    """_edges(k, ...) for k = 0 .. bins - 1, in NumPy (the same float64 operations; not the
+    compiled _edges on an array, which would be one more kernel to load at every start)."""
+    k = np.arange(bins)
+    step = span / bins
+    return k * step + first if step != 0 else k / bins * span + first
 
 
 @njit(cache=True, inline="always")
