@@ -22,6 +22,9 @@ FAST_HEIGHT * 2**depth px tall: every level's height is then a multiple of 4, wh
 4 x 4 tiles need (`kernels/winograd.py`); a 1000 x 1000 image's tile was 1144 px tall, and its
 levels 2 and 3 (286 and 143 rows) took the direct sums, 2-3x slower there.
 
+The fast U-Net (kernels/unet.py) is asked for each tile's core only (`forward_window`): its
+encoder needs the margin, its decoder computes only what the core depends on, the same bits.
+
 Normalisation (`normalize`) turns whatever a user's file holds (8-/16-bit integers, floats, RGB)
 into one float32 gray image. Its settings are a small dict stored in the checkpoint, so training
 and prediction apply exactly the same steps.
