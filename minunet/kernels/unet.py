@@ -142,7 +142,7 @@ def _stand_in(channels: int, size: tuple[int, int]) -> np.ndarray:
     return np.empty((0, channels, *size), np.float32)
 
 
-def _winograd(conv: Module, size: tuple[int, int]) -> bool:
+def _takes_winograd(conv: Module, size: tuple[int, int]) -> bool:
     """Whether inference runs conv (a fast Conv2d) on an input of `size` by Winograd."""
     return (isinstance(conv, fast_layers.Conv2d)
             and conv_kernels._winograd_applies(_stand_in(conv.in_channels, size),
@@ -210,7 +210,7 @@ class UNet(readable_unet.UNet):
             here = (height >> i, width >> i)
             below = (height >> (i + 1), width >> (i + 1))
             if not (up._folded() and up.relu1 is None and up.relu2 is None
-                    and _winograd(up.conv1, here) and _winograd(up.conv2, here)
+                    and _takes_winograd(up.conv1, here) and _takes_winograd(up.conv2, here)
                     and isinstance(step, fast_layers.ConvTranspose2d)
                     and step._up_step(_stand_in(step.in_channels, below), inference=True)):
                 return None
